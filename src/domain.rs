@@ -1,0 +1,489 @@
+//! Domain types. Every value that crosses the wire is parsed into one of these types
+//! before the core sees it, so a rule such as "a username is 1-64 characters of ..."
+//! is written exactly once, here.
+
+use std::fmt;
+
+use email_address::{EmailAddress, Options as EmailOptions};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::error::Error;
+use crate::session::SessionToken;
+
+/// Longest accepted user id.
+pub const ID_MAX_LEN: usize = 128;
+/// Longest accepted username.
+pub const USERNAME_MAX_LEN: usize = 64;
+/// Longest accepted e-mail address (RFC 5321 path limit).
+pub const EMAIL_MAX_LEN: usize = 254;
+/// Shortest accepted new password, in Unicode code points.
+pub const PASSWORD_MIN_LEN: usize = 8;
+/// Longest accepted password, in Unicode code points. Longer input is refused, never truncated.
+pub const PASSWORD_MAX_LEN: usize = 1024;
+/// Search page size when none (or 0) is given.
+pub const DEFAULT_LIMIT: u32 = 25;
+/// Largest accepted search page size.
+pub const MAX_LIMIT: u32 = 1000;
+
+/// Returns the value of a required text field, or the 400 that names it.
+pub fn required(field: &'static str, raw: Option<String>) -> Result<String, Error> {
+    match raw {
+        Some(value) if !value.is_empty() => Ok(value),
+        _ => Err(Error::required(field)),
+    }
+}
+
+/// Treats an absent and an empty optional field alike, as protobuf does.
+pub fn optional(raw: Option<String>) -> Option<String> {
+    raw.filter(|v| !v.is_empty())
+}
+
+/// Letters, digits, '-', '_' and '.': the alphabet of ids and usernames.
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+}
+
+fn check_name(field: &'static str, value: &str, max: usize) -> Result<(), Error> {
+    if value.len() > max || !value.chars().all(is_name_char) {
+        return Err(Error::invalid(
+            field,
+            format!("must be 1-{max} characters of letters, digits, '-', '_' or '.'"),
+        ));
+    }
+    Ok(())
+}
+
+/// A user id: 1-128 characters of letters, digits, '-', '_', '.'. Case-sensitive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserId(String);
+
+impl UserId {
+    pub fn parse(field: &'static str, raw: Option<String>) -> Result<Self, Error> {
+        let value = required(field, raw)?;
+        check_name(field, &value, ID_MAX_LEN)?;
+        Ok(Self(value))
+    }
+
+    /// A fresh random id (UUIDv4), for Create without an id.
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::new_v4().to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A username, stored and compared lowercased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Username(String);
+
+impl Username {
+    pub fn parse(raw: Option<String>) -> Result<Self, Error> {
+        let value = required("username", raw)?;
+        check_name("username", &value, USERNAME_MAX_LEN)?;
+        Ok(Self(value.to_ascii_lowercase()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An e-mail address, stored and compared lowercased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email(String);
+
+impl Email {
+    pub fn parse(raw: Option<String>) -> Result<Self, Error> {
+        let value = required("email", raw)?;
+        if value.chars().count() > EMAIL_MAX_LEN {
+            return Err(Error::invalid(
+                "email",
+                format!("must be at most {EMAIL_MAX_LEN} characters"),
+            ));
+        }
+        // A plain addr-spec with a dotted domain: no display names ("Name <a@b.c>"), no
+        // IP literals, no whitespace or control characters anywhere.
+        let options = EmailOptions::default()
+            .with_required_tld()
+            .without_domain_literal()
+            .without_display_text();
+        let plain = !value.chars().any(|c| c.is_whitespace() || c.is_control());
+        if !plain || EmailAddress::parse_with_options(&value, options).is_err() {
+            return Err(Error::invalid("email", "must be a valid e-mail address"));
+        }
+        Ok(Self(value.to_lowercase()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A password in transit. Never printed: `Debug` is redacted by `SecretString`.
+#[derive(Debug)]
+pub struct Password(SecretString);
+
+impl Password {
+    /// A new password: 8 to 1024 Unicode code points, taken as given (no trimming).
+    pub fn new_password(field: &'static str, raw: Option<String>) -> Result<Self, Error> {
+        let value = SecretString::from(required(field, raw)?);
+        let len = value.expose_secret().chars().count();
+        if len < PASSWORD_MIN_LEN {
+            return Err(Error::invalid(
+                field,
+                format!("must be at least {PASSWORD_MIN_LEN} characters"),
+            ));
+        }
+        Self::check_max(field, len)?;
+        Ok(Self(value))
+    }
+
+    /// A password offered as proof (Login, old password): only required and bounded, since
+    /// the policy applies when a password is set, not when it is checked.
+    pub fn candidate(field: &'static str, raw: Option<String>) -> Result<Self, Error> {
+        let value = SecretString::from(required(field, raw)?);
+        Self::check_max(field, value.expose_secret().chars().count())?;
+        Ok(Self(value))
+    }
+
+    fn check_max(field: &'static str, len: usize) -> Result<(), Error> {
+        if len > PASSWORD_MAX_LEN {
+            return Err(Error::invalid(
+                field,
+                format!("must be at most {PASSWORD_MAX_LEN} characters"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+/// Who is signing in: a username or an e-mail address.
+#[derive(Debug, Clone)]
+pub enum LoginName {
+    Username(Username),
+    Email(Email),
+}
+
+impl LoginName {
+    /// The username wins when both are given, as in the Micro original.
+    pub fn parse(username: Option<String>, email: Option<String>) -> Result<Self, Error> {
+        match (optional(username), optional(email)) {
+            (Some(u), _) => Ok(Self::Username(Username::parse(Some(u))?)),
+            (None, Some(e)) => Ok(Self::Email(Email::parse(Some(e))?)),
+            (None, None) => Err(Error::invalid("username", "or email is required")),
+        }
+    }
+}
+
+/// Create's input.
+#[derive(Debug)]
+pub struct NewAccount {
+    pub id: UserId,
+    pub username: Username,
+    pub email: Email,
+    pub password: Password,
+}
+
+impl NewAccount {
+    pub fn parse(
+        id: Option<String>,
+        username: Option<String>,
+        email: Option<String>,
+        password: Option<String>,
+    ) -> Result<Self, Error> {
+        let id = match optional(id) {
+            Some(id) => UserId::parse("id", Some(id))?,
+            None => UserId::generate(),
+        };
+        Ok(Self {
+            id,
+            username: Username::parse(username)?,
+            email: Email::parse(email)?,
+            password: Password::new_password("password", password)?,
+        })
+    }
+}
+
+/// Update's input: only the fields given non-empty change.
+#[derive(Debug)]
+pub struct AccountChanges {
+    pub username: Option<Username>,
+    pub email: Option<Email>,
+}
+
+impl AccountChanges {
+    pub fn parse(username: Option<String>, email: Option<String>) -> Result<Self, Error> {
+        Ok(Self {
+            username: optional(username)
+                .map(|u| Username::parse(Some(u)))
+                .transpose()?,
+            email: optional(email).map(|e| Email::parse(Some(e))).transpose()?,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.username.is_none() && self.email.is_none()
+    }
+}
+
+/// UpdatePassword's input.
+#[derive(Debug)]
+pub struct PasswordChange {
+    pub user_id: UserId,
+    pub old_password: Password,
+    pub new_password: Password,
+}
+
+impl PasswordChange {
+    pub fn parse(
+        user_id: Option<String>,
+        old_password: Option<String>,
+        new_password: Option<String>,
+        confirm_password: Option<String>,
+    ) -> Result<Self, Error> {
+        let user_id = UserId::parse("user_id", user_id)?;
+        let old_password = Password::candidate("old_password", old_password)?;
+        let new_password = Password::new_password("new_password", new_password)?;
+        let confirm = SecretString::from(required("confirm_password", confirm_password)?);
+        if confirm.expose_secret() != new_password.expose() {
+            return Err(Error::invalid(
+                "confirm_password",
+                "does not match new_password",
+            ));
+        }
+        Ok(Self {
+            user_id,
+            old_password,
+            new_password,
+        })
+    }
+}
+
+/// One page of a listing: a limit in 1..=1000 and an offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub limit: u32,
+    pub offset: u64,
+}
+
+impl Page {
+    /// `limit` 0 or absent means the default, as in protobuf; negative values are refused.
+    pub fn parse(limit: Option<i64>, offset: Option<i64>) -> Result<Self, Error> {
+        let limit = match limit.unwrap_or(0) {
+            0 => DEFAULT_LIMIT,
+            l if l < 0 => return Err(Error::invalid("limit", "must not be negative")),
+            l if l > i64::from(MAX_LIMIT) => {
+                return Err(Error::invalid(
+                    "limit",
+                    format!("must be at most {MAX_LIMIT}"),
+                ))
+            }
+            // In range 1..=MAX_LIMIT, so the conversion cannot fail.
+            l => u32::try_from(l).unwrap_or(MAX_LIMIT),
+        };
+        let offset = u64::try_from(offset.unwrap_or(0))
+            .map_err(|_| Error::invalid("offset", "must not be negative"))?;
+        Ok(Self { limit, offset })
+    }
+}
+
+/// Search's input: exact, case-insensitive matches; at least one criterion.
+#[derive(Debug)]
+pub struct UserQuery {
+    pub username: Option<Username>,
+    pub email: Option<Email>,
+    pub page: Page,
+}
+
+impl UserQuery {
+    pub fn parse(
+        username: Option<String>,
+        email: Option<String>,
+        limit: Option<i64>,
+        offset: Option<i64>,
+    ) -> Result<Self, Error> {
+        let changes = AccountChanges::parse(username, email)?;
+        if changes.is_empty() {
+            return Err(Error::invalid("username", "or email is required"));
+        }
+        Ok(Self {
+            username: changes.username,
+            email: changes.email,
+            page: Page::parse(limit, offset)?,
+        })
+    }
+}
+
+/// A stored user, as the API shows it (never with its password hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: String,
+    pub username: String,
+    pub email: String,
+    /// Unix seconds.
+    pub created: i64,
+    /// Unix seconds.
+    pub updated: i64,
+}
+
+/// A live session. `id` is the bearer token itself, known only to its holder.
+pub struct Session {
+    pub id: SessionToken,
+    pub user_id: String,
+    pub username: String,
+    pub email: String,
+    pub created: i64,
+    pub expires: i64,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &"[REDACTED]")
+            .field("user_id", &self.user_id)
+            .field("created", &self.created)
+            .field("expires", &self.expires)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &str) -> Option<String> {
+        Some(v.to_string())
+    }
+
+    #[test]
+    fn usernames_are_lowercased_and_limited_to_the_name_alphabet() {
+        assert_eq!(
+            Username::parse(s("Asim.B-1_x")).unwrap().as_str(),
+            "asim.b-1_x"
+        );
+        assert!(Username::parse(s("a b")).is_err());
+        assert!(Username::parse(s("ä")).is_err());
+        assert!(Username::parse(s(&"a".repeat(64))).is_ok());
+        assert!(Username::parse(s(&"a".repeat(65))).is_err());
+        let err = Username::parse(None).unwrap_err();
+        assert_eq!(err.to_string(), "username is required");
+        assert!(Username::parse(s("")).is_err());
+    }
+
+    #[test]
+    fn ids_follow_the_name_alphabet_up_to_128() {
+        assert!(UserId::parse("id", s(&"x".repeat(128))).is_ok());
+        assert!(UserId::parse("id", s(&"x".repeat(129))).is_err());
+        assert!(UserId::parse("id", s("a/b")).is_err());
+        assert!(UserId::parse("id", s("a\0b")).is_err());
+        assert_eq!(UserId::parse("id", s("Ab")).unwrap().as_str(), "Ab");
+        let generated = UserId::generate();
+        assert_eq!(
+            uuid::Uuid::parse_str(generated.as_str())
+                .unwrap()
+                .get_version_num(),
+            4
+        );
+    }
+
+    #[test]
+    fn emails_are_validated_and_lowercased() {
+        assert_eq!(
+            Email::parse(s("Asim@Example.COM")).unwrap().as_str(),
+            "asim@example.com"
+        );
+        for bad in [
+            "asim",
+            "asim@",
+            "@example.com",
+            "a b@example.com",
+            "Asim <a@example.com>",
+            "a@[127.0.0.1]",
+            "a@localhost",
+            "a\0@example.com",
+        ] {
+            assert!(Email::parse(s(bad)).is_err(), "{bad:?} should be refused");
+        }
+        let long = format!("{}@example.com", "a".repeat(250));
+        assert!(Email::parse(s(&long)).is_err());
+    }
+
+    #[test]
+    fn new_passwords_count_code_points_and_are_never_truncated() {
+        assert!(Password::new_password("password", s("1234567")).is_err());
+        assert!(Password::new_password("password", s("12345678")).is_ok());
+        // Eight code points of four bytes each: long enough.
+        assert!(Password::new_password("password", s("🔑🔑🔑🔑🔑🔑🔑🔑")).is_ok());
+        assert!(Password::new_password("password", s(&"é".repeat(1024))).is_ok());
+        let err = Password::new_password("password", s(&"x".repeat(1025))).unwrap_err();
+        assert_eq!(err.to_string(), "password must be at most 1024 characters");
+        let kept = Password::new_password("password", s(" spaced out ")).unwrap();
+        assert_eq!(kept.expose(), " spaced out ");
+    }
+
+    #[test]
+    fn password_debug_output_is_redacted() {
+        let p = Password::candidate("password", s("hunter2hunter2")).unwrap();
+        assert!(!format!("{p:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn password_change_requires_matching_confirmation() {
+        let err = PasswordChange::parse(s("u1"), s("old"), s("newpassword1"), s("newpassword2"))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "confirm_password does not match new_password"
+        );
+        let err = PasswordChange::parse(s("u1"), s("old"), s("short"), s("short")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "new_password must be at least 8 characters"
+        );
+        assert!(
+            PasswordChange::parse(s("u1"), s("old"), s("newpassword1"), s("newpassword1")).is_ok()
+        );
+    }
+
+    #[test]
+    fn pages_default_and_bound_the_limit() {
+        assert_eq!(
+            Page::parse(None, None).unwrap(),
+            Page {
+                limit: 25,
+                offset: 0
+            }
+        );
+        assert_eq!(
+            Page::parse(Some(0), Some(5)).unwrap(),
+            Page {
+                limit: 25,
+                offset: 5
+            }
+        );
+        assert_eq!(Page::parse(Some(1000), None).unwrap().limit, 1000);
+        assert!(Page::parse(Some(1001), None).is_err());
+        assert!(Page::parse(Some(-1), None).is_err());
+        assert!(Page::parse(None, Some(-1)).is_err());
+    }
+
+    #[test]
+    fn login_prefers_username_and_needs_one_identifier() {
+        assert!(
+            matches!(LoginName::parse(s("Asim"), s("a@example.com")).unwrap(), LoginName::Username(u) if u.as_str() == "asim")
+        );
+        assert!(
+            matches!(LoginName::parse(s(""), s("A@example.com")).unwrap(), LoginName::Email(e) if e.as_str() == "a@example.com")
+        );
+        assert_eq!(
+            LoginName::parse(None, s("")).unwrap_err().to_string(),
+            "username or email is required"
+        );
+    }
+}

@@ -1,0 +1,101 @@
+//! The Micro error shape, `{"id": "users.<Method>", "code": 400, "status": "Bad Request",
+//! "detail": "..."}`, answered with the HTTP status equal to `code`.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+use crate::error::Error;
+
+#[derive(Debug, Serialize)]
+pub struct MicroError {
+    pub id: String,
+    pub code: u16,
+    pub detail: String,
+    pub status: String,
+    #[serde(skip)]
+    allow: Option<&'static str>,
+}
+
+impl MicroError {
+    /// `method` names the RPC method (`Create`), or the route for the non-RPC ones.
+    pub fn new(method: &str, status: StatusCode, detail: impl Into<String>) -> Self {
+        Self {
+            id: format!("users.{method}"),
+            code: status.as_u16(),
+            detail: detail.into(),
+            status: status.canonical_reason().unwrap_or("Unknown").to_string(),
+            allow: None,
+        }
+    }
+
+    /// Answers 405 naming the verbs the route does accept.
+    pub fn method_not_allowed(method: &str, allow: &'static str) -> Self {
+        let mut err = Self::new(
+            method,
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("use {allow} for this route"),
+        );
+        err.allow = Some(allow);
+        err
+    }
+
+    /// Maps a core error to its status. Faults are logged here with their cause and
+    /// answered with a generic detail.
+    pub fn from_error(method: &str, err: Error) -> Self {
+        let status = status_of(&err);
+        match &err {
+            Error::Internal(cause) => {
+                tracing::error!(method, error = %chain(cause.as_ref()), "request failed");
+            }
+            Error::Unavailable(cause) => {
+                tracing::warn!(method, error = %chain(cause), "database unavailable");
+            }
+            _ => {}
+        }
+        Self::new(method, status, err.to_string())
+    }
+}
+
+/// One status per kind of error; this is the only place that decides it.
+pub fn status_of(err: &Error) -> StatusCode {
+    match err {
+        Error::Invalid { .. } | Error::Malformed(_) => StatusCode::BAD_REQUEST,
+        Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        Error::NotFound(_) => StatusCode::NOT_FOUND,
+        Error::Conflict(_) => StatusCode::CONFLICT,
+        Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// "outer: inner: innermost", for one log line.
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        // sqlx and thiserror often repeat the inner message in the outer one.
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}
+
+impl IntoResponse for MicroError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let allow = self.allow;
+        let mut response = (status, Json(self)).into_response();
+        if let Some(allow) = allow {
+            response
+                .headers_mut()
+                .insert(axum::http::header::ALLOW, HeaderValue::from_static(allow));
+        }
+        response
+    }
+}

@@ -1,0 +1,144 @@
+//! Request decoding as the Micro gateway did it: the body is JSON whatever the
+//! Content-Type says (curl -d sends a form type), and an empty body means `{}`.
+
+use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
+use std::fmt;
+
+use crate::error::Error;
+
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    let mut json = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut json).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if path == "." {
+            Error::Malformed(format!("invalid JSON body: {inner}"))
+        } else {
+            Error::Malformed(format!("invalid JSON body at `{path}`: {inner}"))
+        }
+    })?;
+    json.end()
+        .map_err(|err| Error::Malformed(format!("invalid JSON body: {err}")))?;
+    Ok(value)
+}
+
+/// An int64 sent either as a JSON number or as a decimal string (protobuf JSON writes
+/// 64-bit integers as strings and accepts both). `null` is absent.
+pub fn int_or_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    struct IntVisitor;
+
+    impl<'de> Visitor<'de> for IntVisitor {
+        type Value = Option<i64>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an integer or a string holding a decimal integer")
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            i64::try_from(v)
+                .map(Some)
+                .map_err(|_| E::custom("integer out of range"))
+        }
+
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            // 10.0 is an integer in JSON's eyes; 10.5 is not.
+            if v.fract() == 0.0 && v.abs() < 9.0e15 {
+                Ok(Some(v as i64))
+            } else {
+                Err(E::invalid_value(de::Unexpected::Float(v), &self))
+            }
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            if v.is_empty() {
+                return Ok(None);
+            }
+            v.parse::<i64>()
+                .map(Some)
+                .map_err(|_| E::invalid_value(de::Unexpected::Str(v), &self))
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+
+    deserializer.deserialize_any(IntVisitor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    struct Probe {
+        name: Option<String>,
+        #[serde(default, deserialize_with = "int_or_string")]
+        n: Option<i64>,
+    }
+
+    #[test]
+    fn an_empty_body_is_an_empty_object() {
+        let p: Probe = decode(b"").unwrap();
+        assert!(p.name.is_none() && p.n.is_none());
+        let p: Probe = decode(b"  \n").unwrap();
+        assert!(p.name.is_none());
+    }
+
+    #[test]
+    fn integers_come_as_numbers_or_decimal_strings() {
+        for (body, n) in [
+            (&br#"{"n": 7}"#[..], Some(7)),
+            (br#"{"n": "7"}"#, Some(7)),
+            (br#"{"n": -3}"#, Some(-3)),
+            (br#"{"n": 7.0}"#, Some(7)),
+            (br#"{"n": null}"#, None),
+            (br#"{"n": ""}"#, None),
+        ] {
+            let p: Probe = decode(body).unwrap();
+            assert_eq!(p.n, n, "{}", String::from_utf8_lossy(body));
+        }
+        for body in [
+            &br#"{"n": "7x"}"#[..],
+            br#"{"n": 7.5}"#,
+            br#"{"n": true}"#,
+            br#"{"n": 18446744073709551615}"#,
+        ] {
+            assert!(
+                decode::<Probe>(body).is_err(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn errors_say_where() {
+        let err = decode::<Probe>(br#"{"name": 5}"#).unwrap_err().to_string();
+        assert!(
+            err.contains("`name`") && err.contains("line 1 column"),
+            "{err}"
+        );
+        let err = decode::<Probe>(br#"{"name": "x""#).unwrap_err().to_string();
+        assert!(
+            err.starts_with("invalid JSON body") && err.contains("line 1"),
+            "{err}"
+        );
+        let err = decode::<Probe>(br#"{} {}"#).unwrap_err().to_string();
+        assert!(err.contains("trailing characters"), "{err}");
+    }
+}

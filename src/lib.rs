@@ -1,0 +1,24 @@
+//! `users-service`: user accounts and password sign-in over HTTP, wire-compatible with
+//! the Micro `users` service (`POST /users/Users/<Method>`).
+//!
+//! The crate is layered so that each rule lives in one place:
+//!
+//! * [`domain`]: validated newtypes (parse, don't validate) and the records the core returns.
+//! * [`service`]: the one core, [`service::Users`], that every wire surface calls.
+//! * [`store`]: the [`store::Store`] trait and its SQL implementation for SQLite and PostgreSQL.
+//! * [`password`] and [`session`]: argon2id hashing off the async runtime, session tokens.
+//! * [`http`]: the router, the Micro wire types and the Micro error shape.
+//! * [`config`] and [`server`]: command-line configuration and the running process.
+
+pub mod clock;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod password;
+pub mod server;
+pub mod service;
+pub mod session;
+pub mod store;
+
+pub use error::Error;

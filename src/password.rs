@@ -1,0 +1,229 @@
+//! Password hashing with argon2id.
+//!
+//! Hashing is deliberately slow, so it never runs on the async workers: jobs go to a
+//! fixed pool of one thread per core, and at most that many are admitted at once. Waiting
+//! for a slot is an async wait that a disconnected client cancels for free; the number
+//! of argon2 memory blocks alive at any moment is bounded by the pool size, which bounds
+//! memory under a login flood.
+
+use std::sync::Arc;
+
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use tokio::sync::{oneshot, Semaphore};
+
+use crate::domain::Password;
+use crate::error::Error;
+
+/// OWASP's minimum for argon2id: 19 MiB of memory, 2 passes, 1 lane.
+pub const OWASP_MIN_M_KIB: u32 = 19_456;
+pub const OWASP_MIN_T: u32 = 2;
+pub const OWASP_MIN_P: u32 = 1;
+
+/// argon2id cost parameters for new hashes. Existing hashes keep the parameters recorded
+/// in their PHC string, so these can be raised at any time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashParams {
+    pub m_kib: u32,
+    pub t: u32,
+    pub p: u32,
+}
+
+impl Default for HashParams {
+    fn default() -> Self {
+        Self {
+            m_kib: OWASP_MIN_M_KIB,
+            t: OWASP_MIN_T,
+            p: OWASP_MIN_P,
+        }
+    }
+}
+
+/// The outcome of checking a password.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verification {
+    Match,
+    Mismatch,
+}
+
+pub struct PasswordHasher {
+    argon2: Argon2<'static>,
+    pool: rayon::ThreadPool,
+    slots: Arc<Semaphore>,
+    /// A hash of a random password, verified against when the account does not exist so
+    /// that an unknown user costs the same time as a wrong password.
+    dummy: String,
+}
+
+impl PasswordHasher {
+    /// `threads` is the number of hashes computed at once (normally the core count).
+    pub fn new(params: HashParams, threads: usize) -> Result<Self, Error> {
+        if params.m_kib < OWASP_MIN_M_KIB || params.t < OWASP_MIN_T || params.p < OWASP_MIN_P {
+            return Err(Error::invalid(
+                "argon2",
+                format!(
+                    "parameters must be at least m={OWASP_MIN_M_KIB} KiB, t={OWASP_MIN_T}, p={OWASP_MIN_P} (OWASP)"
+                ),
+            ));
+        }
+        let params = Params::new(params.m_kib, params.t, params.p, None)
+            .map_err(|e| Error::invalid("argon2", e.to_string()))?;
+        let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+        let threads = threads.max(1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("argon2-{i}"))
+            // A panic in a job must not abort the process; the waiting request sees the
+            // dropped channel and answers 500.
+            .panic_handler(|_| tracing::error!("a password hashing job panicked"))
+            .build()
+            .map_err(Error::internal)?;
+        let mut random = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut random);
+        let dummy = hash_with(&argon2, &random)?;
+        Ok(Self {
+            argon2,
+            pool,
+            slots: Arc::new(Semaphore::new(threads)),
+            dummy,
+        })
+    }
+
+    /// A PHC string (`$argon2id$v=19$m=...,t=...,p=...$salt$hash`) for a new password.
+    pub async fn hash(&self, password: Password) -> Result<String, Error> {
+        let argon2 = self.argon2.clone();
+        self.run(move || hash_with(&argon2, password.expose().as_bytes()))
+            .await?
+    }
+
+    /// Checks `password` against a stored PHC string; with no stored hash (unknown user) it
+    /// checks against the dummy hash and reports a mismatch, in the same time.
+    pub async fn verify(
+        &self,
+        password: Password,
+        stored: Option<String>,
+    ) -> Result<Verification, Error> {
+        let known = stored.is_some();
+        let phc = stored.unwrap_or_else(|| self.dummy.clone());
+        let argon2 = self.argon2.clone();
+        let matched = self
+            .run(move || {
+                let parsed = PasswordHash::new(&phc).map_err(|e| {
+                    Error::internal(format!("stored password hash is unreadable: {e}"))
+                })?;
+                Ok::<_, Error>(
+                    argon2
+                        .verify_password(password.expose().as_bytes(), &parsed)
+                        .is_ok(),
+                )
+            })
+            .await??;
+        Ok(if matched && known {
+            Verification::Match
+        } else {
+            Verification::Mismatch
+        })
+    }
+
+    /// Runs `job` on the hashing pool once a slot is free.
+    async fn run<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Error> {
+        let slot = Arc::clone(&self.slots)
+            .acquire_owned()
+            .await
+            .map_err(Error::internal)?;
+        let (tx, rx) = oneshot::channel();
+        self.pool.spawn(move || {
+            let _slot = slot;
+            // The receiver is gone only if the request was dropped; nothing to do then.
+            let _ = tx.send(job());
+        });
+        rx.await
+            .map_err(|_| Error::internal("password hashing job failed"))
+    }
+}
+
+fn hash_with(argon2: &Argon2<'_>, password: &[u8]) -> Result<String, Error> {
+    let salt = SaltString::generate(&mut OsRng);
+    argon2
+        .hash_password(password, &salt)
+        .map(|hash| hash.to_string())
+        .map_err(|e| Error::internal(format!("argon2 hashing failed: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pw(v: &str) -> Password {
+        Password::candidate("password", Some(v.to_string())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn hashes_are_argon2id_phc_strings_at_the_configured_cost() {
+        let hasher = PasswordHasher::new(HashParams::default(), 2).unwrap();
+        let phc = hasher.hash(pw("correct horse")).await.unwrap();
+        assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
+        let other = hasher.hash(pw("correct horse")).await.unwrap();
+        assert_ne!(phc, other, "every hash has its own salt");
+    }
+
+    #[tokio::test]
+    async fn verify_matches_only_the_right_password() {
+        let hasher = PasswordHasher::new(HashParams::default(), 1).unwrap();
+        let phc = hasher.hash(pw("correct horse")).await.unwrap();
+        assert_eq!(
+            hasher
+                .verify(pw("correct horse"), Some(phc.clone()))
+                .await
+                .unwrap(),
+            Verification::Match
+        );
+        assert_eq!(
+            hasher.verify(pw("Correct horse"), Some(phc)).await.unwrap(),
+            Verification::Mismatch
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_user_never_matches_even_the_dummy_password() {
+        let hasher = PasswordHasher::new(HashParams::default(), 1).unwrap();
+        assert_eq!(
+            hasher.verify(pw("anything"), None).await.unwrap(),
+            Verification::Mismatch
+        );
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_stored_hash_is_an_internal_error() {
+        let hasher = PasswordHasher::new(HashParams::default(), 1).unwrap();
+        let err = hasher
+            .verify(pw("anything"), Some("not a phc string".into()))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Internal(_)));
+    }
+
+    #[test]
+    fn parameters_below_the_owasp_minimum_are_refused() {
+        for params in [
+            HashParams {
+                m_kib: 19_455,
+                ..HashParams::default()
+            },
+            HashParams {
+                t: 1,
+                ..HashParams::default()
+            },
+            HashParams {
+                p: 0,
+                ..HashParams::default()
+            },
+        ] {
+            assert!(PasswordHasher::new(params, 1).is_err(), "{params:?}");
+        }
+    }
+}

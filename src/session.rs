@@ -1,0 +1,115 @@
+//! Session tokens. A token is 256 bits from the operating system's CSPRNG, written as
+//! URL-safe base64. The store keeps only its SHA-256 digest and looks sessions up by it,
+//! so a copy of the database does not hand out live sessions.
+
+use std::fmt;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use rand::rngs::OsRng;
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+
+use crate::domain::required;
+use crate::error::Error;
+
+/// Random bytes in a token.
+const TOKEN_BYTES: usize = 32;
+/// Longest session id accepted from a client; anything longer cannot be one of ours.
+const TOKEN_MAX_LEN: usize = 1024;
+
+/// A session id as the client holds it.
+pub struct SessionToken(SecretString);
+
+impl SessionToken {
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; TOKEN_BYTES];
+        OsRng.fill_bytes(&mut bytes);
+        Self(SecretString::from(URL_SAFE_NO_PAD.encode(bytes)))
+    }
+
+    /// A session id sent by a client. Any non-empty value is accepted: one that is not
+    /// ours simply matches no session.
+    pub fn parse(field: &'static str, raw: Option<String>) -> Result<Self, Error> {
+        let value = required(field, raw)?;
+        if value.len() > TOKEN_MAX_LEN {
+            return Err(Error::invalid(
+                field,
+                format!("must be at most {TOKEN_MAX_LEN} characters"),
+            ));
+        }
+        Ok(Self(SecretString::from(value)))
+    }
+
+    /// The digest under which the store keeps this session.
+    pub fn digest(&self) -> TokenDigest {
+        let hash = Sha256::digest(self.0.expose_secret().as_bytes());
+        TokenDigest(format!("{hash:x}"))
+    }
+
+    /// The token itself, for the one response that hands it to its holder.
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for SessionToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionToken([REDACTED])")
+    }
+}
+
+/// Hex SHA-256 of a session token: the session's key in the store.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenDigest(String);
+
+impl TokenDigest {
+    /// A digest read back from the store (export/import).
+    pub fn from_stored(hex: String) -> Self {
+        Self(hex)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for TokenDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenDigest([REDACTED])")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_carry_256_bits_in_url_safe_base64() {
+        let token = SessionToken::generate();
+        let raw = URL_SAFE_NO_PAD.decode(token.expose()).unwrap();
+        assert_eq!(raw.len(), 32);
+        assert!(token
+            .expose()
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert_ne!(token.expose(), SessionToken::generate().expose());
+    }
+
+    #[test]
+    fn the_digest_is_sha256_of_the_token() {
+        let token = SessionToken::parse("session_id", Some("abc".into())).unwrap();
+        assert_eq!(
+            token.digest().as_str(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_token() {
+        let token = SessionToken::generate();
+        assert!(!format!("{token:?}").contains(token.expose()));
+        assert!(!format!("{:?}", token.digest()).contains(token.digest().as_str()));
+    }
+}

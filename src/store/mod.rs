@@ -1,0 +1,132 @@
+//! Persistence. The core talks to a [`Store`]; [`SqlStore`] implements it once, in SQL
+//! that both SQLite and PostgreSQL run unchanged, so both backends pass the same tests.
+//!
+//! Writes that must not interleave with a concurrent change are conditional statements
+//! (compare-and-swap on the password hash) rather than read-then-write transactions, so
+//! they stay correct across several replicas on one database.
+
+mod sql;
+mod url;
+
+pub use sql::{PoolConfig, SqlStore};
+pub use url::DatabaseUrl;
+
+use async_trait::async_trait;
+
+use crate::domain::{AccountChanges, Email, User, UserId, UserQuery, Username};
+use crate::error::Unique;
+use crate::session::TokenDigest;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique constraint refused the write.
+    #[error("{0} is already taken")]
+    Conflict(Unique),
+    /// The database could not be reached or is refusing writes (busy, read-only, full);
+    /// nothing was changed.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("database error: {0}")]
+    Other(#[source] sqlx::Error),
+}
+
+/// How to find an account whose password is to be checked.
+#[derive(Debug, Clone, Copy)]
+pub enum Lookup<'a> {
+    Id(&'a UserId),
+    Username(&'a Username),
+    Email(&'a Email),
+}
+
+/// An account with its password hash (a PHC string).
+#[derive(Debug)]
+pub struct Credentials {
+    pub user: User,
+    pub password_hash: String,
+}
+
+/// A user row as written on Create.
+#[derive(Debug)]
+pub struct NewUser<'a> {
+    pub id: &'a UserId,
+    pub username: &'a Username,
+    pub email: &'a Email,
+    pub password_hash: &'a str,
+    pub now: i64,
+}
+
+/// A session row as written on Login.
+#[derive(Debug)]
+pub struct NewSession<'a> {
+    pub digest: &'a TokenDigest,
+    pub user_id: &'a str,
+    pub created: i64,
+    pub expires: i64,
+}
+
+/// A live session joined with its user.
+#[derive(Debug)]
+pub struct SessionRecord {
+    pub user_id: String,
+    pub username: String,
+    pub email: String,
+    pub created: i64,
+    pub expires: i64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// One round trip, for health checks.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Inserts a user; `Conflict` names the unique field that was taken.
+    async fn insert_user(&self, user: NewUser<'_>) -> Result<User, StoreError>;
+
+    async fn user(&self, id: &UserId) -> Result<Option<User>, StoreError>;
+
+    async fn credentials(&self, lookup: Lookup<'_>) -> Result<Option<Credentials>, StoreError>;
+
+    /// Applies the given changes and bumps `updated`; `None` when the user does not exist.
+    async fn update_user(
+        &self,
+        id: &UserId,
+        changes: &AccountChanges,
+        now: i64,
+    ) -> Result<Option<User>, StoreError>;
+
+    /// Deletes the user with its sessions, atomically; false when it did not exist.
+    async fn delete_user(&self, id: &UserId) -> Result<bool, StoreError>;
+
+    async fn search_users(&self, query: &UserQuery) -> Result<Vec<User>, StoreError>;
+
+    /// Replaces the password hash if it is still `expected` and revokes every session of
+    /// the user, in one transaction. False (and no change) if the hash had changed.
+    async fn replace_password(
+        &self,
+        id: &str,
+        expected: &str,
+        new_hash: &str,
+        now: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Creates a session if the user's password hash is still `expected_hash` (the one the
+    /// password was verified against). False when the password changed meanwhile or the
+    /// user was deleted.
+    async fn insert_session(
+        &self,
+        session: NewSession<'_>,
+        expected_hash: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// The session with this digest, if it expires after `now`.
+    async fn session(
+        &self,
+        digest: &TokenDigest,
+        now: i64,
+    ) -> Result<Option<SessionRecord>, StoreError>;
+
+    async fn delete_session(&self, digest: &TokenDigest) -> Result<(), StoreError>;
+
+    /// Deletes up to `batch` sessions that expired at or before `now`; returns how many.
+    async fn delete_expired_sessions(&self, now: i64, batch: u32) -> Result<u64, StoreError>;
+}

@@ -1,0 +1,454 @@
+//! [`Store`] over SQLite or PostgreSQL with sqlx.
+//!
+//! Every statement is written once, in SQL both databases accept (`$n` parameters,
+//! `RETURNING`, `INSERT ... SELECT`), and runs on whichever pool is configured: the
+//! [`on_pool!`] macro expands one body per backend, so each is checked by the compiler
+//! against its own driver with no runtime translation layer.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::error::DatabaseError;
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteError, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+
+use super::{
+    Credentials, DatabaseUrl, Lookup, NewSession, NewUser, SessionRecord, Store, StoreError,
+};
+use crate::domain::{AccountChanges, User, UserId, UserQuery};
+use crate::error::Unique;
+use crate::session::TokenDigest;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// How long SQLite waits for another writer before giving up with SQLITE_BUSY.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connection pool settings.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub max_connections: u32,
+    /// How long a request waits for a connection before it is answered 503.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+pub struct SqlStore {
+    backend: Backend,
+}
+
+/// Runs `$body` with `$pool` bound to whichever pool the store has.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.backend {
+            Backend::Sqlite($pool) => $body,
+            Backend::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// The columns of a [`User`], in the order of [`UserRow`].
+macro_rules! user_columns {
+    () => {
+        "id, username, email, created, updated"
+    };
+}
+
+type UserRow = (String, String, String, i64, i64);
+type CredentialsRow = (String, String, String, i64, i64, String);
+type SessionRow = (String, String, String, i64, i64);
+
+fn user((id, username, email, created, updated): UserRow) -> User {
+    User {
+        id,
+        username,
+        email,
+        created,
+        updated,
+    }
+}
+
+impl SqlStore {
+    /// Opens the pool; SQLite files are created when missing and run in WAL mode with
+    /// full fsync on commit, a busy timeout and foreign keys on.
+    pub async fn connect(url: &DatabaseUrl, config: &PoolConfig) -> Result<Self, StoreError> {
+        let backend = match url {
+            DatabaseUrl::Sqlite(path) => {
+                let options = SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Full)
+                    .busy_timeout(SQLITE_BUSY_TIMEOUT)
+                    .foreign_keys(true);
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(config.max_connections)
+                    .acquire_timeout(config.acquire_timeout)
+                    .connect_with(options)
+                    .await
+                    .map_err(classify)?;
+                Backend::Sqlite(pool)
+            }
+            DatabaseUrl::Postgres(url) => {
+                let options: PgConnectOptions = url.parse().map_err(StoreError::Other)?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(config.max_connections)
+                    .acquire_timeout(config.acquire_timeout)
+                    .connect_with(options)
+                    .await
+                    .map_err(classify)?;
+                Backend::Postgres(pool)
+            }
+        };
+        Ok(Self { backend })
+    }
+
+    fn migrator(&self) -> &'static Migrator {
+        match self.backend {
+            Backend::Sqlite(_) => &SQLITE_MIGRATIONS,
+            Backend::Postgres(_) => &POSTGRES_MIGRATIONS,
+        }
+    }
+
+    /// Applies the embedded migrations that the database lacks. Fails without changing
+    /// anything when the database has migrations this binary does not know (it is newer).
+    pub async fn migrate(&self) -> Result<(), MigrateError> {
+        let migrator = self.migrator();
+        on_pool!(self, pool => migrator.run(pool).await)
+    }
+
+    /// Closes every connection, waiting for those in use to be returned.
+    pub async fn close(&self) {
+        on_pool!(self, pool => pool.close().await)
+    }
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop))
+            .map_err(classify)
+    }
+
+    async fn insert_user(&self, new: NewUser<'_>) -> Result<User, StoreError> {
+        const SQL: &str =
+            "INSERT INTO users (id, username, email, password_hash, created, updated) \
+                           VALUES ($1, $2, $3, $4, $5, $5)";
+        on_pool!(self, pool => {
+            sqlx::query(SQL)
+                .bind(new.id.as_str())
+                .bind(new.username.as_str())
+                .bind(new.email.as_str())
+                .bind(new.password_hash)
+                .bind(new.now)
+                .execute(pool)
+                .await
+                .map(drop)
+        })
+        .map_err(classify)?;
+        Ok(User {
+            id: new.id.as_str().to_owned(),
+            username: new.username.as_str().to_owned(),
+            email: new.email.as_str().to_owned(),
+            created: new.now,
+            updated: new.now,
+        })
+    }
+
+    async fn user(&self, id: &UserId) -> Result<Option<User>, StoreError> {
+        const SQL: &str = concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1");
+        on_pool!(self, pool => {
+            sqlx::query_as::<_, UserRow>(SQL).bind(id.as_str()).fetch_optional(pool).await
+        })
+        .map(|row| row.map(user))
+        .map_err(classify)
+    }
+
+    async fn credentials(&self, lookup: Lookup<'_>) -> Result<Option<Credentials>, StoreError> {
+        macro_rules! by {
+            ($column:literal) => {
+                concat!(
+                    "SELECT ",
+                    user_columns!(),
+                    ", password_hash FROM users WHERE ",
+                    $column,
+                    " = $1"
+                )
+            };
+        }
+        let (sql, key) = match lookup {
+            Lookup::Id(id) => (by!("id"), id.as_str()),
+            Lookup::Username(username) => (by!("username"), username.as_str()),
+            Lookup::Email(email) => (by!("email"), email.as_str()),
+        };
+        on_pool!(self, pool => {
+            sqlx::query_as::<_, CredentialsRow>(sql).bind(key).fetch_optional(pool).await
+        })
+        .map(|row| {
+            row.map(
+                |(id, username, email, created, updated, password_hash)| Credentials {
+                    user: user((id, username, email, created, updated)),
+                    password_hash,
+                },
+            )
+        })
+        .map_err(classify)
+    }
+
+    async fn update_user(
+        &self,
+        id: &UserId,
+        changes: &AccountChanges,
+        now: i64,
+    ) -> Result<Option<User>, StoreError> {
+        const SQL: &str = concat!(
+            "UPDATE users SET username = COALESCE($2, username), email = COALESCE($3, email), \
+             updated = $4 WHERE id = $1 RETURNING ",
+            user_columns!()
+        );
+        let username = changes.username.as_ref().map(|u| u.as_str());
+        let email = changes.email.as_ref().map(|e| e.as_str());
+        on_pool!(self, pool => {
+            sqlx::query_as::<_, UserRow>(SQL)
+                .bind(id.as_str())
+                .bind(username)
+                .bind(email)
+                .bind(now)
+                .fetch_optional(pool)
+                .await
+        })
+        .map(|row| row.map(user))
+        .map_err(classify)
+    }
+
+    async fn delete_user(&self, id: &UserId) -> Result<bool, StoreError> {
+        // Sessions go first in the same transaction; the foreign key's ON DELETE CASCADE
+        // would do the same, this keeps the rule visible here.
+        on_pool!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(deleted == 1)
+        }
+        .await)
+        .map_err(classify)
+    }
+
+    async fn search_users(&self, query: &UserQuery) -> Result<Vec<User>, StoreError> {
+        macro_rules! search {
+            ($filter:literal) => {
+                concat!(
+                    "SELECT ",
+                    user_columns!(),
+                    " FROM users WHERE ",
+                    $filter,
+                    " ORDER BY created, id LIMIT $3 OFFSET $4"
+                )
+            };
+        }
+        let sql = match (&query.username, &query.email) {
+            (Some(_), Some(_)) => search!("username = $1 AND email = $2"),
+            (Some(_), None) => search!("username = $1 AND $2 IS NULL"),
+            _ => search!("email = $2 AND $1 IS NULL"),
+        };
+        let limit = i64::from(query.page.limit);
+        let offset = i64::try_from(query.page.offset).unwrap_or(i64::MAX);
+        on_pool!(self, pool => {
+            sqlx::query_as::<_, UserRow>(sql)
+                .bind(query.username.as_ref().map(|u| u.as_str()))
+                .bind(query.email.as_ref().map(|e| e.as_str()))
+                .bind(limit)
+                .bind(offset)
+                .fetch_all(pool)
+                .await
+        })
+        .map(|rows| rows.into_iter().map(user).collect())
+        .map_err(classify)
+    }
+
+    async fn replace_password(
+        &self,
+        id: &str,
+        expected: &str,
+        new_hash: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        on_pool!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            let changed = sqlx::query(
+                "UPDATE users SET password_hash = $3, updated = $4 \
+                 WHERE id = $1 AND password_hash = $2",
+            )
+            .bind(id)
+            .bind(expected)
+            .bind(new_hash)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if changed {
+                sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(changed)
+        }
+        .await)
+        .map_err(classify)
+    }
+
+    async fn insert_session(
+        &self,
+        session: NewSession<'_>,
+        expected_hash: &str,
+    ) -> Result<bool, StoreError> {
+        const SQL: &str = "INSERT INTO sessions (token_hash, user_id, created, expires) \
+                           SELECT $1, id, $3, $4 FROM users WHERE id = $2 AND password_hash = $5";
+        on_pool!(self, pool => {
+            sqlx::query(SQL)
+                .bind(session.digest.as_str())
+                .bind(session.user_id)
+                .bind(session.created)
+                .bind(session.expires)
+                .bind(expected_hash)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected() == 1)
+        })
+        .map_err(classify)
+    }
+
+    async fn session(
+        &self,
+        digest: &TokenDigest,
+        now: i64,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        const SQL: &str = "SELECT s.user_id, u.username, u.email, s.created, s.expires \
+                           FROM sessions s JOIN users u ON u.id = s.user_id \
+                           WHERE s.token_hash = $1 AND s.expires > $2";
+        on_pool!(self, pool => {
+            sqlx::query_as::<_, SessionRow>(SQL)
+                .bind(digest.as_str())
+                .bind(now)
+                .fetch_optional(pool)
+                .await
+        })
+        .map(|row| {
+            row.map(
+                |(user_id, username, email, created, expires)| SessionRecord {
+                    user_id,
+                    username,
+                    email,
+                    created,
+                    expires,
+                },
+            )
+        })
+        .map_err(classify)
+    }
+
+    async fn delete_session(&self, digest: &TokenDigest) -> Result<(), StoreError> {
+        on_pool!(self, pool => {
+            sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
+                .bind(digest.as_str())
+                .execute(pool)
+                .await
+                .map(drop)
+        })
+        .map_err(classify)
+    }
+
+    async fn delete_expired_sessions(&self, now: i64, batch: u32) -> Result<u64, StoreError> {
+        // Bounded batches keep each write transaction short, so a large backlog of
+        // expired sessions never holds SQLite's write lock for long.
+        const SQL: &str = "DELETE FROM sessions WHERE token_hash IN \
+                           (SELECT token_hash FROM sessions WHERE expires <= $1 LIMIT $2)";
+        on_pool!(self, pool => {
+            sqlx::query(SQL)
+                .bind(now)
+                .bind(i64::from(batch))
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map_err(classify)
+    }
+}
+
+/// Sorts a driver error into what the caller can act on.
+fn classify(err: sqlx::Error) -> StoreError {
+    match &err {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::Conflict(unique_field(db.as_ref()))
+        }
+        sqlx::Error::Database(db) if is_transient(db.as_ref()) => StoreError::Unavailable(err),
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(err),
+        _ => StoreError::Other(err),
+    }
+}
+
+/// Which unique attribute a violation is about: PostgreSQL names the constraint
+/// (`users_username_key`), SQLite names the column (`UNIQUE constraint failed: users.username`).
+fn unique_field(db: &dyn DatabaseError) -> Unique {
+    let name = db.constraint().unwrap_or_else(|| db.message());
+    if name.contains("username") {
+        Unique::Username
+    } else if name.contains("email") {
+        Unique::Email
+    } else {
+        Unique::Id
+    }
+}
+
+/// Errors that say "not now" rather than "never": the database is unreachable, busy,
+/// read-only or out of space. Retrying later can succeed.
+fn is_transient(db: &dyn DatabaseError) -> bool {
+    let Some(code) = db.code() else {
+        return false;
+    };
+    if db.try_downcast_ref::<SqliteError>().is_some() {
+        // Primary result codes: BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN.
+        let primary = code.parse::<i32>().map(|c| c & 0xff).unwrap_or(0);
+        return matches!(primary, 5 | 6 | 8 | 10 | 13 | 14);
+    }
+    // SQLSTATE classes: connection exception, insufficient resources, operator
+    // intervention (shutdown), and serialization failure or deadlock.
+    code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("57P")
+        || code == "40001"
+        || code == "40P01"
+}
