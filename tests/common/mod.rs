@@ -1,0 +1,331 @@
+//! Test harness: starts the real service on a random loopback port, on a fresh SQLite
+//! file or a fresh PostgreSQL database, and talks to it over real HTTP.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::Connection;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use users_service::clock::ManualClock;
+use users_service::config::ServeConfig;
+use users_service::server::Server;
+use users_service::service::Users;
+use users_service::store::DatabaseUrl;
+
+pub const PASSWORD: &str = "password1";
+
+/// Where a test's data lives.
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL server the Postgres tests use, from `TEST_DATABASE_URL`. When it is
+/// unset the tests report that they were skipped, unless `USERS_REQUIRE_POSTGRES_TESTS`
+/// is set (as CI does), in which case they fail.
+pub fn postgres_admin_url(test: &str) -> Option<String> {
+    match std::env::var("TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            if std::env::var_os("USERS_REQUIRE_POSTGRES_TESTS").is_some() {
+                panic!("{test}: TEST_DATABASE_URL is not set but USERS_REQUIRE_POSTGRES_TESTS is");
+            }
+            // Written to the real stderr, past the test harness's capture, so a skip is
+            // always visible.
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {test} on PostgreSQL: TEST_DATABASE_URL is not set"
+            );
+            None
+        }
+    }
+}
+
+/// `postgres://host/db?x` with the database name replaced.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_part = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{host_part}/{database}?{q}"),
+        None => format!("{host_part}/{database}"),
+    }
+}
+
+/// A database of its own for one test, dropped when the test ends (pass or fail).
+pub struct TestDatabase {
+    pub url: DatabaseUrl,
+    pub raw_url: String,
+    _dir: Option<tempfile::TempDir>,
+    postgres: Option<(String, String)>,
+}
+
+impl TestDatabase {
+    pub async fn create(backend: Backend, test: &str) -> Option<Self> {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let raw_url = format!("sqlite://{}", dir.path().join("users.db").display());
+                Some(Self {
+                    url: raw_url.parse().expect("sqlite url"),
+                    raw_url,
+                    _dir: Some(dir),
+                    postgres: None,
+                })
+            }
+            Backend::Postgres => {
+                let admin = postgres_admin_url(test)?;
+                let name = format!("users_test_{}", uuid::Uuid::new_v4().simple());
+                let mut conn = sqlx::PgConnection::connect(&admin)
+                    .await
+                    .expect("connect to TEST_DATABASE_URL");
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create test database");
+                let _ = conn.close().await;
+                let raw_url = with_database(&admin, &name);
+                Some(Self {
+                    url: raw_url.parse().expect("postgres url"),
+                    raw_url,
+                    _dir: None,
+                    postgres: Some((admin, name)),
+                })
+            }
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Some((admin, name)) = self.postgres.take() else {
+            return;
+        };
+        // Drop runs outside any async context we can block on, so use a thread with its
+        // own small runtime.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&admin).await?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await?;
+                conn.close().await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            let _ = writeln!(std::io::stderr(), "warning: could not drop test database");
+        }
+    }
+}
+
+/// A running service.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub clock: Arc<ManualClock>,
+    pub users: Arc<Users>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+    pub db: TestDatabase,
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend, test: &str) -> Option<Self> {
+        Self::spawn_with(backend, test, |_| {}).await
+    }
+
+    /// Starts the service with `configure` applied to the default test configuration.
+    pub async fn spawn_with(
+        backend: Backend,
+        test: &str,
+        configure: impl FnOnce(&mut ServeConfig),
+    ) -> Option<Self> {
+        let db = TestDatabase::create(backend, test).await?;
+        let mut config = ServeConfig::new(db.url.clone());
+        configure(&mut config);
+        let clock = Arc::new(ManualClock::new());
+        let server = Server::build_with_clock(&config, clock.clone())
+            .await
+            .expect("server starts");
+        let addr = server.local_addr().expect("bound address");
+        let users = server.users();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async {
+            let _ = rx.await;
+        }));
+        Some(Self {
+            addr,
+            base: format!("http://{addr}"),
+            client: reqwest::Client::new(),
+            clock,
+            users,
+            shutdown: Some(tx),
+            task: Some(task),
+            db,
+        })
+    }
+
+    /// Stops the server and waits for it to finish (the database stays).
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server ran");
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// POSTs a JSON body to `/users/Users/<method>`.
+    pub async fn call(&self, method: &str, body: Value) -> (StatusCode, Value) {
+        self.post_raw(method, &body.to_string(), Some("application/json"))
+            .await
+    }
+
+    /// POSTs `body` as is, with the given Content-Type (or none).
+    pub async fn post_raw(
+        &self,
+        method: &str,
+        body: &str,
+        content_type: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .client
+            .post(self.url(&format!("/users/Users/{method}")))
+            .body(body.to_string());
+        if let Some(ct) = content_type {
+            request = request.header("content-type", ct);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status();
+        let text = response.text().await.expect("body read");
+        let value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("response is not JSON ({e}): {text:?}"));
+        (status, value)
+    }
+
+    /// Creates a user and returns it.
+    pub async fn create_user(&self, username: &str) -> Value {
+        let (status, body) = self
+            .call(
+                "Create",
+                json!({
+                    "username": username,
+                    "email": format!("{username}@example.com"),
+                    "password": PASSWORD,
+                }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["user"].clone()
+    }
+
+    /// Logs a user in and returns the session.
+    pub async fn login(&self, username: &str, password: &str) -> Value {
+        let (status, body) = self
+            .call("Login", json!({"username": username, "password": password}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["session"].clone()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Asserts a Micro error: the status, the body's shape, and that its detail contains
+/// `detail_part`.
+#[track_caller]
+pub fn assert_error(
+    (status, body): &(StatusCode, Value),
+    method: &str,
+    code: u16,
+    detail_part: &str,
+) {
+    assert_eq!(status.as_u16(), code, "{body}");
+    assert_eq!(body["id"], format!("users.{method}"), "{body}");
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(
+        body["status"],
+        status.canonical_reason().expect("reason"),
+        "{body}"
+    );
+    let detail = body["detail"].as_str().expect("detail is a string");
+    assert!(
+        detail.contains(detail_part),
+        "detail {detail:?} should contain {detail_part:?}"
+    );
+    assert_eq!(
+        body.as_object().expect("object").len(),
+        4,
+        "exactly id, code, status, detail: {body}"
+    );
+}
+
+/// Defines each listed `async fn name(app: TestApp)` as two tests, `sqlite::name` and
+/// `postgres::name`, so the whole suite runs against both stores.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let app = $crate::common::TestApp::spawn(
+                        $crate::common::Backend::Sqlite,
+                        concat!("sqlite::", stringify!($name)),
+                    )
+                    .await
+                    .expect("sqlite always runs");
+                    super::$name(app).await;
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(app) = $crate::common::TestApp::spawn(
+                        $crate::common::Backend::Postgres,
+                        concat!("postgres::", stringify!($name)),
+                    )
+                    .await
+                    {
+                        super::$name(app).await;
+                    }
+                }
+            )+
+        }
+    };
+}
+
+pub fn is_unix_seconds_string(value: &Value) -> bool {
+    value
+        .as_str()
+        .is_some_and(|s| s.parse::<i64>().is_ok_and(|n| n > 1_600_000_000))
+}
