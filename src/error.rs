@@ -77,3 +77,19 @@ impl From<StoreError> for Error {
         }
     }
 }
+
+/// An error and its causes on one line, "outer: inner: innermost", skipping a cause whose
+/// text the previous message already includes (driver errors often repeat themselves).
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}

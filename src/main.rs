@@ -7,10 +7,25 @@ use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use users_service::config::Cli;
+use users_service::error::chain;
 use users_service::server::{shutdown_signal, Server};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => {
+            // --help and --version.
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            // Bad configuration: one line, naming the flag and what is wrong with it.
+            let text = err.to_string();
+            let line = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("users-service: {line}");
+            return ExitCode::from(2);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -22,7 +37,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // One line, causes joined with ": ", and no backtrace.
-            eprintln!("users-service: error: {err:#}");
+            eprintln!("users-service: error: {}", chain(err.as_ref()));
             ExitCode::FAILURE
         }
     }

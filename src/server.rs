@@ -27,7 +27,7 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 pub enum StartError {
     #[error("invalid configuration: {0}")]
     Config(String),
-    #[error("cannot open the database {url}: {source}")]
+    #[error("cannot open the database {url}")]
     Database {
         url: DatabaseUrl,
         #[source]
@@ -35,7 +35,7 @@ pub enum StartError {
     },
     #[error("{}", describe_migrate_error(.0))]
     Migrate(#[source] MigrateError),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         #[source]
@@ -49,7 +49,7 @@ fn describe_migrate_error(err: &MigrateError) -> String {
             "the database schema is newer than this binary (it has migration {version}, \
              which this version of users-service does not know): upgrade users-service"
         ),
-        other => format!("cannot migrate the database: {other}"),
+        _ => "cannot migrate the database".to_string(),
     }
 }
 

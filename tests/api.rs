@@ -86,16 +86,38 @@ async fn create_requires_username_email_and_password(app: TestApp) {
 async fn create_validates_every_field(app: TestApp) {
     let cases = [
         (json!({"id": "a/b"}), "id must be 1-128 characters"),
-        (json!({"id": "x".repeat(129)}), "id must be 1-128 characters"),
-        (json!({"username": "a b"}), "username must be 1-64 characters"),
-        (json!({"username": "x".repeat(65)}), "username must be 1-64 characters"),
-        (json!({"email": "not-an-email"}), "email must be a valid e-mail address"),
-        (json!({"email": format!("{}@example.com", "a".repeat(250))}), "email must be at most 254"),
-        (json!({"password": "short"}), "password must be at least 8 characters"),
-        (json!({"password": "x".repeat(1025)}), "password must be at most 1024 characters"),
+        (
+            json!({"id": "x".repeat(129)}),
+            "id must be 1-128 characters",
+        ),
+        (
+            json!({"username": "a b"}),
+            "username must be 1-64 characters",
+        ),
+        (
+            json!({"username": "x".repeat(65)}),
+            "username must be 1-64 characters",
+        ),
+        (
+            json!({"email": "not-an-email"}),
+            "email must be a valid e-mail address",
+        ),
+        (
+            json!({"email": format!("{}@example.com", "a".repeat(250))}),
+            "email must be at most 254",
+        ),
+        (
+            json!({"password": "short"}),
+            "password must be at least 8 characters",
+        ),
+        (
+            json!({"password": "x".repeat(1025)}),
+            "password must be at most 1024 characters",
+        ),
     ];
     for (patch, detail) in cases {
-        let mut body = json!({"username": "valid", "email": "valid@example.com", "password": PASSWORD});
+        let mut body =
+            json!({"username": "valid", "email": "valid@example.com", "password": PASSWORD});
         for (k, v) in patch.as_object().unwrap() {
             body[k] = v.clone();
         }
@@ -121,9 +143,18 @@ async fn create_refuses_a_taken_id_username_or_email(app: TestApp) {
         .await;
     assert_eq!(status, 200);
     let taken = [
-        (json!({"id": "user-1", "username": "other", "email": "other@example.com"}), "id is already taken"),
-        (json!({"username": "ASIM", "email": "other@example.com"}), "username is already taken"),
-        (json!({"username": "other", "email": "Asim@EXAMPLE.com"}), "email is already taken"),
+        (
+            json!({"id": "user-1", "username": "other", "email": "other@example.com"}),
+            "id is already taken",
+        ),
+        (
+            json!({"username": "ASIM", "email": "other@example.com"}),
+            "username is already taken",
+        ),
+        (
+            json!({"username": "other", "email": "Asim@EXAMPLE.com"}),
+            "email is already taken",
+        ),
     ];
     for (mut body, detail) in taken {
         body["password"] = json!(PASSWORD);
@@ -131,7 +162,11 @@ async fn create_refuses_a_taken_id_username_or_email(app: TestApp) {
         assert_error(&answer, "Create", 409, detail);
     }
     let (_, found) = app.call("Search", json!({"username": "other"})).await;
-    assert_eq!(found, json!({"users": []}), "a refused Create changes nothing");
+    assert_eq!(
+        found,
+        json!({"users": []}),
+        "a refused Create changes nothing"
+    );
 }
 
 async fn read_returns_the_user_or_404(app: TestApp) {
@@ -163,11 +198,17 @@ async fn update_changes_only_the_fields_given(app: TestApp) {
     assert_eq!(updated["updated"], (created + 10).to_string());
 
     let (status, body) = app
-        .call("Update", json!({"id": user["id"], "username": "Asim2", "email": ""}))
+        .call(
+            "Update",
+            json!({"id": user["id"], "username": "Asim2", "email": ""}),
+        )
         .await;
     assert_eq!(status, 200);
     assert_eq!(body["user"]["username"], "asim2");
-    assert_eq!(body["user"]["email"], "asim+update@example.com", "an empty email is kept");
+    assert_eq!(
+        body["user"]["email"], "asim+update@example.com",
+        "an empty email is kept"
+    );
 
     // No fields: the user comes back unchanged.
     let (status, same) = app.call("Update", json!({"id": user["id"]})).await;
@@ -185,13 +226,21 @@ async fn update_validates_and_refuses_taken_values(app: TestApp) {
         .await;
     assert_error(&answer, "Update", 409, "username is already taken");
     let answer = app
-        .call("Update", json!({"id": asim["id"], "email": "other@example.com"}))
+        .call(
+            "Update",
+            json!({"id": asim["id"], "email": "other@example.com"}),
+        )
         .await;
     assert_error(&answer, "Update", 409, "email is already taken");
     let answer = app
         .call("Update", json!({"id": asim["id"], "email": "nope"}))
         .await;
-    assert_error(&answer, "Update", 400, "email must be a valid e-mail address");
+    assert_error(
+        &answer,
+        "Update",
+        400,
+        "email must be a valid e-mail address",
+    );
     let answer = app.call("Update", json!({"username": "x"})).await;
     assert_error(&answer, "Update", 400, "id is required");
     let (_, read) = app.call("Read", json!({"id": asim["id"]})).await;
@@ -218,7 +267,10 @@ async fn delete_removes_the_user_and_its_sessions(app: TestApp) {
         .await;
     assert_error(&answer, "ReadSession", 401, "session not found");
     let answer = app
-        .call("Login", json!({"username": "leaving", "password": PASSWORD}))
+        .call(
+            "Login",
+            json!({"username": "leaving", "password": PASSWORD}),
+        )
         .await;
     assert_error(&answer, "Login", 401, "incorrect");
     let answer = app.call("Delete", json!({"id": user["id"]})).await;
@@ -238,11 +290,17 @@ async fn search_matches_exactly_and_case_insensitively(app: TestApp) {
         .await;
     assert_eq!(body, json!({"users": [asim]}));
     let (_, body) = app
-        .call("Search", json!({"username": "asim", "email": "asim@example.com"}))
+        .call(
+            "Search",
+            json!({"username": "asim", "email": "asim@example.com"}),
+        )
         .await;
     assert_eq!(body, json!({"users": [asim]}), "both given, both match");
     let (_, body) = app
-        .call("Search", json!({"username": "asim", "email": "asim2@example.com"}))
+        .call(
+            "Search",
+            json!({"username": "asim", "email": "asim2@example.com"}),
+        )
         .await;
     assert_eq!(body, json!({"users": []}), "both given, only one matches");
     let (_, body) = app.call("Search", json!({"username": "asi"})).await;
@@ -252,11 +310,21 @@ async fn search_matches_exactly_and_case_insensitively(app: TestApp) {
 async fn search_pages_and_validates_its_arguments(app: TestApp) {
     let asim = app.create_user("asim").await;
     let (_, body) = app
-        .call("Search", json!({"username": "asim", "limit": "1", "offset": "0"}))
+        .call(
+            "Search",
+            json!({"username": "asim", "limit": "1", "offset": "0"}),
+        )
         .await;
-    assert_eq!(body, json!({"users": [asim]}), "limit and offset as strings");
+    assert_eq!(
+        body,
+        json!({"users": [asim]}),
+        "limit and offset as strings"
+    );
     let (_, body) = app
-        .call("Search", json!({"username": "asim", "limit": 1000, "offset": 1}))
+        .call(
+            "Search",
+            json!({"username": "asim", "limit": 1000, "offset": 1}),
+        )
         .await;
     assert_eq!(body, json!({"users": []}), "offset skips");
     let (_, body) = app
@@ -264,7 +332,9 @@ async fn search_pages_and_validates_its_arguments(app: TestApp) {
         .await;
     assert_eq!(body, json!({"users": [asim]}), "limit 0 is the default");
 
-    let answer = app.call("Search", json!({"username": "", "email": ""})).await;
+    let answer = app
+        .call("Search", json!({"username": "", "email": ""}))
+        .await;
     assert_error(&answer, "Search", 400, "username or email is required");
     let answer = app.call("Search", json!({})).await;
     assert_error(&answer, "Search", 400, "username or email is required");
@@ -311,7 +381,10 @@ async fn update_password_replaces_the_password_and_revokes_sessions(app: TestApp
     assert_error(&answer, "Login", 401, "incorrect");
     app.login("asim", "newpassword1").await;
     let (_, read) = app.call("Read", json!({"id": user["id"]})).await;
-    assert_ne!(read["user"]["updated"], user["updated"], "a password change bumps updated");
+    assert_ne!(
+        read["user"]["updated"], user["updated"],
+        "a password change bumps updated"
+    );
 }
 
 async fn update_password_refuses_bad_input(app: TestApp) {
@@ -324,29 +397,52 @@ async fn update_password_refuses_bad_input(app: TestApp) {
         b
     };
     let answer = app
-        .call("UpdatePassword", with("confirm_password", json!("newpassword2")))
+        .call(
+            "UpdatePassword",
+            with("confirm_password", json!("newpassword2")),
+        )
         .await;
-    assert_error(&answer, "UpdatePassword", 400, "confirm_password does not match new_password");
+    assert_error(
+        &answer,
+        "UpdatePassword",
+        400,
+        "confirm_password does not match new_password",
+    );
+    let answer = app
+        .call("UpdatePassword", with("new_password", json!("short")))
+        .await;
+    assert_error(
+        &answer,
+        "UpdatePassword",
+        400,
+        "new_password must be at least 8 characters",
+    );
     let answer = app
         .call(
             "UpdatePassword",
-            with("new_password", json!("short")),
+            with("old_password", json!("wrong-password")),
         )
-        .await;
-    assert_error(&answer, "UpdatePassword", 400, "new_password must be at least 8 characters");
-    let answer = app
-        .call("UpdatePassword", with("old_password", json!("wrong-password")))
         .await;
     assert_error(&answer, "UpdatePassword", 401, "old_password is incorrect");
     let answer = app
         .call("UpdatePassword", with("user_id", json!("nobody")))
         .await;
     assert_error(&answer, "UpdatePassword", 404, "user not found");
-    for field in ["user_id", "old_password", "new_password", "confirm_password"] {
+    for field in [
+        "user_id",
+        "old_password",
+        "new_password",
+        "confirm_password",
+    ] {
         let mut b = base.clone();
         b.as_object_mut().unwrap().remove(field);
         let answer = app.call("UpdatePassword", b).await;
-        assert_error(&answer, "UpdatePassword", 400, &format!("{field} is required"));
+        assert_error(
+            &answer,
+            "UpdatePassword",
+            400,
+            &format!("{field} is required"),
+        );
     }
     // None of that changed the password or ended the session.
     app.login("asim", PASSWORD).await;
@@ -364,32 +460,58 @@ async fn login_accepts_username_or_email_case_insensitively(app: TestApp) {
     assert_eq!(session["email"], "asim@example.com");
     let created: i64 = session["created"].as_str().unwrap().parse().unwrap();
     let expires: i64 = session["expires"].as_str().unwrap().parse().unwrap();
-    assert_eq!(expires - created, 604_800, "sessions last seven days by default");
+    assert_eq!(
+        expires - created,
+        604_800,
+        "sessions last seven days by default"
+    );
     let id = session["id"].as_str().unwrap();
     assert!(id.len() >= 43, "at least 256 bits: {id}");
-    assert!(id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+    assert!(id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
     assert_eq!(session.as_object().unwrap().len(), 6, "{session}");
 
     let (status, body) = app
-        .call("Login", json!({"email": "ASIM@example.COM", "password": PASSWORD}))
+        .call(
+            "Login",
+            json!({"email": "ASIM@example.COM", "password": PASSWORD}),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["session"]["user_id"], user["id"]);
-    assert_ne!(body["session"]["id"], session["id"], "every login opens its own session");
+    assert_ne!(
+        body["session"]["id"], session["id"],
+        "every login opens its own session"
+    );
 }
 
 async fn login_gives_one_answer_for_unknown_user_and_wrong_password(app: TestApp) {
     app.create_user("asim").await;
     let wrong = app
-        .call("Login", json!({"username": "asim", "password": "wrong-password"}))
+        .call(
+            "Login",
+            json!({"username": "asim", "password": "wrong-password"}),
+        )
         .await;
     let unknown = app
-        .call("Login", json!({"username": "nobody", "password": "wrong-password"}))
+        .call(
+            "Login",
+            json!({"username": "nobody", "password": "wrong-password"}),
+        )
         .await;
     let unknown_email = app
-        .call("Login", json!({"email": "nobody@example.com", "password": "wrong-password"}))
+        .call(
+            "Login",
+            json!({"email": "nobody@example.com", "password": "wrong-password"}),
+        )
         .await;
-    assert_error(&wrong, "Login", 401, "username, email or password is incorrect");
+    assert_error(
+        &wrong,
+        "Login",
+        401,
+        "username, email or password is incorrect",
+    );
     assert_eq!(wrong, unknown);
     assert_eq!(wrong, unknown_email);
 }
@@ -469,7 +591,11 @@ async fn expired_sessions_are_swept(app: TestApp) {
     let fresh = app.login("asim", PASSWORD).await;
     assert_eq!(app.users.sweep_expired_sessions().await.unwrap(), 0);
     app.clock.advance(10);
-    assert_eq!(app.users.sweep_expired_sessions().await.unwrap(), 1, "only the old one");
+    assert_eq!(
+        app.users.sweep_expired_sessions().await.unwrap(),
+        1,
+        "only the old one"
+    );
     let (status, _) = app
         .call("ReadSession", json!({"session_id": fresh["id"]}))
         .await;

@@ -7,16 +7,22 @@ use std::fmt;
 use crate::error::Error;
 
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
-    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        body
+    let body: &[u8] = match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => b"{}",
+        Some(b'{') => body,
+        // serde would also read an array as a struct's fields in order; a request is
+        // always an object.
+        Some(_) => {
+            return Err(Error::Malformed(
+                "invalid JSON body: expected a JSON object".to_string(),
+            ))
+        }
     };
     let mut json = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut json).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
-        if path == "." {
+        if path == "." || path == "?" {
             Error::Malformed(format!("invalid JSON body: {inner}"))
         } else {
             Error::Malformed(format!("invalid JSON body at `{path}`: {inner}"))
@@ -140,5 +146,9 @@ mod tests {
         );
         let err = decode::<Probe>(br#"{} {}"#).unwrap_err().to_string();
         assert!(err.contains("trailing characters"), "{err}");
+        for not_an_object in [&br#"["x", 1]"#[..], b"null", b"5", b"\"x\""] {
+            let err = decode::<Probe>(not_an_object).unwrap_err().to_string();
+            assert_eq!(err, "invalid JSON body: expected a JSON object");
+        }
     }
 }

@@ -24,9 +24,9 @@ pub enum StoreError {
     Conflict(Unique),
     /// The database could not be reached or is refusing writes (busy, read-only, full);
     /// nothing was changed.
-    #[error("database unavailable: {0}")]
+    #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
-    #[error("database error: {0}")]
+    #[error("database error")]
     Other(#[source] sqlx::Error),
 }
 

@@ -1,0 +1,56 @@
+# users-service container image.
+#
+#   docker build -t users-service .
+#   docker run -p 8080:8080 -v users-data:/data users-service
+#
+# The versions pinned in Cargo.lock need Rust 1.89 or newer. To pin the compiler:
+#   docker build --build-arg RUST_VERSION=1.89 -t users-service .
+ARG RUST_VERSION=1
+
+# ---- build ------------------------------------------------------------------
+FROM rust:${RUST_VERSION}-bookworm AS builder
+WORKDIR /build
+
+# Dependencies first, against placeholder sources, so that a change to the code does
+# not rebuild them.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir src \
+ && echo 'fn main() {}' > src/main.rs \
+ && touch src/lib.rs \
+ && cargo build --release --locked \
+ && rm -rf src
+
+# The service itself. Migrations are embedded by sqlx::migrate! and openapi.yaml by
+# include_str!, so both must be present at build time.
+COPY src ./src
+COPY migrations ./migrations
+COPY openapi.yaml ./
+# Make the real sources newer than the placeholder build so cargo rebuilds the crate.
+RUN touch src/lib.rs src/main.rs \
+ && cargo build --release --locked
+
+# ---- runtime ----------------------------------------------------------------
+# SQLite is compiled into the binary; it needs nothing beyond the C library.
+FROM debian:bookworm-slim
+
+RUN groupadd --system --gid 10001 users-service \
+ && useradd --system --uid 10001 --gid users-service \
+        --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin users-service \
+ && mkdir /data \
+ && chown users-service:users-service /data
+
+COPY --from=builder /build/target/release/users-service /usr/local/bin/users-service
+
+ENV USERS_LISTEN=0.0.0.0:8080 \
+    DATABASE_URL=sqlite:///data/users.db
+
+# The SQLite database (with its -wal and -shm files) lives here.
+VOLUME /data
+WORKDIR /data
+EXPOSE 8080
+USER 10001:10001
+
+# No HEALTHCHECK: the slim image has no HTTP client. Probe GET /health from the
+# orchestrator instead; it answers 200 {"status":"ok"} when the database answers.
+# `docker stop` sends SIGTERM, on which the service finishes requests in flight and exits.
+ENTRYPOINT ["/usr/local/bin/users-service"]

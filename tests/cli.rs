@@ -1,0 +1,320 @@
+//! The binary as an operator runs it: flags, start-up errors, defaults, logs, signals.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_users-service");
+/// Longest a start-up or shutdown may take before the test gives up.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The binary with a clean environment: no configuration leaks in from the caller.
+fn command(dir: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir).env_clear();
+    if let Some(path) = std::env::var_os("PATH") {
+        cmd.env("PATH", path);
+    }
+    cmd
+}
+
+/// A running `users-service` process whose stderr is collected line by line.
+struct Service {
+    child: Child,
+    addr: SocketAddr,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Service {
+    fn start(mut cmd: Command) -> Service {
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        let addr = loop {
+            let line = lines
+                .recv_timeout(DEADLINE)
+                .unwrap_or_else(|_| panic!("no ready line; stderr so far: {seen:#?}"));
+            seen.push(line.clone());
+            if let Some(rest) = line.split("listen=").nth(1) {
+                break rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        };
+        Service {
+            child,
+            addr,
+            lines,
+            seen,
+        }
+    }
+
+    /// Sends SIGTERM and returns everything the process logged, once it has exited.
+    fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        signal_term(&self.child);
+        self.wait()
+    }
+
+    fn wait(&mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let status = wait_with_deadline(&mut self.child);
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(line);
+        }
+        (status, std::mem::take(&mut self.seen))
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn signal_term(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+fn wait_with_deadline(child: &mut Child) -> std::process::ExitStatus {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(start.elapsed() < DEADLINE, "process did not exit in time");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One blocking HTTP/1.1 request; returns (status, body).
+fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+fn json_field(body: &str, pointer: &str) -> String {
+    let value: serde_json::Value = serde_json::from_str(body).unwrap();
+    value
+        .pointer(pointer)
+        .and_then(|v| v.as_str())
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn help_lists_every_flag_with_its_environment_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = command(dir.path()).arg("--help").output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for (flag, env) in [
+        ("--listen", "USERS_LISTEN"),
+        ("--database-url", "DATABASE_URL"),
+        ("--session-ttl", "USERS_SESSION_TTL"),
+        ("--cors-origins", "USERS_CORS_ORIGINS"),
+        ("--db-max-connections", "USERS_DB_MAX_CONNECTIONS"),
+        ("--db-acquire-timeout", "USERS_DB_ACQUIRE_TIMEOUT"),
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
+        assert!(
+            help.contains(&format!("env: {env}=")),
+            "{env} missing from --help:\n{help}"
+        );
+    }
+    assert!(help.contains("[default: 127.0.0.1:8080]"));
+    assert!(help.contains("[default: sqlite://users.db]"));
+    assert!(help.contains("[default: 604800]"));
+}
+
+#[test]
+fn bad_configuration_fails_at_start_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let missing_dir = format!("sqlite://{}/no/such/dir/users.db", dir.path().display());
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--database-url", "mysql://localhost/users"],
+            "unsupported database URL",
+        ),
+        (vec!["--listen", "nonsense"], "--listen"),
+        (vec!["--session-ttl", "0"], "--session-ttl"),
+        (vec!["--session-ttl", "soon"], "--session-ttl"),
+        (vec!["--db-max-connections", "0"], "--db-max-connections"),
+        (vec!["--listen", &taken_addr], "cannot listen on"),
+        (
+            vec!["--database-url", &missing_dir],
+            "cannot open the database",
+        ),
+        (
+            vec![
+                "--database-url",
+                "postgres://postgres@127.0.0.1:1/users",
+                "--db-acquire-timeout",
+                "1",
+            ],
+            "cannot open the database postgres://postgres@127.0.0.1:1/users",
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut cmd = command(dir.path());
+        cmd.args(&args);
+        if !args.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        let output = cmd.output().unwrap();
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(!output.status.success(), "{args:?} should fail");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: exactly one line, got:\n{stderr}");
+        assert!(lines[0].contains(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    drop(taken);
+}
+
+#[test]
+fn starts_with_defaults_creating_users_db_in_the_working_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = command(dir.path());
+    cmd.args(["--listen", "127.0.0.1:0"]);
+    let service = Service::start(cmd);
+    let (status, body) = http(service.addr, "GET", "/health", "");
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+    assert!(
+        dir.path().join("users.db").exists(),
+        "users.db is created in the working directory"
+    );
+    let (exit, logs) = service.terminate();
+    assert!(
+        exit.success(),
+        "SIGTERM is a clean stop: {exit:?} {logs:#?}"
+    );
+    assert!(
+        logs.iter().any(|l| l.contains("users-service stopped")),
+        "{logs:#?}"
+    );
+}
+
+#[test]
+fn logs_one_line_per_request_and_no_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = command(dir.path());
+    cmd.args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "debug");
+    let service = Service::start(cmd);
+    let password = "s3cret-Passw0rd";
+    let (status, _) = http(
+        service.addr,
+        "POST",
+        "/users/Users/Create",
+        &format!(r#"{{"username":"asim","email":"asim@example.com","password":"{password}"}}"#),
+    );
+    assert_eq!(status, 200);
+    let (status, body) = http(
+        service.addr,
+        "POST",
+        "/users/Users/Login",
+        &format!(r#"{{"username":"asim","password":"{password}"}}"#),
+    );
+    assert_eq!(status, 200);
+    let session = json_field(&body, "/session/id");
+    let (status, _) = http(
+        service.addr,
+        "POST",
+        "/users/Users/ReadSession",
+        &format!(r#"{{"session_id":"{session}"}}"#),
+    );
+    assert_eq!(status, 200);
+    let (status, _) = http(
+        service.addr,
+        "POST",
+        "/users/Users/Login",
+        r#"{"username":"asim","password":"wrong-password-123"}"#,
+    );
+    assert_eq!(status, 401);
+    let (_, logs) = service.terminate();
+    let request_lines: Vec<&String> = logs.iter().filter(|l| l.contains(" request ")).collect();
+    assert_eq!(request_lines.len(), 4, "one line per request: {logs:#?}");
+    let login = request_lines[1];
+    assert!(
+        login.contains("method=POST") && login.contains("path=/users/Users/Login"),
+        "{login}"
+    );
+    assert!(
+        login.contains("status=200") && login.contains("latency="),
+        "{login}"
+    );
+    assert!(request_lines[3].contains("status=401"));
+    let all = logs.join("\n");
+    for secret in [password, "wrong-password-123", session.as_str(), "$argon2"] {
+        assert!(
+            !all.contains(secret),
+            "the log contains a secret ({secret}):\n{all}"
+        );
+    }
+}
+
+#[test]
+fn sigterm_finishes_the_requests_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = command(dir.path());
+    cmd.args(["--listen", "127.0.0.1:0"]);
+    let service = Service::start(cmd);
+    let body = r#"{"username":"inflight","email":"inflight@example.com","password":"password1"}"#;
+    let mut stream = TcpStream::connect(service.addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    // With Expect: 100-continue the server says "100 Continue" once the handler is
+    // reading the body: from then on the request is in flight.
+    write!(
+        stream,
+        "POST /users/Users/Create HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    let mut interim = [0u8; 25];
+    stream.read_exact(&mut interim).unwrap();
+    assert!(String::from_utf8_lossy(&interim).starts_with("HTTP/1.1 100 Continue"));
+    signal_term(&service.child);
+    stream.write_all(body.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains(r#""username":"inflight""#));
+    let mut service = service;
+    let (exit, _) = service.wait();
+    assert!(exit.success());
+    assert!(
+        TcpStream::connect(service.addr).is_err(),
+        "no longer listening"
+    );
+}
