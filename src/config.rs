@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Args, Parser};
+use clap::{Args, Parser, Subcommand};
 
 use crate::password::HashParams;
 use crate::store::{DatabaseUrl, PoolConfig};
@@ -21,11 +21,41 @@ pub const DEFAULT_DB_ACQUIRE_TIMEOUT: u64 = 3;
     name = "users-service",
     version,
     about = "User accounts and password sign-in over HTTP, a drop-in for the Micro `users` service",
-    long_about = None
+    long_about = None,
+    args_conflicts_with_subcommands = true,
+    after_help = "Without a command, serves the API (the options above)."
 )]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     #[command(flatten)]
     pub serve: ServeConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply the database migrations this binary carries, then exit
+    Migrate {
+        #[command(flatten)]
+        database: DatabaseConfig,
+    },
+    /// Write every user (with its password hash) and every live session to standard
+    /// output as JSON lines
+    Export {
+        #[command(flatten)]
+        database: DatabaseConfig,
+    },
+    /// Read JSON lines written by `export` from standard input and add them, all or
+    /// nothing
+    Import {
+        #[command(flatten)]
+        database: DatabaseConfig,
+
+        /// Skip users and sessions whose id already exists instead of refusing the import
+        #[arg(long)]
+        skip_existing: bool,
+    },
 }
 
 /// Settings of the HTTP server.
@@ -89,6 +119,16 @@ pub struct DatabaseConfig {
         value_parser = clap::value_parser!(u64).range(1..=60)
     )]
     pub acquire_timeout: u64,
+
+    /// Do not migrate on start; refuse to start unless the schema is exactly this
+    /// binary's (for deployments that run `users-service migrate` separately)
+    #[arg(
+        long,
+        env = "USERS_NO_MIGRATE",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub no_migrate: bool,
 }
 
 impl DatabaseConfig {
@@ -98,6 +138,7 @@ impl DatabaseConfig {
             url,
             max_connections: DEFAULT_DB_MAX_CONNECTIONS,
             acquire_timeout: DEFAULT_DB_ACQUIRE_TIMEOUT,
+            no_migrate: false,
         }
     }
 
@@ -139,6 +180,7 @@ mod tests {
     #[test]
     fn defaults_match_the_documented_ones() {
         let cli = Cli::try_parse_from(["users-service"]).unwrap();
+        assert!(cli.command.is_none());
         // The environment may override these; only check when it does not.
         if std::env::var_os("USERS_LISTEN").is_none() {
             assert_eq!(cli.serve.listen.to_string(), "127.0.0.1:8080");
@@ -152,6 +194,29 @@ mod tests {
         if std::env::var_os("USERS_SESSION_TTL").is_none() {
             assert_eq!(cli.serve.session_ttl, 604_800);
         }
+    }
+
+    #[test]
+    fn subcommands_take_the_database_options() {
+        let cli = Cli::try_parse_from([
+            "users-service",
+            "import",
+            "--database-url",
+            "postgres://db/users",
+            "--skip-existing",
+        ])
+        .unwrap();
+        match cli.command {
+            Some(Command::Import {
+                database,
+                skip_existing,
+            }) => {
+                assert!(skip_existing);
+                assert!(matches!(database.url, DatabaseUrl::Postgres(_)));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["users-service", "migrate", "--listen", "x"]).is_err());
     }
 
     #[test]

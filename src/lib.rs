@@ -8,6 +8,7 @@
 //! * [`store`]: the [`store::Store`] trait and its SQL implementation for SQLite and PostgreSQL.
 //! * [`password`] and [`session`]: argon2id hashing off the async runtime, session tokens.
 //! * [`http`]: the router, the Micro wire types and the Micro error shape.
+//! * [`transfer`]: export and import of users and sessions between stores.
 //! * [`config`] and [`server`]: command-line configuration and the running process.
 
 pub mod clock;
@@ -20,5 +21,6 @@ pub mod server;
 pub mod service;
 pub mod session;
 pub mod store;
+pub mod transfer;
 
 pub use error::Error;

@@ -6,9 +6,14 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use users_service::config::Cli;
+use users_service::clock::{Clock, SystemClock};
+use users_service::config::{Cli, Command};
 use users_service::error::chain;
-use users_service::server::{shutdown_signal, Server};
+use users_service::server::{connect_store, open_store, shutdown_signal, Server, StartError};
+use users_service::transfer;
+
+/// `info`, without PostgreSQL's chatter about `CREATE ... IF NOT EXISTS` during migrations.
+const DEFAULT_LOG_FILTER: &str = "info,sqlx::postgres::notice=warn";
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -28,7 +33,8 @@ fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -49,8 +55,46 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let server = Server::build(&cli.serve).await?;
-        server.run(shutdown_signal()).await?;
+        match cli.command {
+            None => {
+                let server = Server::build(&cli.serve).await?;
+                server.run(shutdown_signal()).await?;
+            }
+            Some(Command::Migrate { database }) => {
+                let store = connect_store(&database).await?;
+                store.migrate().await.map_err(StartError::Migrate)?;
+                store.close().await;
+                tracing::info!(database = %database.url, "the database schema is up to date");
+            }
+            Some(Command::Export { database }) => {
+                let store = open_store(&database).await?;
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                let summary = transfer::export(&store, SystemClock.now(), &mut out).await?;
+                store.close().await;
+                tracing::info!(
+                    users = summary.users,
+                    sessions = summary.sessions,
+                    "export done"
+                );
+            }
+            Some(Command::Import {
+                database,
+                skip_existing,
+            }) => {
+                let store = open_store(&database).await?;
+                let input = tokio::io::BufReader::new(tokio::io::stdin());
+                let result =
+                    transfer::import(&store, SystemClock.now(), input, skip_existing).await;
+                store.close().await;
+                let summary = result?;
+                tracing::info!(
+                    users = summary.users,
+                    sessions = summary.sessions,
+                    skipped = summary.skipped,
+                    "import done"
+                );
+            }
+        }
         Ok(())
     })
 }

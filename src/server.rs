@@ -13,11 +13,11 @@ use sqlx::migrate::MigrateError;
 use tokio::net::TcpListener;
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::ServeConfig;
+use crate::config::{DatabaseConfig, ServeConfig};
 use crate::http::{self, AppState};
 use crate::password::PasswordHasher;
 use crate::service::Users;
-use crate::store::{DatabaseUrl, SqlStore, StoreError};
+use crate::store::{DatabaseUrl, SchemaError, SqlStore, StoreError};
 
 /// How often expired sessions are deleted.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
@@ -35,6 +35,8 @@ pub enum StartError {
     },
     #[error("{}", describe_migrate_error(.0))]
     Migrate(#[source] MigrateError),
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -53,16 +55,26 @@ fn describe_migrate_error(err: &MigrateError) -> String {
     }
 }
 
-/// Opens and migrates the configured store.
-pub async fn open_store(config: &crate::config::DatabaseConfig) -> Result<SqlStore, StartError> {
-    let store = SqlStore::connect(&config.url, &config.pool())
+/// Opens the configured store and migrates it, or with `--no-migrate` only checks that
+/// its schema is this binary's.
+pub async fn open_store(config: &DatabaseConfig) -> Result<SqlStore, StartError> {
+    let store = connect_store(config).await?;
+    if config.no_migrate {
+        store.check_schema().await?;
+    } else {
+        store.migrate().await.map_err(StartError::Migrate)?;
+    }
+    Ok(store)
+}
+
+/// Opens the configured store without touching its schema.
+pub async fn connect_store(config: &DatabaseConfig) -> Result<SqlStore, StartError> {
+    SqlStore::connect(&config.url, &config.pool())
         .await
         .map_err(|source| StartError::Database {
             url: config.url.clone(),
             source,
-        })?;
-    store.migrate().await.map_err(StartError::Migrate)?;
-    Ok(store)
+        })
 }
 
 pub struct Server {
@@ -132,6 +144,11 @@ impl Server {
     /// The core, for embedding programs and tests.
     pub fn users(&self) -> Arc<Users> {
         self.users.clone()
+    }
+
+    /// The store, for embedding programs and tests.
+    pub fn store(&self) -> Arc<SqlStore> {
+        self.store.clone()
     }
 
     /// Serves until `shutdown` completes, then finishes the requests in flight.

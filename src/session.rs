@@ -33,7 +33,7 @@ impl SessionToken {
     /// ours simply matches no session.
     pub fn parse(field: &'static str, raw: Option<String>) -> Result<Self, Error> {
         let value = required(field, raw)?;
-        if value.len() > TOKEN_MAX_LEN {
+        if value.chars().count() > TOKEN_MAX_LEN {
             return Err(Error::invalid(
                 field,
                 format!("must be at most {TOKEN_MAX_LEN} characters"),

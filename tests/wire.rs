@@ -150,6 +150,11 @@ async fn unknown_methods_are_404_and_other_verbs_405() {
         let body: Value = response.json().await.unwrap();
         assert_error(&(status, body), "Read", 405, "use POST");
     }
+    let response = app.client.post(app.url("/health")).send().await.unwrap();
+    assert_eq!(response.headers()["allow"], "GET");
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_error(&(status, body), "Health", 405, "use GET");
     let response = app.client.get(app.url("/nowhere")).send().await.unwrap();
     assert_eq!(response.status(), 404);
     let body: Value = response.json().await.unwrap();

@@ -167,7 +167,14 @@ async fn not_found(uri: Uri) -> MicroError {
 async fn method_not_allowed(uri: Uri) -> MicroError {
     match rpc_method_of(&uri) {
         Some(method) => MicroError::method_not_allowed(method, "POST"),
-        None => MicroError::method_not_allowed("Unknown", "GET"),
+        None => {
+            let name = match uri.path() {
+                "/health" => "Health",
+                "/openapi.yaml" => "OpenApi",
+                _ => "Unknown",
+            };
+            MicroError::method_not_allowed(name, "GET")
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 mod sql;
 mod url;
 
-pub use sql::{PoolConfig, SqlStore};
+pub use sql::{PoolConfig, SchemaError, SqlStore};
 pub use url::DatabaseUrl;
 
 use async_trait::async_trait;
@@ -74,6 +74,36 @@ pub struct SessionRecord {
     pub expires: i64,
 }
 
+/// A session as kept in the store: its token digest, never the token.
+#[derive(Debug, Clone)]
+pub struct StoredSession {
+    pub digest: TokenDigest,
+    pub user_id: String,
+    pub created: i64,
+    pub expires: i64,
+}
+
+/// What an import did with one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Imported {
+    Inserted,
+    /// The id (or session) already existed and skipping was asked for.
+    Skipped,
+    /// A unique value is taken by an existing record.
+    Taken(Unique),
+    /// A session whose user is neither in the store nor earlier in the import.
+    UnknownUser,
+}
+
+/// One import, inside one transaction: nothing is visible until `commit`, and dropping
+/// the importer rolls everything back.
+#[async_trait]
+pub trait Importer: Send {
+    async fn user(&mut self, user: &Credentials) -> Result<Imported, StoreError>;
+    async fn session(&mut self, session: &StoredSession) -> Result<Imported, StoreError>;
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// One round trip, for health checks.
@@ -129,4 +159,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes up to `batch` sessions that expired at or before `now`; returns how many.
     async fn delete_expired_sessions(&self, now: i64, batch: u32) -> Result<u64, StoreError>;
+
+    /// Up to `limit` users with their hashes, in (created, id) order, after `after`.
+    async fn users_page(
+        &self,
+        after: Option<(i64, String)>,
+        limit: u32,
+    ) -> Result<Vec<Credentials>, StoreError>;
+
+    /// Up to `limit` sessions live at `now`, in digest order, after `after`.
+    async fn sessions_page(
+        &self,
+        after: Option<TokenDigest>,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredSession>, StoreError>;
+
+    /// Starts an all-or-nothing import.
+    async fn begin_import(&self, skip_existing: bool) -> Result<Box<dyn Importer>, StoreError>;
 }

@@ -10,14 +10,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::error::DatabaseError;
 use sqlx::migrate::{MigrateError, Migrator};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, Postgres};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteError, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    Sqlite, SqliteConnectOptions, SqliteError, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
+use sqlx::Transaction;
 
 use super::{
-    Credentials, DatabaseUrl, Lookup, NewSession, NewUser, SessionRecord, Store, StoreError,
+    Credentials, DatabaseUrl, Imported, Importer, Lookup, NewSession, NewUser, SessionRecord,
+    Store, StoreError, StoredSession,
 };
 use crate::domain::{AccountChanges, User, UserId, UserQuery};
 use crate::error::Unique;
@@ -75,6 +77,44 @@ macro_rules! user_columns {
 type UserRow = (String, String, String, i64, i64);
 type CredentialsRow = (String, String, String, i64, i64, String);
 type SessionRow = (String, String, String, i64, i64);
+type StoredSessionRow = (String, String, i64, i64);
+
+fn credentials(
+    (id, username, email, created, updated, password_hash): CredentialsRow,
+) -> Credentials {
+    Credentials {
+        user: user((id, username, email, created, updated)),
+        password_hash,
+    }
+}
+
+fn stored_session((digest, user_id, created, expires): StoredSessionRow) -> StoredSession {
+    StoredSession {
+        digest: TokenDigest::from_stored(digest),
+        user_id,
+        created,
+        expires,
+    }
+}
+
+/// Why a database's schema does not fit this binary.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("the database has no users-service schema: run `users-service migrate`")]
+    NotMigrated,
+    #[error(
+        "the database schema is older than this binary (migration {0} is missing): \
+         run `users-service migrate`"
+    )]
+    Older(i64),
+    #[error(
+        "the database schema is newer than this binary (it has migration {0}, which this \
+         version of users-service does not know): upgrade users-service"
+    )]
+    Newer(i64),
+    #[error("cannot read the schema version")]
+    Store(#[source] StoreError),
+}
 
 fn user((id, username, email, created, updated): UserRow) -> User {
     User {
@@ -133,6 +173,39 @@ impl SqlStore {
     pub async fn migrate(&self) -> Result<(), MigrateError> {
         let migrator = self.migrator();
         on_pool!(self, pool => migrator.run(pool).await)
+    }
+
+    /// Checks, without changing anything, that the database has exactly the migrations
+    /// this binary carries.
+    pub async fn check_schema(&self) -> Result<(), SchemaError> {
+        const SQL: &str = "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version";
+        let applied =
+            on_pool!(self, pool => sqlx::query_as::<_, (i64,)>(SQL).fetch_all(pool).await);
+        let applied: Vec<i64> = match applied {
+            Ok(rows) => rows.into_iter().map(|(v,)| v).collect(),
+            // No bookkeeping table: this database was never migrated.
+            Err(sqlx::Error::Database(db)) if !is_transient(db.as_ref()) => {
+                return Err(SchemaError::NotMigrated)
+            }
+            Err(err) => return Err(SchemaError::Store(classify(err))),
+        };
+        let known: Vec<i64> = self
+            .migrator()
+            .iter()
+            .filter(|m| m.migration_type.is_up_migration())
+            .map(|m| m.version)
+            .collect();
+        if let Some(newer) = applied.iter().find(|v| !known.contains(v)) {
+            return Err(SchemaError::Newer(*newer));
+        }
+        if let Some(missing) = known.iter().find(|v| !applied.contains(v)) {
+            return Err(if applied.is_empty() {
+                SchemaError::NotMigrated
+            } else {
+                SchemaError::Older(*missing)
+            });
+        }
+        Ok(())
     }
 
     /// Closes every connection, waiting for those in use to be returned.
@@ -400,6 +473,164 @@ impl Store for SqlStore {
                 .await
                 .map(|done| done.rows_affected())
         })
+        .map_err(classify)
+    }
+
+    async fn users_page(
+        &self,
+        after: Option<(i64, String)>,
+        limit: u32,
+    ) -> Result<Vec<Credentials>, StoreError> {
+        // Keyset pagination on the (created, id) index: each page is a short query, so a
+        // long export never holds a read transaction open or skips rows.
+        const SQL: &str = concat!(
+            "SELECT ",
+            user_columns!(),
+            ", password_hash FROM users WHERE (created, id) > ($1, $2) \
+             ORDER BY created, id LIMIT $3"
+        );
+        let (created, id) = after.unwrap_or((i64::MIN, String::new()));
+        on_pool!(self, pool => {
+            sqlx::query_as::<_, CredentialsRow>(SQL)
+                .bind(created)
+                .bind(&id)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await
+        })
+        .map(|rows| rows.into_iter().map(credentials).collect())
+        .map_err(classify)
+    }
+
+    async fn sessions_page(
+        &self,
+        after: Option<TokenDigest>,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredSession>, StoreError> {
+        const SQL: &str = "SELECT token_hash, user_id, created, expires FROM sessions \
+                           WHERE token_hash > $1 AND expires > $2 ORDER BY token_hash LIMIT $3";
+        let after = after.map(|d| d.as_str().to_owned()).unwrap_or_default();
+        on_pool!(self, pool => {
+            sqlx::query_as::<_, StoredSessionRow>(SQL)
+                .bind(&after)
+                .bind(now)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await
+        })
+        .map(|rows| rows.into_iter().map(stored_session).collect())
+        .map_err(classify)
+    }
+
+    async fn begin_import(&self, skip_existing: bool) -> Result<Box<dyn Importer>, StoreError> {
+        let importer = match &self.backend {
+            Backend::Sqlite(pool) => {
+                SqlImporter::Sqlite(pool.begin().await.map_err(classify)?, skip_existing)
+            }
+            Backend::Postgres(pool) => {
+                SqlImporter::Postgres(pool.begin().await.map_err(classify)?, skip_existing)
+            }
+        };
+        Ok(Box::new(importer))
+    }
+}
+
+/// An import's transaction on whichever backend the store has.
+enum SqlImporter {
+    Sqlite(Transaction<'static, Sqlite>, bool),
+    Postgres(Transaction<'static, Postgres>, bool),
+}
+
+/// Runs `$body` with `$tx` bound to the import's open transaction.
+macro_rules! on_tx {
+    ($importer:expr, $tx:ident, $skip:ident => $body:expr) => {
+        match $importer {
+            SqlImporter::Sqlite($tx, $skip) => $body,
+            SqlImporter::Postgres($tx, $skip) => $body,
+        }
+    };
+}
+
+#[async_trait]
+impl Importer for SqlImporter {
+    async fn user(&mut self, new: &Credentials) -> Result<Imported, StoreError> {
+        // Conflicts are looked up first rather than caught from the INSERT: on
+        // PostgreSQL a failed statement would abort the whole import's transaction, and
+        // the import wants to report every conflict, not just the first.
+        const TAKEN: &str =
+            "SELECT id, username, email FROM users WHERE id = $1 OR username = $2 OR email = $3";
+        const INSERT: &str =
+            "INSERT INTO users (id, username, email, password_hash, created, updated) \
+                              VALUES ($1, $2, $3, $4, $5, $6)";
+        let u = &new.user;
+        on_tx!(self, tx, skip_existing => async {
+            let taken = sqlx::query_as::<_, (String, String, String)>(TAKEN)
+                .bind(&u.id)
+                .bind(&u.username)
+                .bind(&u.email)
+                .fetch_all(&mut **tx)
+                .await?;
+            if taken.iter().any(|(id, _, _)| *id == u.id) {
+                return Ok(if *skip_existing { Imported::Skipped } else { Imported::Taken(Unique::Id) });
+            }
+            if taken.iter().any(|(_, username, _)| *username == u.username) {
+                return Ok(Imported::Taken(Unique::Username));
+            }
+            if !taken.is_empty() {
+                return Ok(Imported::Taken(Unique::Email));
+            }
+            sqlx::query(INSERT)
+                .bind(&u.id)
+                .bind(&u.username)
+                .bind(&u.email)
+                .bind(&new.password_hash)
+                .bind(u.created)
+                .bind(u.updated)
+                .execute(&mut **tx)
+                .await?;
+            Ok::<_, sqlx::Error>(Imported::Inserted)
+        }
+        .await)
+        .map_err(classify)
+    }
+
+    async fn session(&mut self, session: &StoredSession) -> Result<Imported, StoreError> {
+        const EXISTS: &str = "SELECT \
+            (SELECT COUNT(*) FROM sessions WHERE token_hash = $1), \
+            (SELECT COUNT(*) FROM users WHERE id = $2)";
+        const INSERT: &str =
+            "INSERT INTO sessions (token_hash, user_id, created, expires) VALUES ($1, $2, $3, $4)";
+        on_tx!(self, tx, skip_existing => async {
+            let (sessions, users) = sqlx::query_as::<_, (i64, i64)>(EXISTS)
+                .bind(session.digest.as_str())
+                .bind(&session.user_id)
+                .fetch_one(&mut **tx)
+                .await?;
+            if sessions > 0 {
+                return Ok(if *skip_existing { Imported::Skipped } else { Imported::Taken(Unique::Id) });
+            }
+            if users == 0 {
+                return Ok(Imported::UnknownUser);
+            }
+            sqlx::query(INSERT)
+                .bind(session.digest.as_str())
+                .bind(&session.user_id)
+                .bind(session.created)
+                .bind(session.expires)
+                .execute(&mut **tx)
+                .await?;
+            Ok::<_, sqlx::Error>(Imported::Inserted)
+        }
+        .await)
+        .map_err(classify)
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        match *self {
+            SqlImporter::Sqlite(tx, _) => tx.commit().await,
+            SqlImporter::Postgres(tx, _) => tx.commit().await,
+        }
         .map_err(classify)
     }
 }

@@ -2,6 +2,8 @@
 //! file or a fresh PostgreSQL database, and talks to it over real HTTP.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,11 +13,11 @@ use serde_json::{json, Value};
 use sqlx::Connection;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use users_service::clock::ManualClock;
+use users_service::clock::{Clock, ManualClock};
 use users_service::config::ServeConfig;
 use users_service::server::Server;
 use users_service::service::Users;
-use users_service::store::DatabaseUrl;
+use users_service::store::{DatabaseUrl, SqlStore};
 
 pub const PASSWORD: &str = "password1";
 
@@ -141,6 +143,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub clock: Arc<ManualClock>,
     pub users: Arc<Users>,
+    pub store: Arc<SqlStore>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
     pub db: TestDatabase,
@@ -158,6 +161,11 @@ impl TestApp {
         configure: impl FnOnce(&mut ServeConfig),
     ) -> Option<Self> {
         let db = TestDatabase::create(backend, test).await?;
+        Some(Self::spawn_on(db, configure).await)
+    }
+
+    /// Starts the service on an existing test database.
+    pub async fn spawn_on(db: TestDatabase, configure: impl FnOnce(&mut ServeConfig)) -> Self {
         let mut config = ServeConfig::new(db.url.clone());
         configure(&mut config);
         let clock = Arc::new(ManualClock::new());
@@ -166,20 +174,34 @@ impl TestApp {
             .expect("server starts");
         let addr = server.local_addr().expect("bound address");
         let users = server.users();
+        let store = server.store();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
             let _ = rx.await;
         }));
-        Some(Self {
+        Self {
             addr,
             base: format!("http://{addr}"),
             client: reqwest::Client::new(),
             clock,
             users,
+            store,
             shutdown: Some(tx),
             task: Some(task),
             db,
-        })
+        }
+    }
+
+    /// Stops the server and hands back its database.
+    pub async fn into_database(mut self) -> TestDatabase {
+        self.stop().await;
+        let placeholder = TestDatabase {
+            url: self.db.url.clone(),
+            raw_url: String::new(),
+            _dir: None,
+            postgres: None,
+        };
+        std::mem::replace(&mut self.db, placeholder)
     }
 
     /// Stops the server and waits for it to finish (the database stays).
@@ -190,6 +212,16 @@ impl TestApp {
         if let Some(task) = self.task.take() {
             task.await.expect("server task").expect("server ran");
         }
+    }
+
+    /// The store under the service, for tests of the store-level tools.
+    pub fn users_store(&self) -> Arc<SqlStore> {
+        self.store.clone()
+    }
+
+    /// The service's current time.
+    pub fn clock_now(&self) -> i64 {
+        self.clock.now()
     }
 
     pub fn url(&self, path: &str) -> String {

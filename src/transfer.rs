@@ -1,0 +1,326 @@
+//! Moving accounts between stores: `users-service export` writes every user (with its
+//! password hash as a PHC string) and every live session as JSON lines; `import` reads
+//! them back into any store, all or nothing. Users keep their passwords and sessions
+//! keep working, so an app can move from SQLite to PostgreSQL without anyone noticing.
+//!
+//! The format, one JSON object per line:
+//!
+//! ```text
+//! {"type":"header","format":"users-service","version":1}
+//! {"type":"user","id":"...","username":"...","email":"...","password_hash":"$argon2id$...","created":1700000000,"updated":1700000000}
+//! {"type":"session","token_hash":"<sha256 hex>","user_id":"...","created":1700000000,"expires":1700604800}
+//! ```
+
+use std::io::Write;
+
+use argon2::password_hash::PasswordHash;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+
+use crate::domain::{Email, User, UserId, Username};
+use crate::session::TokenDigest;
+use crate::store::{Credentials, Imported, Store, StoreError, StoredSession};
+
+const FORMAT: &str = "users-service";
+const VERSION: u32 = 1;
+/// Rows read per query while exporting.
+const PAGE: u32 = 1000;
+/// Problems listed in a refused import's report; the rest are counted.
+const MAX_LISTED: usize = 20;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum Line {
+    Header {
+        format: String,
+        version: u32,
+    },
+    User {
+        id: String,
+        username: String,
+        email: String,
+        password_hash: String,
+        created: i64,
+        updated: i64,
+    },
+    Session {
+        token_hash: String,
+        user_id: String,
+        created: i64,
+        expires: i64,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error("cannot read or write the data")]
+    Io(#[from] std::io::Error),
+    #[error("the database failed")]
+    Store(#[from] StoreError),
+    #[error("{}", refusal(.problems, *.total))]
+    Refused { problems: Vec<String>, total: usize },
+}
+
+fn refusal(problems: &[String], total: usize) -> String {
+    let mut text = format!("import refused, nothing was written ({total} problem(s)):");
+    for problem in problems {
+        text.push_str("\n  ");
+        text.push_str(problem);
+    }
+    if total > problems.len() {
+        text.push_str(&format!("\n  ... and {} more", total - problems.len()));
+    }
+    text
+}
+
+/// Counts of what an export wrote or an import did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    pub users: u64,
+    pub sessions: u64,
+    /// Records an import skipped: existing ones under `--skip-existing`, and sessions
+    /// that had expired.
+    pub skipped: u64,
+}
+
+/// Writes the header, every user and every session live at `now`.
+pub async fn export(
+    store: &dyn Store,
+    now: i64,
+    out: &mut impl Write,
+) -> Result<Summary, TransferError> {
+    let mut summary = Summary::default();
+    write_line(
+        out,
+        &Line::Header {
+            format: FORMAT.into(),
+            version: VERSION,
+        },
+    )?;
+    let mut after = None;
+    loop {
+        let page = store.users_page(after.take(), PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some((last.user.created, last.user.id.clone()));
+        for Credentials {
+            user,
+            password_hash,
+        } in page
+        {
+            write_line(
+                out,
+                &Line::User {
+                    id: user.id,
+                    username: user.username,
+                    email: user.email,
+                    password_hash,
+                    created: user.created,
+                    updated: user.updated,
+                },
+            )?;
+            summary.users += 1;
+        }
+    }
+    let mut after = None;
+    loop {
+        let page = store.sessions_page(after.take(), now, PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.digest.clone());
+        for session in page {
+            write_line(
+                out,
+                &Line::Session {
+                    token_hash: session.digest.as_str().to_owned(),
+                    user_id: session.user_id,
+                    created: session.created,
+                    expires: session.expires,
+                },
+            )?;
+            summary.sessions += 1;
+        }
+    }
+    out.flush()?;
+    Ok(summary)
+}
+
+fn write_line(out: &mut impl Write, line: &Line) -> Result<(), TransferError> {
+    serde_json::to_writer(&mut *out, line).map_err(std::io::Error::from)?;
+    out.write_all(b"\n")?;
+    Ok(())
+}
+
+/// Reads an export and adds it to `store` in one transaction. Every line is checked
+/// (format, validation, conflicts) before anything is committed; any problem refuses
+/// the whole import with a report of each one.
+pub async fn import(
+    store: &dyn Store,
+    now: i64,
+    input: impl AsyncBufRead + Unpin,
+    skip_existing: bool,
+) -> Result<Summary, TransferError> {
+    let mut importer = store.begin_import(skip_existing).await?;
+    let mut summary = Summary::default();
+    let mut problems = Vec::new();
+    let mut total = 0usize;
+    let mut report = |line: usize, problem: String| {
+        total += 1;
+        if problems.len() < MAX_LISTED {
+            problems.push(format!("line {line}: {problem}"));
+        }
+    };
+    let mut lines = input.lines();
+    let mut number = 0usize;
+    let mut saw_header = false;
+    while let Some(text) = lines.next_line().await? {
+        number += 1;
+        if text.trim().is_empty() {
+            continue;
+        }
+        let line: Line = match serde_json::from_str(&text) {
+            Ok(line) => line,
+            Err(err) => {
+                report(number, format!("not a record of this format: {err}"));
+                continue;
+            }
+        };
+        match line {
+            Line::Header { format, version } => {
+                if saw_header || format != FORMAT || version != VERSION {
+                    report(number, format!("unexpected header (format {format:?}, version {version}); expected one {FORMAT:?} version {VERSION} header first"));
+                }
+                saw_header = true;
+            }
+            _ if !saw_header => {
+                report(
+                    number,
+                    format!("the first record must be the {FORMAT:?} header"),
+                );
+                saw_header = true;
+            }
+            Line::User {
+                id,
+                username,
+                email,
+                password_hash,
+                created,
+                updated,
+            } => {
+                let user = match check_user(id, username, email, &password_hash, created, updated) {
+                    Ok(user) => user,
+                    Err(problem) => {
+                        report(number, problem);
+                        continue;
+                    }
+                };
+                let credentials = Credentials {
+                    user,
+                    password_hash,
+                };
+                match importer.user(&credentials).await? {
+                    Imported::Inserted => summary.users += 1,
+                    Imported::Skipped => summary.skipped += 1,
+                    Imported::Taken(field) => report(
+                        number,
+                        format!("user {:?}: {field} is already taken", credentials.user.id),
+                    ),
+                    Imported::UnknownUser => {}
+                }
+            }
+            Line::Session {
+                token_hash,
+                user_id,
+                created,
+                expires,
+            } => {
+                let session = match check_session(token_hash, user_id, created, expires) {
+                    Ok(session) => session,
+                    Err(problem) => {
+                        report(number, problem);
+                        continue;
+                    }
+                };
+                if session.expires <= now {
+                    summary.skipped += 1;
+                    continue;
+                }
+                match importer.session(&session).await? {
+                    Imported::Inserted => summary.sessions += 1,
+                    Imported::Skipped => summary.skipped += 1,
+                    Imported::Taken(_) => report(number, "the session already exists".into()),
+                    Imported::UnknownUser => report(
+                        number,
+                        format!("session of unknown user {:?}", session.user_id),
+                    ),
+                }
+            }
+        }
+    }
+    if !saw_header {
+        report(number.max(1), "empty input: no header".into());
+    }
+    if total > 0 {
+        // Dropping the importer rolls its transaction back.
+        drop(importer);
+        return Err(TransferError::Refused { problems, total });
+    }
+    importer.commit().await?;
+    Ok(summary)
+}
+
+/// The same rules as Create, so an import cannot bring in what the API would refuse;
+/// usernames and e-mails are normalised the same way.
+fn check_user(
+    id: String,
+    username: String,
+    email: String,
+    password_hash: &str,
+    created: i64,
+    updated: i64,
+) -> Result<User, String> {
+    let id = UserId::parse("id", Some(id)).map_err(|e| e.to_string())?;
+    let username = Username::parse(Some(username)).map_err(|e| e.to_string())?;
+    let email = Email::parse(Some(email)).map_err(|e| e.to_string())?;
+    let hash = PasswordHash::new(password_hash)
+        .map_err(|e| format!("password_hash is not a PHC string: {e}"))?;
+    if !hash.algorithm.as_str().starts_with("argon2") {
+        return Err(format!(
+            "password_hash uses {}, but only argon2 hashes can be verified",
+            hash.algorithm
+        ));
+    }
+    if created < 0 || updated < created {
+        return Err("created must be >= 0 and updated >= created".into());
+    }
+    Ok(User {
+        id: id.as_str().to_owned(),
+        username: username.as_str().to_owned(),
+        email: email.as_str().to_owned(),
+        created,
+        updated,
+    })
+}
+
+fn check_session(
+    token_hash: String,
+    user_id: String,
+    created: i64,
+    expires: i64,
+) -> Result<StoredSession, String> {
+    let is_digest = token_hash.len() == 64
+        && token_hash
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !is_digest {
+        return Err("token_hash must be 64 lowercase hex digits (a SHA-256)".into());
+    }
+    let user_id = UserId::parse("user_id", Some(user_id)).map_err(|e| e.to_string())?;
+    if created < 0 || expires < created {
+        return Err("created must be >= 0 and expires >= created".into());
+    }
+    Ok(StoredSession {
+        digest: TokenDigest::from_stored(token_hash),
+        user_id: user_id.as_str().to_owned(),
+        created,
+        expires,
+    })
+}

@@ -1,0 +1,131 @@
+//! Running the `users-service` binary as a separate process, as an operator would.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_users-service");
+/// Longest a start-up or shutdown may take before the test gives up.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The binary with a clean environment: no configuration leaks in from the caller.
+pub fn command(dir: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir).env_clear();
+    if let Some(path) = std::env::var_os("PATH") {
+        cmd.env("PATH", path);
+    }
+    cmd
+}
+
+/// A running `users-service` process whose stderr is collected line by line.
+pub struct Service {
+    pub child: Child,
+    pub addr: SocketAddr,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Service {
+    pub fn start(mut cmd: Command) -> Service {
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        let addr = loop {
+            let line = lines
+                .recv_timeout(DEADLINE)
+                .unwrap_or_else(|_| panic!("no ready line; stderr so far: {seen:#?}"));
+            seen.push(line.clone());
+            if let Some(rest) = line.split("listen=").nth(1) {
+                break rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        };
+        Service {
+            child,
+            addr,
+            lines,
+            seen,
+        }
+    }
+
+    /// Sends SIGTERM and returns everything the process logged, once it has exited.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        signal_term(&self.child);
+        self.wait()
+    }
+
+    pub fn wait(&mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let status = wait_with_deadline(&mut self.child);
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(line);
+        }
+        (status, std::mem::take(&mut self.seen))
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn signal_term(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+pub fn wait_with_deadline(child: &mut Child) -> std::process::ExitStatus {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(start.elapsed() < DEADLINE, "process did not exit in time");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One blocking HTTP/1.1 request; returns (status, body).
+pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+pub fn json_field(body: &str, pointer: &str) -> String {
+    let value: serde_json::Value = serde_json::from_str(body).unwrap();
+    value
+        .pointer(pointer)
+        .and_then(|v| v.as_str())
+        .unwrap()
+        .to_string()
+}

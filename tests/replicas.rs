@@ -1,0 +1,275 @@
+//! Several stateless replicas on one PostgreSQL database, and a database outage.
+//! These tests need PostgreSQL (`TEST_DATABASE_URL`); without it they say they were
+//! skipped.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::process::{command, Service};
+use common::{assert_error, Backend, TestApp, TestDatabase, PASSWORD};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// A replica: the real binary, on the shared database.
+fn replica(db: &TestDatabase, dir: &std::path::Path) -> Service {
+    let mut cmd = command(dir);
+    cmd.args(["--listen", "127.0.0.1:0", "--database-url", &db.raw_url]);
+    Service::start(cmd)
+}
+
+async fn call(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    method: &str,
+    body: Value,
+) -> (StatusCode, Value) {
+    let response = client
+        .post(format!("http://{addr}/users/Users/{method}"))
+        .json(&body)
+        .send()
+        .await
+        .expect("request sent");
+    let status = response.status();
+    (status, response.json().await.expect("JSON body"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_database_agree_at_once() {
+    let Some(db) = TestDatabase::create(Backend::Postgres, "replicas::two_replicas").await else {
+        return;
+    };
+    // Replica A migrates the new database; B then starts on the migrated schema.
+    let dir = tempfile::tempdir().unwrap();
+    let a = replica(&db, dir.path());
+    let b = replica(&db, dir.path());
+    let client = reqwest::Client::new();
+
+    let (status, created) = call(
+        &client,
+        a.addr,
+        "Create",
+        json!({"username": "asim", "email": "asim@example.com", "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    let user_id = created["user"]["id"].clone();
+
+    // A session created through A is read through B.
+    let (status, login) = call(
+        &client,
+        a.addr,
+        "Login",
+        json!({"username": "asim", "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let session_id = login["session"]["id"].clone();
+    let (status, read) = call(
+        &client,
+        b.addr,
+        "ReadSession",
+        json!({"session_id": session_id}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(read["session"], login["session"]);
+
+    // Logout through B is refused by A at once.
+    let (status, _) = call(&client, b.addr, "Logout", json!({"session_id": session_id})).await;
+    assert_eq!(status, 200);
+    let answer = call(
+        &client,
+        a.addr,
+        "ReadSession",
+        json!({"session_id": session_id}),
+    )
+    .await;
+    assert_error(&answer, "ReadSession", 401, "session not found");
+
+    // 20 concurrent Creates of one username spread over A and B: exactly one wins.
+    let mut creates = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let client = client.clone();
+        let addr = if i % 2 == 0 { a.addr } else { b.addr };
+        creates.spawn(async move {
+            call(
+                &client,
+                addr,
+                "Create",
+                json!({"username": "contested", "email": format!("c{i}@example.com"), "password": PASSWORD}),
+            )
+            .await
+        });
+    }
+    let mut ok = 0;
+    let mut conflicts = 0;
+    while let Some(result) = creates.join_next().await {
+        let answer = result.unwrap();
+        match answer.0.as_u16() {
+            200 => ok += 1,
+            409 => {
+                assert_error(&answer, "Create", 409, "username is already taken");
+                conflicts += 1;
+            }
+            other => panic!("unexpected {other}: {}", answer.1),
+        }
+    }
+    assert_eq!((ok, conflicts), (1, 19));
+
+    // A password changed through A works for Login through B, and the old one does not.
+    let (status, _) = call(
+        &client,
+        a.addr,
+        "UpdatePassword",
+        json!({"user_id": user_id, "old_password": PASSWORD, "new_password": "newpassword1", "confirm_password": "newpassword1"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = call(
+        &client,
+        b.addr,
+        "Login",
+        json!({"username": "asim", "password": "newpassword1"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let answer = call(
+        &client,
+        b.addr,
+        "Login",
+        json!({"username": "asim", "password": PASSWORD}),
+    )
+    .await;
+    assert_error(&answer, "Login", 401, "incorrect");
+
+    let (a_exit, _) = a.terminate();
+    let (b_exit, _) = b.terminate();
+    assert!(a_exit.success() && b_exit.success());
+}
+
+/// A TCP relay in front of PostgreSQL that the test can cut and restore, standing in
+/// for a database outage without stopping the server other tests share.
+struct Relay {
+    addr: SocketAddr,
+    upstream: SocketAddr,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start(addr: SocketAddr, upstream: SocketAddr) -> Relay {
+        let listener = TcpListener::bind(addr).await.expect("relay binds");
+        let addr = listener.local_addr().unwrap();
+        let tasks = Arc::new(Mutex::new(Vec::new()));
+        let conns = tasks.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                conns.lock().unwrap().push(conn);
+            }
+        });
+        tasks.lock().unwrap().push(accept);
+        Relay {
+            addr,
+            upstream,
+            tasks,
+        }
+    }
+
+    /// Closes the listener and every relayed connection.
+    async fn cut(&self) {
+        let tasks: Vec<_> = self.tasks.lock().unwrap().drain(..).collect();
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    async fn restore(&self) -> Relay {
+        Relay::start(self.addr, self.upstream).await
+    }
+}
+
+/// The `host[:port]` part of a PostgreSQL URL, and the address it names.
+fn host_port(url: &str) -> (String, SocketAddr) {
+    let authority = url.split("://").nth(1).unwrap().split('/').next().unwrap();
+    let host = authority.rsplit('@').next().unwrap().to_string();
+    let with_port = if host.contains(':') {
+        host.clone()
+    } else {
+        format!("{host}:5432")
+    };
+    let addr = with_port
+        .replace("localhost", "127.0.0.1")
+        .parse()
+        .expect("TEST_DATABASE_URL's host must be an IP address or localhost");
+    (host, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_answers_503_quickly_and_recovers() {
+    let Some(db) = TestDatabase::create(Backend::Postgres, "replicas::outage").await else {
+        return;
+    };
+    let (host, upstream) = host_port(&db.raw_url);
+    let relay = Relay::start("127.0.0.1:0".parse().unwrap(), upstream).await;
+    let via_relay = db.raw_url.replacen(&host, &relay.addr.to_string(), 1);
+    let app = TestApp::spawn_on(db, |config| {
+        config.database.url = via_relay.parse().unwrap();
+    })
+    .await;
+    app.create_user("asim").await;
+    let session = app.login("asim", PASSWORD).await;
+
+    relay.cut().await;
+    // The client gives up after 5 s: a hang fails the test instead of stalling it.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    for (method, body) in [
+        ("ReadSession", json!({"session_id": session["id"]})),
+        ("Read", json!({"id": "anyone"})),
+        (
+            "Create",
+            json!({"username": "during", "email": "during@example.com", "password": PASSWORD}),
+        ),
+    ] {
+        let response = impatient
+            .post(app.url(&format!("/users/Users/{method}")))
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} must answer within 5 s during an outage: {e}"));
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert_error(&(status, body), method, 503, "the database is unavailable");
+    }
+    let health = impatient
+        .get(app.url("/health"))
+        .send()
+        .await
+        .expect("health answers within 5 s");
+    assert_eq!(health.status(), 503);
+    let body: Value = health.json().await.unwrap();
+    assert_eq!(body["code"], 503);
+
+    // The database comes back: the service recovers by itself.
+    let _restored = relay.restore().await;
+    let health = impatient.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let (status, body) = app
+        .call("ReadSession", json!({"session_id": session["id"]}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = app.call("Search", json!({"username": "during"})).await;
+    assert_eq!(status, 200);
+}

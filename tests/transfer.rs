@@ -1,0 +1,301 @@
+//! Schema migrations as an operator runs them, and moving users between stores with
+//! `export` and `import`.
+
+mod common;
+
+use std::io::Write;
+use std::process::Stdio;
+
+use common::process::{command, http, Service};
+use common::{assert_error, Backend, TestApp, TestDatabase, PASSWORD};
+use serde_json::json;
+use sqlx::Connection;
+
+/// Runs the binary to completion; returns (success, stdout, stderr).
+fn run(args: &[&str], stdin: Option<&[u8]>) -> (bool, Vec<u8>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = command(dir.path())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(bytes) = stdin {
+        input.write_all(bytes).unwrap();
+    }
+    drop(input);
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.success(),
+        output.stdout,
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+on_both_stores!(
+    migrate_then_no_migrate_and_a_newer_schema_is_refused,
+    import_refuses_bad_input_and_writes_nothing,
+    import_skips_expired_sessions,
+);
+
+async fn migrate_then_no_migrate_and_a_newer_schema_is_refused(app: TestApp) {
+    // `app` ran the migrations on start; a fresh database is what we need here, so use
+    // its backend with a new database.
+    let backend = if app.db.raw_url.starts_with("sqlite") {
+        Backend::Sqlite
+    } else {
+        Backend::Postgres
+    };
+    drop(app);
+    let db = TestDatabase::create(backend, "transfer::migrate")
+        .await
+        .unwrap();
+    let url = db.raw_url.as_str();
+
+    // --no-migrate on an empty database refuses to start and changes nothing.
+    let (ok, _, stderr) = run(
+        &[
+            "--database-url",
+            url,
+            "--no-migrate",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        None,
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("no users-service schema: run `users-service migrate`"),
+        "{stderr}"
+    );
+
+    let (ok, _, stderr) = run(&["migrate", "--database-url", url], None);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("schema is up to date"), "{stderr}");
+    let (ok, _, stderr) = run(&["migrate", "--database-url", url], None);
+    assert!(ok, "migrate is idempotent: {stderr}");
+
+    // Once migrated, --no-migrate starts and serves.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = command(dir.path());
+    cmd.args([
+        "--database-url",
+        url,
+        "--no-migrate",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let service = Service::start(cmd);
+    let (status, _) = http(service.addr, "GET", "/health", "");
+    assert_eq!(status, 200);
+    assert!(service.terminate().0.success());
+
+    // A database migrated by a newer binary is refused, with and without --no-migrate.
+    add_future_migration(url).await;
+    for extra in [&[][..], &["--no-migrate"][..]] {
+        let mut args = vec!["--database-url", url, "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let (ok, _, stderr) = run(&args, None);
+        assert!(!ok);
+        assert!(
+            stderr.contains("schema is newer than this binary"),
+            "{extra:?}: {stderr}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+    let (ok, _, stderr) = run(&["migrate", "--database-url", url], None);
+    assert!(!ok && stderr.contains("upgrade users-service"), "{stderr}");
+}
+
+async fn add_future_migration(url: &str) {
+    const SQL: &str =
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+                       VALUES (99991231000000, 'from the future', TRUE, $1, 0)";
+    let checksum: Vec<u8> = vec![0; 48];
+    if url.starts_with("sqlite") {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::query(SQL)
+            .bind(checksum)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    } else {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query(SQL)
+            .bind(checksum)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+/// Users and sessions made through the API on SQLite, exported, imported into
+/// PostgreSQL: everyone signs in with the same password and sessions still read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_from_sqlite_and_import_into_postgres_keeps_passwords_and_sessions() {
+    let Some(target) =
+        TestDatabase::create(Backend::Postgres, "transfer::sqlite_to_postgres").await
+    else {
+        return;
+    };
+    let source = TestApp::spawn(Backend::Sqlite, "transfer::source")
+        .await
+        .unwrap();
+    let mut sessions = Vec::new();
+    for name in ["asim", "bea", "chen"] {
+        source.create_user(name).await;
+        sessions.push(source.login(name, PASSWORD).await);
+    }
+    // An expired session is not carried over.
+    let source_users = source.call("Search", json!({"username": "asim"})).await.1;
+    let source_db = source.into_database().await;
+
+    let (ok, export, stderr) = run(&["export", "--database-url", &source_db.raw_url], None);
+    assert!(ok, "{stderr}");
+    let text = String::from_utf8(export.clone()).unwrap();
+    assert_eq!(
+        text.lines().count(),
+        1 + 3 + 3,
+        "header, users, sessions:\n{text}"
+    );
+    assert!(text.contains("$argon2id$"), "hashes travel as PHC strings");
+    for session in &sessions {
+        assert!(
+            !text.contains(session["id"].as_str().unwrap()),
+            "tokens themselves are never exported"
+        );
+    }
+
+    let (ok, _, stderr) = run(
+        &["import", "--database-url", &target.raw_url],
+        Some(&export),
+    );
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("users=3 sessions=3 skipped=0"), "{stderr}");
+
+    // Importing again is refused as a whole, with a report naming every duplicate...
+    let (ok, _, stderr) = run(
+        &["import", "--database-url", &target.raw_url],
+        Some(&export),
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("import refused, nothing was written (6 problem(s))"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("line 2: user") && stderr.contains("id is already taken"),
+        "{stderr}"
+    );
+    // ...and is a no-op with --skip-existing.
+    let (ok, _, stderr) = run(
+        &[
+            "import",
+            "--database-url",
+            &target.raw_url,
+            "--skip-existing",
+        ],
+        Some(&export),
+    );
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("users=0 sessions=0 skipped=6"), "{stderr}");
+
+    let app = TestApp::spawn_on(target, |_| {}).await;
+    for name in ["asim", "bea", "chen"] {
+        app.login(name, PASSWORD).await;
+    }
+    for session in &sessions {
+        let (status, body) = app
+            .call("ReadSession", json!({"session_id": session["id"]}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["session"], *session);
+    }
+    let (_, users) = app.call("Search", json!({"username": "asim"})).await;
+    assert_eq!(users, source_users, "ids and timestamps are kept");
+}
+
+async fn import_refuses_bad_input_and_writes_nothing(app: TestApp) {
+    app.create_user("taken").await;
+    let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$0FbYz1u0tQ9yq0Z5WQm8u8cB4kq2zCq9F2nX2mRjUaA";
+    let user = |id: &str, name: &str, email: &str, hash: &str| {
+        json!({"type": "user", "id": id, "username": name, "email": email, "password_hash": hash, "created": 1, "updated": 1}).to_string()
+    };
+    let lines = [
+        json!({"type": "header", "format": "users-service", "version": 1}).to_string(),
+        user("ok-1", "fine", "fine@example.com", hash),
+        user("ok-2", "Taken", "other@example.com", hash),
+        user("ok-3", "bad email", "not-an-email", hash),
+        user("ok-4", "scrypt", "s@example.com", "$scrypt$ln=15,r=8,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA"),
+        json!({"type": "session", "token_hash": "abc", "user_id": "ok-1", "created": 1, "expires": 9_999_999_999i64}).to_string(),
+        json!({"type": "session", "token_hash": "a".repeat(64), "user_id": "ghost", "created": 1, "expires": 9_999_999_999i64}).to_string(),
+        "{not json".to_string(),
+    ];
+    let input = lines.join("\n");
+    let err = users_service::transfer::import(
+        app.users_store().as_ref(),
+        app.clock_now(),
+        input.as_bytes(),
+        false,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    for expected in [
+        "(6 problem(s))",
+        "line 3: user \"ok-2\": username is already taken",
+        "line 4: username must be",
+        "line 5: password_hash uses scrypt, but only argon2 hashes can be verified",
+        "line 6: token_hash must be 64 lowercase hex digits",
+        "line 7: session of unknown user \"ghost\"",
+        "line 8: not a record of this format",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    // The valid user on line 2 was not kept either.
+    let answer = app.call("Read", json!({"id": "ok-1"})).await;
+    assert_error(&answer, "Read", 404, "user not found");
+
+    let no_header = user("ok-1", "fine", "fine@example.com", hash);
+    let err = users_service::transfer::import(
+        app.users_store().as_ref(),
+        app.clock_now(),
+        no_header.as_bytes(),
+        false,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("the first record must be the \"users-service\" header"),
+        "{err}"
+    );
+}
+
+async fn import_skips_expired_sessions(app: TestApp) {
+    app.create_user("asim").await;
+    let live = app.login("asim", PASSWORD).await;
+    app.clock.advance(604_800 - 1);
+    let mut export = Vec::new();
+    users_service::transfer::export(app.users_store().as_ref(), app.clock_now(), &mut export)
+        .await
+        .unwrap();
+    let later = app.clock_now() + 1;
+    let target = TestApp::spawn(Backend::Sqlite, "transfer::expired_target")
+        .await
+        .unwrap();
+    let summary =
+        users_service::transfer::import(target.users_store().as_ref(), later, &export[..], false)
+            .await
+            .unwrap();
+    assert_eq!(
+        (summary.users, summary.sessions, summary.skipped),
+        (1, 0, 1)
+    );
+    let answer = target
+        .call("ReadSession", json!({"session_id": live["id"]}))
+        .await;
+    assert_error(&answer, "ReadSession", 401, "session not found");
+}
