@@ -1,12 +1,18 @@
 //! Command-line and environment configuration. Every flag has an environment variable;
 //! `users-service --help` lists them all.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args, Parser, Subcommand};
+use ipnet::IpNet;
 
-use crate::password::HashParams;
+use crate::limits::LimitConfig;
+use crate::password::{HashParams, OWASP_MIN_M_KIB, OWASP_MIN_P, OWASP_MIN_T};
+use crate::policy::PasswordPolicy;
+use crate::service::Settings;
 use crate::store::{DatabaseUrl, PoolConfig};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -15,6 +21,14 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://users.db";
 pub const DEFAULT_SESSION_TTL: u64 = 604_800;
 pub const DEFAULT_DB_MAX_CONNECTIONS: u32 = 10;
 pub const DEFAULT_DB_ACQUIRE_TIMEOUT: u64 = 3;
+pub const DEFAULT_PUBLIC_METHODS: &str = "Create,Login,Logout,ReadSession,UpdatePassword";
+pub const DEFAULT_LOGIN_MAX_FAILURES: u32 = 5;
+pub const DEFAULT_LOGIN_WINDOW: u64 = 900;
+pub const DEFAULT_LOGIN_LOCKOUT: u64 = 60;
+pub const DEFAULT_CREATE_PER_HOUR: u32 = 20;
+pub const DEFAULT_PASSWORD_MIN_LENGTH: usize = 8;
+pub const DEFAULT_REQUEST_TIMEOUT: u64 = 30;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -86,6 +100,189 @@ pub struct ServeConfig {
         value_delimiter = ','
     )]
     pub cors_origins: Vec<String>,
+
+    #[command(flatten)]
+    pub access: AccessConfig,
+
+    #[command(flatten)]
+    pub limits: LimitsConfig,
+
+    #[command(flatten)]
+    pub passwords: PasswordConfig,
+
+    /// Seconds a request may take, from its first byte to its answer (slow clients and
+    /// slow requests are cut off)
+    #[arg(
+        long,
+        env = "USERS_REQUEST_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = DEFAULT_REQUEST_TIMEOUT,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub request_timeout: u64,
+
+    /// Most client connections served at once; more are answered 503 and closed
+    #[arg(
+        id = "max_client_connections",
+        long = "max-connections",
+        env = "USERS_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value_t = DEFAULT_MAX_CONNECTIONS
+    )]
+    pub max_connections: usize,
+}
+
+/// Who may call which method.
+#[derive(Debug, Clone, Args)]
+pub struct AccessConfig {
+    /// Admin key: when set, every method outside the public ones needs
+    /// `Authorization: Bearer <KEY>` (prefer the environment variable or --api-key-file:
+    /// a command line is visible to other local users)
+    #[arg(
+        long,
+        env = "USERS_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub api_key: Option<String>,
+
+    /// Read the admin key from this file (its first line)
+    #[arg(
+        long,
+        env = "USERS_API_KEY_FILE",
+        value_name = "PATH",
+        conflicts_with = "api_key"
+    )]
+    pub api_key_file: Option<PathBuf>,
+
+    /// Methods callable without the admin key, comma-separated
+    #[arg(
+        long,
+        env = "USERS_PUBLIC_METHODS",
+        value_name = "METHODS",
+        value_delimiter = ',',
+        default_value = DEFAULT_PUBLIC_METHODS
+    )]
+    pub public_methods: Vec<String>,
+
+    /// Whether Create is public (sign-up open to anyone) when an admin key is set
+    #[arg(
+        long,
+        env = "USERS_OPEN_SIGNUP",
+        value_name = "BOOL",
+        default_value_t = true,
+        action = ArgAction::Set,
+        value_parser = BoolishValueParser::new()
+    )]
+    pub open_signup: bool,
+
+    /// Allow listening on a non-loopback address without an admin key
+    #[arg(
+        long,
+        env = "USERS_ALLOW_UNAUTHENTICATED",
+        action = ArgAction::SetTrue,
+        value_parser = BoolishValueParser::new()
+    )]
+    pub allow_unauthenticated: bool,
+
+    /// Proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For is believed for the
+    /// client address
+    #[arg(
+        long,
+        env = "USERS_TRUSTED_PROXIES",
+        value_name = "NETS",
+        value_delimiter = ',',
+        value_parser = parse_net
+    )]
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// Brute-force and sign-up limits; 0 turns one off.
+#[derive(Debug, Clone, Args)]
+pub struct LimitsConfig {
+    /// Failed password checks per account within the window before it is locked out
+    #[arg(long, env = "USERS_LOGIN_MAX_FAILURES", value_name = "N", default_value_t = DEFAULT_LOGIN_MAX_FAILURES)]
+    pub login_max_failures: u32,
+
+    /// Failed password checks per client address within the window before it is locked out
+    #[arg(long, env = "USERS_LOGIN_MAX_FAILURES_PER_IP", value_name = "N", default_value_t = DEFAULT_LOGIN_MAX_FAILURES)]
+    pub login_max_failures_per_ip: u32,
+
+    /// Seconds over which failed password checks are counted
+    #[arg(
+        long,
+        env = "USERS_LOGIN_WINDOW",
+        value_name = "SECONDS",
+        default_value_t = DEFAULT_LOGIN_WINDOW,
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
+    )]
+    pub login_window: u64,
+
+    /// Seconds of the first lockout; each repeated lockout doubles it, up to a day
+    #[arg(
+        long,
+        env = "USERS_LOGIN_LOCKOUT",
+        value_name = "SECONDS",
+        default_value_t = DEFAULT_LOGIN_LOCKOUT,
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
+    )]
+    pub login_lockout: u64,
+
+    /// Create requests per client address per hour
+    #[arg(long, env = "USERS_CREATE_PER_HOUR", value_name = "N", default_value_t = DEFAULT_CREATE_PER_HOUR)]
+    pub create_per_hour: u32,
+}
+
+/// Password policy and hashing cost.
+#[derive(Debug, Clone, Args)]
+pub struct PasswordConfig {
+    /// Shortest accepted new password, in characters (12 or more is recommended)
+    #[arg(
+        long,
+        env = "USERS_PASSWORD_MIN_LENGTH",
+        value_name = "N",
+        default_value_t = DEFAULT_PASSWORD_MIN_LENGTH,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(8..=1024)
+    )]
+    pub password_min_length: usize,
+
+    /// argon2id memory cost in KiB for new hashes (at least the OWASP minimum)
+    #[arg(
+        long = "argon2-m-kib",
+        env = "USERS_ARGON2_M_KIB",
+        value_name = "KIB",
+        default_value_t = OWASP_MIN_M_KIB,
+        value_parser = clap::value_parser!(u32).range(i64::from(OWASP_MIN_M_KIB)..=4_194_304)
+    )]
+    pub argon2_m_kib: u32,
+
+    /// argon2id passes for new hashes
+    #[arg(
+        long = "argon2-t",
+        env = "USERS_ARGON2_T",
+        value_name = "N",
+        default_value_t = OWASP_MIN_T,
+        value_parser = clap::value_parser!(u32).range(i64::from(OWASP_MIN_T)..=100)
+    )]
+    pub argon2_t: u32,
+
+    /// argon2id lanes for new hashes
+    #[arg(
+        long = "argon2-p",
+        env = "USERS_ARGON2_P",
+        value_name = "N",
+        default_value_t = OWASP_MIN_P,
+        value_parser = clap::value_parser!(u32).range(i64::from(OWASP_MIN_P)..=64)
+    )]
+    pub argon2_p: u32,
+}
+
+fn parse_net(value: &str) -> Result<IpNet, String> {
+    let value = value.trim();
+    value
+        .parse::<IpNet>()
+        .or_else(|_| value.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{value:?} is neither an IP address nor a CIDR network"))
 }
 
 /// Settings of the database connection.
@@ -159,11 +356,57 @@ impl ServeConfig {
             database: DatabaseConfig::new(database),
             session_ttl: DEFAULT_SESSION_TTL,
             cors_origins: Vec::new(),
+            access: AccessConfig {
+                api_key: None,
+                api_key_file: None,
+                public_methods: DEFAULT_PUBLIC_METHODS
+                    .split(',')
+                    .map(str::to_owned)
+                    .collect(),
+                open_signup: true,
+                allow_unauthenticated: false,
+                trusted_proxies: Vec::new(),
+            },
+            limits: LimitsConfig {
+                login_max_failures: DEFAULT_LOGIN_MAX_FAILURES,
+                login_max_failures_per_ip: DEFAULT_LOGIN_MAX_FAILURES,
+                login_window: DEFAULT_LOGIN_WINDOW,
+                login_lockout: DEFAULT_LOGIN_LOCKOUT,
+                create_per_hour: DEFAULT_CREATE_PER_HOUR,
+            },
+            passwords: PasswordConfig {
+                password_min_length: DEFAULT_PASSWORD_MIN_LENGTH,
+                argon2_m_kib: OWASP_MIN_M_KIB,
+                argon2_t: OWASP_MIN_T,
+                argon2_p: OWASP_MIN_P,
+            },
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 
     pub fn hash_params(&self) -> HashParams {
-        HashParams::default()
+        HashParams {
+            m_kib: self.passwords.argon2_m_kib,
+            t: self.passwords.argon2_t,
+            p: self.passwords.argon2_p,
+        }
+    }
+
+    /// The core's settings.
+    pub fn settings(&self) -> Result<Settings, String> {
+        let limits = &self.limits;
+        Ok(Settings {
+            session_ttl: self.session_ttl,
+            password_policy: PasswordPolicy::new(self.passwords.password_min_length)?,
+            limits: LimitConfig {
+                login_max_failures: limits.login_max_failures,
+                login_max_failures_per_ip: limits.login_max_failures_per_ip,
+                login_window: i64::try_from(limits.login_window).unwrap_or(i64::MAX),
+                login_lockout: i64::try_from(limits.login_lockout).unwrap_or(i64::MAX),
+                create_per_hour: limits.create_per_hour,
+            },
+        })
     }
 }
 

@@ -6,6 +6,7 @@ use std::fmt;
 
 use email_address::{EmailAddress, Options as EmailOptions};
 use secrecy::{ExposeSecret, SecretString};
+use unicode_normalization::UnicodeNormalization;
 
 use crate::error::Error;
 use crate::session::SessionToken;
@@ -74,13 +75,21 @@ impl UserId {
     }
 }
 
-/// A username, stored and compared lowercased.
+/// Unicode compatibility normalisation (NFKC): look-alike forms such as fullwidth
+/// letters become their plain equivalents before any rule or comparison applies.
+fn nfkc(value: &str) -> String {
+    value.nfkc().collect()
+}
+
+/// A username, stored and compared NFKC-normalised and lowercased. After normalisation
+/// only ASCII letters, digits, '-', '_' and '.' remain allowed, so two usernames that
+/// look alike are the same username.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Username(String);
 
 impl Username {
     pub fn parse(raw: Option<String>) -> Result<Self, Error> {
-        let value = required("username", raw)?;
+        let value = nfkc(&required("username", raw)?);
         check_name("username", &value, USERNAME_MAX_LEN)?;
         Ok(Self(value.to_ascii_lowercase()))
     }
@@ -90,13 +99,15 @@ impl Username {
     }
 }
 
-/// An e-mail address, stored and compared lowercased.
+/// An e-mail address, stored and compared NFKC-normalised and lowercased. Addresses
+/// must be ASCII after normalisation: internationalised addresses are refused, which
+/// rules out look-alike duplicates built from other scripts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Email(String);
 
 impl Email {
     pub fn parse(raw: Option<String>) -> Result<Self, Error> {
-        let value = required("email", raw)?;
+        let value = nfkc(&required("email", raw)?);
         if value.chars().count() > EMAIL_MAX_LEN {
             return Err(Error::invalid(
                 "email",
@@ -109,11 +120,11 @@ impl Email {
             .with_required_tld()
             .without_domain_literal()
             .without_display_text();
-        let plain = !value.chars().any(|c| c.is_whitespace() || c.is_control());
+        let plain = value.is_ascii() && !value.chars().any(|c| c.is_whitespace() || c.is_control());
         if !plain || EmailAddress::parse_with_options(&value, options).is_err() {
             return Err(Error::invalid("email", "must be a valid e-mail address"));
         }
-        Ok(Self(value.to_lowercase()))
+        Ok(Self(value.to_ascii_lowercase()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -126,9 +137,14 @@ impl Email {
 pub struct Password(SecretString);
 
 impl Password {
-    /// A new password: 8 to 1024 Unicode code points, taken as given (no trimming).
+    /// A new password: 8 to 1024 Unicode code points, taken as given (no trimming, no
+    /// composition rules), without control characters. The configurable part of the
+    /// policy (a higher minimum, the common-password list) is `policy::PasswordPolicy`.
     pub fn new_password(field: &'static str, raw: Option<String>) -> Result<Self, Error> {
         let value = SecretString::from(required(field, raw)?);
+        if value.expose_secret().chars().any(char::is_control) {
+            return Err(Error::invalid(field, "must not contain control characters"));
+        }
         let len = value.expose_secret().chars().count();
         if len < PASSWORD_MIN_LEN {
             return Err(Error::invalid(
@@ -369,6 +385,9 @@ mod tests {
         );
         assert!(Username::parse(s("a b")).is_err());
         assert!(Username::parse(s("ä")).is_err());
+        // Fullwidth look-alikes normalise to the plain name.
+        assert_eq!(Username::parse(s("Ａｓｉｍ")).unwrap().as_str(), "asim");
+        assert!(Username::parse(s("as\u{0}im")).is_err());
         assert!(Username::parse(s(&"a".repeat(64))).is_ok());
         assert!(Username::parse(s(&"a".repeat(65))).is_err());
         let err = Username::parse(None).unwrap_err();
@@ -410,6 +429,14 @@ mod tests {
         ] {
             assert!(Email::parse(s(bad)).is_err(), "{bad:?} should be refused");
         }
+        assert_eq!(
+            Email::parse(s("ａｓｉｍ@ｅｘａｍｐｌｅ.com"))
+                .unwrap()
+                .as_str(),
+            "asim@example.com"
+        );
+        // Other scripts are refused rather than compared: Cyrillic 'а' looks like 'a'.
+        assert!(Email::parse(s("\u{430}sim@example.com")).is_err());
         let long = format!("{}@example.com", "a".repeat(250));
         assert!(Email::parse(s(&long)).is_err());
     }
@@ -423,6 +450,13 @@ mod tests {
         assert!(Password::new_password("password", s(&"é".repeat(1024))).is_ok());
         let err = Password::new_password("password", s(&"x".repeat(1025))).unwrap_err();
         assert_eq!(err.to_string(), "password must be at most 1024 characters");
+        for control in ["passw\0rd123", "password\n123", "pass\u{7f}word1"] {
+            let err = Password::new_password("password", s(control)).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "password must not contain control characters"
+            );
+        }
         let kept = Password::new_password("password", s(" spaced out ")).unwrap();
         assert_eq!(kept.expose(), " spaced out ");
     }

@@ -43,6 +43,9 @@ pub enum Error {
     NotFound(&'static str),
     #[error("{0} is already taken")]
     Conflict(Unique),
+    /// A brute-force or sign-up limit was reached; retry after that many seconds.
+    #[error("too many attempts; retry in {retry_after} seconds")]
+    TooManyRequests { retry_after: i64 },
     /// The database did not answer in time; the request changed nothing and can be retried.
     #[error("the database is unavailable; retry shortly")]
     Unavailable(#[source] StoreError),

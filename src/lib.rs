@@ -7,6 +7,7 @@
 //! * [`service`]: the one core, [`service::Users`], that every wire surface calls.
 //! * [`store`]: the [`store::Store`] trait and its SQL implementation for SQLite and PostgreSQL.
 //! * [`password`] and [`session`]: argon2id hashing off the async runtime, session tokens.
+//! * [`policy`] and [`limits`]: the password policy, brute-force and sign-up limits.
 //! * [`http`]: the router, the Micro wire types and the Micro error shape.
 //! * [`transfer`]: export and import of users and sessions between stores.
 //! * [`config`] and [`server`]: command-line configuration and the running process.
@@ -16,7 +17,9 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod limits;
 pub mod password;
+pub mod policy;
 pub mod server;
 pub mod service;
 pub mod session;

@@ -43,7 +43,11 @@ impl Default for HashParams {
 /// The outcome of checking a password.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verification {
-    Match,
+    /// The password is right. When the stored hash was made with weaker parameters than
+    /// the configured ones, `rehashed` holds a new hash of it to store in its place.
+    Match {
+        rehashed: Option<String>,
+    },
     Mismatch,
 }
 
@@ -107,23 +111,21 @@ impl PasswordHasher {
         let known = stored.is_some();
         let phc = stored.unwrap_or_else(|| self.dummy.clone());
         let argon2 = self.argon2.clone();
-        let matched = self
-            .run(move || {
-                let parsed = PasswordHash::new(&phc).map_err(|e| {
-                    Error::internal(format!("stored password hash is unreadable: {e}"))
-                })?;
-                Ok::<_, Error>(
-                    argon2
-                        .verify_password(password.expose().as_bytes(), &parsed)
-                        .is_ok(),
-                )
-            })
-            .await??;
-        Ok(if matched && known {
-            Verification::Match
-        } else {
-            Verification::Mismatch
+        self.run(move || {
+            let parsed = PasswordHash::new(&phc)
+                .map_err(|e| Error::internal(format!("stored password hash is unreadable: {e}")))?;
+            let secret = password.expose().as_bytes();
+            if !known || argon2.verify_password(secret, &parsed).is_err() {
+                return Ok(Verification::Mismatch);
+            }
+            let rehashed = if is_weaker(&parsed, argon2.params()) {
+                Some(hash_with(&argon2, secret)?)
+            } else {
+                None
+            };
+            Ok(Verification::Match { rehashed })
         })
+        .await?
     }
 
     /// Runs `job` on the hashing pool once a slot is free.
@@ -143,6 +145,23 @@ impl PasswordHasher {
         });
         rx.await
             .map_err(|_| Error::internal("password hashing job failed"))
+    }
+}
+
+/// True when `hash` was made with a different algorithm or version, or with less memory,
+/// fewer passes or fewer lanes than `target`.
+fn is_weaker(hash: &PasswordHash<'_>, target: &Params) -> bool {
+    if hash.algorithm != Algorithm::Argon2id.ident() || hash.version != Some(Version::V0x13 as u32)
+    {
+        return true;
+    }
+    match Params::try_from(hash) {
+        Ok(params) => {
+            params.m_cost() < target.m_cost()
+                || params.t_cost() < target.t_cost()
+                || params.p_cost() < target.p_cost()
+        }
+        Err(_) => true,
     }
 }
 
@@ -180,7 +199,7 @@ mod tests {
                 .verify(pw("correct horse"), Some(phc.clone()))
                 .await
                 .unwrap(),
-            Verification::Match
+            Verification::Match { rehashed: None }
         );
         assert_eq!(
             hasher.verify(pw("Correct horse"), Some(phc)).await.unwrap(),
@@ -205,6 +224,38 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, Error::Internal(_)));
+    }
+
+    #[tokio::test]
+    async fn a_match_against_weaker_parameters_comes_with_a_stronger_hash() {
+        let weak = PasswordHasher::new(HashParams::default(), 1).unwrap();
+        let old = weak.hash(pw("correct horse")).await.unwrap();
+        let strong_params = HashParams {
+            m_kib: 32_768,
+            t: 3,
+            p: 1,
+        };
+        let strong = PasswordHasher::new(strong_params, 1).unwrap();
+        let Verification::Match {
+            rehashed: Some(new),
+        } = strong
+            .verify(pw("correct horse"), Some(old.clone()))
+            .await
+            .unwrap()
+        else {
+            panic!("expected a rehash");
+        };
+        assert!(new.starts_with("$argon2id$v=19$m=32768,t=3,p=1$"), "{new}");
+        // The new hash verifies and needs nothing more.
+        assert_eq!(
+            strong.verify(pw("correct horse"), Some(new)).await.unwrap(),
+            Verification::Match { rehashed: None }
+        );
+        // A wrong password never triggers a rehash.
+        assert_eq!(
+            strong.verify(pw("wrong horse"), Some(old)).await.unwrap(),
+            Verification::Mismatch
+        );
     }
 
     #[test]

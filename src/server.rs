@@ -7,13 +7,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
 use axum::http::HeaderValue;
 use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use secrecy::SecretString;
 use sqlx::migrate::MigrateError;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::{DatabaseConfig, ServeConfig};
+use crate::config::{AccessConfig, DatabaseConfig, ServeConfig};
+use crate::http::access::AccessPolicy;
 use crate::http::{self, AppState};
 use crate::password::PasswordHasher;
 use crate::service::Users;
@@ -82,6 +91,23 @@ pub struct Server {
     router: Router,
     users: Arc<Users>,
     store: Arc<SqlStore>,
+    request_timeout: Duration,
+    max_connections: usize,
+}
+
+/// The admin key from the environment or from a file, if any.
+fn admin_key(access: &AccessConfig) -> Result<Option<SecretString>, StartError> {
+    if let Some(path) = &access.api_key_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            StartError::Config(format!(
+                "cannot read the admin key file {}: {e}",
+                path.display()
+            ))
+        })?;
+        let key = text.lines().next().unwrap_or("").trim().to_string();
+        return Ok(Some(SecretString::from(key)));
+    }
+    Ok(access.api_key.clone().map(SecretString::from))
 }
 
 impl Server {
@@ -104,15 +130,37 @@ impl Server {
                     .map_err(|_| StartError::Config(format!("invalid CORS origin {o:?}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let access = Arc::new(
+            AccessPolicy::new(
+                admin_key(&config.access)?,
+                &config.access.public_methods,
+                config.access.open_signup,
+            )
+            .map_err(StartError::Config)?,
+        );
+        if !access.has_key() {
+            if !config.listen.ip().is_loopback() && !config.access.allow_unauthenticated {
+                return Err(StartError::Config(format!(
+                    "refusing to listen on {} without an admin key: set USERS_API_KEY or \
+                     --api-key-file, or pass --allow-unauthenticated",
+                    config.listen
+                )));
+            }
+        }
+        let settings = config.settings().map_err(StartError::Config)?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let hasher = PasswordHasher::new(config.hash_params(), threads)
             .map_err(|e| StartError::Config(e.to_string()))?;
 
         let store = Arc::new(open_store(&config.database).await?);
-        let users = Arc::new(Users::new(store.clone(), hasher, clock, config.session_ttl));
+        let users = Arc::new(Users::new(store.clone(), hasher, clock, settings));
+        let request_timeout = Duration::from_secs(config.request_timeout);
         let router = http::router(
             AppState {
                 users: users.clone(),
+                access: access.clone(),
+                trusted_proxies: Arc::new(config.access.trusted_proxies.clone()),
+                request_timeout,
             },
             cors_origins,
         );
@@ -123,6 +171,12 @@ impl Server {
                     addr: config.listen,
                     source,
                 })?;
+        if !access.has_key() {
+            tracing::warn!(
+                "no admin key is set: every method, Delete and Search included, is open to \
+                 anyone who can reach this address"
+            );
+        }
         tracing::info!(
             listen = %listener.local_addr().unwrap_or(config.listen),
             database = %config.database.url,
@@ -133,6 +187,8 @@ impl Server {
             router,
             users,
             store,
+            request_timeout,
+            max_connections: config.max_connections.max(1),
         })
     }
 
@@ -152,25 +208,88 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then finishes the requests in flight.
+    ///
+    /// Each connection must deliver its request headers within the request timeout, and
+    /// at most `max_connections` are served at once: one more is answered 503 and closed
+    /// rather than queued, so a flood of idle sockets cannot exhaust the process.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> io::Result<()> {
-        let sweeper = tokio::spawn(sweep_sessions(self.users.clone()));
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let sweeper = tokio::spawn(sweep(self.users.clone()));
+        let graceful = GracefulShutdown::new();
+        let slots = Arc::new(Semaphore::new(self.max_connections));
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.request_timeout);
+        let shutdown = std::pin::pin!(shutdown);
+        let mut shutdown = shutdown;
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        // Out of file descriptors and the like: back off briefly rather
+                        // than spin.
+                        tracing::warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tokio::spawn(refuse(stream));
+                continue;
+            };
+            let router = self.router.clone();
+            let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+                let mut request = request.map(axum::body::Body::new);
+                request.extensions_mut().insert(ConnectInfo(peer));
+                router.clone().oneshot(request)
+            });
+            let connection = graceful.watch(http1.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    tracing::debug!(error = %err, "connection ended with an error");
+                }
+                drop(slot);
+            });
+        }
+        drop(self.listener);
+        // Requests in flight finish; idle keep-alive connections are closed.
+        if tokio::time::timeout(self.request_timeout, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections were still busy at the shutdown deadline");
+        }
         sweeper.abort();
         self.store.close().await;
         tracing::info!("users-service stopped");
-        served
+        Ok(())
     }
 }
 
-async fn sweep_sessions(users: Arc<Users>) {
+/// Answers a connection over the limit with 503 in the Micro error shape and closes it.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    const BODY: &str = r#"{"id":"users.Unknown","code":503,"detail":"too many connections; retry shortly","status":"Service Unavailable"}"#;
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+    tracing::warn!(event = "connection_refused", "connection limit reached");
+}
+
+async fn sweep(users: Arc<Users>) {
     let mut ticks =
         tokio::time::interval_at(tokio::time::Instant::now() + SWEEP_INTERVAL, SWEEP_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        match users.sweep_expired_sessions().await {
+        match users.sweep().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "swept expired sessions"),
             Err(err) => tracing::warn!(error = %err, "sweeping expired sessions failed"),

@@ -167,7 +167,8 @@ fn sigterm_finishes_the_requests_in_flight() {
     let mut cmd = command(dir.path());
     cmd.args(["--listen", "127.0.0.1:0"]);
     let service = Service::start(cmd);
-    let body = r#"{"username":"inflight","email":"inflight@example.com","password":"password1"}"#;
+    let body =
+        r#"{"username":"inflight","email":"inflight@example.com","password":"correct-horse-1"}"#;
     let mut stream = TcpStream::connect(service.addr).unwrap();
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
     // With Expect: 100-continue the server says "100 Continue" once the handler is

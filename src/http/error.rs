@@ -1,7 +1,7 @@
 //! The Micro error shape, `{"id": "users.<Method>", "code": 400, "status": "Bad Request",
 //! "detail": "..."}`, answered with the HTTP status equal to `code`.
 
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -16,6 +16,8 @@ pub struct MicroError {
     pub status: String,
     #[serde(skip)]
     allow: Option<&'static str>,
+    #[serde(skip)]
+    retry_after: Option<i64>,
 }
 
 impl MicroError {
@@ -27,6 +29,7 @@ impl MicroError {
             detail: detail.into(),
             status: status.canonical_reason().unwrap_or("Unknown").to_string(),
             allow: None,
+            retry_after: None,
         }
     }
 
@@ -54,7 +57,11 @@ impl MicroError {
             }
             _ => {}
         }
-        Self::new(method, status, err.to_string())
+        let mut micro = Self::new(method, status, err.to_string());
+        if let Error::TooManyRequests { retry_after } = err {
+            micro.retry_after = Some(retry_after);
+        }
+        micro
     }
 }
 
@@ -65,6 +72,7 @@ pub fn status_of(err: &Error) -> StatusCode {
         Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         Error::NotFound(_) => StatusCode::NOT_FOUND,
         Error::Conflict(_) => StatusCode::CONFLICT,
+        Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
         Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -73,12 +81,14 @@ pub fn status_of(err: &Error) -> StatusCode {
 impl IntoResponse for MicroError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let allow = self.allow;
+        let (allow, retry_after) = (self.allow, self.retry_after);
         let mut response = (status, Json(self)).into_response();
+        let headers = response.headers_mut();
         if let Some(allow) = allow {
-            response
-                .headers_mut()
-                .insert(axum::http::header::ALLOW, HeaderValue::from_static(allow));
+            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if let Some(seconds) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
         }
         response
     }

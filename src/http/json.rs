@@ -6,6 +6,10 @@ use std::fmt;
 
 use crate::error::Error;
 
+/// Deepest accepted nesting of arrays and objects. No request needs more than two
+/// levels; the bound keeps hostile bodies from costing recursion.
+pub const MAX_DEPTH: usize = 32;
+
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     let body: &[u8] = match body.iter().find(|b| !b.is_ascii_whitespace()) {
         None => b"{}",
@@ -18,6 +22,11 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
             ))
         }
     };
+    if depth_exceeds(body, MAX_DEPTH) {
+        return Err(Error::Malformed(format!(
+            "invalid JSON body: nested deeper than {MAX_DEPTH} levels"
+        )));
+    }
     let mut json = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut json).map_err(|err| {
         let path = err.path().to_string();
@@ -31,6 +40,35 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     json.end()
         .map_err(|err| Error::Malformed(format!("invalid JSON body: {err}")))?;
     Ok(value)
+}
+
+/// Whether arrays and objects in `body` nest deeper than `max`, counting brackets outside
+/// strings. One pass, no allocation.
+fn depth_exceeds(body: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 /// An int64 sent either as a JSON number or as a decimal string (protobuf JSON writes
@@ -130,6 +168,18 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let deep = format!("{{\"x\": {}{}}}", "[".repeat(40), "]".repeat(40));
+        let err = decode::<Probe>(deep.as_bytes()).unwrap_err().to_string();
+        assert_eq!(err, "invalid JSON body: nested deeper than 32 levels");
+        let fine = format!("{{\"x\": {}{}}}", "[".repeat(31), "]".repeat(31));
+        assert!(decode::<Probe>(fine.as_bytes()).is_ok());
+        // Brackets inside strings do not count.
+        let quoted = format!("{{\"name\": \"{}\\\"\"}}", "[".repeat(100));
+        assert!(decode::<Probe>(quoted.as_bytes()).is_ok(), "{quoted}");
     }
 
     #[test]

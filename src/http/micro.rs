@@ -5,6 +5,7 @@
 //! timestamps) are decimal strings as protobuf JSON writes them.
 
 use std::future::Future;
+use std::net::IpAddr;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize, Serializer};
@@ -24,9 +25,11 @@ pub trait Rpc: Send + Sync + 'static {
     type Request: DeserializeOwned + Send;
     type Response: Serialize + Send;
 
+    /// `client` is the caller's address, for the limits that count per address.
     fn call(
         users: &Users,
         request: Self::Request,
+        client: Option<IpAddr>,
     ) -> impl Future<Output = Result<Self::Response, Error>> + Send;
 }
 
@@ -203,9 +206,13 @@ impl Rpc for Create {
     type Request = CreateRequest;
     type Response = UserResponse;
 
-    async fn call(users: &Users, r: CreateRequest) -> Result<UserResponse, Error> {
+    async fn call(
+        users: &Users,
+        r: CreateRequest,
+        client: Option<IpAddr>,
+    ) -> Result<UserResponse, Error> {
         let account = NewAccount::parse(r.id, r.username, r.email, r.password)?;
-        users.create(account).await.map(Into::into)
+        users.create(account, client).await.map(Into::into)
     }
 }
 
@@ -214,7 +221,11 @@ impl Rpc for Read {
     type Request = IdRequest;
     type Response = UserResponse;
 
-    async fn call(users: &Users, r: IdRequest) -> Result<UserResponse, Error> {
+    async fn call(
+        users: &Users,
+        r: IdRequest,
+        _client: Option<IpAddr>,
+    ) -> Result<UserResponse, Error> {
         let id = UserId::parse("id", r.id)?;
         users.read(&id).await.map(Into::into)
     }
@@ -225,7 +236,11 @@ impl Rpc for Update {
     type Request = UpdateRequest;
     type Response = UserResponse;
 
-    async fn call(users: &Users, r: UpdateRequest) -> Result<UserResponse, Error> {
+    async fn call(
+        users: &Users,
+        r: UpdateRequest,
+        _client: Option<IpAddr>,
+    ) -> Result<UserResponse, Error> {
         let id = UserId::parse("id", r.id)?;
         let changes = AccountChanges::parse(r.username, r.email)?;
         users.update(&id, changes).await.map(Into::into)
@@ -237,7 +252,7 @@ impl Rpc for Delete {
     type Request = IdRequest;
     type Response = Empty;
 
-    async fn call(users: &Users, r: IdRequest) -> Result<Empty, Error> {
+    async fn call(users: &Users, r: IdRequest, _client: Option<IpAddr>) -> Result<Empty, Error> {
         let id = UserId::parse("id", r.id)?;
         users.delete(&id).await.map(Into::into)
     }
@@ -248,7 +263,11 @@ impl Rpc for Search {
     type Request = SearchRequest;
     type Response = UsersResponse;
 
-    async fn call(users: &Users, r: SearchRequest) -> Result<UsersResponse, Error> {
+    async fn call(
+        users: &Users,
+        r: SearchRequest,
+        _client: Option<IpAddr>,
+    ) -> Result<UsersResponse, Error> {
         let query = UserQuery::parse(r.username, r.email, r.limit, r.offset)?;
         let found = users.search(&query).await?;
         Ok(UsersResponse {
@@ -262,14 +281,18 @@ impl Rpc for UpdatePassword {
     type Request = UpdatePasswordRequest;
     type Response = Empty;
 
-    async fn call(users: &Users, r: UpdatePasswordRequest) -> Result<Empty, Error> {
+    async fn call(
+        users: &Users,
+        r: UpdatePasswordRequest,
+        client: Option<IpAddr>,
+    ) -> Result<Empty, Error> {
         let change = PasswordChange::parse(
             r.user_id,
             r.old_password,
             r.new_password,
             r.confirm_password,
         )?;
-        users.update_password(change).await.map(Into::into)
+        users.update_password(change, client).await.map(Into::into)
     }
 }
 
@@ -278,10 +301,14 @@ impl Rpc for Login {
     type Request = LoginRequest;
     type Response = SessionResponse;
 
-    async fn call(users: &Users, r: LoginRequest) -> Result<SessionResponse, Error> {
+    async fn call(
+        users: &Users,
+        r: LoginRequest,
+        client: Option<IpAddr>,
+    ) -> Result<SessionResponse, Error> {
         let name = LoginName::parse(r.username, r.email)?;
         let password = Password::candidate("password", r.password)?;
-        users.login(name, password).await.map(Into::into)
+        users.login(name, password, client).await.map(Into::into)
     }
 }
 
@@ -290,7 +317,11 @@ impl Rpc for Logout {
     type Request = SessionRequest;
     type Response = Empty;
 
-    async fn call(users: &Users, r: SessionRequest) -> Result<Empty, Error> {
+    async fn call(
+        users: &Users,
+        r: SessionRequest,
+        _client: Option<IpAddr>,
+    ) -> Result<Empty, Error> {
         let token = SessionToken::parse("session_id", r.session_id)?;
         users.logout(&token).await.map(Into::into)
     }
@@ -301,7 +332,11 @@ impl Rpc for ReadSession {
     type Request = SessionRequest;
     type Response = SessionResponse;
 
-    async fn call(users: &Users, r: SessionRequest) -> Result<SessionResponse, Error> {
+    async fn call(
+        users: &Users,
+        r: SessionRequest,
+        _client: Option<IpAddr>,
+    ) -> Result<SessionResponse, Error> {
         let token = SessionToken::parse("session_id", r.session_id)?;
         users.read_session(token).await.map(Into::into)
     }

@@ -1,5 +1,6 @@
 //! The HTTP surface: routes, middleware and the Micro wire format.
 
+pub mod access;
 pub mod error;
 pub mod json;
 pub mod micro;
@@ -7,20 +8,22 @@ pub mod micro;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
 use axum::http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use http_body_util::BodyExt;
 use serde_json::json;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
 use crate::service::Users;
+use access::{AccessPolicy, Caller};
 use error::MicroError;
+use ipnet::IpNet;
 use micro::Rpc;
 
 /// Largest accepted request body.
@@ -36,6 +39,10 @@ pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
 #[derive(Clone)]
 pub struct AppState {
     pub users: Arc<Users>,
+    pub access: Arc<AccessPolicy>,
+    pub trusted_proxies: Arc<Vec<IpNet>>,
+    /// How long reading a request body, and then answering it, may each take.
+    pub request_timeout: Duration,
 }
 
 /// Declares the RPC methods once: the router and the route list both come from here.
@@ -81,7 +88,6 @@ pub fn router(state: AppState, cors_origins: Vec<HeaderValue>) -> Router {
         .route("/openapi.yaml", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(cors(cors_origins))
         .layer(
             TraceLayer::new_for_http()
@@ -106,26 +112,62 @@ pub fn router(state: AppState, cors_origins: Vec<HeaderValue>) -> Router {
         .with_state(state)
 }
 
-/// One handler for every RPC method: decode, call the core, encode.
+/// One handler for every RPC method: authorize, read, decode, call the core, encode.
 async fn rpc<M: Rpc>(
     State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
+    caller: Caller,
+    body: Body,
 ) -> Result<Json<M::Response>, MicroError> {
-    let body = body.map_err(|rejection| {
-        let status = rejection.status();
-        let detail = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            format!("request body is larger than {MAX_BODY_BYTES} bytes")
-        } else {
-            "could not read the request body".to_string()
-        };
-        MicroError::new(M::NAME, status, detail)
-    })?;
+    if !state.access.allows(M::NAME, &caller) {
+        tracing::warn!(event = "api_key_rejected", method = M::NAME, client = ?caller.ip);
+        return Err(MicroError::new(
+            M::NAME,
+            StatusCode::UNAUTHORIZED,
+            "this method needs the admin key: Authorization: Bearer <key>",
+        ));
+    }
+    let body = read_body(M::NAME, body, state.request_timeout).await?;
     let request =
         json::decode::<M::Request>(&body).map_err(|e| MicroError::from_error(M::NAME, e))?;
-    M::call(&state.users, request)
-        .await
-        .map(Json)
-        .map_err(|e| MicroError::from_error(M::NAME, e))
+    match tokio::time::timeout(
+        state.request_timeout,
+        M::call(&state.users, request, caller.ip),
+    )
+    .await
+    {
+        Ok(answer) => answer
+            .map(Json)
+            .map_err(|e| MicroError::from_error(M::NAME, e)),
+        Err(_) => Err(MicroError::new(
+            M::NAME,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the request took too long; retry shortly",
+        )),
+    }
+}
+
+/// Reads at most [`MAX_BODY_BYTES`] within `timeout`: a client that sends too much gets
+/// 413, one that sends too slowly 408.
+async fn read_body(method: &str, body: Body, timeout: Duration) -> Result<Bytes, MicroError> {
+    let limited = http_body_util::Limited::new(body, MAX_BODY_BYTES);
+    match tokio::time::timeout(timeout, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => Err(MicroError::new(
+            method,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+        )),
+        Ok(Err(_)) => Err(MicroError::new(
+            method,
+            StatusCode::BAD_REQUEST,
+            "could not read the request body",
+        )),
+        Err(_) => Err(MicroError::new(
+            method,
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body was not received in time",
+        )),
+    }
 }
 
 async fn health(State(state): State<AppState>) -> Result<Json<serde_json::Value>, MicroError> {

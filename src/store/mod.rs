@@ -83,6 +83,25 @@ pub struct StoredSession {
     pub expires: i64,
 }
 
+/// How a password hash is being replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashChange {
+    /// A new password: bumps `updated` and revokes every session of the user.
+    NewPassword { now: i64 },
+    /// The same password under stronger parameters: nothing else changes.
+    Rehash,
+}
+
+/// A rate-limit counter after an event was added to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counter {
+    /// Events in the current window, this one included.
+    pub count: i64,
+    pub window_start: i64,
+    /// How many times the key was blocked before.
+    pub strikes: i64,
+}
+
 /// What an import did with one record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Imported {
@@ -129,14 +148,14 @@ pub trait Store: Send + Sync + 'static {
 
     async fn search_users(&self, query: &UserQuery) -> Result<Vec<User>, StoreError>;
 
-    /// Replaces the password hash if it is still `expected` and revokes every session of
-    /// the user, in one transaction. False (and no change) if the hash had changed.
+    /// Replaces the password hash if it is still `expected`, in one transaction with what
+    /// `change` implies. False (and no change) if the hash had changed meanwhile.
     async fn replace_password(
         &self,
         id: &str,
         expected: &str,
         new_hash: &str,
-        now: i64,
+        change: HashChange,
     ) -> Result<bool, StoreError>;
 
     /// Creates a session if the user's password hash is still `expected_hash` (the one the
@@ -159,6 +178,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes up to `batch` sessions that expired at or before `now`; returns how many.
     async fn delete_expired_sessions(&self, now: i64, batch: u32) -> Result<u64, StoreError>;
+
+    /// The latest `blocked_until` of the given rate-limit keys (0 when none is blocked).
+    async fn blocked_until(&self, keys: [&str; 2]) -> Result<i64, StoreError>;
+
+    /// Adds one event to `key`, starting a new window when the current one (of
+    /// `window` seconds) is over.
+    async fn count_event(&self, key: &str, now: i64, window: i64) -> Result<Counter, StoreError>;
+
+    /// Blocks `key` until `until`, counts a strike and empties its window.
+    async fn block(&self, key: &str, until: i64) -> Result<(), StoreError>;
+
+    /// Forgets `key` (its count, block and strikes).
+    async fn clear_counter(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Deletes counters untouched since `before` and not blocked after `now`.
+    async fn delete_stale_counters(&self, before: i64, now: i64) -> Result<u64, StoreError>;
 
     /// Up to `limit` users with their hashes, in (created, id) order, after `after`.
     async fn users_page(

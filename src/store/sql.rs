@@ -18,8 +18,8 @@ use sqlx::sqlite::{
 use sqlx::Transaction;
 
 use super::{
-    Credentials, DatabaseUrl, Imported, Importer, Lookup, NewSession, NewUser, SessionRecord,
-    Store, StoreError, StoredSession,
+    Counter, Credentials, DatabaseUrl, HashChange, Imported, Importer, Lookup, NewSession, NewUser,
+    SessionRecord, Store, StoreError, StoredSession,
 };
 use crate::domain::{AccountChanges, User, UserId, UserQuery};
 use crate::error::Unique;
@@ -370,30 +370,38 @@ impl Store for SqlStore {
         id: &str,
         expected: &str,
         new_hash: &str,
-        now: i64,
+        change: HashChange,
     ) -> Result<bool, StoreError> {
         on_pool!(self, pool => async {
             let mut tx = pool.begin().await?;
-            let changed = sqlx::query(
-                "UPDATE users SET password_hash = $3, updated = $4 \
-                 WHERE id = $1 AND password_hash = $2",
-            )
-            .bind(id)
-            .bind(expected)
-            .bind(new_hash)
-            .bind(now)
+            let replaced = match change {
+                HashChange::NewPassword { now } => sqlx::query(
+                    "UPDATE users SET password_hash = $3, updated = $4 \
+                     WHERE id = $1 AND password_hash = $2",
+                )
+                .bind(id)
+                .bind(expected)
+                .bind(new_hash)
+                .bind(now),
+                HashChange::Rehash => sqlx::query(
+                    "UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2",
+                )
+                .bind(id)
+                .bind(expected)
+                .bind(new_hash),
+            }
             .execute(&mut *tx)
             .await?
             .rows_affected()
                 == 1;
-            if changed {
+            if replaced && matches!(change, HashChange::NewPassword { .. }) {
                 sqlx::query("DELETE FROM sessions WHERE user_id = $1")
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
             }
             tx.commit().await?;
-            Ok::<_, sqlx::Error>(changed)
+            Ok::<_, sqlx::Error>(replaced)
         }
         .await)
         .map_err(classify)
@@ -469,6 +477,81 @@ impl Store for SqlStore {
             sqlx::query(SQL)
                 .bind(now)
                 .bind(i64::from(batch))
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map_err(classify)
+    }
+
+    async fn blocked_until(&self, keys: [&str; 2]) -> Result<i64, StoreError> {
+        const SQL: &str =
+            "SELECT COALESCE(MAX(blocked_until), 0) FROM rate_limits WHERE key IN ($1, $2)";
+        on_pool!(self, pool => {
+            sqlx::query_as::<_, (i64,)>(SQL)
+                .bind(keys[0])
+                .bind(keys[1])
+                .fetch_one(pool)
+                .await
+                .map(|(until,)| until)
+        })
+        .map_err(classify)
+    }
+
+    async fn count_event(&self, key: &str, now: i64, window: i64) -> Result<Counter, StoreError> {
+        // One statement, so concurrent events on several replicas never lose a count.
+        const SQL: &str = "INSERT INTO rate_limits \
+             (key, count, window_start, blocked_until, strikes, updated) \
+             VALUES ($1, 1, $2, 0, 0, $2) \
+             ON CONFLICT (key) DO UPDATE SET \
+             count = CASE WHEN rate_limits.window_start <= $2 - $3 THEN 1 \
+                          ELSE rate_limits.count + 1 END, \
+             window_start = CASE WHEN rate_limits.window_start <= $2 - $3 THEN $2 \
+                                 ELSE rate_limits.window_start END, \
+             updated = $2 \
+             RETURNING count, window_start, strikes";
+        on_pool!(self, pool => {
+            sqlx::query_as::<_, (i64, i64, i64)>(SQL)
+                .bind(key)
+                .bind(now)
+                .bind(window)
+                .fetch_one(pool)
+                .await
+                .map(|(count, window_start, strikes)| Counter {
+                    count,
+                    window_start,
+                    strikes,
+                })
+        })
+        .map_err(classify)
+    }
+
+    async fn block(&self, key: &str, until: i64) -> Result<(), StoreError> {
+        const SQL: &str = "UPDATE rate_limits SET blocked_until = $2, strikes = strikes + 1, \
+                           count = 0 WHERE key = $1 AND blocked_until < $2";
+        on_pool!(self, pool => {
+            sqlx::query(SQL).bind(key).bind(until).execute(pool).await.map(drop)
+        })
+        .map_err(classify)
+    }
+
+    async fn clear_counter(&self, key: &str) -> Result<(), StoreError> {
+        on_pool!(self, pool => {
+            sqlx::query("DELETE FROM rate_limits WHERE key = $1")
+                .bind(key)
+                .execute(pool)
+                .await
+                .map(drop)
+        })
+        .map_err(classify)
+    }
+
+    async fn delete_stale_counters(&self, before: i64, now: i64) -> Result<u64, StoreError> {
+        const SQL: &str = "DELETE FROM rate_limits WHERE updated < $1 AND blocked_until <= $2";
+        on_pool!(self, pool => {
+            sqlx::query(SQL)
+                .bind(before)
+                .bind(now)
                 .execute(pool)
                 .await
                 .map(|done| done.rows_affected())

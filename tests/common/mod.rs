@@ -19,7 +19,7 @@ use users_service::server::Server;
 use users_service::service::Users;
 use users_service::store::{DatabaseUrl, SqlStore};
 
-pub const PASSWORD: &str = "password1";
+pub const PASSWORD: &str = "correct-horse-1";
 
 /// Where a test's data lives.
 pub enum Backend {

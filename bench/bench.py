@@ -1,0 +1,824 @@
+#!/usr/bin/env python3
+"""The users-service benchmark. `bench/run.sh` builds the release binaries and runs this.
+
+It starts the service on fresh databases, seeds them through `users-service import`,
+drives every scenario with wrk over loopback, measures the two ceilings (the bare HTTP
+stack and the machine's argon2id rate), prints one table, checks the targets and writes
+everything to bench/results/latest.json.
+
+Standard library only. Every wait and every loop here is bounded in count and in time.
+"""
+
+import argparse
+import base64
+import hashlib
+import http.client
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+LUA = BENCH / "rpc.lua"
+PASSWORD = "bench-password-1"
+# Lines given to wrk for the scenarios that pick at random: a sample bounded in size so
+# that loading it costs wrk nothing measurable, drawn from the whole table.
+PICK_SAMPLE = 100_000
+# The service must never throttle the load generator (127.0.0.1 sends everything).
+SERVER_ENV = {
+    "RUST_LOG": "warn",
+    "USERS_LOGIN_MAX_FAILURES": "0",
+    "USERS_LOGIN_MAX_FAILURES_PER_IP": "0",
+    "USERS_CREATE_PER_HOUR": "0",
+}
+
+PROFILES = {
+    # Each load figure is one wrk run of `duration` seconds after a `warmup`-second run
+    # of the same load on the same (freshly started) server.
+    "full": {
+        "duration": 6,
+        "warmup": 1,
+        "small_users": 1_000,
+        "logout_pool": 150_000,
+        "scale_users": 1_000_000,
+        "mixed_duration": 6,
+        "flood_duration": 10,
+        "startups": 5,
+    },
+    "quick": {
+        "duration": 2,
+        "warmup": 1,
+        "small_users": 1_000,
+        "logout_pool": 60_000,
+        "scale_users": 20_000,
+        "mixed_duration": 3,
+        "flood_duration": 4,
+        "startups": 3,
+    },
+}
+
+# Concurrency of every scenario (wrk connections and threads).
+CONCURRENCY = 32
+THREADS = 2
+
+
+class BenchError(Exception):
+    pass
+
+
+def log(message):
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- processes -------------------------------------------------------------------------
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def health_ok(port, timeout=1.0):
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        try:
+            conn.request("GET", "/health")
+            return conn.getresponse().status == 200
+        finally:
+            conn.close()
+    except OSError:
+        return False
+
+
+def proc_memory_kib(pid):
+    """(VmHWM, VmRSS) of a process in KiB."""
+    fields = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            if key in ("VmHWM", "VmRSS"):
+                fields[key] = int(value.split()[0])
+    return fields.get("VmHWM", 0), fields.get("VmRSS", 0)
+
+
+class Server:
+    """One server process: the service on a database, or the HTTP ceiling example."""
+
+    def __init__(self, argv_for_port, logdir, name):
+        self.argv_for_port = argv_for_port
+        self.logdir = logdir
+        self.name = name
+        self.proc = None
+        self.port = None
+        self.startup_ms = None
+        self.log_path = None
+
+    def start(self, ready_within=20.0):
+        self.port = free_port()
+        env = dict(os.environ)
+        env.update(SERVER_ENV)
+        env.pop("DATABASE_URL", None)
+        self.log_path = self.logdir / f"{self.name}.{self.port}.log"
+        log_file = open(self.log_path, "wb")
+        started = time.perf_counter()
+        self.proc = subprocess.Popen(
+            self.argv_for_port(self.port),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+        )
+        log_file.close()
+        deadline = started + ready_within
+        attempts = 0
+        while time.perf_counter() < deadline and attempts < 100_000:
+            attempts += 1
+            if self.proc.poll() is not None:
+                raise BenchError(f"{self.name} exited during start-up: {self.tail_log()}")
+            if health_ok(self.port):
+                self.startup_ms = (time.perf_counter() - started) * 1000.0
+                return self
+            time.sleep(0.002)
+        self.stop()
+        raise BenchError(f"{self.name} did not answer /health within {ready_within} s")
+
+    def tail_log(self):
+        try:
+            return self.log_path.read_text(errors="replace")[-2000:]
+        except OSError:
+            return ""
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def memory_mib(self):
+        hwm, rss = proc_memory_kib(self.proc.pid)
+        return hwm / 1024.0, rss / 1024.0
+
+    def stop(self):
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+# --- wrk -------------------------------------------------------------------------------
+
+
+def wrk_command(url, method, mode, data, conns, threads, duration, timeout_s, password=None):
+    threads = max(1, min(threads, conns))
+    argv = [
+        "wrk",
+        "-t", str(threads),
+        "-c", str(conns),
+        "-d", f"{int(duration)}s",
+        "--timeout", f"{int(timeout_s)}s",
+        "-s", str(LUA),
+        url,
+        "--",
+        method,
+        mode,
+        str(data),
+        str(threads),
+    ]
+    if password is not None:
+        argv.append(password)
+    return argv
+
+
+def parse_wrk(stdout, stderr, argv):
+    for line in stdout.splitlines():
+        if line.startswith("BENCH_JSON "):
+            return json.loads(line[len("BENCH_JSON "):])
+    raise BenchError(f"wrk printed no result ({' '.join(argv)}): {stdout[-500:]} {stderr[-500:]}")
+
+
+def run_wrk(url, method, mode, data, conns=CONCURRENCY, threads=THREADS, duration=5,
+            timeout_s=10, password=None):
+    argv = wrk_command(url, method, mode, data, conns, threads, duration, timeout_s, password)
+    done = subprocess.run(argv, capture_output=True, text=True,
+                          timeout=duration + timeout_s + 30)
+    return parse_wrk(done.stdout, done.stderr, argv)
+
+
+class BackgroundWrk:
+    def __init__(self, url, method, mode, data, conns, threads, duration, timeout_s,
+                 password=None):
+        self.argv = wrk_command(url, method, mode, data, conns, threads, duration, timeout_s,
+                                password)
+        self.limit = duration + timeout_s + 30
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+
+    def result(self):
+        try:
+            out, err = self.proc.communicate(timeout=self.limit)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate(timeout=10)
+        return parse_wrk(out, err, self.argv)
+
+
+def figures(raw):
+    """The table's figures from one wrk result."""
+    seconds = raw["duration_us"] / 1e6
+    errors = sum(raw["errors"].values())
+    lat = raw["latency_us"]
+    return {
+        "requests": raw["requests"],
+        "seconds": round(seconds, 3),
+        "rps": round(raw["requests"] / seconds, 1) if seconds else 0.0,
+        "p50_ms": lat["p50"] / 1000.0,
+        "p90_ms": lat["p90"] / 1000.0,
+        "p99_ms": lat["p99"] / 1000.0,
+        "max_ms": lat["max"] / 1000.0,
+        "errors": errors,
+        "error_detail": raw["errors"],
+        "wraps": raw["wraps"],
+    }
+
+
+# --- data ------------------------------------------------------------------------------
+
+
+def phc_hash(examples_dir):
+    """One real argon2id hash of PASSWORD at the service's parameters, reused for every
+    seeded user so that all of them can sign in."""
+    out = subprocess.run([str(examples_dir / "argon2_rate"), "--phc", PASSWORD],
+                         capture_output=True, text=True, timeout=60, check=True)
+    phc = out.stdout.strip()
+    if not phc.startswith("$argon2id$"):
+        raise BenchError(f"unexpected PHC string {phc!r}")
+    return phc
+
+
+def write_lines(path, values):
+    with open(path, "w") as f:
+        f.write("\n".join(values))
+        f.write("\n")
+
+
+def generate(directory, users, read_sessions, logout_sessions, phc, seed):
+    """Writes an import file (JSON lines, the format of src/transfer.rs) for `users`
+    users, and one for their sessions: `read_sessions` (one per user, in user order,
+    wrapping) for ReadSession and `logout_sessions` more for Logout. Also writes the
+    lists wrk draws from. Returns the paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    now = int(time.time())
+    base = now - 30 * 86_400
+    header = '{"type":"header","format":"users-service","version":1}\n'
+    ids = [str(uuid.UUID(bytes=rng.randbytes(16), version=4)) for _ in range(users)]
+    names = [f"user-{rng.getrandbits(32):08x}-{i}" for i in range(users)]
+    paths = {
+        "users": directory / "users.jsonl",
+        "sessions": directory / "sessions.jsonl",
+        "ids": directory / "ids.txt",
+        "names": directory / "names.txt",
+        "read_tokens": directory / "read_tokens.txt",
+        "logout_tokens": directory / "logout_tokens.txt",
+    }
+    with open(paths["users"], "w") as f:
+        f.write(header)
+        step = max(1, users // 100_000)
+        for i, (uid, name) in enumerate(zip(ids, names)):
+            created = base + i // step
+            f.write(
+                f'{{"type":"user","id":"{uid}","username":"{name}",'
+                f'"email":"{name}@example.com","password_hash":"{phc}",'
+                f'"created":{created},"updated":{created}}}\n'
+            )
+    read_tokens = []
+    logout_tokens = []
+    expires = now + 7 * 86_400
+    with open(paths["sessions"], "w") as f:
+        f.write(header)
+        for n in range(read_sessions + logout_sessions):
+            token = base64.urlsafe_b64encode(rng.randbytes(32)).rstrip(b"=").decode()
+            digest = hashlib.sha256(token.encode()).hexdigest()
+            owner = ids[n % users]
+            f.write(
+                f'{{"type":"session","token_hash":"{digest}","user_id":"{owner}",'
+                f'"created":{now - 60},"expires":{expires}}}\n'
+            )
+            (read_tokens if n < read_sessions else logout_tokens).append(token)
+    # Random samples for the pick scenarios; Logout walks its list in order.
+    sample = lambda values: rng.sample(values, min(len(values), PICK_SAMPLE))
+    write_lines(paths["ids"], sample(ids))
+    write_lines(paths["names"], sample(names))
+    write_lines(paths["read_tokens"], sample(read_tokens))
+    rng.shuffle(logout_tokens)
+    write_lines(paths["logout_tokens"], logout_tokens)
+    return paths
+
+
+def run_import(binary, url, path):
+    env = dict(os.environ)
+    env.update(SERVER_ENV)
+    env.pop("DATABASE_URL", None)
+    started = time.perf_counter()
+    with open(path, "rb") as f:
+        done = subprocess.run([str(binary), "import", "--database-url", url], stdin=f,
+                              capture_output=True, env=env, timeout=900)
+    if done.returncode != 0:
+        raise BenchError(f"import of {path.name} failed: {done.stderr.decode()[-2000:]}")
+    return time.perf_counter() - started
+
+
+# --- the run ---------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.profile = PROFILES["quick" if args.quick else "full"]
+        self.profile_name = "quick" if args.quick else "full"
+        self.target_dir = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+        self.binary = self.target_dir / "release" / "users-service"
+        self.examples = self.target_dir / "release" / "examples"
+        for path in (self.binary, self.examples / "http_ceiling", self.examples / "argon2_rate"):
+            if not path.exists():
+                raise BenchError(f"{path} is missing: build with bench/run.sh")
+        self.work = Path(tempfile.mkdtemp(prefix="users-bench-"))
+        self.logs = self.work / "logs"
+        self.logs.mkdir()
+        self.rows = []
+        self.extra = {}
+        self.started = time.perf_counter()
+        self.phc = None
+
+    # helpers
+
+    def service(self, db_url, name):
+        binary = str(self.binary)
+        return Server(lambda port: [binary, "--listen", f"127.0.0.1:{port}",
+                                    "--database-url", db_url], self.logs, name)
+
+    def row(self, backend, scenario, dataset, conns, fig, server_mem=None, note=""):
+        row = {"backend": backend, "scenario": scenario, "dataset": dataset,
+               "concurrency": conns, **fig, "note": note}
+        if server_mem is not None:
+            row["peak_rss_mib"] = round(server_mem[0], 1)
+            row["rss_after_mib"] = round(server_mem[1], 1)
+        self.rows.append(row)
+        log(f"  {backend:8} {scenario:24} {fig.get('rps', 0):>9.1f} req/s  "
+            f"p50 {fig.get('p50_ms', 0):7.2f} ms  p99 {fig.get('p99_ms', 0):7.2f} ms  "
+            f"errors {fig.get('errors', 0)}"
+            + (f"  peak RSS {server_mem[0]:.1f} MiB" if server_mem else ""))
+        return row
+
+    def load(self, backend, dataset, db_url, scenario, method, mode, data, conns=CONCURRENCY,
+             threads=THREADS, timeout_s=10, password=None, warmup_data=None, duration=None):
+        """One scenario on a freshly started server: warm-up, measured run, memory."""
+        duration = duration or self.profile["duration"]
+        with self.service(db_url, f"{backend}-{scenario}").start() as server:
+            if self.profile["warmup"]:
+                run_wrk(server.url, method, mode, warmup_data or data, conns, threads,
+                        self.profile["warmup"], timeout_s, password)
+            raw = run_wrk(server.url, method, mode, data, conns, threads, duration,
+                          timeout_s, password)
+            mem = server.memory_mib()
+        return self.row(backend, scenario, dataset, conns, figures(raw), mem)
+
+    # ceilings
+
+    def ceilings(self, ids_file):
+        log("ceiling (a): the bare HTTP stack (examples/http_ceiling.rs)")
+        binary = str(self.examples / "http_ceiling")
+        server = Server(lambda port: [binary, f"127.0.0.1:{port}"], self.logs, "http_ceiling")
+        with server.start():
+            d = self.profile["duration"]
+            run_wrk(server.url, "Read", "pick:id", ids_file, CONCURRENCY, THREADS,
+                    self.profile["warmup"], 10)
+            raw = run_wrk(server.url, "Read", "pick:id", ids_file, CONCURRENCY, THREADS, d, 10)
+            mem = server.memory_mib()
+        http_row = self.row("-", "ceiling: HTTP stack", "-", CONCURRENCY, figures(raw), mem)
+
+        log("ceiling (b): argon2id, cores / single-threaded time of one hash")
+        hashes = 8 if self.args.quick else 16
+        out = subprocess.run([str(self.examples / "argon2_rate"), "--hashes", str(hashes)],
+                             capture_output=True, text=True, timeout=120, check=True)
+        argon = json.loads(out.stdout)
+        self.extra["argon2"] = argon
+        log(f"  one hash {argon['single_hash_ms']:.1f} ms on one thread, {argon['cores']} "
+            f"cores: ceiling {argon['ceiling_per_s']:.1f} hashes/s "
+            f"(all cores measured together: {argon['all_cores_measured_per_s']:.1f}/s)")
+        self.rows.append({"backend": "-", "scenario": "ceiling: argon2id", "dataset": "-",
+                          "concurrency": argon["cores"], "rps": argon["ceiling_per_s"],
+                          "p50_ms": argon["single_hash_ms"], "p99_ms": None, "errors": 0,
+                          "note": f"m={argon['m_kib']} t={argon['t']} p={argon['p']}"})
+        return http_row["rps"], argon["ceiling_per_s"]
+
+    # one backend with the small dataset
+
+    def startups(self, backend, db_url, dataset, count):
+        times = []
+        idle = None
+        for i in range(count):
+            with self.service(db_url, f"{backend}-startup").start() as server:
+                times.append(server.startup_ms)
+                if i == count - 1:
+                    time.sleep(1.0)
+                    idle = server.memory_mib()
+        result = {"median_ms": round(statistics.median(times), 1),
+                  "max_ms": round(max(times), 1), "runs": [round(t, 1) for t in times]}
+        self.rows.append({"backend": backend, "scenario": "start-up to first /health 200",
+                          "dataset": dataset, "concurrency": 1, "rps": None,
+                          "p50_ms": result["median_ms"], "p99_ms": result["max_ms"],
+                          "errors": 0, "peak_rss_mib": round(idle[0], 1),
+                          "rss_after_mib": round(idle[1], 1),
+                          "note": f"{count} starts: median and max; RSS after 1 s idle"})
+        log(f"  {backend:8} start-up median {result['median_ms']} ms, max {result['max_ms']} "
+            f"ms; idle RSS {idle[1]:.1f} MiB")
+        return result, idle
+
+    def small(self, backend, db_url, data):
+        p = self.profile
+        ds = f"{p['small_users']:,} users"
+        log(f"{backend}: seeding {ds}")
+        t_users = run_import(self.binary, db_url, data["users"])
+        t_sessions = run_import(self.binary, db_url, data["sessions"])
+        log(f"  imported users in {t_users:.1f} s, sessions in {t_sessions:.1f} s")
+        out = {"dataset": ds}
+        out["startup"], out["idle_mib"] = self.startups(backend, db_url, ds, p["startups"])
+        r = {}
+        r["ReadSession"] = self.load(backend, ds, db_url, "ReadSession", "ReadSession",
+                                     "pick:session_id", data["read_tokens"])
+        r["Read"] = self.load(backend, ds, db_url, "Read", "Read", "pick:id", data["ids"])
+        r["Search"] = self.load(backend, ds, db_url, "Search", "Search", "pick:username",
+                                data["names"])
+        r["Logout"] = self.load(backend, ds, db_url, "Logout", "Logout", "walk:session_id",
+                                data["logout_main"], warmup_data=data["logout_warm"])
+        r["Login"] = self.load(backend, ds, db_url, "Login", "Login", "login", data["names"],
+                               timeout_s=30, password=PASSWORD)
+        prefix = f"c{os.getpid()}{backend[:2]}"
+        r["Create"] = self.load(backend, ds, db_url, "Create", "Create", "create",
+                                f"{prefix}m", timeout_s=30, password=PASSWORD,
+                                warmup_data=f"{prefix}w")
+        r["mixed"] = self.mixed(backend, ds, db_url, data)
+        r["flood"] = self.flood(backend, ds, db_url, data)
+        out["rows"] = r
+        return out
+
+    def mixed(self, backend, ds, db_url, data):
+        """8 clients on ReadSession, alone and then while 64 others hammer Login."""
+        p = self.profile
+        d = p["mixed_duration"]
+        with self.service(db_url, f"{backend}-mixed").start() as server:
+            run_wrk(server.url, "ReadSession", "pick:session_id", data["read_tokens"], 8, 2,
+                    p["warmup"], 10)
+            alone = figures(run_wrk(server.url, "ReadSession", "pick:session_id",
+                                    data["read_tokens"], 8, 2, d, 10))
+            login = BackgroundWrk(server.url, "Login", "login", data["names"], 64, 1, d + 3, 30,
+                                  PASSWORD)
+            time.sleep(1.5)
+            loaded = figures(run_wrk(server.url, "ReadSession", "pick:session_id",
+                                     data["read_tokens"], 8, 2, d, 10))
+            hammer = figures(login.result())
+            mem = server.memory_mib()
+        self.row(backend, "ReadSession alone (8)", ds, 8, alone, None)
+        self.row(backend, "Login (64) during mixed", ds, 64, hammer, None,
+                 note="runs 1.5 s before and after the ReadSession clients")
+        row = self.row(backend, "ReadSession during Login", ds, 8, loaded, mem,
+                       note="8 clients while 64 others hammer Login")
+        return {"alone": alone, "loaded": loaded, "login": hammer, "row": row}
+
+    def flood(self, backend, ds, db_url, data):
+        """1,000 concurrent Logins: the server's peak RSS."""
+        p = self.profile
+        with self.service(db_url, f"{backend}-flood").start() as server:
+            raw = run_wrk(server.url, "Login", "login", data["names"], 1000, 2,
+                          p["flood_duration"], 60, PASSWORD)
+            mem = server.memory_mib()
+        return self.row(backend, "Login (1,000 clients)", ds, 1000, figures(raw), mem,
+                        note="peak RSS under a login flood")
+
+    def scale(self, data_small_rows):
+        p = self.profile
+        n = p["scale_users"]
+        ds = f"{n:,} users"
+        log(f"sqlite: generating {n:,} users and {n:,} sessions")
+        t0 = time.perf_counter()
+        data = generate(self.work / "scale", n, n // 2, n - n // 2, self.phc, seed=2)
+        gen_s = time.perf_counter() - t0
+        split_logout(data)
+        db_url = f"sqlite://{self.work / 'scale.db'}"
+        log(f"  generated in {gen_s:.1f} s; importing")
+        t_users = run_import(self.binary, db_url, data["users"])
+        log(f"  imported {n:,} users in {t_users:.1f} s")
+        t_sessions = run_import(self.binary, db_url, data["sessions"])
+        log(f"  imported {n:,} sessions in {t_sessions:.1f} s")
+        self.rows.append({"backend": "sqlite", "scenario": "seed: import users", "dataset": ds,
+                          "concurrency": 1, "rps": round(n / t_users, 1), "p50_ms": None,
+                          "p99_ms": None, "errors": 0, "seconds": round(t_users, 1),
+                          "note": f"{t_users:.1f} s for {n:,} users"})
+        self.rows.append({"backend": "sqlite", "scenario": "seed: import sessions",
+                          "dataset": ds, "concurrency": 1, "rps": round(n / t_sessions, 1),
+                          "p50_ms": None, "p99_ms": None, "errors": 0,
+                          "seconds": round(t_sessions, 1),
+                          "note": f"{t_sessions:.1f} s for {n:,} sessions"})
+        startup, idle = self.startups("sqlite", db_url, ds, p["startups"])
+        r = {}
+        r["ReadSession"] = self.load("sqlite", ds, db_url, "ReadSession", "ReadSession",
+                                     "pick:session_id", data["read_tokens"])
+        r["Read"] = self.load("sqlite", ds, db_url, "Read", "Read", "pick:id", data["ids"])
+        r["Search"] = self.load("sqlite", ds, db_url, "Search", "Search", "pick:username",
+                                data["names"])
+        r["Logout"] = self.load("sqlite", ds, db_url, "Logout", "Logout", "walk:session_id",
+                                data["logout_main"], warmup_data=data["logout_warm"])
+        return {"dataset": ds, "users": n, "sessions": n, "generate_s": round(gen_s, 1),
+                "import_users_s": round(t_users, 1), "import_sessions_s": round(t_sessions, 1),
+                "startup": startup, "idle_mib": idle, "rows": r}
+
+    def run(self):
+        p = self.profile
+        log(f"profile {self.profile_name}; work directory {self.work}")
+        self.phc = phc_hash(self.examples)
+        small_users = p["small_users"]
+        data = generate(self.work / "small", small_users, small_users, p["logout_pool"],
+                        self.phc, seed=1)
+        split_logout(data)
+        results = {"profile": self.profile_name, "machine": machine(), "settings": {
+            "concurrency": CONCURRENCY, "wrk_threads": THREADS, **p}}
+        http_rps, argon_rps = self.ceilings(data["ids"])
+        results["ceilings"] = {"http_rps": http_rps, "argon2_per_s": argon_rps,
+                               "argon2": self.extra["argon2"]}
+
+        sqlite_url = f"sqlite://{self.work / 'small.db'}"
+        results["sqlite"] = self.small("sqlite", sqlite_url, data)
+        if not self.args.skip_scale:
+            results["scale"] = self.scale(results["sqlite"]["rows"])
+
+        pg = os.environ.get("TEST_DATABASE_URL")
+        if pg and not self.args.skip_postgres:
+            scratch = PostgresScratch(pg)
+            try:
+                scratch.create()
+                results["postgres"] = self.small("postgres", scratch.url, data)
+            finally:
+                scratch.drop()
+        results["rows"] = self.rows
+        results["targets"] = targets(results)
+        results["elapsed_s"] = round(time.perf_counter() - self.started, 1)
+        return results
+
+    def cleanup(self):
+        if not self.args.keep:
+            shutil.rmtree(self.work, ignore_errors=True)
+        else:
+            log(f"kept {self.work}")
+
+
+def split_logout(data):
+    """Logout's warm-up gets its own sessions so the measured run never sees a session
+    that is already gone."""
+    tokens = data["logout_tokens"].read_text().split()
+    warm = max(1000, len(tokens) // 10)
+    data["logout_warm"] = data["logout_tokens"].with_name("logout_warm.txt")
+    data["logout_main"] = data["logout_tokens"].with_name("logout_main.txt")
+    write_lines(data["logout_warm"], tokens[:warm])
+    write_lines(data["logout_main"], tokens[warm:])
+
+
+class PostgresScratch:
+    """A database of its own on the TEST_DATABASE_URL server, dropped afterwards."""
+
+    def __init__(self, admin_url):
+        self.admin_url = admin_url
+        self.name = f"users_bench_{os.getpid()}_{int(time.time())}"
+        parts = urllib.parse.urlsplit(admin_url)
+        self.url = urllib.parse.urlunsplit(parts._replace(path="/" + self.name))
+        self.created = False
+
+    def psql(self, sql):
+        subprocess.run(["psql", self.admin_url, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql],
+                       check=True, timeout=60, capture_output=True)
+
+    def create(self):
+        log(f"postgres: creating scratch database {self.name}")
+        self.psql(f'CREATE DATABASE "{self.name}"')
+        self.created = True
+
+    def drop(self):
+        if self.created:
+            log(f"postgres: dropping {self.name}")
+            self.psql(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+# --- targets ---------------------------------------------------------------------------
+
+
+def targets(results):
+    """Every target of the benchmark, met or not, with the figures it was judged on."""
+    out = []
+
+    def check(name, met, measured, required):
+        out.append({"target": name, "met": bool(met), "measured": measured,
+                    "required": required})
+
+    http_rps = results["ceilings"]["http_rps"]
+    argon = results["ceilings"]["argon2_per_s"]
+    sq = results["sqlite"]["rows"]
+    for name in ("ReadSession", "Read", "Search"):
+        rps = sq[name]["rps"]
+        check(f"{name} on SQLite >= 50% of the HTTP ceiling (c{CONCURRENCY})",
+              rps >= 0.5 * http_rps,
+              f"{rps:,.0f} req/s = {100 * rps / http_rps:.1f}% of {http_rps:,.0f}",
+              f">= {0.5 * http_rps:,.0f} req/s")
+    for name in ("Login", "Create"):
+        rps = sq[name]["rps"]
+        errs = sq[name]["errors"]
+        check(f"{name} on SQLite >= 85% of the argon2id ceiling",
+              rps >= 0.85 * argon and errs == 0,
+              f"{rps:,.1f} req/s = {100 * rps / argon:.1f}% of {argon:,.1f}"
+              + (f", {errs} errors" if errs else ""),
+              f">= {0.85 * argon:,.1f} req/s")
+    m = sq["mixed"]
+    loaded, alone = m["loaded"], m["alone"]
+    check("Isolation: ReadSession p99 < 10 ms while 64 clients hammer Login",
+          loaded["p99_ms"] < 10.0, f"p99 {loaded['p99_ms']:.2f} ms", "< 10 ms")
+    share = loaded["rps"] / alone["rps"] if alone["rps"] else 0.0
+    check("Isolation: ReadSession keeps >= 30% of its unloaded rate",
+          share >= 0.30,
+          f"{loaded['rps']:,.0f} of {alone['rps']:,.0f} req/s = {100 * share:.1f}%", ">= 30%")
+    flood = sq["flood"]
+    check("Memory: peak RSS under 1,000 concurrent Logins < 150 MB",
+          flood["peak_rss_mib"] * 1.048576 < 150.0,
+          f"{flood['peak_rss_mib']:.1f} MiB ({flood['peak_rss_mib'] * 1.048576:.1f} MB)",
+          "< 150 MB")
+    idle = results["sqlite"]["idle_mib"][1]
+    check("Memory: idle RSS < 30 MB", idle * 1.048576 < 30.0,
+          f"{idle:.1f} MiB ({idle * 1.048576:.1f} MB)", "< 30 MB")
+    st = results["sqlite"]["startup"]
+    check("Start-up to first /health 200 < 300 ms (existing database)",
+          st["max_ms"] < 300.0, f"median {st['median_ms']} ms, max {st['max_ms']} ms",
+          "< 300 ms")
+    scale = results.get("scale")
+    if scale:
+        for name in ("Read", "ReadSession", "Search", "Logout"):
+            small_p50 = sq[name]["p50_ms"]
+            big_p50 = scale["rows"][name]["p50_ms"]
+            ratio = big_p50 / small_p50 if small_p50 else float("inf")
+            check(f"Scale: {name} p50 at {scale['dataset']} <= 1.5x at "
+                  f"{results['sqlite']['dataset']}",
+                  ratio <= 1.5 and scale["rows"][name]["errors"] == 0,
+                  f"{big_p50:.2f} ms vs {small_p50:.2f} ms = {ratio:.2f}x", "<= 1.5x")
+        check(f"Scale: seeding {scale['users']:,} users on SQLite < 2 min",
+              scale["import_users_s"] < 120.0,
+              f"{scale['import_users_s']:.1f} s (+ {scale['import_sessions_s']:.1f} s for "
+              f"{scale['sessions']:,} sessions)", "< 120 s")
+        bst = scale["startup"]
+        check(f"Start-up < 300 ms on the {scale['dataset']} database",
+              bst["max_ms"] < 300.0, f"median {bst['median_ms']} ms, max {bst['max_ms']} ms",
+              "< 300 ms")
+    return out
+
+
+# --- output ----------------------------------------------------------------------------
+
+
+def machine():
+    def first(cmd):
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True,
+                                  timeout=10).stdout.strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.SubprocessError):
+            return "unknown"
+
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_kib = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "ram_gib": round(mem_kib / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "os": first(["sh", "-c", ". /etc/os-release && echo \"$PRETTY_NAME\""]),
+        "wrk": first(["sh", "-c", "wrk --version 2>&1 | head -1"]),
+        "rustc": first(["rustc", "--version"]),
+        "commit": first(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def fmt(value, spec):
+    if value is None:
+        return "-"
+    return format(value, spec)
+
+
+def table(results):
+    head = ["backend", "scenario", "dataset", "conc", "req/s", "p50 ms", "p99 ms", "errors",
+            "peak RSS MiB"]
+    lines = []
+    for r in results["rows"]:
+        lines.append([
+            r["backend"], r["scenario"], r["dataset"], str(r["concurrency"]),
+            fmt(r.get("rps"), ",.1f"), fmt(r.get("p50_ms"), ".2f"), fmt(r.get("p99_ms"), ".2f"),
+            str(r.get("errors", 0)), fmt(r.get("peak_rss_mib"), ".1f"),
+        ])
+    widths = [max(len(head[i]), *(len(l[i]) for l in lines)) for i in range(len(head))]
+    right = {3, 4, 5, 6, 7, 8}
+
+    def render(cells):
+        return "| " + " | ".join(
+            c.rjust(widths[i]) if i in right else c.ljust(widths[i])
+            for i, c in enumerate(cells)) + " |"
+
+    sep = "|" + "|".join(("-" * (w + 1) + ":") if i in right else ("-" * (w + 2))
+                         for i, w in enumerate(widths)) + "|"
+    return "\n".join([render(head), sep] + [render(l) for l in lines])
+
+
+def target_lines(results):
+    lines = []
+    for t in results["targets"]:
+        mark = "met   " if t["met"] else "MISSED"
+        lines.append(f"- {mark} {t['target']}: {t['measured']} (required {t['required']})")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--skip-scale", action="store_true", help="no 1,000,000-user run")
+    parser.add_argument("--skip-postgres", action="store_true",
+                        help="ignore TEST_DATABASE_URL")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--output", default=str(BENCH / "results" / "latest.json"),
+                        help="where to write the JSON results")
+    args = parser.parse_args()
+
+    def on_term(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    bench = Bench(args)
+    try:
+        results = bench.run()
+    finally:
+        bench.cleanup()
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2) + "\n")
+    m = results["machine"]
+    print()
+    print(f"users-service benchmark ({results['profile']}), {m['date']}, commit {m['commit']}")
+    print(f"machine: {m['nproc']} cores, {m['cpu']}, {m['ram_gib']} GiB RAM, "
+          f"Linux {m['kernel']}; {m['wrk']}")
+    print(f"load: wrk, {THREADS} threads, {CONCURRENCY} connections unless `conc` says "
+          f"otherwise, {results['settings']['duration']} s per figure after a "
+          f"{results['settings']['warmup']} s warm-up, fresh server per scenario")
+    print()
+    print(table(results))
+    print()
+    print("targets:")
+    print(target_lines(results))
+    print()
+    print(f"total {results['elapsed_s']:.0f} s; figures written to {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as err:
+        print(f"bench: {err}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,212 @@
+//! Who may call what: the admin key, the public methods, and the client's address.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use ipnet::IpNet;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::{AppState, RPC_METHODS};
+
+/// The admin key and the methods that do not need it.
+pub struct AccessPolicy {
+    /// SHA-256 of the admin key; comparing digests in constant time hides both the key's
+    /// content and its length.
+    key_digest: Option<[u8; 32]>,
+    public: Vec<&'static str>,
+}
+
+impl AccessPolicy {
+    /// `public_methods` are names of RPC methods; Create is public only while sign-up
+    /// is open.
+    pub fn new(
+        key: Option<SecretString>,
+        public_methods: &[String],
+        open_signup: bool,
+    ) -> Result<Self, String> {
+        let mut public = Vec::new();
+        for name in public_methods
+            .iter()
+            .map(|m| m.trim())
+            .filter(|m| !m.is_empty())
+        {
+            let known = RPC_METHODS
+                .iter()
+                .find(|m| **m == name)
+                .ok_or_else(|| format!("unknown method {name:?} in the public methods"))?;
+            if *known == "Create" && !open_signup {
+                continue;
+            }
+            public.push(*known);
+        }
+        let key_digest = match key {
+            Some(key) if key.expose_secret().trim().is_empty() => {
+                return Err("the admin key is empty".to_string())
+            }
+            Some(key) => Some(Sha256::digest(key.expose_secret().trim().as_bytes()).into()),
+            None => None,
+        };
+        Ok(Self { key_digest, public })
+    }
+
+    /// Everything is open.
+    pub fn open() -> Self {
+        Self {
+            key_digest: None,
+            public: Vec::new(),
+        }
+    }
+
+    pub fn has_key(&self) -> bool {
+        self.key_digest.is_some()
+    }
+
+    /// Whether a caller may call `method`.
+    pub fn allows(&self, method: &str, caller: &Caller) -> bool {
+        self.key_digest.is_none() || caller.admin || self.public.contains(&method)
+    }
+
+    fn is_admin(&self, headers: &HeaderMap) -> bool {
+        let Some(expected) = &self.key_digest else {
+            return false;
+        };
+        let Some(presented) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
+            return false;
+        };
+        let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
+        digest.ct_eq(expected).into()
+    }
+}
+
+/// What the service knows of a caller.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    /// The client's address: the peer, or what a trusted proxy says it forwarded for.
+    pub ip: Option<IpAddr>,
+    /// Presented the admin key.
+    pub admin: bool,
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip());
+        Ok(Caller {
+            ip: peer.map(|peer| client_ip(peer, &parts.headers, &state.trusted_proxies)),
+            admin: state.access.is_admin(&parts.headers),
+        })
+    }
+}
+
+/// The client's address. X-Forwarded-For is read only when the peer is a trusted proxy;
+/// then the nearest address in it that is not itself a trusted proxy is the client (the
+/// ones further left could have been written by anyone).
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    for hop in hops.iter().rev() {
+        let Ok(ip) = hop.parse::<IpAddr>() else {
+            break;
+        };
+        client = ip;
+        if !is_trusted(&ip) {
+            break;
+        }
+    }
+    client
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(xff: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_str(xff).unwrap());
+        h
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let h = headers("203.0.113.7");
+        assert_eq!(
+            client_ip(ip("198.51.100.1"), &h, &trusted),
+            ip("198.51.100.1")
+        );
+        assert_eq!(client_ip(ip("10.1.2.3"), &h, &trusted), ip("203.0.113.7"));
+        // A client cannot spoof by prepending: the rightmost untrusted hop wins.
+        let h = headers("1.1.1.1, 203.0.113.7, 10.0.0.9");
+        assert_eq!(client_ip(ip("10.1.2.3"), &h, &trusted), ip("203.0.113.7"));
+        // Garbage stops the walk at the last good hop.
+        let h = headers("nonsense, 10.0.0.9");
+        assert_eq!(client_ip(ip("10.1.2.3"), &h, &trusted), ip("10.0.0.9"));
+        assert_eq!(
+            client_ip(ip("10.1.2.3"), &HeaderMap::new(), &trusted),
+            ip("10.1.2.3")
+        );
+    }
+
+    #[test]
+    fn the_admin_key_opens_every_method_and_public_ones_need_none() {
+        let policy = AccessPolicy::new(
+            Some(SecretString::from("k3y")),
+            &["Login".to_string(), "Create".to_string()],
+            false,
+        )
+        .unwrap();
+        let anonymous = Caller {
+            ip: None,
+            admin: false,
+        };
+        let admin = Caller {
+            ip: None,
+            admin: true,
+        };
+        assert!(policy.allows("Login", &anonymous));
+        assert!(!policy.allows("Create", &anonymous), "sign-up closed");
+        assert!(!policy.allows("Delete", &anonymous));
+        assert!(policy.allows("Delete", &admin));
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer k3y"),
+        );
+        assert!(policy.is_admin(&h));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer k3"));
+        assert!(!policy.is_admin(&h));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("k3y"));
+        assert!(!policy.is_admin(&h));
+        assert!(AccessPolicy::new(None, &["Nope".to_string()], true).is_err());
+    }
+}
