@@ -138,14 +138,15 @@ impl Server {
             )
             .map_err(StartError::Config)?,
         );
-        if !access.has_key() {
-            if !config.listen.ip().is_loopback() && !config.access.allow_unauthenticated {
-                return Err(StartError::Config(format!(
-                    "refusing to listen on {} without an admin key: set USERS_API_KEY or \
-                     --api-key-file, or pass --allow-unauthenticated",
-                    config.listen
-                )));
-            }
+        if !access.has_key()
+            && !config.listen.ip().is_loopback()
+            && !config.access.allow_unauthenticated
+        {
+            return Err(StartError::Config(format!(
+                "refusing to listen on {} without an admin key: set USERS_API_KEY or \
+                 --api-key-file, or pass --allow-unauthenticated",
+                config.listen
+            )));
         }
         let settings = config.settings().map_err(StartError::Config)?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
