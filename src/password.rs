@@ -6,6 +6,7 @@
 //! of argon2 memory blocks alive at any moment is bounded by the pool size, which bounds
 //! memory under a login flood.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use argon2::password_hash::rand_core::OsRng;
@@ -58,6 +59,8 @@ pub struct PasswordHasher {
     /// A hash of a random password, verified against when the account does not exist so
     /// that an unknown user costs the same time as a wrong password.
     dummy: String,
+    /// Hashing jobs run so far (hashes and verifications).
+    jobs: Arc<AtomicU64>,
 }
 
 impl PasswordHasher {
@@ -91,6 +94,7 @@ impl PasswordHasher {
             pool,
             slots: Arc::new(Semaphore::new(threads)),
             dummy,
+            jobs: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -128,6 +132,12 @@ impl PasswordHasher {
         .await?
     }
 
+    /// How many hashing jobs (hashes and verifications) have run: a measure of the CPU
+    /// spent on passwords.
+    pub fn jobs_run(&self) -> u64 {
+        self.jobs.load(Ordering::Relaxed)
+    }
+
     /// Runs `job` on the hashing pool once a slot is free.
     async fn run<T: Send + 'static>(
         &self,
@@ -138,8 +148,10 @@ impl PasswordHasher {
             .await
             .map_err(Error::internal)?;
         let (tx, rx) = oneshot::channel();
+        let jobs = self.jobs.clone();
         self.pool.spawn(move || {
             let _slot = slot;
+            jobs.fetch_add(1, Ordering::Relaxed);
             // The receiver is gone only if the request was dropped; nothing to do then.
             let _ = tx.send(job());
         });

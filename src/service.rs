@@ -313,6 +313,11 @@ impl Users {
         Ok(total)
     }
 
+    /// Password hashing jobs run since start.
+    pub fn hashing_jobs(&self) -> u64 {
+        self.hasher.jobs_run()
+    }
+
     /// One database round trip.
     pub async fn health(&self) -> Result<(), StoreError> {
         self.store.ping().await

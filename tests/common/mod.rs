@@ -256,6 +256,45 @@ impl TestApp {
         (status, value)
     }
 
+    /// POSTs a JSON body with extra headers; returns the status, headers and body.
+    pub async fn send(
+        &self,
+        method: &str,
+        body: Value,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut request = self
+            .client
+            .post(self.url(&format!("/users/Users/{method}")))
+            .json(&body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let value = response.json().await.expect("JSON body");
+        (status, headers, value)
+    }
+
+    /// Starts a second server on the same database (a replica), sharing the clock.
+    pub async fn replica(
+        &self,
+        configure: impl FnOnce(&mut ServeConfig),
+    ) -> (SocketAddr, oneshot::Sender<()>) {
+        let mut config = ServeConfig::new(self.db.url.clone());
+        configure(&mut config);
+        let server = Server::build_with_clock(&config, self.clock.clone())
+            .await
+            .expect("replica starts");
+        let addr = server.local_addr().expect("bound address");
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(server.run(async {
+            let _ = rx.await;
+        }));
+        (addr, tx)
+    }
+
     /// Creates a user and returns it.
     pub async fn create_user(&self, username: &str) -> Value {
         let (status, body) = self
@@ -320,17 +359,25 @@ pub fn assert_error(
 }
 
 /// Defines each listed `async fn name(app: TestApp)` as two tests, `sqlite::name` and
-/// `postgres::name`, so the whole suite runs against both stores.
+/// `postgres::name`, so the whole suite runs against both stores. With
+/// `config = path::to::fn` first, that `fn(&mut ServeConfig)` adjusts the configuration.
 #[macro_export]
 macro_rules! on_both_stores {
+    (config = $configure:path, $($name:ident),+ $(,)?) => {
+        $crate::on_both_stores!(@expand $configure, $($name),+);
+    };
     ($($name:ident),+ $(,)?) => {
+        $crate::on_both_stores!(@expand $crate::common::default_config, $($name),+);
+    };
+    (@expand $configure:path, $($name:ident),+) => {
         mod sqlite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    let app = $crate::common::TestApp::spawn(
+                    let app = $crate::common::TestApp::spawn_with(
                         $crate::common::Backend::Sqlite,
                         concat!("sqlite::", stringify!($name)),
+                        $configure,
                     )
                     .await
                     .expect("sqlite always runs");
@@ -342,9 +389,10 @@ macro_rules! on_both_stores {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    if let Some(app) = $crate::common::TestApp::spawn(
+                    if let Some(app) = $crate::common::TestApp::spawn_with(
                         $crate::common::Backend::Postgres,
                         concat!("postgres::", stringify!($name)),
+                        $configure,
                     )
                     .await
                     {
@@ -355,6 +403,9 @@ macro_rules! on_both_stores {
         }
     };
 }
+
+/// The configuration tests run with unless they say otherwise: the defaults.
+pub fn default_config(_: &mut ServeConfig) {}
 
 pub fn is_unix_seconds_string(value: &Value) -> bool {
     value

@@ -1,0 +1,603 @@
+//! Abuse resistance: the admin key, brute-force and sign-up limits, the password policy,
+//! rehashing, normalisation and hostile input. Each test names the rule it holds.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{assert_error, Backend, TestApp, PASSWORD};
+use serde_json::{json, Value};
+use users_service::config::ServeConfig;
+use users_service::store::{Lookup, Store};
+
+const WRONG: &str = "not-the-password";
+
+/// Only the per-account limit, so a test sees its lockouts alone.
+fn account_limit_only(config: &mut ServeConfig) {
+    config.limits.login_max_failures_per_ip = 0;
+}
+
+on_both_stores!(
+    config = crate::account_limit_only,
+    five_failures_lock_the_account_with_a_growing_retry_after,
+    unknown_accounts_are_limited_exactly_like_known_ones,
+    a_success_resets_the_account_counter,
+    update_password_failures_count_against_the_account,
+    the_limit_holds_across_replicas,
+);
+
+/// The default configuration.
+mod defaults {
+    use super::*;
+
+    on_both_stores!(
+        rehash_on_login_when_the_parameters_are_raised,
+        the_password_policy_refuses_common_and_identity_passwords,
+        look_alike_names_cannot_be_registered_twice,
+    );
+}
+
+async fn login(app: &TestApp, username: &str, password: &str) -> (u16, Option<String>, Value) {
+    let (status, headers, body) = app
+        .send(
+            "Login",
+            json!({"username": username, "password": password}),
+            &[],
+        )
+        .await;
+    let retry = headers
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status.as_u16(), retry, body)
+}
+
+async fn fail_times(app: &TestApp, username: &str, times: usize) {
+    for attempt in 1..=times {
+        let (status, _, body) = login(app, username, WRONG).await;
+        assert_eq!(status, 401, "attempt {attempt}: {body}");
+    }
+}
+
+async fn five_failures_lock_the_account_with_a_growing_retry_after(app: TestApp) {
+    app.create_user("asim").await;
+    fail_times(&app, "asim", 5).await;
+    // Locked: even the right password is refused, before any hashing.
+    let (status, retry, body) = login(&app, "asim", PASSWORD).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(retry.as_deref(), Some("60"));
+    assert_eq!(body["id"], "users.Login");
+    assert_eq!(body["status"], "Too Many Requests");
+    assert!(body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("retry in 60 seconds"));
+
+    // The lock lifts after Retry-After; the next lockout lasts twice as long.
+    app.clock.advance(60);
+    fail_times(&app, "asim", 5).await;
+    let (status, retry, _) = login(&app, "asim", PASSWORD).await;
+    assert_eq!((status, retry.as_deref()), (429, Some("120")));
+    app.clock.advance(119);
+    let (status, retry, _) = login(&app, "asim", PASSWORD).await;
+    assert_eq!((status, retry.as_deref()), (429, Some("1")));
+    app.clock.advance(1);
+    app.login("asim", PASSWORD).await;
+}
+
+async fn unknown_accounts_are_limited_exactly_like_known_ones(app: TestApp) {
+    app.create_user("known").await;
+    let mut seen = Vec::new();
+    for name in ["known", "unknown"] {
+        let mut statuses = Vec::new();
+        for _ in 0..7 {
+            let (status, retry, body) = login(&app, name, WRONG).await;
+            statuses.push((status, retry, body["detail"].clone()));
+        }
+        seen.push(statuses);
+    }
+    assert_eq!(seen[0], seen[1], "the limiter must not tell accounts apart");
+    assert_eq!(seen[0][5].0, 429);
+}
+
+async fn a_success_resets_the_account_counter(app: TestApp) {
+    app.create_user("asim").await;
+    fail_times(&app, "asim", 4).await;
+    app.login("asim", PASSWORD).await;
+    fail_times(&app, "asim", 4).await;
+    app.login("asim", PASSWORD).await;
+}
+
+async fn update_password_failures_count_against_the_account(app: TestApp) {
+    let user = app.create_user("asim").await;
+    for _ in 0..3 {
+        let answer = app
+            .call(
+                "UpdatePassword",
+                json!({"user_id": user["id"], "old_password": WRONG, "new_password": "newpassword1", "confirm_password": "newpassword1"}),
+            )
+            .await;
+        assert_error(&answer, "UpdatePassword", 401, "old_password is incorrect");
+    }
+    // Failures through Login and UpdatePassword add up: it is one account.
+    fail_times(&app, "asim", 2).await;
+    let (status, _, body) = login(&app, "asim", PASSWORD).await;
+    assert_eq!(status, 429, "{body}");
+    let answer = app
+        .call(
+            "UpdatePassword",
+            json!({"user_id": user["id"], "old_password": PASSWORD, "new_password": "newpassword1", "confirm_password": "newpassword1"}),
+        )
+        .await;
+    assert_error(&answer, "UpdatePassword", 429, "too many attempts");
+}
+
+async fn the_limit_holds_across_replicas(app: TestApp) {
+    app.create_user("asim").await;
+    let (other, _stop) = app.replica(account_limit_only).await;
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        let (status, _, _) = login(&app, "asim", WRONG).await;
+        assert_eq!(status, 401);
+    }
+    for _ in 0..2 {
+        let status = client
+            .post(format!("http://{other}/users/Users/Login"))
+            .json(&json!({"username": "asim", "password": WRONG}))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 401);
+    }
+    let (status, _, _) = login(&app, "asim", PASSWORD).await;
+    assert_eq!(
+        status, 429,
+        "3 failures on one replica + 2 on the other lock the account"
+    );
+}
+
+async fn rehash_on_login_when_the_parameters_are_raised(app: TestApp) {
+    app.create_user("asim").await;
+    let stored = |store: std::sync::Arc<users_service::store::SqlStore>| async move {
+        let name = users_service::domain::Username::parse(Some("asim".into())).unwrap();
+        store
+            .credentials(Lookup::Username(&name))
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash
+    };
+    let before = stored(app.store.clone()).await;
+    assert!(before.contains("$m=19456,t=2,p=1$"), "{before}");
+    // The same database under stronger parameters.
+    let (replica, _stop) = app
+        .replica(|config| {
+            config.passwords.argon2_m_kib = 24_576;
+            config.passwords.argon2_t = 3;
+        })
+        .await;
+    let client = reqwest::Client::new();
+    let login = |password: &'static str| {
+        client
+            .post(format!("http://{replica}/users/Users/Login"))
+            .json(&json!({"username": "asim", "password": password}))
+            .send()
+    };
+    assert_eq!(login(WRONG).await.unwrap().status(), 401);
+    assert_eq!(
+        stored(app.store.clone()).await,
+        before,
+        "a failed login rehashes nothing"
+    );
+    assert_eq!(login(PASSWORD).await.unwrap().status(), 200);
+    let after = stored(app.store.clone()).await;
+    assert!(after.contains("$m=24576,t=3,p=1$"), "{after}");
+    assert_eq!(login(PASSWORD).await.unwrap().status(), 200);
+    assert_eq!(
+        stored(app.store.clone()).await,
+        after,
+        "already strong enough: kept"
+    );
+    // The old server (weaker parameters) still verifies the stronger hash.
+    app.login("asim", PASSWORD).await;
+}
+
+async fn the_password_policy_refuses_common_and_identity_passwords(app: TestApp) {
+    let create = |password: &str| json!({"username": "asimasim", "email": "asim@example.com", "password": password});
+    for common in ["password1", "Password1", "qwertyuiop", "iloveyou"] {
+        let answer = app.call("Create", create(common)).await;
+        assert_error(
+            &answer,
+            "Create",
+            400,
+            "password is one of the most commonly used passwords",
+        );
+    }
+    for identity in ["AsimAsim", "asim@example.com"] {
+        let answer = app.call("Create", create(identity)).await;
+        assert_error(
+            &answer,
+            "Create",
+            400,
+            "password must not be the same as the username or email",
+        );
+    }
+    let answer = app.call("Create", create("tab\there-123")).await;
+    assert_error(
+        &answer,
+        "Create",
+        400,
+        "password must not contain control characters",
+    );
+    // Counted in code points, not bytes: eight emoji are eight characters.
+    let (status, body) = app.call("Create", create("🔑🔒🔑🔒🔑🔒🔑🔒")).await;
+    assert_eq!(status, 200, "{body}");
+    let answer = app
+        .call(
+            "UpdatePassword",
+            json!({"user_id": body["user"]["id"], "old_password": "🔑🔒🔑🔒🔑🔒🔑🔒", "new_password": "password123", "confirm_password": "password123"}),
+        )
+        .await;
+    assert_error(
+        &answer,
+        "UpdatePassword",
+        400,
+        "new_password is one of the most commonly used",
+    );
+}
+
+async fn look_alike_names_cannot_be_registered_twice(app: TestApp) {
+    app.create_user("asim").await;
+    // Fullwidth letters normalise (NFKC) to the same username and e-mail.
+    let answer = app
+        .call(
+            "Create",
+            json!({"username": "Ａｓｉｍ", "email": "other@example.com", "password": PASSWORD}),
+        )
+        .await;
+    assert_error(&answer, "Create", 409, "username is already taken");
+    let answer = app
+        .call(
+            "Create",
+            json!({"username": "other", "email": "ａｓｉｍ@example.com", "password": PASSWORD}),
+        )
+        .await;
+    assert_error(&answer, "Create", 409, "email is already taken");
+    // Other scripts cannot hide in an address: Cyrillic 'а' looks like 'a'.
+    let answer = app
+        .call(
+            "Create",
+            json!({"username": "other", "email": "\u{430}sim@example.com", "password": PASSWORD}),
+        )
+        .await;
+    assert_error(
+        &answer,
+        "Create",
+        400,
+        "email must be a valid e-mail address",
+    );
+    for bad in ["as\u{0}im", "as\u{7}im", "as\nim"] {
+        let answer = app
+            .call(
+                "Create",
+                json!({"username": bad, "email": "x@example.com", "password": PASSWORD}),
+            )
+            .await;
+        assert_error(&answer, "Create", 400, "username must be");
+    }
+    // The fullwidth name signs in to the same account.
+    app.login("Ａｓｉｍ", PASSWORD).await;
+}
+
+async fn sqlite_with(test: &str, configure: impl FnOnce(&mut ServeConfig)) -> TestApp {
+    TestApp::spawn_with(Backend::Sqlite, test, configure)
+        .await
+        .unwrap()
+}
+
+const KEY: &str = "s3cret-admin-key";
+
+#[tokio::test]
+async fn the_admin_key_guards_every_method_but_the_public_ones() {
+    let app = sqlite_with("admin_key", |c| c.access.api_key = Some(KEY.into())).await;
+    let bearer = format!("Bearer {KEY}");
+    // Public by default: Create (open sign-up), Login, Logout, ReadSession, UpdatePassword.
+    let user = app.create_user("asim").await;
+    let session = app.login("asim", PASSWORD).await;
+    let (status, _) = app
+        .call("ReadSession", json!({"session_id": session["id"]}))
+        .await;
+    assert_eq!(status, 200);
+    for (method, body) in [
+        ("Read", json!({"id": user["id"]})),
+        (
+            "Update",
+            json!({"id": user["id"], "email": "new@example.com"}),
+        ),
+        ("Search", json!({"username": "asim"})),
+        ("Delete", json!({"id": user["id"]})),
+    ] {
+        for headers in [
+            vec![],
+            vec![("authorization", "Bearer wrong")],
+            vec![("authorization", KEY)],
+        ] {
+            let (status, _, body) = app.send(method, body.clone(), &headers).await;
+            assert_error(&(status, body), method, 401, "needs the admin key");
+        }
+    }
+    let (status, _, body) = app
+        .send(
+            "Read",
+            json!({"id": user["id"]}),
+            &[("authorization", &bearer)],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, _) = app
+        .send(
+            "Delete",
+            json!({"id": user["id"]}),
+            &[("authorization", &bearer)],
+        )
+        .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn closed_sign_up_and_a_custom_public_set() {
+    let app = sqlite_with("closed_signup", |c| {
+        c.access.api_key = Some(KEY.into());
+        c.access.open_signup = false;
+        c.access.public_methods = vec!["Login".into(), "Create".into()];
+    })
+    .await;
+    let bearer = format!("Bearer {KEY}");
+    let create = json!({"username": "asim", "email": "asim@example.com", "password": PASSWORD});
+    let (status, _, body) = app.send("Create", create.clone(), &[]).await;
+    assert_error(&(status, body), "Create", 401, "admin key");
+    let (status, _, _) = app
+        .send("Create", create, &[("authorization", &bearer)])
+        .await;
+    assert_eq!(status, 200);
+    let session = app.login("asim", PASSWORD).await;
+    let (status, _, body) = app
+        .send("ReadSession", json!({"session_id": session["id"]}), &[])
+        .await;
+    assert_error(&(status, body), "ReadSession", 401, "admin key");
+}
+
+#[tokio::test]
+async fn the_per_address_limit_believes_forwarded_for_only_from_trusted_proxies() {
+    let app = sqlite_with("per_ip", |c| {
+        c.limits.login_max_failures = 0;
+        c.access.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    app.create_user("asim").await;
+    async fn attempt(
+        app: &TestApp,
+        client: &str,
+    ) -> (reqwest::StatusCode, reqwest::header::HeaderMap, Value) {
+        app.send(
+            "Login",
+            json!({"username": "asim", "password": WRONG}),
+            &[("x-forwarded-for", client)],
+        )
+        .await
+    }
+    for _ in 0..5 {
+        assert_eq!(attempt(&app, "203.0.113.1").await.0, 401);
+    }
+    let (status, headers, _) = attempt(&app, "203.0.113.1").await;
+    assert_eq!(status, 429);
+    assert_eq!(headers["retry-after"], "60");
+    // Another client behind the same proxy is not locked out.
+    assert_eq!(attempt(&app, "203.0.113.2").await.0, 401);
+
+    // Without trust, X-Forwarded-For is ignored: every attempt is the peer's.
+    let untrusted = sqlite_with("per_ip_untrusted", |c| c.limits.login_max_failures = 0).await;
+    untrusted.create_user("asim").await;
+    for i in 0..5 {
+        let forwarded = format!("198.51.100.{i}");
+        let (status, _, _) = untrusted
+            .send(
+                "Login",
+                json!({"username": "asim", "password": WRONG}),
+                &[("x-forwarded-for", &forwarded)],
+            )
+            .await;
+        assert_eq!(status, 401);
+    }
+    let (status, _, _) = untrusted
+        .send(
+            "Login",
+            json!({"username": "asim", "password": PASSWORD}),
+            &[("x-forwarded-for", "192.0.2.99")],
+        )
+        .await;
+    assert_eq!(
+        status, 429,
+        "spoofed addresses do not escape the peer's limit"
+    );
+}
+
+#[tokio::test]
+async fn limits_set_to_zero_are_off() {
+    let app = sqlite_with("limits_off", |c| {
+        c.limits.login_max_failures = 0;
+        c.limits.login_max_failures_per_ip = 0;
+        c.limits.create_per_hour = 0;
+    })
+    .await;
+    app.create_user("asim").await;
+    fail_times(&app, "asim", 12).await;
+    app.login("asim", PASSWORD).await;
+    for i in 0..25 {
+        app.create_user(&format!("user{i}")).await;
+    }
+}
+
+#[tokio::test]
+async fn sign_ups_are_limited_per_address() {
+    let app = sqlite_with("signups", |c| {
+        c.limits.create_per_hour = 3;
+        c.access.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    let create = |name: &str, client: &'static str| {
+        let body =
+            json!({"username": name, "email": format!("{name}@example.com"), "password": PASSWORD});
+        let app = &app;
+        async move {
+            app.send("Create", body, &[("x-forwarded-for", client)])
+                .await
+        }
+    };
+    assert_eq!(create("a1", "203.0.113.1").await.0, 200);
+    // A refused duplicate is a probe too: it counts.
+    assert_eq!(create("a1", "203.0.113.1").await.0, 409);
+    assert_eq!(create("a2", "203.0.113.1").await.0, 200);
+    let (status, headers, body) = create("a3", "203.0.113.1").await;
+    assert_error(&(status, body), "Create", 429, "too many attempts");
+    assert_eq!(headers["retry-after"], "3600");
+    assert_eq!(
+        create("b1", "203.0.113.2").await.0,
+        200,
+        "other addresses are not affected"
+    );
+    app.clock.advance(3600);
+    assert_eq!(
+        create("a3", "203.0.113.1").await.0,
+        200,
+        "a new hour, a new allowance"
+    );
+}
+
+#[tokio::test]
+async fn locked_out_attempts_cost_no_hashing() {
+    let app = sqlite_with("no_hash_when_locked", |_| {}).await;
+    app.create_user("asim").await;
+    fail_times(&app, "asim", 5).await;
+    let before = app.users.hashing_jobs();
+    for _ in 0..20 {
+        assert_eq!(login(&app, "asim", PASSWORD).await.0, 429);
+        assert_eq!(
+            login(&app, "nobody", PASSWORD).await.0,
+            429,
+            "the address is locked too"
+        );
+    }
+    assert_eq!(app.users.hashing_jobs(), before);
+}
+
+#[tokio::test]
+async fn deeply_nested_json_is_refused() {
+    let app = sqlite_with("nesting", |_| {}).await;
+    let body = format!(
+        "{{\"id\": \"x\", \"extra\": {}{}}}",
+        "[".repeat(1000),
+        "]".repeat(1000)
+    );
+    let answer = app.post_raw("Read", &body, None).await;
+    assert_error(&answer, "Read", 400, "nested deeper than 32 levels");
+    let answer = app
+        .call("ReadSession", json!({"session_id": "x".repeat(1025)}))
+        .await;
+    assert_error(
+        &answer,
+        "ReadSession",
+        400,
+        "session_id must be at most 1024 characters",
+    );
+}
+
+/// Raw HTTP on a socket, for clients that misbehave on purpose.
+fn connect(app: &TestApp) -> TcpStream {
+    let stream = TcpStream::connect(app.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream
+}
+
+fn read_all(stream: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off() {
+    let app = sqlite_with("slow_clients", |c| c.request_timeout = 1).await;
+    // A body that never finishes: 408 in the Micro error shape.
+    let mut slow_body = connect(&app);
+    write!(
+        slow_body,
+        "POST /users/Users/Read HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{\"id\":"
+    )
+    .unwrap();
+    // Headers that never finish: the connection is closed.
+    let mut slow_headers = connect(&app);
+    write!(
+        slow_headers,
+        "POST /users/Users/Read HTTP/1.1\r\nHost: x\r\n"
+    )
+    .unwrap();
+    let (body_answer, header_answer) = tokio::task::spawn_blocking(move || {
+        (read_all(&mut slow_body), read_all(&mut slow_headers))
+    })
+    .await
+    .unwrap();
+    assert!(body_answer.starts_with("HTTP/1.1 408"), "{body_answer}");
+    let json: Value = serde_json::from_str(body_answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(json["id"], "users.Read");
+    assert_eq!(json["code"], 408);
+    assert!(!header_answer.starts_with("HTTP/1.1 2"), "{header_answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_cap_are_answered_503() {
+    let app = sqlite_with("connection_cap", |c| c.max_connections = 2).await;
+    // Two connections that have sent a request each: both slots are in use.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = connect(&app);
+        write!(stream, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut first = [0u8; 12];
+        stream.read_exact(&mut first).unwrap();
+        assert_eq!(&first, b"HTTP/1.1 200");
+        held.push(stream);
+    }
+    let mut third = connect(&app);
+    let answer = tokio::task::spawn_blocking(move || read_all(&mut third))
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    let json: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(json["code"], 503);
+    assert_eq!(json["status"], "Service Unavailable");
+    // Closing one frees a slot.
+    drop(held.pop());
+    let mut fourth = None;
+    for _ in 0..100 {
+        let mut stream = connect(&app);
+        write!(
+            stream,
+            "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let answer = tokio::task::spawn_blocking(move || read_all(&mut stream))
+            .await
+            .unwrap();
+        if answer.starts_with("HTTP/1.1 200") {
+            fourth = Some(answer);
+            break;
+        }
+        // The server notices the closed connection asynchronously.
+        tokio::task::yield_now().await;
+    }
+    assert!(fourth.is_some(), "a freed slot is reused");
+}
