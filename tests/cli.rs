@@ -5,7 +5,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-use common::process::{command, http, json_field, signal_term, Service, DEADLINE};
+use common::process::{command, http, http_with, json_field, signal_term, Service, DEADLINE};
 
 #[test]
 fn help_lists_every_flag_with_its_environment_variable() {
@@ -195,4 +195,241 @@ fn sigterm_finishes_the_requests_in_flight() {
         TcpStream::connect(service.addr).is_err(),
         "no longer listening"
     );
+}
+
+#[test]
+fn a_public_address_needs_an_admin_key_or_an_explicit_opt_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = command(dir.path())
+        .args(["--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("refusing to listen on 0.0.0.0:0 without an admin key"),
+        "{stderr}"
+    );
+
+    let mut cmd = command(dir.path());
+    cmd.args(["--listen", "0.0.0.0:0", "--allow-unauthenticated"]);
+    let service = Service::start(cmd);
+    let (exit, logs) = service.terminate();
+    assert!(exit.success());
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("WARN") && l.contains("no admin key is set")),
+        "{logs:#?}"
+    );
+
+    let mut cmd = command(dir.path());
+    cmd.args(["--listen", "0.0.0.0:0"])
+        .env("USERS_API_KEY", "k");
+    let service = Service::start(cmd);
+    let (exit, logs) = service.terminate();
+    assert!(exit.success());
+    assert!(
+        !logs.iter().any(|l| l.contains("no admin key")),
+        "{logs:#?}"
+    );
+}
+
+#[test]
+fn the_admin_key_can_be_read_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("admin.key");
+    std::fs::write(&key_file, "file-key-123\n").unwrap();
+    let mut cmd = command(dir.path());
+    cmd.args(["--listen", "127.0.0.1:0", "--api-key-file"])
+        .arg(&key_file);
+    let service = Service::start(cmd);
+    let (status, body) = http(service.addr, "POST", "/users/Users/Read", r#"{"id":"x"}"#);
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = http_with(
+        service.addr,
+        "POST",
+        "/users/Users/Read",
+        r#"{"id":"x"}"#,
+        &[("Authorization", "Bearer file-key-123")],
+    );
+    assert_eq!(status, 404, "the key is accepted: {body}");
+    service.terminate();
+
+    let output = command(dir.path())
+        .args(["--listen", "127.0.0.1:0", "--api-key-file", "/no/such/key"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        !output.status.success() && stderr.contains("cannot read the admin key file"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn argon2_parameters_below_the_owasp_minimum_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        ["--argon2-m-kib", "8192"],
+        ["--argon2-t", "1"],
+        ["--argon2-p", "0"],
+    ] {
+        let output = command(dir.path()).args(args).output().unwrap();
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(!output.status.success(), "{args:?}");
+        assert!(stderr.contains(args[0]), "{args:?}: {stderr}");
+    }
+}
+
+/// Everything a deployment does in a day, logged at the most verbose level: the log
+/// must still hold no password, hash, session id, token digest or admin key, while the
+/// security events are there as structured fields.
+#[test]
+fn a_full_run_logs_security_events_and_no_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "admin-key-never-logged";
+    let mut cmd = command(dir.path());
+    cmd.args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "trace")
+        .env("USERS_API_KEY", key);
+    let service = Service::start(cmd);
+    let addr = service.addr;
+    let admin = [("Authorization", format!("Bearer {key}"))];
+    let admin: Vec<(&str, &str)> = admin.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (first, second, wrong) = ("first-Passw0rd!", "second-Passw0rd!", "wrong-Passw0rd!");
+    let post = |method: &str, body: String, headers: &[(&str, &str)]| {
+        http_with(
+            addr,
+            "POST",
+            &format!("/users/Users/{method}"),
+            &body,
+            headers,
+        )
+    };
+
+    let (status, body) = post(
+        "Create",
+        format!(r#"{{"username":"asim","email":"asim@example.com","password":"{first}"}}"#),
+        &[],
+    );
+    assert_eq!(status, 200, "{body}");
+    let id = json_field(&body, "/user/id");
+    let (status, body) = post(
+        "Login",
+        format!(r#"{{"email":"asim@example.com","password":"{first}"}}"#),
+        &[],
+    );
+    assert_eq!(status, 200);
+    let session = json_field(&body, "/session/id");
+    assert_eq!(
+        post(
+            "ReadSession",
+            format!(r#"{{"sessionId":"{session}"}}"#),
+            &[]
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        post("Read", format!(r#"{{"id":"{id}"}}"#), &[]).0,
+        401,
+        "key rejected"
+    );
+    assert_eq!(
+        post(
+            "Read",
+            format!(r#"{{"id":"{id}"}}"#),
+            &[("Authorization", "Bearer guess")]
+        )
+        .0,
+        401
+    );
+    assert_eq!(post("Read", format!(r#"{{"id":"{id}"}}"#), &admin).0, 200);
+    assert_eq!(
+        post("Search", r#"{"username":"asim"}"#.to_string(), &admin).0,
+        200
+    );
+    assert_eq!(
+        post(
+            "Update",
+            format!(r#"{{"id":"{id}","email":"asim2@example.com"}}"#),
+            &admin
+        )
+        .0,
+        200
+    );
+    let change = format!(
+        r#"{{"userId":"{id}","oldPassword":"{first}","newPassword":"{second}","confirmPassword":"{second}"}}"#
+    );
+    assert_eq!(post("UpdatePassword", change, &[]).0, 200);
+    assert_eq!(
+        post(
+            "ReadSession",
+            format!(r#"{{"session_id":"{session}"}}"#),
+            &[]
+        )
+        .0,
+        401
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            post(
+                "Login",
+                format!(r#"{{"username":"asim","password":"{wrong}"}}"#),
+                &[]
+            )
+            .0,
+            401
+        );
+    }
+    assert_eq!(
+        post(
+            "Login",
+            format!(r#"{{"username":"asim","password":"{second}"}}"#),
+            &[]
+        )
+        .0,
+        429
+    );
+    assert_eq!(
+        post("Logout", format!(r#"{{"session_id":"{session}"}}"#), &[]).0,
+        200
+    );
+    assert_eq!(post("Delete", format!(r#"{{"id":"{id}"}}"#), &admin).0, 200);
+    let (_, logs) = service.terminate();
+    let all = logs.join("\n");
+
+    let digest = {
+        use sha2::{Digest, Sha256};
+        format!("{:x}", Sha256::digest(session.as_bytes()))
+    };
+    for secret in [
+        first,
+        second,
+        wrong,
+        key,
+        session.as_str(),
+        digest.as_str(),
+        "$argon2",
+        "Bearer",
+    ] {
+        assert!(
+            !all.contains(secret),
+            "the log contains a secret ({secret})"
+        );
+    }
+    for event in [
+        "event=\"user_created\"",
+        "event=\"api_key_rejected\"",
+        "event=\"password_changed\"",
+        "event=\"login_failed\"",
+        "event=\"lockout\"",
+        "event=\"user_deleted\"",
+    ] {
+        assert!(
+            all.contains(event),
+            "missing security event {event} in:\n{all}"
+        );
+    }
 }

@@ -136,6 +136,31 @@ impl Drop for TestDatabase {
     }
 }
 
+/// With `USERS_TEST_LOG_DIR` set, everything the in-process servers of this test binary
+/// log, at the most verbose level, goes to a file there. CI scans those files for
+/// secrets after the whole suite has run.
+fn capture_logs() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let Some(dir) = std::env::var_os("USERS_TEST_LOG_DIR") else {
+            return;
+        };
+        let exe = std::env::current_exe().ok();
+        let name = exe
+            .as_ref()
+            .and_then(|p| p.file_stem())
+            .and_then(|s| s.to_str())
+            .unwrap_or("tests");
+        let path = std::path::Path::new(&dir).join(format!("{name}-{}.log", std::process::id()));
+        let file = std::fs::File::create(&path).expect("log file");
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(file))
+            .try_init();
+    });
+}
+
 /// A running service.
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -166,6 +191,7 @@ impl TestApp {
 
     /// Starts the service on an existing test database.
     pub async fn spawn_on(db: TestDatabase, configure: impl FnOnce(&mut ServeConfig)) -> Self {
+        capture_logs();
         let mut config = ServeConfig::new(db.url.clone());
         configure(&mut config);
         let clock = Arc::new(ManualClock::new());
