@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use crate::store::StoreError;
+use crate::store::{Outage, StoreError};
 
 /// A unique attribute of an account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,8 +46,8 @@ pub enum Error {
     /// A brute-force or sign-up limit was reached; retry after that many seconds.
     #[error("too many attempts; retry in {retry_after} seconds")]
     TooManyRequests { retry_after: i64 },
-    /// The database did not answer in time; the request changed nothing and can be retried.
-    #[error("the database is unavailable; retry shortly")]
+    /// The database cannot serve the request now; it changed nothing and can be retried.
+    #[error("{}", outage_detail(.0))]
     Unavailable(#[source] StoreError),
     /// A fault of ours. The detail a client sees is generic; the source goes to the log.
     #[error("internal error")]
@@ -71,11 +71,27 @@ impl Error {
     }
 }
 
+fn outage_detail(err: &StoreError) -> &'static str {
+    match err {
+        StoreError::Unavailable(Outage::Busy, _) => "the database is busy; retry shortly",
+        StoreError::Unavailable(Outage::ReadOnly, _) => {
+            "the database is read-only: changes cannot be saved now (reads still work)"
+        }
+        StoreError::Unavailable(Outage::DiskFull, _) => {
+            "the database is out of disk space: changes cannot be saved now (reads still work)"
+        }
+        StoreError::Unavailable(Outage::Storage, _) => {
+            "the database could not write to its storage: changes cannot be saved now"
+        }
+        _ => "the database is unavailable; retry shortly",
+    }
+}
+
 impl From<StoreError> for Error {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::Conflict(field) => Self::Conflict(field),
-            StoreError::Unavailable(_) => Self::Unavailable(err),
+            StoreError::Unavailable(..) => Self::Unavailable(err),
             StoreError::Other(cause) => Self::Internal(Box::new(cause)),
         }
     }

@@ -24,10 +24,37 @@ pub enum StoreError {
     Conflict(Unique),
     /// The database could not be reached or is refusing writes (busy, read-only, full);
     /// nothing was changed.
-    #[error("database unavailable")]
-    Unavailable(#[source] sqlx::Error),
+    #[error("database unavailable ({0})")]
+    Unavailable(Outage, #[source] sqlx::Error),
     #[error("database error")]
     Other(#[source] sqlx::Error),
+}
+
+/// Why the database cannot serve a request right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outage {
+    /// It does not answer (down, unreachable, or every connection is busy for too long).
+    Unreachable,
+    /// It is locked by other writers or had to abort a conflicting transaction.
+    Busy,
+    /// It refuses writes: a read-only file or file system, or a standby server.
+    ReadOnly,
+    /// Its disk is full.
+    DiskFull,
+    /// Writing its files failed.
+    Storage,
+}
+
+impl std::fmt::Display for Outage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Unreachable => "unreachable",
+            Self::Busy => "busy",
+            Self::ReadOnly => "read-only",
+            Self::DiskFull => "disk full",
+            Self::Storage => "storage error",
+        })
+    }
 }
 
 /// How to find an account whose password is to be checked.

@@ -19,7 +19,7 @@ use sqlx::Transaction;
 
 use super::{
     Counter, Credentials, DatabaseUrl, HashChange, Imported, Importer, Lookup, NewSession, NewUser,
-    SessionRecord, Store, StoreError, StoredSession,
+    Outage, SessionRecord, Store, StoreError, StoredSession,
 };
 use crate::domain::{AccountChanges, User, UserId, UserQuery};
 use crate::error::Unique;
@@ -184,7 +184,7 @@ impl SqlStore {
         let applied: Vec<i64> = match applied {
             Ok(rows) => rows.into_iter().map(|(v,)| v).collect(),
             // No bookkeeping table: this database was never migrated.
-            Err(sqlx::Error::Database(db)) if !is_transient(db.as_ref()) => {
+            Err(sqlx::Error::Database(db)) if outage(db.as_ref()).is_none() => {
                 return Err(SchemaError::NotMigrated)
             }
             Err(err) => return Err(SchemaError::Store(classify(err))),
@@ -724,12 +724,15 @@ fn classify(err: sqlx::Error) -> StoreError {
         sqlx::Error::Database(db) if db.is_unique_violation() => {
             StoreError::Conflict(unique_field(db.as_ref()))
         }
-        sqlx::Error::Database(db) if is_transient(db.as_ref()) => StoreError::Unavailable(err),
+        sqlx::Error::Database(db) => match outage(db.as_ref()) {
+            Some(kind) => StoreError::Unavailable(kind, err),
+            None => StoreError::Other(err),
+        },
         sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
-        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(err),
+        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(Outage::Unreachable, err),
         _ => StoreError::Other(err),
     }
 }
@@ -749,20 +752,26 @@ fn unique_field(db: &dyn DatabaseError) -> Unique {
 
 /// Errors that say "not now" rather than "never": the database is unreachable, busy,
 /// read-only or out of space. Retrying later can succeed.
-fn is_transient(db: &dyn DatabaseError) -> bool {
-    let Some(code) = db.code() else {
-        return false;
-    };
+fn outage(db: &dyn DatabaseError) -> Option<Outage> {
+    let code = db.code()?;
     if db.try_downcast_ref::<SqliteError>().is_some() {
-        // Primary result codes: BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN.
-        let primary = code.parse::<i32>().map(|c| c & 0xff).unwrap_or(0);
-        return matches!(primary, 5 | 6 | 8 | 10 | 13 | 14);
+        // Primary result codes.
+        return match code.parse::<i32>().map(|c| c & 0xff).unwrap_or(0) {
+            5 | 6 => Some(Outage::Busy),     // BUSY, LOCKED
+            8 => Some(Outage::ReadOnly),     // READONLY
+            10 => Some(Outage::Storage),     // IOERR
+            13 => Some(Outage::DiskFull),    // FULL
+            14 => Some(Outage::Unreachable), // CANTOPEN
+            _ => None,
+        };
     }
-    // SQLSTATE classes: connection exception, insufficient resources, operator
-    // intervention (shutdown), and serialization failure or deadlock.
-    code.starts_with("08")
-        || code.starts_with("53")
-        || code.starts_with("57P")
-        || code == "40001"
-        || code == "40P01"
+    // SQLSTATE classes and codes.
+    match code.as_ref() {
+        "53100" => Some(Outage::DiskFull),
+        "25006" => Some(Outage::ReadOnly),
+        "40001" | "40P01" => Some(Outage::Busy),
+        c if c.starts_with("53") => Some(Outage::Busy),
+        c if c.starts_with("08") || c.starts_with("57P") => Some(Outage::Unreachable),
+        _ => None,
+    }
 }
