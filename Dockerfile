@@ -1,7 +1,11 @@
 # users-service container image.
 #
 #   docker build -t users-service .
-#   docker run -p 8080:8080 -v users-data:/data users-service
+#   docker run -p 8080:8080 -v users-data:/data -e USERS_API_KEY=<a long random key> users-service
+#
+# The image listens on 0.0.0.0, so it refuses to start without an admin key
+# (USERS_API_KEY, or USERS_API_KEY_FILE pointing at a mounted secret); see the README's
+# Security section.
 #
 # The versions pinned in Cargo.lock need Rust 1.89 or newer. To pin the compiler:
 #   docker build --build-arg RUST_VERSION=1.89 -t users-service .
@@ -20,10 +24,11 @@ RUN mkdir src \
  && cargo build --release --locked \
  && rm -rf src
 
-# The service itself. Migrations are embedded by sqlx::migrate! and openapi.yaml by
-# include_str!, so both must be present at build time.
+# The service itself. Migrations are embedded by sqlx::migrate!, openapi.yaml and the
+# common-password list by include_str!, so all must be present at build time.
 COPY src ./src
 COPY migrations ./migrations
+COPY data ./data
 COPY openapi.yaml ./
 # Make the real sources newer than the placeholder build so cargo rebuilds the crate.
 RUN touch src/lib.rs src/main.rs \
