@@ -601,3 +601,32 @@ async fn connections_over_the_cap_are_answered_503() {
     }
     assert!(fourth.is_some(), "a freed slot is reused");
 }
+
+#[tokio::test]
+async fn the_minimum_password_length_can_be_raised() {
+    let app = sqlite_with("min_length", |c| c.passwords.password_min_length = 12).await;
+    let create = |password: &str| json!({"username": "asim", "email": "asim@example.com", "password": password});
+    let answer = app.call("Create", create("eleven-char")).await;
+    assert_error(
+        &answer,
+        "Create",
+        400,
+        "password must be at least 12 characters",
+    );
+    let (status, body) = app.call("Create", create("twelve-chars")).await;
+    assert_eq!(status, 200, "{body}");
+    let answer = app
+        .call(
+            "UpdatePassword",
+            json!({"user_id": body["user"]["id"], "old_password": "twelve-chars", "new_password": "elevenchars", "confirm_password": "elevenchars"}),
+        )
+        .await;
+    assert_error(
+        &answer,
+        "UpdatePassword",
+        400,
+        "new_password must be at least 12 characters",
+    );
+    // Existing passwords shorter than a newly raised minimum still sign in.
+    app.login("asim", "twelve-chars").await;
+}
