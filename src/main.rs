@@ -9,7 +9,9 @@ use tracing_subscriber::EnvFilter;
 use users_service::clock::{Clock, SystemClock};
 use users_service::config::{Cli, Command};
 use users_service::error::chain;
-use users_service::server::{connect_store, open_store, shutdown_signal, Server, StartError};
+use users_service::server::{
+    connect_store, open_existing_store, open_store, shutdown_signal, Server, StartError,
+};
 use users_service::transfer;
 
 /// `info`, without PostgreSQL's chatter about `CREATE ... IF NOT EXISTS` during migrations.
@@ -61,13 +63,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 server.run(shutdown_signal()).await?;
             }
             Some(Command::Migrate { database }) => {
-                let store = connect_store(&database).await?;
+                if database.no_migrate {
+                    anyhow::bail!(
+                        "`migrate` with --no-migrate (or USERS_NO_MIGRATE) would do nothing"
+                    );
+                }
+                let store = connect_store(&database, true).await?;
+                let was_current = store.check_schema().await.is_ok();
                 store.migrate().await.map_err(StartError::Migrate)?;
                 store.close().await;
-                tracing::info!(database = %database.url, "the database schema is up to date");
+                let outcome = if was_current {
+                    "the database schema is up to date; nothing to do"
+                } else {
+                    "migrations applied; the database schema is up to date"
+                };
+                tracing::info!(database = %database.url, "{outcome}");
             }
             Some(Command::Export { database }) => {
-                let store = open_store(&database).await?;
+                let store = open_existing_store(&database).await?;
                 let mut out = std::io::BufWriter::new(std::io::stdout().lock());
                 let summary = transfer::export(&store, SystemClock.now(), &mut out).await?;
                 store.close().await;

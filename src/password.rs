@@ -59,8 +59,8 @@ pub struct PasswordHasher {
     /// A hash of a random password, verified against when the account does not exist so
     /// that an unknown user costs the same time as a wrong password.
     dummy: String,
-    /// Hashing jobs run so far (hashes and verifications).
-    jobs: Arc<AtomicU64>,
+    /// argon2 computations so far (hashes and verifications).
+    runs: Arc<AtomicU64>,
 }
 
 impl PasswordHasher {
@@ -88,20 +88,22 @@ impl PasswordHasher {
             .map_err(Error::internal)?;
         let mut random = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut random);
-        let dummy = hash_with(&argon2, &random)?;
+        let runs = Arc::new(AtomicU64::new(0));
+        let dummy = hash_with(&argon2, &random, &runs)?;
         Ok(Self {
             argon2,
             pool,
             slots: Arc::new(Semaphore::new(threads)),
             dummy,
-            jobs: Arc::new(AtomicU64::new(0)),
+            runs,
         })
     }
 
     /// A PHC string (`$argon2id$v=19$m=...,t=...,p=...$salt$hash`) for a new password.
     pub async fn hash(&self, password: Password) -> Result<String, Error> {
         let argon2 = self.argon2.clone();
-        self.run(move || hash_with(&argon2, password.expose().as_bytes()))
+        let runs = self.runs.clone();
+        self.run(move || hash_with(&argon2, password.expose().as_bytes(), &runs))
             .await?
     }
 
@@ -115,15 +117,19 @@ impl PasswordHasher {
         let known = stored.is_some();
         let phc = stored.unwrap_or_else(|| self.dummy.clone());
         let argon2 = self.argon2.clone();
+        let runs = self.runs.clone();
         self.run(move || {
             let parsed = PasswordHash::new(&phc)
                 .map_err(|e| Error::internal(format!("stored password hash is unreadable: {e}")))?;
             let secret = password.expose().as_bytes();
-            if !known || argon2.verify_password(secret, &parsed).is_err() {
+            // Always verify, known account or not: the time must not tell them apart.
+            let matched = argon2.verify_password(secret, &parsed).is_ok();
+            runs.fetch_add(1, Ordering::Relaxed);
+            if !(matched && known) {
                 return Ok(Verification::Mismatch);
             }
             let rehashed = if is_weaker(&parsed, argon2.params()) {
-                Some(hash_with(&argon2, secret)?)
+                Some(hash_with(&argon2, secret, &runs)?)
             } else {
                 None
             };
@@ -132,10 +138,10 @@ impl PasswordHasher {
         .await?
     }
 
-    /// How many hashing jobs (hashes and verifications) have run: a measure of the CPU
-    /// spent on passwords.
-    pub fn jobs_run(&self) -> u64 {
-        self.jobs.load(Ordering::Relaxed)
+    /// How many argon2 computations (hashes and verifications) have run: a measure of
+    /// the CPU spent on passwords.
+    pub fn argon2_runs(&self) -> u64 {
+        self.runs.load(Ordering::Relaxed)
     }
 
     /// Runs `job` on the hashing pool once a slot is free.
@@ -148,10 +154,8 @@ impl PasswordHasher {
             .await
             .map_err(Error::internal)?;
         let (tx, rx) = oneshot::channel();
-        let jobs = self.jobs.clone();
         self.pool.spawn(move || {
             let _slot = slot;
-            jobs.fetch_add(1, Ordering::Relaxed);
             // The receiver is gone only if the request was dropped; nothing to do then.
             let _ = tx.send(job());
         });
@@ -177,10 +181,11 @@ fn is_weaker(hash: &PasswordHash<'_>, target: &Params) -> bool {
     }
 }
 
-fn hash_with(argon2: &Argon2<'_>, password: &[u8]) -> Result<String, Error> {
+fn hash_with(argon2: &Argon2<'_>, password: &[u8], runs: &AtomicU64) -> Result<String, Error> {
     let salt = SaltString::generate(&mut OsRng);
-    argon2
-        .hash_password(password, &salt)
+    let hashed = argon2.hash_password(password, &salt);
+    runs.fetch_add(1, Ordering::Relaxed);
+    hashed
         .map(|hash| hash.to_string())
         .map_err(|e| Error::internal(format!("argon2 hashing failed: {e}")))
 }
@@ -225,6 +230,21 @@ mod tests {
         assert_eq!(
             hasher.verify(pw("anything"), None).await.unwrap(),
             Verification::Mismatch
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_user_costs_one_verification_like_a_wrong_password() {
+        let hasher = PasswordHasher::new(HashParams::default(), 1).unwrap();
+        let phc = hasher.hash(pw("correct horse")).await.unwrap();
+        let before = hasher.argon2_runs();
+        hasher.verify(pw("wrong horse"), Some(phc)).await.unwrap();
+        assert_eq!(hasher.argon2_runs(), before + 1);
+        hasher.verify(pw("wrong horse"), None).await.unwrap();
+        assert_eq!(
+            hasher.argon2_runs(),
+            before + 2,
+            "the dummy hash is really verified"
         );
     }
 

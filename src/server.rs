@@ -65,20 +65,41 @@ fn describe_migrate_error(err: &MigrateError) -> String {
 }
 
 /// Opens the configured store and migrates it, or with `--no-migrate` only checks that
-/// its schema is this binary's.
+/// its schema is this binary's. A missing SQLite file is created, unless `--no-migrate`
+/// promises an existing database.
 pub async fn open_store(config: &DatabaseConfig) -> Result<SqlStore, StartError> {
-    let store = connect_store(config).await?;
+    let store = connect_store(config, !config.no_migrate).await?;
+    prepare_schema(&store, config).await?;
+    Ok(store)
+}
+
+/// As [`open_store`], but never creates a database: for reading one (`export`).
+pub async fn open_existing_store(config: &DatabaseConfig) -> Result<SqlStore, StartError> {
+    let store = connect_store(config, false).await?;
+    prepare_schema(&store, config).await?;
+    Ok(store)
+}
+
+async fn prepare_schema(store: &SqlStore, config: &DatabaseConfig) -> Result<(), StartError> {
     if config.no_migrate {
         store.check_schema().await?;
     } else {
         store.migrate().await.map_err(StartError::Migrate)?;
     }
-    Ok(store)
+    Ok(())
 }
 
 /// Opens the configured store without touching its schema.
-pub async fn connect_store(config: &DatabaseConfig) -> Result<SqlStore, StartError> {
-    SqlStore::connect(&config.url, &config.pool())
+pub async fn connect_store(config: &DatabaseConfig, create: bool) -> Result<SqlStore, StartError> {
+    if let DatabaseUrl::Sqlite(path) = &config.url {
+        if !create && !path.exists() {
+            return Err(StartError::Config(format!(
+                "there is no database file at {}",
+                path.display()
+            )));
+        }
+    }
+    SqlStore::connect(&config.url, &config.pool(), create)
         .await
         .map_err(|source| StartError::Database {
             url: config.url.clone(),

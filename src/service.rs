@@ -313,9 +313,9 @@ impl Users {
         Ok(total)
     }
 
-    /// Password hashing jobs run since start.
-    pub fn hashing_jobs(&self) -> u64 {
-        self.hasher.jobs_run()
+    /// argon2 computations (hashes and verifications) since start.
+    pub fn argon2_runs(&self) -> u64 {
+        self.hasher.argon2_runs()
     }
 
     /// One database round trip.

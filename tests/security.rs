@@ -477,11 +477,26 @@ async fn sign_ups_are_limited_per_address() {
 }
 
 #[tokio::test]
+async fn unknown_accounts_cost_the_same_argon2_work_as_known_ones() {
+    let app = sqlite_with("same_work", |_| {}).await;
+    app.create_user("asim").await;
+    let before = app.users.argon2_runs();
+    assert_eq!(login(&app, "asim", WRONG).await.0, 401);
+    assert_eq!(app.users.argon2_runs(), before + 1);
+    assert_eq!(login(&app, "nobody", WRONG).await.0, 401);
+    assert_eq!(
+        app.users.argon2_runs(),
+        before + 2,
+        "an unknown account costs one verification too"
+    );
+}
+
+#[tokio::test]
 async fn locked_out_attempts_cost_no_hashing() {
     let app = sqlite_with("no_hash_when_locked", |_| {}).await;
     app.create_user("asim").await;
     fail_times(&app, "asim", 5).await;
-    let before = app.users.hashing_jobs();
+    let before = app.users.argon2_runs();
     for _ in 0..20 {
         assert_eq!(login(&app, "asim", PASSWORD).await.0, 429);
         assert_eq!(
@@ -490,7 +505,7 @@ async fn locked_out_attempts_cost_no_hashing() {
             "the address is locked too"
         );
     }
-    assert_eq!(app.users.hashing_jobs(), before);
+    assert_eq!(app.users.argon2_runs(), before);
 }
 
 #[tokio::test]

@@ -43,7 +43,8 @@ on_both_stores!(
 async fn migrate_then_no_migrate_and_a_newer_schema_is_refused(app: TestApp) {
     // `app` ran the migrations on start; a fresh database is what we need here, so use
     // its backend with a new database.
-    let backend = if app.db.raw_url.starts_with("sqlite") {
+    let backend_is_sqlite = app.db.raw_url.starts_with("sqlite");
+    let backend = if backend_is_sqlite {
         Backend::Sqlite
     } else {
         Backend::Postgres
@@ -53,6 +54,24 @@ async fn migrate_then_no_migrate_and_a_newer_schema_is_refused(app: TestApp) {
         .await
         .unwrap();
     let url = db.raw_url.as_str();
+
+    // Nothing is created by a command that only reads, or by --no-migrate.
+    if backend_is_sqlite {
+        let missing = url.replace("users.db", "missing.db");
+        let (ok, _, stderr) = run(&["export", "--database-url", &missing], None);
+        assert!(
+            !ok && stderr.contains("there is no database file at"),
+            "{stderr}"
+        );
+        let (ok, _, stderr) = run(&["--database-url", &missing, "--no-migrate"], None);
+        assert!(
+            !ok && stderr.contains("there is no database file at"),
+            "{stderr}"
+        );
+        assert!(!std::path::Path::new(missing.trim_start_matches("sqlite://")).exists());
+        // An empty file is an empty SQLite database.
+        std::fs::File::create(url.trim_start_matches("sqlite://")).unwrap();
+    }
 
     // --no-migrate on an empty database refuses to start and changes nothing.
     let (ok, _, stderr) = run(
@@ -71,11 +90,20 @@ async fn migrate_then_no_migrate_and_a_newer_schema_is_refused(app: TestApp) {
         "{stderr}"
     );
 
+    let (ok, _, stderr) = run(&["migrate", "--database-url", url, "--no-migrate"], None);
+    assert!(!ok && stderr.contains("would do nothing"), "{stderr}");
     let (ok, _, stderr) = run(&["migrate", "--database-url", url], None);
     assert!(ok, "{stderr}");
-    assert!(stderr.contains("schema is up to date"), "{stderr}");
+    assert!(
+        stderr.contains("migrations applied; the database schema is up to date"),
+        "{stderr}"
+    );
     let (ok, _, stderr) = run(&["migrate", "--database-url", url], None);
     assert!(ok, "migrate is idempotent: {stderr}");
+    assert!(
+        stderr.contains("schema is up to date; nothing to do"),
+        "{stderr}"
+    );
 
     // Once migrated, --no-migrate starts and serves.
     let dir = tempfile::tempdir().unwrap();

@@ -173,14 +173,7 @@ async fn read_body(method: &str, body: Body, timeout: Duration) -> Result<Bytes,
 async fn health(State(state): State<AppState>) -> Result<Json<serde_json::Value>, MicroError> {
     match state.users.health().await {
         Ok(()) => Ok(Json(json!({"status": "ok"}))),
-        Err(err) => {
-            tracing::warn!(error = %err, "health check failed");
-            Err(MicroError::new(
-                "Health",
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the database is unavailable",
-            ))
-        }
+        Err(err) => Err(MicroError::from_error("Health", err.into())),
     }
 }
 

@@ -127,14 +127,18 @@ fn user((id, username, email, created, updated): UserRow) -> User {
 }
 
 impl SqlStore {
-    /// Opens the pool; SQLite files are created when missing and run in WAL mode with
-    /// full fsync on commit, a busy timeout and foreign keys on.
-    pub async fn connect(url: &DatabaseUrl, config: &PoolConfig) -> Result<Self, StoreError> {
+    /// Opens the pool. SQLite runs in WAL mode with full fsync on commit, a busy timeout
+    /// and foreign keys on; its file is created when missing if `create` is set.
+    pub async fn connect(
+        url: &DatabaseUrl,
+        config: &PoolConfig,
+        create: bool,
+    ) -> Result<Self, StoreError> {
         let backend = match url {
             DatabaseUrl::Sqlite(path) => {
                 let options = SqliteConnectOptions::new()
                     .filename(path)
-                    .create_if_missing(true)
+                    .create_if_missing(create)
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Full)
                     .busy_timeout(SQLITE_BUSY_TIMEOUT)
