@@ -324,7 +324,8 @@ async fn the_admin_key_guards_every_method_but_the_public_ones() {
             vec![("authorization", "Bearer wrong")],
             vec![("authorization", KEY)],
         ] {
-            let (status, _, body) = app.send(method, body.clone(), &headers).await;
+            let (status, response_headers, body) = app.send(method, body.clone(), &headers).await;
+            assert_eq!(response_headers["www-authenticate"], "Bearer");
             assert_error(&(status, body), method, 401, "needs the admin key");
         }
     }

@@ -1,7 +1,7 @@
 //! The Micro error shape, `{"id": "users.<Method>", "code": 400, "status": "Bad Request",
 //! "detail": "..."}`, answered with the HTTP status equal to `code`.
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -14,10 +14,9 @@ pub struct MicroError {
     pub code: u16,
     pub detail: String,
     pub status: String,
+    /// Headers that go with the status (Allow, Retry-After, WWW-Authenticate).
     #[serde(skip)]
-    allow: Option<&'static str>,
-    #[serde(skip)]
-    retry_after: Option<i64>,
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl MicroError {
@@ -28,20 +27,24 @@ impl MicroError {
             code: status.as_u16(),
             detail: detail.into(),
             status: status.canonical_reason().unwrap_or("Unknown").to_string(),
-            allow: None,
-            retry_after: None,
+            headers: Vec::new(),
         }
     }
 
     /// Answers 405 naming the verbs the route does accept.
     pub fn method_not_allowed(method: &str, allow: &'static str) -> Self {
-        let mut err = Self::new(
+        Self::new(
             method,
             StatusCode::METHOD_NOT_ALLOWED,
             format!("use {allow} for this route"),
-        );
-        err.allow = Some(allow);
-        err
+        )
+        .with_header(header::ALLOW, allow)
+    }
+
+    /// Adds a response header.
+    pub fn with_header(mut self, name: HeaderName, value: &'static str) -> Self {
+        self.headers.push((name, HeaderValue::from_static(value)));
+        self
     }
 
     /// Maps a core error to its status. Faults are logged here with their cause and
@@ -59,7 +62,9 @@ impl MicroError {
         }
         let mut micro = Self::new(method, status, err.to_string());
         if let Error::TooManyRequests { retry_after } = err {
-            micro.retry_after = Some(retry_after);
+            micro
+                .headers
+                .push((header::RETRY_AFTER, HeaderValue::from(retry_after.max(1))));
         }
         micro
     }
@@ -79,17 +84,11 @@ pub fn status_of(err: &Error) -> StatusCode {
 }
 
 impl IntoResponse for MicroError {
-    fn into_response(self) -> Response {
+    fn into_response(mut self) -> Response {
         let status = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let (allow, retry_after) = (self.allow, self.retry_after);
+        let extra = std::mem::take(&mut self.headers);
         let mut response = (status, Json(self)).into_response();
-        let headers = response.headers_mut();
-        if let Some(allow) = allow {
-            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
-        }
-        if let Some(seconds) = retry_after {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
-        }
+        response.headers_mut().extend(extra);
         response
     }
 }

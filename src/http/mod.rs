@@ -20,6 +20,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
+use crate::error::Error;
 use crate::service::Users;
 use access::{AccessPolicy, Caller};
 use error::MicroError;
@@ -124,7 +125,8 @@ async fn rpc<M: Rpc>(
             M::NAME,
             StatusCode::UNAUTHORIZED,
             "this method needs the admin key: Authorization: Bearer <key>",
-        ));
+        )
+        .with_header(header::WWW_AUTHENTICATE, "Bearer"));
     }
     let body = read_body(M::NAME, body, state.request_timeout).await?;
     let request =
@@ -173,7 +175,8 @@ async fn read_body(method: &str, body: Body, timeout: Duration) -> Result<Bytes,
 async fn health(State(state): State<AppState>) -> Result<Json<serde_json::Value>, MicroError> {
     match state.users.health().await {
         Ok(()) => Ok(Json(json!({"status": "ok"}))),
-        Err(err) => Err(MicroError::from_error("Health", err.into())),
+        // Whatever went wrong, the service is not healthy: 503, never 500.
+        Err(err) => Err(MicroError::from_error("Health", Error::Unavailable(err))),
     }
 }
 
