@@ -304,15 +304,18 @@ impl Store for SqlStore {
         let username = changes.username.as_ref().map(|u| u.as_str());
         let email = changes.email.as_ref().map(|e| e.as_str());
         on_pool!(self, pool => {
+            // fetch_all, not fetch_optional: sqlx's SQLite driver resets a statement it
+            // stops reading early and drops the error of that reset, which is where an
+            // UPDATE ... RETURNING commits. A commit failure (disk full) would be lost.
             sqlx::query_as::<_, UserRow>(SQL)
                 .bind(id.as_str())
                 .bind(username)
                 .bind(email)
                 .bind(now)
-                .fetch_optional(pool)
+                .fetch_all(pool)
                 .await
         })
-        .map(|row| row.map(user))
+        .map(|rows| rows.into_iter().next().map(user))
         .map_err(classify)
     }
 
@@ -416,10 +419,22 @@ impl Store for SqlStore {
         session: NewSession<'_>,
         expected_hash: &str,
     ) -> Result<bool, StoreError> {
-        const SQL: &str = "INSERT INTO sessions (token_hash, user_id, created, expires) \
-                           SELECT $1, id, $3, $4 FROM users WHERE id = $2 AND password_hash = $5";
+        macro_rules! insert_if_unchanged {
+            () => {
+                "INSERT INTO sessions (token_hash, user_id, created, expires) \
+                 SELECT $1, id, $3, $4 FROM users WHERE id = $2 AND password_hash = $5"
+            };
+        }
+        // On PostgreSQL, READ COMMITTED would let this read the old hash while a password
+        // change is still uncommitted, and insert after that change deleted the user's
+        // sessions. FOR SHARE waits for such a change and rechecks the hash after it.
+        // SQLite runs one writer at a time, so the plain statement is already safe there.
+        let sql = match self.backend {
+            Backend::Sqlite(_) => insert_if_unchanged!(),
+            Backend::Postgres(_) => concat!(insert_if_unchanged!(), " FOR SHARE"),
+        };
         on_pool!(self, pool => {
-            sqlx::query(SQL)
+            sqlx::query(sql)
                 .bind(session.digest.as_str())
                 .bind(session.user_id)
                 .bind(session.created)
@@ -515,19 +530,23 @@ impl Store for SqlStore {
              updated = $2 \
              RETURNING count, window_start, strikes";
         on_pool!(self, pool => {
+            // fetch_all for the reason given in update_user.
             sqlx::query_as::<_, (i64, i64, i64)>(SQL)
                 .bind(key)
                 .bind(now)
                 .bind(window)
-                .fetch_one(pool)
+                .fetch_all(pool)
                 .await
-                .map(|(count, window_start, strikes)| Counter {
-                    count,
-                    window_start,
-                    strikes,
-                })
         })
-        .map_err(classify)
+        .map_err(classify)?
+        .into_iter()
+        .next()
+        .map(|(count, window_start, strikes)| Counter {
+            count,
+            window_start,
+            strikes,
+        })
+        .ok_or(StoreError::Other(sqlx::Error::RowNotFound))
     }
 
     async fn block(&self, key: &str, until: i64) -> Result<(), StoreError> {
