@@ -9,9 +9,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use std::cell::RefCell;
+
 use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{Output, ParamsString, PasswordHash, Salt, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::domain::Password;
@@ -89,7 +91,8 @@ impl PasswordHasher {
         let mut random = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut random);
         let runs = Arc::new(AtomicU64::new(0));
-        let dummy = hash_with(&argon2, &random, &runs)?;
+        // On this thread, not the pool's: its memory is freed, not kept for reuse.
+        let dummy = hash_with(&argon2, &random, &runs, Memory::Fresh)?;
         Ok(Self {
             argon2,
             pool,
@@ -103,7 +106,7 @@ impl PasswordHasher {
     pub async fn hash(&self, password: Password) -> Result<String, Error> {
         let argon2 = self.argon2.clone();
         let runs = self.runs.clone();
-        self.run(move || hash_with(&argon2, password.expose().as_bytes(), &runs))
+        self.run(move || hash_with(&argon2, password.expose().as_bytes(), &runs, Memory::Reused))
             .await?
     }
 
@@ -123,13 +126,12 @@ impl PasswordHasher {
                 .map_err(|e| Error::internal(format!("stored password hash is unreadable: {e}")))?;
             let secret = password.expose().as_bytes();
             // Always verify, known account or not: the time must not tell them apart.
-            let matched = argon2.verify_password(secret, &parsed).is_ok();
-            runs.fetch_add(1, Ordering::Relaxed);
+            let matched = verify_with(secret, &parsed, argon2.params(), &runs)?;
             if !(matched && known) {
                 return Ok(Verification::Mismatch);
             }
             let rehashed = if is_weaker(&parsed, argon2.params()) {
-                Some(hash_with(&argon2, secret, &runs)?)
+                Some(hash_with(&argon2, secret, &runs, Memory::Reused)?)
             } else {
                 None
             };
@@ -181,13 +183,119 @@ fn is_weaker(hash: &PasswordHash<'_>, target: &Params) -> bool {
     }
 }
 
-fn hash_with(argon2: &Argon2<'_>, password: &[u8], runs: &AtomicU64) -> Result<String, Error> {
-    let salt = SaltString::generate(&mut OsRng);
-    let hashed = argon2.hash_password(password, &salt);
+/// Where an argon2 computation gets its memory (m KiB of blocks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Memory {
+    /// The calling thread's own buffer, kept between computations. Allocating and
+    /// zeroing 19 MiB for every hash costs time, and the allocator keeps freed buffers
+    /// per thread anyway; reusing one buffer per pool thread bounds the memory at
+    /// threads x m and spares the page faults.
+    Reused,
+    /// A buffer allocated for this computation only.
+    Fresh,
+}
+
+thread_local! {
+    static BLOCKS: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with `count` blocks of memory. A buffer larger than `keep` blocks (a stored
+/// hash with a higher cost than configured) is not kept after use.
+fn with_blocks<T>(mode: Memory, count: usize, keep: usize, f: impl FnOnce(&mut [Block]) -> T) -> T {
+    if mode == Memory::Fresh || count > keep {
+        return f(&mut vec![Block::default(); count]);
+    }
+    BLOCKS.with(|cell| {
+        let mut blocks = cell.borrow_mut();
+        if blocks.len() < count {
+            blocks.resize(count, Block::default());
+        }
+        f(&mut blocks[..count])
+    })
+}
+
+/// Computes the argon2 output of `password` under `argon2` (its algorithm, version and
+/// parameters) and `salt`, `len` bytes long.
+fn compute(
+    argon2: &Argon2<'_>,
+    password: &[u8],
+    salt: Salt<'_>,
+    len: usize,
+    keep: usize,
+    mode: Memory,
+    runs: &AtomicU64,
+) -> Result<Output, Error> {
+    let mut salt_bytes = [0u8; Salt::MAX_LENGTH];
+    let salt = salt
+        .decode_b64(&mut salt_bytes)
+        .map_err(|e| Error::internal(format!("password hash salt is unreadable: {e}")))?;
+    let output = Output::init_with(len, |out| {
+        with_blocks(mode, argon2.params().block_count(), keep, |blocks| {
+            argon2.hash_password_into_with_memory(password, salt, out, blocks)
+        })
+        .map_err(|_| argon2::password_hash::Error::Crypto)
+    })
+    .map_err(|e| Error::internal(format!("argon2 failed: {e}")));
     runs.fetch_add(1, Ordering::Relaxed);
-    hashed
-        .map(|hash| hash.to_string())
-        .map_err(|e| Error::internal(format!("argon2 hashing failed: {e}")))
+    output
+}
+
+/// A PHC string of `password` under the configured argon2id parameters, with a new salt.
+fn hash_with(
+    argon2: &Argon2<'_>,
+    password: &[u8],
+    runs: &AtomicU64,
+    mode: Memory,
+) -> Result<String, Error> {
+    let params = argon2.params();
+    let salt = SaltString::generate(&mut OsRng);
+    let len = params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN);
+    let keep = params.block_count();
+    let output = compute(argon2, password, salt.as_salt(), len, keep, mode, runs)?;
+    let hash = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(params)
+            .map_err(|e| Error::internal(format!("argon2 parameters: {e}")))?,
+        salt: Some(salt.as_salt()),
+        hash: Some(output),
+    };
+    Ok(hash.to_string())
+}
+
+/// Whether `password` matches the PHC string `hash`, computed with the algorithm,
+/// version and parameters the hash records. `configured` bounds the memory kept.
+fn verify_with(
+    password: &[u8],
+    hash: &PasswordHash<'_>,
+    configured: &Params,
+    runs: &AtomicU64,
+) -> Result<bool, Error> {
+    let unreadable = |e: &dyn std::fmt::Display| {
+        Error::internal(format!("stored password hash is unreadable: {e}"))
+    };
+    let algorithm = Algorithm::try_from(hash.algorithm).map_err(|e| unreadable(&e))?;
+    let version = match hash.version {
+        Some(v) => Version::try_from(v).map_err(|e| unreadable(&e))?,
+        None => Version::default(),
+    };
+    let params = Params::try_from(hash).map_err(|e| unreadable(&e))?;
+    let (Some(salt), Some(expected)) = (hash.salt, hash.hash) else {
+        return Err(unreadable(&"no salt or no hash"));
+    };
+    let argon2 = Argon2::new(algorithm, version, params);
+    let keep = configured.block_count();
+    let computed = compute(
+        &argon2,
+        password,
+        salt,
+        expected.len(),
+        keep,
+        Memory::Reused,
+        runs,
+    )?;
+    // Output's equality is constant-time.
+    Ok(computed == expected)
 }
 
 #[cfg(test)]
@@ -288,6 +396,46 @@ mod tests {
             strong.verify(pw("wrong horse"), Some(old)).await.unwrap(),
             Verification::Mismatch
         );
+    }
+
+    #[tokio::test]
+    async fn hashes_are_interchangeable_with_the_argon2_crates_own() {
+        use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
+        let hasher = PasswordHasher::new(HashParams::default(), 1).unwrap();
+        // Ours verifies with the crate's verifier...
+        let ours = hasher.hash(pw("correct horse")).await.unwrap();
+        let standard = Argon2::default();
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(standard.verify_password(b"correct horse", &parsed).is_ok());
+        assert!(standard.verify_password(b"correct horsf", &parsed).is_err());
+        // ...and the crate's (other variants and costs included) verify with ours.
+        for (algorithm, m, t) in [
+            (Algorithm::Argon2id, 19_456, 2),
+            (Algorithm::Argon2i, 8_192, 3),
+        ] {
+            let theirs = Argon2::new(
+                algorithm,
+                Version::V0x13,
+                Params::new(m, t, 1, None).unwrap(),
+            )
+            .hash_password(b"correct horse", &SaltString::generate(&mut OsRng))
+            .unwrap()
+            .to_string();
+            assert!(matches!(
+                hasher
+                    .verify(pw("correct horse"), Some(theirs.clone()))
+                    .await
+                    .unwrap(),
+                Verification::Match { .. }
+            ));
+            assert_eq!(
+                hasher
+                    .verify(pw("correct horsf"), Some(theirs))
+                    .await
+                    .unwrap(),
+                Verification::Mismatch
+            );
+        }
     }
 
     #[test]

@@ -146,6 +146,9 @@ impl SqlStore {
                 let pool = SqlitePoolOptions::new()
                     .max_connections(config.max_connections)
                     .acquire_timeout(config.acquire_timeout)
+                    // A connection to a local file does not go stale: skip the ping that
+                    // would otherwise cost a thread round trip on every request.
+                    .test_before_acquire(false)
                     .connect_with(options)
                     .await
                     .map_err(classify)?;
