@@ -59,8 +59,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             None => {
+                let shutdown = shutdown_signal().context("cannot listen for signals")?;
                 let server = Server::build(&cli.serve).await?;
-                server.run(shutdown_signal()).await?;
+                server.run(shutdown).await?;
             }
             Some(Command::Migrate { database }) => {
                 if database.no_migrate {

@@ -19,7 +19,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 use crate::domain::{Email, User, UserId, Username};
 use crate::session::TokenDigest;
-use crate::store::{Credentials, Imported, Store, StoreError, StoredSession};
+use crate::store::{Credentials, Imported, Importer, Store, StoreError, StoredSession};
 
 const FORMAT: &str = "users-service";
 const VERSION: u32 = 1;
@@ -27,6 +27,8 @@ const VERSION: u32 = 1;
 const PAGE: u32 = 1000;
 /// Problems listed in a refused import's report; the rest are counted.
 const MAX_LISTED: usize = 20;
+/// Records written per statement by an import.
+const BATCH: usize = 500;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -149,9 +151,110 @@ fn write_line(out: &mut impl Write, line: &Line) -> Result<(), TransferError> {
     Ok(())
 }
 
+/// What a refused import reports: how many problems, and the [`MAX_LISTED`] first by
+/// line number in full (records are checked in batches, so not always in line order).
+#[derive(Default)]
+struct Report {
+    problems: Vec<(usize, String)>,
+    total: usize,
+}
+
+impl Report {
+    fn add(&mut self, line: usize, problem: impl Into<String>) {
+        self.total += 1;
+        self.problems.push((line, problem.into()));
+        if self.problems.len() >= 2 * MAX_LISTED {
+            self.keep_first();
+        }
+    }
+
+    fn keep_first(&mut self) {
+        self.problems.sort_by_key(|(line, _)| *line);
+        self.problems.truncate(MAX_LISTED);
+    }
+
+    fn into_listed(mut self) -> Vec<String> {
+        self.keep_first();
+        self.problems
+            .into_iter()
+            .map(|(line, problem)| format!("line {line}: {problem}"))
+            .collect()
+    }
+}
+
+/// Records waiting to be written, with their line numbers.
+struct Batch<T> {
+    lines: Vec<usize>,
+    records: Vec<T>,
+}
+
+impl<T> Batch<T> {
+    fn new() -> Self {
+        Self {
+            lines: Vec::with_capacity(BATCH),
+            records: Vec::with_capacity(BATCH),
+        }
+    }
+
+    fn push(&mut self, line: usize, record: T) {
+        self.lines.push(line);
+        self.records.push(record);
+    }
+
+    fn is_full(&self) -> bool {
+        self.records.len() >= BATCH
+    }
+}
+
+async fn flush_users(
+    importer: &mut dyn Importer,
+    batch: &mut Batch<Credentials>,
+    summary: &mut Summary,
+    report: &mut Report,
+) -> Result<(), TransferError> {
+    let outcomes = importer.users(&batch.records).await?;
+    for ((line, record), outcome) in batch.lines.iter().zip(&batch.records).zip(outcomes) {
+        match outcome {
+            Imported::Inserted => summary.users += 1,
+            Imported::Skipped => summary.skipped += 1,
+            Imported::Taken(field) => report.add(
+                *line,
+                format!("user {:?}: {field} is already taken", record.user.id),
+            ),
+            Imported::UnknownUser => {}
+        }
+    }
+    batch.lines.clear();
+    batch.records.clear();
+    Ok(())
+}
+
+async fn flush_sessions(
+    importer: &mut dyn Importer,
+    batch: &mut Batch<StoredSession>,
+    summary: &mut Summary,
+    report: &mut Report,
+) -> Result<(), TransferError> {
+    let outcomes = importer.sessions(&batch.records).await?;
+    for ((line, record), outcome) in batch.lines.iter().zip(&batch.records).zip(outcomes) {
+        match outcome {
+            Imported::Inserted => summary.sessions += 1,
+            Imported::Skipped => summary.skipped += 1,
+            Imported::Taken(_) => report.add(*line, "the session already exists"),
+            Imported::UnknownUser => report.add(
+                *line,
+                format!("session of unknown user {:?}", record.user_id),
+            ),
+        }
+    }
+    batch.lines.clear();
+    batch.records.clear();
+    Ok(())
+}
+
 /// Reads an export and adds it to `store` in one transaction. Every line is checked
 /// (format, validation, conflicts) before anything is committed; any problem refuses
-/// the whole import with a report of each one.
+/// the whole import with a report of each one. Records are written in batches.
 pub async fn import(
     store: &dyn Store,
     now: i64,
@@ -160,14 +263,9 @@ pub async fn import(
 ) -> Result<Summary, TransferError> {
     let mut importer = store.begin_import(skip_existing).await?;
     let mut summary = Summary::default();
-    let mut problems = Vec::new();
-    let mut total = 0usize;
-    let mut report = |line: usize, problem: String| {
-        total += 1;
-        if problems.len() < MAX_LISTED {
-            problems.push(format!("line {line}: {problem}"));
-        }
-    };
+    let mut report = Report::default();
+    let mut users = Batch::new();
+    let mut sessions = Batch::new();
     let mut lines = input.lines();
     let mut number = 0usize;
     let mut saw_header = false;
@@ -179,19 +277,19 @@ pub async fn import(
         let line: Line = match serde_json::from_str(&text) {
             Ok(line) => line,
             Err(err) => {
-                report(number, format!("not a record of this format: {err}"));
+                report.add(number, format!("not a record of this format: {err}"));
                 continue;
             }
         };
         match line {
             Line::Header { format, version } => {
                 if saw_header || format != FORMAT || version != VERSION {
-                    report(number, format!("unexpected header (format {format:?}, version {version}); expected one {FORMAT:?} version {VERSION} header first"));
+                    report.add(number, format!("unexpected header (format {format:?}, version {version}); expected one {FORMAT:?} version {VERSION} header first"));
                 }
                 saw_header = true;
             }
             _ if !saw_header => {
-                report(
+                report.add(
                     number,
                     format!("the first record must be the {FORMAT:?} header"),
                 );
@@ -204,64 +302,55 @@ pub async fn import(
                 password_hash,
                 created,
                 updated,
-            } => {
-                let user = match check_user(id, username, email, &password_hash, created, updated) {
-                    Ok(user) => user,
-                    Err(problem) => {
-                        report(number, problem);
-                        continue;
-                    }
-                };
-                let credentials = Credentials {
-                    user,
-                    password_hash,
-                };
-                match importer.user(&credentials).await? {
-                    Imported::Inserted => summary.users += 1,
-                    Imported::Skipped => summary.skipped += 1,
-                    Imported::Taken(field) => report(
+            } => match check_user(id, username, email, &password_hash, created, updated) {
+                Ok(user) => {
+                    users.push(
                         number,
-                        format!("user {:?}: {field} is already taken", credentials.user.id),
-                    ),
-                    Imported::UnknownUser => {}
+                        Credentials {
+                            user,
+                            password_hash,
+                        },
+                    );
+                    if users.is_full() {
+                        flush_users(importer.as_mut(), &mut users, &mut summary, &mut report)
+                            .await?;
+                    }
                 }
-            }
+                Err(problem) => report.add(number, problem),
+            },
             Line::Session {
                 token_hash,
                 user_id,
                 created,
                 expires,
-            } => {
-                let session = match check_session(token_hash, user_id, created, expires) {
-                    Ok(session) => session,
-                    Err(problem) => {
-                        report(number, problem);
-                        continue;
+            } => match check_session(token_hash, user_id, created, expires) {
+                Ok(session) if session.expires <= now => summary.skipped += 1,
+                Ok(session) => {
+                    // A session's user may be among the users not written yet.
+                    flush_users(importer.as_mut(), &mut users, &mut summary, &mut report).await?;
+                    sessions.push(number, session);
+                    if sessions.is_full() {
+                        flush_sessions(importer.as_mut(), &mut sessions, &mut summary, &mut report)
+                            .await?;
                     }
-                };
-                if session.expires <= now {
-                    summary.skipped += 1;
-                    continue;
                 }
-                match importer.session(&session).await? {
-                    Imported::Inserted => summary.sessions += 1,
-                    Imported::Skipped => summary.skipped += 1,
-                    Imported::Taken(_) => report(number, "the session already exists".into()),
-                    Imported::UnknownUser => report(
-                        number,
-                        format!("session of unknown user {:?}", session.user_id),
-                    ),
-                }
-            }
+                Err(problem) => report.add(number, problem),
+            },
         }
     }
+    flush_users(importer.as_mut(), &mut users, &mut summary, &mut report).await?;
+    flush_sessions(importer.as_mut(), &mut sessions, &mut summary, &mut report).await?;
     if !saw_header {
-        report(number.max(1), "empty input: no header".into());
+        report.add(number.max(1), "empty input: no header");
     }
-    if total > 0 {
+    if report.total > 0 {
         // Dropping the importer rolls its transaction back.
         drop(importer);
-        return Err(TransferError::Refused { problems, total });
+        let total = report.total;
+        return Err(TransferError::Refused {
+            problems: report.into_listed(),
+            total,
+        });
     }
     importer.commit().await?;
     Ok(summary)

@@ -260,6 +260,8 @@ async fn import_refuses_bad_input_and_writes_nothing(app: TestApp) {
         json!({"type": "session", "token_hash": "abc", "user_id": "ok-1", "created": 1, "expires": 9_999_999_999i64}).to_string(),
         json!({"type": "session", "token_hash": "a".repeat(64), "user_id": "ghost", "created": 1, "expires": 9_999_999_999i64}).to_string(),
         "{not json".to_string(),
+        // A duplicate within the same file, and the same batch, is caught too.
+        user("ok-5", "FINE", "fine2@example.com", hash),
     ];
     let input = lines.join("\n");
     let err = users_service::transfer::import(
@@ -272,13 +274,14 @@ async fn import_refuses_bad_input_and_writes_nothing(app: TestApp) {
     .unwrap_err()
     .to_string();
     for expected in [
-        "(6 problem(s))",
+        "(7 problem(s))",
         "line 3: user \"ok-2\": username is already taken",
         "line 4: username must be",
         "line 5: password_hash uses scrypt, but only argon2 hashes can be verified",
         "line 6: token_hash must be 64 lowercase hex digits",
         "line 7: session of unknown user \"ghost\"",
         "line 8: not a record of this format",
+        "line 9: user \"ok-5\": username is already taken",
     ] {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }

@@ -142,11 +142,12 @@ pub enum Imported {
 }
 
 /// One import, inside one transaction: nothing is visible until `commit`, and dropping
-/// the importer rolls everything back.
+/// the importer rolls everything back. Records come in batches, and each gets its own
+/// outcome; earlier records of the import count as existing for later ones.
 #[async_trait]
 pub trait Importer: Send {
-    async fn user(&mut self, user: &Credentials) -> Result<Imported, StoreError>;
-    async fn session(&mut self, session: &StoredSession) -> Result<Imported, StoreError>;
+    async fn users(&mut self, batch: &[Credentials]) -> Result<Vec<Imported>, StoreError>;
+    async fn sessions(&mut self, batch: &[StoredSession]) -> Result<Vec<Imported>, StoreError>;
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
 }
 

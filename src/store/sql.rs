@@ -15,7 +15,8 @@ use sqlx::sqlite::{
     Sqlite, SqliteConnectOptions, SqliteError, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
-use sqlx::Transaction;
+use sqlx::{QueryBuilder, Transaction};
+use std::collections::HashSet;
 
 use super::{
     Counter, Credentials, DatabaseUrl, HashChange, Imported, Importer, Lookup, NewSession, NewUser,
@@ -645,6 +646,16 @@ impl Store for SqlStore {
     }
 }
 
+/// Appends `a, b, c` as bound parameters.
+macro_rules! push_list {
+    ($query:expr, $values:expr) => {{
+        let mut list = $query.separated(", ");
+        for value in $values {
+            list.push_bind(value);
+        }
+    }};
+}
+
 /// An import's transaction on whichever backend the store has.
 enum SqlImporter {
     Sqlite(Transaction<'static, Sqlite>, bool),
@@ -663,73 +674,123 @@ macro_rules! on_tx {
 
 #[async_trait]
 impl Importer for SqlImporter {
-    async fn user(&mut self, new: &Credentials) -> Result<Imported, StoreError> {
+    async fn users(&mut self, batch: &[Credentials]) -> Result<Vec<Imported>, StoreError> {
         // Conflicts are looked up first rather than caught from the INSERT: on
         // PostgreSQL a failed statement would abort the whole import's transaction, and
-        // the import wants to report every conflict, not just the first.
-        const TAKEN: &str =
-            "SELECT id, username, email FROM users WHERE id = $1 OR username = $2 OR email = $3";
-        const INSERT: &str =
-            "INSERT INTO users (id, username, email, password_hash, created, updated) \
-                              VALUES ($1, $2, $3, $4, $5, $6)";
-        let u = &new.user;
+        // the import wants to report every conflict, not just the first. One query per
+        // batch looks them up and one multi-row INSERT writes the rest.
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
         on_tx!(self, tx, skip_existing => async {
-            let taken = sqlx::query_as::<_, (String, String, String)>(TAKEN)
-                .bind(&u.id)
-                .bind(&u.username)
-                .bind(&u.email)
-                .fetch_all(&mut **tx)
-                .await?;
-            if taken.iter().any(|(id, _, _)| *id == u.id) {
-                return Ok(if *skip_existing { Imported::Skipped } else { Imported::Taken(Unique::Id) });
+            let mut query = QueryBuilder::new("SELECT id, username, email FROM users WHERE id IN (");
+            push_list!(query, batch.iter().map(|c| c.user.id.as_str()));
+            query.push(") OR username IN (");
+            push_list!(query, batch.iter().map(|c| c.user.username.as_str()));
+            query.push(") OR email IN (");
+            push_list!(query, batch.iter().map(|c| c.user.email.as_str()));
+            query.push(")");
+            let existing: Vec<(String, String, String)> =
+                query.build_query_as().fetch_all(&mut **tx).await?;
+            let mut ids: HashSet<String> = HashSet::new();
+            let mut usernames: HashSet<String> = HashSet::new();
+            let mut emails: HashSet<String> = HashSet::new();
+            for (id, username, email) in existing {
+                ids.insert(id);
+                usernames.insert(username);
+                emails.insert(email);
             }
-            if taken.iter().any(|(_, username, _)| *username == u.username) {
-                return Ok(Imported::Taken(Unique::Username));
+            let mut outcomes = Vec::with_capacity(batch.len());
+            let mut fresh = Vec::new();
+            for record in batch {
+                let u = &record.user;
+                // Earlier records of this batch count as existing too.
+                let outcome = if ids.contains(&u.id) {
+                    if *skip_existing { Imported::Skipped } else { Imported::Taken(Unique::Id) }
+                } else if usernames.contains(&u.username) {
+                    Imported::Taken(Unique::Username)
+                } else if emails.contains(&u.email) {
+                    Imported::Taken(Unique::Email)
+                } else {
+                    ids.insert(u.id.clone());
+                    usernames.insert(u.username.clone());
+                    emails.insert(u.email.clone());
+                    fresh.push(record);
+                    Imported::Inserted
+                };
+                outcomes.push(outcome);
             }
-            if !taken.is_empty() {
-                return Ok(Imported::Taken(Unique::Email));
+            if !fresh.is_empty() {
+                let mut insert = QueryBuilder::new(
+                    "INSERT INTO users (id, username, email, password_hash, created, updated) ",
+                );
+                insert.push_values(fresh, |mut row, record| {
+                    row.push_bind(record.user.id.as_str())
+                        .push_bind(record.user.username.as_str())
+                        .push_bind(record.user.email.as_str())
+                        .push_bind(record.password_hash.as_str())
+                        .push_bind(record.user.created)
+                        .push_bind(record.user.updated);
+                });
+                insert.build().execute(&mut **tx).await?;
             }
-            sqlx::query(INSERT)
-                .bind(&u.id)
-                .bind(&u.username)
-                .bind(&u.email)
-                .bind(&new.password_hash)
-                .bind(u.created)
-                .bind(u.updated)
-                .execute(&mut **tx)
-                .await?;
-            Ok::<_, sqlx::Error>(Imported::Inserted)
+            Ok::<_, sqlx::Error>(outcomes)
         }
         .await)
         .map_err(classify)
     }
 
-    async fn session(&mut self, session: &StoredSession) -> Result<Imported, StoreError> {
-        const EXISTS: &str = "SELECT \
-            (SELECT COUNT(*) FROM sessions WHERE token_hash = $1), \
-            (SELECT COUNT(*) FROM users WHERE id = $2)";
-        const INSERT: &str =
-            "INSERT INTO sessions (token_hash, user_id, created, expires) VALUES ($1, $2, $3, $4)";
+    async fn sessions(&mut self, batch: &[StoredSession]) -> Result<Vec<Imported>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
         on_tx!(self, tx, skip_existing => async {
-            let (sessions, users) = sqlx::query_as::<_, (i64, i64)>(EXISTS)
-                .bind(session.digest.as_str())
-                .bind(&session.user_id)
-                .fetch_one(&mut **tx)
-                .await?;
-            if sessions > 0 {
-                return Ok(if *skip_existing { Imported::Skipped } else { Imported::Taken(Unique::Id) });
+            let mut query = QueryBuilder::new("SELECT token_hash FROM sessions WHERE token_hash IN (");
+            push_list!(query, batch.iter().map(|s| s.digest.as_str()));
+            query.push(")");
+            let mut tokens: HashSet<String> = query
+                .build_query_as::<(String,)>()
+                .fetch_all(&mut **tx)
+                .await?
+                .into_iter()
+                .map(|(t,)| t)
+                .collect();
+            let mut query = QueryBuilder::new("SELECT id FROM users WHERE id IN (");
+            push_list!(query, batch.iter().map(|s| s.user_id.as_str()));
+            query.push(")");
+            let users: HashSet<String> = query
+                .build_query_as::<(String,)>()
+                .fetch_all(&mut **tx)
+                .await?
+                .into_iter()
+                .map(|(id,)| id)
+                .collect();
+            let mut outcomes = Vec::with_capacity(batch.len());
+            let mut fresh = Vec::new();
+            for session in batch {
+                let outcome = if tokens.contains(session.digest.as_str()) {
+                    if *skip_existing { Imported::Skipped } else { Imported::Taken(Unique::Id) }
+                } else if !users.contains(&session.user_id) {
+                    Imported::UnknownUser
+                } else {
+                    tokens.insert(session.digest.as_str().to_owned());
+                    fresh.push(session);
+                    Imported::Inserted
+                };
+                outcomes.push(outcome);
             }
-            if users == 0 {
-                return Ok(Imported::UnknownUser);
+            if !fresh.is_empty() {
+                let mut insert =
+                    QueryBuilder::new("INSERT INTO sessions (token_hash, user_id, created, expires) ");
+                insert.push_values(fresh, |mut row, session| {
+                    row.push_bind(session.digest.as_str())
+                        .push_bind(session.user_id.as_str())
+                        .push_bind(session.created)
+                        .push_bind(session.expires);
+                });
+                insert.build().execute(&mut **tx).await?;
             }
-            sqlx::query(INSERT)
-                .bind(session.digest.as_str())
-                .bind(&session.user_id)
-                .bind(session.created)
-                .bind(session.expires)
-                .execute(&mut **tx)
-                .await?;
-            Ok::<_, sqlx::Error>(Imported::Inserted)
+            Ok::<_, sqlx::Error>(outcomes)
         }
         .await)
         .map_err(classify)
