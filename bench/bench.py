@@ -54,7 +54,7 @@ PROFILES = {
         "small_users": 1_000,
         "logout_pool": 40_000,
         "scale_users": 1_000_000,
-        "scale_sessions_imported": 100_000,
+        "scale_sessions_imported": 1_000_000,
         "mixed_duration": 5,
         "flood_duration": 10,
         "startups": 5,
