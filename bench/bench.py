@@ -54,7 +54,6 @@ PROFILES = {
         "small_users": 1_000,
         "logout_pool": 40_000,
         "scale_users": 1_000_000,
-        "scale_sessions_imported": 1_000_000,
         "mixed_duration": 5,
         "flood_duration": 10,
         "startups": 5,
@@ -65,7 +64,6 @@ PROFILES = {
         "small_users": 1_000,
         "logout_pool": 30_000,
         "scale_users": 20_000,
-        "scale_sessions_imported": 10_000,
         "mixed_duration": 3,
         "flood_duration": 4,
         "startups": 3,
@@ -285,13 +283,11 @@ def write_lines(path, values):
         f.write("\n")
 
 
-def generate(directory, users, read_sessions, logout_sessions, phc, seed, direct_sessions=0):
+def generate(directory, users, read_sessions, logout_sessions, phc, seed):
     """Writes an import file (JSON lines, the format of src/transfer.rs) for `users`
     users, and one for their sessions: `read_sessions` (one per user, in user order,
-    wrapping) for ReadSession and `logout_sessions` more for Logout. The first
-    `direct_sessions` of them are not written to the file but returned as rows
-    (`direct_rows`) for insert_sessions_directly. Also writes the lists wrk draws from.
-    Returns the paths."""
+    wrapping) for ReadSession and `logout_sessions` more for Logout. Also writes the
+    lists wrk draws from. Returns the paths."""
     directory.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     now = int(time.time())
@@ -319,7 +315,6 @@ def generate(directory, users, read_sessions, logout_sessions, phc, seed, direct
             )
     read_tokens = []
     logout_tokens = []
-    direct_rows = []
     expires = now + 7 * 86_400
     with open(paths["sessions"], "w") as f:
         f.write(header)
@@ -327,16 +322,11 @@ def generate(directory, users, read_sessions, logout_sessions, phc, seed, direct
             token = base64.urlsafe_b64encode(rng.randbytes(32)).rstrip(b"=").decode()
             digest = hashlib.sha256(token.encode()).hexdigest()
             owner = ids[n % users]
-            if n < direct_sessions:
-                direct_rows.append((digest, owner, now - 60, expires))
-            else:
-                f.write(
-                    f'{{"type":"session","token_hash":"{digest}","user_id":"{owner}",'
-                    f'"created":{now - 60},"expires":{expires}}}\n'
-                )
+            f.write(
+                f'{{"type":"session","token_hash":"{digest}","user_id":"{owner}",'
+                f'"created":{now - 60},"expires":{expires}}}\n'
+            )
             (read_tokens if n < read_sessions else logout_tokens).append(token)
-    direct_rows.sort()
-    paths["direct_rows"] = direct_rows
     # Random samples for the pick scenarios; Logout walks its list in order.
     sample = lambda values: rng.sample(values, min(len(values), PICK_SAMPLE))
     write_lines(paths["ids"], sample(ids))
@@ -345,25 +335,6 @@ def generate(directory, users, read_sessions, logout_sessions, phc, seed, direct
     rng.shuffle(logout_tokens)
     write_lines(paths["logout_tokens"], logout_tokens)
     return paths
-
-
-def insert_sessions_directly(db_path, rows):
-    """Writes sessions straight into a SQLite database of the service's schema (the
-    columns of migrations/sqlite), in one transaction. Only for the scale data set: the
-    service's own import of a million sessions would take most of the run's time budget
-    (its rate is measured on the rest of the sessions)."""
-    import sqlite3
-
-    started = time.perf_counter()
-    con = sqlite3.connect(db_path, timeout=30)
-    try:
-        con.execute("PRAGMA cache_size = -262144")
-        with con:
-            con.executemany("INSERT INTO sessions (token_hash, user_id, created, expires) "
-                            "VALUES (?, ?, ?, ?)", rows)
-    finally:
-        con.close()
-    return time.perf_counter() - started
 
 
 def run_import(binary, url, path):
@@ -594,9 +565,7 @@ class Bench:
         ds = f"{n:,} users"
         log(f"sqlite: generating {n:,} users and {n:,} sessions")
         t0 = time.perf_counter()
-        via_service = min(n, p["scale_sessions_imported"])
-        data = generate(self.work / "scale", n, n // 2, n - n // 2, self.phc, seed=2,
-                        direct_sessions=n - via_service)
+        data = generate(self.work / "scale", n, n // 2, n - n // 2, self.phc, seed=2)
         gen_s = time.perf_counter() - t0
         split_logout(data)
         db_path = self.work / "scale.db"
@@ -604,24 +573,18 @@ class Bench:
         log(f"  generated in {gen_s:.1f} s; importing")
         t_users = run_import(self.binary, db_url, data["users"])
         log(f"  imported {n:,} users in {t_users:.1f} s")
-        direct = len(data["direct_rows"])
-        t_direct = insert_sessions_directly(db_path, data["direct_rows"]) if direct else 0.0
-        if direct:
-            log(f"  wrote {direct:,} sessions straight into the database in {t_direct:.1f} s")
-        del data["direct_rows"]
         t_sessions = run_import(self.binary, db_url, data["sessions"])
-        log(f"  imported {via_service:,} more sessions in {t_sessions:.1f} s")
+        log(f"  imported {n:,} sessions in {t_sessions:.1f} s")
         self.rows.append({"backend": "sqlite", "scenario": "seed: import users", "dataset": ds,
                           "concurrency": 1, "rps": round(n / t_users, 1), "p50_ms": None,
                           "p99_ms": None, "errors": 0, "seconds": round(t_users, 1),
                           "note": f"{t_users:.1f} s for {n:,} users"})
         self.rows.append({"backend": "sqlite", "scenario": "seed: import sessions",
                           "dataset": ds, "concurrency": 1,
-                          "rps": round(via_service / t_sessions, 1),
+                          "rps": round(n / t_sessions, 1),
                           "p50_ms": None, "p99_ms": None, "errors": 0,
                           "seconds": round(t_sessions, 1),
-                          "note": f"{t_sessions:.1f} s for the last {via_service:,} of "
-                                  f"{n:,} sessions ({direct:,} written directly first)"})
+                          "note": f"{t_sessions:.1f} s for {n:,} sessions"})
         startup, idle = self.startups("sqlite", db_url, ds, p["startups"])
         r = {}
         r["ReadSession"] = self.load("sqlite", ds, db_url, "ReadSession", "ReadSession",
@@ -633,8 +596,6 @@ class Bench:
                                 data["logout_main"], warmup_data=data["logout_warm"])
         return {"dataset": ds, "users": n, "sessions": n, "generate_s": round(gen_s, 1),
                 "import_users_s": round(t_users, 1), "import_sessions_s": round(t_sessions, 1),
-                "sessions_imported": via_service, "sessions_written_directly": direct,
-                "direct_write_s": round(t_direct, 1),
                 "startup": startup, "idle_mib": idle, "rows": r}
 
     def run(self):
