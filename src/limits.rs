@@ -49,18 +49,6 @@ impl Default for LimitConfig {
     }
 }
 
-impl LimitConfig {
-    /// Every limit off (for test environments).
-    pub fn off() -> Self {
-        Self {
-            login_max_failures: 0,
-            login_max_failures_per_ip: 0,
-            create_per_hour: 0,
-            ..Self::default()
-        }
-    }
-}
-
 /// A rate-limit key: the SHA-256 of what is limited, so the table never holds the
 /// identifiers people typed.
 #[derive(Debug, Clone, PartialEq, Eq)]

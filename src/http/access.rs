@@ -53,14 +53,6 @@ impl AccessPolicy {
         Ok(Self { key_digest, public })
     }
 
-    /// Everything is open.
-    pub fn open() -> Self {
-        Self {
-            key_digest: None,
-            public: Vec::new(),
-        }
-    }
-
     pub fn has_key(&self) -> bool {
         self.key_digest.is_some()
     }
