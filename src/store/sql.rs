@@ -50,7 +50,14 @@ impl Default for PoolConfig {
 }
 
 enum Backend {
-    Sqlite(SqlitePool),
+    /// SQLite takes one writer at a time. Writes go through a pool of one connection,
+    /// so concurrent writers wait their turn in the pool's queue instead of sleeping in
+    /// SQLite's busy handler (which made write latency spike under load); reads have a
+    /// pool of their own and never wait for writes (WAL).
+    Sqlite {
+        reader: SqlitePool,
+        writer: SqlitePool,
+    },
     Postgres(PgPool),
 }
 
@@ -58,11 +65,21 @@ pub struct SqlStore {
     backend: Backend,
 }
 
-/// Runs `$body` with `$pool` bound to whichever pool the store has.
+/// Runs `$body`, a read, with `$pool` bound to the store's pool for reading.
 macro_rules! on_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match &$store.backend {
-            Backend::Sqlite($pool) => $body,
+            Backend::Sqlite { reader: $pool, .. } => $body,
+            Backend::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Runs `$body`, which writes, with `$pool` bound to the store's pool for writing.
+macro_rules! on_writer {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.backend {
+            Backend::Sqlite { writer: $pool, .. } => $body,
             Backend::Postgres($pool) => $body,
         }
     };
@@ -144,16 +161,24 @@ impl SqlStore {
                     .synchronous(SqliteSynchronous::Full)
                     .busy_timeout(SQLITE_BUSY_TIMEOUT)
                     .foreign_keys(true);
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(config.max_connections)
+                // A connection to a local file does not go stale: skip the ping that
+                // would otherwise cost a thread round trip on every request. The writer
+                // connects first, so the file exists and is in WAL mode for the readers.
+                let writer = SqlitePoolOptions::new()
+                    .max_connections(1)
                     .acquire_timeout(config.acquire_timeout)
-                    // A connection to a local file does not go stale: skip the ping that
-                    // would otherwise cost a thread round trip on every request.
                     .test_before_acquire(false)
-                    .connect_with(options)
+                    .connect_with(options.clone())
                     .await
                     .map_err(classify)?;
-                Backend::Sqlite(pool)
+                let reader = SqlitePoolOptions::new()
+                    .max_connections(config.max_connections)
+                    .acquire_timeout(config.acquire_timeout)
+                    .test_before_acquire(false)
+                    .connect_with(options.create_if_missing(false))
+                    .await
+                    .map_err(classify)?;
+                Backend::Sqlite { reader, writer }
             }
             DatabaseUrl::Postgres(url) => {
                 let options: PgConnectOptions = url.parse().map_err(StoreError::Other)?;
@@ -171,7 +196,7 @@ impl SqlStore {
 
     fn migrator(&self) -> &'static Migrator {
         match self.backend {
-            Backend::Sqlite(_) => &SQLITE_MIGRATIONS,
+            Backend::Sqlite { .. } => &SQLITE_MIGRATIONS,
             Backend::Postgres(_) => &POSTGRES_MIGRATIONS,
         }
     }
@@ -180,7 +205,7 @@ impl SqlStore {
     /// anything when the database has migrations this binary does not know (it is newer).
     pub async fn migrate(&self) -> Result<(), MigrateError> {
         let migrator = self.migrator();
-        on_pool!(self, pool => migrator.run(pool).await)
+        on_writer!(self, pool => migrator.run(pool).await)
     }
 
     /// Checks, without changing anything, that the database has exactly the migrations
@@ -218,7 +243,13 @@ impl SqlStore {
 
     /// Closes every connection, waiting for those in use to be returned.
     pub async fn close(&self) {
-        on_pool!(self, pool => pool.close().await)
+        match &self.backend {
+            Backend::Sqlite { reader, writer } => {
+                reader.close().await;
+                writer.close().await;
+            }
+            Backend::Postgres(pool) => pool.close().await,
+        }
     }
 }
 
@@ -233,7 +264,7 @@ impl Store for SqlStore {
         const SQL: &str =
             "INSERT INTO users (id, username, email, password_hash, created, updated) \
                            VALUES ($1, $2, $3, $4, $5, $5)";
-        on_pool!(self, pool => {
+        on_writer!(self, pool => {
             sqlx::query(SQL)
                 .bind(new.id.as_str())
                 .bind(new.username.as_str())
@@ -307,7 +338,7 @@ impl Store for SqlStore {
         );
         let username = changes.username.as_ref().map(|u| u.as_str());
         let email = changes.email.as_ref().map(|e| e.as_str());
-        on_pool!(self, pool => {
+        on_writer!(self, pool => {
             // fetch_all, not fetch_optional: sqlx's SQLite driver resets a statement it
             // stops reading early and drops the error of that reset, which is where an
             // UPDATE ... RETURNING commits. A commit failure (disk full) would be lost.
@@ -326,7 +357,7 @@ impl Store for SqlStore {
     async fn delete_user(&self, id: &UserId) -> Result<bool, StoreError> {
         // Sessions go first in the same transaction; the foreign key's ON DELETE CASCADE
         // would do the same, this keeps the rule visible here.
-        on_pool!(self, pool => async {
+        on_writer!(self, pool => async {
             let mut tx = pool.begin().await?;
             sqlx::query("DELETE FROM sessions WHERE user_id = $1")
                 .bind(id.as_str())
@@ -383,7 +414,7 @@ impl Store for SqlStore {
         new_hash: &str,
         change: HashChange,
     ) -> Result<bool, StoreError> {
-        on_pool!(self, pool => async {
+        on_writer!(self, pool => async {
             let mut tx = pool.begin().await?;
             let replaced = match change {
                 HashChange::NewPassword { now } => sqlx::query(
@@ -434,10 +465,10 @@ impl Store for SqlStore {
         // sessions. FOR SHARE waits for such a change and rechecks the hash after it.
         // SQLite runs one writer at a time, so the plain statement is already safe there.
         let sql = match self.backend {
-            Backend::Sqlite(_) => insert_if_unchanged!(),
+            Backend::Sqlite { .. } => insert_if_unchanged!(),
             Backend::Postgres(_) => concat!(insert_if_unchanged!(), " FOR SHARE"),
         };
-        on_pool!(self, pool => {
+        on_writer!(self, pool => {
             sqlx::query(sql)
                 .bind(session.digest.as_str())
                 .bind(session.user_id)
@@ -481,7 +512,7 @@ impl Store for SqlStore {
     }
 
     async fn delete_session(&self, digest: &TokenDigest) -> Result<(), StoreError> {
-        on_pool!(self, pool => {
+        on_writer!(self, pool => {
             sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
                 .bind(digest.as_str())
                 .execute(pool)
@@ -496,7 +527,7 @@ impl Store for SqlStore {
         // expired sessions never holds SQLite's write lock for long.
         const SQL: &str = "DELETE FROM sessions WHERE token_hash IN \
                            (SELECT token_hash FROM sessions WHERE expires <= $1 LIMIT $2)";
-        on_pool!(self, pool => {
+        on_writer!(self, pool => {
             sqlx::query(SQL)
                 .bind(now)
                 .bind(i64::from(batch))
@@ -533,7 +564,7 @@ impl Store for SqlStore {
                                  ELSE rate_limits.window_start END, \
              updated = $2 \
              RETURNING count, window_start, strikes";
-        on_pool!(self, pool => {
+        on_writer!(self, pool => {
             // fetch_all for the reason given in update_user.
             sqlx::query_as::<_, (i64, i64, i64)>(SQL)
                 .bind(key)
@@ -556,14 +587,14 @@ impl Store for SqlStore {
     async fn block(&self, key: &str, until: i64) -> Result<(), StoreError> {
         const SQL: &str = "UPDATE rate_limits SET blocked_until = $2, strikes = strikes + 1, \
                            count = 0 WHERE key = $1 AND blocked_until < $2";
-        on_pool!(self, pool => {
+        on_writer!(self, pool => {
             sqlx::query(SQL).bind(key).bind(until).execute(pool).await.map(drop)
         })
         .map_err(classify)
     }
 
     async fn clear_counter(&self, key: &str) -> Result<(), StoreError> {
-        on_pool!(self, pool => {
+        on_writer!(self, pool => {
             sqlx::query("DELETE FROM rate_limits WHERE key = $1")
                 .bind(key)
                 .execute(pool)
@@ -575,7 +606,7 @@ impl Store for SqlStore {
 
     async fn delete_stale_counters(&self, before: i64, now: i64) -> Result<u64, StoreError> {
         const SQL: &str = "DELETE FROM rate_limits WHERE updated < $1 AND blocked_until <= $2";
-        on_pool!(self, pool => {
+        on_writer!(self, pool => {
             sqlx::query(SQL)
                 .bind(before)
                 .bind(now)
@@ -635,8 +666,8 @@ impl Store for SqlStore {
 
     async fn begin_import(&self, skip_existing: bool) -> Result<Box<dyn Importer>, StoreError> {
         let importer = match &self.backend {
-            Backend::Sqlite(pool) => {
-                SqlImporter::Sqlite(pool.begin().await.map_err(classify)?, skip_existing)
+            Backend::Sqlite { writer, .. } => {
+                SqlImporter::Sqlite(writer.begin().await.map_err(classify)?, skip_existing)
             }
             Backend::Postgres(pool) => {
                 SqlImporter::Postgres(pool.begin().await.map_err(classify)?, skip_existing)
