@@ -297,7 +297,8 @@ pub struct DatabaseConfig {
     )]
     pub url: DatabaseUrl,
 
-    /// Most database connections the pool opens
+    /// Most database connections the pool opens (on SQLite: reading connections, beside
+    /// one writing connection)
     #[arg(
         long = "db-max-connections",
         env = "USERS_DB_MAX_CONNECTIONS",
