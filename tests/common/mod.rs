@@ -34,18 +34,24 @@ pub fn postgres_admin_url(test: &str) -> Option<String> {
     match std::env::var("TEST_DATABASE_URL") {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
-            if std::env::var_os("USERS_REQUIRE_POSTGRES_TESTS").is_some() {
-                panic!("{test}: TEST_DATABASE_URL is not set but USERS_REQUIRE_POSTGRES_TESTS is");
-            }
-            // Written to the real stderr, past the test harness's capture, so a skip is
-            // always visible.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED {test} on PostgreSQL: TEST_DATABASE_URL is not set"
+            skip(
+                test,
+                "PostgreSQL: TEST_DATABASE_URL is not set",
+                "USERS_REQUIRE_POSTGRES_TESTS",
             );
             None
         }
     }
+}
+
+/// Reports that `test` cannot run here (`why`). A skip never passes silently: it is
+/// written to the real stderr, past the test harness's capture, and it is a failure
+/// when the environment variable `required` says the test must run (as CI does).
+pub fn skip(test: &str, why: &str, required: &str) {
+    if std::env::var_os(required).is_some() {
+        panic!("{test} cannot run ({why}) but {required} is set");
+    }
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
 
 /// `postgres://host/db?x` with the database name replaced.
