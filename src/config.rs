@@ -12,7 +12,9 @@ use ipnet::IpNet;
 use crate::limits::LimitConfig;
 use crate::password::{HashParams, OWASP_MIN_M_KIB, OWASP_MIN_P, OWASP_MIN_T};
 use crate::policy::PasswordPolicy;
-use crate::service::Settings;
+use crate::mail::Mailer;
+use crate::service::{LinkSettings, Settings};
+use secrecy::SecretString;
 use crate::store::{DatabaseUrl, PoolConfig};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -21,11 +23,15 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://users.db";
 pub const DEFAULT_SESSION_TTL: u64 = 604_800;
 pub const DEFAULT_DB_MAX_CONNECTIONS: u32 = 10;
 pub const DEFAULT_DB_ACQUIRE_TIMEOUT: u64 = 3;
-pub const DEFAULT_PUBLIC_METHODS: &str = "Create,Login,Logout,ReadSession,UpdatePassword";
+pub const DEFAULT_PUBLIC_METHODS: &str =
+    "Create,Login,Logout,ReadSession,UpdatePassword,VerifyEmail,ResetPassword,VerifyToken";
 pub const DEFAULT_LOGIN_MAX_FAILURES: u32 = 5;
 pub const DEFAULT_LOGIN_WINDOW: u64 = 900;
 pub const DEFAULT_LOGIN_LOCKOUT: u64 = 60;
 pub const DEFAULT_CREATE_PER_HOUR: u32 = 20;
+pub const DEFAULT_MAILS_PER_HOUR: u32 = 5;
+pub const DEFAULT_MAIL_FROM: &str = "no-reply@localhost";
+pub const DEFAULT_MAGIC_LINK_TTL: u64 = 60;
 pub const DEFAULT_PASSWORD_MIN_LENGTH: usize = 8;
 pub const DEFAULT_REQUEST_TIMEOUT: u64 = 30;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
@@ -109,6 +115,9 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub passwords: PasswordConfig,
+
+    #[command(flatten)]
+    pub mail: MailConfig,
 
     /// Seconds a request may take, from its first byte to its answer (slow clients and
     /// slow requests are cut off)
@@ -231,6 +240,50 @@ pub struct LimitsConfig {
     /// Create requests per client address per hour
     #[arg(long, env = "USERS_CREATE_PER_HOUR", value_name = "N", default_value_t = DEFAULT_CREATE_PER_HOUR)]
     pub create_per_hour: u32,
+
+    /// E-mails of one kind (verification, password reset, magic link) per recipient
+    /// address per hour
+    #[arg(long, env = "USERS_MAILS_PER_HOUR", value_name = "N", default_value_t = DEFAULT_MAILS_PER_HOUR)]
+    pub mails_per_hour: u32,
+}
+
+/// E-mail delivery and the links the e-mails carry.
+#[derive(Debug, Clone, Args)]
+pub struct MailConfig {
+    /// SMTP server for the service's e-mails: smtp://USER:PASS@HOST:587 (STARTTLS
+    /// required), smtps://USER:PASS@HOST:465 (TLS), or smtp://HOST:25?tls=none (plain,
+    /// for a local relay). Unset: e-mails are not sent but written to the log
+    #[arg(long, env = "USERS_SMTP_URL", value_name = "URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+
+    /// Sender address of the service's e-mails
+    #[arg(long, env = "USERS_MAIL_FROM", value_name = "ADDRESS", default_value = DEFAULT_MAIL_FROM)]
+    pub mail_from: String,
+
+    /// The service's public base address, which verification links point at
+    /// (default: http://<listen address>)
+    #[arg(long, env = "USERS_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+
+    /// Origins (https://app.example.com) a verification link may redirect to,
+    /// comma-separated (default: any http or https address)
+    #[arg(
+        long,
+        env = "USERS_REDIRECT_ALLOWLIST",
+        value_name = "ORIGINS",
+        value_delimiter = ','
+    )]
+    pub redirect_allowlist: Vec<String>,
+
+    /// Seconds a magic link stays valid
+    #[arg(
+        long,
+        env = "USERS_MAGIC_LINK_TTL",
+        value_name = "SECONDS",
+        default_value_t = DEFAULT_MAGIC_LINK_TTL,
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
+    )]
+    pub magic_link_ttl: u64,
 }
 
 /// Password policy and hashing cost.
@@ -374,6 +427,14 @@ impl ServeConfig {
                 login_window: DEFAULT_LOGIN_WINDOW,
                 login_lockout: DEFAULT_LOGIN_LOCKOUT,
                 create_per_hour: DEFAULT_CREATE_PER_HOUR,
+                mails_per_hour: DEFAULT_MAILS_PER_HOUR,
+            },
+            mail: MailConfig {
+                smtp_url: None,
+                mail_from: DEFAULT_MAIL_FROM.to_string(),
+                public_url: None,
+                redirect_allowlist: Vec::new(),
+                magic_link_ttl: DEFAULT_MAGIC_LINK_TTL,
             },
             passwords: PasswordConfig {
                 password_min_length: DEFAULT_PASSWORD_MIN_LENGTH,
@@ -394,6 +455,45 @@ impl ServeConfig {
         }
     }
 
+    /// What e-mailed links are built from. `listen` is the address actually bound (the
+    /// configured port may be 0).
+    fn links(&self) -> Result<LinkSettings, String> {
+        let public_url = match &self.mail.public_url {
+            Some(url) => {
+                let parsed = url::Url::parse(url.trim())
+                    .map_err(|e| format!("USERS_PUBLIC_URL {url:?} is not a URL: {e}"))?;
+                if !matches!(parsed.scheme(), "http" | "https") || parsed.query().is_some() {
+                    return Err(format!(
+                        "USERS_PUBLIC_URL {url:?} must be an http or https address without a query"
+                    ));
+                }
+                parsed.as_str().trim_end_matches('/').to_string()
+            }
+            None => format!("http://{}", self.listen),
+        };
+        let mut redirect_allowlist = Vec::new();
+        for origin in self.mail.redirect_allowlist.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
+            let parsed = url::Url::parse(origin)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https") && u.path() == "/")
+                .ok_or_else(|| {
+                    format!("USERS_REDIRECT_ALLOWLIST: {origin:?} is not an origin such as https://app.example.com")
+                })?;
+            redirect_allowlist.push(parsed.origin().ascii_serialization());
+        }
+        Ok(LinkSettings {
+            public_url,
+            redirect_allowlist,
+            magic_link_ttl: i64::try_from(self.mail.magic_link_ttl).unwrap_or(i64::MAX),
+        })
+    }
+
+    /// The mailer the settings describe.
+    pub fn mailer(&self) -> Result<Mailer, String> {
+        let url = self.mail.smtp_url.as_ref().map(|u| SecretString::from(u.clone()));
+        Mailer::new(url.as_ref(), &self.mail.mail_from).map_err(|e| e.to_string())
+    }
+
     /// The core's settings.
     pub fn settings(&self) -> Result<Settings, String> {
         let limits = &self.limits;
@@ -406,7 +506,9 @@ impl ServeConfig {
                 login_window: i64::try_from(limits.login_window).unwrap_or(i64::MAX),
                 login_lockout: i64::try_from(limits.login_lockout).unwrap_or(i64::MAX),
                 create_per_hour: limits.create_per_hour,
+                mails_per_hour: limits.mails_per_hour,
             },
+            links: self.links()?,
         })
     }
 }

@@ -2,6 +2,7 @@
 //! before the core sees it, so a rule such as "a username is 1-64 characters of ..."
 //! is written exactly once, here.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use email_address::{EmailAddress, Options as EmailOptions};
@@ -21,6 +22,12 @@ pub const EMAIL_MAX_LEN: usize = 254;
 pub const PASSWORD_MIN_LEN: usize = 8;
 /// Longest accepted password, in Unicode code points. Longer input is refused, never truncated.
 pub const PASSWORD_MAX_LEN: usize = 1024;
+/// Most keys a profile may have.
+pub const PROFILE_MAX_KEYS: usize = 64;
+/// Longest profile key, in characters.
+pub const PROFILE_KEY_MAX_LEN: usize = 64;
+/// Longest profile value, in bytes.
+pub const PROFILE_VALUE_MAX_BYTES: usize = 4096;
 /// Search page size when none (or 0) is given.
 pub const DEFAULT_LIMIT: u32 = 25;
 /// Largest accepted search page size.
@@ -204,6 +211,7 @@ pub struct NewAccount {
     pub username: Username,
     pub email: Email,
     pub password: Password,
+    pub profile: Profile,
 }
 
 impl NewAccount {
@@ -212,6 +220,7 @@ impl NewAccount {
         username: Option<String>,
         email: Option<String>,
         password: Option<String>,
+        profile: Option<BTreeMap<String, String>>,
     ) -> Result<Self, Error> {
         let id = match optional(id) {
             Some(id) => UserId::parse("id", Some(id))?,
@@ -222,6 +231,7 @@ impl NewAccount {
             username: Username::parse(username)?,
             email: Email::parse(email)?,
             password: Password::new_password("password", password)?,
+            profile: Profile::parse(profile.unwrap_or_default())?,
         })
     }
 }
@@ -231,20 +241,93 @@ impl NewAccount {
 pub struct AccountChanges {
     pub username: Option<Username>,
     pub email: Option<Email>,
+    /// Replaces the whole profile when given (an empty map clears it).
+    pub profile: Option<Profile>,
 }
 
 impl AccountChanges {
-    pub fn parse(username: Option<String>, email: Option<String>) -> Result<Self, Error> {
+    pub fn parse(
+        username: Option<String>,
+        email: Option<String>,
+        profile: Option<BTreeMap<String, String>>,
+    ) -> Result<Self, Error> {
         Ok(Self {
             username: optional(username)
                 .map(|u| Username::parse(Some(u)))
                 .transpose()?,
             email: optional(email).map(|e| Email::parse(Some(e))).transpose()?,
+            profile: profile.map(Profile::parse).transpose()?,
         })
     }
 
     pub fn is_empty(&self) -> bool {
-        self.username.is_none() && self.email.is_none()
+        self.username.is_none() && self.email.is_none() && self.profile.is_none()
+    }
+}
+
+/// Free-form data an app keeps about a user: at most 64 keys of 1-64 characters, each
+/// value at most 4 KiB, no control characters in keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Profile(BTreeMap<String, String>);
+
+impl Profile {
+    pub fn parse(map: BTreeMap<String, String>) -> Result<Self, Error> {
+        if map.len() > PROFILE_MAX_KEYS {
+            return Err(Error::invalid(
+                "profile",
+                format!("must have at most {PROFILE_MAX_KEYS} keys"),
+            ));
+        }
+        for (key, value) in &map {
+            let len = key.chars().count();
+            if len == 0 || len > PROFILE_KEY_MAX_LEN || key.chars().any(char::is_control) {
+                return Err(Error::invalid(
+                    "profile",
+                    format!(
+                        "keys must be 1-{PROFILE_KEY_MAX_LEN} characters without control characters"
+                    ),
+                ));
+            }
+            if value.len() > PROFILE_VALUE_MAX_BYTES {
+                return Err(Error::invalid(
+                    "profile",
+                    format!("values must be at most {PROFILE_VALUE_MAX_BYTES} bytes"),
+                ));
+            }
+        }
+        Ok(Self(map))
+    }
+
+    pub fn as_map(&self) -> &BTreeMap<String, String> {
+        &self.0
+    }
+
+    pub fn into_map(self) -> BTreeMap<String, String> {
+        self.0
+    }
+}
+
+/// Which account a request names: by id, username or e-mail address (the first given).
+#[derive(Debug, Clone)]
+pub enum AccountKey {
+    Id(UserId),
+    Username(Username),
+    Email(Email),
+}
+
+impl AccountKey {
+    pub fn parse(
+        id: Option<String>,
+        username: Option<String>,
+        email: Option<String>,
+    ) -> Result<Self, Error> {
+        match (optional(id), optional(username), optional(email)) {
+            (Some(id), _, _) => Ok(Self::Id(UserId::parse("id", Some(id))?)),
+            (None, Some(u), _) => Ok(Self::Username(Username::parse(Some(u))?)),
+            (None, None, Some(e)) => Ok(Self::Email(Email::parse(Some(e))?)),
+            (None, None, None) => Err(Error::invalid("id", "(or username or email) is required")),
+        }
     }
 }
 
@@ -265,14 +348,7 @@ impl PasswordChange {
     ) -> Result<Self, Error> {
         let user_id = UserId::parse("user_id", user_id)?;
         let old_password = Password::candidate("old_password", old_password)?;
-        let new_password = Password::new_password("new_password", new_password)?;
-        let confirm = SecretString::from(required("confirm_password", confirm_password)?);
-        if confirm.expose_secret() != new_password.expose() {
-            return Err(Error::invalid(
-                "confirm_password",
-                "does not match new_password",
-            ));
-        }
+        let new_password = confirmed_password(new_password, confirm_password)?;
         Ok(Self {
             user_id,
             old_password,
@@ -324,7 +400,7 @@ impl UserQuery {
         limit: Option<i64>,
         offset: Option<i64>,
     ) -> Result<Self, Error> {
-        let changes = AccountChanges::parse(username, email)?;
+        let changes = AccountChanges::parse(username, email, None)?;
         if changes.is_empty() {
             return Err(Error::invalid("username", "or email is required"));
         }
@@ -334,6 +410,192 @@ impl UserQuery {
             page: Page::parse(limit, offset)?,
         })
     }
+}
+
+/// Longest e-mail body an app may supply.
+pub const MAIL_TEXT_MAX_BYTES: usize = 32 * 1024;
+/// Longest subject and sender name.
+pub const MAIL_HEADER_MAX_LEN: usize = 200;
+/// A password reset code's life when the request gives none, and the longest allowed.
+pub const DEFAULT_RESET_EXPIRATION: i64 = 1800;
+pub const MAX_RESET_EXPIRATION: i64 = 86_400;
+
+/// What an app writes in one of the service's e-mails: the body (`text_content`, with
+/// placeholders), the subject and the sender's display name.
+#[derive(Debug, Clone)]
+pub struct MailText {
+    pub subject: Option<String>,
+    pub text: String,
+    pub from_name: Option<String>,
+}
+
+impl MailText {
+    pub fn parse(
+        subject: Option<String>,
+        text: Option<String>,
+        from_name: Option<String>,
+    ) -> Result<Self, Error> {
+        let text = required("text_content", text)?;
+        if text.len() > MAIL_TEXT_MAX_BYTES {
+            return Err(Error::invalid(
+                "text_content",
+                format!("must be at most {MAIL_TEXT_MAX_BYTES} bytes"),
+            ));
+        }
+        // Header values: a line break would start a new header.
+        let header = |field: &'static str, value: Option<String>| match optional(value) {
+            Some(v) if v.chars().count() > MAIL_HEADER_MAX_LEN => Err(Error::invalid(
+                field,
+                format!("must be at most {MAIL_HEADER_MAX_LEN} characters"),
+            )),
+            Some(v) if v.chars().any(char::is_control) => {
+                Err(Error::invalid(field, "must not contain control characters"))
+            }
+            v => Ok(v),
+        };
+        Ok(Self {
+            subject: header("subject", subject)?,
+            text,
+            from_name: header("from_name", from_name)?,
+        })
+    }
+}
+
+/// An absolute http or https address a browser is sent to after verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedirectUrl(url::Url);
+
+impl RedirectUrl {
+    pub fn parse(field: &'static str, raw: Option<String>) -> Result<Self, Error> {
+        let value = required(field, raw)?;
+        match url::Url::parse(&value) {
+            Ok(url)
+                if matches!(url.scheme(), "http" | "https")
+                    && url.host_str().is_some_and(|h| !h.is_empty())
+                    && url.username().is_empty()
+                    && url.password().is_none() =>
+            {
+                Ok(Self(url))
+            }
+            _ => Err(Error::invalid(
+                field,
+                "must be an absolute http or https address",
+            )),
+        }
+    }
+
+    /// `scheme://host[:port]`, as the redirect allow-list names addresses.
+    pub fn origin(&self) -> String {
+        self.0.origin().ascii_serialization()
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+/// Where a magic link points: `https://<address>/<endpoint>/<token>`, the app's own
+/// page that calls VerifyToken.
+#[derive(Debug, Clone)]
+pub struct MagicLinkTarget {
+    pub address: String,
+    pub endpoint: String,
+}
+
+impl MagicLinkTarget {
+    pub fn parse(address: Option<String>, endpoint: Option<String>) -> Result<Self, Error> {
+        let address = required("address", address)?;
+        // A host with an optional port, nothing else: no scheme, path or credentials.
+        let parsed = url::Url::parse(&format!("https://{address}"));
+        let plain = matches!(&parsed, Ok(u) if u.path() == "/" && u.query().is_none()
+            && u.fragment().is_none() && u.username().is_empty() && u.password().is_none()
+            && u.host_str().is_some_and(|h| !h.is_empty()));
+        if !plain || address.ends_with('/') || address.len() > 255 {
+            return Err(Error::invalid(
+                "address",
+                "must be a host name with an optional port, such as app.example.com",
+            ));
+        }
+        let endpoint = optional(endpoint).unwrap_or_default();
+        let endpoint = endpoint.trim_matches('/').to_string();
+        let path_char =
+            |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~' | '/');
+        if endpoint.len() > 255
+            || !endpoint.chars().all(path_char)
+            || endpoint.split('/').any(|seg| seg == "." || seg == "..")
+        {
+            return Err(Error::invalid(
+                "endpoint",
+                "must be a path of letters, digits, '-', '_', '.', '~' and '/'",
+            ));
+        }
+        Ok(Self { address, endpoint })
+    }
+
+    pub fn link(&self, token: &str) -> String {
+        if self.endpoint.is_empty() {
+            format!("https://{}/{token}", self.address)
+        } else {
+            format!("https://{}/{}/{token}", self.address, self.endpoint)
+        }
+    }
+}
+
+/// How long a password reset code lives, in seconds: 1 to 86400, 1800 when not given.
+pub fn reset_expiration(raw: Option<i64>) -> Result<i64, Error> {
+    match raw.unwrap_or(0) {
+        0 => Ok(DEFAULT_RESET_EXPIRATION),
+        s if (1..=MAX_RESET_EXPIRATION).contains(&s) => Ok(s),
+        _ => Err(Error::invalid(
+            "expiration",
+            format!("must be between 1 and {MAX_RESET_EXPIRATION} seconds"),
+        )),
+    }
+}
+
+/// ResetPassword's input.
+#[derive(Debug)]
+pub struct PasswordReset {
+    pub email: Email,
+    pub code: String,
+    pub new_password: Password,
+}
+
+impl PasswordReset {
+    pub fn parse(
+        email: Option<String>,
+        code: Option<String>,
+        new_password: Option<String>,
+        confirm_password: Option<String>,
+    ) -> Result<Self, Error> {
+        let email = Email::parse(email)?;
+        let code = required("code", code)?;
+        if code.len() > 64 {
+            return Err(Error::invalid("code", "must be at most 64 characters"));
+        }
+        let new_password = confirmed_password(new_password, confirm_password)?;
+        Ok(Self {
+            email,
+            code,
+            new_password,
+        })
+    }
+}
+
+/// A new password and its confirmation, which must be equal.
+fn confirmed_password(
+    new_password: Option<String>,
+    confirm_password: Option<String>,
+) -> Result<Password, Error> {
+    let new_password = Password::new_password("new_password", new_password)?;
+    let confirm = SecretString::from(required("confirm_password", confirm_password)?);
+    if confirm.expose_secret() != new_password.expose() {
+        return Err(Error::invalid(
+            "confirm_password",
+            "does not match new_password",
+        ));
+    }
+    Ok(new_password)
 }
 
 /// A stored user, as the API shows it (never with its password hash).
@@ -346,6 +608,10 @@ pub struct User {
     pub created: i64,
     /// Unix seconds.
     pub updated: i64,
+    /// Whether the e-mail address was verified, and when (Unix seconds; 0: never).
+    pub verified: bool,
+    pub verification_date: i64,
+    pub profile: Profile,
 }
 
 /// A live session. `id` is the bearer token itself, known only to its holder.

@@ -7,8 +7,11 @@
 //! * [`service`]: the one core, [`service::Users`], that every wire surface calls.
 //! * [`store`]: the [`store::Store`] trait and its SQL implementation for SQLite and PostgreSQL.
 //! * [`password`] and [`session`]: argon2id hashing off the async runtime, session tokens.
+//! * [`tokens`] and [`mail`]: the one-time tokens of e-mailed links and codes, and sending
+//!   those e-mails over SMTP.
 //! * [`policy`] and [`limits`]: the password policy, brute-force and sign-up limits.
-//! * [`http`]: the router, the Micro wire types and the Micro error shape.
+//! * [`http`]: the router, the two wire surfaces (Micro `users` and M3O's User API) and
+//!   their error shape.
 //! * [`transfer`]: export and import of users and sessions between stores.
 //! * [`config`] and [`server`]: command-line configuration and the running process.
 
@@ -18,12 +21,14 @@ pub mod domain;
 pub mod error;
 pub mod http;
 pub mod limits;
+pub mod mail;
 pub mod password;
 pub mod policy;
 pub mod server;
 pub mod service;
 pub mod session;
 pub mod store;
+pub mod tokens;
 pub mod transfer;
 
 pub use error::Error;

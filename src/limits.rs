@@ -19,8 +19,8 @@ use crate::store::Store;
 pub const MAX_LOCKOUT: i64 = 86_400;
 /// Counters untouched for this long are forgotten, strikes included.
 pub const COUNTER_RETENTION: i64 = 86_400;
-/// The window of the sign-up limit.
-const SIGNUP_WINDOW: i64 = 3_600;
+/// The window of the hourly limits (sign-ups, e-mails).
+const HOUR: i64 = 3_600;
 
 /// The limits; 0 turns a limit off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +35,8 @@ pub struct LimitConfig {
     pub login_lockout: i64,
     /// Create requests per client address per hour.
     pub create_per_hour: u32,
+    /// E-mails of one kind (verification, reset, magic link) per recipient per hour.
+    pub mails_per_hour: u32,
 }
 
 impl Default for LimitConfig {
@@ -45,6 +47,7 @@ impl Default for LimitConfig {
             login_window: 900,
             login_lockout: 60,
             create_per_hour: 20,
+            mails_per_hour: 5,
         }
     }
 }
@@ -79,6 +82,10 @@ impl LimitKey {
 
     fn signup(ip: IpAddr) -> Self {
         Self::of("signup", &ip.to_string())
+    }
+
+    fn mail(kind: &str, recipient: &str) -> Self {
+        Self::of(&format!("mail:{kind}"), recipient)
     }
 }
 
@@ -174,20 +181,47 @@ impl Limiter {
 
     /// Counts a sign-up from `client`; 429 once the hourly maximum is passed.
     pub async fn signup(&self, client: Option<IpAddr>, now: i64) -> Result<(), Error> {
-        let (Some(ip), max) = (client, self.config.create_per_hour) else {
+        let Some(ip) = client else {
             return Ok(());
         };
+        let limited = self
+            .hourly(&LimitKey::signup(ip), self.config.create_per_hour, now)
+            .await;
+        if limited.is_err() {
+            tracing::warn!(event = "signup_limited", client = %ip, "too many sign-ups from one address");
+        }
+        limited
+    }
+
+    /// Counts an e-mail of `kind` to `recipient`, whether or not an account has that
+    /// address (so the limit reveals nothing); 429 once the hourly maximum is passed.
+    pub async fn mail(&self, kind: &str, recipient: &str, now: i64) -> Result<(), Error> {
+        let limited = self
+            .hourly(
+                &LimitKey::mail(kind, recipient),
+                self.config.mails_per_hour,
+                now,
+            )
+            .await;
+        if limited.is_err() {
+            tracing::warn!(
+                event = "mail_limited",
+                kind,
+                "too many e-mails to one address"
+            );
+        }
+        limited
+    }
+
+    /// One event on an hourly counter; 429 past `max` (0: no limit).
+    async fn hourly(&self, key: &LimitKey, max: u32, now: i64) -> Result<(), Error> {
         if max == 0 {
             return Ok(());
         }
-        let counter = self
-            .store
-            .count_event(&LimitKey::signup(ip).0, now, SIGNUP_WINDOW)
-            .await?;
+        let counter = self.store.count_event(&key.0, now, HOUR).await?;
         if counter.count > i64::from(max) {
-            tracing::warn!(event = "signup_limited", client = %ip, "too many sign-ups from one address");
             return Err(Error::TooManyRequests {
-                retry_after: (counter.window_start + SIGNUP_WINDOW - now).max(1),
+                retry_after: (counter.window_start + HOUR - now).max(1),
             });
         }
         Ok(())

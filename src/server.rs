@@ -169,13 +169,33 @@ impl Server {
                 config.listen
             )));
         }
-        let settings = config.settings().map_err(StartError::Config)?;
+        let mut settings = config.settings().map_err(StartError::Config)?;
+        let mailer = config.mailer().map_err(StartError::Config)?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let hasher = PasswordHasher::new(config.hash_params(), threads)
             .map_err(|e| StartError::Config(e.to_string()))?;
 
         let store = Arc::new(open_store(&config.database).await?);
-        let users = Arc::new(Users::new(store.clone(), hasher, clock, settings));
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        if config.mail.public_url.is_none() {
+            // The address really bound: the configured port may be 0.
+            if let Ok(bound) = listener.local_addr() {
+                settings.links.public_url = format!("http://{bound}");
+            }
+        }
+        if !mailer.sends() {
+            tracing::warn!(
+                "no SMTP server is set (USERS_SMTP_URL): e-mails are written to the log, \
+                 not sent"
+            );
+        }
+        let users = Arc::new(Users::new(store.clone(), hasher, clock, settings, mailer));
         let request_timeout = Duration::from_secs(config.request_timeout);
         let router = http::router(
             AppState {
@@ -186,13 +206,6 @@ impl Server {
             },
             cors_origins,
         );
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
         if !access.has_key() {
             tracing::warn!(
                 "no admin key is set: every method, Delete and Search included, is open to \

@@ -6,15 +6,20 @@ use std::sync::Arc;
 
 use crate::clock::Clock;
 use crate::domain::{
-    AccountChanges, LoginName, NewAccount, Password, PasswordChange, Session, User, UserId,
-    UserQuery,
+    AccountChanges, AccountKey, Email, LoginName, MagicLinkTarget, MailText, NewAccount, Page,
+    Password, PasswordChange, PasswordReset, RedirectUrl, Session, User, UserId, UserQuery,
 };
 use crate::error::Error;
 use crate::limits::{LimitConfig, LimitKey, Limiter};
+use crate::mail::{Mailer, Outgoing};
 use crate::password::{PasswordHasher, Verification};
 use crate::policy::PasswordPolicy;
-use crate::session::SessionToken;
-use crate::store::{Credentials, HashChange, Lookup, NewSession, NewUser, Store, StoreError};
+use crate::session::{SessionToken, TokenDigest};
+use crate::store::{
+    Credentials, HashChange, Lookup, NewSession, NewToken, NewUser, Redeemed, Redemption, Store,
+    StoreError,
+};
+use crate::tokens::{Purpose, ResetCode};
 
 /// The one answer for an unknown account and a wrong password alike, so that Login does
 /// not reveal which accounts exist.
@@ -22,17 +27,27 @@ pub const BAD_CREDENTIALS: &str = "username, email or password is incorrect";
 pub const BAD_OLD_PASSWORD: &str = "old_password is incorrect";
 pub const NO_SESSION: &str = "session not found or expired";
 pub const NO_USER: &str = "user not found";
+pub const TOKEN_NOT_FOUND: &str = "token not found";
+pub const TOKEN_EXPIRED: &str = "token expired";
+
+/// How long a verification link stays valid.
+pub const VERIFICATION_TTL: i64 = 86_400;
+/// In an e-mail's text, where the link goes (verification, magic link).
+pub const LINK_PLACEHOLDER: &str = "$micro_verification_link";
+/// In a reset e-mail's text, where the code goes.
+pub const CODE_PLACEHOLDER: &str = "$code";
 
 /// Expired sessions deleted per statement by the sweeper.
 const SWEEP_BATCH: u32 = 1000;
 
 /// The core's settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     /// Seconds a session lives.
     pub session_ttl: u64,
     pub password_policy: PasswordPolicy,
     pub limits: LimitConfig,
+    pub links: LinkSettings,
 }
 
 impl Default for Settings {
@@ -41,8 +56,38 @@ impl Default for Settings {
             session_ttl: crate::config::DEFAULT_SESSION_TTL,
             password_policy: PasswordPolicy::default(),
             limits: LimitConfig::default(),
+            links: LinkSettings::default(),
         }
     }
+}
+
+/// What the e-mailed links are built from.
+#[derive(Debug, Clone)]
+pub struct LinkSettings {
+    /// The service's public base address; verification links point at it.
+    pub public_url: String,
+    /// Origins (`https://app.example.com`) the verification link may redirect to; empty:
+    /// any http or https address.
+    pub redirect_allowlist: Vec<String>,
+    /// Seconds a magic link stays valid.
+    pub magic_link_ttl: i64,
+}
+
+impl Default for LinkSettings {
+    fn default() -> Self {
+        Self {
+            public_url: "http://127.0.0.1:8080".to_string(),
+            redirect_allowlist: Vec::new(),
+            magic_link_ttl: 60,
+        }
+    }
+}
+
+/// VerifyToken's answer: a session, or why not.
+#[derive(Debug)]
+pub enum TokenCheck {
+    Valid(Session),
+    Invalid(&'static str),
 }
 
 pub struct Users {
@@ -52,6 +97,8 @@ pub struct Users {
     limiter: Limiter,
     policy: PasswordPolicy,
     session_ttl: i64,
+    mailer: Arc<Mailer>,
+    links: LinkSettings,
 }
 
 impl Users {
@@ -60,6 +107,7 @@ impl Users {
         hasher: PasswordHasher,
         clock: Arc<dyn Clock>,
         settings: Settings,
+        mailer: Mailer,
     ) -> Self {
         Self {
             limiter: Limiter::new(store.clone(), settings.limits),
@@ -68,6 +116,8 @@ impl Users {
             clock,
             policy: settings.password_policy,
             session_ttl: i64::try_from(settings.session_ttl).unwrap_or(i64::MAX),
+            mailer: Arc::new(mailer),
+            links: settings.links,
         }
     }
 
@@ -78,6 +128,7 @@ impl Users {
             username,
             email,
             password,
+            profile,
         } = account;
         self.policy
             .check("password", &password, username.as_str(), email.as_str())?;
@@ -91,6 +142,7 @@ impl Users {
                 username: &username,
                 email: &email,
                 password_hash: &password_hash,
+                profile: &profile,
                 now: self.clock.now(),
             })
             .await?;
@@ -98,14 +150,27 @@ impl Users {
         Ok(user)
     }
 
-    pub async fn read(&self, id: &UserId) -> Result<User, Error> {
-        self.store.user(id).await?.ok_or(Error::NotFound(NO_USER))
+    pub async fn read(&self, key: &AccountKey) -> Result<User, Error> {
+        let lookup = match key {
+            AccountKey::Id(id) => Lookup::Id(id),
+            AccountKey::Username(username) => Lookup::Username(username),
+            AccountKey::Email(email) => Lookup::Email(email),
+        };
+        self.store
+            .user(lookup)
+            .await?
+            .ok_or(Error::NotFound(NO_USER))
+    }
+
+    /// Every user, a page at a time, oldest first.
+    pub async fn list(&self, page: Page) -> Result<Vec<User>, Error> {
+        Ok(self.store.list_users(page).await?)
     }
 
     /// Changes the fields given; with none given, answers the user unchanged.
     pub async fn update(&self, id: &UserId, changes: AccountChanges) -> Result<User, Error> {
         if changes.is_empty() {
-            return self.read(id).await;
+            return self.read(&AccountKey::Id(id.clone())).await;
         }
         self.store
             .update_user(id, &changes, self.clock.now())
@@ -297,8 +362,305 @@ impl Users {
         })
     }
 
-    /// Deletes every session that has expired and every rate-limit counter that has
-    /// been quiet for a day; returns how many sessions went.
+    /// Ends every session of the user.
+    pub async fn logout_all(&self, id: &UserId) -> Result<(), Error> {
+        // Checked first so an unknown user is a 404, as for the other per-user methods.
+        self.read(&AccountKey::Id(id.clone())).await?;
+        let ended = self.store.delete_sessions(id.as_str()).await?;
+        tracing::info!(event = "logged_out_everywhere", user_id = %id.as_str(), sessions = ended);
+        Ok(())
+    }
+
+    /// Whether a browser may be sent to `url` after verification.
+    pub fn check_redirect(&self, field: &'static str, url: &RedirectUrl) -> Result<(), Error> {
+        let allowed = &self.links.redirect_allowlist;
+        if allowed.is_empty() || allowed.iter().any(|origin| *origin == url.origin()) {
+            Ok(())
+        } else {
+            Err(Error::invalid(
+                field,
+                "is not an allowed redirect address (USERS_REDIRECT_ALLOWLIST)",
+            ))
+        }
+    }
+
+    /// E-mails a link that verifies the address, and then sends the browser to
+    /// `redirect` (or `failure` when the link is no longer valid). An address without an
+    /// account gets nothing, and the answer is the same.
+    pub async fn send_verification_email(
+        &self,
+        email: Email,
+        text: MailText,
+        redirect: RedirectUrl,
+        failure: RedirectUrl,
+    ) -> Result<(), Error> {
+        self.check_redirect("redirect_url", &redirect)?;
+        self.check_redirect("failure_redirect_url", &failure)?;
+        let mut link = url::Url::parse(&format!(
+            "{}/v1/user/verify",
+            self.links.public_url.trim_end_matches('/')
+        ))
+        .map_err(Error::internal)?;
+        let token = SessionToken::generate();
+        link.query_pairs_mut()
+            .append_pair("token", token.expose())
+            .append_pair("redirectUrl", redirect.as_str())
+            .append_pair("failureRedirectUrl", failure.as_str());
+        let body = text.text.replace(LINK_PLACEHOLDER, link.as_str());
+        self.send_token_mail(
+            &email,
+            &text,
+            "Verify your e-mail address",
+            Purpose::VerifyEmail,
+            &token.digest(),
+            VERIFICATION_TTL,
+            body,
+        )
+        .await
+    }
+
+    /// Uses a verification token: marks the address verified.
+    pub async fn verify_email(&self, token: SessionToken) -> Result<(), Error> {
+        match self
+            .store
+            .redeem_token(
+                &token.digest(),
+                Purpose::VerifyEmail,
+                self.clock.now(),
+                Redemption::VerifyEmail,
+            )
+            .await?
+        {
+            Redeemed::Done { user_id } => {
+                tracing::info!(event = "email_verified", user_id = %user_id);
+                Ok(())
+            }
+            Redeemed::Expired => Err(Error::invalid("token", "has expired")),
+            Redeemed::NotFound => Err(Error::invalid("token", "is unknown or already used")),
+        }
+    }
+
+    /// E-mails a password reset code valid for `expiration` seconds. An address without
+    /// an account gets nothing, and the answer is the same.
+    pub async fn send_password_reset_email(
+        &self,
+        email: Email,
+        text: MailText,
+        expiration: i64,
+    ) -> Result<(), Error> {
+        let code = ResetCode::generate();
+        let body = text.text.replace(CODE_PLACEHOLDER, code.expose());
+        // The code's digest depends on the user, known only once the account is found.
+        let user_id = self.user_id_for(&email).await?;
+        let digest = code.digest(user_id.as_deref().unwrap_or_default());
+        self.send_token_mail(
+            &email,
+            &text,
+            "Reset your password",
+            Purpose::ResetPassword,
+            &digest,
+            expiration,
+            body,
+        )
+        .await
+    }
+
+    /// Sets a new password with a reset code, which is used up, and ends every session.
+    /// Wrong codes count as failed password checks: the same lockouts stop guessing.
+    pub async fn reset_password(
+        &self,
+        reset: PasswordReset,
+        client: Option<IpAddr>,
+    ) -> Result<(), Error> {
+        const BAD_CODE: &str = "is wrong, already used or expired";
+        let PasswordReset {
+            email,
+            code,
+            new_password,
+        } = reset;
+        let account = self.store.credentials(Lookup::Email(&email)).await?;
+        let key = match &account {
+            Some(account) => LimitKey::account(&account.user.id),
+            None => LimitKey::login_name(&LoginName::Email(email.clone())),
+        };
+        let now = self.clock.now();
+        self.limiter
+            .check_password_attempt(&key, client, now)
+            .await?;
+        let Some(account) = account else {
+            self.limiter.password_failed(&key, client, now).await?;
+            return Err(Error::invalid("code", BAD_CODE));
+        };
+        let digest = ResetCode::typed(&code).digest(&account.user.id);
+        // Checked before the (slow) hash, so a wrong code costs no hashing.
+        if !self
+            .store
+            .token_is_live(&digest, Purpose::ResetPassword, now)
+            .await?
+        {
+            self.limiter.password_failed(&key, client, now).await?;
+            return Err(Error::invalid("code", BAD_CODE));
+        }
+        self.policy.check(
+            "new_password",
+            &new_password,
+            &account.user.username,
+            &account.user.email,
+        )?;
+        let hash = self.hasher.hash(new_password).await?;
+        match self
+            .store
+            .redeem_token(
+                &digest,
+                Purpose::ResetPassword,
+                self.clock.now(),
+                Redemption::NewPassword { hash: &hash },
+            )
+            .await?
+        {
+            Redeemed::Done { user_id } => {
+                self.limiter.password_succeeded(&key).await?;
+                tracing::info!(event = "password_reset", user_id = %user_id, "sessions revoked");
+                Ok(())
+            }
+            // Another request used the code between the check and now.
+            Redeemed::Expired | Redeemed::NotFound => Err(Error::invalid("code", BAD_CODE)),
+        }
+    }
+
+    /// E-mails a link to the app's page `https://<address>/<endpoint>/<token>`, whose
+    /// token VerifyToken turns into a session once. An address without an account gets
+    /// nothing, and the answer is the same.
+    pub async fn send_magic_link(
+        &self,
+        email: Email,
+        text: MailText,
+        target: MagicLinkTarget,
+    ) -> Result<(), Error> {
+        let token = SessionToken::generate();
+        let body = text.text.replace(LINK_PLACEHOLDER, &target.link(token.expose()));
+        self.send_token_mail(
+            &email,
+            &text,
+            "Your sign-in link",
+            Purpose::MagicLink,
+            &token.digest(),
+            self.links.magic_link_ttl,
+            body,
+        )
+        .await
+    }
+
+    /// Uses a magic-link token: a new session the first time, and why not afterwards.
+    pub async fn verify_token(&self, token: SessionToken) -> Result<TokenCheck, Error> {
+        let session = SessionToken::generate();
+        let now = self.clock.now();
+        let expires = now.saturating_add(self.session_ttl);
+        match self
+            .store
+            .redeem_token(
+                &token.digest(),
+                Purpose::MagicLink,
+                now,
+                Redemption::OpenSession {
+                    digest: &session.digest(),
+                    expires,
+                },
+            )
+            .await?
+        {
+            Redeemed::Done { user_id } => {
+                tracing::info!(event = "magic_link_login", user_id = %user_id);
+                Ok(TokenCheck::Valid(self.read_session(session).await?))
+            }
+            Redeemed::Expired => Ok(TokenCheck::Invalid(TOKEN_EXPIRED)),
+            Redeemed::NotFound => Ok(TokenCheck::Invalid(TOKEN_NOT_FOUND)),
+        }
+    }
+
+    async fn user_id_for(&self, email: &Email) -> Result<Option<String>, Error> {
+        Ok(self
+            .store
+            .user(Lookup::Email(email))
+            .await?
+            .map(|user| user.id))
+    }
+
+    /// The common part of the three e-mails: count against the per-recipient limit,
+    /// store the token (replacing the user's previous one of this purpose), send, and
+    /// withdraw the token if sending fails. Nothing is stored or sent for an address
+    /// without an account, and the caller cannot tell.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_token_mail(
+        &self,
+        email: &Email,
+        text: &MailText,
+        default_subject: &str,
+        purpose: Purpose,
+        digest: &TokenDigest,
+        ttl: i64,
+        body: String,
+    ) -> Result<(), Error> {
+        let now = self.clock.now();
+        self.limiter
+            .mail(purpose.as_str(), email.as_str(), now)
+            .await?;
+        let Some(user_id) = self.user_id_for(email).await? else {
+            tracing::info!(event = "mail_skipped", kind = purpose.as_str(), "no account has this address");
+            return Ok(());
+        };
+        let stored = self
+            .store
+            .put_token(NewToken {
+                digest,
+                user_id: &user_id,
+                purpose,
+                created: now,
+                expires: now.saturating_add(ttl),
+            })
+            .await?;
+        if !stored {
+            // The account was deleted meanwhile: nothing to send, like an unknown address.
+            return Ok(());
+        }
+        let subject = text.subject.as_deref().unwrap_or(default_subject).to_string();
+        let from_name = text.from_name.clone();
+        let to = email.as_str().to_string();
+        let mailer = self.mailer.clone();
+        let store = self.store.clone();
+        let digest = digest.clone();
+        // Sending and, on failure, withdrawing the token run in a task of their own, so
+        // the token is withdrawn even if the request is abandoned midway (a client
+        // disconnect or the handler's timeout).
+        let delivery = tokio::spawn(async move {
+            let sent = mailer
+                .send(Outgoing {
+                    to: &to,
+                    from_name: from_name.as_deref(),
+                    subject: &subject,
+                    body,
+                })
+                .await;
+            if let Err(err) = sent {
+                if let Err(cleanup) = store.delete_token(&digest).await {
+                    tracing::error!(error = %crate::error::chain(&cleanup), "an undelivered token could not be withdrawn");
+                }
+                return Err(err);
+            }
+            Ok(())
+        });
+        match delivery.await {
+            Ok(Ok(())) => {
+                tracing::info!(event = "mail_sent", kind = purpose.as_str(), user_id = %user_id);
+                Ok(())
+            }
+            Ok(Err(err)) => Err(Error::MailFailed(err)),
+            Err(join) => Err(Error::internal(join)),
+        }
+    }
+
+    /// Deletes every session and one-time token that has expired and every rate-limit
+    /// counter that has been quiet for a day; returns how many sessions went.
     pub async fn sweep(&self) -> Result<u64, Error> {
         let now = self.clock.now();
         let mut total = 0;
@@ -309,6 +671,7 @@ impl Users {
                 break;
             }
         }
+        while self.store.delete_expired_tokens(now, SWEEP_BATCH).await? >= u64::from(SWEEP_BATCH) {}
         self.limiter.sweep(now).await?;
         Ok(total)
     }

@@ -1,4 +1,4 @@
-//! Session tokens. A token is 256 bits from the operating system's CSPRNG, written as
+//! Session tokens (and the one-time tokens of e-mailed links, made the same way). A token is 256 bits from the operating system's CSPRNG, written as
 //! URL-safe base64. The store keeps only its SHA-256 digest and looks sessions up by it,
 //! so a copy of the database does not hand out live sessions.
 
@@ -44,8 +44,7 @@ impl SessionToken {
 
     /// The digest under which the store keeps this session.
     pub fn digest(&self) -> TokenDigest {
-        let hash = Sha256::digest(self.0.expose_secret().as_bytes());
-        TokenDigest(format!("{hash:x}"))
+        TokenDigest::of(self.0.expose_secret().as_bytes())
     }
 
     /// The token itself, for the one response that hands it to its holder.
@@ -65,6 +64,11 @@ impl fmt::Debug for SessionToken {
 pub struct TokenDigest(String);
 
 impl TokenDigest {
+    /// Hex SHA-256 of `secret`.
+    pub fn of(secret: &[u8]) -> Self {
+        Self(format!("{:x}", Sha256::digest(secret)))
+    }
+
     /// A digest read back from the store (export/import).
     pub fn from_stored(hex: String) -> Self {
         Self(hex)

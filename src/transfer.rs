@@ -7,17 +7,22 @@
 //!
 //! ```text
 //! {"type":"header","format":"users-service","version":1}
-//! {"type":"user","id":"...","username":"...","email":"...","password_hash":"$argon2id$...","created":1700000000,"updated":1700000000}
+//! {"type":"user","id":"...","username":"...","email":"...","password_hash":"$argon2id$...","created":1700000000,"updated":1700000000,"verified":true,"verification_date":1700000100,"profile":{"plan":"free"}}
 //! {"type":"session","token_hash":"<sha256 hex>","user_id":"...","created":1700000000,"expires":1700604800}
 //! ```
+//!
+//! `verified`, `verification_date` and `profile` may be left out (files written before
+//! they existed): they default to false, 0 and `{}`. One-time e-mail tokens are not
+//! exported; they live minutes to a day and can be sent again.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 
 use argon2::password_hash::PasswordHash;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
-use crate::domain::{Email, User, UserId, Username};
+use crate::domain::{Email, Profile, User, UserId, Username};
 use crate::session::TokenDigest;
 use crate::store::{Credentials, Imported, Importer, Store, StoreError, StoredSession};
 
@@ -37,20 +42,30 @@ enum Line {
         format: String,
         version: u32,
     },
-    User {
-        id: String,
-        username: String,
-        email: String,
-        password_hash: String,
-        created: i64,
-        updated: i64,
-    },
+    User(UserLine),
     Session {
         token_hash: String,
         user_id: String,
         created: i64,
         expires: i64,
     },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserLine {
+    id: String,
+    username: String,
+    email: String,
+    password_hash: String,
+    created: i64,
+    updated: i64,
+    #[serde(default)]
+    verified: bool,
+    #[serde(default)]
+    verification_date: i64,
+    #[serde(default)]
+    profile: BTreeMap<String, String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,14 +126,17 @@ pub async fn export(
         {
             write_line(
                 out,
-                &Line::User {
+                &Line::User(UserLine {
                     id: user.id,
                     username: user.username,
                     email: user.email,
                     password_hash,
                     created: user.created,
                     updated: user.updated,
-                },
+                    verified: user.verified,
+                    verification_date: user.verification_date,
+                    profile: user.profile.into_map(),
+                }),
             )?;
             summary.users += 1;
         }
@@ -295,22 +313,9 @@ pub async fn import(
                 );
                 saw_header = true;
             }
-            Line::User {
-                id,
-                username,
-                email,
-                password_hash,
-                created,
-                updated,
-            } => match check_user(id, username, email, &password_hash, created, updated) {
-                Ok(user) => {
-                    users.push(
-                        number,
-                        Credentials {
-                            user,
-                            password_hash,
-                        },
-                    );
+            Line::User(line) => match check_user(line) {
+                Ok(credentials) => {
+                    users.push(number, credentials);
                     if users.is_full() {
                         flush_users(importer.as_mut(), &mut users, &mut summary, &mut report)
                             .await?;
@@ -358,18 +363,23 @@ pub async fn import(
 
 /// The same rules as Create, so an import cannot bring in what the API would refuse;
 /// usernames and e-mails are normalised the same way.
-fn check_user(
-    id: String,
-    username: String,
-    email: String,
-    password_hash: &str,
-    created: i64,
-    updated: i64,
-) -> Result<User, String> {
+fn check_user(line: UserLine) -> Result<Credentials, String> {
+    let UserLine {
+        id,
+        username,
+        email,
+        password_hash,
+        created,
+        updated,
+        verified,
+        verification_date,
+        profile,
+    } = line;
     let id = UserId::parse("id", Some(id)).map_err(|e| e.to_string())?;
     let username = Username::parse(Some(username)).map_err(|e| e.to_string())?;
     let email = Email::parse(Some(email)).map_err(|e| e.to_string())?;
-    let hash = PasswordHash::new(password_hash)
+    let profile = Profile::parse(profile).map_err(|e| e.to_string())?;
+    let hash = PasswordHash::new(&password_hash)
         .map_err(|e| format!("password_hash is not a PHC string: {e}"))?;
     if !hash.algorithm.as_str().starts_with("argon2") {
         return Err(format!(
@@ -380,12 +390,21 @@ fn check_user(
     if created < 0 || updated < created {
         return Err("created must be >= 0 and updated >= created".into());
     }
-    Ok(User {
-        id: id.as_str().to_owned(),
-        username: username.as_str().to_owned(),
-        email: email.as_str().to_owned(),
-        created,
-        updated,
+    if verification_date < 0 || (verification_date > 0) != verified {
+        return Err("verification_date must be > 0 exactly when verified is true".into());
+    }
+    Ok(Credentials {
+        user: User {
+            id: id.as_str().to_owned(),
+            username: username.as_str().to_owned(),
+            email: email.as_str().to_owned(),
+            created,
+            updated,
+            verified,
+            verification_date,
+            profile,
+        },
+        password_hash,
     })
 }
 

@@ -44,7 +44,11 @@ async fn create_returns_the_user_normalised_with_string_timestamps(app: TestApp)
     assert!(is_unix_seconds_string(&user["created"]), "{user}");
     assert_eq!(user["created"], user["updated"]);
     assert!(user.get("password").is_none() && user.get("password_hash").is_none());
-    assert_eq!(user.as_object().unwrap().len(), 5, "{user}");
+    // The fields M3O's User API added, present with their defaults.
+    assert_eq!(user["verified"], false);
+    assert_eq!(user["verification_date"], "0");
+    assert_eq!(user["profile"], json!({}));
+    assert_eq!(user.as_object().unwrap().len(), 8, "{user}");
 
     let (status, read) = app.call("Read", json!({"id": id})).await;
     assert_eq!(status, 200);
@@ -177,7 +181,7 @@ async fn read_returns_the_user_or_404(app: TestApp) {
     let answer = app.call("Read", json!({"id": "nobody"})).await;
     assert_error(&answer, "Read", 404, "user not found");
     let answer = app.call("Read", json!({})).await;
-    assert_error(&answer, "Read", 400, "id is required");
+    assert_error(&answer, "Read", 400, "id (or username or email) is required");
 }
 
 async fn update_changes_only_the_fields_given(app: TestApp) {

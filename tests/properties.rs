@@ -13,8 +13,11 @@ use users_service::domain::{
     ID_MAX_LEN, MAX_LIMIT, PASSWORD_MAX_LEN, PASSWORD_MIN_LEN, USERNAME_MAX_LEN,
 };
 use users_service::http::json::{decode, MAX_DEPTH};
-use users_service::http::micro::{
-    CreateRequest, IdRequest, LoginRequest, SearchRequest, SessionRequest, UpdatePasswordRequest,
+use users_service::http::methods::{
+    AccountRequest, CreateRequest, IdRequest, ListRequest, LoginRequest, ResetPasswordRequest,
+    SearchRequest, SendMagicLinkRequest, SendPasswordResetEmailRequest,
+    SendVerificationEmailRequest, SessionRequest, TokenRequest, UpdatePasswordRequest,
+    UserIdRequest,
     UpdateRequest,
 };
 use users_service::Error;
@@ -54,6 +57,14 @@ fn decode_as_every_request(body: &[u8]) -> Result<(), TestCaseError> {
     decoded::<UpdatePasswordRequest>(body)?;
     decoded::<LoginRequest>(body)?;
     decoded::<SessionRequest>(body)?;
+    decoded::<AccountRequest>(body)?;
+    decoded::<ListRequest>(body)?;
+    decoded::<UserIdRequest>(body)?;
+    decoded::<TokenRequest>(body)?;
+    decoded::<SendVerificationEmailRequest>(body)?;
+    decoded::<SendPasswordResetEmailRequest>(body)?;
+    decoded::<ResetPasswordRequest>(body)?;
+    decoded::<SendMagicLinkRequest>(body)?;
     Ok(())
 }
 
@@ -222,7 +233,15 @@ const REQUEST_FIELDS: &[(&str, &[Field])] = &[
             ("password", "password", false),
         ],
     ),
-    ("Read", &[("id", "id", false)]),
+    (
+        "Read",
+        &[
+            ("id", "id", false),
+            ("username", "username", false),
+            ("email", "email", false),
+        ],
+    ),
+    ("Delete", &[("id", "id", false)]),
     (
         "Update",
         &[
@@ -258,13 +277,65 @@ const REQUEST_FIELDS: &[(&str, &[Field])] = &[
         ],
     ),
     ("Session", &[("session_id", "sessionId", false)]),
+    ("List", &[("limit", "limit", true), ("offset", "offset", true)]),
+    ("LogoutAll", &[("user_id", "userId", false)]),
+    ("Token", &[("token", "token", false)]),
+    (
+        "SendVerificationEmail",
+        &[
+            ("email", "email", false),
+            ("subject", "subject", false),
+            ("text_content", "textContent", false),
+            ("redirect_url", "redirectUrl", false),
+            ("failure_redirect_url", "failureRedirectUrl", false),
+            ("from_name", "fromName", false),
+        ],
+    ),
+    (
+        "SendPasswordResetEmail",
+        &[
+            ("email", "email", false),
+            ("subject", "subject", false),
+            ("text_content", "textContent", false),
+            ("from_name", "fromName", false),
+            ("expiration", "expiration", true),
+        ],
+    ),
+    (
+        "ResetPassword",
+        &[
+            ("email", "email", false),
+            ("code", "code", false),
+            ("new_password", "newPassword", false),
+            ("confirm_password", "confirmPassword", false),
+        ],
+    ),
+    (
+        "SendMagicLink",
+        &[
+            ("email", "email", false),
+            ("subject", "subject", false),
+            ("text_content", "textContent", false),
+            ("from_name", "fromName", false),
+            ("address", "address", false),
+            ("endpoint", "endpoint", false),
+        ],
+    ),
 ];
 
 /// Decodes `body` as the request type named `kind`.
 fn decoded_as(kind: &str, body: &[u8]) -> Result<Option<String>, TestCaseError> {
     match kind {
         "Create" => decoded::<CreateRequest>(body),
-        "Read" => decoded::<IdRequest>(body),
+        "Read" => decoded::<AccountRequest>(body),
+        "Delete" => decoded::<IdRequest>(body),
+        "List" => decoded::<ListRequest>(body),
+        "LogoutAll" => decoded::<UserIdRequest>(body),
+        "Token" => decoded::<TokenRequest>(body),
+        "SendVerificationEmail" => decoded::<SendVerificationEmailRequest>(body),
+        "SendPasswordResetEmail" => decoded::<SendPasswordResetEmailRequest>(body),
+        "ResetPassword" => decoded::<ResetPasswordRequest>(body),
+        "SendMagicLink" => decoded::<SendMagicLinkRequest>(body),
         "Update" => decoded::<UpdateRequest>(body),
         "Search" => decoded::<SearchRequest>(body),
         "UpdatePassword" => decoded::<UpdatePasswordRequest>(body),
@@ -659,7 +730,7 @@ proptest! {
         email in maybe(email_like()),
         password in prop::option::of(password_like()),
     ) {
-        let parsed = NewAccount::parse(id.clone(), username.clone(), email.clone(), password.clone());
+        let parsed = NewAccount::parse(id.clone(), username.clone(), email.clone(), password.clone(), None);
         // The fields are checked in order; the first bad one is the answer.
         let id_given = id.as_ref().is_some_and(|v| !v.is_empty());
         let expected_id = if id_given { UserId::parse("id", id.clone()).map(Some) } else { Ok(None) };

@@ -22,8 +22,18 @@ pub struct MicroError {
 impl MicroError {
     /// `method` names the RPC method (`Create`), or the route for the non-RPC ones.
     pub fn new(method: &str, status: StatusCode, detail: impl Into<String>) -> Self {
+        Self::in_service("users", method, status, detail)
+    }
+
+    /// An error of `service` (`users` for the Micro surface, `user` for M3O's).
+    pub fn in_service(
+        service: &str,
+        method: &str,
+        status: StatusCode,
+        detail: impl Into<String>,
+    ) -> Self {
         Self {
-            id: format!("users.{method}"),
+            id: format!("{service}.{method}"),
             code: status.as_u16(),
             detail: detail.into(),
             status: status.canonical_reason().unwrap_or("Unknown").to_string(),
@@ -50,6 +60,11 @@ impl MicroError {
     /// Maps a core error to its status. Faults are logged here with their cause and
     /// answered with a generic detail.
     pub fn from_error(method: &str, err: Error) -> Self {
+        Self::from_error_in("users", method, err)
+    }
+
+    /// [`MicroError::from_error`] for an error of `service`.
+    pub fn from_error_in(service: &str, method: &str, err: Error) -> Self {
         let status = status_of(&err);
         match &err {
             Error::Internal(cause) => {
@@ -58,9 +73,12 @@ impl MicroError {
             Error::Unavailable(cause) => {
                 tracing::warn!(method, error = %chain(cause), "database unavailable");
             }
+            Error::MailFailed(cause) => {
+                tracing::warn!(method, error = %chain(cause), "mail delivery failed");
+            }
             _ => {}
         }
-        let mut micro = Self::new(method, status, err.to_string());
+        let mut micro = Self::in_service(service, method, status, err.to_string());
         if let Error::TooManyRequests { retry_after } = err {
             micro
                 .headers
@@ -78,7 +96,7 @@ pub fn status_of(err: &Error) -> StatusCode {
         Error::NotFound(_) => StatusCode::NOT_FOUND,
         Error::Conflict(_) => StatusCode::CONFLICT,
         Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-        Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Unavailable(_) | Error::MailFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
         Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -202,3 +202,23 @@ mod tests {
         }
     }
 }
+
+/// An int64 as protobuf JSON writes it: a decimal string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Int64(pub i64);
+
+impl serde::Serialize for Int64 {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+/// `{}`: the answer of methods that return nothing.
+#[derive(serde::Serialize)]
+pub struct Empty {}
+
+impl From<()> for Empty {
+    fn from((): ()) -> Self {
+        Self {}
+    }
+}

@@ -1,46 +1,23 @@
-//! The Micro `users` RPC surface: `POST /users/Users/<Method>` with JSON bodies.
-//!
-//! Requests accept each field in snake_case and in lowerCamelCase, as the Micro gateway
-//! did, and ignore unknown fields. Responses use snake_case, and int64 values (the
-//! timestamps) are decimal strings as protobuf JSON writes them.
+//! The Micro `users` surface: `POST /users/Users/<Method>`, answering as the Micro
+//! service did. Responses use snake_case, and int64 values (the timestamps) are decimal
+//! strings as protobuf JSON writes them. The fields and methods that came later
+//! (profile, verification, List, the e-mail flows) are additions that seed clients can
+//! ignore.
 
-use std::future::Future;
-use std::net::IpAddr;
+use std::collections::BTreeMap;
 
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::Serialize;
 
-use super::json::int_or_string;
-use crate::domain::{
-    AccountChanges, LoginName, NewAccount, Password, PasswordChange, Session, User, UserId,
-    UserQuery,
-};
-use crate::error::Error;
-use crate::service::Users;
-use crate::session::SessionToken;
+use super::json::{Empty, Int64};
+use super::methods::*;
+use super::{answers, Surface, VerifyTokenResponse};
+use crate::domain::{Session, User};
 
-/// One RPC method: its name in the route, its wire types and how it calls the core.
-pub trait Rpc: Send + Sync + 'static {
-    const NAME: &'static str;
-    type Request: DeserializeOwned + Send;
-    type Response: Serialize + Send;
+pub struct Micro;
 
-    /// `client` is the caller's address, for the limits that count per address.
-    fn call(
-        users: &Users,
-        request: Self::Request,
-        client: Option<IpAddr>,
-    ) -> impl Future<Output = Result<Self::Response, Error>> + Send;
-}
-
-/// An int64 as protobuf JSON writes it: a decimal string.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Int64(pub i64);
-
-impl Serialize for Int64 {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&self.0)
-    }
+impl Surface for Micro {
+    const SERVICE: &'static str = "users";
+    const PREFIX: &'static str = "/users/Users/";
 }
 
 #[derive(Debug, Serialize)]
@@ -50,6 +27,9 @@ pub struct UserView {
     pub email: String,
     pub created: Int64,
     pub updated: Int64,
+    pub verified: bool,
+    pub verification_date: Int64,
+    pub profile: BTreeMap<String, String>,
 }
 
 impl From<User> for UserView {
@@ -60,6 +40,9 @@ impl From<User> for UserView {
             email: user.email,
             created: Int64(user.created),
             updated: Int64(user.updated),
+            verified: user.verified,
+            verification_date: Int64(user.verification_date),
+            profile: user.profile.into_map(),
         }
     }
 }
@@ -103,6 +86,14 @@ pub struct UsersResponse {
     pub users: Vec<UserView>,
 }
 
+impl From<Vec<User>> for UsersResponse {
+    fn from(users: Vec<User>) -> Self {
+        Self {
+            users: users.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
 #[derive(Serialize)]
 pub struct SessionResponse {
     pub session: SessionView,
@@ -116,228 +107,22 @@ impl From<Session> for SessionResponse {
     }
 }
 
-/// `{}`
-#[derive(Serialize)]
-pub struct Empty {}
-
-impl From<()> for Empty {
-    fn from((): ()) -> Self {
-        Self {}
-    }
-}
-
-// Request bodies. Every field is optional on the wire so that a missing field is
-// reported by the domain parser as "<field> is required" rather than as a JSON error.
-
-#[derive(Deserialize)]
-#[serde(expecting = "a JSON object")]
-pub struct CreateRequest {
-    id: Option<String>,
-    username: Option<String>,
-    email: Option<String>,
-    password: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(expecting = "a JSON object")]
-pub struct IdRequest {
-    id: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(expecting = "a JSON object")]
-pub struct UpdateRequest {
-    id: Option<String>,
-    username: Option<String>,
-    email: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(expecting = "a JSON object")]
-pub struct SearchRequest {
-    username: Option<String>,
-    email: Option<String>,
-    #[serde(default, deserialize_with = "int_or_string")]
-    limit: Option<i64>,
-    #[serde(default, deserialize_with = "int_or_string")]
-    offset: Option<i64>,
-}
-
-#[derive(Deserialize)]
-#[serde(expecting = "a JSON object")]
-pub struct UpdatePasswordRequest {
-    #[serde(alias = "userId")]
-    user_id: Option<String>,
-    #[serde(alias = "oldPassword")]
-    old_password: Option<String>,
-    #[serde(alias = "newPassword")]
-    new_password: Option<String>,
-    #[serde(alias = "confirmPassword")]
-    confirm_password: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(expecting = "a JSON object")]
-pub struct LoginRequest {
-    username: Option<String>,
-    email: Option<String>,
-    password: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(expecting = "a JSON object")]
-pub struct SessionRequest {
-    #[serde(alias = "sessionId")]
-    session_id: Option<String>,
-}
-
-pub struct Create;
-pub struct Read;
-pub struct Update;
-pub struct Delete;
-pub struct Search;
-pub struct UpdatePassword;
-pub struct Login;
-pub struct Logout;
-pub struct ReadSession;
-
-impl Rpc for Create {
-    const NAME: &'static str = "Create";
-    type Request = CreateRequest;
-    type Response = UserResponse;
-
-    async fn call(
-        users: &Users,
-        r: CreateRequest,
-        client: Option<IpAddr>,
-    ) -> Result<UserResponse, Error> {
-        let account = NewAccount::parse(r.id, r.username, r.email, r.password)?;
-        users.create(account, client).await.map(Into::into)
-    }
-}
-
-impl Rpc for Read {
-    const NAME: &'static str = "Read";
-    type Request = IdRequest;
-    type Response = UserResponse;
-
-    async fn call(
-        users: &Users,
-        r: IdRequest,
-        _client: Option<IpAddr>,
-    ) -> Result<UserResponse, Error> {
-        let id = UserId::parse("id", r.id)?;
-        users.read(&id).await.map(Into::into)
-    }
-}
-
-impl Rpc for Update {
-    const NAME: &'static str = "Update";
-    type Request = UpdateRequest;
-    type Response = UserResponse;
-
-    async fn call(
-        users: &Users,
-        r: UpdateRequest,
-        _client: Option<IpAddr>,
-    ) -> Result<UserResponse, Error> {
-        let id = UserId::parse("id", r.id)?;
-        let changes = AccountChanges::parse(r.username, r.email)?;
-        users.update(&id, changes).await.map(Into::into)
-    }
-}
-
-impl Rpc for Delete {
-    const NAME: &'static str = "Delete";
-    type Request = IdRequest;
-    type Response = Empty;
-
-    async fn call(users: &Users, r: IdRequest, _client: Option<IpAddr>) -> Result<Empty, Error> {
-        let id = UserId::parse("id", r.id)?;
-        users.delete(&id).await.map(Into::into)
-    }
-}
-
-impl Rpc for Search {
-    const NAME: &'static str = "Search";
-    type Request = SearchRequest;
-    type Response = UsersResponse;
-
-    async fn call(
-        users: &Users,
-        r: SearchRequest,
-        _client: Option<IpAddr>,
-    ) -> Result<UsersResponse, Error> {
-        let query = UserQuery::parse(r.username, r.email, r.limit, r.offset)?;
-        let found = users.search(&query).await?;
-        Ok(UsersResponse {
-            users: found.into_iter().map(Into::into).collect(),
-        })
-    }
-}
-
-impl Rpc for UpdatePassword {
-    const NAME: &'static str = "UpdatePassword";
-    type Request = UpdatePasswordRequest;
-    type Response = Empty;
-
-    async fn call(
-        users: &Users,
-        r: UpdatePasswordRequest,
-        client: Option<IpAddr>,
-    ) -> Result<Empty, Error> {
-        let change = PasswordChange::parse(
-            r.user_id,
-            r.old_password,
-            r.new_password,
-            r.confirm_password,
-        )?;
-        users.update_password(change, client).await.map(Into::into)
-    }
-}
-
-impl Rpc for Login {
-    const NAME: &'static str = "Login";
-    type Request = LoginRequest;
-    type Response = SessionResponse;
-
-    async fn call(
-        users: &Users,
-        r: LoginRequest,
-        client: Option<IpAddr>,
-    ) -> Result<SessionResponse, Error> {
-        let name = LoginName::parse(r.username, r.email)?;
-        let password = Password::candidate("password", r.password)?;
-        users.login(name, password, client).await.map(Into::into)
-    }
-}
-
-impl Rpc for Logout {
-    const NAME: &'static str = "Logout";
-    type Request = SessionRequest;
-    type Response = Empty;
-
-    async fn call(
-        users: &Users,
-        r: SessionRequest,
-        _client: Option<IpAddr>,
-    ) -> Result<Empty, Error> {
-        let token = SessionToken::parse("session_id", r.session_id)?;
-        users.logout(&token).await.map(Into::into)
-    }
-}
-
-impl Rpc for ReadSession {
-    const NAME: &'static str = "ReadSession";
-    type Request = SessionRequest;
-    type Response = SessionResponse;
-
-    async fn call(
-        users: &Users,
-        r: SessionRequest,
-        _client: Option<IpAddr>,
-    ) -> Result<SessionResponse, Error> {
-        let token = SessionToken::parse("session_id", r.session_id)?;
-        users.read_session(token).await.map(Into::into)
-    }
-}
+answers!(Micro {
+    Create => UserResponse,
+    Read => UserResponse,
+    Update => UserResponse,
+    Delete => Empty,
+    Search => UsersResponse,
+    List => UsersResponse,
+    UpdatePassword => Empty,
+    Login => SessionResponse,
+    Logout => Empty,
+    LogoutAll => Empty,
+    ReadSession => SessionResponse,
+    SendVerificationEmail => Empty,
+    VerifyEmail => Empty,
+    SendPasswordResetEmail => Empty,
+    ResetPassword => Empty,
+    SendMagicLink => Empty,
+    VerifyToken => VerifyTokenResponse<SessionView>,
+});

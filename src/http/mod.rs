@@ -1,20 +1,26 @@
-//! The HTTP surface: routes, middleware and the Micro wire format.
+//! The HTTP surface: routes, middleware and the two wire surfaces, Micro `users`
+//! (`/users/Users/<Method>`) and M3O's User API (`/v1/user/<Method>`). Both call the same
+//! [`methods`] on the same core; only the answers' shapes differ.
 
 pub mod access;
 pub mod error;
 pub mod json;
+pub mod m3o;
+pub mod methods;
 pub mod micro;
+pub mod verify;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use axum::http::{header, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::BodyExt;
+use serde::Serialize;
 use serde_json::json;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
@@ -25,13 +31,75 @@ use crate::service::Users;
 use access::{AccessPolicy, Caller};
 use error::MicroError;
 use ipnet::IpNet;
-use micro::Rpc;
+use m3o::M3o;
+use methods::Method;
+use micro::Micro;
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// Prefix of every RPC route.
+/// Prefix of the Micro RPC routes.
 pub const RPC_PREFIX: &str = "/users/Users/";
+/// Prefix of the M3O User API routes.
+pub const M3O_PREFIX: &str = "/v1/user/";
+/// Where verification links point (`GET`, opened by the user's browser).
+pub const VERIFY_PATH: &str = "/v1/user/verify";
+
+/// A wire surface: where its routes live and the service name its errors carry
+/// (`users.Create` on Micro, `user.Create` on M3O).
+pub trait Surface: Send + Sync + 'static {
+    const SERVICE: &'static str;
+    const PREFIX: &'static str;
+}
+
+/// How a surface writes the answer of method `M`.
+pub trait Answer<M: Method>: Surface {
+    type Response: Serialize + Send;
+    fn answer(output: M::Output) -> Self::Response;
+}
+
+/// Lists the methods a surface answers and the response type of each, which is built
+/// from the core's output with `From`.
+macro_rules! answers {
+    ($surface:ident { $($method:ident => $response:ty),+ $(,)? }) => {
+        $(
+            impl $crate::http::Answer<$method> for $surface {
+                type Response = $response;
+                fn answer(output: <$method as $crate::http::methods::Method>::Output) -> $response {
+                    output.into()
+                }
+            }
+        )+
+    };
+}
+pub(crate) use answers;
+
+/// VerifyToken's answer on both surfaces: 200 whether or not the token was good, with
+/// `is_valid` saying which; `V` is the surface's session view.
+#[derive(Serialize)]
+pub struct VerifyTokenResponse<V> {
+    pub is_valid: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<V>,
+    pub message: String,
+}
+
+impl<V: From<crate::domain::Session>> From<crate::service::TokenCheck> for VerifyTokenResponse<V> {
+    fn from(check: crate::service::TokenCheck) -> Self {
+        match check {
+            crate::service::TokenCheck::Valid(session) => Self {
+                is_valid: true,
+                session: Some(session.into()),
+                message: String::new(),
+            },
+            crate::service::TokenCheck::Invalid(why) => Self {
+                is_valid: false,
+                session: None,
+                message: why.to_string(),
+            },
+        }
+    }
+}
 
 /// The OpenAPI document, served as is.
 pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
@@ -46,45 +114,59 @@ pub struct AppState {
     pub request_timeout: Duration,
 }
 
-/// Declares the RPC methods once: the router and the route list both come from here.
-macro_rules! rpc_methods {
-    ($($method:ident),+ $(,)?) => {
-        /// The RPC method names, in the order of the Micro documentation.
-        pub const RPC_METHODS: &[&str] = &[$(micro::$method::NAME),+];
+/// Declares the routes of each surface once: the router and the route lists both come
+/// from here.
+macro_rules! surface_routes {
+    ($surface:ident, $names:ident, $routes:ident: $($method:ident),+ $(,)?) => {
+        /// The methods this surface answers.
+        pub const $names: &[&str] = &[$(<methods::$method as Method>::NAME),+];
 
-        fn rpc_routes() -> Router<AppState> {
+        fn $routes() -> Router<AppState> {
             Router::new()
-                $(.route(&format!("{RPC_PREFIX}{}", micro::$method::NAME), post(rpc::<micro::$method>)))+
+                $(.route(
+                    &format!("{}{}", <$surface as Surface>::PREFIX, <methods::$method as Method>::NAME),
+                    post(rpc::<$surface, methods::$method>),
+                ))+
         }
     };
 }
 
-rpc_methods!(
-    Create,
-    Read,
-    Update,
-    Delete,
-    Search,
-    UpdatePassword,
-    Login,
-    Logout,
-    ReadSession,
+surface_routes!(Micro, MICRO_METHODS, micro_routes:
+    Create, Read, Update, Delete, Search, UpdatePassword, Login, Logout, ReadSession,
+    List, LogoutAll, SendVerificationEmail, VerifyEmail, SendPasswordResetEmail,
+    ResetPassword, SendMagicLink, VerifyToken,
 );
 
+surface_routes!(M3o, M3O_METHODS, m3o_routes:
+    Create, Read, Update, Delete, List, Login, Logout, LogoutAll, ReadSession,
+    UpdatePassword, SendVerificationEmail, VerifyEmail, SendPasswordResetEmail,
+    ResetPassword, SendMagicLink, VerifyToken,
+);
+
+/// Every RPC method name, on either surface: what the public-method setting may name.
+pub const RPC_METHODS: &[&str] = MICRO_METHODS;
+
 /// Every (verb, path) the router serves; the OpenAPI test holds the spec to this list.
-pub fn served_routes() -> Vec<(Method, String)> {
-    let mut routes: Vec<(Method, String)> = RPC_METHODS
-        .iter()
-        .map(|name| (Method::POST, format!("{RPC_PREFIX}{name}")))
-        .collect();
-    routes.push((Method::GET, "/health".to_string()));
-    routes.push((Method::GET, "/openapi.yaml".to_string()));
+pub fn served_routes() -> Vec<(axum::http::Method, String)> {
+    let rpc = |prefix: &str, names: &[&str]| {
+        names
+            .iter()
+            .map(|name| (axum::http::Method::POST, format!("{prefix}{name}")))
+            .collect::<Vec<_>>()
+    };
+    let mut routes = rpc(RPC_PREFIX, MICRO_METHODS);
+    routes.extend(rpc(M3O_PREFIX, M3O_METHODS));
+    for path in [VERIFY_PATH, "/health", "/openapi.yaml"] {
+        routes.push((axum::http::Method::GET, path.to_string()));
+    }
     routes
 }
 
 /// The whole application. `cors_origins` empty means any origin may call it.
 pub fn router(state: AppState, cors_origins: Vec<HeaderValue>) -> Router {
-    rpc_routes()
+    micro_routes()
+        .merge(m3o_routes())
+        .route(VERIFY_PATH, get(verify::verify_link))
         .route("/health", get(health))
         .route("/openapi.yaml", get(openapi))
         .fallback(not_found)
@@ -113,24 +195,27 @@ pub fn router(state: AppState, cors_origins: Vec<HeaderValue>) -> Router {
         .with_state(state)
 }
 
-/// One handler for every RPC method: authorize, read, decode, call the core, encode.
-async fn rpc<M: Rpc>(
+/// One handler for every RPC method of every surface: authorize, read, decode, call
+/// the core, encode the surface's answer.
+async fn rpc<S: Answer<M>, M: Method>(
     State(state): State<AppState>,
     caller: Caller,
     body: Body,
-) -> Result<Json<M::Response>, MicroError> {
+) -> Result<Json<S::Response>, MicroError> {
+    let error = |status: StatusCode, detail: &str| {
+        MicroError::in_service(S::SERVICE, M::NAME, status, detail)
+    };
     if !state.access.allows(M::NAME, &caller) {
         tracing::warn!(event = "api_key_rejected", method = M::NAME, client = ?caller.ip);
-        return Err(MicroError::new(
-            M::NAME,
+        return Err(error(
             StatusCode::UNAUTHORIZED,
             "this method needs the admin key: Authorization: Bearer <key>",
         )
         .with_header(header::WWW_AUTHENTICATE, "Bearer"));
     }
-    let body = read_body(M::NAME, body, state.request_timeout).await?;
-    let request =
-        json::decode::<M::Request>(&body).map_err(|e| MicroError::from_error(M::NAME, e))?;
+    let body = read_body(S::SERVICE, M::NAME, body, state.request_timeout).await?;
+    let request = json::decode::<M::Request>(&body)
+        .map_err(|e| MicroError::from_error_in(S::SERVICE, M::NAME, e))?;
     match tokio::time::timeout(
         state.request_timeout,
         M::call(&state.users, request, caller.ip),
@@ -138,10 +223,9 @@ async fn rpc<M: Rpc>(
     .await
     {
         Ok(answer) => answer
-            .map(Json)
-            .map_err(|e| MicroError::from_error(M::NAME, e)),
-        Err(_) => Err(MicroError::new(
-            M::NAME,
+            .map(|output| Json(S::answer(output)))
+            .map_err(|e| MicroError::from_error_in(S::SERVICE, M::NAME, e)),
+        Err(_) => Err(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the request took too long; retry shortly",
         )),
@@ -150,21 +234,31 @@ async fn rpc<M: Rpc>(
 
 /// Reads at most [`MAX_BODY_BYTES`] within `timeout`: a client that sends too much gets
 /// 413, one that sends too slowly 408.
-async fn read_body(method: &str, body: Body, timeout: Duration) -> Result<Bytes, MicroError> {
+async fn read_body(
+    service: &str,
+    method: &str,
+    body: Body,
+    timeout: Duration,
+) -> Result<Bytes, MicroError> {
     let limited = http_body_util::Limited::new(body, MAX_BODY_BYTES);
     match tokio::time::timeout(timeout, limited.collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => Err(MicroError::new(
-            method,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body is larger than {MAX_BODY_BYTES} bytes"),
-        )),
-        Ok(Err(_)) => Err(MicroError::new(
+        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
+            Err(MicroError::in_service(
+                service,
+                method,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+            ))
+        }
+        Ok(Err(_)) => Err(MicroError::in_service(
+            service,
             method,
             StatusCode::BAD_REQUEST,
             "could not read the request body",
         )),
-        Err(_) => Err(MicroError::new(
+        Err(_) => Err(MicroError::in_service(
+            service,
             method,
             StatusCode::REQUEST_TIMEOUT,
             "the request body was not received in time",
@@ -184,29 +278,50 @@ async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI_YAML)
 }
 
-/// The RPC method a path names, if it is under the RPC prefix.
-fn rpc_method_of(uri: &Uri) -> Option<&str> {
-    uri.path()
-        .strip_prefix(RPC_PREFIX)
-        .filter(|m| !m.is_empty() && !m.contains('/'))
+/// The surface (service name and its handler name in messages) and RPC method a path
+/// names, if it is under one of the RPC prefixes.
+fn rpc_method_of(uri: &Uri) -> Option<(&'static str, &'static str, &str)> {
+    let path = uri.path();
+    let (service, handler, method) = if let Some(m) = path.strip_prefix(RPC_PREFIX) {
+        (Micro::SERVICE, "Users", m)
+    } else if let Some(m) = path.strip_prefix(M3O_PREFIX) {
+        (M3o::SERVICE, "User", m)
+    } else {
+        return None;
+    };
+    (!method.is_empty() && !method.contains('/')).then_some((service, handler, method))
 }
 
 async fn not_found(uri: Uri) -> MicroError {
     match rpc_method_of(&uri) {
-        Some(method) => MicroError::new(
+        Some((service, handler, method)) => MicroError::in_service(
+            service,
             method,
             StatusCode::NOT_FOUND,
-            format!("unknown method Users.{method}"),
+            format!("unknown method {handler}.{method}"),
         ),
         None => MicroError::new("Unknown", StatusCode::NOT_FOUND, "no such route"),
     }
 }
 
 async fn method_not_allowed(uri: Uri) -> MicroError {
-    match rpc_method_of(&uri) {
-        Some(method) => MicroError::method_not_allowed(method, "POST"),
-        None => {
-            let name = match uri.path() {
+    match (uri.path(), rpc_method_of(&uri)) {
+        (VERIFY_PATH, _) => MicroError::in_service(
+            M3o::SERVICE,
+            "verify",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use GET for this route",
+        )
+        .with_header(header::ALLOW, "GET"),
+        (_, Some((service, _, method))) => MicroError::in_service(
+            service,
+            method,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use POST for this route",
+        )
+        .with_header(header::ALLOW, "POST"),
+        (path, None) => {
+            let name = match path {
                 "/health" => "Health",
                 "/openapi.yaml" => "OpenApi",
                 _ => "Unknown",
@@ -226,7 +341,11 @@ fn cors(origins: Vec<HeaderValue>) -> CorsLayer {
     };
     CorsLayer::new()
         .allow_origin(allow_origin)
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_methods([
+            axum::http::Method::GET,
+            axum::http::Method::POST,
+            axum::http::Method::OPTIONS,
+        ])
         .allow_headers([
             header::CONTENT_TYPE,
             header::AUTHORIZATION,

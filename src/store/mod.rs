@@ -13,9 +13,10 @@ pub use url::DatabaseUrl;
 
 use async_trait::async_trait;
 
-use crate::domain::{AccountChanges, Email, User, UserId, UserQuery, Username};
+use crate::domain::{AccountChanges, Email, Page, Profile, User, UserId, UserQuery, Username};
 use crate::error::Unique;
 use crate::session::TokenDigest;
+use crate::tokens::Purpose;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -79,6 +80,7 @@ pub struct NewUser<'a> {
     pub username: &'a Username,
     pub email: &'a Email,
     pub password_hash: &'a str,
+    pub profile: &'a Profile,
     pub now: i64,
 }
 
@@ -117,6 +119,41 @@ pub enum HashChange {
     NewPassword { now: i64 },
     /// The same password under stronger parameters: nothing else changes.
     Rehash,
+}
+
+/// A one-time token as written when it is sent.
+#[derive(Debug)]
+pub struct NewToken<'a> {
+    pub digest: &'a TokenDigest,
+    pub user_id: &'a str,
+    pub purpose: Purpose,
+    pub created: i64,
+    pub expires: i64,
+}
+
+/// What using a one-time token does, in the same transaction that consumes it.
+#[derive(Debug, Clone, Copy)]
+pub enum Redemption<'a> {
+    /// Marks the user's e-mail address verified.
+    VerifyEmail,
+    /// Sets a new password hash and revokes every session of the user.
+    NewPassword { hash: &'a str },
+    /// Opens a session.
+    OpenSession {
+        digest: &'a TokenDigest,
+        expires: i64,
+    },
+}
+
+/// The outcome of using a one-time token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redeemed {
+    /// It was live: it is used up now and its effect is done.
+    Done { user_id: String },
+    /// It had expired: it is deleted and nothing else happened.
+    Expired,
+    /// No such token (never issued, already used, or replaced by a newer one).
+    NotFound,
 }
 
 /// A rate-limit counter after an event was added to it.
@@ -159,7 +196,10 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts a user; `Conflict` names the unique field that was taken.
     async fn insert_user(&self, user: NewUser<'_>) -> Result<User, StoreError>;
 
-    async fn user(&self, id: &UserId) -> Result<Option<User>, StoreError>;
+    async fn user(&self, lookup: Lookup<'_>) -> Result<Option<User>, StoreError>;
+
+    /// One page of every user, in (created, id) order.
+    async fn list_users(&self, page: Page) -> Result<Vec<User>, StoreError>;
 
     async fn credentials(&self, lookup: Lookup<'_>) -> Result<Option<Credentials>, StoreError>;
 
@@ -203,6 +243,37 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<SessionRecord>, StoreError>;
 
     async fn delete_session(&self, digest: &TokenDigest) -> Result<(), StoreError>;
+
+    /// Deletes every session of the user; returns how many.
+    async fn delete_sessions(&self, user_id: &str) -> Result<u64, StoreError>;
+
+    /// Stores a one-time token, replacing the user's previous one of the same purpose.
+    /// False when the user does not exist (any more).
+    async fn put_token(&self, token: NewToken<'_>) -> Result<bool, StoreError>;
+
+    /// Deletes a one-time token (one whose e-mail could not be sent).
+    async fn delete_token(&self, digest: &TokenDigest) -> Result<(), StoreError>;
+
+    /// Whether a token of this purpose exists and is live at `now`, without using it.
+    async fn token_is_live(
+        &self,
+        digest: &TokenDigest,
+        purpose: Purpose,
+        now: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Consumes the token (once: of concurrent callers, one gets `Done`) and, if it was
+    /// live, applies `effect` in the same transaction.
+    async fn redeem_token(
+        &self,
+        digest: &TokenDigest,
+        purpose: Purpose,
+        now: i64,
+        effect: Redemption<'_>,
+    ) -> Result<Redeemed, StoreError>;
+
+    /// Deletes up to `batch` tokens that expired at or before `now`; returns how many.
+    async fn delete_expired_tokens(&self, now: i64, batch: u32) -> Result<u64, StoreError>;
 
     /// Deletes up to `batch` sessions that expired at or before `now`; returns how many.
     async fn delete_expired_sessions(&self, now: i64, batch: u32) -> Result<u64, StoreError>;

@@ -19,12 +19,14 @@ use sqlx::{QueryBuilder, Transaction};
 use std::collections::HashSet;
 
 use super::{
-    Counter, Credentials, DatabaseUrl, HashChange, Imported, Importer, Lookup, NewSession, NewUser,
-    Outage, SessionRecord, Store, StoreError, StoredSession,
+    Counter, Credentials, DatabaseUrl, HashChange, Imported, Importer, Lookup, NewSession,
+    NewToken, NewUser, Outage, Redeemed, Redemption, SessionRecord, Store, StoreError,
+    StoredSession,
 };
-use crate::domain::{AccountChanges, User, UserId, UserQuery};
+use crate::domain::{AccountChanges, Page, Profile, User, UserId, UserQuery};
 use crate::error::Unique;
 use crate::session::TokenDigest;
+use crate::tokens::Purpose;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -88,22 +90,31 @@ macro_rules! on_writer {
 /// The columns of a [`User`], in the order of [`UserRow`].
 macro_rules! user_columns {
     () => {
-        "id, username, email, created, updated"
+        "id, username, email, created, updated, verified, verification_date, profile"
     };
 }
 
-type UserRow = (String, String, String, i64, i64);
-type CredentialsRow = (String, String, String, i64, i64, String);
+type UserRow = (String, String, String, i64, i64, bool, i64, String);
+type CredentialsRow = (String, String, String, i64, i64, bool, i64, String, String);
 type SessionRow = (String, String, String, i64, i64);
 type StoredSessionRow = (String, String, i64, i64);
 
 fn credentials(
-    (id, username, email, created, updated, password_hash): CredentialsRow,
-) -> Credentials {
-    Credentials {
-        user: user((id, username, email, created, updated)),
+    (id, username, email, created, updated, verified, verification_date, profile, password_hash): CredentialsRow,
+) -> Result<Credentials, StoreError> {
+    Ok(Credentials {
+        user: user((
+            id,
+            username,
+            email,
+            created,
+            updated,
+            verified,
+            verification_date,
+            profile,
+        ))?,
         password_hash,
-    }
+    })
 }
 
 fn stored_session((digest, user_id, created, expires): StoredSessionRow) -> StoredSession {
@@ -134,14 +145,32 @@ pub enum SchemaError {
     Store(#[source] StoreError),
 }
 
-fn user((id, username, email, created, updated): UserRow) -> User {
-    User {
+fn user(
+    (id, username, email, created, updated, verified, verification_date, profile): UserRow,
+) -> Result<User, StoreError> {
+    // The profile is a JSON object of strings, written only by this service.
+    let profile: Profile = serde_json::from_str(&profile)
+        .map_err(|e| StoreError::Other(sqlx::Error::Decode(Box::new(e))))?;
+    Ok(User {
         id,
         username,
         email,
         created,
         updated,
-    }
+        verified,
+        verification_date,
+        profile,
+    })
+}
+
+fn users(rows: Vec<UserRow>) -> Result<Vec<User>, StoreError> {
+    rows.into_iter().map(user).collect()
+}
+
+/// A profile as stored: compact JSON.
+fn profile_json(profile: &Profile) -> String {
+    // A map of strings always serialises.
+    serde_json::to_string(profile).unwrap_or_else(|_| "{}".to_string())
 }
 
 impl SqlStore {
@@ -262,8 +291,9 @@ impl Store for SqlStore {
 
     async fn insert_user(&self, new: NewUser<'_>) -> Result<User, StoreError> {
         const SQL: &str =
-            "INSERT INTO users (id, username, email, password_hash, created, updated) \
-                           VALUES ($1, $2, $3, $4, $5, $5)";
+            "INSERT INTO users (id, username, email, password_hash, created, updated, profile) \
+                           VALUES ($1, $2, $3, $4, $5, $5, $6)";
+        let profile = profile_json(new.profile);
         on_writer!(self, pool => {
             sqlx::query(SQL)
                 .bind(new.id.as_str())
@@ -271,6 +301,7 @@ impl Store for SqlStore {
                 .bind(new.email.as_str())
                 .bind(new.password_hash)
                 .bind(new.now)
+                .bind(&profile)
                 .execute(pool)
                 .await
                 .map(drop)
@@ -282,16 +313,53 @@ impl Store for SqlStore {
             email: new.email.as_str().to_owned(),
             created: new.now,
             updated: new.now,
+            verified: false,
+            verification_date: 0,
+            profile: new.profile.clone(),
         })
     }
 
-    async fn user(&self, id: &UserId) -> Result<Option<User>, StoreError> {
-        const SQL: &str = concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1");
+    async fn user(&self, lookup: Lookup<'_>) -> Result<Option<User>, StoreError> {
+        macro_rules! by {
+            ($column:literal) => {
+                concat!(
+                    "SELECT ",
+                    user_columns!(),
+                    " FROM users WHERE ",
+                    $column,
+                    " = $1"
+                )
+            };
+        }
+        let (sql, key) = match lookup {
+            Lookup::Id(id) => (by!("id"), id.as_str()),
+            Lookup::Username(username) => (by!("username"), username.as_str()),
+            Lookup::Email(email) => (by!("email"), email.as_str()),
+        };
         on_pool!(self, pool => {
-            sqlx::query_as::<_, UserRow>(SQL).bind(id.as_str()).fetch_optional(pool).await
+            sqlx::query_as::<_, UserRow>(sql).bind(key).fetch_optional(pool).await
         })
-        .map(|row| row.map(user))
+        .map_err(classify)?
+        .map(user)
+        .transpose()
+    }
+
+    async fn list_users(&self, page: Page) -> Result<Vec<User>, StoreError> {
+        const SQL: &str = concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users ORDER BY created, id LIMIT $1 OFFSET $2"
+        );
+        let offset = i64::try_from(page.offset).unwrap_or(i64::MAX);
+        on_pool!(self, pool => {
+            sqlx::query_as::<_, UserRow>(SQL)
+                .bind(i64::from(page.limit))
+                .bind(offset)
+                .fetch_all(pool)
+                .await
+        })
         .map_err(classify)
+        .and_then(users)
     }
 
     async fn credentials(&self, lookup: Lookup<'_>) -> Result<Option<Credentials>, StoreError> {
@@ -314,15 +382,9 @@ impl Store for SqlStore {
         on_pool!(self, pool => {
             sqlx::query_as::<_, CredentialsRow>(sql).bind(key).fetch_optional(pool).await
         })
-        .map(|row| {
-            row.map(
-                |(id, username, email, created, updated, password_hash)| Credentials {
-                    user: user((id, username, email, created, updated)),
-                    password_hash,
-                },
-            )
-        })
-        .map_err(classify)
+        .map_err(classify)?
+        .map(credentials)
+        .transpose()
     }
 
     async fn update_user(
@@ -333,11 +395,12 @@ impl Store for SqlStore {
     ) -> Result<Option<User>, StoreError> {
         const SQL: &str = concat!(
             "UPDATE users SET username = COALESCE($2, username), email = COALESCE($3, email), \
-             updated = $4 WHERE id = $1 RETURNING ",
+             profile = COALESCE($5, profile), updated = $4 WHERE id = $1 RETURNING ",
             user_columns!()
         );
         let username = changes.username.as_ref().map(|u| u.as_str());
         let email = changes.email.as_ref().map(|e| e.as_str());
+        let profile = changes.profile.as_ref().map(profile_json);
         on_writer!(self, pool => {
             // fetch_all, not fetch_optional: sqlx's SQLite driver resets a statement it
             // stops reading early and drops the error of that reset, which is where an
@@ -347,22 +410,25 @@ impl Store for SqlStore {
                 .bind(username)
                 .bind(email)
                 .bind(now)
+                .bind(&profile)
                 .fetch_all(pool)
                 .await
         })
-        .map(|rows| rows.into_iter().next().map(user))
-        .map_err(classify)
+        .map_err(classify)?
+        .into_iter()
+        .next()
+        .map(user)
+        .transpose()
     }
 
     async fn delete_user(&self, id: &UserId) -> Result<bool, StoreError> {
-        // Sessions go first in the same transaction; the foreign key's ON DELETE CASCADE
-        // would do the same, this keeps the rule visible here.
+        // Sessions and tokens go first in the same transaction; the foreign keys' ON
+        // DELETE CASCADE would do the same, this keeps the rule visible here.
         on_writer!(self, pool => async {
             let mut tx = pool.begin().await?;
-            sqlx::query("DELETE FROM sessions WHERE user_id = $1")
-                .bind(id.as_str())
-                .execute(&mut *tx)
-                .await?;
+            for sql in ["DELETE FROM sessions WHERE user_id = $1", "DELETE FROM tokens WHERE user_id = $1"] {
+                sqlx::query(sql).bind(id.as_str()).execute(&mut *tx).await?;
+            }
             let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
                 .bind(id.as_str())
                 .execute(&mut *tx)
@@ -403,8 +469,8 @@ impl Store for SqlStore {
                 .fetch_all(pool)
                 .await
         })
-        .map(|rows| rows.into_iter().map(user).collect())
         .map_err(classify)
+        .and_then(users)
     }
 
     async fn replace_password(
@@ -518,6 +584,154 @@ impl Store for SqlStore {
                 .execute(pool)
                 .await
                 .map(drop)
+        })
+        .map_err(classify)
+    }
+
+    async fn delete_sessions(&self, user_id: &str) -> Result<u64, StoreError> {
+        on_writer!(self, pool => {
+            sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+                .bind(user_id)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map_err(classify)
+    }
+
+    async fn put_token(&self, token: NewToken<'_>) -> Result<bool, StoreError> {
+        // INSERT ... SELECT from the user's row: nothing is written for a user deleted
+        // meanwhile. The WHERE clause also tells SQLite's parser that ON CONFLICT is the
+        // upsert's and not part of the SELECT.
+        const SQL: &str = "INSERT INTO tokens (token_hash, user_id, purpose, created, expires) \
+                           SELECT $1, id, $3, $4, $5 FROM users WHERE id = $2 \
+                           ON CONFLICT (user_id, purpose) DO UPDATE SET \
+                           token_hash = excluded.token_hash, created = excluded.created, \
+                           expires = excluded.expires";
+        on_writer!(self, pool => {
+            sqlx::query(SQL)
+                .bind(token.digest.as_str())
+                .bind(token.user_id)
+                .bind(token.purpose.as_str())
+                .bind(token.created)
+                .bind(token.expires)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected() == 1)
+        })
+        .map_err(classify)
+    }
+
+    async fn delete_token(&self, digest: &TokenDigest) -> Result<(), StoreError> {
+        on_writer!(self, pool => {
+            sqlx::query("DELETE FROM tokens WHERE token_hash = $1")
+                .bind(digest.as_str())
+                .execute(pool)
+                .await
+                .map(drop)
+        })
+        .map_err(classify)
+    }
+
+    async fn token_is_live(
+        &self,
+        digest: &TokenDigest,
+        purpose: Purpose,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        const SQL: &str =
+            "SELECT COUNT(*) FROM tokens WHERE token_hash = $1 AND purpose = $2 AND expires > $3";
+        on_pool!(self, pool => {
+            sqlx::query_as::<_, (i64,)>(SQL)
+                .bind(digest.as_str())
+                .bind(purpose.as_str())
+                .bind(now)
+                .fetch_one(pool)
+                .await
+        })
+        .map(|(count,)| count > 0)
+        .map_err(classify)
+    }
+
+    async fn redeem_token(
+        &self,
+        digest: &TokenDigest,
+        purpose: Purpose,
+        now: i64,
+        effect: Redemption<'_>,
+    ) -> Result<Redeemed, StoreError> {
+        // Deleting the row is what uses the token: of two transactions deleting it, the
+        // second finds nothing (PostgreSQL makes it wait for the first and re-check;
+        // SQLite runs one writer at a time).
+        const CONSUME: &str = "DELETE FROM tokens WHERE token_hash = $1 AND purpose = $2 \
+                               RETURNING user_id, expires";
+        on_writer!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            let consumed: Vec<(String, i64)> = sqlx::query_as(CONSUME)
+                .bind(digest.as_str())
+                .bind(purpose.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
+            let Some((user_id, expires)) = consumed.into_iter().next() else {
+                return Ok(Redeemed::NotFound);
+            };
+            if expires <= now {
+                tx.commit().await?;
+                return Ok(Redeemed::Expired);
+            }
+            match effect {
+                Redemption::VerifyEmail => {
+                    sqlx::query(
+                        "UPDATE users SET verified = TRUE, verification_date = $2, updated = $2 \
+                         WHERE id = $1",
+                    )
+                    .bind(&user_id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Redemption::NewPassword { hash } => {
+                    sqlx::query("UPDATE users SET password_hash = $2, updated = $3 WHERE id = $1")
+                        .bind(&user_id)
+                        .bind(hash)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+                        .bind(&user_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Redemption::OpenSession { digest, expires } => {
+                    sqlx::query(
+                        "INSERT INTO sessions (token_hash, user_id, created, expires) \
+                         VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(digest.as_str())
+                    .bind(&user_id)
+                    .bind(now)
+                    .bind(expires)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(Redeemed::Done { user_id })
+        }
+        .await)
+        .map_err(classify)
+    }
+
+    async fn delete_expired_tokens(&self, now: i64, batch: u32) -> Result<u64, StoreError> {
+        const SQL: &str = "DELETE FROM tokens WHERE token_hash IN \
+                           (SELECT token_hash FROM tokens WHERE expires <= $1 LIMIT $2)";
+        on_writer!(self, pool => {
+            sqlx::query(SQL)
+                .bind(now)
+                .bind(i64::from(batch))
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
         })
         .map_err(classify)
     }
@@ -639,8 +853,10 @@ impl Store for SqlStore {
                 .fetch_all(pool)
                 .await
         })
-        .map(|rows| rows.into_iter().map(credentials).collect())
-        .map_err(classify)
+        .map_err(classify)?
+        .into_iter()
+        .map(credentials)
+        .collect()
     }
 
     async fn sessions_page(
@@ -753,7 +969,8 @@ impl Importer for SqlImporter {
             }
             if !fresh.is_empty() {
                 let mut insert = QueryBuilder::new(
-                    "INSERT INTO users (id, username, email, password_hash, created, updated) ",
+                    "INSERT INTO users (id, username, email, password_hash, created, updated, \
+                     verified, verification_date, profile) ",
                 );
                 insert.push_values(fresh, |mut row, record| {
                     row.push_bind(record.user.id.as_str())
@@ -761,7 +978,10 @@ impl Importer for SqlImporter {
                         .push_bind(record.user.email.as_str())
                         .push_bind(record.password_hash.as_str())
                         .push_bind(record.user.created)
-                        .push_bind(record.user.updated);
+                        .push_bind(record.user.updated)
+                        .push_bind(record.user.verified)
+                        .push_bind(record.user.verification_date)
+                        .push_bind(profile_json(&record.user.profile));
                 });
                 insert.build().execute(&mut **tx).await?;
             }

@@ -1,0 +1,132 @@
+//! M3O's User API: `POST /v1/user/<Method>`, answering exactly as the hosted M3O
+//! platform did, so apps written with its SDKs work by changing the base address.
+//! Accounts carry `verified`, `verification_date` and `profile`; sessions name their
+//! user `userId`; int64 values are decimal strings; Update answers `{}`.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::json::{Empty, Int64};
+use super::methods::*;
+use super::{answers, Surface, VerifyTokenResponse};
+use crate::domain::{Session, User};
+
+pub struct M3o;
+
+impl Surface for M3o {
+    const SERVICE: &'static str = "user";
+    const PREFIX: &'static str = "/v1/user/";
+}
+
+#[derive(Debug, Serialize)]
+pub struct Account {
+    pub id: String,
+    pub username: String,
+    pub email: String,
+    pub created: Int64,
+    pub updated: Int64,
+    pub verified: bool,
+    pub verification_date: Int64,
+    pub profile: BTreeMap<String, String>,
+}
+
+impl From<User> for Account {
+    fn from(user: User) -> Self {
+        Self {
+            id: user.id,
+            username: user.username,
+            email: user.email,
+            created: Int64(user.created),
+            updated: Int64(user.updated),
+            verified: user.verified,
+            verification_date: Int64(user.verification_date),
+            profile: user.profile.into_map(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct SessionView {
+    pub id: String,
+    #[serde(rename = "userId")]
+    pub user_id: String,
+    pub created: Int64,
+    pub expires: Int64,
+}
+
+impl From<Session> for SessionView {
+    fn from(session: Session) -> Self {
+        Self {
+            id: session.id.expose().to_owned(),
+            user_id: session.user_id,
+            created: Int64(session.created),
+            expires: Int64(session.expires),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct AccountResponse {
+    pub account: Account,
+}
+
+impl From<User> for AccountResponse {
+    fn from(user: User) -> Self {
+        Self {
+            account: user.into(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct ListResponse {
+    pub users: Vec<Account>,
+}
+
+impl From<Vec<User>> for ListResponse {
+    fn from(users: Vec<User>) -> Self {
+        Self {
+            users: users.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct SessionResponse {
+    pub session: SessionView,
+}
+
+impl From<Session> for SessionResponse {
+    fn from(session: Session) -> Self {
+        Self {
+            session: session.into(),
+        }
+    }
+}
+
+/// Update answers `{}` here: M3O did not echo the account.
+impl From<User> for Empty {
+    fn from(_: User) -> Self {
+        Empty {}
+    }
+}
+
+answers!(M3o {
+    Create => AccountResponse,
+    Read => AccountResponse,
+    Update => Empty,
+    Delete => Empty,
+    List => ListResponse,
+    Login => SessionResponse,
+    Logout => Empty,
+    LogoutAll => Empty,
+    ReadSession => SessionResponse,
+    UpdatePassword => Empty,
+    SendVerificationEmail => Empty,
+    VerifyEmail => Empty,
+    SendPasswordResetEmail => Empty,
+    ResetPassword => Empty,
+    SendMagicLink => Empty,
+    VerifyToken => VerifyTokenResponse<SessionView>,
+});

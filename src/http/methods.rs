@@ -1,0 +1,297 @@
+//! The RPC methods, independent of the wire surface: each one's request body and how it
+//! calls the core. Both surfaces (Micro `users` and M3O's User API) decode the same
+//! requests and differ only in how they write the answer (see `micro` and `m3o`).
+//!
+//! Requests accept each field in snake_case and in lowerCamelCase, as the Micro gateway
+//! and protobuf JSON did, and ignore unknown fields. Every field is optional on the wire
+//! so that a missing one is reported by the domain parser as "<field> is required"
+//! rather than as a JSON error.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::IpAddr;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use super::json::int_or_string;
+use crate::domain::{
+    reset_expiration, AccountChanges, AccountKey, Email, LoginName, MagicLinkTarget, MailText,
+    NewAccount, Page, Password, PasswordChange, PasswordReset, RedirectUrl, Session, User, UserId,
+    UserQuery,
+};
+use crate::error::Error;
+use crate::service::{TokenCheck, Users};
+use crate::session::SessionToken;
+
+/// One RPC method: its name in the routes, its request and what the core answers.
+pub trait Method: Send + Sync + 'static {
+    const NAME: &'static str;
+    type Request: DeserializeOwned + Send;
+    type Output: Send;
+
+    /// `client` is the caller's address, for the limits that count per address.
+    fn call(
+        users: &Users,
+        request: Self::Request,
+        client: Option<IpAddr>,
+    ) -> impl Future<Output = Result<Self::Output, Error>> + Send;
+}
+
+type Profile = Option<BTreeMap<String, String>>;
+
+#[derive(Deserialize)]
+#[serde(expecting = "a JSON object")]
+pub struct CreateRequest {
+    id: Option<String>,
+    username: Option<String>,
+    email: Option<String>,
+    password: Option<String>,
+    profile: Profile,
+}
+
+/// An account named by id, username or e-mail (Read).
+#[derive(Deserialize)]
+#[serde(expecting = "a JSON object")]
+pub struct AccountRequest {
+    id: Option<String>,
+    username: Option<String>,
+    email: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(expecting = "a JSON object")]
+pub struct IdRequest {
+    id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(expecting = "a JSON object")]
+pub struct UserIdRequest {
+    #[serde(alias = "userId")]
+    user_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(expecting = "a JSON object")]
+pub struct UpdateRequest {
+    id: Option<String>,
+    username: Option<String>,
+    email: Option<String>,
+    profile: Profile,
+}
+
+#[derive(Deserialize)]
+#[serde(expecting = "a JSON object")]
+pub struct SearchRequest {
+    username: Option<String>,
+    email: Option<String>,
+    #[serde(default, deserialize_with = "int_or_string")]
+    limit: Option<i64>,
+    #[serde(default, deserialize_with = "int_or_string")]
+    offset: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(expecting = "a JSON object")]
+pub struct ListRequest {
+    #[serde(default, deserialize_with = "int_or_string")]
+    limit: Option<i64>,
+    #[serde(default, deserialize_with = "int_or_string")]
+    offset: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(expecting = "a JSON object")]
+pub struct UpdatePasswordRequest {
+    #[serde(alias = "userId")]
+    user_id: Option<String>,
+    #[serde(alias = "oldPassword")]
+    old_password: Option<String>,
+    #[serde(alias = "newPassword")]
+    new_password: Option<String>,
+    #[serde(alias = "confirmPassword")]
+    confirm_password: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(expecting = "a JSON object")]
+pub struct LoginRequest {
+    username: Option<String>,
+    email: Option<String>,
+    password: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(expecting = "a JSON object")]
+pub struct SessionRequest {
+    #[serde(alias = "sessionId")]
+    session_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(expecting = "a JSON object")]
+pub struct TokenRequest {
+    token: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(expecting = "a JSON object")]
+pub struct SendVerificationEmailRequest {
+    email: Option<String>,
+    subject: Option<String>,
+    #[serde(alias = "textContent")]
+    text_content: Option<String>,
+    #[serde(alias = "redirectUrl")]
+    redirect_url: Option<String>,
+    #[serde(alias = "failureRedirectUrl")]
+    failure_redirect_url: Option<String>,
+    #[serde(alias = "fromName")]
+    from_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(expecting = "a JSON object")]
+pub struct SendPasswordResetEmailRequest {
+    email: Option<String>,
+    subject: Option<String>,
+    #[serde(alias = "textContent")]
+    text_content: Option<String>,
+    #[serde(alias = "fromName")]
+    from_name: Option<String>,
+    #[serde(default, deserialize_with = "int_or_string")]
+    expiration: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(expecting = "a JSON object")]
+pub struct ResetPasswordRequest {
+    email: Option<String>,
+    code: Option<String>,
+    #[serde(alias = "newPassword")]
+    new_password: Option<String>,
+    #[serde(alias = "confirmPassword")]
+    confirm_password: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(expecting = "a JSON object")]
+pub struct SendMagicLinkRequest {
+    email: Option<String>,
+    subject: Option<String>,
+    #[serde(alias = "textContent")]
+    text_content: Option<String>,
+    #[serde(alias = "fromName")]
+    from_name: Option<String>,
+    address: Option<String>,
+    endpoint: Option<String>,
+}
+
+/// Declares a method: its marker type, request, output and body.
+macro_rules! method {
+    ($(#[$doc:meta])* $name:ident($request:ty) -> $output:ty, |$users:ident, $r:ident, $client:ident| $body:expr) => {
+        $(#[$doc])*
+        pub struct $name;
+
+        impl Method for $name {
+            const NAME: &'static str = stringify!($name);
+            type Request = $request;
+            type Output = $output;
+
+            #[allow(unused_variables)]
+            async fn call(
+                $users: &Users,
+                $r: $request,
+                $client: Option<IpAddr>,
+            ) -> Result<$output, Error> {
+                $body
+            }
+        }
+    };
+}
+
+method!(Create(CreateRequest) -> User, |users, r, client| {
+    let account = NewAccount::parse(r.id, r.username, r.email, r.password, r.profile)?;
+    users.create(account, client).await
+});
+
+method!(Read(AccountRequest) -> User, |users, r, client| {
+    users.read(&AccountKey::parse(r.id, r.username, r.email)?).await
+});
+
+method!(Update(UpdateRequest) -> User, |users, r, client| {
+    let id = UserId::parse("id", r.id)?;
+    let changes = AccountChanges::parse(r.username, r.email, r.profile)?;
+    users.update(&id, changes).await
+});
+
+method!(Delete(IdRequest) -> (), |users, r, client| {
+    users.delete(&UserId::parse("id", r.id)?).await
+});
+
+method!(Search(SearchRequest) -> Vec<User>, |users, r, client| {
+    users.search(&UserQuery::parse(r.username, r.email, r.limit, r.offset)?).await
+});
+
+method!(List(ListRequest) -> Vec<User>, |users, r, client| {
+    users.list(Page::parse(r.limit, r.offset)?).await
+});
+
+method!(UpdatePassword(UpdatePasswordRequest) -> (), |users, r, client| {
+    let change =
+        PasswordChange::parse(r.user_id, r.old_password, r.new_password, r.confirm_password)?;
+    users.update_password(change, client).await
+});
+
+method!(Login(LoginRequest) -> Session, |users, r, client| {
+    let name = LoginName::parse(r.username, r.email)?;
+    let password = Password::candidate("password", r.password)?;
+    users.login(name, password, client).await
+});
+
+method!(Logout(SessionRequest) -> (), |users, r, client| {
+    users.logout(&SessionToken::parse("session_id", r.session_id)?).await
+});
+
+method!(LogoutAll(UserIdRequest) -> (), |users, r, client| {
+    users.logout_all(&UserId::parse("user_id", r.user_id)?).await
+});
+
+method!(ReadSession(SessionRequest) -> Session, |users, r, client| {
+    users.read_session(SessionToken::parse("session_id", r.session_id)?).await
+});
+
+method!(SendVerificationEmail(SendVerificationEmailRequest) -> (), |users, r, client| {
+    let email = Email::parse(r.email)?;
+    let text = MailText::parse(r.subject, r.text_content, r.from_name)?;
+    let redirect = RedirectUrl::parse("redirect_url", r.redirect_url)?;
+    let failure = RedirectUrl::parse("failure_redirect_url", r.failure_redirect_url)?;
+    users.send_verification_email(email, text, redirect, failure).await
+});
+
+method!(VerifyEmail(TokenRequest) -> (), |users, r, client| {
+    users.verify_email(SessionToken::parse("token", r.token)?).await
+});
+
+method!(SendPasswordResetEmail(SendPasswordResetEmailRequest) -> (), |users, r, client| {
+    let email = Email::parse(r.email)?;
+    let text = MailText::parse(r.subject, r.text_content, r.from_name)?;
+    let expiration = reset_expiration(r.expiration)?;
+    users.send_password_reset_email(email, text, expiration).await
+});
+
+method!(ResetPassword(ResetPasswordRequest) -> (), |users, r, client| {
+    let reset = PasswordReset::parse(r.email, r.code, r.new_password, r.confirm_password)?;
+    users.reset_password(reset, client).await
+});
+
+method!(SendMagicLink(SendMagicLinkRequest) -> (), |users, r, client| {
+    let email = Email::parse(r.email)?;
+    let text = MailText::parse(r.subject, r.text_content, r.from_name)?;
+    let target = MagicLinkTarget::parse(r.address, r.endpoint)?;
+    users.send_magic_link(email, text, target).await
+});
+
+method!(VerifyToken(TokenRequest) -> TokenCheck, |users, r, client| {
+    users.verify_token(SessionToken::parse("token", r.token)?).await
+});

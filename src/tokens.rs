@@ -1,0 +1,91 @@
+//! One-time secrets sent by e-mail: verification and magic-link tokens (256 random bits,
+//! like session tokens) and password reset codes (short enough to type). The store keeps
+//! only their SHA-256, under the purpose they were made for.
+
+use rand::rngs::OsRng;
+use rand::Rng;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::session::TokenDigest;
+
+/// What a one-time token is for. A user has at most one live token per purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Proves the e-mail address (the verification link).
+    VerifyEmail,
+    /// Sets a new password (the reset code).
+    ResetPassword,
+    /// Opens a session (the magic link).
+    MagicLink,
+}
+
+impl Purpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::VerifyEmail => "verify_email",
+            Self::ResetPassword => "reset_password",
+            Self::MagicLink => "magic_link",
+        }
+    }
+}
+
+/// Characters of a reset code: capitals and digits without the look-alikes 0/O and 1/I.
+const CODE_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+/// 10 characters of 32: 50 bits, with guessing bounded by the brute-force limits.
+const CODE_LEN: usize = 10;
+
+/// A password reset code as the user reads it from the e-mail.
+pub struct ResetCode(SecretString);
+
+impl ResetCode {
+    pub fn generate() -> Self {
+        let mut rng = OsRng;
+        let code: String = (0..CODE_LEN)
+            .map(|_| char::from(CODE_ALPHABET[rng.gen_range(0..CODE_ALPHABET.len())]))
+            .collect();
+        Self(SecretString::from(code))
+    }
+
+    /// A code typed by a user: case and surrounding spaces do not matter.
+    pub fn typed(raw: &str) -> Self {
+        Self(SecretString::from(raw.trim().to_ascii_uppercase()))
+    }
+
+    /// Codes are short, so the digest binds the code to its user: the same code for two
+    /// users is two different keys, and a code only ever works for the account it was
+    /// sent to.
+    pub fn digest(&self, user_id: &str) -> TokenDigest {
+        let material = format!("{user_id}\n{}", self.0.expose_secret());
+        TokenDigest::of(material.as_bytes())
+    }
+
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl std::fmt::Debug for ResetCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResetCode([REDACTED])")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_use_the_unambiguous_alphabet() {
+        let code = ResetCode::generate();
+        assert_eq!(code.expose().len(), CODE_LEN);
+        assert!(code.expose().bytes().all(|b| CODE_ALPHABET.contains(&b)));
+    }
+
+    #[test]
+    fn typed_codes_match_whatever_their_case() {
+        let code = ResetCode::generate();
+        let typed = ResetCode::typed(&format!(" {} ", code.expose().to_lowercase()));
+        assert_eq!(typed.digest("u1"), code.digest("u1"));
+        assert_ne!(code.digest("u1"), code.digest("u2"));
+    }
+}
