@@ -181,7 +181,12 @@ async fn read_returns_the_user_or_404(app: TestApp) {
     let answer = app.call("Read", json!({"id": "nobody"})).await;
     assert_error(&answer, "Read", 404, "user not found");
     let answer = app.call("Read", json!({})).await;
-    assert_error(&answer, "Read", 400, "id (or username or email) is required");
+    assert_error(
+        &answer,
+        "Read",
+        400,
+        "id (or username or email) is required",
+    );
 }
 
 async fn update_changes_only_the_fields_given(app: TestApp) {

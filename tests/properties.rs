@@ -17,8 +17,7 @@ use users_service::http::methods::{
     AccountRequest, CreateRequest, IdRequest, ListRequest, LoginRequest, ResetPasswordRequest,
     SearchRequest, SendMagicLinkRequest, SendPasswordResetEmailRequest,
     SendVerificationEmailRequest, SessionRequest, TokenRequest, UpdatePasswordRequest,
-    UserIdRequest,
-    UpdateRequest,
+    UpdateRequest, UserIdRequest,
 };
 use users_service::Error;
 
@@ -277,7 +276,10 @@ const REQUEST_FIELDS: &[(&str, &[Field])] = &[
         ],
     ),
     ("Session", &[("session_id", "sessionId", false)]),
-    ("List", &[("limit", "limit", true), ("offset", "offset", true)]),
+    (
+        "List",
+        &[("limit", "limit", true), ("offset", "offset", true)],
+    ),
     ("LogoutAll", &[("user_id", "userId", false)]),
     ("Token", &[("token", "token", false)]),
     (

@@ -92,7 +92,12 @@ async fn a_json_body_is_read_whatever_the_content_type() {
 async fn an_empty_body_is_an_empty_object() {
     let app = sqlite_app("empty_body").await;
     let answer = app.post_raw("Read", "", None).await;
-    assert_error(&answer, "Read", 400, "id (or username or email) is required");
+    assert_error(
+        &answer,
+        "Read",
+        400,
+        "id (or username or email) is required",
+    );
     let answer = app.post_raw("Login", "", Some("application/json")).await;
     assert_error(&answer, "Login", 400, "username or email is required");
 }

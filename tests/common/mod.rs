@@ -268,6 +268,51 @@ impl TestApp {
             .await
     }
 
+    /// POSTs a JSON body to M3O's `/v1/user/<method>`.
+    pub async fn m3o(&self, method: &str, body: Value) -> (StatusCode, Value) {
+        self.post_json(&format!("/v1/user/{method}"), &body).await
+    }
+
+    /// POSTs a JSON body to `path`; the answer must be JSON.
+    pub async fn post_json(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent");
+        let status = response.status();
+        let text = response.text().await.expect("body read");
+        let value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("response is not JSON ({e}): {text:?}"));
+        (status, value)
+    }
+
+    /// Counts the rows of `table` straight from the database, behind the service's back.
+    pub async fn count_rows(&self, table: &str) -> i64 {
+        let sql = format!("SELECT COUNT(*) FROM {table}");
+        if self.db.raw_url.starts_with("postgres") {
+            let mut conn = sqlx::PgConnection::connect(&self.db.raw_url)
+                .await
+                .expect("connect");
+            let (n,): (i64,) = sqlx::query_as(&sql)
+                .fetch_one(&mut conn)
+                .await
+                .expect("count");
+            n
+        } else {
+            let mut conn = sqlx::SqliteConnection::connect(&self.db.raw_url)
+                .await
+                .expect("connect");
+            let (n,): (i64,) = sqlx::query_as(&sql)
+                .fetch_one(&mut conn)
+                .await
+                .expect("count");
+            n
+        }
+    }
+
     /// POSTs `body` as is, with the given Content-Type (or none).
     pub async fn post_raw(
         &self,
@@ -366,14 +411,26 @@ impl Drop for TestApp {
 /// Asserts a Micro error: the status, the body's shape, and that its detail contains
 /// `detail_part`.
 #[track_caller]
-pub fn assert_error(
+pub fn assert_error(answer: &(StatusCode, Value), method: &str, code: u16, detail_part: &str) {
+    assert_error_in(answer, "users", method, code, detail_part);
+}
+
+/// [`assert_error`] for an error of M3O's surface (`user.<Method>`).
+#[track_caller]
+pub fn assert_m3o_error(answer: &(StatusCode, Value), method: &str, code: u16, detail_part: &str) {
+    assert_error_in(answer, "user", method, code, detail_part);
+}
+
+#[track_caller]
+fn assert_error_in(
     (status, body): &(StatusCode, Value),
+    service: &str,
     method: &str,
     code: u16,
     detail_part: &str,
 ) {
     assert_eq!(status.as_u16(), code, "{body}");
-    assert_eq!(body["id"], format!("users.{method}"), "{body}");
+    assert_eq!(body["id"], format!("{service}.{method}"), "{body}");
     assert_eq!(body["code"], code, "{body}");
     assert_eq!(
         body["status"],
