@@ -10,12 +10,12 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 use ipnet::IpNet;
 
 use crate::limits::LimitConfig;
+use crate::mail::Mailer;
 use crate::password::{HashParams, OWASP_MIN_M_KIB, OWASP_MIN_P, OWASP_MIN_T};
 use crate::policy::PasswordPolicy;
-use crate::mail::Mailer;
 use crate::service::{LinkSettings, Settings};
-use secrecy::SecretString;
 use crate::store::{DatabaseUrl, PoolConfig};
+use secrecy::SecretString;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://users.db";
@@ -253,7 +253,12 @@ pub struct MailConfig {
     /// SMTP server for the service's e-mails: smtp://USER:PASS@HOST:587 (STARTTLS
     /// required), smtps://USER:PASS@HOST:465 (TLS), or smtp://HOST:25?tls=none (plain,
     /// for a local relay). Unset: e-mails are not sent but written to the log
-    #[arg(long, env = "USERS_SMTP_URL", value_name = "URL", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "USERS_SMTP_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub smtp_url: Option<String>,
 
     /// Sender address of the service's e-mails
@@ -472,7 +477,13 @@ impl ServeConfig {
             None => format!("http://{}", self.listen),
         };
         let mut redirect_allowlist = Vec::new();
-        for origin in self.mail.redirect_allowlist.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
+        for origin in self
+            .mail
+            .redirect_allowlist
+            .iter()
+            .map(|o| o.trim())
+            .filter(|o| !o.is_empty())
+        {
             let parsed = url::Url::parse(origin)
                 .ok()
                 .filter(|u| matches!(u.scheme(), "http" | "https") && u.path() == "/")
@@ -490,7 +501,11 @@ impl ServeConfig {
 
     /// The mailer the settings describe.
     pub fn mailer(&self) -> Result<Mailer, String> {
-        let url = self.mail.smtp_url.as_ref().map(|u| SecretString::from(u.clone()));
+        let url = self
+            .mail
+            .smtp_url
+            .as_ref()
+            .map(|u| SecretString::from(u.clone()));
         Mailer::new(url.as_ref(), &self.mail.mail_from).map_err(|e| e.to_string())
     }
 

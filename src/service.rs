@@ -538,7 +538,9 @@ impl Users {
         target: MagicLinkTarget,
     ) -> Result<(), Error> {
         let token = SessionToken::generate();
-        let body = text.text.replace(LINK_PLACEHOLDER, &target.link(token.expose()));
+        let body = text
+            .text
+            .replace(LINK_PLACEHOLDER, &target.link(token.expose()));
         self.send_token_mail(
             &email,
             &text,
@@ -606,7 +608,11 @@ impl Users {
             .mail(purpose.as_str(), email.as_str(), now)
             .await?;
         let Some(user_id) = self.user_id_for(email).await? else {
-            tracing::info!(event = "mail_skipped", kind = purpose.as_str(), "no account has this address");
+            tracing::info!(
+                event = "mail_skipped",
+                kind = purpose.as_str(),
+                "no account has this address"
+            );
             return Ok(());
         };
         let stored = self
@@ -623,7 +629,11 @@ impl Users {
             // The account was deleted meanwhile: nothing to send, like an unknown address.
             return Ok(());
         }
-        let subject = text.subject.as_deref().unwrap_or(default_subject).to_string();
+        let subject = text
+            .subject
+            .as_deref()
+            .unwrap_or(default_subject)
+            .to_string();
         let from_name = text.from_name.clone();
         let to = email.as_str().to_string();
         let mailer = self.mailer.clone();

@@ -38,9 +38,10 @@ pub async fn verify_link(
     let Query(query) =
         query.map_err(|_| error(Error::Malformed("the query string is malformed".into())))?;
     let users = &state.users;
-    let redirect =
-        RedirectUrl::parse("redirectUrl", query.redirect_url).map_err(error)?;
-    users.check_redirect("redirectUrl", &redirect).map_err(error)?;
+    let redirect = RedirectUrl::parse("redirectUrl", query.redirect_url).map_err(error)?;
+    users
+        .check_redirect("redirectUrl", &redirect)
+        .map_err(error)?;
     let failure =
         RedirectUrl::parse("failureRedirectUrl", query.failure_redirect_url).map_err(error)?;
     users
