@@ -128,6 +128,17 @@ async fn bodies_over_64_kib_are_413() {
     assert!(fits.len() <= 64 * 1024);
     let answer = app.post_raw("Read", &fits, Some("application/json")).await;
     assert_error(&answer, "Read", 404, "user not found");
+    // Create and Update carry profiles and take up to 320 KiB.
+    let profile_sized = json!({"id": "x", "pad": "p".repeat(300 * 1024)}).to_string();
+    let answer = app
+        .post_raw("Update", &profile_sized, Some("application/json"))
+        .await;
+    assert_error(&answer, "Update", 404, "user not found");
+    let too_big = json!({"id": "x", "pad": "p".repeat(320 * 1024)}).to_string();
+    let answer = app
+        .post_raw("Update", &too_big, Some("application/json"))
+        .await;
+    assert_error(&answer, "Update", 413, "larger than 327680 bytes");
 }
 
 #[tokio::test]

@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::json::int_or_string;
+use super::{MAX_BODY_BYTES, PROFILE_BODY_BYTES};
 use crate::domain::{
     reset_expiration, AccountChanges, AccountKey, Email, LoginName, MagicLinkTarget, MailText,
     NewAccount, Page, Password, PasswordChange, PasswordReset, RedirectUrl, Session, User, UserId,
@@ -27,6 +28,8 @@ use crate::session::SessionToken;
 /// One RPC method: its name in the routes, its request and what the core answers.
 pub trait Method: Send + Sync + 'static {
     const NAME: &'static str;
+    /// Largest request body accepted, in bytes.
+    const MAX_BODY: usize = MAX_BODY_BYTES;
     type Request: DeserializeOwned + Send;
     type Output: Send;
 
@@ -189,12 +192,15 @@ pub struct SendMagicLinkRequest {
 
 /// Declares a method: its marker type, request, output and body.
 macro_rules! method {
-    ($(#[$doc:meta])* $name:ident($request:ty) -> $output:ty, |$users:ident, $r:ident, $client:ident| $body:expr) => {
-        $(#[$doc])*
+    ($name:ident($request:ty) -> $output:ty, |$users:ident, $r:ident, $client:ident| $body:expr) => {
+        method!($name($request) -> $output, max_body = MAX_BODY_BYTES, |$users, $r, $client| $body);
+    };
+    ($name:ident($request:ty) -> $output:ty, max_body = $max:expr, |$users:ident, $r:ident, $client:ident| $body:expr) => {
         pub struct $name;
 
         impl Method for $name {
             const NAME: &'static str = stringify!($name);
+            const MAX_BODY: usize = $max;
             type Request = $request;
             type Output = $output;
 
@@ -210,7 +216,8 @@ macro_rules! method {
     };
 }
 
-method!(Create(CreateRequest) -> User, |users, r, client| {
+// Create and Update carry profiles: up to 64 values of 4 KiB each need a larger body.
+method!(Create(CreateRequest) -> User, max_body = PROFILE_BODY_BYTES, |users, r, client| {
     let account = NewAccount::parse(r.id, r.username, r.email, r.password, r.profile)?;
     users.create(account, client).await
 });
@@ -219,7 +226,7 @@ method!(Read(AccountRequest) -> User, |users, r, client| {
     users.read(&AccountKey::parse(r.id, r.username, r.email)?).await
 });
 
-method!(Update(UpdateRequest) -> User, |users, r, client| {
+method!(Update(UpdateRequest) -> User, max_body = PROFILE_BODY_BYTES, |users, r, client| {
     let id = UserId::parse("id", r.id)?;
     let changes = AccountChanges::parse(r.username, r.email, r.profile)?;
     users.update(&id, changes).await

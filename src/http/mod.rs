@@ -37,6 +37,9 @@ use micro::Micro;
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest accepted body of the methods that carry a profile (Create, Update): a full
+/// profile, 64 keys with 4 KiB values, written as plain JSON, fits with room to spare.
+pub const PROFILE_BODY_BYTES: usize = 320 * 1024;
 
 /// Prefix of the Micro RPC routes.
 pub const RPC_PREFIX: &str = "/users/Users/";
@@ -213,7 +216,14 @@ async fn rpc<S: Answer<M>, M: Method>(
         )
         .with_header(header::WWW_AUTHENTICATE, "Bearer"));
     }
-    let body = read_body(S::SERVICE, M::NAME, body, state.request_timeout).await?;
+    let body = read_body(
+        S::SERVICE,
+        M::NAME,
+        M::MAX_BODY,
+        body,
+        state.request_timeout,
+    )
+    .await?;
     let request = json::decode::<M::Request>(&body)
         .map_err(|e| MicroError::from_error_in(S::SERVICE, M::NAME, e))?;
     match tokio::time::timeout(
@@ -232,15 +242,16 @@ async fn rpc<S: Answer<M>, M: Method>(
     }
 }
 
-/// Reads at most [`MAX_BODY_BYTES`] within `timeout`: a client that sends too much gets
-/// 413, one that sends too slowly 408.
+/// Reads at most `max` bytes within `timeout`: a client that sends too much gets 413,
+/// one that sends too slowly 408.
 async fn read_body(
     service: &str,
     method: &str,
+    max: usize,
     body: Body,
     timeout: Duration,
 ) -> Result<Bytes, MicroError> {
-    let limited = http_body_util::Limited::new(body, MAX_BODY_BYTES);
+    let limited = http_body_util::Limited::new(body, max);
     match tokio::time::timeout(timeout, limited.collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
@@ -248,7 +259,7 @@ async fn read_body(
                 service,
                 method,
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+                format!("request body is larger than {max} bytes"),
             ))
         }
         Ok(Err(_)) => Err(MicroError::in_service(
