@@ -10,6 +10,7 @@ use common::process::{command, http, Service};
 use common::{assert_error, Backend, TestApp, TestDatabase, PASSWORD};
 use serde_json::json;
 use sqlx::Connection;
+use users_service::store::Store;
 
 /// Runs the binary to completion; returns (success, stdout, stderr).
 fn run(args: &[&str], stdin: Option<&[u8]>) -> (bool, Vec<u8>, String) {
@@ -176,8 +177,35 @@ async fn export_from_sqlite_and_import_into_postgres_keeps_passwords_and_session
         source.create_user(name).await;
         sessions.push(source.login(name, PASSWORD).await);
     }
-    // An expired session is not carried over.
+    // A profile and a verified address travel too. The verification token is planted
+    // in the store (no mail server here) and used through the API.
+    let (status, _) = source
+        .call(
+            "Update",
+            json!({"id": asim_id(&source).await, "profile": {"plan": "pro"}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let token = users_service::session::SessionToken::generate();
+    let planted = source
+        .store
+        .put_token(users_service::store::NewToken {
+            digest: &token.digest(),
+            user_id: &asim_id(&source).await,
+            purpose: users_service::tokens::Purpose::VerifyEmail,
+            created: source.clock_now(),
+            expires: source.clock_now() + 60,
+        })
+        .await
+        .unwrap();
+    assert!(planted);
+    let (status, body) = source
+        .call("VerifyEmail", json!({"token": token.expose()}))
+        .await;
+    assert_eq!(status, 200, "{body}");
     let source_users = source.call("Search", json!({"username": "asim"})).await.1;
+    assert_eq!(source_users["users"][0]["verified"], true);
+    assert_eq!(source_users["users"][0]["profile"], json!({"plan": "pro"}));
     let source_db = source.into_database().await;
 
     let (ok, export, stderr) = run(&["export", "--database-url", &source_db.raw_url], None);
@@ -189,6 +217,10 @@ async fn export_from_sqlite_and_import_into_postgres_keeps_passwords_and_session
         "header, users, sessions:\n{text}"
     );
     assert!(text.contains("$argon2id$"), "hashes travel as PHC strings");
+    assert!(
+        !text.contains("verify_email"),
+        "one-time tokens are not exported"
+    );
     for session in &sessions {
         assert!(
             !text.contains(session["id"].as_str().unwrap()),
@@ -242,7 +274,15 @@ async fn export_from_sqlite_and_import_into_postgres_keeps_passwords_and_session
         assert_eq!(body["session"], *session);
     }
     let (_, users) = app.call("Search", json!({"username": "asim"})).await;
-    assert_eq!(users, source_users, "ids and timestamps are kept");
+    assert_eq!(
+        users, source_users,
+        "ids, timestamps, profiles and verification are kept"
+    );
+}
+
+async fn asim_id(app: &TestApp) -> String {
+    let (_, found) = app.call("Read", json!({"username": "asim"})).await;
+    found["user"]["id"].as_str().unwrap().to_string()
 }
 
 async fn import_refuses_bad_input_and_writes_nothing(app: TestApp) {
