@@ -20,10 +20,16 @@ fn help_lists_every_flag_with_its_environment_variable() {
         ("--cors-origins", "USERS_CORS_ORIGINS"),
         ("--db-max-connections", "USERS_DB_MAX_CONNECTIONS"),
         ("--db-acquire-timeout", "USERS_DB_ACQUIRE_TIMEOUT"),
+        ("--smtp-url", "USERS_SMTP_URL"),
+        ("--mail-from", "USERS_MAIL_FROM"),
+        ("--public-url", "USERS_PUBLIC_URL"),
+        ("--redirect-allowlist", "USERS_REDIRECT_ALLOWLIST"),
+        ("--magic-link-ttl", "USERS_MAGIC_LINK_TTL"),
+        ("--mails-per-hour", "USERS_MAILS_PER_HOUR"),
     ] {
         assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
         assert!(
-            help.contains(&format!("env: {env}=")),
+            help.contains(&format!("env: {env}=")) || help.contains(&format!("env: {env}]")),
             "{env} missing from --help:\n{help}"
         );
     }
@@ -47,6 +53,22 @@ fn bad_configuration_fails_at_start_with_one_clear_line() {
         (vec!["--session-ttl", "0"], "--session-ttl"),
         (vec!["--session-ttl", "soon"], "--session-ttl"),
         (vec!["--db-max-connections", "0"], "--db-max-connections"),
+        (
+            vec!["--smtp-url", "http://mail.example.com"],
+            "invalid SMTP URL",
+        ),
+        (
+            vec!["--mail-from", "not an address"],
+            "invalid sender address",
+        ),
+        (
+            vec!["--public-url", "ftp://example.com"],
+            "USERS_PUBLIC_URL",
+        ),
+        (
+            vec!["--redirect-allowlist", "https://app.example.com/path"],
+            "USERS_REDIRECT_ALLOWLIST",
+        ),
         (vec!["--listen", &taken_addr], "cannot listen on"),
         (
             vec!["--database-url", &missing_dir],
@@ -159,6 +181,50 @@ fn logs_one_line_per_request_and_no_secrets() {
             "the log contains a secret ({secret}):\n{all}"
         );
     }
+}
+
+#[test]
+fn without_smtp_mails_are_logged_with_their_link_and_not_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = command(dir.path());
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--public-url",
+        "https://id.example.com/",
+    ])
+    .env("RUST_LOG", "info");
+    let service = Service::start(cmd);
+    let (status, _) = http(
+        service.addr,
+        "POST",
+        "/v1/user/Create",
+        r#"{"username":"asim","email":"asim@example.com","password":"s3cret-Passw0rd"}"#,
+    );
+    assert_eq!(status, 200);
+    let (status, body) = http(
+        service.addr,
+        "POST",
+        "/v1/user/SendVerificationEmail",
+        r#"{"email":"asim@example.com","text_content":"Open $micro_verification_link","redirect_url":"https://app.example.com/ok","failure_redirect_url":"https://app.example.com/no"}"#,
+    );
+    assert_eq!((status, body.as_str()), (200, "{}"));
+    let (_, logs) = service.terminate();
+    assert!(
+        logs.iter().any(|l| l.contains("no SMTP server is set")),
+        "start-up says mail is not sent: {logs:#?}"
+    );
+    let mail = logs
+        .iter()
+        .find(|l| l.contains("mail not sent"))
+        .unwrap_or_else(|| panic!("no mail line: {logs:#?}"));
+    assert!(mail.contains("WARN"), "{mail}");
+    assert!(mail.contains("to=\"asim@example.com\""), "{mail}");
+    // The link, on the public address, so the flow can be finished by hand.
+    assert!(
+        mail.contains("body=Open https://id.example.com/v1/user/verify?token="),
+        "{mail}"
+    );
 }
 
 #[test]
