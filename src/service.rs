@@ -661,7 +661,9 @@ impl Users {
         });
         match delivery.await {
             Ok(Ok(())) => {
-                tracing::info!(event = "mail_sent", kind = purpose.as_str(), user_id = %user_id);
+                if self.mailer.sends() {
+                    tracing::info!(event = "mail_sent", kind = purpose.as_str(), user_id = %user_id);
+                }
                 Ok(())
             }
             Ok(Err(err)) => Err(Error::MailFailed(err)),

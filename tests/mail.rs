@@ -79,6 +79,7 @@ mail_tests! {
         c.mail.redirect_allowlist = vec!["https://app.example.com".into()]
     });
     the_micro_surface_runs_the_same_flows(false, super::defaults);
+    a_new_address_is_unverified_and_old_links_stop_working(false, super::defaults);
 }
 
 const REDIRECT: &str = "https://app.example.com/verified?from=mail";
@@ -703,4 +704,34 @@ async fn the_micro_surface_runs_the_same_flows(app: TestApp, sink: SmtpSink) {
         read["user"]["verification_date"],
         app.clock_now().to_string()
     );
+}
+
+async fn a_new_address_is_unverified_and_old_links_stop_working(app: TestApp, sink: SmtpSink) {
+    let account = create(&app, "mover").await;
+    let id = &account["id"];
+    let (_, link) = verification_mail(&app, &sink, "mover@example.com").await;
+    assert_eq!(open(&link).await.1.as_deref(), Some(REDIRECT));
+    assert_eq!(read_account(&app, id).await["verified"], true);
+    // Updating other fields, or to the same address, keeps the verification.
+    app.m3o(
+        "Update",
+        json!({"id": id, "email": "Mover@example.com", "profile": {"a": "b"}}),
+    )
+    .await;
+    assert_eq!(read_account(&app, id).await["verified"], true);
+
+    let (_, pending) = verification_mail(&app, &sink, "mover@example.com").await;
+    let code = reset_code(&app, &sink, "mover@example.com", json!(null)).await;
+    let answer = app
+        .m3o("Update", json!({"id": id, "email": "moved@example.com"}))
+        .await;
+    assert_eq!(answer, (StatusCode::OK, json!({})));
+    let moved = read_account(&app, id).await;
+    assert_eq!(moved["verified"], false, "{moved}");
+    assert_eq!(moved["verification_date"], "0");
+    // What was sent to the old address no longer works.
+    assert_eq!(open(&pending).await.1.as_deref(), Some(FAILURE));
+    let answer = reset(&app, "moved@example.com", &code, "newpassword-1").await;
+    assert_m3o_error(&answer, "ResetPassword", 400, "code is wrong");
+    assert_eq!(read_account(&app, id).await["verified"], false);
 }

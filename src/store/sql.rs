@@ -393,27 +393,39 @@ impl Store for SqlStore {
         changes: &AccountChanges,
         now: i64,
     ) -> Result<Option<User>, StoreError> {
+        // A new e-mail address is not verified, whatever the old one was: the SET
+        // expressions read the row's old values, so `email` there is the old address.
         const SQL: &str = concat!(
             "UPDATE users SET username = COALESCE($2, username), email = COALESCE($3, email), \
+             verified = CASE WHEN COALESCE($3, email) = email THEN verified ELSE FALSE END, \
+             verification_date = CASE WHEN COALESCE($3, email) = email \
+                                 THEN verification_date ELSE 0 END, \
              profile = COALESCE($5, profile), updated = $4 WHERE id = $1 RETURNING ",
             user_columns!()
         );
+        // Links and codes sent to the old address must not work for the new one.
+        const WITHDRAW: &str = "DELETE FROM tokens WHERE user_id = $1 AND \
+                                $2 <> (SELECT email FROM users WHERE id = $1)";
         let username = changes.username.as_ref().map(|u| u.as_str());
         let email = changes.email.as_ref().map(|e| e.as_str());
         let profile = changes.profile.as_ref().map(profile_json);
-        on_writer!(self, pool => {
-            // fetch_all, not fetch_optional: sqlx's SQLite driver resets a statement it
-            // stops reading early and drops the error of that reset, which is where an
-            // UPDATE ... RETURNING commits. A commit failure (disk full) would be lost.
-            sqlx::query_as::<_, UserRow>(SQL)
+        on_writer!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            if let Some(email) = email {
+                sqlx::query(WITHDRAW).bind(id.as_str()).bind(email).execute(&mut *tx).await?;
+            }
+            let rows = sqlx::query_as::<_, UserRow>(SQL)
                 .bind(id.as_str())
                 .bind(username)
                 .bind(email)
                 .bind(now)
                 .bind(&profile)
-                .fetch_all(pool)
-                .await
-        })
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(rows)
+        }
+        .await)
         .map_err(classify)?
         .into_iter()
         .next()
