@@ -19,3 +19,16 @@ CREATE TABLE tokens (
 );
 
 CREATE INDEX tokens_expires ON tokens (expires);
+
+-- A new e-mail address withdraws every token mailed to the old one, in the statement
+-- that changes it.
+CREATE FUNCTION users_email_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM tokens WHERE user_id = NEW.id;
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER users_email_changed AFTER UPDATE OF email ON users
+FOR EACH ROW WHEN (OLD.email IS DISTINCT FROM NEW.email)
+EXECUTE FUNCTION users_email_changed();

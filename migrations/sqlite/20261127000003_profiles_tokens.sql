@@ -18,3 +18,11 @@ CREATE TABLE tokens (
 ) WITHOUT ROWID;
 
 CREATE INDEX tokens_expires ON tokens (expires);
+
+-- A new e-mail address withdraws every token mailed to the old one. A trigger keeps the
+-- account update a single statement, which SQLite rolls back cleanly if it fails.
+CREATE TRIGGER users_email_changed AFTER UPDATE OF email ON users
+WHEN OLD.email <> NEW.email
+BEGIN
+    DELETE FROM tokens WHERE user_id = NEW.id;
+END;

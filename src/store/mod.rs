@@ -5,6 +5,7 @@
 //! (compare-and-swap on the password hash) rather than read-then-write transactions, so
 //! they stay correct across several replicas on one database.
 
+mod inline;
 mod sql;
 mod url;
 

@@ -18,6 +18,7 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Transaction};
 use std::collections::HashSet;
 
+use super::inline::InlineReader;
 use super::{
     Counter, Credentials, DatabaseUrl, HashChange, Imported, Importer, Lookup, NewSession,
     NewToken, NewUser, Outage, Redeemed, Redemption, SessionRecord, Store, StoreError,
@@ -59,6 +60,8 @@ enum Backend {
     Sqlite {
         reader: SqlitePool,
         writer: SqlitePool,
+        /// The hot point reads, without sqlx's thread hand-off; falls back to `reader`.
+        inline: InlineReader,
     },
     Postgres(PgPool),
 }
@@ -85,6 +88,49 @@ macro_rules! on_writer {
             Backend::Postgres($pool) => $body,
         }
     };
+}
+
+/// Answers with `$map(row)` from the inline reader when the store is SQLite and the
+/// fast path can answer (see `inline.rs`); otherwise falls through to the pool.
+macro_rules! inline_first {
+    ($store:expr, $method:ident($sql:expr, [$($name:literal => $value:expr),* $(,)?]), $row:expr, $done:expr) => {
+        if let Backend::Sqlite { inline, .. } = &$store.backend {
+            if let Some(found) = inline.$method($sql, &[$(($name, &$value as &dyn rusqlite::ToSql)),*], $row) {
+                return $done(found);
+            }
+        }
+    };
+}
+
+/// Reads a [`UserRow`] (and a password hash after it, for a [`CredentialsRow`]) from a
+/// rusqlite row.
+fn user_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+        row.get(7)?,
+    ))
+}
+
+fn credentials_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<CredentialsRow> {
+    let (id, username, email, created, updated, verified, verification_date, profile) =
+        user_row(row)?;
+    Ok((
+        id,
+        username,
+        email,
+        created,
+        updated,
+        verified,
+        verification_date,
+        profile,
+        row.get(8)?,
+    ))
 }
 
 /// The columns of a [`User`], in the order of [`UserRow`].
@@ -207,7 +253,11 @@ impl SqlStore {
                     .connect_with(options.create_if_missing(false))
                     .await
                     .map_err(classify)?;
-                Backend::Sqlite { reader, writer }
+                Backend::Sqlite {
+                    reader,
+                    writer,
+                    inline: InlineReader::new(path.clone()),
+                }
             }
             DatabaseUrl::Postgres(url) => {
                 let options: PgConnectOptions = url.parse().map_err(StoreError::Other)?;
@@ -273,7 +323,12 @@ impl SqlStore {
     /// Closes every connection, waiting for those in use to be returned.
     pub async fn close(&self) {
         match &self.backend {
-            Backend::Sqlite { reader, writer } => {
+            Backend::Sqlite {
+                reader,
+                writer,
+                inline,
+            } => {
+                inline.close();
                 reader.close().await;
                 writer.close().await;
             }
@@ -336,6 +391,9 @@ impl Store for SqlStore {
             Lookup::Username(username) => (by!("username"), username.as_str()),
             Lookup::Email(email) => (by!("email"), email.as_str()),
         };
+        inline_first!(self, query_row(sql, ["$1" => key]), user_row, |row: Option<UserRow>| row
+            .map(user)
+            .transpose());
         on_pool!(self, pool => {
             sqlx::query_as::<_, UserRow>(sql).bind(key).fetch_optional(pool).await
         })
@@ -379,6 +437,11 @@ impl Store for SqlStore {
             Lookup::Username(username) => (by!("username"), username.as_str()),
             Lookup::Email(email) => (by!("email"), email.as_str()),
         };
+        inline_first!(self, query_row(sql, ["$1" => key]), credentials_row, |row: Option<
+            CredentialsRow,
+        >| row
+            .map(credentials)
+            .transpose());
         on_pool!(self, pool => {
             sqlx::query_as::<_, CredentialsRow>(sql).bind(key).fetch_optional(pool).await
         })
@@ -395,6 +458,7 @@ impl Store for SqlStore {
     ) -> Result<Option<User>, StoreError> {
         // A new e-mail address is not verified, whatever the old one was: the SET
         // expressions read the row's old values, so `email` there is the old address.
+        // (The migration's trigger withdraws the tokens mailed to the old address.)
         const SQL: &str = concat!(
             "UPDATE users SET username = COALESCE($2, username), email = COALESCE($3, email), \
              verified = CASE WHEN COALESCE($3, email) = email THEN verified ELSE FALSE END, \
@@ -403,29 +467,22 @@ impl Store for SqlStore {
              profile = COALESCE($5, profile), updated = $4 WHERE id = $1 RETURNING ",
             user_columns!()
         );
-        // Links and codes sent to the old address must not work for the new one.
-        const WITHDRAW: &str = "DELETE FROM tokens WHERE user_id = $1 AND \
-                                $2 <> (SELECT email FROM users WHERE id = $1)";
         let username = changes.username.as_ref().map(|u| u.as_str());
         let email = changes.email.as_ref().map(|e| e.as_str());
         let profile = changes.profile.as_ref().map(profile_json);
-        on_writer!(self, pool => async {
-            let mut tx = pool.begin().await?;
-            if let Some(email) = email {
-                sqlx::query(WITHDRAW).bind(id.as_str()).bind(email).execute(&mut *tx).await?;
-            }
-            let rows = sqlx::query_as::<_, UserRow>(SQL)
+        on_writer!(self, pool => {
+            // fetch_all, not fetch_optional: sqlx's SQLite driver resets a statement it
+            // stops reading early and drops the error of that reset, which is where an
+            // UPDATE ... RETURNING commits. A commit failure (disk full) would be lost.
+            sqlx::query_as::<_, UserRow>(SQL)
                 .bind(id.as_str())
                 .bind(username)
                 .bind(email)
                 .bind(now)
                 .bind(&profile)
-                .fetch_all(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(rows)
-        }
-        .await)
+                .fetch_all(pool)
+                .await
+        })
         .map_err(classify)?
         .into_iter()
         .next()
@@ -472,10 +529,18 @@ impl Store for SqlStore {
         };
         let limit = i64::from(query.page.limit);
         let offset = i64::try_from(query.page.offset).unwrap_or(i64::MAX);
+        let username = query.username.as_ref().map(|u| u.as_str());
+        let email = query.email.as_ref().map(|e| e.as_str());
+        inline_first!(
+            self,
+            query_all(sql, ["$1" => username, "$2" => email, "$3" => limit, "$4" => offset]),
+            user_row,
+            users
+        );
         on_pool!(self, pool => {
             sqlx::query_as::<_, UserRow>(sql)
-                .bind(query.username.as_ref().map(|u| u.as_str()))
-                .bind(query.email.as_ref().map(|e| e.as_str()))
+                .bind(username)
+                .bind(email)
                 .bind(limit)
                 .bind(offset)
                 .fetch_all(pool)
@@ -568,6 +633,19 @@ impl Store for SqlStore {
         const SQL: &str = "SELECT s.user_id, u.username, u.email, s.created, s.expires \
                            FROM sessions s JOIN users u ON u.id = s.user_id \
                            WHERE s.token_hash = $1 AND s.expires > $2";
+        let record = |(user_id, username, email, created, expires): SessionRow| SessionRecord {
+            user_id,
+            username,
+            email,
+            created,
+            expires,
+        };
+        inline_first!(
+            self,
+            query_row(SQL, ["$1" => digest.as_str(), "$2" => now]),
+            |row: &rusqlite::Row<'_>| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)),
+            |row: Option<SessionRow>| Ok(row.map(record))
+        );
         on_pool!(self, pool => {
             sqlx::query_as::<_, SessionRow>(SQL)
                 .bind(digest.as_str())
@@ -575,17 +653,7 @@ impl Store for SqlStore {
                 .fetch_optional(pool)
                 .await
         })
-        .map(|row| {
-            row.map(
-                |(user_id, username, email, created, expires)| SessionRecord {
-                    user_id,
-                    username,
-                    email,
-                    created,
-                    expires,
-                },
-            )
-        })
+        .map(|row| row.map(record))
         .map_err(classify)
     }
 
@@ -673,20 +741,32 @@ impl Store for SqlStore {
         effect: Redemption<'_>,
     ) -> Result<Redeemed, StoreError> {
         // Deleting the row is what uses the token: of two transactions deleting it, the
-        // second finds nothing (PostgreSQL makes it wait for the first and re-check;
-        // SQLite runs one writer at a time).
-        const CONSUME: &str = "DELETE FROM tokens WHERE token_hash = $1 AND purpose = $2 \
-                               RETURNING user_id, expires";
+        // second deletes nothing (PostgreSQL makes it wait for the first and re-check;
+        // SQLite runs one writer at a time) and reports the token not found. A plain
+        // DELETE, not DELETE ... RETURNING: on SQLite a failing RETURNING statement
+        // inside a transaction (a full disk) left the connection unusable.
+        const FIND: &str =
+            "SELECT user_id, expires FROM tokens WHERE token_hash = $1 AND purpose = $2";
+        const CONSUME: &str = "DELETE FROM tokens WHERE token_hash = $1 AND purpose = $2";
         on_writer!(self, pool => async {
             let mut tx = pool.begin().await?;
-            let consumed: Vec<(String, i64)> = sqlx::query_as(CONSUME)
+            let found: Option<(String, i64)> = sqlx::query_as(FIND)
                 .bind(digest.as_str())
                 .bind(purpose.as_str())
-                .fetch_all(&mut *tx)
+                .fetch_optional(&mut *tx)
                 .await?;
-            let Some((user_id, expires)) = consumed.into_iter().next() else {
+            let Some((user_id, expires)) = found else {
                 return Ok(Redeemed::NotFound);
             };
+            let consumed = sqlx::query(CONSUME)
+                .bind(digest.as_str())
+                .bind(purpose.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if consumed != 1 {
+                return Ok(Redeemed::NotFound);
+            }
             if expires <= now {
                 tx.commit().await?;
                 return Ok(Redeemed::Expired);
