@@ -132,8 +132,18 @@ run_schemathesis() {
     --no-color
     "$@")
   echo "== schemathesis ($name): $location against $base_url, $max_examples examples per operation, seed $seed"
-  local status=0
-  (cd "$work" && timeout --signal=INT --kill-after=10 "$time_limit" "$st" "${args[@]}") || status=$?
+  local status=0 output="$work/schemathesis-output.txt"
+  (cd "$work" && timeout --signal=INT --kill-after=10 "$time_limit" "$st" "${args[@]}") 2>&1 |
+    tee "$output" || status=${PIPESTATUS[0]}
+  # Schemathesis reports its own crashes (an exception in its test-case generator, such
+  # as hypothesis's FlakyFailure from a cache shared by the two workers) as ERRORS, and
+  # the server's faults as FAILURES. A run with errors alone says nothing about the
+  # server, so it is run once more; failures are never retried.
+  if [ "$status" -ne 0 ] && grep -q '= ERRORS =' "$output" && ! grep -q '= FAILURES =' "$output"; then
+    echo "schemathesis ($name): the tool itself failed (no check failed); running once more" >&2
+    status=0
+    (cd "$work" && timeout --signal=INT --kill-after=10 "$time_limit" "$st" "${args[@]}") || status=$?
+  fi
   if [ "$status" -ne 0 ]; then
     if [ "$status" -eq 124 ] || [ "$status" -eq 130 ]; then
       echo "schemathesis ($name): did not finish within ${time_limit}s" >&2

@@ -3,7 +3,9 @@
 //! Every statement is written once, in SQL both databases accept (`$n` parameters,
 //! `RETURNING`, `INSERT ... SELECT`), and runs on whichever pool is configured: the
 //! [`on_pool!`] macro expands one body per backend, so each is checked by the compiler
-//! against its own driver with no runtime translation layer.
+//! against its own driver with no runtime translation layer. On SQLite, the hot point
+//! reads first try the inline reader (`inline.rs`), which runs the same SQL on the
+//! calling thread and leaves anything it cannot answer to the pool.
 
 use std::time::Duration;
 
