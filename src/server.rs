@@ -188,6 +188,13 @@ impl Server {
             if let Ok(bound) = listener.local_addr() {
                 settings.links.public_url = format!("http://{bound}");
             }
+            if !config.listen.ip().is_loopback() {
+                tracing::warn!(
+                    public_url = %settings.links.public_url,
+                    "USERS_PUBLIC_URL is not set: verification links point at the listen \
+                     address, which users' browsers may not reach"
+                );
+            }
         }
         if !mailer.sends() {
             tracing::warn!(
