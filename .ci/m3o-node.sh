@@ -49,54 +49,12 @@ else
 fi
 
 # ---- The server -------------------------------------------------------------------
-work=$(mktemp -d)
-server_pid=
-stop_server() {
-  if [ -n "$server_pid" ]; then
-    kill "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-    server_pid=
-  fi
-}
-cleanup() {
-  stop_server
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
-base_url="http://127.0.0.1:$port"
+ci_label=m3o-node
+# shellcheck source=.ci/server.sh
+source .ci/server.sh
 key="ci-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
-
-# Only the environment given here reaches the server (none of the caller's USERS_*
-# settings), so the defaults are what is tested: sign-up open, the limits on.
-env -i PATH="$PATH" HOME="$HOME" RUST_LOG=warn \
-  USERS_LISTEN="127.0.0.1:$port" \
-  DATABASE_URL="sqlite://$work/users.db" \
-  USERS_API_KEY="$key" \
-  "$bin" >"$work/server.log" 2>&1 &
-server_pid=$!
-
-ready=0
-for _ in $(seq 1 100); do
-  if curl -fsS -o /dev/null --max-time 2 "$base_url/health" 2>/dev/null; then
-    ready=1
-    break
-  fi
-  if ! kill -0 "$server_pid" 2>/dev/null; then
-    echo "m3o-node: the server exited before answering /health:" >&2
-    cat "$work/server.log" >&2
-    server_pid=
-    exit 1
-  fi
-  sleep 0.1
-done
-if [ "$ready" -ne 1 ]; then
-  echo "m3o-node: the server did not answer /health within 10 seconds:" >&2
-  cat "$work/server.log" >&2
-  exit 1
-fi
+# The defaults are what is tested: sign-up open, the limits on.
+start_server m3o USERS_API_KEY="$key"
 
 # ---- The tests ----------------------------------------------------------------------
 # The SDK's HTTP client (axios) honours http_proxy; keep the loopback server off any
@@ -113,7 +71,7 @@ if [ "$status" -ne 0 ]; then
     echo "m3o-node: the tests did not finish within 120 seconds" >&2
   fi
   echo "---- server log" >&2
-  tail -n 100 "$work/server.log" >&2
+  tail -n 100 "$work/m3o/server.log" >&2
   echo "== m3o-node FAILED" >&2
   exit 1
 fi
