@@ -558,12 +558,13 @@ async fn mails_are_limited_per_recipient(app: TestApp, sink: SmtpSink) {
     for _ in 0..2 {
         reset_code(&app, &sink, email, json!(null)).await;
     }
-    let (status, headers, body) = send_with_headers(
-        &app,
-        "SendPasswordResetEmail",
-        json!({"email": email, "text_content": "$code"}),
-    )
-    .await;
+    let (status, headers, body) = app
+        .send_to(
+            "/v1/user/SendPasswordResetEmail",
+            json!({"email": email, "text_content": "$code"}),
+            &[],
+        )
+        .await;
     assert_m3o_error(
         &(status, body),
         "SendPasswordResetEmail",
@@ -586,22 +587,6 @@ async fn mails_are_limited_per_recipient(app: TestApp, sink: SmtpSink) {
     }
     app.clock.advance(3600);
     reset_code(&app, &sink, email, json!(null)).await;
-}
-
-async fn send_with_headers(
-    app: &TestApp,
-    method: &str,
-    body: Value,
-) -> (StatusCode, reqwest::header::HeaderMap, Value) {
-    let response = reqwest::Client::new()
-        .post(app.url(&format!("/v1/user/{method}")))
-        .json(&body)
-        .send()
-        .await
-        .expect("sent");
-    let status = response.status();
-    let headers = response.headers().clone();
-    (status, headers, response.json().await.expect("JSON"))
 }
 
 async fn redirects_outside_the_allow_list_are_refused(app: TestApp, sink: SmtpSink) {

@@ -270,23 +270,12 @@ impl TestApp {
 
     /// POSTs a JSON body to M3O's `/v1/user/<method>`.
     pub async fn m3o(&self, method: &str, body: Value) -> (StatusCode, Value) {
-        self.post_json(&format!("/v1/user/{method}"), &body).await
-    }
-
-    /// POSTs a JSON body to `path`; the answer must be JSON.
-    pub async fn post_json(&self, path: &str, body: &Value) -> (StatusCode, Value) {
-        let response = self
-            .client
-            .post(self.url(path))
-            .json(body)
-            .send()
-            .await
-            .expect("request sent");
-        let status = response.status();
-        let text = response.text().await.expect("body read");
-        let value = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("response is not JSON ({e}): {text:?}"));
-        (status, value)
+        self.post_to(
+            &format!("/v1/user/{method}"),
+            &body.to_string(),
+            Some("application/json"),
+        )
+        .await
     }
 
     /// Counts the rows of `table` straight from the database, behind the service's back.
@@ -313,17 +302,25 @@ impl TestApp {
         }
     }
 
-    /// POSTs `body` as is, with the given Content-Type (or none).
+    /// POSTs `body` as is to `/users/Users/<method>`, with the given Content-Type (or none).
     pub async fn post_raw(
         &self,
         method: &str,
         body: &str,
         content_type: Option<&str>,
     ) -> (StatusCode, Value) {
-        let mut request = self
-            .client
-            .post(self.url(&format!("/users/Users/{method}")))
-            .body(body.to_string());
+        self.post_to(&format!("/users/Users/{method}"), body, content_type)
+            .await
+    }
+
+    /// POSTs `body` as is to `path`; the answer must be JSON.
+    pub async fn post_to(
+        &self,
+        path: &str,
+        body: &str,
+        content_type: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.client.post(self.url(path)).body(body.to_string());
         if let Some(ct) = content_type {
             request = request.header("content-type", ct);
         }
@@ -335,17 +332,26 @@ impl TestApp {
         (status, value)
     }
 
-    /// POSTs a JSON body with extra headers; returns the status, headers and body.
+    /// POSTs a JSON body to `/users/Users/<method>` with extra headers; returns the
+    /// status, headers and body.
     pub async fn send(
         &self,
         method: &str,
         body: Value,
         headers: &[(&str, &str)],
     ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
-        let mut request = self
-            .client
-            .post(self.url(&format!("/users/Users/{method}")))
-            .json(&body);
+        self.send_to(&format!("/users/Users/{method}"), body, headers)
+            .await
+    }
+
+    /// [`TestApp::send`] to any path.
+    pub async fn send_to(
+        &self,
+        path: &str,
+        body: Value,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut request = self.client.post(self.url(path)).json(&body);
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
