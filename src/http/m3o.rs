@@ -3,13 +3,11 @@
 //! Accounts carry `verified`, `verification_date` and `profile`; sessions name their
 //! user `userId`; int64 values are decimal strings; Update answers `{}`.
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 
 use super::json::{Empty, Int64};
 use super::methods::*;
-use super::{answers, Surface, VerifyTokenResponse};
+use super::{answers, SessionResponse, Surface, VerifyTokenResponse};
 use crate::domain::{Session, User};
 
 pub struct M3o;
@@ -19,32 +17,8 @@ impl Surface for M3o {
     const PREFIX: &'static str = "/v1/user/";
 }
 
-#[derive(Debug, Serialize)]
-pub struct Account {
-    pub id: String,
-    pub username: String,
-    pub email: String,
-    pub created: Int64,
-    pub updated: Int64,
-    pub verified: bool,
-    pub verification_date: Int64,
-    pub profile: BTreeMap<String, String>,
-}
-
-impl From<User> for Account {
-    fn from(user: User) -> Self {
-        Self {
-            id: user.id,
-            username: user.username,
-            email: user.email,
-            created: Int64(user.created),
-            updated: Int64(user.updated),
-            verified: user.verified,
-            verification_date: Int64(user.verification_date),
-            profile: user.profile.into_map(),
-        }
-    }
-}
+/// An account: the same fields as the Micro surface's user, answered as `account`.
+pub use super::micro::{UserView as Account, UsersResponse};
 
 #[derive(Serialize)]
 pub struct SessionView {
@@ -79,32 +53,6 @@ impl From<User> for AccountResponse {
     }
 }
 
-#[derive(Serialize)]
-pub struct ListResponse {
-    pub users: Vec<Account>,
-}
-
-impl From<Vec<User>> for ListResponse {
-    fn from(users: Vec<User>) -> Self {
-        Self {
-            users: users.into_iter().map(Into::into).collect(),
-        }
-    }
-}
-
-#[derive(Serialize)]
-pub struct SessionResponse {
-    pub session: SessionView,
-}
-
-impl From<Session> for SessionResponse {
-    fn from(session: Session) -> Self {
-        Self {
-            session: session.into(),
-        }
-    }
-}
-
 /// Update answers `{}` here: M3O did not echo the account.
 impl From<User> for Empty {
     fn from(_: User) -> Self {
@@ -117,11 +65,11 @@ answers!(M3o {
     Read => AccountResponse,
     Update => Empty,
     Delete => Empty,
-    List => ListResponse,
-    Login => SessionResponse,
+    List => UsersResponse,
+    Login => SessionResponse<SessionView>,
     Logout => Empty,
     LogoutAll => Empty,
-    ReadSession => SessionResponse,
+    ReadSession => SessionResponse<SessionView>,
     UpdatePassword => Empty,
     SendVerificationEmail => Empty,
     VerifyEmail => Empty,

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::json::{Empty, Int64};
 use super::methods::*;
-use super::{answers, Surface, VerifyTokenResponse};
+use super::{answers, SessionResponse, Surface, VerifyTokenResponse};
 use crate::domain::{Session, User};
 
 pub struct Micro;
@@ -94,19 +94,6 @@ impl From<Vec<User>> for UsersResponse {
     }
 }
 
-#[derive(Serialize)]
-pub struct SessionResponse {
-    pub session: SessionView,
-}
-
-impl From<Session> for SessionResponse {
-    fn from(session: Session) -> Self {
-        Self {
-            session: session.into(),
-        }
-    }
-}
-
 answers!(Micro {
     Create => UserResponse,
     Read => UserResponse,
@@ -115,10 +102,10 @@ answers!(Micro {
     Search => UsersResponse,
     List => UsersResponse,
     UpdatePassword => Empty,
-    Login => SessionResponse,
+    Login => SessionResponse<SessionView>,
     Logout => Empty,
     LogoutAll => Empty,
-    ReadSession => SessionResponse,
+    ReadSession => SessionResponse<SessionView>,
     SendVerificationEmail => Empty,
     VerifyEmail => Empty,
     SendPasswordResetEmail => Empty,

@@ -77,6 +77,20 @@ macro_rules! answers {
 }
 pub(crate) use answers;
 
+/// `{"session": ...}` on both surfaces; `V` is the surface's session view.
+#[derive(Serialize)]
+pub struct SessionResponse<V> {
+    pub session: V,
+}
+
+impl<V: From<crate::domain::Session>> From<crate::domain::Session> for SessionResponse<V> {
+    fn from(session: crate::domain::Session) -> Self {
+        Self {
+            session: session.into(),
+        }
+    }
+}
+
 /// VerifyToken's answer on both surfaces: 200 whether or not the token was good, with
 /// `is_valid` saying which; `V` is the surface's session view.
 #[derive(Serialize)]

@@ -142,6 +142,22 @@ macro_rules! user_columns {
     };
 }
 
+/// `SELECT <columns> FROM users WHERE <the lookup's column> = $1`, and the key to bind.
+macro_rules! select_by {
+    ($lookup:expr, $($columns:expr),+) => {{
+        macro_rules! by {
+            ($column:literal) => {
+                concat!("SELECT ", $($columns),+, " FROM users WHERE ", $column, " = $1")
+            };
+        }
+        match $lookup {
+            Lookup::Id(id) => (by!("id"), id.as_str()),
+            Lookup::Username(username) => (by!("username"), username.as_str()),
+            Lookup::Email(email) => (by!("email"), email.as_str()),
+        }
+    }};
+}
+
 type UserRow = (String, String, String, i64, i64, bool, i64, String);
 type CredentialsRow = (String, String, String, i64, i64, bool, i64, String, String);
 type SessionRow = (String, String, String, i64, i64);
@@ -322,6 +338,21 @@ impl SqlStore {
         Ok(())
     }
 
+    /// Runs one of the sweeper's bounded deletes (`$1` now, `$2` the batch); returns how
+    /// many rows went. Bounded batches keep each write transaction short, so a large
+    /// backlog of expired rows never holds SQLite's write lock for long.
+    async fn delete_expired(&self, sql: &str, now: i64, batch: u32) -> Result<u64, StoreError> {
+        on_writer!(self, pool => {
+            sqlx::query(sql)
+                .bind(now)
+                .bind(i64::from(batch))
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map_err(classify)
+    }
+
     /// Closes every connection, waiting for those in use to be returned.
     pub async fn close(&self) {
         match &self.backend {
@@ -377,22 +408,7 @@ impl Store for SqlStore {
     }
 
     async fn user(&self, lookup: Lookup<'_>) -> Result<Option<User>, StoreError> {
-        macro_rules! by {
-            ($column:literal) => {
-                concat!(
-                    "SELECT ",
-                    user_columns!(),
-                    " FROM users WHERE ",
-                    $column,
-                    " = $1"
-                )
-            };
-        }
-        let (sql, key) = match lookup {
-            Lookup::Id(id) => (by!("id"), id.as_str()),
-            Lookup::Username(username) => (by!("username"), username.as_str()),
-            Lookup::Email(email) => (by!("email"), email.as_str()),
-        };
+        let (sql, key) = select_by!(lookup, user_columns!());
         inline_first!(self, query_row(sql, ["$1" => key]), user_row, |row: Option<UserRow>| row
             .map(user)
             .transpose());
@@ -423,22 +439,7 @@ impl Store for SqlStore {
     }
 
     async fn credentials(&self, lookup: Lookup<'_>) -> Result<Option<Credentials>, StoreError> {
-        macro_rules! by {
-            ($column:literal) => {
-                concat!(
-                    "SELECT ",
-                    user_columns!(),
-                    ", password_hash FROM users WHERE ",
-                    $column,
-                    " = $1"
-                )
-            };
-        }
-        let (sql, key) = match lookup {
-            Lookup::Id(id) => (by!("id"), id.as_str()),
-            Lookup::Username(username) => (by!("username"), username.as_str()),
-            Lookup::Email(email) => (by!("email"), email.as_str()),
-        };
+        let (sql, key) = select_by!(lookup, user_columns!(), ", password_hash");
         inline_first!(self, query_row(sql, ["$1" => key]), credentials_row, |row: Option<
             CredentialsRow,
         >| row
@@ -817,33 +818,23 @@ impl Store for SqlStore {
     }
 
     async fn delete_expired_tokens(&self, now: i64, batch: u32) -> Result<u64, StoreError> {
-        const SQL: &str = "DELETE FROM tokens WHERE token_hash IN \
-                           (SELECT token_hash FROM tokens WHERE expires <= $1 LIMIT $2)";
-        on_writer!(self, pool => {
-            sqlx::query(SQL)
-                .bind(now)
-                .bind(i64::from(batch))
-                .execute(pool)
-                .await
-                .map(|done| done.rows_affected())
-        })
-        .map_err(classify)
+        self.delete_expired(
+            "DELETE FROM tokens WHERE token_hash IN \
+             (SELECT token_hash FROM tokens WHERE expires <= $1 LIMIT $2)",
+            now,
+            batch,
+        )
+        .await
     }
 
     async fn delete_expired_sessions(&self, now: i64, batch: u32) -> Result<u64, StoreError> {
-        // Bounded batches keep each write transaction short, so a large backlog of
-        // expired sessions never holds SQLite's write lock for long.
-        const SQL: &str = "DELETE FROM sessions WHERE token_hash IN \
-                           (SELECT token_hash FROM sessions WHERE expires <= $1 LIMIT $2)";
-        on_writer!(self, pool => {
-            sqlx::query(SQL)
-                .bind(now)
-                .bind(i64::from(batch))
-                .execute(pool)
-                .await
-                .map(|done| done.rows_affected())
-        })
-        .map_err(classify)
+        self.delete_expired(
+            "DELETE FROM sessions WHERE token_hash IN \
+             (SELECT token_hash FROM sessions WHERE expires <= $1 LIMIT $2)",
+            now,
+            batch,
+        )
+        .await
     }
 
     async fn blocked_until(&self, keys: [&str; 2]) -> Result<i64, StoreError> {
