@@ -83,6 +83,14 @@ impl Default for LinkSettings {
     }
 }
 
+/// What kind of one-time token an e-mail carries.
+struct TokenMail {
+    purpose: Purpose,
+    /// Seconds the token stays valid.
+    ttl: i64,
+    default_subject: &'static str,
+}
+
 /// VerifyToken's answer: a session, or why not.
 #[derive(Debug)]
 pub enum TokenCheck {
@@ -407,16 +415,13 @@ impl Users {
             .append_pair("redirectUrl", redirect.as_str())
             .append_pair("failureRedirectUrl", failure.as_str());
         let body = text.text.replace(LINK_PLACEHOLDER, link.as_str());
-        self.send_token_mail(
-            &email,
-            &text,
-            "Verify your e-mail address",
-            Purpose::VerifyEmail,
-            &token.digest(),
-            VERIFICATION_TTL,
-            body,
-        )
-        .await
+        let kind = TokenMail {
+            purpose: Purpose::VerifyEmail,
+            ttl: VERIFICATION_TTL,
+            default_subject: "Verify your e-mail address",
+        };
+        self.send_token_mail(&email, &text, kind, |_| (token.digest(), body))
+            .await
     }
 
     /// Uses a verification token: marks the address verified.
@@ -450,19 +455,14 @@ impl Users {
     ) -> Result<(), Error> {
         let code = ResetCode::generate();
         let body = text.text.replace(CODE_PLACEHOLDER, code.expose());
-        // The code's digest depends on the user, known only once the account is found.
-        let user_id = self.user_id_for(&email).await?;
-        let digest = code.digest(user_id.as_deref().unwrap_or_default());
-        self.send_token_mail(
-            &email,
-            &text,
-            "Reset your password",
-            Purpose::ResetPassword,
-            &digest,
-            expiration,
-            body,
-        )
-        .await
+        let kind = TokenMail {
+            purpose: Purpose::ResetPassword,
+            ttl: expiration,
+            default_subject: "Reset your password",
+        };
+        // A code's digest is bound to its account (see `ResetCode::digest`).
+        self.send_token_mail(&email, &text, kind, |user_id| (code.digest(user_id), body))
+            .await
     }
 
     /// Sets a new password with a reset code, which is used up, and ends every session.
@@ -541,16 +541,13 @@ impl Users {
         let body = text
             .text
             .replace(LINK_PLACEHOLDER, &target.link(token.expose()));
-        self.send_token_mail(
-            &email,
-            &text,
-            "Your sign-in link",
-            Purpose::MagicLink,
-            &token.digest(),
-            self.links.magic_link_ttl,
-            body,
-        )
-        .await
+        let kind = TokenMail {
+            purpose: Purpose::MagicLink,
+            ttl: self.links.magic_link_ttl,
+            default_subject: "Your sign-in link",
+        };
+        self.send_token_mail(&email, &text, kind, |_| (token.digest(), body))
+            .await
     }
 
     /// Uses a magic-link token: a new session the first time, and why not afterwards.
@@ -580,34 +577,33 @@ impl Users {
         }
     }
 
-    async fn user_id_for(&self, email: &Email) -> Result<Option<String>, Error> {
-        Ok(self
-            .store
-            .user(Lookup::Email(email))
-            .await?
-            .map(|user| user.id))
-    }
-
     /// The common part of the three e-mails: count against the per-recipient limit,
-    /// store the token (replacing the user's previous one of this purpose), send, and
+    /// find the account, store the token that `secret` makes for it (its digest and the
+    /// message body; the user's previous token of this purpose is replaced), send, and
     /// withdraw the token if sending fails. Nothing is stored or sent for an address
     /// without an account, and the caller cannot tell.
-    #[allow(clippy::too_many_arguments)]
     async fn send_token_mail(
         &self,
         email: &Email,
         text: &MailText,
-        default_subject: &str,
-        purpose: Purpose,
-        digest: &TokenDigest,
-        ttl: i64,
-        body: String,
+        kind: TokenMail,
+        secret: impl FnOnce(&str) -> (TokenDigest, String),
     ) -> Result<(), Error> {
+        let TokenMail {
+            purpose,
+            ttl,
+            default_subject,
+        } = kind;
         let now = self.clock.now();
         self.limiter
             .mail(purpose.as_str(), email.as_str(), now)
             .await?;
-        let Some(user_id) = self.user_id_for(email).await? else {
+        let Some(user_id) = self
+            .store
+            .user(Lookup::Email(email))
+            .await?
+            .map(|user| user.id)
+        else {
             tracing::info!(
                 event = "mail_skipped",
                 kind = purpose.as_str(),
@@ -615,10 +611,11 @@ impl Users {
             );
             return Ok(());
         };
+        let (digest, body) = secret(&user_id);
         let stored = self
             .store
             .put_token(NewToken {
-                digest,
+                digest: &digest,
                 user_id: &user_id,
                 purpose,
                 created: now,
@@ -638,7 +635,6 @@ impl Users {
         let to = email.as_str().to_string();
         let mailer = self.mailer.clone();
         let store = self.store.clone();
-        let digest = digest.clone();
         // Sending and, on failure, withdrawing the token run in a task of their own, so
         // the token is withdrawn even if the request is abandoned midway (a client
         // disconnect or the handler's timeout).
