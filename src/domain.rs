@@ -299,10 +299,6 @@ impl Profile {
         Ok(Self(map))
     }
 
-    pub fn as_map(&self) -> &BTreeMap<String, String> {
-        &self.0
-    }
-
     pub fn into_map(self) -> BTreeMap<String, String> {
         self.0
     }
