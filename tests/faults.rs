@@ -818,11 +818,24 @@ fn path_str(path: &Path) -> &str {
 
 /// The directory that holds a SQLite test database.
 fn sqlite_dir(db: &TestDatabase) -> PathBuf {
+    db_path(db).parent().expect("a directory").to_path_buf()
+}
+
+fn db_path(db: &TestDatabase) -> PathBuf {
     let path = db
         .raw_url
         .strip_prefix("sqlite://")
         .expect("a SQLite database");
-    Path::new(path).parent().expect("a directory").to_path_buf()
+    PathBuf::from(path)
+}
+
+/// Copies the WAL into the database and truncates it to nothing.
+fn truncate_wal(db: &Path) {
+    let conn = rusqlite::Connection::open(db).expect("database opened");
+    let busy: i64 = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))
+        .expect("checkpoint");
+    assert_eq!(busy, 0, "the WAL could not be truncated");
 }
 
 /// Writes zeros to `path` until the file system is full.
@@ -959,6 +972,10 @@ async fn sqlite_disk_full_refuses_writes_with_503_and_keeps_serving_reads() {
     let api = Api::new(app.addr);
     let (user, session) = sign_up(&api).await;
 
+    // SQLite writes into WAL space it already has when it can (the WAL starts over once
+    // checkpointed), and such a write needs no new disk space. Emptying the WAL first
+    // makes every write below need some.
+    block_in_place(|| truncate_wal(&db_path(&app.db)));
     let filler = dir.join("filler");
     block_in_place(|| fill(&filler));
     writes_are_refused(&api, "the database is out of disk space").await;

@@ -14,9 +14,11 @@
 //! worker, is never blocked for longer than one index search.
 
 use std::cell::RefCell;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, Row, ToSql};
@@ -39,12 +41,15 @@ pub struct InlineReader {
     path: PathBuf,
     /// Set when the store closes: no new connection is opened or used.
     closed: Arc<AtomicBool>,
+    /// Keeps the WAL's read lock taken for the process while nothing is being written.
+    anchor: Mutex<Option<Anchor>>,
 }
 
 impl InlineReader {
     pub fn new(path: PathBuf) -> Self {
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            anchor: Mutex::new(Anchor::start(path.clone())),
             path,
             closed: Arc::new(AtomicBool::new(false)),
         }
@@ -54,6 +59,9 @@ impl InlineReader {
     /// they next look for one or end.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        if let Some(anchor) = self.anchor.lock().ok().and_then(|mut a| a.take()) {
+            anchor.stop();
+        }
         let _ = CONNECTIONS.try_with(|c| {
             if let Ok(mut conns) = c.try_borrow_mut() {
                 conns.retain(|(id, _)| *id != self.id);
@@ -62,14 +70,7 @@ impl InlineReader {
     }
 
     fn open(&self) -> rusqlite::Result<Connection> {
-        // Opened like the pool's connections (read-write, never creating the file) and
-        // then limited to queries: a connection opened read-only may fall back to a
-        // private copy of the WAL index when it cannot map the shared one (a full
-        // disk), and then miss later commits.
-        let conn = Connection::open_with_flags(
-            &self.path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
+        let conn = open(&self.path)?;
         conn.pragma_update(None, "query_only", true)?;
         // Never wait for a lock on a runtime thread: a busy database goes to the pool.
         conn.busy_timeout(Duration::ZERO)?;
@@ -147,8 +148,201 @@ impl InlineReader {
     }
 }
 
+/// Opens `path` like the pool's connections: read-write, never creating the file. (A
+/// connection opened read-only may fall back to a private copy of the WAL index when it
+/// cannot map the shared one, on a full disk, and then miss later commits.)
+fn open(path: &Path) -> rusqlite::Result<Connection> {
+    Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+}
+
+/// How often the anchor lets go of its read lock and looks again.
+const ANCHOR_PERIOD: Duration = Duration::from_millis(100);
+
+/// A connection that holds a read transaction open while the WAL is fully checkpointed,
+/// so that the inline reads' own read locks cost no system call.
+///
+/// Every read transaction takes a shared lock on one of the WAL index's read-mark slots,
+/// and releases it at the statement's end. SQLite's unix VFS counts these locks per
+/// process and calls `fcntl` only for the first holder of a slot and when the last one
+/// lets go: with one reader at a time that is two system calls per read, and on
+/// ReadSession the largest cost after the socket (BENCHMARKS.md, finding 1). While the
+/// WAL holds nothing that the database file lacks, every reader takes slot 0, and a
+/// transaction held open here on slot 0 makes each of their locks a counter update.
+///
+/// What a held read transaction must not do is hold back the WAL: a reader on slot 0
+/// stops checkpoints from copying frames into the database file, and one on any other
+/// slot stops the WAL from starting over from its beginning. So the anchor only anchors
+/// when a checkpoint (run here, on this thread) finds nothing left to copy, which puts
+/// it on slot 0, and it lets go every `ANCHOR_PERIOD`: a write delays the checkpoint
+/// of its frames by at most that long, and under steady writes the anchor mostly stays
+/// away. It never changes what a reader sees: every inline read is its own transaction.
+struct Anchor {
+    stop: Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl Anchor {
+    fn start(path: PathBuf) -> Option<Self> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("sqlite-anchor".into())
+            .spawn(move || {
+                let mut conn = None;
+                loop {
+                    if conn.is_none() {
+                        conn = open(&path)
+                            .and_then(|c| c.busy_timeout(Duration::ZERO).map(|()| c))
+                            .ok();
+                    }
+                    if let Some(c) = &conn {
+                        if let Err(err) = Self::reanchor(c) {
+                            tracing::trace!(error = %err, "sqlite read anchor let go");
+                            conn = None;
+                        }
+                    }
+                    match stopped.recv_timeout(ANCHOR_PERIOD) {
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+            })
+            .ok()?;
+        Some(Self { stop, thread })
+    }
+
+    /// Ends the held read transaction, if any, and opens a new one when a passive
+    /// checkpoint leaves nothing in the WAL that the database file lacks. Answers
+    /// whether it holds one now.
+    fn reanchor(conn: &Connection) -> rusqlite::Result<bool> {
+        if !conn.is_autocommit() {
+            conn.execute_batch("COMMIT")?;
+        }
+        // (busy, frames in the WAL, frames checkpointed); -1 frames: not in WAL mode.
+        let (busy, frames, copied): (i64, i64, i64) =
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })?;
+        if busy != 0 || frames < 0 || frames != copied {
+            return Ok(false);
+        }
+        conn.execute_batch("BEGIN")?;
+        conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
+        Ok(true)
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
+}
+
 impl Drop for InlineReader {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database in WAL mode with one table, and the connection that writes to it.
+    fn database(dir: &Path) -> (PathBuf, Connection) {
+        let path = dir.join("anchor.db");
+        let writer = Connection::open(&path).unwrap();
+        writer
+            .execute_batch(
+                "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
+                 CREATE TABLE t (n INTEGER NOT NULL);",
+            )
+            .unwrap();
+        (path, writer)
+    }
+
+    fn insert(writer: &Connection, n: i64) {
+        writer
+            .execute("INSERT INTO t (n) VALUES (?1)", [n])
+            .unwrap();
+    }
+
+    fn wal_frames(conn: &Connection) -> (i64, i64) {
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            Ok((row.get(1)?, row.get(2)?))
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn anchors_only_when_the_wal_is_fully_checkpointed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, writer) = database(dir.path());
+        let anchor = open(&path).unwrap();
+        insert(&writer, 1);
+        // Nothing holds the WAL back: the anchor copies the frame and anchors.
+        assert!(Anchor::reanchor(&anchor).unwrap());
+        assert!(!anchor.is_autocommit());
+
+        // A reader holds an older snapshot while a write lands: its frames cannot all
+        // be copied, so the anchor lets go and stays away.
+        let reader = open(&path).unwrap();
+        reader.execute_batch("BEGIN").unwrap();
+        let _: i64 = reader
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        insert(&writer, 2);
+        assert!(!Anchor::reanchor(&anchor).unwrap());
+        assert!(anchor.is_autocommit());
+
+        // Once that reader is gone, the next look copies everything and anchors again.
+        reader.execute_batch("COMMIT").unwrap();
+        assert!(Anchor::reanchor(&anchor).unwrap());
+        let (frames, copied) = wal_frames(&writer);
+        assert_eq!(frames, copied);
+    }
+
+    #[test]
+    fn an_anchor_holds_back_no_frame_past_its_next_look() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, writer) = database(dir.path());
+        let anchor = open(&path).unwrap();
+        assert!(Anchor::reanchor(&anchor).unwrap());
+        for n in 0..50 {
+            insert(&writer, n);
+        }
+        // While anchored, a checkpoint cannot copy the new frames into the database.
+        let (frames, copied) = wal_frames(&writer);
+        assert!(
+            frames > 0 && copied < frames,
+            "{frames} frames, {copied} copied"
+        );
+        // The anchor's next look lets go first, so every frame is copied.
+        assert!(Anchor::reanchor(&anchor).unwrap());
+        let (frames, copied) = wal_frames(&writer);
+        assert_eq!(frames, copied);
+        // And the WAL starts over from its beginning at the next write: the anchor holds
+        // no read mark that the restart needs.
+        insert(&writer, 50);
+        let (frames, _) = wal_frames(&writer);
+        assert!(frames <= 2, "the WAL did not start over: {frames} frames");
+    }
+
+    #[test]
+    fn inline_reads_see_every_commit_while_anchored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, writer) = database(dir.path());
+        let anchor = open(&path).unwrap();
+        let reader = InlineReader::new(path.clone());
+        for n in 0..200 {
+            if n % 20 == 0 {
+                Anchor::reanchor(&anchor).unwrap();
+            }
+            insert(&writer, n);
+            let count = reader.query_row("SELECT count(*) FROM t", &[], |r| r.get::<_, i64>(0));
+            assert_eq!(count, Some(Some(n + 1)));
+        }
+        reader.close();
     }
 }
