@@ -51,6 +51,9 @@ PROFILES = {
     "full": {
         "duration": 5,
         "warmup": 1,
+        # Rounds of the SQLite point reads, each with its own ceiling sample (see
+        # `read_rounds`).
+        "rounds": 3,
         "small_users": 1_000,
         "logout_pool": 40_000,
         "scale_users": 1_000_000,
@@ -61,6 +64,7 @@ PROFILES = {
     "quick": {
         "duration": 2,
         "warmup": 1,
+        "rounds": 1,
         "small_users": 1_000,
         "logout_pool": 30_000,
         "scale_users": 20_000,
@@ -392,28 +396,29 @@ class Bench:
             + (f"  peak RSS {server_mem[0]:.1f} MiB" if server_mem else ""))
         return row
 
-    def load(self, backend, dataset, db_url, scenario, method, mode, data, conns=CONCURRENCY,
-             threads=THREADS, timeout_s=10, password=None, warmup_data=None, duration=None):
-        """One scenario on a freshly started server: warm-up, measured run, memory."""
-        duration = duration or self.profile["duration"]
+    def measure(self, backend, db_url, scenario, method, mode, data, conns=CONCURRENCY,
+                threads=THREADS, timeout_s=10, password=None, warmup_data=None):
+        """One scenario on a freshly started server: warm-up, measured run; the figures
+        and the server's (peak, current) RSS."""
         with self.service(db_url, f"{backend}-{scenario}").start() as server:
             if self.profile["warmup"]:
                 run_wrk(server.url, method, mode, warmup_data or data, conns, threads,
                         self.profile["warmup"], timeout_s, password)
-            raw = run_wrk(server.url, method, mode, data, conns, threads, duration,
-                          timeout_s, password)
-            mem = server.memory_mib()
-        return self.row(backend, scenario, dataset, conns, figures(raw), mem)
+            raw = run_wrk(server.url, method, mode, data, conns, threads,
+                          self.profile["duration"], timeout_s, password)
+            return figures(raw), server.memory_mib()
+
+    def load(self, backend, dataset, db_url, scenario, method, mode, data, **options):
+        """One scenario measured once, as a row of the table."""
+        fig, mem = self.measure(backend, db_url, scenario, method, mode, data, **options)
+        return self.row(backend, scenario, dataset, options.get("conns", CONCURRENCY), fig,
+                        mem)
 
     # ceilings
 
-    def ceilings(self, ids_file):
-        self.http_sample(ids_file, "before the scenarios")
-        self.argon2_sample("before the scenarios")
-
     def http_sample(self, ids_file, when):
-        """Ceiling (a): the bare HTTP stack driven like Read. Measured twice (before the
-        scenarios and right after Search on SQLite); the mean is the ceiling."""
+        """Ceiling (a): the bare HTTP stack driven like Read, once per round of the SQLite
+        point reads (`read_rounds`); the ceiling is the median of the samples."""
         log(f"ceiling (a): the bare HTTP stack (examples/http_ceiling.rs), {when}")
         binary = str(self.examples / "http_ceiling")
         server = Server(lambda port: [binary, f"127.0.0.1:{port}"], self.logs, "http_ceiling")
@@ -428,10 +433,11 @@ class Bench:
         fig["peak_rss_mib"] = round(mem[0], 1)
         self.extra.setdefault("http", []).append(fig)
         log(f"  {fig['rps']:,.1f} req/s, p50 {fig['p50_ms']:.2f} ms, p99 {fig['p99_ms']:.2f} ms")
+        return fig
 
     def http_row(self):
         samples = self.extra["http"]
-        rps = statistics.mean(f["rps"] for f in samples)
+        rps = statistics.median(f["rps"] for f in samples)
         self.rows.insert(0, {
             "backend": "-", "scenario": "ceiling: HTTP stack", "dataset": "-",
             "concurrency": CONCURRENCY, "rps": round(rps, 1),
@@ -439,7 +445,7 @@ class Bench:
             "p99_ms": max(f["p99_ms"] for f in samples),
             "errors": sum(f["errors"] for f in samples),
             "peak_rss_mib": max(f["peak_rss_mib"] for f in samples),
-            "note": "mean of " + ", ".join(f"{f['rps']:,.0f}" for f in samples)})
+            "note": "median of " + ", ".join(f"{f['rps']:,.0f}" for f in samples)})
         return rps
 
     def argon2_sample(self, when):
@@ -503,14 +509,10 @@ class Bench:
         log(f"  imported users in {t_users:.1f} s, sessions in {t_sessions:.1f} s")
         out = {"dataset": ds}
         out["startup"], out["idle_mib"] = self.startups(backend, db_url, ds, p["startups"])
-        r = {}
-        r["ReadSession"] = self.load(backend, ds, db_url, "ReadSession", "ReadSession",
-                                     "pick:session_id", data["read_tokens"])
-        r["Read"] = self.load(backend, ds, db_url, "Read", "Read", "pick:id", data["ids"])
-        r["Search"] = self.load(backend, ds, db_url, "Search", "Search", "pick:username",
-                                data["names"])
+        rounds = p["rounds"] if backend == "sqlite" else 1
+        r = self.read_rounds(backend, ds, db_url, data, rounds, ceiling=backend == "sqlite")
         if backend == "sqlite":
-            self.http_sample(data["ids"], "right after ReadSession, Read and Search")
+            out["read_ratios"] = self.extra.pop("read_ratios")
         r["Logout"] = self.load(backend, ds, db_url, "Logout", "Logout", "walk:session_id",
                                 data["logout_main"], warmup_data=data["logout_warm"])
         r["Login"] = self.load(backend, ds, db_url, "Login", "Login", "login", data["names"],
@@ -525,6 +527,41 @@ class Bench:
         r["flood"] = self.flood(backend, ds, db_url, data)
         out["rows"] = r
         return out
+
+    def read_rounds(self, backend, ds, db_url, data, rounds, ceiling):
+        """ReadSession, Read and Search, `rounds` times over, each round on freshly
+        started servers; with `ceiling`, each round starts with a sample of the HTTP
+        ceiling. The figures on this shared machine drift by tens of percent from minute
+        to minute, so a ratio is taken within a round, from figures measured seconds
+        apart, and the target is judged on the median round. Each scenario's row is its
+        median round (its p50 and p99 come from that one wrk run); the JSON keeps all."""
+        scenarios = [("ReadSession", "pick:session_id", data["read_tokens"]),
+                     ("Read", "pick:id", data["ids"]),
+                     ("Search", "pick:username", data["names"])]
+        samples = {name: [] for name, _, _ in scenarios}
+        ratios = {name: [] for name, _, _ in scenarios}
+        for n in range(rounds):
+            label = f" (round {n + 1} of {rounds})" if rounds > 1 else ""
+            if ceiling:
+                http = self.http_sample(data["ids"], f"round {n + 1} of the SQLite reads")
+            for name, mode, values in scenarios:
+                log(f"{backend}: {name}{label}")
+                fig, mem = self.measure(backend, db_url, name, name, mode, values)
+                fig["peak_rss_mib"], fig["rss_after_mib"] = (round(m, 1) for m in mem)
+                samples[name].append(fig)
+                if ceiling:
+                    ratios[name].append(round(fig["rps"] / http["rps"], 4))
+        rows = {}
+        for name, figs in samples.items():
+            median = sorted(figs, key=lambda f: f["rps"])[len(figs) // 2]
+            note = ("median of " + ", ".join(f"{f['rps']:,.0f}" for f in figs)
+                    if len(figs) > 1 else "")
+            rows[name] = self.row(backend, name, ds, CONCURRENCY, median,
+                                  (median["peak_rss_mib"], median["rss_after_mib"]), note)
+            rows[name]["rounds"] = figs
+        if ceiling:
+            self.extra["read_ratios"] = ratios
+        return rows
 
     def mixed(self, backend, ds, db_url, data):
         """8 clients on ReadSession, alone and then while 64 others hammer Login."""
@@ -586,12 +623,7 @@ class Bench:
                           "seconds": round(t_sessions, 1),
                           "note": f"{t_sessions:.1f} s for {n:,} sessions"})
         startup, idle = self.startups("sqlite", db_url, ds, p["startups"])
-        r = {}
-        r["ReadSession"] = self.load("sqlite", ds, db_url, "ReadSession", "ReadSession",
-                                     "pick:session_id", data["read_tokens"])
-        r["Read"] = self.load("sqlite", ds, db_url, "Read", "Read", "pick:id", data["ids"])
-        r["Search"] = self.load("sqlite", ds, db_url, "Search", "Search", "pick:username",
-                                data["names"])
+        r = self.read_rounds("sqlite", ds, db_url, data, p["rounds"], ceiling=False)
         r["Logout"] = self.load("sqlite", ds, db_url, "Logout", "Logout", "walk:session_id",
                                 data["logout_main"], warmup_data=data["logout_warm"])
         return {"dataset": ds, "users": n, "sessions": n, "generate_s": round(gen_s, 1),
@@ -608,7 +640,7 @@ class Bench:
         split_logout(data)
         results = {"profile": self.profile_name, "machine": machine(), "settings": {
             "concurrency": CONCURRENCY, "wrk_threads": THREADS, **p}}
-        self.ceilings(data["ids"])
+        self.argon2_sample("before the scenarios")
 
         sqlite_url = f"sqlite://{self.work / 'small.db'}"
         results["sqlite"] = self.small("sqlite", sqlite_url, data)
@@ -690,11 +722,15 @@ def targets(results):
     argon = results["ceilings"]["argon2_per_s"]
     sq = results["sqlite"]["rows"]
     for name in ("ReadSession", "Read", "Search"):
-        rps = sq[name]["rps"]
+        # Judged round by round (each round has its own ceiling sample): the median.
+        ratios = results["sqlite"]["read_ratios"][name]
+        ratio = statistics.median(ratios)
         check(f"{name} on SQLite >= 50% of the HTTP ceiling (c{CONCURRENCY})",
-              rps >= 0.5 * http_rps,
-              f"{rps:,.0f} req/s = {100 * rps / http_rps:.1f}% of {http_rps:,.0f}",
-              f">= {0.5 * http_rps:,.0f} req/s")
+              ratio >= 0.5,
+              f"median round {100 * ratio:.1f}% (rounds: "
+              + ", ".join(f"{100 * r:.1f}%" for r in ratios)
+              + f"; median rates {sq[name]['rps']:,.0f} of {http_rps:,.0f} req/s)",
+              ">= 50%")
     for name in ("Login", "Create"):
         rps = sq[name]["rps"]
         errs = sq[name]["errors"]
