@@ -168,7 +168,7 @@ const ANCHOR_PERIOD: Duration = Duration::from_millis(100);
 /// and releases it at the statement's end. SQLite's unix VFS counts these locks per
 /// process and calls `fcntl` only for the first holder of a slot and when the last one
 /// lets go: with one reader at a time that is two system calls per read, and on
-/// ReadSession the largest cost after the socket (BENCHMARKS.md, finding 1). While the
+/// ReadSession the largest cost after the socket (BENCHMARKS.md, finding 2). While the
 /// WAL holds nothing that the database file lacks, every reader takes slot 0, and a
 /// transaction held open here on slot 0 makes each of their locks a counter update.
 ///
