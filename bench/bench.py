@@ -51,8 +51,9 @@ PROFILES = {
     "full": {
         "duration": 5,
         "warmup": 1,
-        # Rounds of the SQLite point reads, each with its own ceiling sample (see
-        # `read_rounds`).
+        # Rounds of the scenarios that targets compare with a ceiling (SQLite's point
+        # reads, Login and Create), each with its own ceiling sample; the scale run's
+        # reads run in as many rounds (see `in_rounds`).
         "rounds": 3,
         "small_users": 1_000,
         "logout_pool": 40_000,
@@ -418,7 +419,7 @@ class Bench:
 
     def http_sample(self, ids_file, when):
         """Ceiling (a): the bare HTTP stack driven like Read, once per round of the SQLite
-        point reads (`read_rounds`); the ceiling is the median of the samples."""
+        point reads (`in_rounds`); the ceiling is the median of the samples."""
         log(f"ceiling (a): the bare HTTP stack (examples/http_ceiling.rs), {when}")
         binary = str(self.examples / "http_ceiling")
         server = Server(lambda port: [binary, f"127.0.0.1:{port}"], self.logs, "http_ceiling")
