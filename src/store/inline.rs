@@ -174,11 +174,13 @@ const ANCHOR_PERIOD: Duration = Duration::from_millis(100);
 ///
 /// What a held read transaction must not do is hold back the WAL: a reader on slot 0
 /// stops checkpoints from copying frames into the database file, and one on any other
-/// slot stops the WAL from starting over from its beginning. So the anchor only anchors
-/// when a checkpoint (run here, on this thread) finds nothing left to copy, which puts
-/// it on slot 0, and it lets go every `ANCHOR_PERIOD`: a write delays the checkpoint
-/// of its frames by at most that long, and under steady writes the anchor mostly stays
-/// away. It never changes what a reader sees: every inline read is its own transaction.
+/// slot stops the WAL from starting over from its beginning. Nor may the anchor cost the
+/// writes anything. So it lets go every `ANCHOR_PERIOD`, and anchors again only when
+/// nothing was committed during that period and a passive checkpoint (run here, on this
+/// thread) then finds nothing left to copy, which puts it on slot 0. A write delays the
+/// checkpoint of its frames by at most one period; while writes go on, the anchor stays
+/// away and checkpoints are the writer's, as without it. It never changes what a reader
+/// sees: every inline read is its own transaction.
 struct Anchor {
     stop: Sender<()>,
     thread: JoinHandle<()>,
@@ -191,6 +193,7 @@ impl Anchor {
             .name("sqlite-anchor".into())
             .spawn(move || {
                 let mut conn = None;
+                let mut seen = None;
                 loop {
                     if conn.is_none() {
                         conn = open(&path)
@@ -198,7 +201,7 @@ impl Anchor {
                             .ok();
                     }
                     if let Some(c) = &conn {
-                        if let Err(err) = Self::reanchor(c) {
+                        if let Err(err) = Self::reanchor(c, &mut seen) {
                             tracing::trace!(error = %err, "sqlite read anchor let go");
                             conn = None;
                         }
@@ -213,12 +216,18 @@ impl Anchor {
         Some(Self { stop, thread })
     }
 
-    /// Ends the held read transaction, if any, and opens a new one when a passive
-    /// checkpoint leaves nothing in the WAL that the database file lacks. Answers
-    /// whether it holds one now.
-    fn reanchor(conn: &Connection) -> rusqlite::Result<bool> {
+    /// Ends the held read transaction, if any, and opens a new one when nothing was
+    /// committed since the last look (`seen`: the database's data version then) and a
+    /// passive checkpoint leaves nothing in the WAL that the database file lacks.
+    /// Answers whether it holds one now.
+    fn reanchor(conn: &Connection, seen: &mut Option<i64>) -> rusqlite::Result<bool> {
         if !conn.is_autocommit() {
             conn.execute_batch("COMMIT")?;
+        }
+        // Changes whenever another connection commits.
+        let version: i64 = conn.query_row("PRAGMA data_version", [], |row| row.get(0))?;
+        if seen.replace(version) != Some(version) {
+            return Ok(false);
         }
         // (busy, frames in the WAL, frames checkpointed); -1 frames: not in WAL mode.
         let (busy, frames, copied): (i64, i64, i64) =
@@ -276,31 +285,74 @@ mod tests {
     }
 
     #[test]
-    fn anchors_only_when_the_wal_is_fully_checkpointed() {
+    fn anchors_only_when_quiet_and_the_wal_is_fully_checkpointed() {
         let dir = tempfile::tempdir().unwrap();
         let (path, writer) = database(dir.path());
         let anchor = open(&path).unwrap();
+        let mut seen = None;
         insert(&writer, 1);
-        // Nothing holds the WAL back: the anchor copies the frame and anchors.
-        assert!(Anchor::reanchor(&anchor).unwrap());
+        // The first look has nothing to compare with; at the second nothing was
+        // committed in between and nothing holds the WAL back: the anchor copies the
+        // frame and anchors.
+        assert!(!Anchor::reanchor(&anchor, &mut seen).unwrap());
+        assert!(Anchor::reanchor(&anchor, &mut seen).unwrap());
         assert!(!anchor.is_autocommit());
+        let (frames, copied) = wal_frames(&writer);
+        assert!(
+            frames > 0 && frames == copied,
+            "{frames} frames, {copied} copied"
+        );
 
-        // A reader holds an older snapshot while a write lands: its frames cannot all
-        // be copied, so the anchor lets go and stays away.
+        // A write since the last look: the anchor lets go and stays away.
+        insert(&writer, 2);
+        assert!(!Anchor::reanchor(&anchor, &mut seen).unwrap());
+        assert!(anchor.is_autocommit());
+
+        // Quiet again, but a reader holds an older snapshot: its frames cannot all be
+        // copied, so the anchor stays away.
         let reader = open(&path).unwrap();
         reader.execute_batch("BEGIN").unwrap();
         let _: i64 = reader
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
             .unwrap();
-        insert(&writer, 2);
-        assert!(!Anchor::reanchor(&anchor).unwrap());
+        insert(&writer, 3);
+        assert!(!Anchor::reanchor(&anchor, &mut seen).unwrap());
+        assert!(!Anchor::reanchor(&anchor, &mut seen).unwrap());
         assert!(anchor.is_autocommit());
 
         // Once that reader is gone, the next look copies everything and anchors again.
         reader.execute_batch("COMMIT").unwrap();
-        assert!(Anchor::reanchor(&anchor).unwrap());
+        assert!(Anchor::reanchor(&anchor, &mut seen).unwrap());
         let (frames, copied) = wal_frames(&writer);
         assert_eq!(frames, copied);
+    }
+
+    #[test]
+    fn steps_aside_while_writes_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, writer) = database(dir.path());
+        let anchor = open(&path).unwrap();
+        let mut seen = None;
+        Anchor::reanchor(&anchor, &mut seen).unwrap();
+        let size = || std::fs::metadata(&path).unwrap().len();
+        let before = size();
+        for _ in 0..5 {
+            // Rows of several pages: copying them would grow the database file.
+            writer
+                .execute("INSERT INTO t (n) VALUES (zeroblob(16384))", [])
+                .unwrap();
+            // A commit in every period: no anchor, and no checkpoint of the anchor's
+            // own: the frames stay in the WAL, for the writer to checkpoint.
+            assert!(!Anchor::reanchor(&anchor, &mut seen).unwrap());
+            assert!(anchor.is_autocommit());
+            assert_eq!(size(), before, "the anchor checkpointed");
+        }
+        let (frames, copied) = wal_frames(&writer);
+        assert!(
+            frames >= 5 && copied == frames,
+            "{frames} frames, {copied} copied"
+        );
+        assert!(size() > before);
     }
 
     #[test]
@@ -308,7 +360,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (path, writer) = database(dir.path());
         let anchor = open(&path).unwrap();
-        assert!(Anchor::reanchor(&anchor).unwrap());
+        let mut seen = None;
+        Anchor::reanchor(&anchor, &mut seen).unwrap();
+        assert!(Anchor::reanchor(&anchor, &mut seen).unwrap());
         for n in 0..50 {
             insert(&writer, n);
         }
@@ -318,8 +372,8 @@ mod tests {
             frames > 0 && copied < frames,
             "{frames} frames, {copied} copied"
         );
-        // The anchor's next look lets go first, so every frame is copied.
-        assert!(Anchor::reanchor(&anchor).unwrap());
+        // The anchor's next look lets go, so every frame is copied.
+        assert!(!Anchor::reanchor(&anchor, &mut seen).unwrap());
         let (frames, copied) = wal_frames(&writer);
         assert_eq!(frames, copied);
         // And the WAL starts over from its beginning at the next write: the anchor holds
@@ -335,9 +389,12 @@ mod tests {
         let (path, writer) = database(dir.path());
         let anchor = open(&path).unwrap();
         let reader = InlineReader::new(path.clone());
+        let mut seen = None;
         for n in 0..200 {
             if n % 20 == 0 {
-                Anchor::reanchor(&anchor).unwrap();
+                // Twice: the second look sees no commit since the first, and anchors.
+                Anchor::reanchor(&anchor, &mut seen).unwrap();
+                assert!(Anchor::reanchor(&anchor, &mut seen).unwrap());
             }
             insert(&writer, n);
             let count = reader.query_row("SELECT count(*) FROM t", &[], |r| r.get::<_, i64>(0));
