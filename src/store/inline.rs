@@ -203,7 +203,9 @@ impl Anchor {
                     if let Some(c) = &conn {
                         if let Err(err) = Self::reanchor(c, &mut seen) {
                             tracing::trace!(error = %err, "sqlite read anchor let go");
+                            // A data version belongs to its connection: start afresh.
                             conn = None;
+                            seen = None;
                         }
                     }
                     match stopped.recv_timeout(ANCHOR_PERIOD) {
