@@ -923,7 +923,9 @@ def main():
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2) + "\n")
     report = render_report(results, output)
-    Path(args.markdown).write_text(report)
+    markdown = Path(args.markdown)
+    markdown.parent.mkdir(parents=True, exist_ok=True)
+    markdown.write_text(report)
     print()
     print(report, end="")
     return 0
