@@ -58,8 +58,9 @@ pub struct PasswordHasher {
     argon2: Argon2<'static>,
     pool: rayon::ThreadPool,
     slots: Arc<Semaphore>,
-    /// A hash of a random password, verified against when the account does not exist so
-    /// that an unknown user costs the same time as a wrong password.
+    /// A PHC string with the configured parameters, a random salt and a random output,
+    /// verified against when the account does not exist so that an unknown user costs
+    /// the same time as a wrong password (see `dummy_hash`).
     dummy: String,
     /// argon2 computations so far (hashes and verifications).
     runs: Arc<AtomicU64>,
@@ -88,11 +89,8 @@ impl PasswordHasher {
             .panic_handler(|_| tracing::error!("a password hashing job panicked"))
             .build()
             .map_err(Error::internal)?;
-        let mut random = [0u8; 32];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut random);
         let runs = Arc::new(AtomicU64::new(0));
-        // On this thread, not the pool's: its memory is freed, not kept for reuse.
-        let dummy = hash_with(&argon2, &random, &runs, Memory::Fresh)?;
+        let dummy = dummy_hash(argon2.params())?;
         Ok(Self {
             argon2,
             pool,
@@ -252,6 +250,24 @@ fn hash_with(
     let len = params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN);
     let keep = params.block_count();
     let output = compute(argon2, password, salt.as_salt(), len, keep, mode, runs)?;
+    phc_string(params, &salt, output)
+}
+
+/// A PHC string under `params` with a random salt and a random output: what an unknown
+/// user's password is verified against. Verifying costs exactly what verifying a real
+/// hash with these parameters costs, and no password matches it (it would take finding
+/// an argon2 preimage of random bytes), so it needs no hash computed at start-up: that
+/// would cost start-up time, and a buffer of m KiB that the allocator may keep.
+fn dummy_hash(params: &Params) -> Result<String, Error> {
+    let salt = SaltString::generate(&mut OsRng);
+    let mut random = vec![0u8; params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN)];
+    rand::RngCore::fill_bytes(&mut OsRng, &mut random);
+    let output =
+        Output::new(&random).map_err(|e| Error::internal(format!("argon2 output: {e}")))?;
+    phc_string(params, &salt, output)
+}
+
+fn phc_string(params: &Params, salt: &SaltString, output: Output) -> Result<String, Error> {
     let hash = PasswordHash {
         algorithm: Algorithm::Argon2id.ident(),
         version: Some(Version::V0x13.into()),
@@ -339,6 +355,31 @@ mod tests {
             hasher.verify(pw("anything"), None).await.unwrap(),
             Verification::Mismatch
         );
+    }
+
+    #[test]
+    fn the_dummy_hash_has_the_configured_cost_and_a_salt_of_its_own() {
+        let params = HashParams {
+            m_kib: OWASP_MIN_M_KIB + 1024,
+            t: OWASP_MIN_T + 1,
+            p: OWASP_MIN_P,
+        };
+        let hasher = PasswordHasher::new(params, 1).unwrap();
+        let other = PasswordHasher::new(params, 1).unwrap();
+        let dummy = PasswordHash::new(&hasher.dummy).unwrap();
+        // Verifying it costs what verifying a stored hash made now costs.
+        assert!(!is_weaker(&dummy, hasher.argon2.params()));
+        let stored = Params::try_from(&dummy).unwrap();
+        assert_eq!(stored.m_cost(), params.m_kib);
+        assert_eq!(stored.t_cost(), params.t);
+        assert_eq!(stored.p_cost(), params.p);
+        assert_eq!(
+            dummy.hash.unwrap().len(),
+            Params::DEFAULT_OUTPUT_LEN,
+            "the output is as long as a real hash's"
+        );
+        assert_ne!(hasher.dummy, other.dummy);
+        assert_eq!(hasher.argon2_runs(), 0, "no hash is computed at start-up");
     }
 
     #[tokio::test]
