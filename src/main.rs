@@ -14,6 +14,12 @@ use users_service::server::{
 };
 use users_service::transfer;
 
+/// The service allocates and frees many small buffers on every request, across its
+/// runtime threads; mimalloc does that with less work and no lock contention between
+/// threads (BENCHMARKS.md, finding 4).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// `info`, without PostgreSQL's chatter about `CREATE ... IF NOT EXISTS` during migrations.
 const DEFAULT_LOG_FILTER: &str = "info,sqlx::postgres::notice=warn";
 
