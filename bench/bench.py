@@ -110,14 +110,16 @@ def health_ok(port, timeout=1.0):
 
 
 def proc_memory_kib(pid):
-    """(VmHWM, VmRSS) of a process in KiB."""
+    """(VmHWM, VmRSS, RssAnon) of a process in KiB. RssAnon is the process's own memory:
+    RSS without the pages of mapped files (the binary, and the SQLite database that the
+    inline reads map), which belong to the page cache."""
     fields = {}
     with open(f"/proc/{pid}/status") as status:
         for line in status:
             key, _, value = line.partition(":")
-            if key in ("VmHWM", "VmRSS"):
+            if key in ("VmHWM", "VmRSS", "RssAnon"):
                 fields[key] = int(value.split()[0])
-    return fields.get("VmHWM", 0), fields.get("VmRSS", 0)
+    return fields.get("VmHWM", 0), fields.get("VmRSS", 0), fields.get("RssAnon", 0)
 
 
 class Server:
@@ -172,8 +174,7 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def memory_mib(self):
-        hwm, rss = proc_memory_kib(self.proc.pid)
-        return hwm / 1024.0, rss / 1024.0
+        return tuple(kib / 1024.0 for kib in proc_memory_kib(self.proc.pid))
 
     def stop(self):
         if self.proc is None or self.proc.poll() is not None:
@@ -390,11 +391,13 @@ class Bench:
         if server_mem is not None:
             row["peak_rss_mib"] = round(server_mem[0], 1)
             row["rss_after_mib"] = round(server_mem[1], 1)
+            row["anon_after_mib"] = round(server_mem[2], 1)
         self.rows.append(row)
         log(f"  {backend:8} {scenario:24} {fig.get('rps', 0):>9.1f} req/s  "
             f"p50 {fig.get('p50_ms', 0):7.2f} ms  p99 {fig.get('p99_ms', 0):7.2f} ms  "
             f"errors {fig.get('errors', 0)}"
-            + (f"  peak RSS {server_mem[0]:.1f} MiB" if server_mem else ""))
+            + (f"  peak RSS {server_mem[0]:.1f} MiB, anon {server_mem[2]:.1f} MiB"
+               if server_mem else ""))
         return row
 
     def measure(self, backend, db_url, scenario, method, mode, data, conns=CONCURRENCY,
@@ -497,6 +500,7 @@ class Bench:
                           "p50_ms": result["median_ms"], "p99_ms": result["max_ms"],
                           "errors": 0, "peak_rss_mib": round(idle[0], 1),
                           "rss_after_mib": round(idle[1], 1),
+                          "anon_after_mib": round(idle[2], 1),
                           "note": f"{count} starts: median and max; RSS after 1 s idle"})
         log(f"  {backend:8} start-up median {result['median_ms']} ms, max {result['max_ms']} "
             f"ms; idle RSS {idle[1]:.1f} MiB")
@@ -551,7 +555,8 @@ class Bench:
                 if callable(values):
                     values, options = values(n), {**options, "warmup_data": values(f"w{n}")}
                 fig, mem = self.measure(backend, db_url, name, name, mode, values, **options)
-                fig["peak_rss_mib"], fig["rss_after_mib"] = (round(m, 1) for m in mem)
+                fig["peak_rss_mib"], fig["rss_after_mib"], fig["anon_after_mib"] = (
+                    round(m, 1) for m in mem)
                 samples[name].append(fig)
                 if base:
                     ratios[name].append(round(fig["rps"] / base, 4))
@@ -561,7 +566,8 @@ class Bench:
             note = ("median of " + ", ".join(f"{f['rps']:,.1f}" for f in figs)
                     if len(figs) > 1 else "")
             rows[name] = self.row(backend, name, ds, CONCURRENCY, median,
-                                  (median["peak_rss_mib"], median["rss_after_mib"]), note)
+                                  (median["peak_rss_mib"], median["rss_after_mib"],
+                                   median["anon_after_mib"]), note)
             rows[name]["rounds"] = figs
         return rows, (ratios if ceiling else None)
 
@@ -843,16 +849,17 @@ def fmt(value, spec):
 
 def table(results):
     head = ["backend", "scenario", "dataset", "conc", "req/s", "p50 ms", "p99 ms", "errors",
-            "peak RSS MiB"]
+            "peak RSS MiB", "anon MiB"]
     lines = []
     for r in results["rows"]:
         lines.append([
             r["backend"], r["scenario"], r["dataset"], str(r["concurrency"]),
             fmt(r.get("rps"), ",.1f"), fmt(r.get("p50_ms"), ".2f"), fmt(r.get("p99_ms"), ".2f"),
             str(r.get("errors", 0)), fmt(r.get("peak_rss_mib"), ".1f"),
+            fmt(r.get("anon_after_mib"), ".1f"),
         ])
     widths = [max(len(head[i]), *(len(l[i]) for l in lines)) for i in range(len(head))]
-    right = {3, 4, 5, 6, 7, 8}
+    right = {3, 4, 5, 6, 7, 8, 9}
 
     def render(cells):
         return "| " + " | ".join(
