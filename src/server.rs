@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use axum::http::HeaderValue;
-use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -23,7 +22,7 @@ use tower::ServiceExt;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{AccessConfig, DatabaseConfig, ServeConfig};
 use crate::http::access::AccessPolicy;
-use crate::http::{self, AppState};
+use crate::http::{App, AppState};
 use crate::password::PasswordHasher;
 use crate::service::Users;
 use crate::store::{DatabaseUrl, SchemaError, SqlStore, StoreError};
@@ -109,7 +108,7 @@ pub async fn connect_store(config: &DatabaseConfig, create: bool) -> Result<SqlS
 
 pub struct Server {
     listener: TcpListener,
-    router: Router,
+    app: App,
     users: Arc<Users>,
     store: Arc<SqlStore>,
     request_timeout: Duration,
@@ -204,7 +203,7 @@ impl Server {
         }
         let users = Arc::new(Users::new(store.clone(), hasher, clock, settings, mailer));
         let request_timeout = Duration::from_secs(config.request_timeout);
-        let router = http::router(
+        let app = App::new(
             AppState {
                 users: users.clone(),
                 access: access.clone(),
@@ -226,7 +225,7 @@ impl Server {
         );
         Ok(Self {
             listener,
-            router,
+            app,
             users,
             store,
             request_timeout,
@@ -283,11 +282,11 @@ impl Server {
                 tokio::spawn(refuse(stream));
                 continue;
             };
-            let router = self.router.clone();
+            let app = self.app.clone();
             let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
                 let mut request = request.map(axum::body::Body::new);
                 request.extensions_mut().insert(ConnectInfo(peer));
-                router.clone().oneshot(request)
+                app.router_for(&request).clone().oneshot(request)
             });
             let connection = graceful.watch(http1.serve_connection(TokioIo::new(stream), service));
             tokio::spawn(async move {

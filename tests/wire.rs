@@ -304,6 +304,28 @@ async fn browsers_on_any_origin_may_call_by_default() {
 }
 
 #[tokio::test]
+async fn answers_vary_by_origin_with_or_without_one() {
+    let app = sqlite_app("cors_vary").await;
+    let vary = "origin, access-control-request-method, access-control-request-headers";
+    for origin in [None, Some("https://app.example")] {
+        let mut request = app.client.post(app.url("/users/Users/Read")).body("{}");
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 400);
+        let headers = response.headers();
+        assert_eq!(headers["vary"], vary, "origin {origin:?}");
+        // The CORS answer is for browsers, which always send Origin.
+        assert_eq!(
+            headers.get("access-control-allow-origin").is_some(),
+            origin.is_some(),
+            "origin {origin:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn cors_origins_can_be_restricted() {
     let app = TestApp::spawn_with(common::Backend::Sqlite, "cors_list", |config| {
         config.cors_origins = vec!["https://good.example".into(), "https://also.example".into()];

@@ -23,6 +23,7 @@ use http_body_util::BodyExt;
 use serde::Serialize;
 use serde_json::json;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
@@ -179,37 +180,78 @@ pub fn served_routes() -> Vec<(axum::http::Method, String)> {
     routes
 }
 
-/// The whole application. `cors_origins` empty means any origin may call it.
-pub fn router(state: AppState, cors_origins: Vec<HeaderValue>) -> Router {
-    micro_routes()
-        .merge(m3o_routes())
-        .route(VERIFY_PATH, get(verify::verify_link))
-        .route("/health", get(health))
-        .route("/openapi.yaml", get(openapi))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(cors(cors_origins))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|request: &Request<_>| {
-                    // The path only: a query string could carry something secret.
-                    tracing::info_span!(
-                        "http",
-                        method = %request.method(),
-                        path = %request.uri().path(),
-                    )
-                })
-                .on_request(())
-                .on_response(|response: &Response<_>, latency: Duration, _: &Span| {
-                    tracing::info!(
-                        status = response.status().as_u16(),
-                        latency = ?latency,
-                        "request"
-                    );
-                })
-                .on_failure(()),
-        )
-        .with_state(state)
+/// The whole application, twice over: the same routes with the CORS layer, for the
+/// requests that take part in CORS, and without it, for all others.
+///
+/// A browser sends `Origin` with every cross-origin request and with every preflight
+/// (`OPTIONS`); CORS headers mean nothing to a request without it (curl, a backend, an
+/// SDK), and working them out costs tower-http's layer a header map, a joined `Vary`
+/// value and their copies on every request: a tenth of a ReadSession's instructions
+/// (BENCHMARKS.md, finding 4). Requests without `Origin` skip the layer, and their
+/// answers carry the same `Vary` header the layer sets, so a cache keeps answers for
+/// different origins apart either way.
+#[derive(Clone)]
+pub struct App {
+    cors: Router,
+    plain: Router,
+}
+
+impl App {
+    /// `cors_origins` empty means any origin may call the service.
+    pub fn new(state: AppState, cors_origins: Vec<HeaderValue>) -> Self {
+        let routes = micro_routes()
+            .merge(m3o_routes())
+            .route(VERIFY_PATH, get(verify::verify_link))
+            .route("/health", get(health))
+            .route("/openapi.yaml", get(openapi))
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed);
+        let cors = traced(routes.clone().layer(cors(cors_origins))).with_state(state.clone());
+        let plain = traced(routes.layer(SetResponseHeaderLayer::appending(
+            header::VARY,
+            HeaderValue::from_static(CORS_VARY),
+        )))
+        .with_state(state);
+        Self { cors, plain }
+    }
+
+    /// The router that answers `request`.
+    pub fn router_for<B>(&self, request: &Request<B>) -> &Router {
+        if request.headers().contains_key(header::ORIGIN)
+            || request.method() == axum::http::Method::OPTIONS
+        {
+            &self.cors
+        } else {
+            &self.plain
+        }
+    }
+}
+
+/// The `Vary` header tower-http's CORS layer sets on every answer.
+const CORS_VARY: &str = "origin, access-control-request-method, access-control-request-headers";
+
+/// Logs every request (method, path, status, latency) at `info`.
+fn traced(routes: Router<AppState>) -> Router<AppState> {
+    routes.layer(
+        TraceLayer::new_for_http()
+            .make_span_with(|request: &Request<_>| {
+                // The path only: a query string could carry something secret.
+                tracing::info_span!(
+                    "http",
+                    method = %request.method(),
+                    path = %request.uri().path(),
+                )
+            })
+            .on_request(())
+            .on_response(|response: &Response<_>, latency: Duration, _: &Span| {
+                tracing::info!(
+                    status = response.status().as_u16(),
+                    latency = ?latency,
+                    "request"
+                );
+            })
+            .on_failure(()),
+    )
 }
 
 /// One handler for every RPC method of every surface: authorize, read, decode, call
