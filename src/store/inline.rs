@@ -35,11 +35,11 @@ const STATEMENT_CACHE: usize = 16;
 /// crate builds (`SQLITE_ENABLE_MEMORY_MANAGEMENT`): every page a point read touches
 /// took that mutex, and the two runtime threads reading at once contended for it. With
 /// the map, the lookup's share of a ReadSession's CPU fell from 29% to 21.5%
-/// (BENCHMARKS.md, finding 4). Writes never go through the map, only these connections' reads, and a
-/// database larger than this is read through the map up to this size and with `pread`
-/// beyond it. The address space is reserved, not memory: a page counts towards the
-/// process's resident size only once read, and it is the page cache's, shared and
-/// reclaimable.
+/// (BENCHMARKS.md, finding 4). Writes never go through the map, only these
+/// connections' reads, and a database larger than this is read through the map up to
+/// this size and with `pread` beyond it. The address space is reserved, not memory: a
+/// page counts towards the process's resident size only once read, and it is the page
+/// cache's, shared and reclaimable.
 const MMAP_BYTES: i64 = 1 << 30;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
