@@ -403,7 +403,7 @@ class Bench:
     def measure(self, backend, db_url, scenario, method, mode, data, conns=CONCURRENCY,
                 threads=THREADS, timeout_s=10, password=None, warmup_data=None):
         """One scenario on a freshly started server: warm-up, measured run; the figures
-        and the server's (peak, current) RSS."""
+        and the server's (peak, current, anonymous) RSS."""
         with self.service(db_url, f"{backend}-{scenario}").start() as server:
             if self.profile["warmup"]:
                 run_wrk(server.url, method, mode, warmup_data or data, conns, threads,

@@ -104,7 +104,7 @@ impl PasswordHasher {
     pub async fn hash(&self, password: Password) -> Result<String, Error> {
         let argon2 = self.argon2.clone();
         let runs = self.runs.clone();
-        self.run(move || hash_with(&argon2, password.expose().as_bytes(), &runs, Memory::Reused))
+        self.run(move || hash_with(&argon2, password.expose().as_bytes(), &runs))
             .await?
     }
 
@@ -129,7 +129,7 @@ impl PasswordHasher {
                 return Ok(Verification::Mismatch);
             }
             let rehashed = if is_weaker(&parsed, argon2.params()) {
-                Some(hash_with(&argon2, secret, &runs, Memory::Reused)?)
+                Some(hash_with(&argon2, secret, &runs)?)
             } else {
                 None
             };
@@ -181,26 +181,19 @@ fn is_weaker(hash: &PasswordHash<'_>, target: &Params) -> bool {
     }
 }
 
-/// Where an argon2 computation gets its memory (m KiB of blocks).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Memory {
-    /// The calling thread's own buffer, kept between computations. Allocating and
+thread_local! {
+    /// The calling thread's argon2 memory, kept between computations. Allocating and
     /// zeroing 19 MiB for every hash costs time, and the allocator keeps freed buffers
     /// per thread anyway; reusing one buffer per pool thread bounds the memory at
     /// threads x m and spares the page faults.
-    Reused,
-    /// A buffer allocated for this computation only.
-    Fresh,
-}
-
-thread_local! {
     static BLOCKS: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` with `count` blocks of memory. A buffer larger than `keep` blocks (a stored
-/// hash with a higher cost than configured) is not kept after use.
-fn with_blocks<T>(mode: Memory, count: usize, keep: usize, f: impl FnOnce(&mut [Block]) -> T) -> T {
-    if mode == Memory::Fresh || count > keep {
+/// Runs `f` with `count` blocks of memory, the calling thread's own. A buffer larger than
+/// `keep` blocks (a stored hash with a higher cost than configured) is allocated for this
+/// computation only.
+fn with_blocks<T>(count: usize, keep: usize, f: impl FnOnce(&mut [Block]) -> T) -> T {
+    if count > keep {
         return f(&mut vec![Block::default(); count]);
     }
     BLOCKS.with(|cell| {
@@ -220,7 +213,6 @@ fn compute(
     salt: Salt<'_>,
     len: usize,
     keep: usize,
-    mode: Memory,
     runs: &AtomicU64,
 ) -> Result<Output, Error> {
     let mut salt_bytes = [0u8; Salt::MAX_LENGTH];
@@ -228,7 +220,7 @@ fn compute(
         .decode_b64(&mut salt_bytes)
         .map_err(|e| Error::internal(format!("password hash salt is unreadable: {e}")))?;
     let output = Output::init_with(len, |out| {
-        with_blocks(mode, argon2.params().block_count(), keep, |blocks| {
+        with_blocks(argon2.params().block_count(), keep, |blocks| {
             argon2.hash_password_into_with_memory(password, salt, out, blocks)
         })
         .map_err(|_| argon2::password_hash::Error::Crypto)
@@ -239,17 +231,12 @@ fn compute(
 }
 
 /// A PHC string of `password` under the configured argon2id parameters, with a new salt.
-fn hash_with(
-    argon2: &Argon2<'_>,
-    password: &[u8],
-    runs: &AtomicU64,
-    mode: Memory,
-) -> Result<String, Error> {
+fn hash_with(argon2: &Argon2<'_>, password: &[u8], runs: &AtomicU64) -> Result<String, Error> {
     let params = argon2.params();
     let salt = SaltString::generate(&mut OsRng);
     let len = params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN);
     let keep = params.block_count();
-    let output = compute(argon2, password, salt.as_salt(), len, keep, mode, runs)?;
+    let output = compute(argon2, password, salt.as_salt(), len, keep, runs)?;
     phc_string(params, &salt, output)
 }
 
@@ -301,15 +288,7 @@ fn verify_with(
     };
     let argon2 = Argon2::new(algorithm, version, params);
     let keep = configured.block_count();
-    let computed = compute(
-        &argon2,
-        password,
-        salt,
-        expected.len(),
-        keep,
-        Memory::Reused,
-        runs,
-    )?;
+    let computed = compute(&argon2, password, salt, expected.len(), keep, runs)?;
     // Output's equality is constant-time.
     Ok(computed == expected)
 }
