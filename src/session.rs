@@ -66,7 +66,16 @@ pub struct TokenDigest(String);
 impl TokenDigest {
     /// Hex SHA-256 of `secret`.
     pub fn of(secret: &[u8]) -> Self {
-        Self(format!("{:x}", Sha256::digest(secret)))
+        // Into a buffer rather than through `format!("{:x}")`, whose formatter runs once
+        // per byte and cost every session lookup more than the lookup's own SQL
+        // parameters (BENCHMARKS.md, finding 5).
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut hex = [0u8; 64];
+        for (pair, byte) in hex.chunks_exact_mut(2).zip(Sha256::digest(secret)) {
+            pair[0] = DIGITS[usize::from(byte >> 4)];
+            pair[1] = DIGITS[usize::from(byte & 0x0f)];
+        }
+        Self(String::from_utf8_lossy(&hex).into_owned())
     }
 
     /// A digest read back from the store (export/import).

@@ -21,12 +21,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, Row, ToSql};
+use rusqlite::{Connection, OpenFlags, Row, Statement, ToSql};
 
 /// Stores whose connections one thread keeps at most (a process normally has one).
 const MAX_PER_THREAD: usize = 4;
-/// Prepared statements kept per connection.
-const STATEMENT_CACHE: usize = 16;
+/// Prepared statements kept per connection (the store has fewer distinct reads).
+const STATEMENTS: usize = 16;
 /// How much of the database file each connection reads through a memory map.
 ///
 /// SQLite then takes the pages that the WAL does not hold straight from the operating
@@ -46,7 +46,7 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
     /// This thread's read connections, by reader id, most recently opened last.
-    static CONNECTIONS: RefCell<Vec<(u64, Connection)>> = const { RefCell::new(Vec::new()) };
+    static CONNECTIONS: RefCell<Vec<(u64, Reader)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Inline reads of one SQLite database file.
@@ -83,26 +83,24 @@ impl InlineReader {
         });
     }
 
-    fn open(&self) -> rusqlite::Result<Connection> {
+    fn open(&self) -> rusqlite::Result<Reader> {
         let conn = open(&self.path)?;
         conn.pragma_update(None, "query_only", true)?;
         // Never wait for a lock on a runtime thread: a busy database goes to the pool.
         conn.busy_timeout(Duration::ZERO)?;
-        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         conn.pragma_update(None, "mmap_size", MMAP_BYTES)?;
-        Ok(conn)
+        Ok(Reader::new(conn, |_| RefCell::new(Vec::new())))
     }
 
     /// Runs `sql` with named parameters (`$1`, `$2`, ...) and maps its first row;
     /// `Some(None)` when there is no row, `None` when the fast path could not answer.
     pub fn query_row<T>(
         &self,
-        sql: &str,
+        sql: &'static str,
         params: &[(&str, &dyn ToSql)],
         map: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
     ) -> Option<Option<T>> {
-        self.with(|conn| {
-            let mut statement = conn.prepare_cached(sql)?;
+        self.with(sql, |statement| {
             let mut rows = statement.query(params)?;
             match rows.next()? {
                 Some(row) => map(row).map(Some),
@@ -114,12 +112,11 @@ impl InlineReader {
     /// Runs `sql` and maps every row; `None` when the fast path could not answer.
     pub fn query_all<T>(
         &self,
-        sql: &str,
+        sql: &'static str,
         params: &[(&str, &dyn ToSql)],
         mut map: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
     ) -> Option<Vec<T>> {
-        self.with(|conn| {
-            let mut statement = conn.prepare_cached(sql)?;
+        self.with(sql, |statement| {
             let mut rows = statement.query(params)?;
             let mut out = Vec::new();
             while let Some(row) = rows.next()? {
@@ -129,30 +126,39 @@ impl InlineReader {
         })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Option<T> {
+    /// Runs `f` on this thread's prepared statement of `sql`.
+    fn with<T>(
+        &self,
+        sql: &'static str,
+        f: impl FnOnce(&mut Statement<'_>) -> rusqlite::Result<T>,
+    ) -> Option<T> {
         if self.closed.load(Ordering::Acquire) {
             return None;
         }
         CONNECTIONS
             .try_with(|cell| {
-                let mut conns = cell.try_borrow_mut().ok()?;
-                let index = match conns.iter().position(|(id, _)| *id == self.id) {
+                let mut readers = cell.try_borrow_mut().ok()?;
+                let index = match readers.iter().position(|(id, _)| *id == self.id) {
                     Some(index) => index,
                     None => {
-                        let conn = self.open().ok()?;
-                        if conns.len() >= MAX_PER_THREAD {
-                            conns.remove(0);
+                        let reader = self.open().ok()?;
+                        if readers.len() >= MAX_PER_THREAD {
+                            readers.remove(0);
                         }
-                        conns.push((self.id, conn));
-                        conns.len() - 1
+                        readers.push((self.id, reader));
+                        readers.len() - 1
                     }
                 };
-                match f(&conns[index].1) {
+                let answer = readers[index].1.with_dependent(|conn, statements| {
+                    let mut statements = statements.try_borrow_mut().ok()?;
+                    Some(prepared(conn, &mut statements, sql).and_then(f))
+                })?;
+                match answer {
                     Ok(value) => Some(value),
                     Err(err) => {
                         // The connection is dropped with its statements: whatever went
                         // wrong, the next read starts from a fresh one.
-                        conns.remove(index);
+                        readers.remove(index);
                         tracing::trace!(error = %err, "inline read fell back to the pool");
                         None
                     }
@@ -161,6 +167,44 @@ impl InlineReader {
             .ok()
             .flatten()
     }
+}
+
+/// Prepared statements of one connection, by their SQL.
+type Statements<'conn> = RefCell<Vec<(&'static str, Statement<'conn>)>>;
+
+self_cell::self_cell!(
+    /// A read connection and the statements prepared on it, kept for the life of the
+    /// connection.
+    ///
+    /// rusqlite's own statement cache (`prepare_cached`) hashes the SQL text to find a
+    /// statement and again to put it back, and resets and unbinds it on the way: a
+    /// sixth of an inline read's instructions (BENCHMARKS.md, finding 5). The queries
+    /// here are a handful of constants, so a short list compared by text does the same.
+    struct Reader {
+        owner: Connection,
+        #[not_covariant]
+        dependent: Statements,
+    }
+);
+
+/// The statement of `sql` in `statements`, prepared on `conn` the first time.
+fn prepared<'s, 'conn>(
+    conn: &'conn Connection,
+    statements: &'s mut Vec<(&'static str, Statement<'conn>)>,
+    sql: &'static str,
+) -> rusqlite::Result<&'s mut Statement<'conn>> {
+    let index = match statements.iter().position(|(text, _)| *text == sql) {
+        Some(index) => index,
+        None => {
+            let statement = conn.prepare(sql)?;
+            if statements.len() >= STATEMENTS {
+                statements.remove(0);
+            }
+            statements.push((sql, statement));
+            statements.len() - 1
+        }
+    };
+    Ok(&mut statements[index].1)
 }
 
 /// Opens `path` like the pool's connections: read-write, never creating the file. (A
