@@ -25,7 +25,7 @@ use serde_json::json;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
-use tracing::Span;
+use tracing::{Level, Span};
 
 use crate::error::Error;
 use crate::service::Users;
@@ -230,8 +230,17 @@ impl App {
 /// The `Vary` header tower-http's CORS layer sets on every answer.
 const CORS_VARY: &str = "origin, access-control-request-method, access-control-request-headers";
 
-/// Logs every request (method, path, status, latency) at `info`.
+/// Logs every request (method, path, status, latency) at `info`, when the subscriber
+/// in place as the app is built records `info` here.
+///
+/// With request logs filtered out (`RUST_LOG=warn`), the layer would still wrap every
+/// request and its body and time them for nothing: 2-3% of a ReadSession's
+/// instructions (BENCHMARKS.md, finding 5). A subscriber installed after the app is
+/// built therefore sees no request logs; the binary installs its own first.
 fn traced(routes: Router<AppState>) -> Router<AppState> {
+    if !tracing::enabled!(Level::INFO) {
+        return routes;
+    }
     routes.layer(
         TraceLayer::new_for_http()
             .make_span_with(|request: &Request<_>| {
