@@ -234,7 +234,7 @@ const CORS_VARY: &str = "origin, access-control-request-method, access-control-r
 /// in place as the app is built records `info` here.
 ///
 /// With request logs filtered out (`RUST_LOG=warn`), the layer would still wrap every
-/// request and its body and time them for nothing: 2-3% of a ReadSession's
+/// request and its body and time them for nothing: about 3% of a ReadSession's
 /// instructions (BENCHMARKS.md, finding 5). A subscriber installed after the app is
 /// built therefore sees no request logs; the binary installs its own first.
 fn traced(routes: Router<AppState>) -> Router<AppState> {
