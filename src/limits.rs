@@ -9,10 +9,9 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
-
 use crate::domain::LoginName;
 use crate::error::Error;
+use crate::session::sha256_hex;
 use crate::store::Store;
 
 /// The longest lockout, however many times a key was locked before.
@@ -59,8 +58,7 @@ pub struct LimitKey(String);
 
 impl LimitKey {
     fn of(kind: &str, value: &str) -> Self {
-        let digest = Sha256::digest(format!("{kind}:{value}").as_bytes());
-        Self(format!("{digest:x}"))
+        Self(sha256_hex(format!("{kind}:{value}").as_bytes()))
     }
 
     /// An existing account, whichever name it was reached by.
@@ -260,6 +258,12 @@ mod tests {
         let a = LimitKey::account("asim");
         assert_eq!(a.0.len(), 64);
         assert!(!a.0.contains("asim"));
+        // Counters already in a database stay theirs: the key is SHA-256 of
+        // "<kind>:<value>" in lowercase hex.
+        assert_eq!(
+            LimitKey::account("u1").0,
+            "3cd782cdd588d9764ab3265d8a1c0dfde4c38bd2a42b6a7ff0b2ee41ec55553d"
+        );
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         assert_ne!(LimitKey::client(ip), LimitKey::signup(ip));
     }

@@ -66,16 +66,7 @@ pub struct TokenDigest(String);
 impl TokenDigest {
     /// Hex SHA-256 of `secret`.
     pub fn of(secret: &[u8]) -> Self {
-        // Into a buffer rather than through `format!("{:x}")`, whose formatter runs once
-        // per byte and cost every session lookup more than the lookup's own SQL
-        // parameters (BENCHMARKS.md, finding 5).
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut hex = [0u8; 64];
-        for (pair, byte) in hex.chunks_exact_mut(2).zip(Sha256::digest(secret)) {
-            pair[0] = DIGITS[usize::from(byte >> 4)];
-            pair[1] = DIGITS[usize::from(byte & 0x0f)];
-        }
-        Self(String::from_utf8_lossy(&hex).into_owned())
+        Self(sha256_hex(secret))
     }
 
     /// A digest read back from the store (export/import).
@@ -86,6 +77,21 @@ impl TokenDigest {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// SHA-256 of `data` in lowercase hex: how the store keys what it must not hold in the
+/// clear (session and one-time tokens, rate-limit subjects).
+pub fn sha256_hex(data: &[u8]) -> String {
+    // Into a buffer rather than through `format!("{:x}")`, whose formatter runs once per
+    // byte and cost every session lookup more than the lookup's own SQL parameters
+    // (BENCHMARKS.md, finding 5).
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = [0u8; 64];
+    for (pair, byte) in hex.chunks_exact_mut(2).zip(Sha256::digest(data)) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0x0f)];
+    }
+    String::from_utf8_lossy(&hex).into_owned()
 }
 
 impl fmt::Debug for TokenDigest {
