@@ -138,17 +138,13 @@ impl InlineReader {
         CONNECTIONS
             .try_with(|cell| {
                 let mut readers = cell.try_borrow_mut().ok()?;
-                let index = match readers.iter().position(|(id, _)| *id == self.id) {
-                    Some(index) => index,
-                    None => {
-                        let reader = self.open().ok()?;
-                        if readers.len() >= MAX_PER_THREAD {
-                            readers.remove(0);
-                        }
-                        readers.push((self.id, reader));
-                        readers.len() - 1
-                    }
-                };
+                let index = index_or_add(
+                    &mut readers,
+                    MAX_PER_THREAD,
+                    |(id, _)| *id == self.id,
+                    || self.open().map(|reader| (self.id, reader)),
+                )
+                .ok()?;
                 let answer = readers[index].1.with_dependent(|conn, statements| {
                     let mut statements = statements.try_borrow_mut().ok()?;
                     Some(prepared(conn, &mut statements, sql).and_then(f))
@@ -193,18 +189,32 @@ fn prepared<'s, 'conn>(
     statements: &'s mut Vec<(&'static str, Statement<'conn>)>,
     sql: &'static str,
 ) -> rusqlite::Result<&'s mut Statement<'conn>> {
-    let index = match statements.iter().position(|(text, _)| *text == sql) {
-        Some(index) => index,
-        None => {
-            let statement = conn.prepare(sql)?;
-            if statements.len() >= STATEMENTS {
-                statements.remove(0);
-            }
-            statements.push((sql, statement));
-            statements.len() - 1
-        }
-    };
+    let index = index_or_add(
+        statements,
+        STATEMENTS,
+        |(text, _)| *text == sql,
+        || conn.prepare(sql).map(|statement| (sql, statement)),
+    )?;
     Ok(&mut statements[index].1)
+}
+
+/// Where in `list` the entry that `matches` is, made by `make` and added last when there
+/// is none; past `cap` entries the oldest goes.
+fn index_or_add<T, E>(
+    list: &mut Vec<T>,
+    cap: usize,
+    matches: impl Fn(&T) -> bool,
+    make: impl FnOnce() -> Result<T, E>,
+) -> Result<usize, E> {
+    if let Some(index) = list.iter().position(matches) {
+        return Ok(index);
+    }
+    let entry = make()?;
+    if list.len() >= cap {
+        list.remove(0);
+    }
+    list.push(entry);
+    Ok(list.len() - 1)
 }
 
 /// Opens `path` like the pool's connections: read-write, never creating the file. (A
@@ -343,6 +353,30 @@ mod tests {
             Ok((row.get(1)?, row.get(2)?))
         })
         .unwrap()
+    }
+
+    #[test]
+    fn index_or_add_finds_adds_and_keeps_at_most_cap() {
+        let mut list = vec![1, 2];
+        let never = || -> Result<i32, ()> { panic!("made although present") };
+        assert_eq!(index_or_add(&mut list, 3, |x| *x == 2, never), Ok(1));
+        assert_eq!(
+            index_or_add(&mut list, 3, |x| *x == 3, || Ok::<_, ()>(3)),
+            Ok(2)
+        );
+        assert_eq!(list, [1, 2, 3]);
+        // Full: the oldest goes to make room.
+        assert_eq!(
+            index_or_add(&mut list, 3, |x| *x == 4, || Ok::<_, ()>(4)),
+            Ok(2)
+        );
+        assert_eq!(list, [2, 3, 4]);
+        // Nothing made, nothing removed.
+        assert_eq!(
+            index_or_add(&mut list, 3, |x| *x == 5, || Err("no")),
+            Err("no")
+        );
+        assert_eq!(list, [2, 3, 4]);
     }
 
     #[test]
