@@ -209,15 +209,17 @@ pub struct AccessConfig {
 /// Brute-force and sign-up limits; 0 turns one off.
 #[derive(Debug, Clone, Args)]
 pub struct LimitsConfig {
-    /// Failed password checks per account within the window before it is locked out
+    /// Password checks per identifier (username, e-mail or user id, as typed) within the
+    /// window; when all failed, it is locked out
     #[arg(long, env = "USERS_LOGIN_MAX_FAILURES", value_name = "N", default_value_t = DEFAULT_LOGIN_MAX_FAILURES)]
     pub login_max_failures: u32,
 
-    /// Failed password checks per client address within the window before it is locked out
+    /// Password and reset-code checks per client address (IPv6: per /64) within the
+    /// window; when all failed, it is locked out
     #[arg(long, env = "USERS_LOGIN_MAX_FAILURES_PER_IP", value_name = "N", default_value_t = DEFAULT_LOGIN_MAX_FAILURES)]
     pub login_max_failures_per_ip: u32,
 
-    /// Seconds over which failed password checks are counted
+    /// Seconds over which password and reset-code checks are counted
     #[arg(
         long,
         env = "USERS_LOGIN_WINDOW",
@@ -227,7 +229,8 @@ pub struct LimitsConfig {
     )]
     pub login_window: u64,
 
-    /// Seconds of the first lockout; each repeated lockout doubles it, up to a day
+    /// Seconds of the first lockout; a lockout after an earlier one has ended doubles it,
+    /// up to a day
     #[arg(
         long,
         env = "USERS_LOGIN_LOCKOUT",

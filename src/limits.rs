@@ -1,10 +1,21 @@
 //! Brute-force and sign-up limits (OWASP ASVS V2.2).
 //!
-//! Failed password checks are counted per account and per client address; once either
-//! reaches its maximum within the window, further attempts are refused with 429 before
-//! any hashing, for a lockout that doubles with each repeat. The same happens whether
-//! or not the account exists, so the limiter reveals nothing. Create is limited per
-//! client address. The counters live in the store, so every replica sees them.
+//! A password or code check is an *attempt*. Before the (slow) check runs, the attempt
+//! is reserved in the store, atomically, under each key it counts against: the
+//! identifier it was made with and the client's address. When any of those keys has
+//! no attempt left in its window, or is locked out, the request is refused with 429
+//! before any hashing. So however many requests arrive at once, at most the maximum
+//! of checks run per key and window. A failed check keeps its reservation; when a
+//! key's window is full of failures it is locked out, for a lockout that doubles with
+//! each lockout that follows an earlier one. A successful check gives its reservations
+//! back: the identifier's count starts over, the address's loses this one attempt.
+//!
+//! Identifiers are counted as submitted (a username, an e-mail address, a user id),
+//! each with its own budget, whether or not an account has it: a lockout reveals
+//! neither which accounts exist nor which identifiers belong to the same account.
+//!
+//! Create and the e-mails are limited per hour. The counters live in the store, so
+//! every replica sees them.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -12,21 +23,21 @@ use std::sync::Arc;
 use crate::domain::LoginName;
 use crate::error::Error;
 use crate::session::sha256_hex;
-use crate::store::Store;
+use crate::store::{AttemptLimit, Counter, Reservation, Store};
 
 /// The longest lockout, however many times a key was locked before.
 pub const MAX_LOCKOUT: i64 = 86_400;
 /// Counters untouched for this long are forgotten, strikes included.
 pub const COUNTER_RETENTION: i64 = 86_400;
 /// The window of the hourly limits (sign-ups, e-mails).
-const HOUR: i64 = 3_600;
+pub const HOUR: i64 = 3_600;
 
 /// The limits; 0 turns a limit off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimitConfig {
-    /// Failed password checks per account within the window.
+    /// Password or code checks per identifier within the window.
     pub login_max_failures: u32,
-    /// Failed password checks per client address within the window.
+    /// Password or code checks per client address within the window.
     pub login_max_failures_per_ip: u32,
     /// Seconds.
     pub login_window: i64,
@@ -36,19 +47,6 @@ pub struct LimitConfig {
     pub create_per_hour: u32,
     /// E-mails of one kind (verification, reset, magic link) per recipient per hour.
     pub mails_per_hour: u32,
-}
-
-impl Default for LimitConfig {
-    fn default() -> Self {
-        Self {
-            login_max_failures: 5,
-            login_max_failures_per_ip: 5,
-            login_window: 900,
-            login_lockout: 60,
-            create_per_hour: 20,
-            mails_per_hour: 5,
-        }
-    }
 }
 
 /// A rate-limit key: the SHA-256 of what is limited, so the table never holds the
@@ -61,29 +59,61 @@ impl LimitKey {
         Self(sha256_hex(format!("{kind}:{value}").as_bytes()))
     }
 
-    /// An existing account, whichever name it was reached by.
-    pub fn account(user_id: &str) -> Self {
-        Self::of("account", user_id)
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 
-    /// A name that matches no account: limited exactly like an account.
+    /// A user id, as UpdatePassword names an account.
+    pub fn user_id(id: &str) -> Self {
+        // "account": the kind counters keyed by user id have always had.
+        Self::of("account", id)
+    }
+
+    /// A username, normalised (as [`crate::domain::Username`] and the store keep it).
+    pub fn username(username: &str) -> Self {
+        Self::of("username", username)
+    }
+
+    /// An e-mail address, normalised (as [`crate::domain::Email`] and the store keep it).
+    pub fn email(email: &str) -> Self {
+        Self::of("email", email)
+    }
+
+    /// The identifier a Login was made with.
     pub fn login_name(name: &LoginName) -> Self {
         match name {
-            LoginName::Username(u) => Self::of("username", u.as_str()),
-            LoginName::Email(e) => Self::of("email", e.as_str()),
+            LoginName::Username(u) => Self::username(u.as_str()),
+            LoginName::Email(e) => Self::email(e.as_str()),
         }
     }
 
     fn client(ip: IpAddr) -> Self {
-        Self::of("client", &ip.to_string())
+        Self::of("client", &address_group(ip))
     }
 
     fn signup(ip: IpAddr) -> Self {
-        Self::of("signup", &ip.to_string())
+        Self::of("signup", &address_group(ip))
     }
 
-    fn mail(kind: &str, recipient: &str) -> Self {
+    pub(crate) fn mail(kind: &str, recipient: &str) -> Self {
         Self::of(&format!("mail:{kind}"), recipient)
+    }
+}
+
+/// What the per-address limits count a client address as: an IPv4 address (IPv4
+/// written as IPv6, `::ffff:a.b.c.d`, included), or the /64 network of an IPv6 address,
+/// since one subscriber is usually given a whole /64.
+pub fn address_group(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                let net = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
+                format!("{net}/64")
+            }
+        },
     }
 }
 
@@ -92,89 +122,111 @@ pub struct Limiter {
     config: LimitConfig,
 }
 
+/// What a reserved attempt is counted under.
+#[derive(Debug, Clone)]
+struct Reserved {
+    /// The identifier, whose count starts over when the check succeeds.
+    subject: Option<LimitKey>,
+    /// The client's address, which gets this one attempt back when it succeeds, if its
+    /// window is still the one that started at `client_window`.
+    client: Option<(LimitKey, i64)>,
+}
+
+/// An attempt reserved under every limit it counts against. Report how the check went
+/// with [`Attempt::failed`] or [`Attempt::succeeded`]; an attempt dropped without either
+/// (its request was abandoned) is reported failed in the background.
+#[must_use = "report how the check went"]
+pub struct Attempt {
+    store: Arc<dyn Store>,
+    config: LimitConfig,
+    reserved: Option<Reserved>,
+    /// When it was reserved: the time an abandoned attempt is counted at.
+    at: i64,
+}
+
 impl Limiter {
     pub fn new(store: Arc<dyn Store>, config: LimitConfig) -> Self {
         Self { store, config }
     }
 
-    fn account_limited(&self) -> bool {
-        self.config.login_max_failures > 0
-    }
-
-    fn client_key(&self, client: Option<IpAddr>) -> Option<LimitKey> {
-        client
-            .filter(|_| self.config.login_max_failures_per_ip > 0)
-            .map(LimitKey::client)
-    }
-
-    /// Refuses with 429 while the account or the client is locked out. Costs one
-    /// indexed read and no hashing.
-    pub async fn check_password_attempt(
+    /// Reserves one password or code check against `subject` (an identifier; `None`
+    /// when only the client address is limited) and the client's address. Refuses with
+    /// 429 when either has no attempt left or is locked out; then nothing is counted.
+    pub async fn reserve(
         &self,
-        account: &LimitKey,
+        subject: Option<&LimitKey>,
         client: Option<IpAddr>,
         now: i64,
-    ) -> Result<(), Error> {
-        let client = self.client_key(client);
-        let keys = match (self.account_limited(), &client) {
-            (false, None) => return Ok(()),
-            (true, None) => [account.0.as_str(), account.0.as_str()],
-            (false, Some(c)) => [c.0.as_str(), c.0.as_str()],
-            (true, Some(c)) => [account.0.as_str(), c.0.as_str()],
-        };
-        let until = self.store.blocked_until(keys).await?;
-        if until > now {
-            return Err(Error::TooManyRequests {
-                retry_after: until - now,
+    ) -> Result<Attempt, Error> {
+        let subject = subject.filter(|_| self.config.login_max_failures > 0);
+        let client_key = client
+            .filter(|_| self.config.login_max_failures_per_ip > 0)
+            .map(LimitKey::client);
+        let mut limits = Vec::with_capacity(2);
+        if let Some(key) = subject {
+            limits.push(AttemptLimit {
+                key: key.as_str(),
+                max: self.config.login_max_failures,
             });
         }
-        Ok(())
+        if let Some(key) = &client_key {
+            limits.push(AttemptLimit {
+                key: key.as_str(),
+                max: self.config.login_max_failures_per_ip,
+            });
+        }
+        let reserved = if limits.is_empty() {
+            Reserved {
+                subject: None,
+                client: None,
+            }
+        } else {
+            match self
+                .store
+                .reserve_attempts(&limits, now, self.config.login_window)
+                .await?
+            {
+                Reservation::Granted { window_starts } => Reserved {
+                    subject: subject.cloned(),
+                    client: client_key
+                        .map(|key| (key, window_starts.last().copied().unwrap_or(now))),
+                },
+                Reservation::Refused(counter) => {
+                    return Err(Error::TooManyRequests {
+                        retry_after: self.retry_after(&counter, now),
+                    })
+                }
+            }
+        };
+        Ok(Attempt {
+            store: self.store.clone(),
+            config: self.config,
+            reserved: Some(reserved),
+            at: now,
+        })
     }
 
-    /// Counts a failed password check; locks the account or client out when it reaches
-    /// its maximum.
-    pub async fn password_failed(
-        &self,
-        account: &LimitKey,
-        client: Option<IpAddr>,
-        now: i64,
-    ) -> Result<(), Error> {
-        if self.account_limited() {
-            self.count_failure(account, self.config.login_max_failures, now)
-                .await?;
-        }
-        if let Some(key) = self.client_key(client) {
-            self.count_failure(&key, self.config.login_max_failures_per_ip, now)
-                .await?;
-        }
-        Ok(())
+    /// Seconds until a refused key may be tried again: the end of its lockout, or, when
+    /// its window is full of attempts still being checked, the lockout that is about to
+    /// start (but no later than the end of the window).
+    fn retry_after(&self, counter: &Counter, now: i64) -> i64 {
+        let wait = if counter.blocked_until > now {
+            counter.blocked_until - now
+        } else {
+            let window_end = counter
+                .window_start
+                .saturating_add(self.config.login_window)
+                - now;
+            lockout_seconds(self.config.login_lockout, counter.strikes).min(window_end)
+        };
+        wait.max(1)
     }
 
-    async fn count_failure(&self, key: &LimitKey, max: u32, now: i64) -> Result<(), Error> {
-        let counter = self
-            .store
-            .count_event(&key.0, now, self.config.login_window)
-            .await?;
-        if counter.count >= i64::from(max) {
-            let lockout = lockout_seconds(self.config.login_lockout, counter.strikes);
-            self.store.block(&key.0, now + lockout).await?;
-            tracing::warn!(
-                event = "lockout",
-                lockout_seconds = lockout,
-                strikes = counter.strikes + 1,
-                "too many failed password checks"
-            );
-        }
-        Ok(())
-    }
-
-    /// A right password resets the account's count (not the client's: an attacker must
-    /// not be able to reset it with an account of their own).
-    pub async fn password_succeeded(&self, account: &LimitKey) -> Result<(), Error> {
-        if self.account_limited() {
-            self.store.clear_counter(&account.0).await?;
-        }
-        Ok(())
+    /// Forgets the counters of `keys`, lockouts and strikes included: a reset code
+    /// proved the account's owner.
+    pub async fn clear(&self, keys: &[LimitKey]) -> Result<(), Error> {
+        let keys: Vec<&str> = keys.iter().map(LimitKey::as_str).collect();
+        Ok(self.store.forget_counters(&keys).await?)
     }
 
     /// Counts a sign-up from `client`; 429 once the hourly maximum is passed.
@@ -216,13 +268,8 @@ impl Limiter {
         if max == 0 {
             return Ok(());
         }
-        let counter = self.store.count_event(&key.0, now, HOUR).await?;
-        if counter.count > i64::from(max) {
-            return Err(Error::TooManyRequests {
-                retry_after: (counter.window_start + HOUR - now).max(1),
-            });
-        }
-        Ok(())
+        let counter = self.store.count_event(key.as_str(), now, HOUR).await?;
+        hourly_verdict(&counter, max, now)
     }
 
     /// Forgets counters that have been quiet for a day.
@@ -232,6 +279,111 @@ impl Limiter {
             .delete_stale_counters(now - COUNTER_RETENTION, now)
             .await?)
     }
+}
+
+/// Whether an hourly counter that has just counted an event is within `max`; 429 with
+/// the time until its hour is over otherwise.
+pub fn hourly_verdict(counter: &Counter, max: u32, now: i64) -> Result<(), Error> {
+    if max > 0 && counter.count > i64::from(max) {
+        return Err(Error::TooManyRequests {
+            retry_after: (counter.window_start + HOUR - now).max(1),
+        });
+    }
+    Ok(())
+}
+
+impl Attempt {
+    /// The check failed: the reservations stay counted, and a key whose window is now
+    /// full of failures is locked out (once: the other failures of the same burst find
+    /// it locked already and add nothing).
+    pub async fn failed(mut self, now: i64) -> Result<(), Error> {
+        match self.reserved.take() {
+            Some(reserved) => record_failure(&*self.store, &self.config, &reserved, now).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The check succeeded: the identifier's count starts over, and the address gets
+    /// this attempt back.
+    pub async fn succeeded(mut self) -> Result<(), Error> {
+        let Some(reserved) = self.reserved.take() else {
+            return Ok(());
+        };
+        if let Some(subject) = &reserved.subject {
+            self.store.forget_counters(&[subject.as_str()]).await?;
+        }
+        if let Some((client, window_start)) = &reserved.client {
+            self.store
+                .give_back_attempt(client.as_str(), *window_start)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        let Some(reserved) = self.reserved.take() else {
+            return;
+        };
+        // The request was abandoned between reserving and reporting (a client that
+        // hung up, a timeout): count it as failed, as its reservation already is.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let store = self.store.clone();
+        let config = self.config;
+        let now = self.at;
+        runtime.spawn(async move {
+            if let Err(err) = record_failure(&*store, &config, &reserved, now).await {
+                tracing::warn!(error = %crate::error::chain(&err), "an abandoned attempt could not be counted");
+            }
+        });
+    }
+}
+
+async fn record_failure(
+    store: &dyn Store,
+    config: &LimitConfig,
+    reserved: &Reserved,
+    now: i64,
+) -> Result<(), Error> {
+    let keys = reserved
+        .subject
+        .iter()
+        .map(|key| (key, config.login_max_failures))
+        .chain(
+            reserved
+                .client
+                .iter()
+                .map(|(key, _)| (key, config.login_max_failures_per_ip)),
+        );
+    for (key, max) in keys {
+        let Some(counter) = store.counter(key.as_str()).await? else {
+            continue;
+        };
+        if counter.count < i64::from(max) || counter.blocked_until > now {
+            continue;
+        }
+        let lockout = lockout_seconds(config.login_lockout, counter.strikes);
+        if store
+            .lock(
+                key.as_str(),
+                now,
+                now.saturating_add(lockout),
+                counter.strikes,
+            )
+            .await?
+        {
+            tracing::warn!(
+                event = "lockout",
+                lockout_seconds = lockout,
+                strikes = counter.strikes + 1,
+                "too many failed password or code checks"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `base` doubled once per earlier lockout, at most [`MAX_LOCKOUT`].
@@ -255,16 +407,39 @@ mod tests {
 
     #[test]
     fn keys_are_digests_that_separate_kinds() {
-        let a = LimitKey::account("asim");
+        let a = LimitKey::user_id("asim");
         assert_eq!(a.0.len(), 64);
         assert!(!a.0.contains("asim"));
         // Counters already in a database stay theirs: the key is SHA-256 of
         // "<kind>:<value>" in lowercase hex.
         assert_eq!(
-            LimitKey::account("u1").0,
+            LimitKey::user_id("u1").0,
             "3cd782cdd588d9764ab3265d8a1c0dfde4c38bd2a42b6a7ff0b2ee41ec55553d"
         );
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         assert_ne!(LimitKey::client(ip), LimitKey::signup(ip));
+        assert_ne!(LimitKey::username("asim"), LimitKey::user_id("asim"));
+        assert_ne!(LimitKey::email("a@b.c"), LimitKey::username("a@b.c"));
+        let name = LoginName::parse(Some("Asim".into()), None).unwrap();
+        assert_eq!(LimitKey::login_name(&name), LimitKey::username("asim"));
+    }
+
+    #[test]
+    fn ipv6_clients_are_grouped_by_their_64() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(address_group(ip("203.0.113.9")), "203.0.113.9");
+        assert_eq!(address_group(ip("::ffff:203.0.113.9")), "203.0.113.9");
+        assert_eq!(
+            address_group(ip("2001:db8:1:2:aaaa::1")),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(
+            LimitKey::client(ip("2001:db8:1:2::1")),
+            LimitKey::client(ip("2001:db8:1:2:ffff:ffff:ffff:ffff"))
+        );
+        assert_ne!(
+            LimitKey::client(ip("2001:db8:1:2::1")),
+            LimitKey::client(ip("2001:db8:1:3::1"))
+        );
     }
 }

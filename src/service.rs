@@ -10,14 +10,14 @@ use crate::domain::{
     Password, PasswordChange, PasswordReset, RedirectUrl, Session, User, UserId, UserQuery,
 };
 use crate::error::Error;
-use crate::limits::{LimitConfig, LimitKey, Limiter};
+use crate::limits::{Attempt, LimitConfig, LimitKey, Limiter};
 use crate::mail::{Mailer, Outgoing};
 use crate::password::{PasswordHasher, Verification};
 use crate::policy::PasswordPolicy;
 use crate::session::{SessionToken, TokenDigest};
 use crate::store::{
-    Credentials, HashChange, Lookup, NewSession, NewToken, NewUser, Redeemed, Redemption, Store,
-    StoreError,
+    CodeCheck, Credentials, HashChange, Lookup, NewSession, NewToken, NewUser, Redeemed,
+    Redemption, Store, StoreError,
 };
 use crate::tokens::{Purpose, ResetCode};
 
@@ -50,17 +50,6 @@ pub struct Settings {
     pub links: LinkSettings,
 }
 
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            session_ttl: crate::config::DEFAULT_SESSION_TTL,
-            password_policy: PasswordPolicy::default(),
-            limits: LimitConfig::default(),
-            links: LinkSettings::default(),
-        }
-    }
-}
-
 /// What the e-mailed links are built from.
 #[derive(Debug, Clone)]
 pub struct LinkSettings {
@@ -71,16 +60,6 @@ pub struct LinkSettings {
     pub redirect_allowlist: Vec<String>,
     /// Seconds a magic link stays valid.
     pub magic_link_ttl: i64,
-}
-
-impl Default for LinkSettings {
-    fn default() -> Self {
-        Self {
-            public_url: "http://127.0.0.1:8080".to_string(),
-            redirect_allowlist: Vec::new(),
-            magic_link_ttl: 60,
-        }
-    }
 }
 
 /// What kind of one-time token an e-mail carries.
@@ -199,33 +178,31 @@ impl Users {
         Ok(self.store.search_users(query).await?)
     }
 
-    /// Checks `password` for `account` (None: no such account) under the brute-force
-    /// limits, and returns the account when it matches. Every path costs one hash.
+    /// Checks `password` for `account` (None: no such account) under an attempt already
+    /// reserved, and reports the outcome to the limiter. Every path costs one argon2
+    /// verification: an unknown account is checked against a dummy hash.
     async fn check_password(
         &self,
+        attempt: Attempt,
         account: Option<Credentials>,
-        key: &LimitKey,
         password: Password,
-        client: Option<IpAddr>,
     ) -> Result<Option<(Credentials, Option<String>)>, Error> {
-        let now = self.clock.now();
-        self.limiter
-            .check_password_attempt(key, client, now)
-            .await?;
         let stored = account.as_ref().map(|c| c.password_hash.clone());
         match (self.hasher.verify(password, stored).await?, account) {
             (Verification::Match { rehashed }, Some(account)) => {
-                self.limiter.password_succeeded(key).await?;
+                attempt.succeeded().await?;
                 Ok(Some((account, rehashed)))
             }
             _ => {
-                self.limiter.password_failed(key, client, now).await?;
+                attempt.failed(self.clock.now()).await?;
                 Ok(None)
             }
         }
     }
 
     /// Checks the old password, stores the new one and revokes every session of the user.
+    /// In that order: the limits first, then the old password, then the new password's
+    /// rules, so that nothing is learnt about the account without a guess being counted.
     pub async fn update_password(
         &self,
         change: PasswordChange,
@@ -236,25 +213,29 @@ impl Users {
             old_password,
             new_password,
         } = change;
-        let current = self
-            .store
-            .credentials(Lookup::Id(&user_id))
+        let key = LimitKey::user_id(user_id.as_str());
+        let attempt = self
+            .limiter
+            .reserve(Some(&key), client, self.clock.now())
+            .await?;
+        let Some(current) = self.store.credentials(Lookup::Id(&user_id)).await? else {
+            // Probing ids costs an attempt, like a wrong password.
+            attempt.failed(self.clock.now()).await?;
+            return Err(Error::NotFound(NO_USER));
+        };
+        let Some((current, _)) = self
+            .check_password(attempt, Some(current), old_password)
             .await?
-            .ok_or(Error::NotFound(NO_USER))?;
+        else {
+            tracing::warn!(event = "password_change_refused", user_id = %user_id.as_str(), client = ?client);
+            return Err(Error::Unauthorized(BAD_OLD_PASSWORD));
+        };
         self.policy.check(
             "new_password",
             &new_password,
             &current.user.username,
             &current.user.email,
         )?;
-        let key = LimitKey::account(&current.user.id);
-        let Some((current, _)) = self
-            .check_password(Some(current), &key, old_password, client)
-            .await?
-        else {
-            tracing::warn!(event = "password_change_refused", user_id = %user_id.as_str(), client = ?client);
-            return Err(Error::Unauthorized(BAD_OLD_PASSWORD));
-        };
         let new_hash = self.hasher.hash(new_password).await?;
         // Compare-and-swap on the hash we verified: if another change won the race, the
         // old password this request proved is no longer the current one.
@@ -288,14 +269,15 @@ impl Users {
             LoginName::Username(username) => Lookup::Username(username),
             LoginName::Email(email) => Lookup::Email(email),
         };
+        // Counted under the name as typed, whether or not it has an account.
+        let attempt = self
+            .limiter
+            .reserve(Some(&LimitKey::login_name(&name)), client, self.clock.now())
+            .await?;
         let found = self.store.credentials(lookup).await?;
-        let key = match &found {
-            Some(account) => LimitKey::account(&account.user.id),
-            None => LimitKey::login_name(&name),
-        };
         let known_id = found.as_ref().map(|c| c.user.id.clone());
         let Some((mut credentials, rehashed)) =
-            self.check_password(found, &key, password, client).await?
+            self.check_password(attempt, found, password).await?
         else {
             tracing::warn!(event = "login_failed", user_id = ?known_id, client = ?client);
             return Err(Error::Unauthorized(BAD_CREDENTIALS));
@@ -466,7 +448,12 @@ impl Users {
     }
 
     /// Sets a new password with a reset code, which is used up, and ends every session.
-    /// Wrong codes count as failed password checks: the same lockouts stop guessing.
+    ///
+    /// A wrong code counts against the client's address (not against the account's
+    /// lockouts, so no one can lock a person out of their own recovery) and against the
+    /// code itself, which is void after [`crate::tokens::RESET_CODE_MAX_WRONG`] wrong
+    /// tries. A right one works even while the account is locked out, and lifts the
+    /// lockouts of its username, e-mail address and id.
     pub async fn reset_password(
         &self,
         reset: PasswordReset,
@@ -478,29 +465,25 @@ impl Users {
             code,
             new_password,
         } = reset;
-        let account = self.store.credentials(Lookup::Email(&email)).await?;
-        let key = match &account {
-            Some(account) => LimitKey::account(&account.user.id),
-            None => LimitKey::login_name(&LoginName::Email(email.clone())),
-        };
         let now = self.clock.now();
-        self.limiter
-            .check_password_attempt(&key, client, now)
-            .await?;
-        let Some(account) = account else {
-            self.limiter.password_failed(&key, client, now).await?;
+        let attempt = self.limiter.reserve(None, client, now).await?;
+        let Some(account) = self.store.credentials(Lookup::Email(&email)).await? else {
+            attempt.failed(now).await?;
             return Err(Error::invalid("code", BAD_CODE));
         };
+        // Bound to the account (see `ResetCode::digest`); no hashing, so a wrong code
+        // costs no CPU.
         let digest = ResetCode::typed(&code).digest(&account.user.id);
-        // Checked before the (slow) hash, so a wrong code costs no hashing.
-        if !self
+        if self
             .store
-            .token_is_live(&digest, Purpose::ResetPassword, now)
+            .check_reset_code(&account.user.id, &digest, now)
             .await?
+            == CodeCheck::Wrong
         {
-            self.limiter.password_failed(&key, client, now).await?;
+            attempt.failed(now).await?;
             return Err(Error::invalid("code", BAD_CODE));
         }
+        attempt.succeeded().await?;
         self.policy.check(
             "new_password",
             &new_password,
@@ -519,11 +502,18 @@ impl Users {
             .await?
         {
             Redeemed::Done { user_id } => {
-                self.limiter.password_succeeded(&key).await?;
+                self.limiter
+                    .clear(&[
+                        LimitKey::username(&account.user.username),
+                        LimitKey::email(&account.user.email),
+                        LimitKey::user_id(&user_id),
+                    ])
+                    .await?;
                 tracing::info!(event = "password_reset", user_id = %user_id, "sessions revoked");
                 Ok(())
             }
-            // Another request used the code between the check and now.
+            // Another request used the code between the check and now, or wrong codes
+            // voided it meanwhile.
             Redeemed::Expired | Redeemed::NotFound => Err(Error::invalid("code", BAD_CODE)),
         }
     }

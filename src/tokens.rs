@@ -29,9 +29,13 @@ impl Purpose {
     }
 }
 
+/// Wrong codes that may be tried against one reset code; then it is void, and a new one
+/// must be sent.
+pub const RESET_CODE_MAX_WRONG: i64 = 5;
+
 /// Characters of a reset code: capitals and digits without the look-alikes 0/O and 1/I.
 const CODE_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
-/// 10 characters of 32: 50 bits, with guessing bounded by the brute-force limits.
+/// 10 characters of 32: 50 bits, of which at most [`RESET_CODE_MAX_WRONG`] guesses are tried.
 const CODE_LEN: usize = 10;
 
 /// A password reset code as the user reads it from the e-mail.

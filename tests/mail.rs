@@ -80,6 +80,9 @@ mail_tests! {
     });
     the_micro_surface_runs_the_same_flows(false, super::defaults);
     a_new_address_is_unverified_and_old_links_stop_working(false, super::defaults);
+    a_reset_code_is_void_after_five_wrong_tries(false, super::behind_proxy);
+    wrong_reset_codes_do_not_lock_the_account(false, super::behind_proxy);
+    a_right_reset_code_works_for_a_locked_account_and_unlocks_it(false, super::behind_proxy);
 }
 
 const REDIRECT: &str = "https://app.example.com/verified?from=mail";
@@ -719,4 +722,153 @@ async fn a_new_address_is_unverified_and_old_links_stop_working(app: TestApp, si
     let answer = reset(&app, "moved@example.com", &code, "newpassword-1").await;
     assert_m3o_error(&answer, "ResetPassword", 400, "code is wrong");
     assert_eq!(read_account(&app, id).await["verified"], false);
+}
+
+fn behind_proxy(config: &mut ServeConfig) {
+    config.access.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+}
+
+/// Calls an M3O method as the client at `from` (believed: see `behind_proxy`).
+async fn m3o_from(app: &TestApp, method: &str, body: Value, from: &str) -> (StatusCode, Value) {
+    let (status, _, body) = app
+        .send_to(
+            &format!("/v1/user/{method}"),
+            body,
+            &[("x-forwarded-for", from)],
+        )
+        .await;
+    (status, body)
+}
+
+fn reset_body(email: &str, code: &str, password: &str) -> Value {
+    json!({"email": email, "code": code, "new_password": password, "confirm_password": password})
+}
+
+/// Wrong codes tried against a reset code, at once and from as many addresses as
+/// there are tries, void it after five: the right code then fails, and a new code is
+/// needed.
+async fn a_reset_code_is_void_after_five_wrong_tries(app: TestApp, sink: SmtpSink) {
+    create(&app, "guessed").await;
+    let email = "guessed@example.com";
+    let code = reset_code(&app, &sink, email, json!(null)).await;
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(40));
+    let mut tries = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let (url, barrier) = (app.url("/v1/user/ResetPassword"), barrier.clone());
+        let body = reset_body(email, &format!("WRONGCODE{}", i % 10), "newpassword-1");
+        tries.spawn(async move {
+            barrier.wait().await;
+            reqwest::Client::new()
+                .post(url)
+                .header("x-forwarded-for", format!("203.0.113.{i}"))
+                .json(&body)
+                .send()
+                .await
+                .expect("sent")
+                .status()
+        });
+    }
+    while let Some(status) = tries.join_next().await {
+        assert_eq!(status.expect("task"), 400);
+    }
+    let late = m3o_from(
+        &app,
+        "ResetPassword",
+        reset_body(email, &code, "newpassword-1"),
+        "198.51.100.1",
+    )
+    .await;
+    assert_m3o_error(
+        &late,
+        "ResetPassword",
+        400,
+        "code is wrong, already used or expired",
+    );
+    assert_eq!(login(&app, email, PASSWORD).await.0, 200);
+    let code = reset_code(&app, &sink, email, json!(null)).await;
+    assert_eq!(reset(&app, email, &code, "newpassword-1").await.0, 200);
+}
+
+/// Wrong codes count against the address they come from, not against the account's
+/// sign-in: no one can lock a person out by guessing at their recovery.
+async fn wrong_reset_codes_do_not_lock_the_account(app: TestApp, sink: SmtpSink) {
+    create(&app, "target").await;
+    let email = "target@example.com";
+    reset_code(&app, &sink, email, json!(null)).await;
+    for i in 0..4 {
+        let (status, _) = m3o_from(
+            &app,
+            "ResetPassword",
+            reset_body(email, "WRONGCODE1", "newpassword-1"),
+            &format!("203.0.113.{i}"),
+        )
+        .await;
+        assert_eq!(status, 400);
+    }
+    // The address that guessed five times is locked out...
+    let from = "198.51.100.7";
+    for _ in 0..5 {
+        let (status, _) = m3o_from(
+            &app,
+            "ResetPassword",
+            reset_body(email, "WRONGCODE2", "newpassword-1"),
+            from,
+        )
+        .await;
+        assert_eq!(status, 400);
+    }
+    let (status, _) = m3o_from(
+        &app,
+        "ResetPassword",
+        reset_body(email, "WRONGCODE3", "newpassword-1"),
+        from,
+    )
+    .await;
+    assert_eq!(status, 429);
+    // ...and the account is not.
+    let (status, body) = m3o_from(
+        &app,
+        "Login",
+        json!({"email": email, "password": PASSWORD}),
+        "192.0.2.1",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// A right reset code works while the account's username and e-mail address are both
+/// locked out, and ends those lockouts.
+async fn a_right_reset_code_works_for_a_locked_account_and_unlocks_it(
+    app: TestApp,
+    sink: SmtpSink,
+) {
+    create(&app, "locked").await;
+    let email = "locked@example.com";
+    for (i, name) in [json!({"username": "locked"}), json!({"email": email})]
+        .into_iter()
+        .enumerate()
+    {
+        let mut wrong = name.clone();
+        wrong["password"] = json!("not-the-password");
+        for attempt in 0..6 {
+            let from = format!("203.0.{i}.{attempt}");
+            let (status, _) = m3o_from(&app, "Login", wrong.clone(), &from).await;
+            assert_eq!(status, if attempt < 5 { 401 } else { 429 });
+        }
+    }
+    let code = reset_code(&app, &sink, email, json!(null)).await;
+    let (status, body) = m3o_from(
+        &app,
+        "ResetPassword",
+        reset_body(email, &code, "newpassword-1"),
+        "198.51.100.1",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    for name in [json!({"username": "locked"}), json!({"email": email})] {
+        let mut right = name;
+        right["password"] = json!("newpassword-1");
+        let (status, body) = m3o_from(&app, "Login", right, "192.0.2.1").await;
+        assert_eq!(status, 200, "{body}");
+    }
 }

@@ -7,8 +7,12 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use common::{assert_error, Backend, TestApp, PASSWORD};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
+use tokio::sync::{Barrier, Notify};
 use users_service::config::ServeConfig;
 use users_service::store::{Lookup, Store};
 
@@ -24,9 +28,32 @@ on_both_stores!(
     five_failures_lock_the_account_with_a_growing_retry_after,
     unknown_accounts_are_limited_exactly_like_known_ones,
     a_success_resets_the_account_counter,
-    update_password_failures_count_against_the_account,
+    update_password_failures_lock_the_user_id_alone,
     the_limit_holds_across_replicas,
+    a_lockout_does_not_link_a_username_to_its_email,
+    update_password_checks_the_limits_then_the_old_password_then_the_rules,
 );
+
+/// Every request says which client it comes from (`X-Forwarded-For`, believed from
+/// loopback), so a test can speak for many addresses.
+fn behind_proxy(config: &mut ServeConfig) {
+    config.access.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+}
+
+/// Concurrency: the limits hold however the requests are timed, on both stores and
+/// across two replicas (point 1 of the lockout rules), and a burst is one lockout
+/// (point 2).
+mod bursts {
+    use super::*;
+
+    on_both_stores!(
+        config = crate::behind_proxy,
+        a_burst_at_one_account_gets_no_more_checks_than_its_limit,
+        a_burst_from_one_address_gets_no_more_checks_than_its_limit,
+        a_burst_of_reset_codes_from_one_address_is_bounded_too,
+        one_burst_is_one_lockout,
+    );
+}
 
 /// The default configuration.
 mod defaults {
@@ -109,33 +136,78 @@ async fn a_success_resets_the_account_counter(app: TestApp) {
     app.login("asim", PASSWORD).await;
 }
 
-async fn update_password_failures_count_against_the_account(app: TestApp) {
+/// UpdatePassword names the account by its id: that id has a budget of its own, apart
+/// from the username's and the e-mail address's.
+async fn update_password_failures_lock_the_user_id_alone(app: TestApp) {
     let user = app.create_user("asim").await;
-    for _ in 0..3 {
+    let change = |old: &str| json!({"user_id": user["id"], "old_password": old, "new_password": "newpassword1", "confirm_password": "newpassword1"});
+    for _ in 0..5 {
+        let answer = app.call("UpdatePassword", change(WRONG)).await;
+        assert_error(&answer, "UpdatePassword", 401, "old_password is incorrect");
+    }
+    let answer = app.call("UpdatePassword", change(PASSWORD)).await;
+    assert_error(&answer, "UpdatePassword", 429, "too many attempts");
+    // Login by username is another identifier, with its own count.
+    fail_times(&app, "asim", 4).await;
+    app.login("asim", PASSWORD).await;
+}
+
+/// Point 4: locking a username out says nothing about which e-mail address belongs to
+/// the same account.
+async fn a_lockout_does_not_link_a_username_to_its_email(app: TestApp) {
+    app.create_user("asim").await;
+    fail_times(&app, "asim", 5).await;
+    assert_eq!(login(&app, "asim", PASSWORD).await.0, 429);
+    let by_email = |email: &'static str, password: &'static str| {
+        let app = &app;
+        async move {
+            let (status, _, body) = app
+                .send("Login", json!({"email": email, "password": password}), &[])
+                .await;
+            (status.as_u16(), body)
+        }
+    };
+    let (known, known_body) = by_email("asim@example.com", WRONG).await;
+    let (unknown, unknown_body) = by_email("nobody@example.com", WRONG).await;
+    assert_eq!((known, &known_body), (unknown, &unknown_body));
+    assert_eq!(known, 401, "{known_body}");
+    // And the owner can still sign in with the address.
+    assert_eq!(by_email("asim@example.com", PASSWORD).await.0, 200);
+}
+
+/// Point 3: a wrong old password is answered 401 whatever the new password is, the
+/// lockout comes before both, and unknown ids cost an attempt too.
+async fn update_password_checks_the_limits_then_the_old_password_then_the_rules(app: TestApp) {
+    let user = app.create_user("asim").await;
+    let change = |old: &str, new: &str| json!({"user_id": user["id"], "old_password": old, "new_password": new, "confirm_password": new});
+    // A new password that the rules refuse (the account's own e-mail address) does not
+    // tell a guesser anything before the old password is proved.
+    for _ in 0..5 {
         let answer = app
-            .call(
-                "UpdatePassword",
-                json!({"user_id": user["id"], "old_password": WRONG, "new_password": "newpassword1", "confirm_password": "newpassword1"}),
-            )
+            .call("UpdatePassword", change(WRONG, "asim@example.com"))
             .await;
         assert_error(&answer, "UpdatePassword", 401, "old_password is incorrect");
     }
-    // Failures through Login and UpdatePassword add up: it is one account.
-    fail_times(&app, "asim", 2).await;
-    let (status, _, body) = login(&app, "asim", PASSWORD).await;
-    assert_eq!(status, 429, "{body}");
     let answer = app
-        .call(
-            "UpdatePassword",
-            json!({"user_id": user["id"], "old_password": PASSWORD, "new_password": "newpassword1", "confirm_password": "newpassword1"}),
-        )
+        .call("UpdatePassword", change(PASSWORD, "asim@example.com"))
         .await;
     assert_error(&answer, "UpdatePassword", 429, "too many attempts");
+    app.clock.advance(60);
+    // With the right old password, the rules speak.
+    let answer = app
+        .call("UpdatePassword", change(PASSWORD, "asim@example.com"))
+        .await;
+    assert_error(
+        &answer,
+        "UpdatePassword",
+        400,
+        "new_password must not be the same as the username or email",
+    );
 }
-
 async fn the_limit_holds_across_replicas(app: TestApp) {
     app.create_user("asim").await;
-    let (other, _stop) = app.replica(account_limit_only).await;
+    let replica = app.replica(account_limit_only).await;
+    let other = replica.addr;
     let client = reqwest::Client::new();
     for _ in 0..3 {
         let (status, _, _) = login(&app, "asim", WRONG).await;
@@ -172,12 +244,13 @@ async fn rehash_on_login_when_the_parameters_are_raised(app: TestApp) {
     let before = stored(app.store.clone()).await;
     assert!(before.contains("$m=19456,t=2,p=1$"), "{before}");
     // The same database under stronger parameters.
-    let (replica, _stop) = app
+    let replica = app
         .replica(|config| {
             config.passwords.argon2_m_kib = 24_576;
             config.passwords.argon2_t = 3;
         })
         .await;
+    let replica = replica.addr;
     let client = reqwest::Client::new();
     let login = |password: &'static str| {
         client
@@ -645,4 +718,210 @@ async fn the_minimum_password_length_can_be_raised() {
     );
     // Existing passwords shorter than a newly raised minimum still sign in.
     app.login("asim", "twelve-chars").await;
+}
+
+/// Sends every request of `burst` at once (each a body and the address it comes from),
+/// alternating between the app and `replica`; once the first answer is a 429 (or, if
+/// none is, once all are answered), sends `last` too. Returns the burst's statuses and
+/// `last`'s.
+async fn burst_then(
+    app: &TestApp,
+    replica: &common::Replica,
+    method: &str,
+    burst: Vec<(Value, String)>,
+    last: (Value, String),
+) -> (Vec<StatusCode>, StatusCode) {
+    let barrier = Arc::new(Barrier::new(burst.len()));
+    let refused = Arc::new(Notify::new());
+    let unanswered = Arc::new(std::sync::atomic::AtomicUsize::new(burst.len()));
+    let client = reqwest::Client::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, (body, from)) in burst.into_iter().enumerate() {
+        let path = format!("/users/Users/{method}");
+        let url = if i % 2 == 0 {
+            app.url(&path)
+        } else {
+            replica.url(&path)
+        };
+        let (client, barrier, refused) = (client.clone(), barrier.clone(), refused.clone());
+        let unanswered = unanswered.clone();
+        tasks.spawn(async move {
+            barrier.wait().await;
+            let status = client
+                .post(url)
+                .header("x-forwarded-for", from)
+                .json(&body)
+                .send()
+                .await
+                .expect("sent")
+                .status();
+            let last_answer = unanswered.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1;
+            if status == StatusCode::TOO_MANY_REQUESTS || last_answer {
+                // Stores a permit if no one waits yet: the last request is not missed.
+                refused.notify_one();
+            }
+            status
+        });
+    }
+    refused.notified().await;
+    let (body, from) = last;
+    let (last_status, _, _) = app
+        .send(method, body, &[("x-forwarded-for", from.as_str())])
+        .await;
+    let mut statuses = Vec::new();
+    while let Some(status) = tasks.join_next().await {
+        statuses.push(status.expect("task"));
+    }
+    (statuses, last_status)
+}
+
+fn count(statuses: &[StatusCode], status: u16) -> usize {
+    statuses.iter().filter(|s| s.as_u16() == status).count()
+}
+
+/// 60 wrong passwords for one account at once, each from an address of its own and
+/// through either of two replicas, then the right one: at most 5 argon2 verifications
+/// run, and no session is opened.
+async fn a_burst_at_one_account_gets_no_more_checks_than_its_limit(app: TestApp) {
+    app.create_user("asim").await;
+    let replica = app.replica(behind_proxy).await;
+    let runs = || app.users.argon2_runs() + replica.users.argon2_runs();
+    let before = runs();
+    let burst = (0..60)
+        .map(|i| {
+            (
+                json!({"username": "asim", "password": WRONG}),
+                format!("203.0.113.{i}"),
+            )
+        })
+        .collect();
+    let right = (
+        json!({"username": "asim", "password": PASSWORD}),
+        "198.51.100.1".to_string(),
+    );
+    let (statuses, last) = burst_then(&app, &replica, "Login", burst, right).await;
+    let checked = count(&statuses, 401);
+    assert_eq!(checked + count(&statuses, 429), 60, "{statuses:?}");
+    assert!((1..=5).contains(&checked), "{checked} checks: {statuses:?}");
+    assert_eq!(runs() - before, checked as u64, "one verification per 401");
+    assert_eq!(last, 429, "the right password comes too late");
+    assert_eq!(app.count_rows("sessions").await, 0);
+}
+
+/// 60 wrong passwords from one address at once, each for another name (some with an
+/// account, some without): at most 5 verifications.
+async fn a_burst_from_one_address_gets_no_more_checks_than_its_limit(app: TestApp) {
+    for i in 0..3 {
+        app.create_user(&format!("user{i}")).await;
+    }
+    app.create_user("asim").await;
+    let replica = app.replica(behind_proxy).await;
+    let runs = || app.users.argon2_runs() + replica.users.argon2_runs();
+    let before = runs();
+    let from = "203.0.113.7".to_string();
+    let burst = (0..60)
+        .map(|i| {
+            (
+                json!({"username": format!("user{i}"), "password": WRONG}),
+                from.clone(),
+            )
+        })
+        .collect();
+    let right = (json!({"username": "asim", "password": PASSWORD}), from);
+    let (statuses, last) = burst_then(&app, &replica, "Login", burst, right).await;
+    let checked = count(&statuses, 401);
+    assert_eq!(checked + count(&statuses, 429), 60, "{statuses:?}");
+    assert!((1..=5).contains(&checked), "{checked} checks: {statuses:?}");
+    assert_eq!(runs() - before, checked as u64);
+    assert_eq!(last, 429);
+    assert_eq!(app.count_rows("sessions").await, 0);
+}
+
+/// 40 reset codes from one address at once: at most 5 are checked.
+async fn a_burst_of_reset_codes_from_one_address_is_bounded_too(app: TestApp) {
+    app.create_user("asim").await;
+    let replica = app.replica(behind_proxy).await;
+    let from = "203.0.113.7".to_string();
+    let guess = |i: usize| json!({"email": "asim@example.com", "code": format!("ABCDEFG{i:03}"), "new_password": "newpassword-1", "confirm_password": "newpassword-1"});
+    let burst = (0..40).map(|i| (guess(i), from.clone())).collect();
+    let (statuses, last) =
+        burst_then(&app, &replica, "ResetPassword", burst, (guess(99), from)).await;
+    let checked = count(&statuses, 400);
+    assert_eq!(checked + count(&statuses, 429), 40, "{statuses:?}");
+    assert!(
+        (1..=5).contains(&checked),
+        "{checked} codes checked: {statuses:?}"
+    );
+    assert_eq!(last, 429);
+}
+
+/// A burst of 60 failures is one lockout of the base length, not twelve that double;
+/// the next lockout doubles only for failures after this one has ended.
+async fn one_burst_is_one_lockout(app: TestApp) {
+    app.create_user("asim").await;
+    let replica = app.replica(behind_proxy).await;
+    let from = "203.0.113.7".to_string();
+    let burst = (0..60)
+        .map(|_| (json!({"username": "asim", "password": WRONG}), from.clone()))
+        .collect();
+    let last = (json!({"username": "asim", "password": WRONG}), from.clone());
+    burst_then(&app, &replica, "Login", burst, last).await;
+    let attempt = |password: &'static str| {
+        let app = &app;
+        async move {
+            let (status, headers, _) = app
+                .send(
+                    "Login",
+                    json!({"username": "asim", "password": password}),
+                    &[("x-forwarded-for", "198.51.100.1")],
+                )
+                .await;
+            let retry = headers
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().parse::<i64>().unwrap());
+            (status.as_u16(), retry)
+        }
+    };
+    let (status, retry) = attempt(PASSWORD).await;
+    assert_eq!(status, 429);
+    assert!(retry.is_some_and(|r| (1..=60).contains(&r)), "{retry:?}");
+    app.clock.advance(60);
+    for _ in 0..5 {
+        assert_eq!(attempt(WRONG).await.0, 401);
+    }
+    assert_eq!(attempt(PASSWORD).await, (429, Some(120)));
+}
+
+#[tokio::test]
+async fn ipv6_clients_share_the_per_address_limit_by_their_64() {
+    let app = sqlite_with("ipv6_64", |c| {
+        c.limits.login_max_failures = 0;
+        behind_proxy(c);
+    })
+    .await;
+    app.create_user("asim").await;
+    let attempt = |from: &'static str| {
+        let app = &app;
+        async move {
+            app.send(
+                "Login",
+                json!({"username": "asim", "password": WRONG}),
+                &[("x-forwarded-for", from)],
+            )
+            .await
+            .0
+            .as_u16()
+        }
+    };
+    for from in [
+        "2001:db8:0:1::1",
+        "2001:db8:0:1::2",
+        "2001:db8:0:1:ffff::3",
+        "2001:db8:0:1:1:2:3:4",
+        "2001:db8:0:1::5",
+    ] {
+        assert_eq!(attempt(from).await, 401, "{from}");
+    }
+    assert_eq!(attempt("2001:db8:0:1::99").await, 429, "the same /64");
+    assert_eq!(attempt("2001:db8:0:2::1").await, 401, "another /64");
 }

@@ -157,14 +157,43 @@ pub enum Redeemed {
     NotFound,
 }
 
-/// A rate-limit counter after an event was added to it.
+/// A rate-limit counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counter {
-    /// Events in the current window, this one included.
+    /// Events (or reserved attempts) in the current window.
     pub count: i64,
     pub window_start: i64,
-    /// How many times the key was blocked before.
+    /// Locked out until then (0: never locked).
+    pub blocked_until: i64,
+    /// How many times the key was locked out before.
     pub strikes: i64,
+}
+
+/// At most `max` attempts per window under `key`.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptLimit<'a> {
+    pub key: &'a str,
+    pub max: u32,
+}
+
+/// The outcome of reserving an attempt under several limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reservation {
+    /// One attempt is counted under every limit; the start of each one's window, in
+    /// the order the limits were given.
+    Granted { window_starts: Vec<i64> },
+    /// Nothing was counted: this limit's key is locked out, or its window holds its
+    /// maximum of attempts already.
+    Refused(Counter),
+}
+
+/// How checking a reset code went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeCheck {
+    /// The code is the account's live one, not yet void; it is not used up yet.
+    Valid,
+    /// It is not: counted against the account's live code, if it has one.
+    Wrong,
 }
 
 /// What an import did with one record.
@@ -255,13 +284,15 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a one-time token (one whose e-mail could not be sent).
     async fn delete_token(&self, digest: &TokenDigest) -> Result<(), StoreError>;
 
-    /// Whether a token of this purpose exists and is live at `now`, without using it.
-    async fn token_is_live(
+    /// Checks `digest` against the user's live password reset code without using it
+    /// up. A wrong code counts against the live code, which is void once
+    /// [`crate::tokens::RESET_CODE_MAX_WRONG`] wrong codes were tried.
+    async fn check_reset_code(
         &self,
+        user_id: &str,
         digest: &TokenDigest,
-        purpose: Purpose,
         now: i64,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<CodeCheck, StoreError>;
 
     /// Consumes the token (once: of concurrent callers, one gets `Done`) and, if it was
     /// live, applies `effect` in the same transaction.
@@ -279,18 +310,35 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes up to `batch` sessions that expired at or before `now`; returns how many.
     async fn delete_expired_sessions(&self, now: i64, batch: u32) -> Result<u64, StoreError>;
 
-    /// The latest `blocked_until` of the given rate-limit keys (0 when none is blocked).
-    async fn blocked_until(&self, keys: [&str; 2]) -> Result<i64, StoreError>;
+    /// Reserves one attempt under each limit, all or none, atomically (across
+    /// replicas too): refused when a key is locked out at `now` or its current window
+    /// (of `window` seconds) holds `max` attempts already.
+    async fn reserve_attempts(
+        &self,
+        limits: &[AttemptLimit<'_>],
+        now: i64,
+        window: i64,
+    ) -> Result<Reservation, StoreError>;
+
+    /// The counter of `key`, if it has one.
+    async fn counter(&self, key: &str) -> Result<Option<Counter>, StoreError>;
+
+    /// Locks `key` out until `until`, counts a strike and starts a new, empty window at
+    /// `now`; only if it is not locked at `now` and still has `strikes` strikes (so of
+    /// concurrent callers, one locks it). Whether it did.
+    async fn lock(&self, key: &str, now: i64, until: i64, strikes: i64)
+        -> Result<bool, StoreError>;
+
+    /// Takes one attempt off `key`'s count, if its window still starts at
+    /// `window_start` (the attempt was counted in it).
+    async fn give_back_attempt(&self, key: &str, window_start: i64) -> Result<(), StoreError>;
+
+    /// Forgets the counters of `keys` (their counts, lockouts and strikes).
+    async fn forget_counters(&self, keys: &[&str]) -> Result<(), StoreError>;
 
     /// Adds one event to `key`, starting a new window when the current one (of
     /// `window` seconds) is over.
     async fn count_event(&self, key: &str, now: i64, window: i64) -> Result<Counter, StoreError>;
-
-    /// Blocks `key` until `until`, counts a strike and empties its window.
-    async fn block(&self, key: &str, until: i64) -> Result<(), StoreError>;
-
-    /// Forgets `key` (its count, block and strikes).
-    async fn clear_counter(&self, key: &str) -> Result<(), StoreError>;
 
     /// Deletes counters untouched since `before` and not blocked after `now`.
     async fn delete_stale_counters(&self, before: i64, now: i64) -> Result<u64, StoreError>;

@@ -22,14 +22,14 @@ use std::collections::HashSet;
 
 use super::inline::InlineReader;
 use super::{
-    Counter, Credentials, DatabaseUrl, HashChange, Imported, Importer, Lookup, NewSession,
-    NewToken, NewUser, Outage, Redeemed, Redemption, SessionRecord, Store, StoreError,
-    StoredSession,
+    AttemptLimit, CodeCheck, Counter, Credentials, DatabaseUrl, HashChange, Imported, Importer,
+    Lookup, NewSession, NewToken, NewUser, Outage, Redeemed, Redemption, Reservation,
+    SessionRecord, Store, StoreError, StoredSession,
 };
 use crate::domain::{AccountChanges, Page, Profile, User, UserId, UserQuery};
 use crate::error::Unique;
 use crate::session::TokenDigest;
-use crate::tokens::Purpose;
+use crate::tokens::{Purpose, RESET_CODE_MAX_WRONG};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -158,10 +158,59 @@ macro_rules! select_by {
     }};
 }
 
+/// Appends `a, b, c` as bound parameters.
+macro_rules! push_list {
+    ($query:expr, $values:expr) => {{
+        let mut list = $query.separated(", ");
+        for value in $values {
+            list.push_bind(value);
+        }
+    }};
+}
+
 type UserRow = (String, String, String, i64, i64, bool, i64, String);
 type CredentialsRow = (String, String, String, i64, i64, bool, i64, String, String);
 type SessionRow = (String, String, String, i64, i64);
 type StoredSessionRow = (String, String, i64, i64);
+type CounterRow = (i64, i64, i64, i64);
+
+/// The columns of a [`Counter`], in the order of [`CounterRow`].
+macro_rules! counter_columns {
+    () => {
+        "count, window_start, blocked_until, strikes"
+    };
+}
+
+const SELECT_COUNTER: &str = concat!(
+    "SELECT ",
+    counter_columns!(),
+    " FROM rate_limits WHERE key = $1"
+);
+
+/// Adds one event to the counter `$1` at `$2`, starting a new window when the current
+/// one (of `$3` seconds) is over. One statement, so concurrent events on several
+/// replicas never lose a count.
+const COUNT_EVENT: &str = concat!(
+    "INSERT INTO rate_limits (key, count, window_start, blocked_until, strikes, updated) \
+     VALUES ($1, 1, $2, 0, 0, $2) \
+     ON CONFLICT (key) DO UPDATE SET \
+     count = CASE WHEN rate_limits.window_start <= $2 - $3 THEN 1 \
+                  ELSE rate_limits.count + 1 END, \
+     window_start = CASE WHEN rate_limits.window_start <= $2 - $3 THEN $2 \
+                         ELSE rate_limits.window_start END, \
+     updated = $2 \
+     RETURNING ",
+    counter_columns!()
+);
+
+fn counter((count, window_start, blocked_until, strikes): CounterRow) -> Counter {
+    Counter {
+        count,
+        window_start,
+        blocked_until,
+        strikes,
+    }
+}
 
 fn credentials(
     (id, username, email, created, updated, verified, verification_date, profile, password_hash): CredentialsRow,
@@ -720,7 +769,7 @@ impl Store for SqlStore {
                            SELECT $1, id, $3, $4, $5 FROM users WHERE id = $2 \
                            ON CONFLICT (user_id, purpose) DO UPDATE SET \
                            token_hash = excluded.token_hash, created = excluded.created, \
-                           expires = excluded.expires";
+                           expires = excluded.expires, attempts = 0";
         on_writer!(self, pool => {
             sqlx::query(SQL)
                 .bind(token.digest.as_str())
@@ -746,24 +795,34 @@ impl Store for SqlStore {
         .map_err(classify)
     }
 
-    async fn token_is_live(
+    async fn check_reset_code(
         &self,
+        user_id: &str,
         digest: &TokenDigest,
-        purpose: Purpose,
         now: i64,
-    ) -> Result<bool, StoreError> {
-        const SQL: &str =
-            "SELECT COUNT(*) FROM tokens WHERE token_hash = $1 AND purpose = $2 AND expires > $3";
-        on_pool!(self, pool => {
-            sqlx::query_as::<_, (i64,)>(SQL)
+    ) -> Result<CodeCheck, StoreError> {
+        // One statement finds the account's live code, counts a wrong try against it
+        // and tells whether the code matched, so concurrent wrong codes each count.
+        const SQL: &str = "UPDATE tokens SET attempts = attempts + \
+                           CASE WHEN token_hash = $2 THEN 0 ELSE 1 END \
+                           WHERE user_id = $1 AND purpose = $3 AND expires > $4 \
+                           AND attempts < $5 RETURNING token_hash";
+        let found = on_writer!(self, pool => {
+            // fetch_all for the reason given in update_user.
+            sqlx::query_as::<_, (String,)>(SQL)
+                .bind(user_id)
                 .bind(digest.as_str())
-                .bind(purpose.as_str())
+                .bind(Purpose::ResetPassword.as_str())
                 .bind(now)
-                .fetch_one(pool)
+                .bind(RESET_CODE_MAX_WRONG)
+                .fetch_all(pool)
                 .await
         })
-        .map(|(count,)| count > 0)
-        .map_err(classify)
+        .map_err(classify)?;
+        Ok(match found.first() {
+            Some((hash,)) if hash == digest.as_str() => CodeCheck::Valid,
+            _ => CodeCheck::Wrong,
+        })
     }
 
     async fn redeem_token(
@@ -778,19 +837,23 @@ impl Store for SqlStore {
         // SQLite runs one writer at a time) and reports the token not found. A plain
         // DELETE, not DELETE ... RETURNING: on SQLite a failing RETURNING statement
         // inside a transaction (a full disk) left the connection unusable.
-        const FIND: &str =
-            "SELECT user_id, expires FROM tokens WHERE token_hash = $1 AND purpose = $2";
+        const FIND: &str = "SELECT user_id, expires, attempts FROM tokens \
+                            WHERE token_hash = $1 AND purpose = $2";
         const CONSUME: &str = "DELETE FROM tokens WHERE token_hash = $1 AND purpose = $2";
         on_writer!(self, pool => async {
             let mut tx = pool.begin().await?;
-            let found: Option<(String, i64)> = sqlx::query_as(FIND)
+            let found: Option<(String, i64, i64)> = sqlx::query_as(FIND)
                 .bind(digest.as_str())
                 .bind(purpose.as_str())
                 .fetch_optional(&mut *tx)
                 .await?;
-            let Some((user_id, expires)) = found else {
+            let Some((user_id, expires, attempts)) = found else {
                 return Ok(Redeemed::NotFound);
             };
+            // A reset code that too many wrong codes were tried against is void.
+            if attempts >= RESET_CODE_MAX_WRONG {
+                return Ok(Redeemed::NotFound);
+            }
             let consumed = sqlx::query(CONSUME)
                 .bind(digest.as_str())
                 .bind(purpose.as_str())
@@ -867,23 +930,18 @@ impl Store for SqlStore {
         .await
     }
 
-    async fn blocked_until(&self, keys: [&str; 2]) -> Result<i64, StoreError> {
-        const SQL: &str =
-            "SELECT COALESCE(MAX(blocked_until), 0) FROM rate_limits WHERE key IN ($1, $2)";
-        on_pool!(self, pool => {
-            sqlx::query_as::<_, (i64,)>(SQL)
-                .bind(keys[0])
-                .bind(keys[1])
-                .fetch_one(pool)
-                .await
-                .map(|(until,)| until)
-        })
-        .map_err(classify)
-    }
-
-    async fn count_event(&self, key: &str, now: i64, window: i64) -> Result<Counter, StoreError> {
-        // One statement, so concurrent events on several replicas never lose a count.
-        const SQL: &str = "INSERT INTO rate_limits \
+    async fn reserve_attempts(
+        &self,
+        limits: &[AttemptLimit<'_>],
+        now: i64,
+        window: i64,
+    ) -> Result<Reservation, StoreError> {
+        // Counts the attempt unless the key is locked out or its window is full. One
+        // statement per key decides and counts, under the row's lock: concurrent
+        // reservations (on any replica) queue on it, and each sees the count the one
+        // before it left. The keys share one transaction, so a refusal by the second
+        // takes back the first.
+        const RESERVE: &str = "INSERT INTO rate_limits \
              (key, count, window_start, blocked_until, strikes, updated) \
              VALUES ($1, 1, $2, 0, 0, $2) \
              ON CONFLICT (key) DO UPDATE SET \
@@ -892,10 +950,108 @@ impl Store for SqlStore {
              window_start = CASE WHEN rate_limits.window_start <= $2 - $3 THEN $2 \
                                  ELSE rate_limits.window_start END, \
              updated = $2 \
-             RETURNING count, window_start, strikes";
+             WHERE rate_limits.blocked_until <= $2 \
+             AND (rate_limits.window_start <= $2 - $3 OR rate_limits.count < $4) \
+             RETURNING window_start";
+        on_writer!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            let mut window_starts = Vec::with_capacity(limits.len());
+            for limit in limits {
+                // fetch_all for the reason given in update_user.
+                let counted: Vec<(i64,)> = sqlx::query_as(RESERVE)
+                    .bind(limit.key)
+                    .bind(now)
+                    .bind(window)
+                    .bind(i64::from(limit.max))
+                    .fetch_all(&mut *tx)
+                    .await?;
+                match counted.first() {
+                    Some((window_start,)) => window_starts.push(*window_start),
+                    None => {
+                        let refused: Option<CounterRow> = sqlx::query_as(SELECT_COUNTER)
+                            .bind(limit.key)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        tx.rollback().await?;
+                        let counter = refused.map(counter).unwrap_or(Counter {
+                            count: 0,
+                            window_start: now,
+                            blocked_until: 0,
+                            strikes: 0,
+                        });
+                        return Ok(Reservation::Refused(counter));
+                    }
+                }
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(Reservation::Granted { window_starts })
+        }
+        .await)
+        .map_err(classify)
+    }
+
+    async fn counter(&self, key: &str) -> Result<Option<Counter>, StoreError> {
+        // On the writer: on SQLite it has seen every commit of this process, so a
+        // failure reported right after its reservation finds it counted.
+        on_writer!(self, pool => {
+            sqlx::query_as::<_, CounterRow>(SELECT_COUNTER)
+                .bind(key)
+                .fetch_optional(pool)
+                .await
+        })
+        .map(|row| row.map(counter))
+        .map_err(classify)
+    }
+
+    async fn lock(
+        &self,
+        key: &str,
+        now: i64,
+        until: i64,
+        strikes: i64,
+    ) -> Result<bool, StoreError> {
+        const SQL: &str = "UPDATE rate_limits SET blocked_until = $3, strikes = strikes + 1, \
+                           count = 0, window_start = $2, updated = $2 \
+                           WHERE key = $1 AND blocked_until <= $2 AND strikes = $4";
+        on_writer!(self, pool => {
+            sqlx::query(SQL)
+                .bind(key)
+                .bind(now)
+                .bind(until)
+                .bind(strikes)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected() == 1)
+        })
+        .map_err(classify)
+    }
+
+    async fn give_back_attempt(&self, key: &str, window_start: i64) -> Result<(), StoreError> {
+        const SQL: &str = "UPDATE rate_limits SET count = count - 1 \
+                           WHERE key = $1 AND window_start = $2 AND count > 0";
+        on_writer!(self, pool => {
+            sqlx::query(SQL).bind(key).bind(window_start).execute(pool).await.map(drop)
+        })
+        .map_err(classify)
+    }
+
+    async fn forget_counters(&self, keys: &[&str]) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        on_writer!(self, pool => {
+            let mut query = QueryBuilder::new("DELETE FROM rate_limits WHERE key IN (");
+            push_list!(query, keys.iter().copied());
+            query.push(")");
+            query.build().execute(pool).await.map(drop)
+        })
+        .map_err(classify)
+    }
+
+    async fn count_event(&self, key: &str, now: i64, window: i64) -> Result<Counter, StoreError> {
         on_writer!(self, pool => {
             // fetch_all for the reason given in update_user.
-            sqlx::query_as::<_, (i64, i64, i64)>(SQL)
+            sqlx::query_as::<_, CounterRow>(COUNT_EVENT)
                 .bind(key)
                 .bind(now)
                 .bind(window)
@@ -905,32 +1061,8 @@ impl Store for SqlStore {
         .map_err(classify)?
         .into_iter()
         .next()
-        .map(|(count, window_start, strikes)| Counter {
-            count,
-            window_start,
-            strikes,
-        })
+        .map(counter)
         .ok_or(StoreError::Other(sqlx::Error::RowNotFound))
-    }
-
-    async fn block(&self, key: &str, until: i64) -> Result<(), StoreError> {
-        const SQL: &str = "UPDATE rate_limits SET blocked_until = $2, strikes = strikes + 1, \
-                           count = 0 WHERE key = $1 AND blocked_until < $2";
-        on_writer!(self, pool => {
-            sqlx::query(SQL).bind(key).bind(until).execute(pool).await.map(drop)
-        })
-        .map_err(classify)
-    }
-
-    async fn clear_counter(&self, key: &str) -> Result<(), StoreError> {
-        on_writer!(self, pool => {
-            sqlx::query("DELETE FROM rate_limits WHERE key = $1")
-                .bind(key)
-                .execute(pool)
-                .await
-                .map(drop)
-        })
-        .map_err(classify)
     }
 
     async fn delete_stale_counters(&self, before: i64, now: i64) -> Result<u64, StoreError> {
@@ -1006,16 +1138,6 @@ impl Store for SqlStore {
         };
         Ok(Box::new(importer))
     }
-}
-
-/// Appends `a, b, c` as bound parameters.
-macro_rules! push_list {
-    ($query:expr, $values:expr) => {{
-        let mut list = $query.separated(", ");
-        for value in $values {
-            list.push_bind(value);
-        }
-    }};
 }
 
 /// An import's transaction on whichever backend the store has.

@@ -363,21 +363,23 @@ impl TestApp {
     }
 
     /// Starts a second server on the same database (a replica), sharing the clock.
-    pub async fn replica(
-        &self,
-        configure: impl FnOnce(&mut ServeConfig),
-    ) -> (SocketAddr, oneshot::Sender<()>) {
+    pub async fn replica(&self, configure: impl FnOnce(&mut ServeConfig)) -> Replica {
         let mut config = ServeConfig::new(self.db.url.clone());
         configure(&mut config);
         let server = Server::build_with_clock(&config, self.clock.clone())
             .await
             .expect("replica starts");
         let addr = server.local_addr().expect("bound address");
+        let users = server.users();
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(server.run(async {
             let _ = rx.await;
         }));
-        (addr, tx)
+        Replica {
+            addr,
+            users,
+            _stop: tx,
+        }
     }
 
     /// Creates a user and returns it.
@@ -403,6 +405,19 @@ impl TestApp {
             .await;
         assert_eq!(status, 200, "{body}");
         body["session"].clone()
+    }
+}
+
+/// A second server on a test's database; it stops when this is dropped.
+pub struct Replica {
+    pub addr: SocketAddr,
+    pub users: Arc<Users>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Replica {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
     }
 }
 
