@@ -98,7 +98,10 @@ pub struct ServeConfig {
     )]
     pub session_ttl: u64,
 
-    /// Origins allowed to call the API from a browser, comma-separated (default: any origin)
+    /// Web origins (https://app.example.com) allowed to call the API from a browser,
+    /// comma-separated, or * for any; requests from other origins are refused with 403
+    /// (default: any origin with an admin key, pages on this machine without one:
+    /// http(s)://localhost, 127.0.0.1 and [::1] on any port)
     #[arg(
         long,
         env = "USERS_CORS_ORIGINS",
@@ -204,6 +207,17 @@ pub struct AccessConfig {
         value_parser = parse_net
     )]
     pub trusted_proxies: Vec<IpNet>,
+
+    /// Host names (or IP addresses) the service answers for, besides loopback ones, the
+    /// listen address and the host of --public-url, comma-separated, or * for any;
+    /// requests naming another host in their Host header are refused with 421
+    #[arg(
+        long,
+        env = "USERS_ALLOWED_HOSTS",
+        value_name = "HOSTS",
+        value_delimiter = ','
+    )]
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Brute-force and sign-up limits; 0 turns one off.
@@ -428,6 +442,7 @@ impl ServeConfig {
                 open_signup: true,
                 allow_unauthenticated: false,
                 trusted_proxies: Vec::new(),
+                allowed_hosts: Vec::new(),
             },
             limits: LimitsConfig {
                 login_max_failures: DEFAULT_LOGIN_MAX_FAILURES,

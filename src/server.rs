@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
-use axum::http::HeaderValue;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -17,11 +16,11 @@ use sqlx::migrate::MigrateError;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tower::ServiceExt;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{AccessConfig, DatabaseConfig, ServeConfig};
 use crate::http::access::AccessPolicy;
+use crate::http::guard::{Guard, GuardConfig};
 use crate::http::{App, AppState};
 use crate::password::PasswordHasher;
 use crate::service::Users;
@@ -108,7 +107,7 @@ pub async fn connect_store(config: &DatabaseConfig, create: bool) -> Result<SqlS
 
 pub struct Server {
     listener: TcpListener,
-    app: App,
+    app: Arc<App>,
     users: Arc<Users>,
     store: Arc<SqlStore>,
     request_timeout: Duration,
@@ -140,16 +139,6 @@ impl Server {
         config: &ServeConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StartError> {
-        let cors_origins = config
-            .cors_origins
-            .iter()
-            .map(|o| o.trim())
-            .filter(|o| !o.is_empty())
-            .map(|o| {
-                HeaderValue::from_str(o)
-                    .map_err(|_| StartError::Config(format!("invalid CORS origin {o:?}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
         let access = Arc::new(
             AccessPolicy::new(
                 admin_key(&config.access)?,
@@ -202,17 +191,28 @@ impl Server {
                  not sent"
             );
         }
+        let public_host = url::Url::parse(&settings.links.public_url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_string));
         let users = Arc::new(Users::new(store.clone(), hasher, clock, settings, mailer));
         let request_timeout = Duration::from_secs(config.request_timeout);
-        let app = App::new(
+        let guard = Guard::new(GuardConfig {
+            cors_origins: &config.cors_origins,
+            has_admin_key: access.has_key(),
+            listen: listener.local_addr().unwrap_or(config.listen),
+            public_host,
+            allowed_hosts: &config.access.allowed_hosts,
+        })
+        .map_err(StartError::Config)?;
+        let app = Arc::new(App::new(
             AppState {
                 users: users.clone(),
                 access: access.clone(),
                 trusted_proxies: Arc::new(config.access.trusted_proxies.clone()),
                 request_timeout,
             },
-            cors_origins,
-        );
+            guard,
+        ));
         if !access.has_key() {
             tracing::warn!(
                 "no admin key is set: every method, Delete and Search included, is open to \
@@ -287,7 +287,8 @@ impl Server {
             let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
                 let mut request = request.map(axum::body::Body::new);
                 request.extensions_mut().insert(ConnectInfo(peer));
-                app.router_for(&request).clone().oneshot(request)
+                let app = app.clone();
+                async move { Ok::<_, std::convert::Infallible>(app.handle(request).await) }
             });
             let connection = graceful.watch(http1.serve_connection(TokioIo::new(stream), service));
             tokio::spawn(async move {

@@ -241,7 +241,7 @@ fn sigterm_finishes_the_requests_in_flight() {
     // reading the body: from then on the request is in flight.
     write!(
         stream,
-        "POST /users/Users/Create HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        "POST /users/Users/Create HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
         body.len()
     )
     .unwrap();

@@ -625,14 +625,14 @@ async fn slow_clients_are_cut_off() {
     let mut slow_body = connect(&app);
     write!(
         slow_body,
-        "POST /users/Users/Read HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{\"id\":"
+        "POST /users/Users/Read HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{{\"id\":"
     )
     .unwrap();
     // Headers that never finish: the connection is closed.
     let mut slow_headers = connect(&app);
     write!(
         slow_headers,
-        "POST /users/Users/Read HTTP/1.1\r\nHost: x\r\n"
+        "POST /users/Users/Read HTTP/1.1\r\nHost: localhost\r\n"
     )
     .unwrap();
     let (body_answer, header_answer) = tokio::task::spawn_blocking(move || {
@@ -654,7 +654,7 @@ async fn connections_over_the_cap_are_answered_503() {
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut stream = connect(&app);
-        write!(stream, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        write!(stream, "GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
         let mut first = [0u8; 12];
         stream.read_exact(&mut first).unwrap();
         assert_eq!(&first, b"HTTP/1.1 200");
@@ -675,7 +675,7 @@ async fn connections_over_the_cap_are_answered_503() {
         let mut stream = connect(&app);
         write!(
             stream,
-            "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
         )
         .unwrap();
         let answer = tokio::task::spawn_blocking(move || read_all(&mut stream))

@@ -260,13 +260,11 @@ async fn the_openapi_document_is_served_and_matches_the_router() {
     }
 }
 
-#[tokio::test]
-async fn browsers_on_any_origin_may_call_by_default() {
-    let app = sqlite_app("cors_any").await;
-    let response = app
-        .client
+/// A preflight from `origin` for a POST to Login.
+async fn preflight(app: &TestApp, origin: &str) -> reqwest::Response {
+    app.client
         .request(reqwest::Method::OPTIONS, app.url("/users/Users/Login"))
-        .header("origin", "https://app.example")
+        .header("origin", origin)
         .header("access-control-request-method", "POST")
         .header(
             "access-control-request-headers",
@@ -274,40 +272,149 @@ async fn browsers_on_any_origin_may_call_by_default() {
         )
         .send()
         .await
-        .unwrap();
-    assert!(response.status().is_success(), "{}", response.status());
-    let headers = response.headers();
-    assert_eq!(headers["access-control-allow-origin"], "*");
-    let allowed = headers["access-control-allow-headers"]
-        .to_str()
         .unwrap()
-        .to_lowercase();
-    for header in ["content-type", "authorization", "micro-namespace"] {
-        assert!(allowed.contains(header), "{allowed}");
-    }
-    assert!(headers["access-control-allow-methods"]
-        .to_str()
-        .unwrap()
-        .contains("POST"));
+}
 
-    // The actual request carries the header too, errors included.
+/// Every route the service serves, and some it does not, with each verb.
+fn every_route() -> Vec<(reqwest::Method, String)> {
+    let mut routes: Vec<(reqwest::Method, String)> = users_service::http::served_routes()
+        .into_iter()
+        .map(|(verb, path)| {
+            (
+                reqwest::Method::from_bytes(verb.as_str().as_bytes()).unwrap(),
+                path,
+            )
+        })
+        .collect();
+    for path in ["/", "/users/Users/Nope", "/v1/user/Login", "/health"] {
+        for verb in [
+            reqwest::Method::GET,
+            reqwest::Method::POST,
+            reqwest::Method::OPTIONS,
+        ] {
+            routes.push((verb, path.to_string()));
+        }
+    }
+    routes
+}
+
+#[tokio::test]
+async fn browsers_on_this_machine_may_call_by_default() {
+    let app = sqlite_app("cors_loopback").await;
+    for origin in [
+        "http://localhost:3000",
+        "http://127.0.0.1:5173",
+        "http://[::1]:8000",
+    ] {
+        let response = preflight(&app, origin).await;
+        assert!(response.status().is_success(), "{}", response.status());
+        let headers = response.headers();
+        assert_eq!(headers["access-control-allow-origin"], origin);
+        let allowed = headers["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .to_lowercase();
+        for header in ["content-type", "authorization", "micro-namespace"] {
+            assert!(allowed.contains(header), "{allowed}");
+        }
+        assert!(headers["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST"));
+    }
+
+    // The actual request carries the header too, errors included, and a page may read
+    // Retry-After.
     let response = app
         .client
         .post(app.url("/users/Users/Read"))
-        .header("origin", "https://app.example")
+        .header("origin", "http://localhost:3000")
         .body("{}")
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
-    assert_eq!(response.headers()["access-control-allow-origin"], "*");
+    let headers = response.headers();
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "http://localhost:3000"
+    );
+    let exposed = headers["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    assert!(exposed.contains("retry-after"), "{exposed}");
+}
+
+/// Without an admin key, a page on any other site is refused before anything is done,
+/// on every route: it cannot drive the service on the operator's machine.
+#[tokio::test]
+async fn pages_on_other_origins_are_refused_before_any_work() {
+    let app = sqlite_app("cors_refused").await;
+    let user = app.create_user("asim").await;
+    for (verb, path) in every_route() {
+        let response = app
+            .client
+            .request(verb.clone(), app.url(&path))
+            .header("origin", "https://evil.example")
+            .header("access-control-request-method", "POST")
+            .header("content-type", "text/plain")
+            .body(json!({"id": user["id"]}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 403, "{verb} {path}");
+        assert!(response
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none());
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["code"], 403, "{body}");
+        assert_eq!(body["status"], "Forbidden");
+        assert!(
+            body["detail"].as_str().unwrap().contains("origin"),
+            "{body}"
+        );
+    }
+    // A simple (no-preflight) POST of a text/plain body changed nothing.
+    for method in ["Delete", "Create"] {
+        let response = app
+            .client
+            .post(app.url(&format!("/users/Users/{method}")))
+            .header("origin", "null")
+            .header("content-type", "text/plain")
+            .body(json!({"id": user["id"], "username": "mallory", "email": "m@example.com", "password": PASSWORD}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 403);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["id"], format!("users.{method}"));
+    }
+    assert_eq!(app.count_rows("users").await, 1);
+    app.login("asim", PASSWORD).await;
+}
+
+#[tokio::test]
+async fn with_an_admin_key_any_origin_may_call() {
+    let app = TestApp::spawn_with(common::Backend::Sqlite, "cors_key", |config| {
+        config.access.api_key = Some("s3cret-admin-key".into());
+    })
+    .await
+    .unwrap();
+    let response = preflight(&app, "https://app.example").await;
+    assert!(response.status().is_success(), "{}", response.status());
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
 }
 
 #[tokio::test]
 async fn answers_vary_by_origin_with_or_without_one() {
     let app = sqlite_app("cors_vary").await;
     let vary = "origin, access-control-request-method, access-control-request-headers";
-    for origin in [None, Some("https://app.example")] {
+    for origin in [None, Some("http://localhost:3000")] {
         let mut request = app.client.post(app.url("/users/Users/Read")).body("{}");
         if let Some(origin) = origin {
             request = request.header("origin", origin);
@@ -328,23 +435,87 @@ async fn answers_vary_by_origin_with_or_without_one() {
 #[tokio::test]
 async fn cors_origins_can_be_restricted() {
     let app = TestApp::spawn_with(common::Backend::Sqlite, "cors_list", |config| {
+        config.access.api_key = Some("s3cret-admin-key".into());
         config.cors_origins = vec!["https://good.example".into(), "https://also.example".into()];
     })
     .await
     .unwrap();
-    let preflight = |origin: &'static str| {
-        app.client
-            .request(reqwest::Method::OPTIONS, app.url("/users/Users/Login"))
-            .header("origin", origin)
-            .header("access-control-request-method", "POST")
-            .header("access-control-request-headers", "content-type")
-            .send()
-    };
-    let good = preflight("https://good.example").await.unwrap();
+    let good = preflight(&app, "https://good.example").await;
     assert_eq!(
         good.headers()["access-control-allow-origin"],
         "https://good.example"
     );
-    let bad = preflight("https://evil.example").await.unwrap();
+    let bad = preflight(&app, "https://evil.example").await;
+    assert_eq!(bad.status(), 403);
     assert!(bad.headers().get("access-control-allow-origin").is_none());
+}
+
+/// A page whose own host name is made to resolve to the service's address (DNS
+/// rebinding) sends that name in `Host`: refused with 421 on every route.
+#[tokio::test]
+async fn requests_for_other_hosts_are_refused() {
+    let app = TestApp::spawn_with(common::Backend::Sqlite, "hosts", |config| {
+        config.access.allowed_hosts = vec!["users.internal".into()];
+    })
+    .await
+    .unwrap();
+    let port = app.addr.port();
+    for (verb, path) in every_route() {
+        let response = app
+            .client
+            .request(verb.clone(), app.url(&path))
+            .header("host", format!("rebound.evil.example:{port}"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 421, "{verb} {path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["code"], 421, "{body}");
+        assert_eq!(body["status"], "Misdirected Request");
+    }
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        "users.internal".to_string(),
+        format!("USERS.internal:{port}"),
+    ] {
+        let response = app
+            .client
+            .get(app.url("/health"))
+            .header("host", &host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{host}");
+    }
+}
+
+/// Answers may hold sessions and accounts: no cache keeps them, and no browser reads
+/// them as anything but what they say they are.
+#[tokio::test]
+async fn every_answer_is_marked_no_store_and_nosniff() {
+    let app = sqlite_app("no_store").await;
+    for (verb, path) in every_route() {
+        for origin in [
+            None,
+            Some("http://localhost:3000"),
+            Some("https://evil.example"),
+        ] {
+            let mut request = app.client.request(verb.clone(), app.url(&path)).body("{}");
+            if let Some(origin) = origin {
+                request = request.header("origin", origin);
+            }
+            let response = request.send().await.unwrap();
+            let headers = response.headers();
+            assert_eq!(
+                headers["cache-control"], "no-store",
+                "{verb} {path} {origin:?}"
+            );
+            assert_eq!(
+                headers["x-content-type-options"], "nosniff",
+                "{verb} {path} {origin:?}"
+            );
+        }
+    }
 }

@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod error;
+pub mod guard;
 pub mod json;
 pub mod m3o;
 pub mod methods;
@@ -22,6 +23,7 @@ use axum::{Json, Router};
 use http_body_util::BodyExt;
 use serde::Serialize;
 use serde_json::json;
+use tower::ServiceExt;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
@@ -31,6 +33,7 @@ use crate::error::Error;
 use crate::service::Users;
 use access::{AccessPolicy, Caller};
 use error::MicroError;
+use guard::Guard;
 use ipnet::IpNet;
 use m3o::M3o;
 use methods::Method;
@@ -180,8 +183,9 @@ pub fn served_routes() -> Vec<(axum::http::Method, String)> {
     routes
 }
 
-/// The whole application, twice over: the same routes with the CORS layer, for the
-/// requests that take part in CORS, and without it, for all others.
+/// The whole application: the [`guard`] in front of the routes, which are there twice
+/// over, with the CORS layer, for the requests that take part in CORS, and without it,
+/// for all others.
 ///
 /// A browser sends `Origin` with every cross-origin request and with every preflight
 /// (`OPTIONS`); CORS headers mean nothing to a request without it (curl, a backend, an
@@ -194,11 +198,13 @@ pub fn served_routes() -> Vec<(axum::http::Method, String)> {
 pub struct App {
     cors: Router,
     plain: Router,
+    guard: Arc<Guard>,
 }
 
 impl App {
-    /// `cors_origins` empty means any origin may call the service.
-    pub fn new(state: AppState, cors_origins: Vec<HeaderValue>) -> Self {
+    /// `guard` decides which origins and hosts are let in; the CORS layer answers every
+    /// origin it let in.
+    pub fn new(state: AppState, guard: Guard) -> Self {
         let routes = micro_routes()
             .merge(m3o_routes())
             .route(VERIFY_PATH, get(verify::verify_link))
@@ -206,17 +212,51 @@ impl App {
             .route("/openapi.yaml", get(openapi))
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed);
-        let cors = traced(routes.clone().layer(cors(cors_origins))).with_state(state.clone());
+        let cors = traced(routes.clone().layer(cors())).with_state(state.clone());
         let plain = traced(routes.layer(SetResponseHeaderLayer::appending(
             header::VARY,
             HeaderValue::from_static(CORS_VARY),
         )))
         .with_state(state);
-        Self { cors, plain }
+        Self {
+            cors,
+            plain,
+            guard: Arc::new(guard),
+        }
+    }
+
+    /// Answers one request: refused by the guard before any work, or routed. Every
+    /// answer is marked not to be cached (it may hold a session or an account) and not
+    /// to be sniffed as another content type.
+    pub async fn handle(&self, request: Request<Body>) -> Response<Body> {
+        let mut response = match self.guard.check(request.headers()) {
+            Ok(()) => {
+                let router = self.router_for(&request).clone();
+                match router.oneshot(request).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            }
+            Err(refusal) => {
+                let (service, method) = match rpc_method_of(request.uri()) {
+                    Some((service, _, method)) => (service, method),
+                    None => (Micro::SERVICE, "Unknown"),
+                };
+                tracing::warn!(event = "request_refused", reason = ?refusal, "refused by the origin or host rules");
+                refusal.into_error(service, method).into_response()
+            }
+        };
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        response
     }
 
     /// The router that answers `request`.
-    pub fn router_for<B>(&self, request: &Request<B>) -> &Router {
+    fn router_for<B>(&self, request: &Request<B>) -> &Router {
         if request.headers().contains_key(header::ORIGIN)
             || request.method() == axum::http::Method::OPTIONS
         {
@@ -407,16 +447,12 @@ async fn method_not_allowed(uri: Uri) -> MicroError {
     }
 }
 
-/// Browsers on other origins may call every route; preflights pass for the headers such
-/// pages send, including Micro.js's `Micro-Namespace`.
-fn cors(origins: Vec<HeaderValue>) -> CorsLayer {
-    let allow_origin = if origins.is_empty() {
-        AllowOrigin::any()
-    } else {
-        AllowOrigin::list(origins)
-    };
+/// Browsers on the origins the guard lets in may call every route; preflights pass for
+/// the headers such pages send, including Micro.js's `Micro-Namespace`, and a page may
+/// read `Retry-After`.
+fn cors() -> CorsLayer {
     CorsLayer::new()
-        .allow_origin(allow_origin)
+        .allow_origin(AllowOrigin::mirror_request())
         .allow_methods([
             axum::http::Method::GET,
             axum::http::Method::POST,
@@ -427,5 +463,6 @@ fn cors(origins: Vec<HeaderValue>) -> CorsLayer {
             header::AUTHORIZATION,
             HeaderName::from_static("micro-namespace"),
         ])
+        .expose_headers([header::RETRY_AFTER, header::WWW_AUTHENTICATE])
         .max_age(Duration::from_secs(3600))
 }
