@@ -77,6 +77,17 @@ impl UserId {
         Self(uuid::Uuid::new_v4().to_string())
     }
 
+    /// Whether the id is a UUID in its canonical, hyphenated form (8-4-4-4-12 hex
+    /// digits), as the ids this service makes are.
+    pub fn is_uuid(&self) -> bool {
+        let bytes = self.0.as_bytes();
+        bytes.len() == 36
+            && bytes.iter().enumerate().all(|(i, b)| match i {
+                8 | 13 | 18 | 23 => *b == b'-',
+                _ => b.is_ascii_hexdigit(),
+            })
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -207,7 +218,8 @@ impl LoginName {
 /// Create's input.
 #[derive(Debug)]
 pub struct NewAccount {
-    pub id: UserId,
+    /// The id the caller chose, if any.
+    pub id: Option<UserId>,
     pub username: Username,
     pub email: Email,
     pub password: Password,
@@ -222,10 +234,9 @@ impl NewAccount {
         password: Option<String>,
         profile: Option<BTreeMap<String, String>>,
     ) -> Result<Self, Error> {
-        let id = match optional(id) {
-            Some(id) => UserId::parse("id", Some(id))?,
-            None => UserId::generate(),
-        };
+        let id = optional(id)
+            .map(|id| UserId::parse("id", Some(id)))
+            .transpose()?;
         Ok(Self {
             id,
             username: Username::parse(username)?,
@@ -664,6 +675,29 @@ mod tests {
         assert!(UserId::parse("id", s("a/b")).is_err());
         assert!(UserId::parse("id", s("a\0b")).is_err());
         assert_eq!(UserId::parse("id", s("Ab")).unwrap().as_str(), "Ab");
+        assert!(
+            UserId::parse("id", s("ff3c06de-9e43-41c7-9bab-578f6b4ad32b"))
+                .unwrap()
+                .is_uuid()
+        );
+        assert!(
+            UserId::parse("id", s("FF3C06DE-9E43-41C7-9BAB-578F6B4AD32B"))
+                .unwrap()
+                .is_uuid()
+        );
+        for not_uuid in [
+            "admin",
+            "ff3c06de9e4341c79bab578f6b4ad32b",
+            "ff3c06de-9e43-41c7-9bab-578f6b4ad32",
+            "{ff3c06de-9e43-41c7-9bab-578f6b4ad32b}",
+            "gf3c06de-9e43-41c7-9bab-578f6b4ad32b",
+            "ff3c06de_9e43-41c7-9bab-578f6b4ad32b",
+        ] {
+            assert!(
+                !UserId::parse("id", s(not_uuid)).unwrap().is_uuid(),
+                "{not_uuid}"
+            );
+        }
         let generated = UserId::generate();
         assert_eq!(
             uuid::Uuid::parse_str(generated.as_str())

@@ -94,6 +94,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tracing::info!(
                     users = summary.users,
                     sessions = summary.sessions,
+                    deleted_users = summary.deleted_users,
                     "export done"
                 );
             }
@@ -110,6 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tracing::info!(
                     users = summary.users,
                     sessions = summary.sessions,
+                    deleted_users = summary.deleted_users,
                     skipped = summary.skipped,
                     "import done"
                 );

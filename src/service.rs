@@ -62,6 +62,15 @@ pub struct LinkSettings {
     pub magic_link_ttl: i64,
 }
 
+/// Who calls the core, as far as its rules care.
+#[derive(Debug, Clone, Copy)]
+pub struct Requester {
+    /// The client's address, for the per-address limits.
+    pub ip: Option<IpAddr>,
+    /// Trusted with every method: it presented the admin key, or none is configured.
+    pub trusted: bool,
+}
+
 /// What kind of one-time token an e-mail carries.
 struct TokenMail {
     purpose: Purpose,
@@ -108,8 +117,11 @@ impl Users {
         }
     }
 
-    /// Creates an account. `client` is the caller's address, for the sign-up limit.
-    pub async fn create(&self, account: NewAccount, client: Option<IpAddr>) -> Result<User, Error> {
+    /// Creates an account. A caller that is not trusted may choose its id only in the
+    /// form of the ids this service makes (a UUID), so that no one can sign up as
+    /// `admin` or as an id an application gives a meaning to. An id that belonged to a
+    /// deleted account is never issued again (409).
+    pub async fn create(&self, account: NewAccount, caller: Requester) -> Result<User, Error> {
         let NewAccount {
             id,
             username,
@@ -117,10 +129,20 @@ impl Users {
             password,
             profile,
         } = account;
+        let id = match id {
+            Some(id) if !caller.trusted && !id.is_uuid() => {
+                return Err(Error::invalid(
+                    "id",
+                    "must be a UUID such as ff3c06de-9e43-41c7-9bab-578f6b4ad32b (other ids need the admin key)",
+                ))
+            }
+            Some(id) => id,
+            None => UserId::generate(),
+        };
         self.policy
             .check("password", &password, username.as_str(), email.as_str())?;
         // Before the hash: a flood of sign-ups costs no CPU once limited.
-        self.limiter.signup(client, self.clock.now()).await?;
+        self.limiter.signup(caller.ip, self.clock.now()).await?;
         let password_hash = self.hasher.hash(password).await?;
         let user = self
             .store
@@ -166,7 +188,7 @@ impl Users {
     }
 
     pub async fn delete(&self, id: &UserId) -> Result<(), Error> {
-        if self.store.delete_user(id).await? {
+        if self.store.delete_user(id, self.clock.now()).await? {
             tracing::info!(event = "user_deleted", user_id = %id.as_str());
             Ok(())
         } else {

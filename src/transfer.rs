@@ -9,7 +9,11 @@
 //! {"type":"header","format":"users-service","version":1}
 //! {"type":"user","id":"...","username":"...","email":"...","password_hash":"$argon2id$...","created":1700000000,"updated":1700000000,"verified":true,"verification_date":1700000100,"profile":{"plan":"free"}}
 //! {"type":"session","token_hash":"<sha256 hex>","user_id":"...","created":1700000000,"expires":1700604800}
+//! {"type":"deleted_user","id":"...","deleted":1700000000}
 //! ```
+//!
+//! `deleted_user` records carry the ids of deleted accounts, so that the target store
+//! never issues them again either; an import refuses a user with such an id.
 //!
 //! `verified`, `verification_date` and `profile` may be left out (files written before
 //! they existed): they default to false, 0 and `{}`. One-time e-mail tokens are not
@@ -24,7 +28,9 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 use crate::domain::{Email, Profile, User, UserId, Username};
 use crate::session::TokenDigest;
-use crate::store::{Credentials, Imported, Importer, Store, StoreError, StoredSession};
+use crate::store::{
+    Credentials, DeletedUser, Imported, Importer, Store, StoreError, StoredSession,
+};
 
 const FORMAT: &str = "users-service";
 const VERSION: u32 = 1;
@@ -48,6 +54,10 @@ enum Line {
         user_id: String,
         created: i64,
         expires: i64,
+    },
+    DeletedUser {
+        id: String,
+        deleted: i64,
     },
 }
 
@@ -95,12 +105,15 @@ fn refusal(problems: &[String], total: usize) -> String {
 pub struct Summary {
     pub users: u64,
     pub sessions: u64,
+    /// Ids of deleted accounts.
+    pub deleted_users: u64,
     /// Records an import skipped: existing ones under `--skip-existing`, and sessions
     /// that had expired.
     pub skipped: u64,
 }
 
-/// Writes the header, every user and every session live at `now`.
+/// Writes the header, every user, every session live at `now` and every id of a deleted
+/// account.
 pub async fn export(
     store: &dyn Store,
     now: i64,
@@ -157,6 +170,16 @@ pub async fn export(
                 },
             )?;
             summary.sessions += 1;
+        }
+    }
+    let mut after = None;
+    loop {
+        let page = store.deleted_users_page(after.take(), PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        for DeletedUser { id, deleted } in page {
+            write_line(out, &Line::DeletedUser { id, deleted })?;
+            summary.deleted_users += 1;
         }
     }
     out.flush()?;
@@ -239,6 +262,13 @@ async fn flush_users(
                 *line,
                 format!("user {:?}: {field} is already taken", record.user.id),
             ),
+            Imported::Deleted => report.add(
+                *line,
+                format!(
+                    "user {:?}: the id belongs to a deleted account",
+                    record.user.id
+                ),
+            ),
             Imported::UnknownUser => {}
         }
     }
@@ -259,9 +289,31 @@ async fn flush_sessions(
             Imported::Inserted => summary.sessions += 1,
             Imported::Skipped => summary.skipped += 1,
             Imported::Taken(_) => report.add(*line, "the session already exists"),
-            Imported::UnknownUser => report.add(
+            Imported::UnknownUser | Imported::Deleted => report.add(
                 *line,
                 format!("session of unknown user {:?}", record.user_id),
+            ),
+        }
+    }
+    batch.lines.clear();
+    batch.records.clear();
+    Ok(())
+}
+
+async fn flush_deleted_users(
+    importer: &mut dyn Importer,
+    batch: &mut Batch<DeletedUser>,
+    summary: &mut Summary,
+    report: &mut Report,
+) -> Result<(), TransferError> {
+    let outcomes = importer.deleted_users(&batch.records).await?;
+    for ((line, record), outcome) in batch.lines.iter().zip(&batch.records).zip(outcomes) {
+        match outcome {
+            Imported::Inserted => summary.deleted_users += 1,
+            Imported::Skipped => summary.skipped += 1,
+            _ => report.add(
+                *line,
+                format!("deleted id {:?} is the id of a user", record.id),
             ),
         }
     }
@@ -284,6 +336,7 @@ pub async fn import(
     let mut report = Report::default();
     let mut users = Batch::new();
     let mut sessions = Batch::new();
+    let mut deleted = Batch::new();
     let mut lines = input.lines();
     let mut number = 0usize;
     let mut saw_header = false;
@@ -341,10 +394,38 @@ pub async fn import(
                 }
                 Err(problem) => report.add(number, problem),
             },
+            Line::DeletedUser { id, deleted: at } => {
+                match UserId::parse("id", Some(id)) {
+                    Ok(id) if at >= 0 => {
+                        // Users not written yet are checked against it when they are.
+                        flush_users(importer.as_mut(), &mut users, &mut summary, &mut report)
+                            .await?;
+                        deleted.push(
+                            number,
+                            DeletedUser {
+                                id: id.as_str().to_owned(),
+                                deleted: at,
+                            },
+                        );
+                        if deleted.is_full() {
+                            flush_deleted_users(
+                                importer.as_mut(),
+                                &mut deleted,
+                                &mut summary,
+                                &mut report,
+                            )
+                            .await?;
+                        }
+                    }
+                    Ok(_) => report.add(number, "deleted must be >= 0"),
+                    Err(problem) => report.add(number, problem.to_string()),
+                }
+            }
         }
     }
     flush_users(importer.as_mut(), &mut users, &mut summary, &mut report).await?;
     flush_sessions(importer.as_mut(), &mut sessions, &mut summary, &mut report).await?;
+    flush_deleted_users(importer.as_mut(), &mut deleted, &mut summary, &mut report).await?;
     if !saw_header {
         report.add(number.max(1), "empty input: no header");
     }

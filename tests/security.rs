@@ -40,6 +40,20 @@ fn behind_proxy(config: &mut ServeConfig) {
     config.access.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
 }
 
+/// Without the sign-up limit, for tests that create many accounts.
+fn no_signup_limit(config: &mut ServeConfig) {
+    config.limits.create_per_hour = 0;
+}
+
+mod ids {
+    use super::*;
+
+    on_both_stores!(
+        config = crate::no_signup_limit,
+        deleted_ids_are_never_issued_again,
+    );
+}
+
 /// Concurrency: the limits hold however the requests are timed, on both stores and
 /// across two replicas (point 1 of the lockout rules), and a burst is one lockout
 /// (point 2).
@@ -924,4 +938,70 @@ async fn ipv6_clients_share_the_per_address_limit_by_their_64() {
     }
     assert_eq!(attempt("2001:db8:0:1::99").await, 429, "the same /64");
     assert_eq!(attempt("2001:db8:0:2::1").await, 401, "another /64");
+}
+
+/// Point 6: an id that belonged to a deleted account is never issued again, not even
+/// to a Create that races with the Delete.
+async fn deleted_ids_are_never_issued_again(app: TestApp) {
+    let create = |id: &str, name: &str| json!({"id": id, "username": name, "email": format!("{name}@example.com"), "password": PASSWORD});
+    let id = "ff3c06de-9e43-41c7-9bab-578f6b4ad32b";
+    let (status, body) = app.call("Create", create(id, "asim")).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = app.call("Delete", json!({"id": id})).await;
+    assert_eq!(status, 200);
+    let answer = app.call("Create", create(id, "stranger")).await;
+    assert_error(&answer, "Create", 409, "id is already taken");
+    // Other ids, and no id at all, still work.
+    app.create_user("other").await;
+
+    // A Create of an id racing with the Delete of that id: whichever comes first, the
+    // Create is refused, as the id is live or gone.
+    for round in 0..10 {
+        let id = format!("00000000-0000-4000-8000-{round:012}");
+        let (status, body) = app
+            .call("Create", create(&id, &format!("first{round}")))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (deleted, created) = tokio::join!(
+            app.call("Delete", json!({"id": id})),
+            app.call("Create", create(&id, &format!("second{round}"))),
+        );
+        assert_eq!(deleted.0, 200, "{}", deleted.1);
+        assert_error(&created, "Create", 409, "id is already taken");
+    }
+    assert_eq!(app.count_rows("users").await, 1, "only `other` is left");
+}
+
+#[tokio::test]
+async fn without_the_key_a_chosen_id_must_be_a_uuid() {
+    let app = sqlite_with("uuid_ids", |c| c.access.api_key = Some(KEY.into())).await;
+    let bearer = format!("Bearer {KEY}");
+    let create = |id: &str, name: &str| json!({"id": id, "username": name, "email": format!("{name}@example.com"), "password": PASSWORD});
+    for id in ["admin", "1", "ff3c06de9e4341c79bab578f6b4ad32b"] {
+        let (status, _, body) = app.send("Create", create(id, "mallory"), &[]).await;
+        assert_error(&(status, body), "Create", 400, "id must be a UUID");
+    }
+    // The seed's own example, a UUID chosen by the client, works.
+    let (status, _, body) = app
+        .send(
+            "Create",
+            create("ff3c06de-9e43-41c7-9bab-578f6b4ad32b", "asim"),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // With the key, any id the contract allows.
+    let (status, _, body) = app
+        .send(
+            "Create",
+            create("admin", "root"),
+            &[("authorization", &bearer)],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["user"]["id"], "admin");
+    // Without a key configured, every caller is trusted: any id.
+    let open = sqlite_with("any_ids", |_| {}).await;
+    let (status, _, body) = open.send("Create", create("admin", "root"), &[]).await;
+    assert_eq!(status, 200, "{body}");
 }

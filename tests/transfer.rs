@@ -39,6 +39,7 @@ on_both_stores!(
     migrate_then_no_migrate_and_a_newer_schema_is_refused,
     import_refuses_bad_input_and_writes_nothing,
     import_skips_expired_sessions,
+    deleted_ids_move_with_the_users,
 );
 
 async fn migrate_then_no_migrate_and_a_newer_schema_is_refused(app: TestApp) {
@@ -369,4 +370,97 @@ async fn import_skips_expired_sessions(app: TestApp) {
         .call("ReadSession", json!({"session_id": live["id"]}))
         .await;
     assert_error(&answer, "ReadSession", 401, "session not found");
+}
+
+/// Deleted ids travel with the export: the target store never issues them either, and
+/// an import cannot bring back a user under one.
+async fn deleted_ids_move_with_the_users(app: TestApp) {
+    let id = "0f1e2d3c-4b5a-4697-8877-665544332211";
+    let (status, body) = app
+        .call(
+            "Create",
+            json!({"id": id, "username": "gone", "email": "gone@example.com", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    app.create_user("asim").await;
+    let (status, _) = app.call("Delete", json!({"id": id})).await;
+    assert_eq!(status, 200);
+    let mut export = Vec::new();
+    let summary =
+        users_service::transfer::export(app.users_store().as_ref(), app.clock_now(), &mut export)
+            .await
+            .unwrap();
+    assert_eq!((summary.users, summary.deleted_users), (1, 1));
+    let text = String::from_utf8(export.clone()).unwrap();
+    assert!(
+        text.contains(&format!(
+            r#"{{"type":"deleted_user","id":"{id}","deleted":"#
+        )),
+        "{text}"
+    );
+
+    let target = TestApp::spawn(Backend::Sqlite, "transfer::deleted_target")
+        .await
+        .unwrap();
+    let summary = users_service::transfer::import(
+        target.users_store().as_ref(),
+        target.clock_now(),
+        &export[..],
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!((summary.users, summary.deleted_users), (1, 1));
+    let answer = target
+        .call(
+            "Create",
+            json!({"id": id, "username": "stranger", "email": "stranger@example.com", "password": PASSWORD}),
+        )
+        .await;
+    assert_error(&answer, "Create", 409, "id is already taken");
+
+    // A user under a deleted id is refused, and skipped with --skip-existing.
+    let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$0FbYz1u0tQ9yq0Z5WQm8u8cB4kq2zCq9F2nX2mRjUaA";
+    let revenant = [
+        json!({"type": "header", "format": "users-service", "version": 1}).to_string(),
+        json!({"type": "user", "id": id, "username": "revenant", "email": "r@example.com", "password_hash": hash, "created": 1, "updated": 1}).to_string(),
+    ]
+    .join("\n");
+    let err = users_service::transfer::import(
+        target.users_store().as_ref(),
+        target.clock_now(),
+        revenant.as_bytes(),
+        false,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("the id belongs to a deleted account"), "{err}");
+    let summary = users_service::transfer::import(
+        target.users_store().as_ref(),
+        target.clock_now(),
+        revenant.as_bytes(),
+        true,
+    )
+    .await
+    .unwrap();
+    assert_eq!((summary.users, summary.skipped), (0, 1));
+    // And a deleted id cannot be one of a live user's.
+    let asim = asim_id(&target).await;
+    let clash = [
+        json!({"type": "header", "format": "users-service", "version": 1}).to_string(),
+        json!({"type": "deleted_user", "id": asim, "deleted": 1}).to_string(),
+    ]
+    .join("\n");
+    let err = users_service::transfer::import(
+        target.users_store().as_ref(),
+        target.clock_now(),
+        clash.as_bytes(),
+        false,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("is the id of a user"), "{err}");
 }

@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::IpAddr;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -22,7 +21,7 @@ use crate::domain::{
     UserQuery,
 };
 use crate::error::Error;
-use crate::service::{TokenCheck, Users};
+use crate::service::{Requester, TokenCheck, Users};
 use crate::session::SessionToken;
 
 /// One RPC method: its name in the routes, its request and what the core answers.
@@ -33,11 +32,12 @@ pub trait Method: Send + Sync + 'static {
     type Request: DeserializeOwned + Send;
     type Output: Send;
 
-    /// `client` is the caller's address, for the limits that count per address.
+    /// `caller` says who calls: its address, for the limits that count per address,
+    /// and whether it is trusted.
     fn call(
         users: &Users,
         request: Self::Request,
-        client: Option<IpAddr>,
+        caller: Requester,
     ) -> impl Future<Output = Result<Self::Output, Error>> + Send;
 }
 
@@ -192,10 +192,10 @@ pub struct SendMagicLinkRequest {
 
 /// Declares a method: its marker type, request, output and body.
 macro_rules! method {
-    ($name:ident($request:ty) -> $output:ty, |$users:ident, $r:ident, $client:ident| $body:expr) => {
-        method!($name($request) -> $output, max_body = MAX_BODY_BYTES, |$users, $r, $client| $body);
+    ($name:ident($request:ty) -> $output:ty, |$users:ident, $r:ident, $caller:ident| $body:expr) => {
+        method!($name($request) -> $output, max_body = MAX_BODY_BYTES, |$users, $r, $caller| $body);
     };
-    ($name:ident($request:ty) -> $output:ty, max_body = $max:expr, |$users:ident, $r:ident, $client:ident| $body:expr) => {
+    ($name:ident($request:ty) -> $output:ty, max_body = $max:expr, |$users:ident, $r:ident, $caller:ident| $body:expr) => {
         pub struct $name;
 
         impl Method for $name {
@@ -208,7 +208,7 @@ macro_rules! method {
             async fn call(
                 $users: &Users,
                 $r: $request,
-                $client: Option<IpAddr>,
+                $caller: Requester,
             ) -> Result<$output, Error> {
                 $body
             }
@@ -217,58 +217,58 @@ macro_rules! method {
 }
 
 // Create and Update carry profiles: up to 64 values of 4 KiB each need a larger body.
-method!(Create(CreateRequest) -> User, max_body = PROFILE_BODY_BYTES, |users, r, client| {
+method!(Create(CreateRequest) -> User, max_body = PROFILE_BODY_BYTES, |users, r, caller| {
     let account = NewAccount::parse(r.id, r.username, r.email, r.password, r.profile)?;
-    users.create(account, client).await
+    users.create(account, caller).await
 });
 
-method!(Read(AccountRequest) -> User, |users, r, client| {
+method!(Read(AccountRequest) -> User, |users, r, caller| {
     users.read(&AccountKey::parse(r.id, r.username, r.email)?).await
 });
 
-method!(Update(UpdateRequest) -> User, max_body = PROFILE_BODY_BYTES, |users, r, client| {
+method!(Update(UpdateRequest) -> User, max_body = PROFILE_BODY_BYTES, |users, r, caller| {
     let id = UserId::parse("id", r.id)?;
     let changes = AccountChanges::parse(r.username, r.email, r.profile)?;
     users.update(&id, changes).await
 });
 
-method!(Delete(IdRequest) -> (), |users, r, client| {
+method!(Delete(IdRequest) -> (), |users, r, caller| {
     users.delete(&UserId::parse("id", r.id)?).await
 });
 
-method!(Search(SearchRequest) -> Vec<User>, |users, r, client| {
+method!(Search(SearchRequest) -> Vec<User>, |users, r, caller| {
     users.search(&UserQuery::parse(r.username, r.email, r.limit, r.offset)?).await
 });
 
-method!(List(ListRequest) -> Vec<User>, |users, r, client| {
+method!(List(ListRequest) -> Vec<User>, |users, r, caller| {
     users.list(Page::parse(r.limit, r.offset)?).await
 });
 
-method!(UpdatePassword(UpdatePasswordRequest) -> (), |users, r, client| {
+method!(UpdatePassword(UpdatePasswordRequest) -> (), |users, r, caller| {
     let change =
         PasswordChange::parse(r.user_id, r.old_password, r.new_password, r.confirm_password)?;
-    users.update_password(change, client).await
+    users.update_password(change, caller.ip).await
 });
 
-method!(Login(LoginRequest) -> Session, |users, r, client| {
+method!(Login(LoginRequest) -> Session, |users, r, caller| {
     let name = LoginName::parse(r.username, r.email)?;
     let password = Password::candidate("password", r.password)?;
-    users.login(name, password, client).await
+    users.login(name, password, caller.ip).await
 });
 
-method!(Logout(SessionRequest) -> (), |users, r, client| {
+method!(Logout(SessionRequest) -> (), |users, r, caller| {
     users.logout(&SessionToken::parse("session_id", r.session_id)?).await
 });
 
-method!(LogoutAll(UserIdRequest) -> (), |users, r, client| {
+method!(LogoutAll(UserIdRequest) -> (), |users, r, caller| {
     users.logout_all(&UserId::parse("user_id", r.user_id)?).await
 });
 
-method!(ReadSession(SessionRequest) -> Session, |users, r, client| {
+method!(ReadSession(SessionRequest) -> Session, |users, r, caller| {
     users.read_session(SessionToken::parse("session_id", r.session_id)?).await
 });
 
-method!(SendVerificationEmail(SendVerificationEmailRequest) -> (), |users, r, client| {
+method!(SendVerificationEmail(SendVerificationEmailRequest) -> (), |users, r, caller| {
     let email = Email::parse(r.email)?;
     let text = MailText::parse(r.subject, r.text_content, r.from_name)?;
     let redirect = RedirectUrl::parse("redirect_url", r.redirect_url)?;
@@ -276,29 +276,29 @@ method!(SendVerificationEmail(SendVerificationEmailRequest) -> (), |users, r, cl
     users.send_verification_email(email, text, redirect, failure).await
 });
 
-method!(VerifyEmail(TokenRequest) -> (), |users, r, client| {
+method!(VerifyEmail(TokenRequest) -> (), |users, r, caller| {
     users.verify_email(SessionToken::parse("token", r.token)?).await
 });
 
-method!(SendPasswordResetEmail(SendPasswordResetEmailRequest) -> (), |users, r, client| {
+method!(SendPasswordResetEmail(SendPasswordResetEmailRequest) -> (), |users, r, caller| {
     let email = Email::parse(r.email)?;
     let text = MailText::parse(r.subject, r.text_content, r.from_name)?;
     let expiration = reset_expiration(r.expiration)?;
     users.send_password_reset_email(email, text, expiration).await
 });
 
-method!(ResetPassword(ResetPasswordRequest) -> (), |users, r, client| {
+method!(ResetPassword(ResetPasswordRequest) -> (), |users, r, caller| {
     let reset = PasswordReset::parse(r.email, r.code, r.new_password, r.confirm_password)?;
-    users.reset_password(reset, client).await
+    users.reset_password(reset, caller.ip).await
 });
 
-method!(SendMagicLink(SendMagicLinkRequest) -> (), |users, r, client| {
+method!(SendMagicLink(SendMagicLinkRequest) -> (), |users, r, caller| {
     let email = Email::parse(r.email)?;
     let text = MailText::parse(r.subject, r.text_content, r.from_name)?;
     let target = MagicLinkTarget::parse(r.address, r.endpoint)?;
     users.send_magic_link(email, text, target).await
 });
 
-method!(VerifyToken(TokenRequest) -> TokenCheck, |users, r, client| {
+method!(VerifyToken(TokenRequest) -> TokenCheck, |users, r, caller| {
     users.verify_token(SessionToken::parse("token", r.token)?).await
 });

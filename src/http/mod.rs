@@ -30,7 +30,7 @@ use tower_http::trace::TraceLayer;
 use tracing::{Level, Span};
 
 use crate::error::Error;
-use crate::service::Users;
+use crate::service::{Requester, Users};
 use access::{AccessPolicy, Caller};
 use error::MicroError;
 use guard::Guard;
@@ -333,7 +333,14 @@ async fn rpc<S: Answer<M>, M: Method>(
         .map_err(|e| MicroError::from_error_in(S::SERVICE, M::NAME, e))?;
     match tokio::time::timeout(
         state.request_timeout,
-        M::call(&state.users, request, caller.ip),
+        M::call(
+            &state.users,
+            request,
+            Requester {
+                ip: caller.ip,
+                trusted: caller.admin || !state.access.has_key(),
+            },
+        ),
     )
     .await
     {

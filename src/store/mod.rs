@@ -196,14 +196,24 @@ pub enum CodeCheck {
     Wrong,
 }
 
+/// The id of a deleted account, never to be issued again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletedUser {
+    pub id: String,
+    pub deleted: i64,
+}
+
 /// What an import did with one record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Imported {
     Inserted,
-    /// The id (or session) already existed and skipping was asked for.
+    /// The id (or session) already existed and skipping was asked for; or the deleted id
+    /// was already known.
     Skipped,
-    /// A unique value is taken by an existing record.
+    /// A unique value is taken by an existing record (for a deleted id: by a live user).
     Taken(Unique),
+    /// The user's id belongs to a deleted account.
+    Deleted,
     /// A session whose user is neither in the store nor earlier in the import.
     UnknownUser,
 }
@@ -215,6 +225,7 @@ pub enum Imported {
 pub trait Importer: Send {
     async fn users(&mut self, batch: &[Credentials]) -> Result<Vec<Imported>, StoreError>;
     async fn sessions(&mut self, batch: &[StoredSession]) -> Result<Vec<Imported>, StoreError>;
+    async fn deleted_users(&mut self, batch: &[DeletedUser]) -> Result<Vec<Imported>, StoreError>;
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
 }
 
@@ -223,7 +234,8 @@ pub trait Store: Send + Sync + 'static {
     /// One round trip, for health checks.
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// Inserts a user; `Conflict` names the unique field that was taken.
+    /// Inserts a user; `Conflict` names the unique field that was taken, `id` also when
+    /// the id belonged to a deleted account.
     async fn insert_user(&self, user: NewUser<'_>) -> Result<User, StoreError>;
 
     async fn user(&self, lookup: Lookup<'_>) -> Result<Option<User>, StoreError>;
@@ -241,8 +253,9 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> Result<Option<User>, StoreError>;
 
-    /// Deletes the user with its sessions, atomically; false when it did not exist.
-    async fn delete_user(&self, id: &UserId) -> Result<bool, StoreError>;
+    /// Deletes the user with its sessions and tokens, and keeps its id as deleted at
+    /// `now`, atomically; false when it did not exist.
+    async fn delete_user(&self, id: &UserId, now: i64) -> Result<bool, StoreError>;
 
     async fn search_users(&self, query: &UserQuery) -> Result<Vec<User>, StoreError>;
 
@@ -357,6 +370,14 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
         limit: u32,
     ) -> Result<Vec<StoredSession>, StoreError>;
+
+    /// Up to `limit` ids of deleted accounts with when they were deleted, in id order,
+    /// after `after`.
+    async fn deleted_users_page(
+        &self,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<DeletedUser>, StoreError>;
 
     /// Starts an all-or-nothing import.
     async fn begin_import(&self, skip_existing: bool) -> Result<Box<dyn Importer>, StoreError>;

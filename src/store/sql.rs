@@ -22,8 +22,8 @@ use std::collections::HashSet;
 
 use super::inline::InlineReader;
 use super::{
-    AttemptLimit, CodeCheck, Counter, Credentials, DatabaseUrl, HashChange, Imported, Importer,
-    Lookup, NewSession, NewToken, NewUser, Outage, Redeemed, Redemption, Reservation,
+    AttemptLimit, CodeCheck, Counter, Credentials, DatabaseUrl, DeletedUser, HashChange, Imported,
+    Importer, Lookup, NewSession, NewToken, NewUser, Outage, Redeemed, Redemption, Reservation,
     SessionRecord, Store, StoreError, StoredSession,
 };
 use crate::domain::{AccountChanges, Page, Profile, User, UserId, UserQuery};
@@ -461,7 +461,11 @@ impl Store for SqlStore {
             "INSERT INTO users (id, username, email, password_hash, created, updated, profile) \
                            VALUES ($1, $2, $3, $4, $5, $5, $6)";
         let profile = profile_json(new.profile);
-        on_writer!(self, pool => {
+        // The deleted ids are looked at after the insert, in the same transaction: on
+        // PostgreSQL an insert that waited for a concurrent Delete of the same id to
+        // commit sees that Delete's tombstone only from a later statement.
+        let deleted_id = on_writer!(self, pool => async {
+            let mut tx = pool.begin().await?;
             sqlx::query(SQL)
                 .bind(new.id.as_str())
                 .bind(new.username.as_str())
@@ -469,11 +473,25 @@ impl Store for SqlStore {
                 .bind(new.password_hash)
                 .bind(new.now)
                 .bind(&profile)
-                .execute(pool)
-                .await
-                .map(drop)
-        })
+                .execute(&mut *tx)
+                .await?;
+            let (deleted,): (i64,) =
+                sqlx::query_as("SELECT COUNT(*) FROM deleted_users WHERE id = $1")
+                    .bind(new.id.as_str())
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if deleted > 0 {
+                tx.rollback().await?;
+                return Ok(true);
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(false)
+        }
+        .await)
         .map_err(classify)?;
+        if deleted_id {
+            return Err(StoreError::Conflict(Unique::Id));
+        }
         Ok(User {
             id: new.id.as_str().to_owned(),
             username: new.username.as_str().to_owned(),
@@ -572,14 +590,23 @@ impl Store for SqlStore {
         .transpose()
     }
 
-    async fn delete_user(&self, id: &UserId) -> Result<bool, StoreError> {
+    async fn delete_user(&self, id: &UserId, now: i64) -> Result<bool, StoreError> {
         // Sessions and tokens go first in the same transaction; the foreign keys' ON
-        // DELETE CASCADE would do the same, this keeps the rule visible here.
+        // DELETE CASCADE would do the same, this keeps the rule visible here. The id is
+        // kept, so that it is never issued again.
+        const TOMBSTONE: &str = "INSERT INTO deleted_users (id, deleted) \
+                                 SELECT id, $2 FROM users WHERE id = $1 \
+                                 ON CONFLICT (id) DO NOTHING";
         on_writer!(self, pool => async {
             let mut tx = pool.begin().await?;
             for sql in ["DELETE FROM sessions WHERE user_id = $1", "DELETE FROM tokens WHERE user_id = $1"] {
                 sqlx::query(sql).bind(id.as_str()).execute(&mut *tx).await?;
             }
+            sqlx::query(TOMBSTONE)
+                .bind(id.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
             let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
                 .bind(id.as_str())
                 .execute(&mut *tx)
@@ -1127,6 +1154,28 @@ impl Store for SqlStore {
         .map_err(classify)
     }
 
+    async fn deleted_users_page(
+        &self,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<DeletedUser>, StoreError> {
+        const SQL: &str =
+            "SELECT id, deleted FROM deleted_users WHERE id > $1 ORDER BY id LIMIT $2";
+        on_pool!(self, pool => {
+            sqlx::query_as::<_, (String, i64)>(SQL)
+                .bind(after.unwrap_or_default())
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await
+        })
+        .map(|rows| {
+            rows.into_iter()
+                .map(|(id, deleted)| DeletedUser { id, deleted })
+                .collect()
+        })
+        .map_err(classify)
+    }
+
     async fn begin_import(&self, skip_existing: bool) -> Result<Box<dyn Importer>, StoreError> {
         let importer = match &self.backend {
             Backend::Sqlite { writer, .. } => {
@@ -1138,6 +1187,23 @@ impl Store for SqlStore {
         };
         Ok(Box::new(importer))
     }
+}
+
+/// The values `$sql` (a query of one text column ending in `IN (`) finds for the list
+/// `$values`, as a set, read inside the import's transaction `$tx`.
+macro_rules! select_set {
+    ($tx:expr, $sql:expr, $values:expr) => {{
+        let mut query = QueryBuilder::new($sql);
+        push_list!(query, $values);
+        query.push(")");
+        query
+            .build_query_as::<(String,)>()
+            .fetch_all(&mut **$tx)
+            .await?
+            .into_iter()
+            .map(|(value,)| value)
+            .collect::<HashSet<String>>()
+    }};
 }
 
 /// An import's transaction on whichever backend the store has.
@@ -1176,6 +1242,11 @@ impl Importer for SqlImporter {
             query.push(")");
             let existing: Vec<(String, String, String)> =
                 query.build_query_as().fetch_all(&mut **tx).await?;
+            let deleted = select_set!(
+                tx,
+                "SELECT id FROM deleted_users WHERE id IN (",
+                batch.iter().map(|c| c.user.id.as_str())
+            );
             let mut ids: HashSet<String> = HashSet::new();
             let mut usernames: HashSet<String> = HashSet::new();
             let mut emails: HashSet<String> = HashSet::new();
@@ -1191,6 +1262,8 @@ impl Importer for SqlImporter {
                 // Earlier records of this batch count as existing too.
                 let outcome = if ids.contains(&u.id) {
                     if *skip_existing { Imported::Skipped } else { Imported::Taken(Unique::Id) }
+                } else if deleted.contains(&u.id) {
+                    if *skip_existing { Imported::Skipped } else { Imported::Deleted }
                 } else if usernames.contains(&u.username) {
                     Imported::Taken(Unique::Username)
                 } else if emails.contains(&u.email) {
@@ -1233,26 +1306,16 @@ impl Importer for SqlImporter {
             return Ok(Vec::new());
         }
         on_tx!(self, tx, skip_existing => async {
-            let mut query = QueryBuilder::new("SELECT token_hash FROM sessions WHERE token_hash IN (");
-            push_list!(query, batch.iter().map(|s| s.digest.as_str()));
-            query.push(")");
-            let mut tokens: HashSet<String> = query
-                .build_query_as::<(String,)>()
-                .fetch_all(&mut **tx)
-                .await?
-                .into_iter()
-                .map(|(t,)| t)
-                .collect();
-            let mut query = QueryBuilder::new("SELECT id FROM users WHERE id IN (");
-            push_list!(query, batch.iter().map(|s| s.user_id.as_str()));
-            query.push(")");
-            let users: HashSet<String> = query
-                .build_query_as::<(String,)>()
-                .fetch_all(&mut **tx)
-                .await?
-                .into_iter()
-                .map(|(id,)| id)
-                .collect();
+            let mut tokens = select_set!(
+                tx,
+                "SELECT token_hash FROM sessions WHERE token_hash IN (",
+                batch.iter().map(|s| s.digest.as_str())
+            );
+            let users = select_set!(
+                tx,
+                "SELECT id FROM users WHERE id IN (",
+                batch.iter().map(|s| s.user_id.as_str())
+            );
             let mut outcomes = Vec::with_capacity(batch.len());
             let mut fresh = Vec::new();
             for session in batch {
@@ -1275,6 +1338,40 @@ impl Importer for SqlImporter {
                         .push_bind(session.user_id.as_str())
                         .push_bind(session.created)
                         .push_bind(session.expires);
+                });
+                insert.build().execute(&mut **tx).await?;
+            }
+            Ok::<_, sqlx::Error>(outcomes)
+        }
+        .await)
+        .map_err(classify)
+    }
+
+    async fn deleted_users(&mut self, batch: &[DeletedUser]) -> Result<Vec<Imported>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        on_tx!(self, tx, _skip_existing => async {
+            let ids = || batch.iter().map(|d| d.id.as_str());
+            let live = select_set!(tx, "SELECT id FROM users WHERE id IN (", ids());
+            let mut known = select_set!(tx, "SELECT id FROM deleted_users WHERE id IN (", ids());
+            let mut outcomes = Vec::with_capacity(batch.len());
+            let mut fresh = Vec::new();
+            for deleted in batch {
+                let outcome = if live.contains(&deleted.id) {
+                    Imported::Taken(Unique::Id)
+                } else if !known.insert(deleted.id.clone()) {
+                    Imported::Skipped
+                } else {
+                    fresh.push(deleted);
+                    Imported::Inserted
+                };
+                outcomes.push(outcome);
+            }
+            if !fresh.is_empty() {
+                let mut insert = QueryBuilder::new("INSERT INTO deleted_users (id, deleted) ");
+                insert.push_values(fresh, |mut row, deleted| {
+                    row.push_bind(deleted.id.as_str()).push_bind(deleted.deleted);
                 });
                 insert.build().execute(&mut **tx).await?;
             }
