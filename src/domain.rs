@@ -689,7 +689,6 @@ mod tests {
             "admin",
             "ff3c06de9e4341c79bab578f6b4ad32b",
             "ff3c06de-9e43-41c7-9bab-578f6b4ad32",
-            "{ff3c06de-9e43-41c7-9bab-578f6b4ad32b}",
             "gf3c06de-9e43-41c7-9bab-578f6b4ad32b",
             "ff3c06de_9e43-41c7-9bab-578f6b4ad32b",
         ] {
