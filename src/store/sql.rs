@@ -17,7 +17,7 @@ use sqlx::sqlite::{
     Sqlite, SqliteConnectOptions, SqliteError, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Transaction};
+use sqlx::{Connection, QueryBuilder, Transaction};
 use std::collections::HashSet;
 
 use super::inline::InlineReader;
@@ -156,6 +156,20 @@ macro_rules! select_by {
             Lookup::Email(email) => (by!("email"), email.as_str()),
         }
     }};
+}
+
+/// Commits the transaction `$tx` on the pooled connection `$conn`, returning the error
+/// from the enclosing block when it fails. Then the connection is closed rather than
+/// put back in the pool: on SQLite, a COMMIT that fails (a full disk) may have rolled
+/// the transaction back by itself or not, and a connection whose transaction state is
+/// unknown must not serve another request.
+macro_rules! commit {
+    ($tx:ident, $conn:ident) => {
+        if let Err(err) = $tx.commit().await {
+            $conn.close_on_drop();
+            return Err(err);
+        }
+    };
 }
 
 /// Appends `a, b, c` as bound parameters.
@@ -465,7 +479,8 @@ impl Store for SqlStore {
         // PostgreSQL an insert that waited for a concurrent Delete of the same id to
         // commit sees that Delete's tombstone only from a later statement.
         let deleted_id = on_writer!(self, pool => async {
-            let mut tx = pool.begin().await?;
+            let mut conn = pool.acquire().await?;
+            let mut tx = conn.begin().await?;
             sqlx::query(SQL)
                 .bind(new.id.as_str())
                 .bind(new.username.as_str())
@@ -484,7 +499,7 @@ impl Store for SqlStore {
                 tx.rollback().await?;
                 return Ok(true);
             }
-            tx.commit().await?;
+            commit!(tx, conn);
             Ok::<_, sqlx::Error>(false)
         }
         .await)
@@ -598,7 +613,8 @@ impl Store for SqlStore {
                                  SELECT id, $2 FROM users WHERE id = $1 \
                                  ON CONFLICT (id) DO NOTHING";
         on_writer!(self, pool => async {
-            let mut tx = pool.begin().await?;
+            let mut conn = pool.acquire().await?;
+            let mut tx = conn.begin().await?;
             for sql in ["DELETE FROM sessions WHERE user_id = $1", "DELETE FROM tokens WHERE user_id = $1"] {
                 sqlx::query(sql).bind(id.as_str()).execute(&mut *tx).await?;
             }
@@ -612,7 +628,7 @@ impl Store for SqlStore {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-            tx.commit().await?;
+            commit!(tx, conn);
             Ok::<_, sqlx::Error>(deleted == 1)
         }
         .await)
@@ -667,7 +683,8 @@ impl Store for SqlStore {
         change: HashChange,
     ) -> Result<bool, StoreError> {
         on_writer!(self, pool => async {
-            let mut tx = pool.begin().await?;
+            let mut conn = pool.acquire().await?;
+            let mut tx = conn.begin().await?;
             let replaced = match change {
                 HashChange::NewPassword { now } => sqlx::query(
                     "UPDATE users SET password_hash = $3, updated = $4 \
@@ -694,7 +711,7 @@ impl Store for SqlStore {
                     .execute(&mut *tx)
                     .await?;
             }
-            tx.commit().await?;
+            commit!(tx, conn);
             Ok::<_, sqlx::Error>(replaced)
         }
         .await)
@@ -868,7 +885,8 @@ impl Store for SqlStore {
                             WHERE token_hash = $1 AND purpose = $2";
         const CONSUME: &str = "DELETE FROM tokens WHERE token_hash = $1 AND purpose = $2";
         on_writer!(self, pool => async {
-            let mut tx = pool.begin().await?;
+            let mut conn = pool.acquire().await?;
+            let mut tx = conn.begin().await?;
             let found: Option<(String, i64, i64)> = sqlx::query_as(FIND)
                 .bind(digest.as_str())
                 .bind(purpose.as_str())
@@ -891,7 +909,7 @@ impl Store for SqlStore {
                 return Ok(Redeemed::NotFound);
             }
             if expires <= now {
-                tx.commit().await?;
+                commit!(tx, conn);
                 return Ok(Redeemed::Expired);
             }
             match effect {
@@ -930,7 +948,7 @@ impl Store for SqlStore {
                     .await?;
                 }
             }
-            tx.commit().await?;
+            commit!(tx, conn);
             Ok::<_, sqlx::Error>(Redeemed::Done { user_id })
         }
         .await)
@@ -967,7 +985,9 @@ impl Store for SqlStore {
         // statement per key decides and counts, under the row's lock: concurrent
         // reservations (on any replica) queue on it, and each sees the count the one
         // before it left. The keys share one transaction, so a refusal by the second
-        // takes back the first.
+        // takes back the first. No RETURNING inside the transaction: on SQLite a
+        // RETURNING statement that fails there (a full disk) leaves the connection
+        // inside a transaction that never ends.
         const RESERVE: &str = "INSERT INTO rate_limits \
              (key, count, window_start, blocked_until, strikes, updated) \
              VALUES ($1, 1, $2, 0, 0, $2) \
@@ -978,39 +998,38 @@ impl Store for SqlStore {
                                  ELSE rate_limits.window_start END, \
              updated = $2 \
              WHERE rate_limits.blocked_until <= $2 \
-             AND (rate_limits.window_start <= $2 - $3 OR rate_limits.count < $4) \
-             RETURNING window_start";
+             AND (rate_limits.window_start <= $2 - $3 OR rate_limits.count < $4)";
         on_writer!(self, pool => async {
-            let mut tx = pool.begin().await?;
+            let mut conn = pool.acquire().await?;
+            let mut tx = conn.begin().await?;
             let mut window_starts = Vec::with_capacity(limits.len());
             for limit in limits {
-                // fetch_all for the reason given in update_user.
-                let counted: Vec<(i64,)> = sqlx::query_as(RESERVE)
+                let counted = sqlx::query(RESERVE)
                     .bind(limit.key)
                     .bind(now)
                     .bind(window)
                     .bind(i64::from(limit.max))
-                    .fetch_all(&mut *tx)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                    == 1;
+                let row: Option<CounterRow> = sqlx::query_as(SELECT_COUNTER)
+                    .bind(limit.key)
+                    .fetch_optional(&mut *tx)
                     .await?;
-                match counted.first() {
-                    Some((window_start,)) => window_starts.push(*window_start),
-                    None => {
-                        let refused: Option<CounterRow> = sqlx::query_as(SELECT_COUNTER)
-                            .bind(limit.key)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                        tx.rollback().await?;
-                        let counter = refused.map(counter).unwrap_or(Counter {
-                            count: 0,
-                            window_start: now,
-                            blocked_until: 0,
-                            strikes: 0,
-                        });
-                        return Ok(Reservation::Refused(counter));
-                    }
+                let counter = row.map(counter).unwrap_or(Counter {
+                    count: 0,
+                    window_start: now,
+                    blocked_until: 0,
+                    strikes: 0,
+                });
+                if !counted {
+                    tx.rollback().await?;
+                    return Ok(Reservation::Refused(counter));
                 }
+                window_starts.push(counter.window_start);
             }
-            tx.commit().await?;
+            commit!(tx, conn);
             Ok::<_, sqlx::Error>(Reservation::Granted { window_starts })
         }
         .await)
