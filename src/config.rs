@@ -35,6 +35,8 @@ pub const DEFAULT_MAGIC_LINK_TTL: u64 = 60;
 pub const DEFAULT_PASSWORD_MIN_LENGTH: usize = 8;
 pub const DEFAULT_REQUEST_TIMEOUT: u64 = 30;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+pub const DEFAULT_NEW_CONNECTION_TIMEOUT: u64 = 10;
+pub const DEFAULT_KEEP_ALIVE_TIMEOUT: u64 = 60;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -142,6 +144,36 @@ pub struct ServeConfig {
         default_value_t = DEFAULT_MAX_CONNECTIONS
     )]
     pub max_connections: usize,
+
+    /// Most client connections one address (an IPv6 client: its /64) may hold at once;
+    /// trusted proxies are exempt (default: a quarter of --max-connections)
+    #[arg(
+        long = "max-connections-per-ip",
+        env = "USERS_MAX_CONNECTIONS_PER_IP",
+        value_name = "N",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub max_connections_per_ip: Option<u64>,
+
+    /// Seconds a new connection may take to start its first request before it is closed
+    #[arg(
+        long,
+        env = "USERS_NEW_CONNECTION_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = DEFAULT_NEW_CONNECTION_TIMEOUT,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub new_connection_timeout: u64,
+
+    /// Seconds a kept-alive connection may wait for its next request before it is closed
+    #[arg(
+        long,
+        env = "USERS_KEEP_ALIVE_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = DEFAULT_KEEP_ALIVE_TIMEOUT,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub keep_alive_timeout: u64,
 }
 
 /// Who may call which method.
@@ -467,6 +499,18 @@ impl ServeConfig {
             },
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: None,
+            new_connection_timeout: DEFAULT_NEW_CONNECTION_TIMEOUT,
+            keep_alive_timeout: DEFAULT_KEEP_ALIVE_TIMEOUT,
+        }
+    }
+
+    /// The most connections one client address may hold: as configured, or a quarter
+    /// of the total.
+    pub fn max_connections_per_ip(&self) -> usize {
+        match self.max_connections_per_ip {
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            None => (self.max_connections / 4).max(1),
         }
     }
 

@@ -15,11 +15,11 @@ use secrecy::SecretString;
 use sqlx::migrate::MigrateError;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{AccessConfig, DatabaseConfig, ServeConfig};
 use crate::http::access::AccessPolicy;
+use crate::http::connection::{Activity, ConnectionLimits, Full, Timeouts, Watched};
 use crate::http::guard::{Guard, GuardConfig};
 use crate::http::{App, AppState};
 use crate::password::PasswordHasher;
@@ -111,7 +111,8 @@ pub struct Server {
     users: Arc<Users>,
     store: Arc<SqlStore>,
     request_timeout: Duration,
-    max_connections: usize,
+    connections: Arc<ConnectionLimits>,
+    timeouts: Timeouts,
 }
 
 /// The admin key from the environment or from a file, if any.
@@ -230,7 +231,16 @@ impl Server {
             users,
             store,
             request_timeout,
-            max_connections: config.max_connections.max(1),
+            connections: ConnectionLimits::new(
+                config.max_connections,
+                config.max_connections_per_ip(),
+                config.access.trusted_proxies.clone(),
+            ),
+            timeouts: Timeouts {
+                first_request: Duration::from_secs(config.new_connection_timeout),
+                keep_alive: Duration::from_secs(config.keep_alive_timeout),
+                headers: request_timeout,
+            },
         })
     }
 
@@ -251,17 +261,18 @@ impl Server {
 
     /// Serves until `shutdown` completes, then finishes the requests in flight.
     ///
-    /// Each connection must deliver its request headers within the request timeout, and
-    /// at most `max_connections` are served at once: one more is answered 503 and closed
-    /// rather than queued, so a flood of idle sockets cannot exhaust the process.
+    /// At most `max_connections` are served at once, and at most a share of them from
+    /// one client address: one more is answered 503 and closed rather than queued, so
+    /// a flood of sockets cannot exhaust the process. A connection that sends no
+    /// request in time, or whose request headers do not arrive in time, is closed (see
+    /// `http::connection`).
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> io::Result<()> {
         let sweeper = tokio::spawn(sweep(self.users.clone()));
         let graceful = GracefulShutdown::new();
-        let slots = Arc::new(Semaphore::new(self.max_connections));
         let mut http1 = hyper::server::conn::http1::Builder::new();
-        http1
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.request_timeout);
+        // The connection's own timers (`Watched`) replace hyper's header timeout, which
+        // would also cut idle keep-alive connections at the request timeout.
+        http1.timer(TokioTimer::new()).header_read_timeout(None);
         let shutdown = std::pin::pin!(shutdown);
         let mut shutdown = shutdown;
         loop {
@@ -279,18 +290,27 @@ impl Server {
                 () = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                tokio::spawn(refuse(stream));
-                continue;
+            let slot = match self.connections.admit(peer.ip()) {
+                Ok(slot) => slot,
+                Err(full) => {
+                    tokio::spawn(refuse(stream, full));
+                    continue;
+                }
             };
             let app = self.app.clone();
+            let activity = Arc::new(Activity::default());
+            let serving = activity.clone();
             let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
                 let mut request = request.map(axum::body::Body::new);
                 request.extensions_mut().insert(ConnectInfo(peer));
-                let app = app.clone();
-                async move { Ok::<_, std::convert::Infallible>(app.handle(request).await) }
+                let (app, serving) = (app.clone(), serving.clone());
+                async move {
+                    let response = serving.serve(app.handle(request)).await;
+                    Ok::<_, std::convert::Infallible>(response)
+                }
             });
-            let connection = graceful.watch(http1.serve_connection(TokioIo::new(stream), service));
+            let io = TokioIo::new(Watched::new(stream, activity, self.timeouts));
+            let connection = graceful.watch(http1.serve_connection(io, service));
             tokio::spawn(async move {
                 if let Err(err) = connection.await {
                     tracing::debug!(error = %err, "connection ended with an error");
@@ -313,17 +333,24 @@ impl Server {
     }
 }
 
-/// Answers a connection over the limit with 503 in the Micro error shape and closes it.
-async fn refuse(mut stream: tokio::net::TcpStream) {
-    const BODY: &str = r#"{"id":"users.Unknown","code":503,"detail":"too many connections; retry shortly","status":"Service Unavailable"}"#;
+/// Answers a connection over a limit with 503 in the Micro error shape and closes it.
+async fn refuse(mut stream: tokio::net::TcpStream, full: Full) {
+    let detail = match full {
+        Full::Server => "too many connections; retry shortly",
+        Full::Address => "too many connections from this address; retry shortly",
+    };
+    let body = format!(
+        r#"{{"id":"users.Unknown","code":503,"detail":"{detail}","status":"Service Unavailable"}}"#
+    );
     let response = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{BODY}",
-        BODY.len()
+         cache-control: no-store\r\nx-content-type-options: nosniff\r\n\
+         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
     );
     let _ = stream.write_all(response.as_bytes()).await;
     let _ = stream.shutdown().await;
-    tracing::warn!(event = "connection_refused", "connection limit reached");
+    tracing::warn!(event = "connection_refused", limit = ?full, "connection limit reached");
 }
 
 async fn sweep(users: Arc<Users>) {

@@ -663,7 +663,11 @@ async fn slow_clients_are_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_cap_are_answered_503() {
-    let app = sqlite_with("connection_cap", |c| c.max_connections = 2).await;
+    let app = sqlite_with("connection_cap", |c| {
+        c.max_connections = 2;
+        c.max_connections_per_ip = Some(2);
+    })
+    .await;
     // Two connections that have sent a request each: both slots are in use.
     let mut held = Vec::new();
     for _ in 0..2 {
@@ -1004,4 +1008,82 @@ async fn without_the_key_a_chosen_id_must_be_a_uuid() {
     let open = sqlite_with("any_ids", |_| {}).await;
     let (status, _, body) = open.send("Create", create("admin", "root"), &[]).await;
     assert_eq!(status, 200, "{body}");
+}
+
+/// A connection from `source` (a loopback address of this machine) that has been
+/// answered one request, kept alive; or the refusal it got instead.
+async fn held_connection(app: &TestApp, source: &str) -> (tokio::net::TcpStream, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let mut stream = socket.connect(app.addr).await.unwrap();
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = vec![0u8; 12];
+    let read = tokio::time::timeout(Duration::from_secs(20), stream.read_exact(&mut head)).await;
+    assert!(read.is_ok(), "no answer");
+    (stream, String::from_utf8_lossy(&head).into_owned())
+}
+
+/// Point 7: one client cannot hold every connection; another address still gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holds_at_most_its_share_of_the_connections() {
+    // 8 connections in all: 2 per address by default.
+    let app = sqlite_with("connection_share", |c| c.max_connections = 8).await;
+    let (_first, answer) = held_connection(&app, "127.0.0.1").await;
+    assert_eq!(answer, "HTTP/1.1 200");
+    let (_second, answer) = held_connection(&app, "127.0.0.1").await;
+    assert_eq!(answer, "HTTP/1.1 200");
+    let (mut third, answer) = held_connection(&app, "127.0.0.1").await;
+    assert_eq!(answer, "HTTP/1.1 503");
+    let mut rest = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut third, &mut rest)
+        .await
+        .unwrap();
+    assert!(
+        rest.contains("too many connections from this address"),
+        "{rest}"
+    );
+    let (_other, answer) = held_connection(&app, "127.0.0.2").await;
+    assert_eq!(answer, "HTTP/1.1 200", "another address is served");
+}
+
+/// Reads until the server closes the connection; what it sent meanwhile.
+async fn until_closed(stream: &mut tokio::net::TcpStream) -> String {
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::io::AsyncReadExt::read_to_end(stream, &mut out),
+    )
+    .await;
+    assert!(read.is_ok(), "the server did not close the connection");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Point 7: a connection that never sends a request is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_sends_nothing_is_closed() {
+    let app = sqlite_with("silent_connection", |c| {
+        c.new_connection_timeout = 1;
+        c.keep_alive_timeout = 3600;
+    })
+    .await;
+    let mut silent = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    assert_eq!(until_closed(&mut silent).await, "");
+}
+
+/// Point 7: a kept-alive connection that sends no next request is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_kept_alive_connection_is_closed() {
+    let app = sqlite_with("idle_connection", |c| {
+        c.new_connection_timeout = 3600;
+        c.keep_alive_timeout = 1;
+    })
+    .await;
+    let (mut idle, answer) = held_connection(&app, "127.0.0.1").await;
+    assert_eq!(answer, "HTTP/1.1 200");
+    let rest = until_closed(&mut idle).await;
+    assert!(rest.ends_with(r#"{"status":"ok"}"#), "{rest}");
 }

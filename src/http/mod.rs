@@ -3,6 +3,7 @@
 //! [`methods`] on the same core; only the answers' shapes differ.
 
 pub mod access;
+pub mod connection;
 pub mod error;
 pub mod guard;
 pub mod json;
