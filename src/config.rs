@@ -395,12 +395,14 @@ fn parse_net(value: &str) -> Result<IpNet, String> {
 /// Settings of the database connection.
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseConfig {
-    /// Database to use: sqlite://PATH (created when missing) or postgres://USER@HOST/DB
+    /// Database to use: sqlite://PATH (created when missing, readable by its owner only)
+    /// or postgres://USER:PASSWORD@HOST/DB (a password is never printed)
     #[arg(
         long = "database-url",
         env = "DATABASE_URL",
         value_name = "URL",
-        default_value = DEFAULT_DATABASE_URL
+        default_value = DEFAULT_DATABASE_URL,
+        hide_env_values = true
     )]
     pub url: DatabaseUrl,
 

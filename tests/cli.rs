@@ -499,3 +499,100 @@ fn a_full_run_logs_security_events_and_no_secrets() {
         );
     }
 }
+
+/// `DATABASE_URL` with a password in it: neither `--help` nor any log line, at the most
+/// verbose level, shows the password.
+#[test]
+fn the_database_password_never_appears_in_help_or_logs() {
+    let Some(admin) = common::postgres_admin_url("the_database_password_never_appears") else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let db = runtime
+        .block_on(common::TestDatabase::create(
+            common::Backend::Postgres,
+            "the_database_password_never_appears",
+        ))
+        .unwrap();
+    drop(admin);
+    // PostgreSQL here trusts local connections, so any password is accepted.
+    let secret = "hunter2-db-secret";
+    let (scheme, rest) = db.raw_url.split_once("://").unwrap();
+    let (userinfo, host) = rest.split_once('@').unwrap();
+    let user = userinfo.split(':').next().unwrap();
+    let url = format!("{scheme}://{user}:{secret}@{host}");
+
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["--help"],
+        vec!["migrate", "--help"],
+        vec!["export", "--help"],
+    ] {
+        let output = command(dir.path())
+            .args(&args)
+            .env("DATABASE_URL", &url)
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&output.stdout);
+        assert!(help.contains("--database-url"), "{args:?}: {help}");
+        assert!(
+            !help.contains(secret),
+            "{args:?} shows the password:\n{help}"
+        );
+    }
+
+    let mut cmd = command(dir.path());
+    cmd.args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "trace")
+        .env("DATABASE_URL", &url);
+    let service = Service::start(cmd);
+    let (status, _) = http(service.addr, "GET", "/health", "");
+    assert_eq!(status, 200);
+    let (exit, logs) = service.terminate();
+    assert!(exit.success(), "{logs:#?}");
+    assert!(
+        logs.iter().any(|l| l.contains(&format!("{user}:***@"))),
+        "the URL is logged, masked: {logs:#?}"
+    );
+    let shown: Vec<&String> = logs.iter().filter(|l| l.contains(secret)).collect();
+    assert!(shown.is_empty(), "{shown:#?}");
+
+    // And a database that cannot be reached is named without it too.
+    let unreachable = format!("postgres://{user}:{secret}@127.0.0.1:1/nowhere");
+    let output = command(dir.path())
+        .args(["--listen", "127.0.0.1:0", "--db-acquire-timeout", "1"])
+        .env("DATABASE_URL", &unreachable)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot open the database"), "{stderr}");
+    assert!(!stderr.contains(secret), "{stderr}");
+}
+
+/// The SQLite database and its `-wal` and `-shm` files are created readable by their
+/// owner only.
+#[test]
+fn the_sqlite_files_are_private_to_their_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = command(dir.path());
+    cmd.args(["--listen", "127.0.0.1:0"]);
+    let service = Service::start(cmd);
+    let (status, body) = http(
+        service.addr,
+        "POST",
+        "/users/Users/Create",
+        r#"{"username":"asim","email":"asim@example.com","password":"correct-horse-1"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    for file in ["users.db", "users.db-wal", "users.db-shm"] {
+        let mode = std::fs::metadata(dir.path().join(file))
+            .unwrap_or_else(|e| panic!("{file}: {e}"))
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file} has mode {:o}", mode & 0o777);
+    }
+    let (exit, _) = service.terminate();
+    assert!(exit.success());
+}

@@ -272,6 +272,18 @@ pub enum SchemaError {
     Store(#[source] StoreError),
 }
 
+/// Creates the database file, empty, readable and writable by its owner only, if it
+/// does not exist yet. SQLite gives its `-wal` and `-shm` files the database file's
+/// permissions, so they are private too. Failing is left to SQLite to report when it
+/// opens the file.
+fn create_private_file(path: &std::path::Path) {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let _ = options.open(path);
+}
+
 fn user(
     (id, username, email, created, updated, verified, verification_date, profile): UserRow,
 ) -> Result<User, StoreError> {
@@ -310,6 +322,9 @@ impl SqlStore {
     ) -> Result<Self, StoreError> {
         let backend = match url {
             DatabaseUrl::Sqlite(path) => {
+                if create {
+                    create_private_file(path);
+                }
                 let options = SqliteConnectOptions::new()
                     .filename(path)
                     .create_if_missing(create)
