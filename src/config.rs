@@ -11,6 +11,7 @@ use ipnet::IpNet;
 
 use crate::limits::LimitConfig;
 use crate::mail::Mailer;
+use crate::outbox::OutboxConfig;
 use crate::password::{HashParams, OWASP_MIN_M_KIB, OWASP_MIN_P, OWASP_MIN_T};
 use crate::policy::PasswordPolicy;
 use crate::service::{LinkSettings, Settings};
@@ -32,6 +33,8 @@ pub const DEFAULT_CREATE_PER_HOUR: u32 = 20;
 pub const DEFAULT_MAILS_PER_HOUR: u32 = 5;
 pub const DEFAULT_MAIL_FROM: &str = "no-reply@localhost";
 pub const DEFAULT_MAGIC_LINK_TTL: u64 = 60;
+pub const DEFAULT_MAIL_MAX_ATTEMPTS: u32 = 8;
+pub const DEFAULT_MAIL_RETRY_DELAY: u64 = 10;
 pub const DEFAULT_PASSWORD_MIN_LENGTH: usize = 8;
 pub const DEFAULT_REQUEST_TIMEOUT: u64 = 30;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
@@ -338,6 +341,28 @@ pub struct MailConfig {
         value_parser = clap::value_parser!(u64).range(1..=86_400)
     )]
     pub magic_link_ttl: u64,
+
+    /// Attempts at sending an e-mail before it is given up (and its link or code
+    /// withdrawn)
+    #[arg(
+        long,
+        env = "USERS_MAIL_MAX_ATTEMPTS",
+        value_name = "N",
+        default_value_t = DEFAULT_MAIL_MAX_ATTEMPTS,
+        value_parser = clap::value_parser!(u32).range(1..=100)
+    )]
+    pub mail_max_attempts: u32,
+
+    /// Seconds before an e-mail that could not be sent is tried again; each further
+    /// retry waits twice as long, up to an hour
+    #[arg(
+        long,
+        env = "USERS_MAIL_RETRY_DELAY",
+        value_name = "SECONDS",
+        default_value_t = DEFAULT_MAIL_RETRY_DELAY,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub mail_retry_delay: u64,
 }
 
 /// Password policy and hashing cost.
@@ -492,6 +517,8 @@ impl ServeConfig {
                 public_url: None,
                 redirect_allowlist: Vec::new(),
                 magic_link_ttl: DEFAULT_MAGIC_LINK_TTL,
+                mail_max_attempts: DEFAULT_MAIL_MAX_ATTEMPTS,
+                mail_retry_delay: DEFAULT_MAIL_RETRY_DELAY,
             },
             passwords: PasswordConfig {
                 password_min_length: DEFAULT_PASSWORD_MIN_LENGTH,
@@ -561,6 +588,14 @@ impl ServeConfig {
             redirect_allowlist,
             magic_link_ttl: i64::try_from(self.mail.magic_link_ttl).unwrap_or(i64::MAX),
         })
+    }
+
+    /// How the e-mail sender retries.
+    pub fn outbox_config(&self) -> OutboxConfig {
+        OutboxConfig {
+            max_attempts: self.mail.mail_max_attempts,
+            retry_delay: i64::try_from(self.mail.mail_retry_delay).unwrap_or(i64::MAX),
+        }
     }
 
     /// The mailer the settings describe.

@@ -49,10 +49,6 @@ pub enum Error {
     /// The database cannot serve the request now; it changed nothing and can be retried.
     #[error("{}", outage_detail(.0))]
     Unavailable(#[source] StoreError),
-    /// The e-mail could not be handed to the SMTP server; the token it carried was
-    /// withdrawn, so the request can simply be repeated.
-    #[error("the e-mail could not be sent; try again later")]
-    MailFailed(#[source] crate::mail::MailError),
     /// A fault of ours. The detail a client sees is generic; the source goes to the log.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -7,8 +7,8 @@
 //! * [`service`]: the one core, [`service::Users`], that every wire surface calls.
 //! * [`store`]: the [`store::Store`] trait and its SQL implementation for SQLite and PostgreSQL.
 //! * [`password`] and [`session`]: argon2id hashing off the async runtime, session tokens.
-//! * [`tokens`] and [`mail`]: the one-time tokens of e-mailed links and codes, and sending
-//!   those e-mails over SMTP.
+//! * [`tokens`], [`mail`] and [`outbox`]: the one-time tokens of e-mailed links and
+//!   codes, sending those e-mails over SMTP, and the sender that delivers queued ones.
 //! * [`policy`] and [`limits`]: the password policy, brute-force and sign-up limits.
 //! * [`http`]: the router, the two wire surfaces (Micro `users` and M3O's User API) and
 //!   their error shape.
@@ -22,6 +22,7 @@ pub mod error;
 pub mod http;
 pub mod limits;
 pub mod mail;
+pub mod outbox;
 pub mod password;
 pub mod policy;
 pub mod server;

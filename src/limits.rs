@@ -95,7 +95,7 @@ impl LimitKey {
         Self::of("signup", &address_group(ip))
     }
 
-    pub(crate) fn mail(kind: &str, recipient: &str) -> Self {
+    fn mail(kind: &str, recipient: &str) -> Self {
         Self::of(&format!("mail:{kind}"), recipient)
     }
 }
@@ -243,24 +243,11 @@ impl Limiter {
         limited
     }
 
-    /// Counts an e-mail of `kind` to `recipient`, whether or not an account has that
-    /// address (so the limit reveals nothing); 429 once the hourly maximum is passed.
-    pub async fn mail(&self, kind: &str, recipient: &str, now: i64) -> Result<(), Error> {
-        let limited = self
-            .hourly(
-                &LimitKey::mail(kind, recipient),
-                self.config.mails_per_hour,
-                now,
-            )
-            .await;
-        if limited.is_err() {
-            tracing::warn!(
-                event = "mail_limited",
-                kind,
-                "too many e-mails to one address"
-            );
-        }
-        limited
+    /// The hourly limit on e-mails of `kind` to `recipient` (counted whether or not an
+    /// account has the address, so the limit reveals nothing): its key and maximum, for
+    /// the store to count in the transaction that queues the e-mail.
+    pub fn mail_limit(&self, kind: &str, recipient: &str) -> (LimitKey, u32) {
+        (LimitKey::mail(kind, recipient), self.config.mails_per_hour)
     }
 
     /// One event on an hourly counter; 429 past `max` (0: no limit).
@@ -284,7 +271,7 @@ impl Limiter {
 /// Whether an hourly counter that has just counted an event is within `max`; 429 with
 /// the time until its hour is over otherwise.
 pub fn hourly_verdict(counter: &Counter, max: u32, now: i64) -> Result<(), Error> {
-    if max > 0 && counter.count > i64::from(max) {
+    if !counter.within(max) {
         return Err(Error::TooManyRequests {
             retry_after: (counter.window_start + HOUR - now).max(1),
         });

@@ -22,6 +22,7 @@ use crate::http::access::AccessPolicy;
 use crate::http::connection::{Activity, ConnectionLimits, Full, Timeouts, Watched};
 use crate::http::guard::{Guard, GuardConfig};
 use crate::http::{App, AppState};
+use crate::outbox::Outbox;
 use crate::password::PasswordHasher;
 use crate::service::Users;
 use crate::store::{DatabaseUrl, SchemaError, SqlStore, StoreError};
@@ -195,7 +196,13 @@ impl Server {
         let public_host = url::Url::parse(&settings.links.public_url)
             .ok()
             .and_then(|u| u.host_str().map(str::to_string));
-        let users = Arc::new(Users::new(store.clone(), hasher, clock, settings, mailer));
+        let outbox = Arc::new(Outbox::new(
+            store.clone(),
+            mailer,
+            clock.clone(),
+            config.outbox_config(),
+        ));
+        let users = Arc::new(Users::new(store.clone(), hasher, clock, settings, outbox));
         let request_timeout = Duration::from_secs(config.request_timeout);
         let guard = Guard::new(GuardConfig {
             cors_origins: &config.cors_origins,
@@ -268,6 +275,7 @@ impl Server {
     /// `http::connection`).
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> io::Result<()> {
         let sweeper = tokio::spawn(sweep(self.users.clone()));
+        let sender = tokio::spawn(self.users.outbox().clone().run());
         let graceful = GracefulShutdown::new();
         let mut http1 = hyper::server::conn::http1::Builder::new();
         // The connection's own timers (`Watched`) replace hyper's header timeout, which
@@ -327,6 +335,16 @@ impl Server {
             tracing::warn!("some connections were still busy at the shutdown deadline");
         }
         sweeper.abort();
+        // The sender finishes the messages it is sending (each within the SMTP
+        // timeout). One still unfinished at the deadline stays claimed until its lease
+        // ends; then another sender, or this one after a restart, sends it.
+        self.users.outbox().stop();
+        if tokio::time::timeout(self.request_timeout, sender)
+            .await
+            .is_err()
+        {
+            tracing::warn!("some e-mails were still being sent at the shutdown deadline");
+        }
         self.store.close().await;
         tracing::info!("users-service stopped");
         Ok(())

@@ -10,14 +10,14 @@ use crate::domain::{
     Password, PasswordChange, PasswordReset, RedirectUrl, Session, User, UserId, UserQuery,
 };
 use crate::error::Error;
-use crate::limits::{Attempt, LimitConfig, LimitKey, Limiter};
-use crate::mail::{Mailer, Outgoing};
+use crate::limits::{hourly_verdict, Attempt, LimitConfig, LimitKey, Limiter, HOUR};
+use crate::outbox::Outbox;
 use crate::password::{PasswordHasher, Verification};
 use crate::policy::PasswordPolicy;
 use crate::session::{SessionToken, TokenDigest};
 use crate::store::{
-    CodeCheck, Credentials, HashChange, Lookup, NewSession, NewToken, NewUser, Redeemed,
-    Redemption, Store, StoreError,
+    CodeCheck, Credentials, EventLimit, HashChange, Lookup, NewMail, NewSession, NewToken, NewUser,
+    Queued, Redeemed, Redemption, Store, StoreError,
 };
 use crate::tokens::{Purpose, ResetCode};
 
@@ -39,6 +39,9 @@ pub const CODE_PLACEHOLDER: &str = "$code";
 
 /// Expired sessions deleted per statement by the sweeper.
 const SWEEP_BATCH: u32 = 1000;
+/// How long the record of a sent or given-up e-mail (its recipient, kind and state,
+/// without its body) is kept, unless its token goes first.
+const MAIL_RETENTION: i64 = 7 * 86_400;
 
 /// The core's settings.
 #[derive(Debug, Clone)]
@@ -93,7 +96,7 @@ pub struct Users {
     limiter: Limiter,
     policy: PasswordPolicy,
     session_ttl: i64,
-    mailer: Arc<Mailer>,
+    outbox: Arc<Outbox>,
     links: LinkSettings,
 }
 
@@ -103,7 +106,7 @@ impl Users {
         hasher: PasswordHasher,
         clock: Arc<dyn Clock>,
         settings: Settings,
-        mailer: Mailer,
+        outbox: Arc<Outbox>,
     ) -> Self {
         Self {
             limiter: Limiter::new(store.clone(), settings.limits),
@@ -112,7 +115,7 @@ impl Users {
             clock,
             policy: settings.password_policy,
             session_ttl: i64::try_from(settings.session_ttl).unwrap_or(i64::MAX),
-            mailer: Arc::new(mailer),
+            outbox,
             links: settings.links,
         }
     }
@@ -589,11 +592,15 @@ impl Users {
         }
     }
 
-    /// The common part of the three e-mails: count against the per-recipient limit,
-    /// find the account, store the token that `secret` makes for it (its digest and the
-    /// message body; the user's previous token of this purpose is replaced), send, and
-    /// withdraw the token if sending fails. Nothing is stored or sent for an address
-    /// without an account, and the caller cannot tell.
+    /// The common part of the three e-mails: find the account, make the token that
+    /// `secret` makes for it (its digest, and the message body that carries it), and
+    /// hand both to the store, which counts the e-mail against the per-recipient limit
+    /// and, within it, stores the token (replacing the user's previous one of this
+    /// purpose) and queues the message, in one transaction. The sender delivers it.
+    ///
+    /// An address without an account queues nothing, and the caller cannot tell: the
+    /// answer is the same, and so is the work (one lookup, one transaction), whether
+    /// or not the address has an account and whether or not the SMTP server is up.
     async fn send_token_mail(
         &self,
         email: &Email,
@@ -607,75 +614,56 @@ impl Users {
             default_subject,
         } = kind;
         let now = self.clock.now();
-        self.limiter
-            .mail(purpose.as_str(), email.as_str(), now)
-            .await?;
-        let Some(user_id) = self
+        let user_id = self
             .store
             .user(Lookup::Email(email))
             .await?
-            .map(|user| user.id)
-        else {
-            tracing::info!(
-                event = "mail_skipped",
-                kind = purpose.as_str(),
-                "no account has this address"
-            );
-            return Ok(());
-        };
-        let (digest, body) = secret(&user_id);
-        let stored = self
-            .store
-            .put_token(NewToken {
-                digest: &digest,
-                user_id: &user_id,
+            .map(|user| user.id);
+        let made = user_id.as_deref().map(|id| (id, secret(id)));
+        let subject = text.subject.as_deref().unwrap_or(default_subject);
+        let mail = made.as_ref().map(|(user_id, (digest, body))| NewMail {
+            token: NewToken {
+                digest,
+                user_id,
                 purpose,
                 created: now,
                 expires: now.saturating_add(ttl),
-            })
-            .await?;
-        if !stored {
-            // The account was deleted meanwhile: nothing to send, like an unknown address.
-            return Ok(());
-        }
-        let subject = text
-            .subject
-            .as_deref()
-            .unwrap_or(default_subject)
-            .to_string();
-        let from_name = text.from_name.clone();
-        let to = email.as_str().to_string();
-        let mailer = self.mailer.clone();
-        let store = self.store.clone();
-        // Sending and, on failure, withdrawing the token run in a task of their own, so
-        // the token is withdrawn even if the request is abandoned midway (a client
-        // disconnect or the handler's timeout).
-        let delivery = tokio::spawn(async move {
-            let sent = mailer
-                .send(Outgoing {
-                    to: &to,
-                    from_name: from_name.as_deref(),
-                    subject: &subject,
-                    body,
-                })
-                .await;
-            if let Err(err) = sent {
-                if let Err(cleanup) = store.delete_token(&digest).await {
-                    tracing::error!(error = %crate::error::chain(&cleanup), "an undelivered token could not be withdrawn");
-                }
-                return Err(err);
-            }
-            Ok(())
+            },
+            recipient: email.as_str(),
+            from_name: text.from_name.as_deref(),
+            subject,
+            body,
         });
-        match delivery.await {
-            Ok(Ok(())) => {
-                if self.mailer.sends() {
-                    tracing::info!(event = "mail_sent", kind = purpose.as_str(), user_id = %user_id);
-                }
+        let (key, max) = self.limiter.mail_limit(purpose.as_str(), email.as_str());
+        let limit = EventLimit {
+            key: key.as_str(),
+            max,
+            now,
+            window: HOUR,
+        };
+        match self.store.queue_mail(limit, mail).await? {
+            Queued::Limited(counter) => {
+                tracing::warn!(
+                    event = "mail_limited",
+                    kind = purpose.as_str(),
+                    "too many e-mails to one address"
+                );
+                hourly_verdict(&counter, max, now)
+            }
+            Queued::Queued => {
+                let user_id = user_id.unwrap_or_default();
+                tracing::info!(event = "mail_queued", kind = purpose.as_str(), user_id = %user_id);
+                self.outbox.wake();
                 Ok(())
             }
-            Ok(Err(err)) => Err(Error::MailFailed(err)),
-            Err(join) => Err(Error::internal(join)),
+            Queued::Counted => {
+                tracing::info!(
+                    event = "mail_skipped",
+                    kind = purpose.as_str(),
+                    "no account has this address"
+                );
+                Ok(())
+            }
         }
     }
 
@@ -692,8 +680,15 @@ impl Users {
             }
         }
         while self.store.delete_expired_tokens(now, SWEEP_BATCH).await? >= u64::from(SWEEP_BATCH) {}
+        let old_mail = now.saturating_sub(MAIL_RETENTION);
+        while self.store.delete_old_mail(old_mail, SWEEP_BATCH).await? >= u64::from(SWEEP_BATCH) {}
         self.limiter.sweep(now).await?;
         Ok(total)
+    }
+
+    /// The e-mail sender, which the server runs.
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
     }
 
     /// argon2 computations (hashes and verifications) since start.

@@ -7,9 +7,13 @@ mod common;
 
 use common::smtp::{Mail, SmtpSink};
 use common::{assert_m3o_error, TestApp, PASSWORD};
+use std::time::Duration;
+
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use users_service::config::ServeConfig;
+use users_service::outbox::OutboxStats;
+use users_service::store::Store;
 
 /// Starts an SMTP sink and the service configured to send through it.
 async fn spawn(
@@ -73,7 +77,10 @@ mail_tests! {
     magic_links_expire(false, super::defaults);
     concurrent_uses_of_one_token_succeed_once(false, super::defaults);
     unknown_addresses_get_no_mail_and_the_same_answer(false, super::defaults);
-    a_failed_delivery_is_503_and_leaves_no_usable_token(true, super::defaults);
+    a_message_that_keeps_failing_is_given_up_and_its_link_withdrawn(true, |c| c.mail.mail_max_attempts = 2);
+    a_message_queued_while_smtp_is_down_arrives_when_it_is_back(false, super::defaults);
+    the_answer_and_its_time_do_not_tell_addresses_apart(false, |c| c.limits.mails_per_hour = 0);
+    each_message_is_sent_once_by_one_of_several_senders(false, |c| c.limits.create_per_hour = 0);
     mails_are_limited_per_recipient(false, |c| c.limits.mails_per_hour = 2);
     redirects_outside_the_allow_list_are_refused(false, |c| {
         c.mail.redirect_allowlist = vec!["https://app.example.com".into()]
@@ -528,31 +535,295 @@ async fn unknown_addresses_get_no_mail_and_the_same_answer(app: TestApp, sink: S
     );
 }
 
-async fn a_failed_delivery_is_503_and_leaves_no_usable_token(app: TestApp, sink: SmtpSink) {
+async fn a_message_that_keeps_failing_is_given_up_and_its_link_withdrawn(
+    app: TestApp,
+    sink: SmtpSink,
+) {
     create(&app, "bounce").await;
     let email = "bounce@example.com";
+    // The SMTP server refuses every message, but the answer does not say so: it is the
+    // answer every address gets.
     let answer = app
         .m3o(
             "SendMagicLink",
             json!({"email": email, "text_content": "$micro_verification_link", "address": "app.example.com", "endpoint": "m"}),
         )
         .await;
-    assert_m3o_error(
-        &answer,
-        "SendMagicLink",
-        503,
-        "the e-mail could not be sent",
-    );
-    let answer = send_verification(&app, email).await;
-    assert_m3o_error(
-        &answer,
-        "SendVerificationEmail",
-        503,
-        "the e-mail could not be sent",
-    );
+    assert_eq!(answer, (StatusCode::OK, json!({})));
+    outbox_until(&app, "the first attempt failed", |s| s.failed == 1).await;
+    assert_eq!(app.count_rows("outbox WHERE state = 'queued'").await, 1);
+    // The second attempt (--mail-max-attempts 2, here) is the last.
+    app.clock.advance(10);
+    app.users.outbox().wake();
+    outbox_until(&app, "the message was given up", |s| s.dead == 1).await;
     assert_eq!(sink.delivered(), 0);
-    // The tokens those e-mails carried were withdrawn.
+    assert_eq!(
+        app.count_rows("outbox WHERE state = 'dead' AND body = '' AND token_hash IS NULL")
+            .await,
+        1,
+        "kept as a record, without its body"
+    );
+    // The link no one received was withdrawn.
     assert_eq!(app.count_rows("tokens").await, 0);
+}
+
+/// Waits (at most 20 s) until the app's e-mail sender has done `done`.
+async fn outbox_until(app: &TestApp, what: &str, done: impl Fn(&OutboxStats) -> bool) {
+    let mut stats = app.users.outbox().stats();
+    let reached = tokio::time::timeout(Duration::from_secs(20), stats.wait_for(|s| done(s)))
+        .await
+        .is_ok();
+    assert!(reached, "{what}: not within 20 s ({:?})", *stats.borrow());
+}
+
+/// The SMTP server is down when the e-mail is asked for: the request still answers at
+/// once, and the message arrives once the server is back.
+async fn a_message_queued_while_smtp_is_down_arrives_when_it_is_back(app: TestApp, sink: SmtpSink) {
+    create(&app, "patient").await;
+    let email = "patient@example.com";
+    sink.stop().await;
+    let answer = app
+        .m3o(
+            "SendPasswordResetEmail",
+            json!({"email": email, "text_content": "Your code is $code. It expires soon."}),
+        )
+        .await;
+    assert_eq!(answer, (StatusCode::OK, json!({})));
+    outbox_until(&app, "the attempt while SMTP was down failed", |s| {
+        s.failed == 1
+    })
+    .await;
+    sink.resume().await;
+    // The retry is due after --mail-retry-delay (10 seconds).
+    app.clock.advance(10);
+    app.users.outbox().wake();
+    let mail = sink.next_mail(email).await;
+    let code = mail
+        .body
+        .strip_prefix("Your code is ")
+        .and_then(|rest| rest.strip_suffix(". It expires soon."))
+        .unwrap_or_else(|| panic!("unexpected body {:?}", mail.body))
+        .to_string();
+    assert_eq!(reset(&app, email, &code, "newpassword-1").await.0, 200);
+}
+
+/// A known address and an unknown one, with the SMTP server up and down: the same
+/// answer, and the same time (the medians of 30 tries each within 5 ms).
+async fn the_answer_and_its_time_do_not_tell_addresses_apart(app: TestApp, sink: SmtpSink) {
+    create(&app, "known").await;
+    let send = |email: &'static str| {
+        let app = &app;
+        async move {
+            let started = std::time::Instant::now();
+            let answer = app
+                .m3o(
+                    "SendPasswordResetEmail",
+                    json!({"email": email, "text_content": "code $code"}),
+                )
+                .await;
+            (answer, started.elapsed())
+        }
+    };
+    // (address, SMTP up): the times of its tries. Interleaved, all four in every
+    // round, so that whatever else the machine does falls on each alike.
+    let cases = [
+        ("known@example.com", true),
+        ("nobody@example.com", true),
+        ("known@example.com", false),
+        ("nobody@example.com", false),
+    ];
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); cases.len()];
+    for _ in 0..30 {
+        for (i, (email, smtp_up)) in cases.iter().enumerate() {
+            if i == 2 {
+                sink.stop().await;
+            }
+            let (answer, took) = send(email).await;
+            assert_eq!(
+                answer,
+                (StatusCode::OK, json!({})),
+                "{email}, SMTP up: {smtp_up}"
+            );
+            times[i].push(took);
+        }
+        sink.resume().await;
+    }
+    let medians: Vec<_> = cases
+        .iter()
+        .zip(times)
+        .map(|(case, mut times)| {
+            times.sort();
+            (case, times[times.len() / 2])
+        })
+        .collect();
+    let fastest = medians.iter().map(|m| m.1).min().unwrap();
+    let slowest = medians.iter().map(|m| m.1).max().unwrap();
+    assert!(
+        slowest - fastest < Duration::from_millis(5),
+        "medians (address, SMTP up, time): {medians:?}"
+    );
+}
+
+/// Two replicas, each with its sender, and messages that both could take: each is
+/// delivered once.
+async fn each_message_is_sent_once_by_one_of_several_senders(app: TestApp, sink: SmtpSink) {
+    let url = sink.url();
+    let replica = app
+        .replica(move |c| {
+            c.mail.smtp_url = Some(url);
+            c.limits.create_per_hour = 0;
+        })
+        .await;
+    let names: Vec<String> = (0..12).map(|i| format!("many{i}")).collect();
+    for name in &names {
+        create(&app, name).await;
+    }
+    // Queued while the SMTP server is down, so that both senders find all of them due
+    // at once when it is back.
+    sink.stop().await;
+    for (i, name) in names.iter().enumerate() {
+        let url = if i % 2 == 0 {
+            app.url("/v1/user/SendPasswordResetEmail")
+        } else {
+            replica.url("/v1/user/SendPasswordResetEmail")
+        };
+        let status = app
+            .client
+            .post(url)
+            .json(&json!({"email": format!("{name}@example.com"), "text_content": "code $code"}))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+    }
+    let failed = || {
+        app.users.outbox().stats().borrow().failed + replica.users.outbox().stats().borrow().failed
+    };
+    let mut app_stats = app.users.outbox().stats();
+    let mut replica_stats = replica.users.outbox().stats();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while failed() < 12 {
+        let changed = tokio::time::timeout_at(deadline, async {
+            tokio::select! {
+                _ = app_stats.changed() => {}
+                _ = replica_stats.changed() => {}
+            }
+        })
+        .await;
+        assert!(changed.is_ok(), "{} first attempts failed", failed());
+    }
+    sink.resume().await;
+    app.clock.advance(10);
+    app.users.outbox().wake();
+    replica.users.outbox().wake();
+    for name in &names {
+        sink.next_mail(&format!("{name}@example.com")).await;
+    }
+    let sent =
+        || app.users.outbox().stats().borrow().sent + replica.users.outbox().stats().borrow().sent;
+    while sent() < 12 {
+        let changed = tokio::time::timeout_at(deadline, async {
+            tokio::select! {
+                _ = app_stats.changed() => {}
+                _ = replica_stats.changed() => {}
+            }
+        })
+        .await;
+        assert!(changed.is_ok(), "{} recorded as sent", sent());
+    }
+    assert_eq!(app.count_rows("outbox WHERE state = 'sent'").await, 12);
+    assert_eq!(sink.delivered(), 12, "each message once");
+}
+
+/// The service is killed while messages are queued; once it is back (and the SMTP
+/// server too), they are delivered, each exactly once.
+async fn queued_mail_survives_a_crash_and_is_sent_once(backend: common::Backend, test: &str) {
+    use common::process::{command, http, Service};
+    let sink = SmtpSink::start().await;
+    sink.stop().await;
+    let Some(db) = common::TestDatabase::create(backend, test).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let start = || {
+        let mut cmd = command(dir.path());
+        cmd.args(["--listen", "127.0.0.1:0", "--database-url", &db.raw_url])
+            .env("USERS_SMTP_URL", sink.url())
+            .env("USERS_MAIL_RETRY_DELAY", "1")
+            .env("USERS_CREATE_PER_HOUR", "0");
+        tokio::task::block_in_place(|| Service::start(cmd))
+    };
+    let mut service = start();
+    let names = ["crash0", "crash1", "crash2"];
+    tokio::task::block_in_place(|| {
+        for name in names {
+            let account = format!(
+                r#"{{"username":"{name}","email":"{name}@example.com","password":"{PASSWORD}"}}"#
+            );
+            assert_eq!(
+                http(service.addr, "POST", "/users/Users/Create", &account).0,
+                200
+            );
+            let mail = format!(r#"{{"email":"{name}@example.com","text_content":"code $code"}}"#);
+            let (status, body) = http(
+                service.addr,
+                "POST",
+                "/v1/user/SendPasswordResetEmail",
+                &mail,
+            );
+            assert_eq!((status, body.as_str()), (200, "{}"));
+        }
+        // Each has been tried once, and waits for its retry: killed now, nothing is
+        // on its way.
+        service.wait_for_lines("mail_failed", names.len());
+        service.child.kill().expect("SIGKILL sent");
+        service.child.wait().expect("killed process reaped");
+    });
+    sink.resume().await;
+    let mut service = start();
+    // Each is recorded as sent (logged after the record), and nothing else is sent.
+    tokio::task::block_in_place(|| service.wait_for_lines("mail_sent", names.len()));
+    for name in names {
+        sink.next_mail(&format!("{name}@example.com")).await;
+    }
+    let (exit, _) = tokio::task::block_in_place(|| service.terminate());
+    assert!(exit.success());
+    assert_eq!(sink.delivered(), names.len());
+    let queued = {
+        let store = users_service::store::SqlStore::connect(
+            &db.url,
+            &users_service::store::PoolConfig::default(),
+            false,
+        )
+        .await
+        .unwrap();
+        let left = store
+            .claim_mail(i64::MAX / 2, i64::MAX / 2, 100)
+            .await
+            .unwrap();
+        store.close().await;
+        left
+    };
+    assert!(queued.is_empty(), "still queued: {}", queued.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_queued_mail_survives_a_crash_and_is_sent_once() {
+    queued_mail_survives_a_crash_and_is_sent_once(
+        common::Backend::Sqlite,
+        "sqlite::queued_mail_survives_a_crash",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_queued_mail_survives_a_crash_and_is_sent_once() {
+    queued_mail_survives_a_crash_and_is_sent_once(
+        common::Backend::Postgres,
+        "postgres::queued_mail_survives_a_crash",
+    )
+    .await;
 }
 
 async fn mails_are_limited_per_recipient(app: TestApp, sink: SmtpSink) {

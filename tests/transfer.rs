@@ -188,18 +188,33 @@ async fn export_from_sqlite_and_import_into_postgres_keeps_passwords_and_session
         .await;
     assert_eq!(status, 200);
     let token = users_service::session::SessionToken::generate();
+    let now = source.clock_now();
     let planted = source
         .store
-        .put_token(users_service::store::NewToken {
-            digest: &token.digest(),
-            user_id: &asim_id(&source).await,
-            purpose: users_service::tokens::Purpose::VerifyEmail,
-            created: source.clock_now(),
-            expires: source.clock_now() + 60,
-        })
+        .queue_mail(
+            users_service::store::EventLimit {
+                key: "planted",
+                max: 0,
+                now,
+                window: 3600,
+            },
+            Some(users_service::store::NewMail {
+                token: users_service::store::NewToken {
+                    digest: &token.digest(),
+                    user_id: &asim_id(&source).await,
+                    purpose: users_service::tokens::Purpose::VerifyEmail,
+                    created: now,
+                    expires: now + 60,
+                },
+                recipient: "asim@example.com",
+                from_name: None,
+                subject: "Verify",
+                body: "planted",
+            }),
+        )
         .await
         .unwrap();
-    assert!(planted);
+    assert_eq!(planted, users_service::store::Queued::Queued);
     let (status, body) = source
         .call("VerifyEmail", json!({"token": token.expose()}))
         .await;
@@ -234,7 +249,10 @@ async fn export_from_sqlite_and_import_into_postgres_keeps_passwords_and_session
         Some(&export),
     );
     assert!(ok, "{stderr}");
-    assert!(stderr.contains("users=3 sessions=3 skipped=0"), "{stderr}");
+    assert!(
+        stderr.contains("users=3 sessions=3 deleted_users=0 skipped=0"),
+        "{stderr}"
+    );
 
     // Importing again is refused as a whole, with a report naming every duplicate...
     let (ok, _, stderr) = run(
@@ -261,7 +279,10 @@ async fn export_from_sqlite_and_import_into_postgres_keeps_passwords_and_session
         Some(&export),
     );
     assert!(ok, "{stderr}");
-    assert!(stderr.contains("users=0 sessions=0 skipped=6"), "{stderr}");
+    assert!(
+        stderr.contains("users=0 sessions=0 deleted_users=0 skipped=6"),
+        "{stderr}"
+    );
 
     let app = TestApp::spawn_on(target, |_| {}).await;
     for name in ["asim", "bea", "chen"] {

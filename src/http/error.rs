@@ -73,9 +73,6 @@ impl MicroError {
             Error::Unavailable(cause) => {
                 tracing::warn!(method, error = %chain(cause), "database unavailable");
             }
-            Error::MailFailed(cause) => {
-                tracing::warn!(method, error = %chain(cause), "mail delivery failed");
-            }
             _ => {}
         }
         let mut micro = Self::in_service(service, method, status, err.to_string());
@@ -96,7 +93,7 @@ pub fn status_of(err: &Error) -> StatusCode {
         Error::NotFound(_) => StatusCode::NOT_FOUND,
         Error::Conflict(_) => StatusCode::CONFLICT,
         Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-        Error::Unavailable(_) | Error::MailFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

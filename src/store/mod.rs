@@ -132,6 +132,65 @@ pub struct NewToken<'a> {
     pub expires: i64,
 }
 
+/// A counter of events: the one at `now` counts under `key`, allowed up to `max` per
+/// window of `window` seconds (0: no limit, but still counted).
+#[derive(Debug, Clone, Copy)]
+pub struct EventLimit<'a> {
+    pub key: &'a str,
+    pub max: u32,
+    pub now: i64,
+    pub window: i64,
+}
+
+/// An e-mail carrying a one-time token, to queue.
+#[derive(Debug)]
+pub struct NewMail<'a> {
+    pub token: NewToken<'a>,
+    pub recipient: &'a str,
+    pub from_name: Option<&'a str>,
+    pub subject: &'a str,
+    pub body: &'a str,
+}
+
+/// What queueing an e-mail did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    /// Over the hourly limit: nothing stored. The counter, for the time to wait.
+    Limited(Counter),
+    /// The token is stored and the message queued.
+    Queued,
+    /// Counted; there was nothing to queue, or its account no longer exists.
+    Counted,
+}
+
+/// A message a sender has claimed.
+#[derive(Debug, Clone)]
+pub struct ClaimedMail {
+    pub id: i64,
+    pub user_id: String,
+    pub kind: String,
+    pub recipient: String,
+    pub from_name: Option<String>,
+    pub subject: String,
+    pub body: String,
+    /// Attempts so far, this one included.
+    pub attempts: i64,
+    /// The claim's lease, which identifies it.
+    pub lease_until: i64,
+}
+
+/// How an attempt to send a message ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MailOutcome {
+    /// The SMTP server took it: it is sent, and its body is erased.
+    Sent,
+    /// It failed; it is tried again at `next_attempt`.
+    Retry { next_attempt: i64 },
+    /// It failed for the last time: it is given up, its body erased and its token
+    /// withdrawn (no one will receive it).
+    GiveUp,
+}
+
 /// What using a one-time token does, in the same transaction that consumes it.
 #[derive(Debug, Clone, Copy)]
 pub enum Redemption<'a> {
@@ -167,6 +226,14 @@ pub struct Counter {
     pub blocked_until: i64,
     /// How many times the key was locked out before.
     pub strikes: i64,
+}
+
+impl Counter {
+    /// Whether an hourly counter that has just counted an event is within `max` (0: no
+    /// limit).
+    pub fn within(&self, max: u32) -> bool {
+        max == 0 || self.count <= i64::from(max)
+    }
 }
 
 /// At most `max` attempts per window under `key`.
@@ -290,12 +357,38 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes every session of the user; returns how many.
     async fn delete_sessions(&self, user_id: &str) -> Result<u64, StoreError>;
 
-    /// Stores a one-time token, replacing the user's previous one of the same purpose.
-    /// False when the user does not exist (any more).
-    async fn put_token(&self, token: NewToken<'_>) -> Result<bool, StoreError>;
+    /// Counts one e-mail against its hourly `limit` and, when the count is within it,
+    /// stores `mail`'s token (replacing the user's previous one of the same purpose,
+    /// whose queued message goes with it) and queues the message, all in one
+    /// transaction. With no `mail` (an address without an account), only counts.
+    async fn queue_mail(
+        &self,
+        limit: EventLimit<'_>,
+        mail: Option<NewMail<'_>>,
+    ) -> Result<Queued, StoreError>;
 
-    /// Deletes a one-time token (one whose e-mail could not be sent).
-    async fn delete_token(&self, digest: &TokenDigest) -> Result<(), StoreError>;
+    /// Claims up to `limit` queued messages due at `now`, whose token (if any) is still
+    /// live, for one sender until `lease_until`: no other sender takes them meanwhile
+    /// (on PostgreSQL, concurrent claims skip each other's rows). Each claim counts as
+    /// an attempt.
+    async fn claim_mail(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Vec<ClaimedMail>, StoreError>;
+
+    /// Records how the attempt at a claimed message ended, if the message is still
+    /// queued under that claim.
+    async fn mail_attempted(
+        &self,
+        mail: &ClaimedMail,
+        outcome: MailOutcome,
+    ) -> Result<(), StoreError>;
+
+    /// Deletes up to `batch` sent or given-up messages created at or before `before`;
+    /// returns how many.
+    async fn delete_old_mail(&self, before: i64, batch: u32) -> Result<u64, StoreError>;
 
     /// Checks `digest` against the user's live password reset code without using it
     /// up. A wrong code counts against the live code, which is void once

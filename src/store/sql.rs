@@ -22,9 +22,10 @@ use std::collections::HashSet;
 
 use super::inline::InlineReader;
 use super::{
-    AttemptLimit, CodeCheck, Counter, Credentials, DatabaseUrl, DeletedUser, HashChange, Imported,
-    Importer, Lookup, NewSession, NewToken, NewUser, Outage, Redeemed, Redemption, Reservation,
-    SessionRecord, Store, StoreError, StoredSession,
+    AttemptLimit, ClaimedMail, CodeCheck, Counter, Credentials, DatabaseUrl, DeletedUser,
+    EventLimit, HashChange, Imported, Importer, Lookup, MailOutcome, NewMail, NewSession, NewUser,
+    Outage, Queued, Redeemed, Redemption, Reservation, SessionRecord, Store, StoreError,
+    StoredSession,
 };
 use crate::domain::{AccountChanges, Page, Profile, User, UserId, UserQuery};
 use crate::error::Unique;
@@ -204,18 +205,21 @@ const SELECT_COUNTER: &str = concat!(
 /// Adds one event to the counter `$1` at `$2`, starting a new window when the current
 /// one (of `$3` seconds) is over. One statement, so concurrent events on several
 /// replicas never lose a count.
-const COUNT_EVENT: &str = concat!(
-    "INSERT INTO rate_limits (key, count, window_start, blocked_until, strikes, updated) \
-     VALUES ($1, 1, $2, 0, 0, $2) \
-     ON CONFLICT (key) DO UPDATE SET \
-     count = CASE WHEN rate_limits.window_start <= $2 - $3 THEN 1 \
-                  ELSE rate_limits.count + 1 END, \
-     window_start = CASE WHEN rate_limits.window_start <= $2 - $3 THEN $2 \
-                         ELSE rate_limits.window_start END, \
-     updated = $2 \
-     RETURNING ",
-    counter_columns!()
-);
+macro_rules! add_event {
+    () => {
+        "INSERT INTO rate_limits (key, count, window_start, blocked_until, strikes, updated) \
+         VALUES ($1, 1, $2, 0, 0, $2) \
+         ON CONFLICT (key) DO UPDATE SET \
+         count = CASE WHEN rate_limits.window_start <= $2 - $3 THEN 1 \
+                      ELSE rate_limits.count + 1 END, \
+         window_start = CASE WHEN rate_limits.window_start <= $2 - $3 THEN $2 \
+                             ELSE rate_limits.window_start END, \
+         updated = $2"
+    };
+}
+
+/// [`add_event!`], answering the counter.
+const COUNT_EVENT: &str = concat!(add_event!(), " RETURNING ", counter_columns!());
 
 fn counter((count, window_start, blocked_until, strikes): CounterRow) -> Counter {
     Counter {
@@ -820,38 +824,235 @@ impl Store for SqlStore {
         .map_err(classify)
     }
 
-    async fn put_token(&self, token: NewToken<'_>) -> Result<bool, StoreError> {
-        // INSERT ... SELECT from the user's row: nothing is written for a user deleted
-        // meanwhile. The WHERE clause also tells SQLite's parser that ON CONFLICT is the
-        // upsert's and not part of the SELECT.
-        const SQL: &str = "INSERT INTO tokens (token_hash, user_id, purpose, created, expires) \
-                           SELECT $1, id, $3, $4, $5 FROM users WHERE id = $2 \
-                           ON CONFLICT (user_id, purpose) DO UPDATE SET \
-                           token_hash = excluded.token_hash, created = excluded.created, \
-                           expires = excluded.expires, attempts = 0";
+    async fn queue_mail(
+        &self,
+        limit: EventLimit<'_>,
+        mail: Option<NewMail<'_>>,
+    ) -> Result<Queued, StoreError> {
+        // The user's previous token of this purpose goes first (its queued message with
+        // it). The token is written from the user's row, so nothing is written for a
+        // user deleted meanwhile; the WHERE clause also tells SQLite's parser that ON
+        // CONFLICT is the insert's. A conflict means a concurrent request for the same
+        // user and purpose stored its token first: that one is sent.
+        const REPLACE: &str = "DELETE FROM tokens WHERE user_id = $1 AND purpose = $2";
+        const TOKEN: &str = "INSERT INTO tokens (token_hash, user_id, purpose, created, expires) \
+                             SELECT $1, id, $3, $4, $5 FROM users WHERE id = $2 \
+                             ON CONFLICT DO NOTHING";
+        const MESSAGE: &str = "INSERT INTO outbox (token_hash, user_id, kind, recipient, \
+                               from_name, subject, body, state, attempts, next_attempt, \
+                               lease_until, created) \
+                               VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', 0, $8, 0, $8)";
+        on_writer!(self, pool => async {
+            let mut conn = pool.acquire().await?;
+            let mut tx = conn.begin().await?;
+            sqlx::query(add_event!())
+                .bind(limit.key)
+                .bind(limit.now)
+                .bind(limit.window)
+                .execute(&mut *tx)
+                .await?;
+            let counted: CounterRow = sqlx::query_as(SELECT_COUNTER)
+                .bind(limit.key)
+                .fetch_one(&mut *tx)
+                .await?;
+            let counted = counter(counted);
+            let outcome = match mail {
+                _ if !counted.within(limit.max) => Queued::Limited(counted),
+                None => Queued::Counted,
+                Some(mail) => {
+                    let token = &mail.token;
+                    sqlx::query(REPLACE)
+                        .bind(token.user_id)
+                        .bind(token.purpose.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                    let stored = sqlx::query(TOKEN)
+                        .bind(token.digest.as_str())
+                        .bind(token.user_id)
+                        .bind(token.purpose.as_str())
+                        .bind(token.created)
+                        .bind(token.expires)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected()
+                        == 1;
+                    if stored {
+                        sqlx::query(MESSAGE)
+                            .bind(token.digest.as_str())
+                            .bind(token.user_id)
+                            .bind(token.purpose.as_str())
+                            .bind(mail.recipient)
+                            .bind(mail.from_name)
+                            .bind(mail.subject)
+                            .bind(mail.body)
+                            .bind(limit.now)
+                            .execute(&mut *tx)
+                            .await?;
+                        Queued::Queued
+                    } else {
+                        Queued::Counted
+                    }
+                }
+            };
+            commit!(tx, conn);
+            Ok::<_, sqlx::Error>(outcome)
+        }
+        .await)
+        .map_err(classify)
+    }
+
+    async fn claim_mail(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Vec<ClaimedMail>, StoreError> {
+        macro_rules! claim {
+            ($lock:literal) => {
+                concat!(
+                    "UPDATE outbox SET attempts = attempts + 1, lease_until = $2 \
+                     WHERE lease_until <= $1 AND id IN (SELECT id FROM outbox \
+                     WHERE state = 'queued' AND next_attempt <= $1 AND lease_until <= $1 \
+                     AND (token_hash IS NULL OR EXISTS (SELECT 1 FROM tokens t \
+                     WHERE t.token_hash = outbox.token_hash AND t.expires > $1)) \
+                     ORDER BY next_attempt, id LIMIT $3",
+                    $lock,
+                    ") RETURNING id, user_id, kind, recipient, from_name, subject, body, \
+                     attempts, lease_until"
+                )
+            };
+        }
+        // SQLite runs one writer at a time, so its claims never overlap; PostgreSQL's
+        // concurrent claims skip the rows another has locked.
+        let sql = match self.backend {
+            Backend::Sqlite { .. } => claim!(""),
+            Backend::Postgres(_) => claim!(" FOR UPDATE SKIP LOCKED"),
+        };
+        type Row = (
+            i64,
+            String,
+            String,
+            String,
+            Option<String>,
+            String,
+            String,
+            i64,
+            i64,
+        );
         on_writer!(self, pool => {
-            sqlx::query(SQL)
-                .bind(token.digest.as_str())
-                .bind(token.user_id)
-                .bind(token.purpose.as_str())
-                .bind(token.created)
-                .bind(token.expires)
-                .execute(pool)
+            sqlx::query_as::<_, Row>(sql)
+                .bind(now)
+                .bind(lease_until)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
                 .await
-                .map(|done| done.rows_affected() == 1)
+        })
+        .map(|rows| {
+            rows.into_iter()
+                .map(
+                    |(
+                        id,
+                        user_id,
+                        kind,
+                        recipient,
+                        from_name,
+                        subject,
+                        body,
+                        attempts,
+                        lease_until,
+                    )| {
+                        ClaimedMail {
+                            id,
+                            user_id,
+                            kind,
+                            recipient,
+                            from_name,
+                            subject,
+                            body,
+                            attempts,
+                            lease_until,
+                        }
+                    },
+                )
+                .collect()
         })
         .map_err(classify)
     }
 
-    async fn delete_token(&self, digest: &TokenDigest) -> Result<(), StoreError> {
-        on_writer!(self, pool => {
-            sqlx::query("DELETE FROM tokens WHERE token_hash = $1")
-                .bind(digest.as_str())
-                .execute(pool)
-                .await
-                .map(drop)
-        })
+    async fn mail_attempted(
+        &self,
+        mail: &ClaimedMail,
+        outcome: MailOutcome,
+    ) -> Result<(), StoreError> {
+        // Only under the claim it was sent under: a message that went with its token
+        // meanwhile, or whose lease ran out and another sender took, is left alone.
+        macro_rules! claimed {
+            ($set:literal) => {
+                concat!(
+                    "UPDATE outbox SET ",
+                    $set,
+                    ", lease_until = 0 WHERE id = $1 AND state = 'queued' AND lease_until = $2"
+                )
+            };
+        }
+        on_writer!(self, pool => async {
+            match outcome {
+                MailOutcome::Sent => {
+                    sqlx::query(claimed!("state = 'sent', body = ''"))
+                        .bind(mail.id)
+                        .bind(mail.lease_until)
+                        .execute(pool)
+                        .await?;
+                }
+                MailOutcome::Retry { next_attempt } => {
+                    sqlx::query(claimed!("next_attempt = $3"))
+                        .bind(mail.id)
+                        .bind(mail.lease_until)
+                        .bind(next_attempt)
+                        .execute(pool)
+                        .await?;
+                }
+                MailOutcome::GiveUp => {
+                    // The message is kept (without its body or token) as a record that
+                    // it was given up; the token no one will receive is withdrawn.
+                    let mut conn = pool.acquire().await?;
+                    let mut tx = conn.begin().await?;
+                    let token: Option<(Option<String>,)> = sqlx::query_as(
+                        "SELECT token_hash FROM outbox \
+                         WHERE id = $1 AND state = 'queued' AND lease_until = $2",
+                    )
+                    .bind(mail.id)
+                    .bind(mail.lease_until)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    sqlx::query(claimed!("state = 'dead', body = '', token_hash = NULL"))
+                        .bind(mail.id)
+                        .bind(mail.lease_until)
+                        .execute(&mut *tx)
+                        .await?;
+                    if let Some((Some(token),)) = token {
+                        sqlx::query("DELETE FROM tokens WHERE token_hash = $1")
+                            .bind(token)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    commit!(tx, conn);
+                }
+            }
+            Ok::<_, sqlx::Error>(())
+        }
+        .await)
         .map_err(classify)
+    }
+
+    async fn delete_old_mail(&self, before: i64, batch: u32) -> Result<u64, StoreError> {
+        self.delete_expired(
+            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
+             WHERE state <> 'queued' AND created <= $1 LIMIT $2)",
+            before,
+            batch,
+        )
+        .await
     }
 
     async fn check_reset_code(

@@ -63,6 +63,22 @@ impl Service {
         }
     }
 
+    /// Waits (at most [`DEADLINE`]) until the process has logged `count` lines
+    /// containing `needle` since it started.
+    pub fn wait_for_lines(&mut self, needle: &str, count: usize) {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while self.seen.iter().filter(|l| l.contains(needle)).count() < count {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!(
+                    "{count} lines with {needle:?} did not come; stderr so far: {:#?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+
     /// Sends SIGTERM and returns everything the process logged, once it has exited.
     pub fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
         signal_term(&self.child);

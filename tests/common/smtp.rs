@@ -79,7 +79,10 @@ struct Shared {
 pub struct SmtpSink {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    task: JoinHandle<()>,
+    /// Kept bound while the server is stopped, so no one else takes its port.
+    listener: Arc<TcpListener>,
+    /// The server's accept loop: serving, or refusing while stopped.
+    task: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl SmtpSink {
@@ -103,8 +106,44 @@ impl SmtpSink {
             delivered: watch::Sender::new(0),
             reject,
         });
-        let task = tokio::spawn(accept_loop(listener, shared.clone()));
-        SmtpSink { addr, shared, task }
+        let listener = Arc::new(listener);
+        let task = tokio::spawn(accept_loop(listener.clone(), shared.clone()));
+        SmtpSink {
+            addr,
+            shared,
+            listener,
+            task: Mutex::new(Some(task)),
+        }
+    }
+
+    /// Takes the server down, as a relay that is out of service: its connections are
+    /// closed, and every new one is answered `421` (service not available) and closed,
+    /// until [`SmtpSink::resume`].
+    pub async fn stop(&self) {
+        self.replace_loop(tokio::spawn(refuse_loop(self.listener.clone())))
+            .await;
+    }
+
+    /// Brings the server back, with the messages it kept.
+    pub async fn resume(&self) {
+        self.replace_loop(tokio::spawn(accept_loop(
+            self.listener.clone(),
+            self.shared.clone(),
+        )))
+        .await;
+    }
+
+    async fn replace_loop(&self, next: JoinHandle<()>) {
+        let previous = self
+            .task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(next);
+        if let Some(previous) = previous {
+            previous.abort();
+            // Once the task is gone, so are its connections.
+            let _ = previous.await;
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -170,11 +209,26 @@ impl Drop for SmtpSink {
     fn drop(&mut self) {
         // The connection tasks live in a JoinSet owned by this task, so aborting it
         // ends them too.
-        self.task.abort();
+        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+/// Answers every connection `421` and closes it: a relay that is out of service.
+async fn refuse_loop(listener: Arc<TcpListener>) {
+    loop {
+        if let Ok((mut stream, _)) = listener.accept().await {
+            let _ = timeout(
+                WRITE_TIMEOUT,
+                stream.write_all(b"421 4.3.2 localhost service not available\r\n"),
+            )
+            .await;
+        }
+    }
+}
+
+async fn accept_loop(listener: Arc<TcpListener>, shared: Arc<Shared>) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
