@@ -26,6 +26,12 @@ fn help_lists_every_flag_with_its_environment_variable() {
         ("--redirect-allowlist", "USERS_REDIRECT_ALLOWLIST"),
         ("--magic-link-ttl", "USERS_MAGIC_LINK_TTL"),
         ("--mails-per-hour", "USERS_MAILS_PER_HOUR"),
+        ("--mail-max-attempts", "USERS_MAIL_MAX_ATTEMPTS"),
+        ("--mail-retry-delay", "USERS_MAIL_RETRY_DELAY"),
+        ("--allowed-hosts", "USERS_ALLOWED_HOSTS"),
+        ("--max-connections-per-ip", "USERS_MAX_CONNECTIONS_PER_IP"),
+        ("--new-connection-timeout", "USERS_NEW_CONNECTION_TIMEOUT"),
+        ("--keep-alive-timeout", "USERS_KEEP_ALIVE_TIMEOUT"),
     ] {
         assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
         assert!(
