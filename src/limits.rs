@@ -296,14 +296,18 @@ impl Attempt {
         let Some(reserved) = self.reserved.take() else {
             return Ok(());
         };
-        if let Some(subject) = &reserved.subject {
-            self.store.forget_counters(&[subject.as_str()]).await?;
+        if reserved.subject.is_none() && reserved.client.is_none() {
+            return Ok(());
         }
-        if let Some((client, window_start)) = &reserved.client {
-            self.store
-                .give_back_attempt(client.as_str(), *window_start)
-                .await?;
-        }
+        self.store
+            .attempt_succeeded(
+                reserved.subject.as_ref().map(LimitKey::as_str),
+                reserved
+                    .client
+                    .as_ref()
+                    .map(|(key, window_start)| (key.as_str(), *window_start)),
+            )
+            .await?;
         Ok(())
     }
 }

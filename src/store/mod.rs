@@ -435,9 +435,14 @@ pub trait Store: Send + Sync + 'static {
     async fn lock(&self, key: &str, now: i64, until: i64, strikes: i64)
         -> Result<bool, StoreError>;
 
-    /// Takes one attempt off `key`'s count, if its window still starts at
-    /// `window_start` (the attempt was counted in it).
-    async fn give_back_attempt(&self, key: &str, window_start: i64) -> Result<(), StoreError>;
+    /// A reserved attempt succeeded, in one transaction: forgets the counter of
+    /// `forget` (if any), and takes the attempt off the count of `give_back`'s key (if
+    /// any), if its window still starts at the given time (it was counted in it).
+    async fn attempt_succeeded(
+        &self,
+        forget: Option<&str>,
+        give_back: Option<(&str, i64)>,
+    ) -> Result<(), StoreError>;
 
     /// Forgets the counters of `keys` (their counts, lockouts and strikes).
     async fn forget_counters(&self, keys: &[&str]) -> Result<(), StoreError>;

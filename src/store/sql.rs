@@ -1288,12 +1288,31 @@ impl Store for SqlStore {
         .map_err(classify)
     }
 
-    async fn give_back_attempt(&self, key: &str, window_start: i64) -> Result<(), StoreError> {
-        const SQL: &str = "UPDATE rate_limits SET count = count - 1 \
-                           WHERE key = $1 AND window_start = $2 AND count > 0";
-        on_writer!(self, pool => {
-            sqlx::query(SQL).bind(key).bind(window_start).execute(pool).await.map(drop)
-        })
+    async fn attempt_succeeded(
+        &self,
+        forget: Option<&str>,
+        give_back: Option<(&str, i64)>,
+    ) -> Result<(), StoreError> {
+        const FORGET: &str = "DELETE FROM rate_limits WHERE key = $1";
+        const GIVE_BACK: &str = "UPDATE rate_limits SET count = count - 1 \
+                                 WHERE key = $1 AND window_start = $2 AND count > 0";
+        on_writer!(self, pool => async {
+            let mut conn = pool.acquire().await?;
+            let mut tx = conn.begin().await?;
+            if let Some(key) = forget {
+                sqlx::query(FORGET).bind(key).execute(&mut *tx).await?;
+            }
+            if let Some((key, window_start)) = give_back {
+                sqlx::query(GIVE_BACK)
+                    .bind(key)
+                    .bind(window_start)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            commit!(tx, conn);
+            Ok::<_, sqlx::Error>(())
+        }
+        .await)
         .map_err(classify)
     }
 
