@@ -243,6 +243,24 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     }
 }
 
+impl<S> Watched<S> {
+    /// A write that has to wait: a client that does not read its answer holds the
+    /// connection as much as one that sends nothing, so the same deadlines apply.
+    fn write_polled<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_pending() {
+            self.observe();
+            if let Some(err) = self.expired(cx) {
+                return Poll::Ready(Err(err));
+            }
+        }
+        polled
+    }
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -250,18 +268,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_write(cx, buf) {
-            // A client that does not read its answer holds the connection as much as
-            // one that sends nothing.
-            Poll::Pending => {
-                this.observe();
-                match this.expired(cx) {
-                    Some(err) => Poll::Ready(Err(err)),
-                    None => Poll::Pending,
-                }
-            }
-            ready => ready,
-        }
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.write_polled(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -270,16 +278,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
-            Poll::Pending => {
-                this.observe();
-                match this.expired(cx) {
-                    Some(err) => Poll::Ready(Err(err)),
-                    None => Poll::Pending,
-                }
-            }
-            ready => ready,
-        }
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.write_polled(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {

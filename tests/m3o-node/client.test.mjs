@@ -16,7 +16,7 @@
 
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { UserService } from 'm3o/user/index.js';
 
 const rawBaseUrl = process.env.USERS_BASE_URL;
@@ -175,9 +175,11 @@ test('Create answers the new account', async () => {
 });
 
 test('Create with a chosen id and no profile, without the admin key', async () => {
-  // Sign-up is public by default: an app's own users create their accounts.
+  // Sign-up is public by default: an app's own users create their accounts. Without
+  // the key, a chosen id must be a UUID (as the ids the service makes are)...
   const identity = freshIdentity();
-  const id = `m3o-id-${run}`;
+  await expectError(anonymous.create({ id: `m3o-id-${run}`, ...identity }), 'Create', 400);
+  const id = randomUUID();
   const { account } = await anonymous.create({ id, ...identity });
   assertAccountShape(account);
   assert.equal(account.id, id);
@@ -189,6 +191,11 @@ test('Create with a chosen id and no profile, without the admin key', async () =
   // The key holder sees the same account.
   const read = await admin.read({ id });
   assert.deepEqual(read, { account });
+  // ...while the key holder may choose any id the rules allow.
+  const other = freshIdentity();
+  const chosen = `m3o-id-${run}`;
+  const created = await admin.create({ id: chosen, ...other });
+  assert.equal(created.account.id, chosen);
 });
 
 test('Read by id, by username and by email', async () => {
