@@ -127,8 +127,9 @@ pub struct Limiter {
 struct Reserved {
     /// The identifier, whose count starts over when the check succeeds.
     subject: Option<LimitKey>,
-    /// The client's address, which gets this one attempt back when it succeeds, if its
-    /// window is still the one that started at `client_window`.
+    /// The client's address and the start of the window the attempt was counted in:
+    /// the address gets this one attempt back when it succeeds, if that window is
+    /// still its current one.
     client: Option<(LimitKey, i64)>,
 }
 
