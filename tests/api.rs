@@ -1,4 +1,5 @@
 //! Black-box tests of every RPC method over real HTTP, on SQLite and on PostgreSQL.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed run
 
 mod common;
 

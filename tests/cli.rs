@@ -1,4 +1,5 @@
 //! The binary as an operator runs it: flags, start-up errors, defaults, logs, signals.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed run
 
 mod common;
 

@@ -6,6 +6,7 @@
 //! The disk tests mount a small tmpfs, which needs root; without that permission they
 //! say they were skipped, unless `USERS_REQUIRE_PRIVILEGED_TESTS` is set, in which case
 //! they fail.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed run
 
 mod common;
 

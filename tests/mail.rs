@@ -2,6 +2,7 @@
 //! to a server on loopback (tests/common/smtp.rs), and each test reads the delivered
 //! message to finish the flow as a user would: verify by link, reset by code, sign in by
 //! magic link. Reuse, expiry, replacement, races, failed delivery and the limits too.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed run
 
 mod common;
 

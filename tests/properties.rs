@@ -1,6 +1,7 @@
 //! Property tests of request decoding and validation: whatever bytes or text a client
 //! sends, decoding and the domain parsers answer with a value or a 400-class error,
 //! never a panic, and every value they accept keeps the documented invariants.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed run
 
 use proptest::collection::vec;
 use proptest::prelude::*;

@@ -1,6 +1,7 @@
 //! Several stateless replicas on one PostgreSQL database, and a database outage.
 //! These tests need PostgreSQL (`TEST_DATABASE_URL`); without it they say they were
 //! skipped.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed run
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Abuse resistance: the admin key, brute-force and sign-up limits, the password policy,
 //! rehashing, normalisation and hostile input. Each test names the rule it holds.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed run
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The test SMTP server (`common::smtp`) against the real `lettre` client the service
 //! uses, so the e-mail tests can trust what the sink reports.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed run
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Wire compatibility with the clients of the Micro `users` service: field spellings,
 //! content types, empty bodies, the error shape, the routes and CORS.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed run
 
 mod common;
 
