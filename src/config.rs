@@ -9,12 +9,12 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, Parser, Subcommand};
 use ipnet::IpNet;
 
-use crate::limits::LimitConfig;
-use crate::mail::Mailer;
-use crate::outbox::OutboxConfig;
-use crate::password::{HashParams, OWASP_MIN_M_KIB, OWASP_MIN_P, OWASP_MIN_T};
-use crate::policy::PasswordPolicy;
-use crate::service::{LinkSettings, Settings};
+use crate::core::limits::LimitConfig;
+use crate::core::mail::Mailer;
+use crate::core::outbox::OutboxConfig;
+use crate::core::password::{HashParams, OWASP_MIN_M_KIB, OWASP_MIN_P, OWASP_MIN_T};
+use crate::core::policy::PasswordPolicy;
+use crate::core::users::{LinkSettings, Settings};
 use crate::store::{DatabaseUrl, PoolConfig};
 use secrecy::SecretString;
 

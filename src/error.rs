@@ -5,8 +5,6 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use crate::store::{Outage, StoreError};
-
 /// A unique attribute of an account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unique {
@@ -47,8 +45,12 @@ pub enum Error {
     #[error("too many attempts; retry in {retry_after} seconds")]
     TooManyRequests { retry_after: i64 },
     /// The database cannot serve the request now; it changed nothing and can be retried.
-    #[error("{}", outage_detail(.0))]
-    Unavailable(#[source] StoreError),
+    #[error("{}", outage_detail(*.outage))]
+    Unavailable {
+        outage: Outage,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A fault of ours. The detail a client sees is generic; the source goes to the log.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -71,29 +73,46 @@ impl Error {
     }
 }
 
-fn outage_detail(err: &StoreError) -> &'static str {
-    match err {
-        StoreError::Unavailable(Outage::Busy, _) => "the database is busy; retry shortly",
-        StoreError::Unavailable(Outage::ReadOnly, _) => {
-            "the database is read-only: changes cannot be saved now (reads still work)"
-        }
-        StoreError::Unavailable(Outage::DiskFull, _) => {
-            "the database is out of disk space: changes cannot be saved now (reads still work)"
-        }
-        StoreError::Unavailable(Outage::Storage, _) => {
-            "the database could not write to its storage: changes cannot be saved now"
-        }
-        _ => "the database is unavailable; retry shortly",
+/// Why the database cannot serve a request right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outage {
+    /// It does not answer (down, unreachable, or every connection is busy for too long).
+    Unreachable,
+    /// It is locked by other writers or had to abort a conflicting transaction.
+    Busy,
+    /// It refuses writes: a read-only file or file system, or a standby server.
+    ReadOnly,
+    /// Its disk is full.
+    DiskFull,
+    /// Writing its files failed.
+    Storage,
+}
+
+impl fmt::Display for Outage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Unreachable => "unreachable",
+            Self::Busy => "busy",
+            Self::ReadOnly => "read-only",
+            Self::DiskFull => "disk full",
+            Self::Storage => "storage error",
+        })
     }
 }
 
-impl From<StoreError> for Error {
-    fn from(err: StoreError) -> Self {
-        match err {
-            StoreError::Conflict(field) => Self::Conflict(field),
-            StoreError::Unavailable(..) => Self::Unavailable(err),
-            StoreError::Other(cause) => Self::Internal(Box::new(cause)),
+fn outage_detail(outage: Outage) -> &'static str {
+    match outage {
+        Outage::Busy => "the database is busy; retry shortly",
+        Outage::ReadOnly => {
+            "the database is read-only: changes cannot be saved now (reads still work)"
         }
+        Outage::DiskFull => {
+            "the database is out of disk space: changes cannot be saved now (reads still work)"
+        }
+        Outage::Storage => {
+            "the database could not write to its storage: changes cannot be saved now"
+        }
+        Outage::Unreachable => "the database is unavailable; retry shortly",
     }
 }
 

@@ -1,35 +1,28 @@
 //! `users-service`: user accounts and password sign-in over HTTP, wire-compatible with
-//! the Micro `users` service (`POST /users/Users/<Method>`).
+//! the Micro `users` service (`POST /users/Users/<Method>`) and M3O's User API
+//! (`POST /v1/user/<Method>`).
 //!
-//! The crate is layered so that each rule lives in one place:
+//! The layers, each depending only on the ones listed before it:
 //!
-//! * [`domain`]: validated newtypes (parse, don't validate) and the records the core returns.
-//! * [`service`]: the one core, [`service::Users`], that every wire surface calls.
-//! * [`store`]: the [`store::Store`] trait and its SQL implementation for SQLite and PostgreSQL.
-//! * [`password`] and [`session`]: argon2id hashing off the async runtime, session tokens.
-//! * [`tokens`], [`mail`] and [`outbox`]: the one-time tokens of e-mailed links and
-//!   codes, sending those e-mails over SMTP, and the sender that delivers queued ones.
-//! * [`policy`] and [`limits`]: the password policy, brute-force and sign-up limits.
-//! * [`http`]: the router, the two wire surfaces (Micro `users` and M3O's User API) and
-//!   their error shape.
-//! * [`transfer`]: export and import of users and sessions between stores.
-//! * [`config`] and [`server`]: command-line configuration and the running process.
+//! * [`error`]: the outcomes a client can act on, one kind each.
+//! * [`domain`]: validated types (parse, don't validate), the records the core returns,
+//!   and the secrets it hands out (session and e-mail tokens, reset codes).
+//! * [`store`]: persistence, as traits by concern (accounts, sessions, one-time tokens
+//!   and the e-mail outbox, counters, transfer), implemented once in SQL for SQLite and
+//!   PostgreSQL.
+//! * [`core`]: every rule of the service behind one type, [`core::users::Users`], with
+//!   the password policy, the limits, hashing, e-mail and its sender, export and import.
+//! * [`http`]: the router, the guard in front of it, the two wire surfaces and their
+//!   error shape, all calling the same core.
+//! * [`config`] and [`server`]: the command line and the running process, which put the
+//!   layers together.
 
-pub mod clock;
 pub mod config;
+pub mod core;
 pub mod domain;
 pub mod error;
 pub mod http;
-pub mod limits;
-pub mod mail;
-pub mod outbox;
-pub mod password;
-pub mod policy;
 pub mod server;
-pub mod service;
-pub mod session;
 pub mod store;
-pub mod tokens;
-pub mod transfer;
 
 pub use error::Error;

@@ -6,13 +6,13 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use users_service::clock::{Clock, SystemClock};
 use users_service::config::{Cli, Command};
+use users_service::core::clock::{Clock, SystemClock};
+use users_service::core::transfer;
 use users_service::error::chain;
 use users_service::server::{
     connect_store, open_existing_store, open_store, shutdown_signal, Server, StartError,
 };
-use users_service::transfer;
 
 /// The service allocates and frees many small buffers on every request, across its
 /// runtime threads; mimalloc does that with less work and no lock contention between

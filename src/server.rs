@@ -16,15 +16,15 @@ use sqlx::migrate::MigrateError;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
-use crate::clock::{Clock, SystemClock};
 use crate::config::{AccessConfig, DatabaseConfig, ServeConfig};
+use crate::core::clock::{Clock, SystemClock};
+use crate::core::outbox::Outbox;
+use crate::core::password::PasswordHasher;
+use crate::core::users::Users;
 use crate::http::access::AccessPolicy;
 use crate::http::connection::{Activity, ConnectionLimits, Full, Timeouts, Watched};
 use crate::http::guard::{Guard, GuardConfig};
 use crate::http::{App, AppState};
-use crate::outbox::Outbox;
-use crate::password::PasswordHasher;
-use crate::service::Users;
 use crate::store::{DatabaseUrl, SchemaError, SqlStore, StoreError};
 
 /// How often expired sessions are deleted.

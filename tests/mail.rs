@@ -13,7 +13,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use users_service::config::ServeConfig;
-use users_service::outbox::OutboxStats;
+use users_service::core::outbox::OutboxStats;
 use users_service::store::Store;
 
 /// Starts an SMTP sink and the service configured to send through it.

@@ -188,7 +188,7 @@ async fn export_from_sqlite_and_import_into_postgres_keeps_passwords_and_session
         )
         .await;
     assert_eq!(status, 200);
-    let token = users_service::session::SessionToken::generate();
+    let token = users_service::domain::SecretToken::generate();
     let now = source.clock_now();
     let planted = source
         .store
@@ -203,7 +203,7 @@ async fn export_from_sqlite_and_import_into_postgres_keeps_passwords_and_session
                 token: users_service::store::NewToken {
                     digest: &token.digest(),
                     user_id: &asim_id(&source).await,
-                    purpose: users_service::tokens::Purpose::VerifyEmail,
+                    purpose: users_service::domain::Purpose::VerifyEmail,
                     created: now,
                     expires: now + 60,
                 },
@@ -327,7 +327,7 @@ async fn import_refuses_bad_input_and_writes_nothing(app: TestApp) {
         user("ok-5", "FINE", "fine2@example.com", hash),
     ];
     let input = lines.join("\n");
-    let err = users_service::transfer::import(
+    let err = users_service::core::transfer::import(
         app.users_store().as_ref(),
         app.clock_now(),
         input.as_bytes(),
@@ -353,7 +353,7 @@ async fn import_refuses_bad_input_and_writes_nothing(app: TestApp) {
     assert_error(&answer, "Read", 404, "user not found");
 
     let no_header = user("ok-1", "fine", "fine@example.com", hash);
-    let err = users_service::transfer::import(
+    let err = users_service::core::transfer::import(
         app.users_store().as_ref(),
         app.clock_now(),
         no_header.as_bytes(),
@@ -373,17 +373,21 @@ async fn import_skips_expired_sessions(app: TestApp) {
     let live = app.login("asim", PASSWORD).await;
     app.clock.advance(604_800 - 1);
     let mut export = Vec::new();
-    users_service::transfer::export(app.users_store().as_ref(), app.clock_now(), &mut export)
+    users_service::core::transfer::export(app.users_store().as_ref(), app.clock_now(), &mut export)
         .await
         .unwrap();
     let later = app.clock_now() + 1;
     let target = TestApp::spawn(Backend::Sqlite, "transfer::expired_target")
         .await
         .unwrap();
-    let summary =
-        users_service::transfer::import(target.users_store().as_ref(), later, &export[..], false)
-            .await
-            .unwrap();
+    let summary = users_service::core::transfer::import(
+        target.users_store().as_ref(),
+        later,
+        &export[..],
+        false,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         (summary.users, summary.sessions, summary.skipped),
         (1, 0, 1)
@@ -409,10 +413,13 @@ async fn deleted_ids_move_with_the_users(app: TestApp) {
     let (status, _) = app.call("Delete", json!({"id": id})).await;
     assert_eq!(status, 200);
     let mut export = Vec::new();
-    let summary =
-        users_service::transfer::export(app.users_store().as_ref(), app.clock_now(), &mut export)
-            .await
-            .unwrap();
+    let summary = users_service::core::transfer::export(
+        app.users_store().as_ref(),
+        app.clock_now(),
+        &mut export,
+    )
+    .await
+    .unwrap();
     assert_eq!((summary.users, summary.deleted_users), (1, 1));
     let text = String::from_utf8(export.clone()).unwrap();
     assert!(
@@ -425,7 +432,7 @@ async fn deleted_ids_move_with_the_users(app: TestApp) {
     let target = TestApp::spawn(Backend::Sqlite, "transfer::deleted_target")
         .await
         .unwrap();
-    let summary = users_service::transfer::import(
+    let summary = users_service::core::transfer::import(
         target.users_store().as_ref(),
         target.clock_now(),
         &export[..],
@@ -449,7 +456,7 @@ async fn deleted_ids_move_with_the_users(app: TestApp) {
         json!({"type": "user", "id": id, "username": "revenant", "email": "r@example.com", "password_hash": hash, "created": 1, "updated": 1}).to_string(),
     ]
     .join("\n");
-    let err = users_service::transfer::import(
+    let err = users_service::core::transfer::import(
         target.users_store().as_ref(),
         target.clock_now(),
         revenant.as_bytes(),
@@ -459,7 +466,7 @@ async fn deleted_ids_move_with_the_users(app: TestApp) {
     .unwrap_err()
     .to_string();
     assert!(err.contains("the id belongs to a deleted account"), "{err}");
-    let summary = users_service::transfer::import(
+    let summary = users_service::core::transfer::import(
         target.users_store().as_ref(),
         target.clock_now(),
         revenant.as_bytes(),
@@ -475,7 +482,7 @@ async fn deleted_ids_move_with_the_users(app: TestApp) {
         json!({"type": "deleted_user", "id": asim, "deleted": 1}).to_string(),
     ]
     .join("\n");
-    let err = users_service::transfer::import(
+    let err = users_service::core::transfer::import(
         target.users_store().as_ref(),
         target.clock_now(),
         clash.as_bytes(),

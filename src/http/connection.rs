@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
-use crate::limits::address_group;
+use crate::core::limits::address_group;
 
 /// How many connections may be served.
 pub struct ConnectionLimits {

@@ -8,8 +8,10 @@ use serde::Serialize;
 
 use crate::error::{chain, Error};
 
+/// An error as both wire surfaces answer it: Micro's error shape (M3O's API uses it too),
+/// with the service name of the surface in `id`.
 #[derive(Debug, Serialize)]
-pub struct MicroError {
+pub struct WireError {
     pub id: String,
     pub code: u16,
     pub detail: String,
@@ -19,7 +21,7 @@ pub struct MicroError {
     headers: Vec<(HeaderName, HeaderValue)>,
 }
 
-impl MicroError {
+impl WireError {
     /// `method` names the RPC method (`Create`), or the route for the non-RPC ones.
     pub fn new(method: &str, status: StatusCode, detail: impl Into<String>) -> Self {
         Self::in_service("users", method, status, detail)
@@ -63,15 +65,15 @@ impl MicroError {
         Self::from_error_in("users", method, err)
     }
 
-    /// [`MicroError::from_error`] for an error of `service`.
+    /// [`WireError::from_error`] for an error of `service`.
     pub fn from_error_in(service: &str, method: &str, err: Error) -> Self {
         let status = status_of(&err);
         match &err {
             Error::Internal(cause) => {
                 tracing::error!(method, error = %chain(cause.as_ref()), "request failed");
             }
-            Error::Unavailable(cause) => {
-                tracing::warn!(method, error = %chain(cause), "database unavailable");
+            Error::Unavailable { source, .. } => {
+                tracing::warn!(method, error = %chain(source.as_ref()), "database unavailable");
             }
             _ => {}
         }
@@ -93,12 +95,12 @@ pub fn status_of(err: &Error) -> StatusCode {
         Error::NotFound(_) => StatusCode::NOT_FOUND,
         Error::Conflict(_) => StatusCode::CONFLICT,
         Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-        Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
-impl IntoResponse for MicroError {
+impl IntoResponse for WireError {
     fn into_response(mut self) -> Response {
         let status = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let extra = std::mem::take(&mut self.headers);

@@ -16,7 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use axum::http::{header, HeaderMap, StatusCode};
 
-use super::error::MicroError;
+use super::error::WireError;
 
 /// Which web origins may call the service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,15 +211,15 @@ pub enum Refusal {
 
 impl Refusal {
     /// The answer, in the Micro error shape of the route's surface (`method` names it).
-    pub fn into_error(self, service: &str, method: &str) -> MicroError {
+    pub fn into_error(self, service: &str, method: &str) -> WireError {
         match self {
-            Self::Origin => MicroError::in_service(
+            Self::Origin => WireError::in_service(
                 service,
                 method,
                 StatusCode::FORBIDDEN,
                 "requests from this web page's origin are not allowed (see --cors-origins)",
             ),
-            Self::Host => MicroError::in_service(
+            Self::Host => WireError::in_service(
                 service,
                 method,
                 StatusCode::MISDIRECTED_REQUEST,

@@ -15,17 +15,17 @@ use serde::Deserialize;
 
 use super::json::int_or_string;
 use super::{MAX_BODY_BYTES, PROFILE_BODY_BYTES};
+use crate::core::users::{Requester, TokenCheck, Users};
+use crate::domain::SecretToken;
 use crate::domain::{
     reset_expiration, AccountChanges, AccountKey, Email, LoginName, MagicLinkTarget, MailText,
     NewAccount, Page, Password, PasswordChange, PasswordReset, RedirectUrl, Session, User, UserId,
     UserQuery,
 };
 use crate::error::Error;
-use crate::service::{Requester, TokenCheck, Users};
-use crate::session::SessionToken;
 
 /// One RPC method: its name in the routes, its request and what the core answers.
-pub trait Method: Send + Sync + 'static {
+pub trait RpcMethod: Send + Sync + 'static {
     const NAME: &'static str;
     /// Largest request body accepted, in bytes.
     const MAX_BODY: usize = MAX_BODY_BYTES;
@@ -198,7 +198,7 @@ macro_rules! method {
     ($name:ident($request:ty) -> $output:ty, max_body = $max:expr, |$users:ident, $r:ident, $caller:ident| $body:expr) => {
         pub struct $name;
 
-        impl Method for $name {
+        impl RpcMethod for $name {
             const NAME: &'static str = stringify!($name);
             const MAX_BODY: usize = $max;
             type Request = $request;
@@ -257,7 +257,7 @@ method!(Login(LoginRequest) -> Session, |users, r, caller| {
 });
 
 method!(Logout(SessionRequest) -> (), |users, r, caller| {
-    users.logout(&SessionToken::parse("session_id", r.session_id)?).await
+    users.logout(&SecretToken::parse("session_id", r.session_id)?).await
 });
 
 method!(LogoutAll(UserIdRequest) -> (), |users, r, caller| {
@@ -265,7 +265,7 @@ method!(LogoutAll(UserIdRequest) -> (), |users, r, caller| {
 });
 
 method!(ReadSession(SessionRequest) -> Session, |users, r, caller| {
-    users.read_session(SessionToken::parse("session_id", r.session_id)?).await
+    users.read_session(SecretToken::parse("session_id", r.session_id)?).await
 });
 
 method!(SendVerificationEmail(SendVerificationEmailRequest) -> (), |users, r, caller| {
@@ -277,7 +277,7 @@ method!(SendVerificationEmail(SendVerificationEmailRequest) -> (), |users, r, ca
 });
 
 method!(VerifyEmail(TokenRequest) -> (), |users, r, caller| {
-    users.verify_email(SessionToken::parse("token", r.token)?).await
+    users.verify_email(SecretToken::parse("token", r.token)?).await
 });
 
 method!(SendPasswordResetEmail(SendPasswordResetEmailRequest) -> (), |users, r, caller| {
@@ -300,5 +300,5 @@ method!(SendMagicLink(SendMagicLinkRequest) -> (), |users, r, caller| {
 });
 
 method!(VerifyToken(TokenRequest) -> TokenCheck, |users, r, caller| {
-    users.verify_token(SessionToken::parse("token", r.token)?).await
+    users.verify_token(SecretToken::parse("token", r.token)?).await
 });

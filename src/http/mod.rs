@@ -30,14 +30,14 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 use tracing::{Level, Span};
 
+use crate::core::users::{Requester, Users};
 use crate::error::Error;
-use crate::service::{Requester, Users};
 use access::{AccessPolicy, Caller};
-use error::MicroError;
+use error::WireError;
 use guard::Guard;
 use ipnet::IpNet;
 use m3o::M3o;
-use methods::Method;
+use methods::RpcMethod;
 use micro::Micro;
 
 /// Largest accepted request body.
@@ -61,7 +61,7 @@ pub trait Surface: Send + Sync + 'static {
 }
 
 /// How a surface writes the answer of method `M`.
-pub trait Answer<M: Method>: Surface {
+pub trait Answer<M: RpcMethod>: Surface {
     type Response: Serialize + Send;
     fn answer(output: M::Output) -> Self::Response;
 }
@@ -73,7 +73,7 @@ macro_rules! answers {
         $(
             impl $crate::http::Answer<$method> for $surface {
                 type Response = $response;
-                fn answer(output: <$method as $crate::http::methods::Method>::Output) -> $response {
+                fn answer(output: <$method as $crate::http::methods::RpcMethod>::Output) -> $response {
                     output.into()
                 }
             }
@@ -106,15 +106,17 @@ pub struct VerifyTokenResponse<V> {
     pub message: String,
 }
 
-impl<V: From<crate::domain::Session>> From<crate::service::TokenCheck> for VerifyTokenResponse<V> {
-    fn from(check: crate::service::TokenCheck) -> Self {
+impl<V: From<crate::domain::Session>> From<crate::core::users::TokenCheck>
+    for VerifyTokenResponse<V>
+{
+    fn from(check: crate::core::users::TokenCheck) -> Self {
         match check {
-            crate::service::TokenCheck::Valid(session) => Self {
+            crate::core::users::TokenCheck::Valid(session) => Self {
                 is_valid: true,
                 session: Some(session.into()),
                 message: String::new(),
             },
-            crate::service::TokenCheck::Invalid(why) => Self {
+            crate::core::users::TokenCheck::Invalid(why) => Self {
                 is_valid: false,
                 session: None,
                 message: why.to_string(),
@@ -141,12 +143,12 @@ pub struct AppState {
 macro_rules! surface_routes {
     ($surface:ident, $names:ident, $routes:ident: $($method:ident),+ $(,)?) => {
         /// The methods this surface answers.
-        pub const $names: &[&str] = &[$(<methods::$method as Method>::NAME),+];
+        pub const $names: &[&str] = &[$(<methods::$method as RpcMethod>::NAME),+];
 
         fn $routes() -> Router<AppState> {
             Router::new()
                 $(.route(
-                    &format!("{}{}", <$surface as Surface>::PREFIX, <methods::$method as Method>::NAME),
+                    &format!("{}{}", <$surface as Surface>::PREFIX, <methods::$method as RpcMethod>::NAME),
                     post(rpc::<$surface, methods::$method>),
                 ))+
         }
@@ -306,13 +308,13 @@ fn traced(routes: Router<AppState>) -> Router<AppState> {
 
 /// One handler for every RPC method of every surface: authorize, read, decode, call
 /// the core, encode the surface's answer.
-async fn rpc<S: Answer<M>, M: Method>(
+async fn rpc<S: Answer<M>, M: RpcMethod>(
     State(state): State<AppState>,
     caller: Caller,
     body: Body,
-) -> Result<Json<S::Response>, MicroError> {
+) -> Result<Json<S::Response>, WireError> {
     let error = |status: StatusCode, detail: &str| {
-        MicroError::in_service(S::SERVICE, M::NAME, status, detail)
+        WireError::in_service(S::SERVICE, M::NAME, status, detail)
     };
     if !state.access.allows(M::NAME, &caller) {
         tracing::warn!(event = "api_key_rejected", method = M::NAME, client = ?caller.ip);
@@ -331,7 +333,7 @@ async fn rpc<S: Answer<M>, M: Method>(
     )
     .await?;
     let request = json::decode::<M::Request>(&body)
-        .map_err(|e| MicroError::from_error_in(S::SERVICE, M::NAME, e))?;
+        .map_err(|e| WireError::from_error_in(S::SERVICE, M::NAME, e))?;
     match tokio::time::timeout(
         state.request_timeout,
         M::call(
@@ -347,7 +349,7 @@ async fn rpc<S: Answer<M>, M: Method>(
     {
         Ok(answer) => answer
             .map(|output| Json(S::answer(output)))
-            .map_err(|e| MicroError::from_error_in(S::SERVICE, M::NAME, e)),
+            .map_err(|e| WireError::from_error_in(S::SERVICE, M::NAME, e)),
         Err(_) => Err(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the request took too long; retry shortly",
@@ -363,25 +365,23 @@ async fn read_body(
     max: usize,
     body: Body,
     timeout: Duration,
-) -> Result<Bytes, MicroError> {
+) -> Result<Bytes, WireError> {
     let limited = http_body_util::Limited::new(body, max);
     match tokio::time::timeout(timeout, limited.collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
-            Err(MicroError::in_service(
-                service,
-                method,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body is larger than {max} bytes"),
-            ))
-        }
-        Ok(Err(_)) => Err(MicroError::in_service(
+        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => Err(WireError::in_service(
+            service,
+            method,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {max} bytes"),
+        )),
+        Ok(Err(_)) => Err(WireError::in_service(
             service,
             method,
             StatusCode::BAD_REQUEST,
             "could not read the request body",
         )),
-        Err(_) => Err(MicroError::in_service(
+        Err(_) => Err(WireError::in_service(
             service,
             method,
             StatusCode::REQUEST_TIMEOUT,
@@ -390,11 +390,17 @@ async fn read_body(
     }
 }
 
-async fn health(State(state): State<AppState>) -> Result<Json<serde_json::Value>, MicroError> {
+async fn health(State(state): State<AppState>) -> Result<Json<serde_json::Value>, WireError> {
     match state.users.health().await {
         Ok(()) => Ok(Json(json!({"status": "ok"}))),
         // Whatever went wrong, the service is not healthy: 503, never 500.
-        Err(err) => Err(MicroError::from_error("Health", Error::Unavailable(err))),
+        Err(err) => Err(WireError::from_error(
+            "Health",
+            Error::Unavailable {
+                outage: err.outage().unwrap_or(crate::error::Outage::Unreachable),
+                source: Box::new(err),
+            },
+        )),
     }
 }
 
@@ -416,28 +422,28 @@ fn rpc_method_of(uri: &Uri) -> Option<(&'static str, &'static str, &str)> {
     (!method.is_empty() && !method.contains('/')).then_some((service, handler, method))
 }
 
-async fn not_found(uri: Uri) -> MicroError {
+async fn not_found(uri: Uri) -> WireError {
     match rpc_method_of(&uri) {
-        Some((service, handler, method)) => MicroError::in_service(
+        Some((service, handler, method)) => WireError::in_service(
             service,
             method,
             StatusCode::NOT_FOUND,
             format!("unknown method {handler}.{method}"),
         ),
-        None => MicroError::new("Unknown", StatusCode::NOT_FOUND, "no such route"),
+        None => WireError::new("Unknown", StatusCode::NOT_FOUND, "no such route"),
     }
 }
 
-async fn method_not_allowed(uri: Uri) -> MicroError {
+async fn method_not_allowed(uri: Uri) -> WireError {
     match (uri.path(), rpc_method_of(&uri)) {
-        (VERIFY_PATH, _) => MicroError::in_service(
+        (VERIFY_PATH, _) => WireError::in_service(
             M3o::SERVICE,
             "verify",
             StatusCode::METHOD_NOT_ALLOWED,
             "use GET for this route",
         )
         .with_header(header::ALLOW, "GET"),
-        (_, Some((service, _, method))) => MicroError::in_service(
+        (_, Some((service, _, method))) => WireError::in_service(
             service,
             method,
             StatusCode::METHOD_NOT_ALLOWED,
@@ -450,7 +456,7 @@ async fn method_not_allowed(uri: Uri) -> MicroError {
                 "/openapi.yaml" => "OpenApi",
                 _ => "Unknown",
             };
-            MicroError::method_not_allowed(name, "GET")
+            WireError::method_not_allowed(name, "GET")
         }
     }
 }

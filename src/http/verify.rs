@@ -8,12 +8,12 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::error::MicroError;
+use super::error::WireError;
 use super::m3o::M3o;
 use super::{AppState, Surface};
 use crate::domain::RedirectUrl;
+use crate::domain::SecretToken;
 use crate::error::Error;
-use crate::session::SessionToken;
 
 #[derive(Deserialize)]
 pub struct VerifyQuery {
@@ -24,8 +24,8 @@ pub struct VerifyQuery {
     failure_redirect_url: Option<String>,
 }
 
-fn error(err: Error) -> MicroError {
-    MicroError::from_error_in(M3o::SERVICE, "verify", err)
+fn error(err: Error) -> WireError {
+    WireError::from_error_in(M3o::SERVICE, "verify", err)
 }
 
 /// Both addresses are checked before the token is used: a link that cannot send the
@@ -34,7 +34,7 @@ fn error(err: Error) -> MicroError {
 pub async fn verify_link(
     State(state): State<AppState>,
     query: Result<Query<VerifyQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, MicroError> {
+) -> Result<Response, WireError> {
     let Query(query) =
         query.map_err(|_| error(Error::Malformed("the query string is malformed".into())))?;
     let users = &state.users;
@@ -47,7 +47,7 @@ pub async fn verify_link(
     users
         .check_redirect("failureRedirectUrl", &failure)
         .map_err(error)?;
-    let outcome = match SessionToken::parse("token", query.token) {
+    let outcome = match SecretToken::parse("token", query.token) {
         Ok(token) => users.verify_email(token).await,
         Err(invalid) => Err(invalid),
     };

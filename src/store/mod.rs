@@ -14,10 +14,10 @@ pub use url::DatabaseUrl;
 
 use async_trait::async_trait;
 
+use crate::domain::Purpose;
+use crate::domain::TokenDigest;
 use crate::domain::{AccountChanges, Email, Page, Profile, User, UserId, UserQuery, Username};
-use crate::error::Unique;
-use crate::session::TokenDigest;
-use crate::tokens::Purpose;
+use crate::error::{Error, Outage, Unique};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -32,30 +32,26 @@ pub enum StoreError {
     Other(#[source] sqlx::Error),
 }
 
-/// Why the database cannot serve a request right now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outage {
-    /// It does not answer (down, unreachable, or every connection is busy for too long).
-    Unreachable,
-    /// It is locked by other writers or had to abort a conflicting transaction.
-    Busy,
-    /// It refuses writes: a read-only file or file system, or a standby server.
-    ReadOnly,
-    /// Its disk is full.
-    DiskFull,
-    /// Writing its files failed.
-    Storage,
+impl StoreError {
+    /// Why the database cannot serve the request now, if that is what went wrong.
+    pub fn outage(&self) -> Option<Outage> {
+        match self {
+            Self::Unavailable(outage, _) => Some(*outage),
+            _ => None,
+        }
+    }
 }
 
-impl std::fmt::Display for Outage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Unreachable => "unreachable",
-            Self::Busy => "busy",
-            Self::ReadOnly => "read-only",
-            Self::DiskFull => "disk full",
-            Self::Storage => "storage error",
-        })
+impl From<StoreError> for Error {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Conflict(field) => Self::Conflict(field),
+            StoreError::Unavailable(outage, _) => Self::Unavailable {
+                outage,
+                source: Box::new(err),
+            },
+            StoreError::Other(cause) => Self::Internal(Box::new(cause)),
+        }
     }
 }
 
@@ -392,7 +388,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Checks `digest` against the user's live password reset code without using it
     /// up. A wrong code counts against the live code, which is void once
-    /// [`crate::tokens::RESET_CODE_MAX_WRONG`] wrong codes were tried.
+    /// [`crate::domain::RESET_CODE_MAX_WRONG`] wrong codes were tried.
     async fn check_reset_code(
         &self,
         user_id: &str,

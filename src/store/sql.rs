@@ -24,13 +24,12 @@ use super::inline::InlineReader;
 use super::{
     AttemptLimit, ClaimedMail, CodeCheck, Counter, Credentials, DatabaseUrl, DeletedUser,
     EventLimit, HashChange, Imported, Importer, Lookup, MailOutcome, NewMail, NewSession, NewUser,
-    Outage, Queued, Redeemed, Redemption, Reservation, SessionRecord, Store, StoreError,
-    StoredSession,
+    Queued, Redeemed, Redemption, Reservation, SessionRecord, Store, StoreError, StoredSession,
 };
+use crate::domain::TokenDigest;
 use crate::domain::{AccountChanges, Page, Profile, User, UserId, UserQuery};
-use crate::error::Unique;
-use crate::session::TokenDigest;
-use crate::tokens::{Purpose, RESET_CODE_MAX_WRONG};
+use crate::domain::{Purpose, RESET_CODE_MAX_WRONG};
+use crate::error::{Outage, Unique};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");

@@ -14,10 +14,10 @@ use serde_json::{json, Value};
 use sqlx::Connection;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use users_service::clock::{Clock, ManualClock};
 use users_service::config::ServeConfig;
+use users_service::core::clock::{Clock, ManualClock};
+use users_service::core::users::Users;
 use users_service::server::Server;
-use users_service::service::Users;
 use users_service::store::{DatabaseUrl, SqlStore};
 
 pub const PASSWORD: &str = "correct-horse-1";

@@ -20,9 +20,9 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::domain::sha256_hex;
 use crate::domain::LoginName;
 use crate::error::Error;
-use crate::session::sha256_hex;
 use crate::store::{AttemptLimit, Counter, Reservation, Store};
 
 /// The longest lockout, however many times a key was locked before.

@@ -2,6 +2,12 @@
 //! before the core sees it, so a rule such as "a username is 1-64 characters of ..."
 //! is written exactly once, here.
 
+mod one_time;
+mod secret;
+
+pub use one_time::{Purpose, ResetCode, RESET_CODE_MAX_WRONG};
+pub use secret::{sha256_hex, SecretToken, TokenDigest};
+
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -10,7 +16,6 @@ use secrecy::{ExposeSecret, SecretString};
 use unicode_normalization::UnicodeNormalization;
 
 use crate::error::Error;
-use crate::session::SessionToken;
 
 /// Longest accepted user id.
 pub const ID_MAX_LEN: usize = 128;
@@ -623,7 +628,7 @@ pub struct User {
 
 /// A live session. `id` is the bearer token itself, known only to its holder.
 pub struct Session {
-    pub id: SessionToken,
+    pub id: SecretToken,
     pub user_id: String,
     pub username: String,
     pub email: String,

@@ -4,22 +4,22 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::clock::Clock;
+use crate::core::clock::Clock;
+use crate::core::limits::{hourly_verdict, Attempt, LimitConfig, LimitKey, Limiter, HOUR};
+use crate::core::outbox::Outbox;
+use crate::core::password::{PasswordHasher, Verification};
+use crate::core::policy::PasswordPolicy;
 use crate::domain::{
     AccountChanges, AccountKey, Email, LoginName, MagicLinkTarget, MailText, NewAccount, Page,
     Password, PasswordChange, PasswordReset, RedirectUrl, Session, User, UserId, UserQuery,
 };
+use crate::domain::{Purpose, ResetCode};
+use crate::domain::{SecretToken, TokenDigest};
 use crate::error::Error;
-use crate::limits::{hourly_verdict, Attempt, LimitConfig, LimitKey, Limiter, HOUR};
-use crate::outbox::Outbox;
-use crate::password::{PasswordHasher, Verification};
-use crate::policy::PasswordPolicy;
-use crate::session::{SessionToken, TokenDigest};
 use crate::store::{
     CodeCheck, Credentials, EventLimit, HashChange, Lookup, NewMail, NewSession, NewToken, NewUser,
     Queued, Redeemed, Redemption, Store, StoreError,
 };
-use crate::tokens::{Purpose, ResetCode};
 
 /// The one answer for an unknown account and a wrong password alike, so that Login does
 /// not reveal which accounts exist.
@@ -324,7 +324,7 @@ impl Users {
                 credentials.password_hash = new_hash;
             }
         }
-        let token = SessionToken::generate();
+        let token = SecretToken::generate();
         let created = self.clock.now();
         let expires = created.saturating_add(self.session_ttl);
         // The session is written only if the hash is still the one just verified, so a
@@ -357,11 +357,11 @@ impl Users {
     }
 
     /// Ends a session. Unknown sessions are fine: logging out twice is not an error.
-    pub async fn logout(&self, token: &SessionToken) -> Result<(), Error> {
+    pub async fn logout(&self, token: &SecretToken) -> Result<(), Error> {
         Ok(self.store.delete_session(&token.digest()).await?)
     }
 
-    pub async fn read_session(&self, token: SessionToken) -> Result<Session, Error> {
+    pub async fn read_session(&self, token: SecretToken) -> Result<Session, Error> {
         let record = self
             .store
             .session(&token.digest(), self.clock.now())
@@ -416,7 +416,7 @@ impl Users {
             self.links.public_url.trim_end_matches('/')
         ))
         .map_err(Error::internal)?;
-        let token = SessionToken::generate();
+        let token = SecretToken::generate();
         link.query_pairs_mut()
             .append_pair("token", token.expose())
             .append_pair("redirectUrl", redirect.as_str())
@@ -432,7 +432,7 @@ impl Users {
     }
 
     /// Uses a verification token: marks the address verified.
-    pub async fn verify_email(&self, token: SessionToken) -> Result<(), Error> {
+    pub async fn verify_email(&self, token: SecretToken) -> Result<(), Error> {
         match self
             .store
             .redeem_token(
@@ -476,7 +476,7 @@ impl Users {
     ///
     /// A wrong code counts against the client's address (not against the account's
     /// lockouts, so no one can lock a person out of their own recovery) and against the
-    /// code itself, which is void after [`crate::tokens::RESET_CODE_MAX_WRONG`] wrong
+    /// code itself, which is void after [`crate::domain::RESET_CODE_MAX_WRONG`] wrong
     /// tries. A right one works even while the account is locked out, and lifts the
     /// lockouts of its username, e-mail address and id.
     pub async fn reset_password(
@@ -552,7 +552,7 @@ impl Users {
         text: MailText,
         target: MagicLinkTarget,
     ) -> Result<(), Error> {
-        let token = SessionToken::generate();
+        let token = SecretToken::generate();
         let body = text
             .text
             .replace(LINK_PLACEHOLDER, &target.link(token.expose()));
@@ -566,8 +566,8 @@ impl Users {
     }
 
     /// Uses a magic-link token: a new session the first time, and why not afterwards.
-    pub async fn verify_token(&self, token: SessionToken) -> Result<TokenCheck, Error> {
-        let session = SessionToken::generate();
+    pub async fn verify_token(&self, token: SecretToken) -> Result<TokenCheck, Error> {
+        let session = SecretToken::generate();
         let now = self.clock.now();
         let expires = now.saturating_add(self.session_ttl);
         match self

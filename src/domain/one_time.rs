@@ -6,7 +6,7 @@ use rand::rngs::OsRng;
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::session::TokenDigest;
+use crate::domain::TokenDigest;
 
 /// What a one-time token is for. A user has at most one live token per purpose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

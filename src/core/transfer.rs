@@ -26,8 +26,8 @@ use argon2::password_hash::PasswordHash;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
+use crate::domain::TokenDigest;
 use crate::domain::{Email, Profile, User, UserId, Username};
-use crate::session::TokenDigest;
 use crate::store::{
     Credentials, DeletedUser, Imported, Importer, Store, StoreError, StoredSession,
 };

@@ -10,7 +10,7 @@ use crate::error::Error;
 
 /// The 19,640 most common passwords, lowercased (see data/README.md).
 static COMMON: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
-    include_str!("../data/common-passwords.txt")
+    include_str!("../../data/common-passwords.txt")
         .lines()
         .filter(|l| !l.is_empty())
         .collect()

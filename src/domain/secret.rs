@@ -1,6 +1,7 @@
-//! Session tokens (and the one-time tokens of e-mailed links, made the same way). A token is 256 bits from the operating system's CSPRNG, written as
-//! URL-safe base64. The store keeps only its SHA-256 digest and looks sessions up by it,
-//! so a copy of the database does not hand out live sessions.
+//! Secret tokens: session ids, and the one-time tokens of e-mailed links, made the same
+//! way. A token is 256 bits from the operating system's CSPRNG, written as URL-safe
+//! base64. The store keeps only its SHA-256 digest and looks it up by that, so a copy of
+//! the database hands out no live session or link.
 
 use std::fmt;
 
@@ -19,10 +20,10 @@ const TOKEN_BYTES: usize = 32;
 /// Longest session id accepted from a client; anything longer cannot be one of ours.
 const TOKEN_MAX_LEN: usize = 1024;
 
-/// A session id as the client holds it.
-pub struct SessionToken(SecretString);
+/// A session id or the token of an e-mailed link, as the client holds it.
+pub struct SecretToken(SecretString);
 
-impl SessionToken {
+impl SecretToken {
     pub fn generate() -> Self {
         let mut bytes = [0u8; TOKEN_BYTES];
         OsRng.fill_bytes(&mut bytes);
@@ -53,9 +54,9 @@ impl SessionToken {
     }
 }
 
-impl fmt::Debug for SessionToken {
+impl fmt::Debug for SecretToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SessionToken([REDACTED])")
+        f.write_str("SecretToken([REDACTED])")
     }
 }
 
@@ -106,19 +107,19 @@ mod tests {
 
     #[test]
     fn tokens_carry_256_bits_in_url_safe_base64() {
-        let token = SessionToken::generate();
+        let token = SecretToken::generate();
         let raw = URL_SAFE_NO_PAD.decode(token.expose()).unwrap();
         assert_eq!(raw.len(), 32);
         assert!(token
             .expose()
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
-        assert_ne!(token.expose(), SessionToken::generate().expose());
+        assert_ne!(token.expose(), SecretToken::generate().expose());
     }
 
     #[test]
     fn the_digest_is_sha256_of_the_token() {
-        let token = SessionToken::parse("session_id", Some("abc".into())).unwrap();
+        let token = SecretToken::parse("session_id", Some("abc".into())).unwrap();
         assert_eq!(
             token.digest().as_str(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
@@ -127,7 +128,7 @@ mod tests {
 
     #[test]
     fn debug_output_never_shows_the_token() {
-        let token = SessionToken::generate();
+        let token = SecretToken::generate();
         assert!(!format!("{token:?}").contains(token.expose()));
         assert!(!format!("{:?}", token.digest()).contains(token.digest().as_str()));
     }

@@ -12,9 +12,9 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
-use crate::clock::Clock;
+use crate::core::clock::Clock;
+use crate::core::mail::{Mailer, Outgoing};
 use crate::error::chain;
-use crate::mail::{Mailer, Outgoing};
 use crate::store::{ClaimedMail, MailOutcome, Store, StoreError};
 
 /// How long a sender holds a message it claimed: far longer than a delivery may take
