@@ -294,7 +294,7 @@ def write_lines(path, values):
 
 
 def generate(directory, users, read_sessions, logout_sessions, phc, seed):
-    """Writes an import file (JSON lines, the format of src/transfer.rs) for `users`
+    """Writes an import file (JSON lines, the format of src/core/transfer.rs) for `users`
     users, and one for their sessions: `read_sessions` (one per user, in user order,
     wrapping) for ReadSession and `logout_sessions` more for Logout. Also writes the
     lists wrk draws from. Returns the paths."""
