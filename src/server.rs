@@ -166,7 +166,7 @@ impl Server {
             .map_err(|e| StartError::Config(e.to_string()))?;
 
         let store = Arc::new(open_store(&config.database).await?);
-        store.prime_wal_index().await;
+        store.prepare_to_serve().await;
         let listener =
             TcpListener::bind(config.listen)
                 .await

@@ -14,7 +14,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use users_service::config::ServeConfig;
 use users_service::core::outbox::OutboxStats;
-use users_service::store::Store;
+use users_service::store::MailStore;
 
 /// Starts an SMTP sink and the service configured to send through it.
 async fn spawn(

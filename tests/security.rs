@@ -15,7 +15,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::sync::{Barrier, Notify};
 use users_service::config::ServeConfig;
-use users_service::store::{Lookup, Store};
+use users_service::store::{AccountStore, Lookup};
 
 const WRONG: &str = "not-the-password";
 

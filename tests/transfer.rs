@@ -11,7 +11,7 @@ use common::process::{command, http, Service};
 use common::{assert_error, Backend, TestApp, TestDatabase, PASSWORD};
 use serde_json::json;
 use sqlx::Connection;
-use users_service::store::Store;
+use users_service::store::MailStore;
 
 /// Runs the binary to completion; returns (success, stdout, stderr).
 fn run(args: &[&str], stdin: Option<&[u8]>) -> (bool, Vec<u8>, String) {

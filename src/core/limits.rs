@@ -23,7 +23,7 @@ use std::sync::Arc;
 use crate::domain::sha256_hex;
 use crate::domain::LoginName;
 use crate::error::Error;
-use crate::store::{AttemptLimit, Counter, Reservation, Store};
+use crate::store::{AttemptLimit, Counter, CounterStore, Reservation};
 
 /// The longest lockout, however many times a key was locked before.
 pub const MAX_LOCKOUT: i64 = 86_400;
@@ -118,7 +118,7 @@ pub fn address_group(ip: IpAddr) -> String {
 }
 
 pub struct Limiter {
-    store: Arc<dyn Store>,
+    store: Arc<dyn CounterStore>,
     config: LimitConfig,
 }
 
@@ -138,7 +138,7 @@ struct Reserved {
 /// (its request was abandoned) is reported failed in the background.
 #[must_use = "report how the check went"]
 pub struct Attempt {
-    store: Arc<dyn Store>,
+    store: Arc<dyn CounterStore>,
     config: LimitConfig,
     reserved: Option<Reserved>,
     /// When it was reserved: the time an abandoned attempt is counted at.
@@ -146,7 +146,7 @@ pub struct Attempt {
 }
 
 impl Limiter {
-    pub fn new(store: Arc<dyn Store>, config: LimitConfig) -> Self {
+    pub fn new(store: Arc<dyn CounterStore>, config: LimitConfig) -> Self {
         Self { store, config }
     }
 
@@ -335,7 +335,7 @@ impl Drop for Attempt {
 }
 
 async fn record_failure(
-    store: &dyn Store,
+    store: &dyn CounterStore,
     config: &LimitConfig,
     reserved: &Reserved,
     now: i64,

@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use crate::core::clock::Clock;
 use crate::core::mail::{Mailer, Outgoing};
 use crate::error::chain;
-use crate::store::{ClaimedMail, MailOutcome, Store, StoreError};
+use crate::store::{ClaimedMail, MailOutcome, MailStore, StoreError};
 
 /// How long a sender holds a message it claimed: far longer than a delivery may take
 /// (the SMTP timeout), so that no other sender takes it meanwhile.
@@ -49,7 +49,7 @@ pub struct OutboxStats {
 }
 
 pub struct Outbox {
-    store: Arc<dyn Store>,
+    store: Arc<dyn MailStore>,
     mailer: Mailer,
     clock: Arc<dyn Clock>,
     config: OutboxConfig,
@@ -60,7 +60,7 @@ pub struct Outbox {
 
 impl Outbox {
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn MailStore>,
         mailer: Mailer,
         clock: Arc<dyn Clock>,
         config: OutboxConfig,

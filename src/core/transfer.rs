@@ -29,7 +29,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 use crate::domain::TokenDigest;
 use crate::domain::{Email, Profile, User, UserId, Username};
 use crate::store::{
-    Credentials, DeletedUser, Imported, Importer, Store, StoreError, StoredSession,
+    Credentials, DeletedUser, Imported, Importer, StoreError, StoredSession, TransferStore,
 };
 
 const FORMAT: &str = "users-service";
@@ -115,7 +115,7 @@ pub struct Summary {
 /// Writes the header, every user, every session live at `now` and every id of a deleted
 /// account.
 pub async fn export(
-    store: &dyn Store,
+    store: &dyn TransferStore,
     now: i64,
     out: &mut impl Write,
 ) -> Result<Summary, TransferError> {
@@ -326,7 +326,7 @@ async fn flush_deleted_users(
 /// (format, validation, conflicts) before anything is committed; any problem refuses
 /// the whole import with a report of each one. Records are written in batches.
 pub async fn import(
-    store: &dyn Store,
+    store: &dyn TransferStore,
     now: i64,
     input: impl AsyncBufRead + Unpin,
     skip_existing: bool,

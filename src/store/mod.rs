@@ -5,7 +5,6 @@
 //! (compare-and-swap on the password hash) rather than read-then-write transactions, so
 //! they stay correct across several replicas on one database.
 
-mod inline;
 mod sql;
 mod url;
 
@@ -292,11 +291,9 @@ pub trait Importer: Send {
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
 }
 
+/// Accounts: users with their password hashes, and the ids of deleted accounts.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// One round trip, for health checks.
-    async fn ping(&self) -> Result<(), StoreError>;
-
+pub trait AccountStore: Send + Sync {
     /// Inserts a user; `Conflict` names the unique field that was taken, `id` also when
     /// the id belonged to a deleted account.
     async fn insert_user(&self, user: NewUser<'_>) -> Result<User, StoreError>;
@@ -331,7 +328,11 @@ pub trait Store: Send + Sync + 'static {
         new_hash: &str,
         change: HashChange,
     ) -> Result<bool, StoreError>;
+}
 
+/// Sessions, kept under the digests of their tokens.
+#[async_trait]
+pub trait SessionStore: Send + Sync {
     /// Creates a session if the user's password hash is still `expected_hash` (the one the
     /// password was verified against). False when the password changed meanwhile or the
     /// user was deleted.
@@ -353,6 +354,40 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes every session of the user; returns how many.
     async fn delete_sessions(&self, user_id: &str) -> Result<u64, StoreError>;
 
+    /// Deletes up to `batch` sessions that expired at or before `now`; returns how many.
+    async fn delete_expired_sessions(&self, now: i64, batch: u32) -> Result<u64, StoreError>;
+}
+
+/// One-time tokens sent by e-mail: checking and using them.
+#[async_trait]
+pub trait TokenStore: Send + Sync {
+    /// Checks `digest` against the user's live password reset code without using it
+    /// up. A wrong code counts against the live code, which is void once
+    /// [`crate::domain::RESET_CODE_MAX_WRONG`] wrong codes were tried.
+    async fn check_reset_code(
+        &self,
+        user_id: &str,
+        digest: &TokenDigest,
+        now: i64,
+    ) -> Result<CodeCheck, StoreError>;
+
+    /// Consumes the token (once: of concurrent callers, one gets `Done`) and, if it was
+    /// live, applies `effect` in the same transaction.
+    async fn redeem_token(
+        &self,
+        digest: &TokenDigest,
+        purpose: Purpose,
+        now: i64,
+        effect: Redemption<'_>,
+    ) -> Result<Redeemed, StoreError>;
+
+    /// Deletes up to `batch` tokens that expired at or before `now`; returns how many.
+    async fn delete_expired_tokens(&self, now: i64, batch: u32) -> Result<u64, StoreError>;
+}
+
+/// The e-mail outbox: messages queued with the tokens they carry, claimed by senders.
+#[async_trait]
+pub trait MailStore: Send + Sync {
     /// Counts one e-mail against its hourly `limit` and, when the count is within it,
     /// stores `mail`'s token (replacing the user's previous one of the same purpose,
     /// whose queued message goes with it) and queues the message, all in one
@@ -385,33 +420,11 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes up to `batch` sent or given-up messages created at or before `before`;
     /// returns how many.
     async fn delete_old_mail(&self, before: i64, batch: u32) -> Result<u64, StoreError>;
+}
 
-    /// Checks `digest` against the user's live password reset code without using it
-    /// up. A wrong code counts against the live code, which is void once
-    /// [`crate::domain::RESET_CODE_MAX_WRONG`] wrong codes were tried.
-    async fn check_reset_code(
-        &self,
-        user_id: &str,
-        digest: &TokenDigest,
-        now: i64,
-    ) -> Result<CodeCheck, StoreError>;
-
-    /// Consumes the token (once: of concurrent callers, one gets `Done`) and, if it was
-    /// live, applies `effect` in the same transaction.
-    async fn redeem_token(
-        &self,
-        digest: &TokenDigest,
-        purpose: Purpose,
-        now: i64,
-        effect: Redemption<'_>,
-    ) -> Result<Redeemed, StoreError>;
-
-    /// Deletes up to `batch` tokens that expired at or before `now`; returns how many.
-    async fn delete_expired_tokens(&self, now: i64, batch: u32) -> Result<u64, StoreError>;
-
-    /// Deletes up to `batch` sessions that expired at or before `now`; returns how many.
-    async fn delete_expired_sessions(&self, now: i64, batch: u32) -> Result<u64, StoreError>;
-
+/// Rate-limit counters, shared by every replica.
+#[async_trait]
+pub trait CounterStore: Send + Sync {
     /// Reserves one attempt under each limit, all or none, atomically (across
     /// replicas too): refused when a key is locked out at `now` or its current window
     /// (of `window` seconds) holds `max` attempts already.
@@ -449,7 +462,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes counters untouched since `before` and not blocked after `now`.
     async fn delete_stale_counters(&self, before: i64, now: i64) -> Result<u64, StoreError>;
+}
 
+/// Export, a page at a time, and the all-or-nothing import.
+#[async_trait]
+pub trait TransferStore: Send + Sync {
     /// Up to `limit` users with their hashes, in (created, id) order, after `after`.
     async fn users_page(
         &self,
@@ -475,4 +492,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Starts an all-or-nothing import.
     async fn begin_import(&self, skip_existing: bool) -> Result<Box<dyn Importer>, StoreError>;
+}
+
+/// All of the store, as the core holds it: each concern's trait, and a health check.
+/// A part of the core that needs one concern only takes that trait.
+#[async_trait]
+pub trait Store:
+    AccountStore + SessionStore + TokenStore + MailStore + CounterStore + TransferStore + 'static
+{
+    /// One round trip, for health checks.
+    async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -1,0 +1,254 @@
+//! Accounts: users with their password hashes, and the ids of deleted ones.
+
+use super::*;
+
+#[async_trait]
+impl AccountStore for SqlStore {
+    async fn insert_user(&self, new: NewUser<'_>) -> Result<User, StoreError> {
+        const SQL: &str =
+            "INSERT INTO users (id, username, email, password_hash, created, updated, profile) \
+                           VALUES ($1, $2, $3, $4, $5, $5, $6)";
+        let profile = profile_json(new.profile);
+        // The deleted ids are looked at after the insert, in the same transaction: on
+        // PostgreSQL an insert that waited for a concurrent Delete of the same id to
+        // commit sees that Delete's tombstone only from a later statement.
+        let deleted_id = on_writer!(self, pool => async {
+            let mut conn = pool.acquire().await?;
+            let mut tx = conn.begin().await?;
+            sqlx::query(SQL)
+                .bind(new.id.as_str())
+                .bind(new.username.as_str())
+                .bind(new.email.as_str())
+                .bind(new.password_hash)
+                .bind(new.now)
+                .bind(&profile)
+                .execute(&mut *tx)
+                .await?;
+            let (deleted,): (i64,) =
+                sqlx::query_as("SELECT COUNT(*) FROM deleted_users WHERE id = $1")
+                    .bind(new.id.as_str())
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if deleted > 0 {
+                tx.rollback().await?;
+                return Ok(true);
+            }
+            commit!(tx, conn);
+            Ok::<_, sqlx::Error>(false)
+        }
+        .await)
+        .map_err(classify)?;
+        if deleted_id {
+            return Err(StoreError::Conflict(Unique::Id));
+        }
+        Ok(User {
+            id: new.id.as_str().to_owned(),
+            username: new.username.as_str().to_owned(),
+            email: new.email.as_str().to_owned(),
+            created: new.now,
+            updated: new.now,
+            verified: false,
+            verification_date: 0,
+            profile: new.profile.clone(),
+        })
+    }
+
+    async fn user(&self, lookup: Lookup<'_>) -> Result<Option<User>, StoreError> {
+        let (sql, key) = select_by!(lookup, user_columns!());
+        inline_first!(self, query_row(sql, ["$1" => key]), user_row, |row: Option<UserRow>| row
+            .map(user)
+            .transpose());
+        on_pool!(self, pool => {
+            sqlx::query_as::<_, UserRow>(sql).bind(key).fetch_optional(pool).await
+        })
+        .map_err(classify)?
+        .map(user)
+        .transpose()
+    }
+
+    async fn list_users(&self, page: Page) -> Result<Vec<User>, StoreError> {
+        const SQL: &str = concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users ORDER BY created, id LIMIT $1 OFFSET $2"
+        );
+        let offset = i64::try_from(page.offset).unwrap_or(i64::MAX);
+        on_pool!(self, pool => {
+            sqlx::query_as::<_, UserRow>(SQL)
+                .bind(i64::from(page.limit))
+                .bind(offset)
+                .fetch_all(pool)
+                .await
+        })
+        .map_err(classify)
+        .and_then(users)
+    }
+
+    async fn credentials(&self, lookup: Lookup<'_>) -> Result<Option<Credentials>, StoreError> {
+        let (sql, key) = select_by!(lookup, user_columns!(), ", password_hash");
+        inline_first!(self, query_row(sql, ["$1" => key]), credentials_row, |row: Option<
+            CredentialsRow,
+        >| row
+            .map(credentials)
+            .transpose());
+        on_pool!(self, pool => {
+            sqlx::query_as::<_, CredentialsRow>(sql).bind(key).fetch_optional(pool).await
+        })
+        .map_err(classify)?
+        .map(credentials)
+        .transpose()
+    }
+
+    async fn update_user(
+        &self,
+        id: &UserId,
+        changes: &AccountChanges,
+        now: i64,
+    ) -> Result<Option<User>, StoreError> {
+        // A new e-mail address is not verified, whatever the old one was: the SET
+        // expressions read the row's old values, so `email` there is the old address.
+        // (The migration's trigger withdraws the tokens mailed to the old address.)
+        const SQL: &str = concat!(
+            "UPDATE users SET username = COALESCE($2, username), email = COALESCE($3, email), \
+             verified = CASE WHEN COALESCE($3, email) = email THEN verified ELSE FALSE END, \
+             verification_date = CASE WHEN COALESCE($3, email) = email \
+                                 THEN verification_date ELSE 0 END, \
+             profile = COALESCE($5, profile), updated = $4 WHERE id = $1 RETURNING ",
+            user_columns!()
+        );
+        let username = changes.username.as_ref().map(|u| u.as_str());
+        let email = changes.email.as_ref().map(|e| e.as_str());
+        let profile = changes.profile.as_ref().map(profile_json);
+        on_writer!(self, pool => {
+            // fetch_all, not fetch_optional: sqlx's SQLite driver resets a statement it
+            // stops reading early and drops the error of that reset, which is where an
+            // UPDATE ... RETURNING commits. A commit failure (disk full) would be lost.
+            sqlx::query_as::<_, UserRow>(SQL)
+                .bind(id.as_str())
+                .bind(username)
+                .bind(email)
+                .bind(now)
+                .bind(&profile)
+                .fetch_all(pool)
+                .await
+        })
+        .map_err(classify)?
+        .into_iter()
+        .next()
+        .map(user)
+        .transpose()
+    }
+
+    async fn delete_user(&self, id: &UserId, now: i64) -> Result<bool, StoreError> {
+        // Sessions and tokens go first in the same transaction; the foreign keys' ON
+        // DELETE CASCADE would do the same, this keeps the rule visible here. The id is
+        // kept, so that it is never issued again.
+        const TOMBSTONE: &str = "INSERT INTO deleted_users (id, deleted) \
+                                 SELECT id, $2 FROM users WHERE id = $1 \
+                                 ON CONFLICT (id) DO NOTHING";
+        on_writer!(self, pool => async {
+            let mut conn = pool.acquire().await?;
+            let mut tx = conn.begin().await?;
+            for sql in ["DELETE FROM sessions WHERE user_id = $1", "DELETE FROM tokens WHERE user_id = $1"] {
+                sqlx::query(sql).bind(id.as_str()).execute(&mut *tx).await?;
+            }
+            sqlx::query(TOMBSTONE)
+                .bind(id.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            commit!(tx, conn);
+            Ok::<_, sqlx::Error>(deleted == 1)
+        }
+        .await)
+        .map_err(classify)
+    }
+
+    async fn search_users(&self, query: &UserQuery) -> Result<Vec<User>, StoreError> {
+        macro_rules! search {
+            ($filter:literal) => {
+                concat!(
+                    "SELECT ",
+                    user_columns!(),
+                    " FROM users WHERE ",
+                    $filter,
+                    " ORDER BY created, id LIMIT $3 OFFSET $4"
+                )
+            };
+        }
+        let sql = match (&query.username, &query.email) {
+            (Some(_), Some(_)) => search!("username = $1 AND email = $2"),
+            (Some(_), None) => search!("username = $1 AND $2 IS NULL"),
+            _ => search!("email = $2 AND $1 IS NULL"),
+        };
+        let limit = i64::from(query.page.limit);
+        let offset = i64::try_from(query.page.offset).unwrap_or(i64::MAX);
+        let username = query.username.as_ref().map(|u| u.as_str());
+        let email = query.email.as_ref().map(|e| e.as_str());
+        inline_first!(
+            self,
+            query_all(sql, ["$1" => username, "$2" => email, "$3" => limit, "$4" => offset]),
+            user_row,
+            users
+        );
+        on_pool!(self, pool => {
+            sqlx::query_as::<_, UserRow>(sql)
+                .bind(username)
+                .bind(email)
+                .bind(limit)
+                .bind(offset)
+                .fetch_all(pool)
+                .await
+        })
+        .map_err(classify)
+        .and_then(users)
+    }
+
+    async fn replace_password(
+        &self,
+        id: &str,
+        expected: &str,
+        new_hash: &str,
+        change: HashChange,
+    ) -> Result<bool, StoreError> {
+        on_writer!(self, pool => async {
+            let mut conn = pool.acquire().await?;
+            let mut tx = conn.begin().await?;
+            let replaced = match change {
+                HashChange::NewPassword { now } => sqlx::query(
+                    "UPDATE users SET password_hash = $3, updated = $4 \
+                     WHERE id = $1 AND password_hash = $2",
+                )
+                .bind(id)
+                .bind(expected)
+                .bind(new_hash)
+                .bind(now),
+                HashChange::Rehash => sqlx::query(
+                    "UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2",
+                )
+                .bind(id)
+                .bind(expected)
+                .bind(new_hash),
+            }
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if replaced && matches!(change, HashChange::NewPassword { .. }) {
+                sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            commit!(tx, conn);
+            Ok::<_, sqlx::Error>(replaced)
+        }
+        .await)
+        .map_err(classify)
+    }
+}

@@ -1,0 +1,237 @@
+//! The e-mail outbox: queueing a message with its token, claiming, recording outcomes.
+
+use super::*;
+
+#[async_trait]
+impl MailStore for SqlStore {
+    async fn queue_mail(
+        &self,
+        limit: EventLimit<'_>,
+        mail: Option<NewMail<'_>>,
+    ) -> Result<Queued, StoreError> {
+        // The user's previous token of this purpose goes first (its queued message with
+        // it). The token is written from the user's row, so nothing is written for a
+        // user deleted meanwhile; the WHERE clause also tells SQLite's parser that ON
+        // CONFLICT is the insert's. A conflict means a concurrent request for the same
+        // user and purpose stored its token first: that one is sent.
+        const REPLACE: &str = "DELETE FROM tokens WHERE user_id = $1 AND purpose = $2";
+        const TOKEN: &str = "INSERT INTO tokens (token_hash, user_id, purpose, created, expires) \
+                             SELECT $1, id, $3, $4, $5 FROM users WHERE id = $2 \
+                             ON CONFLICT DO NOTHING";
+        const MESSAGE: &str = "INSERT INTO outbox (token_hash, user_id, kind, recipient, \
+                               from_name, subject, body, state, attempts, next_attempt, \
+                               lease_until, created) \
+                               VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', 0, $8, 0, $8)";
+        on_writer!(self, pool => async {
+            let mut conn = pool.acquire().await?;
+            let mut tx = conn.begin().await?;
+            sqlx::query(add_event!())
+                .bind(limit.key)
+                .bind(limit.now)
+                .bind(limit.window)
+                .execute(&mut *tx)
+                .await?;
+            let counted: CounterRow = sqlx::query_as(SELECT_COUNTER)
+                .bind(limit.key)
+                .fetch_one(&mut *tx)
+                .await?;
+            let counted = counter(counted);
+            let outcome = match mail {
+                _ if !counted.within(limit.max) => Queued::Limited(counted),
+                None => Queued::Counted,
+                Some(mail) => {
+                    let token = &mail.token;
+                    sqlx::query(REPLACE)
+                        .bind(token.user_id)
+                        .bind(token.purpose.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                    let stored = sqlx::query(TOKEN)
+                        .bind(token.digest.as_str())
+                        .bind(token.user_id)
+                        .bind(token.purpose.as_str())
+                        .bind(token.created)
+                        .bind(token.expires)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected()
+                        == 1;
+                    if stored {
+                        sqlx::query(MESSAGE)
+                            .bind(token.digest.as_str())
+                            .bind(token.user_id)
+                            .bind(token.purpose.as_str())
+                            .bind(mail.recipient)
+                            .bind(mail.from_name)
+                            .bind(mail.subject)
+                            .bind(mail.body)
+                            .bind(limit.now)
+                            .execute(&mut *tx)
+                            .await?;
+                        Queued::Queued
+                    } else {
+                        Queued::Counted
+                    }
+                }
+            };
+            commit!(tx, conn);
+            Ok::<_, sqlx::Error>(outcome)
+        }
+        .await)
+        .map_err(classify)
+    }
+
+    async fn claim_mail(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Vec<ClaimedMail>, StoreError> {
+        macro_rules! claim {
+            ($lock:literal) => {
+                concat!(
+                    "UPDATE outbox SET attempts = attempts + 1, lease_until = $2 \
+                     WHERE lease_until <= $1 AND id IN (SELECT id FROM outbox \
+                     WHERE state = 'queued' AND next_attempt <= $1 AND lease_until <= $1 \
+                     AND (token_hash IS NULL OR EXISTS (SELECT 1 FROM tokens t \
+                     WHERE t.token_hash = outbox.token_hash AND t.expires > $1)) \
+                     ORDER BY next_attempt, id LIMIT $3",
+                    $lock,
+                    ") RETURNING id, user_id, kind, recipient, from_name, subject, body, \
+                     attempts, lease_until"
+                )
+            };
+        }
+        // SQLite runs one writer at a time, so its claims never overlap; PostgreSQL's
+        // concurrent claims skip the rows another has locked.
+        let sql = match self.backend {
+            Backend::Sqlite { .. } => claim!(""),
+            Backend::Postgres(_) => claim!(" FOR UPDATE SKIP LOCKED"),
+        };
+        type Row = (
+            i64,
+            String,
+            String,
+            String,
+            Option<String>,
+            String,
+            String,
+            i64,
+            i64,
+        );
+        on_writer!(self, pool => {
+            sqlx::query_as::<_, Row>(sql)
+                .bind(now)
+                .bind(lease_until)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await
+        })
+        .map(|rows| {
+            rows.into_iter()
+                .map(
+                    |(
+                        id,
+                        user_id,
+                        kind,
+                        recipient,
+                        from_name,
+                        subject,
+                        body,
+                        attempts,
+                        lease_until,
+                    )| {
+                        ClaimedMail {
+                            id,
+                            user_id,
+                            kind,
+                            recipient,
+                            from_name,
+                            subject,
+                            body,
+                            attempts,
+                            lease_until,
+                        }
+                    },
+                )
+                .collect()
+        })
+        .map_err(classify)
+    }
+
+    async fn mail_attempted(
+        &self,
+        mail: &ClaimedMail,
+        outcome: MailOutcome,
+    ) -> Result<(), StoreError> {
+        // Only under the claim it was sent under: a message that went with its token
+        // meanwhile, or whose lease ran out and another sender took, is left alone.
+        macro_rules! claimed {
+            ($set:literal) => {
+                concat!(
+                    "UPDATE outbox SET ",
+                    $set,
+                    ", lease_until = 0 WHERE id = $1 AND state = 'queued' AND lease_until = $2"
+                )
+            };
+        }
+        on_writer!(self, pool => async {
+            match outcome {
+                MailOutcome::Sent => {
+                    sqlx::query(claimed!("state = 'sent', body = ''"))
+                        .bind(mail.id)
+                        .bind(mail.lease_until)
+                        .execute(pool)
+                        .await?;
+                }
+                MailOutcome::Retry { next_attempt } => {
+                    sqlx::query(claimed!("next_attempt = $3"))
+                        .bind(mail.id)
+                        .bind(mail.lease_until)
+                        .bind(next_attempt)
+                        .execute(pool)
+                        .await?;
+                }
+                MailOutcome::GiveUp => {
+                    // The message is kept (without its body or token) as a record that
+                    // it was given up; the token no one will receive is withdrawn.
+                    let mut conn = pool.acquire().await?;
+                    let mut tx = conn.begin().await?;
+                    let token: Option<(Option<String>,)> = sqlx::query_as(
+                        "SELECT token_hash FROM outbox \
+                         WHERE id = $1 AND state = 'queued' AND lease_until = $2",
+                    )
+                    .bind(mail.id)
+                    .bind(mail.lease_until)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    sqlx::query(claimed!("state = 'dead', body = '', token_hash = NULL"))
+                        .bind(mail.id)
+                        .bind(mail.lease_until)
+                        .execute(&mut *tx)
+                        .await?;
+                    if let Some((Some(token),)) = token {
+                        sqlx::query("DELETE FROM tokens WHERE token_hash = $1")
+                            .bind(token)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    commit!(tx, conn);
+                }
+            }
+            Ok::<_, sqlx::Error>(())
+        }
+        .await)
+        .map_err(classify)
+    }
+
+    async fn delete_old_mail(&self, before: i64, batch: u32) -> Result<u64, StoreError> {
+        self.delete_expired(
+            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
+             WHERE state <> 'queued' AND created <= $1 LIMIT $2)",
+            before,
+            batch,
+        )
+        .await
+    }
+}

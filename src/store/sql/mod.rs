@@ -1,0 +1,598 @@
+//! [`Store`] over SQLite or PostgreSQL with sqlx.
+//!
+//! Every statement is written once, in SQL both databases accept (`$n` parameters,
+//! `RETURNING`, `INSERT ... SELECT`), and runs on whichever pool is configured: the
+//! [`on_pool!`] macro expands one body per backend, so each is checked by the compiler
+//! against its own driver with no runtime translation layer. On SQLite, the hot point
+//! reads first try the inline reader (`inline.rs`), which runs the same SQL on the
+//! calling thread and leaves anything it cannot answer to the pool.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::error::DatabaseError;
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, Postgres};
+use sqlx::sqlite::{
+    Sqlite, SqliteConnectOptions, SqliteError, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+use sqlx::{Connection, QueryBuilder, Transaction};
+use std::collections::HashSet;
+
+use super::{
+    AccountStore, AttemptLimit, ClaimedMail, CodeCheck, Counter, CounterStore, Credentials,
+    DatabaseUrl, DeletedUser, EventLimit, HashChange, Imported, Importer, Lookup, MailOutcome,
+    MailStore, NewMail, NewSession, NewUser, Queued, Redeemed, Redemption, Reservation,
+    SessionRecord, SessionStore, Store, StoreError, StoredSession, TokenStore, TransferStore,
+};
+use crate::domain::{
+    AccountChanges, Page, Profile, Purpose, TokenDigest, User, UserId, UserQuery,
+    RESET_CODE_MAX_WRONG,
+};
+use crate::error::{Outage, Unique};
+use inline::InlineReader;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// How long SQLite waits for another writer before giving up with SQLITE_BUSY.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connection pool settings.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub max_connections: u32,
+    /// How long a request waits for a connection before it is answered 503.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+enum Backend {
+    /// SQLite takes one writer at a time. Writes go through a pool of one connection,
+    /// so concurrent writers wait their turn in the pool's queue instead of sleeping in
+    /// SQLite's busy handler (which made write latency spike under load); reads have a
+    /// pool of their own and never wait for writes (WAL).
+    Sqlite {
+        reader: SqlitePool,
+        writer: SqlitePool,
+        /// The hot point reads, without sqlx's thread hand-off; falls back to `reader`.
+        inline: InlineReader,
+    },
+    Postgres(PgPool),
+}
+
+pub struct SqlStore {
+    backend: Backend,
+}
+
+/// Runs `$body`, a read, with `$pool` bound to the store's pool for reading.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.backend {
+            Backend::Sqlite { reader: $pool, .. } => $body,
+            Backend::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Runs `$body`, which writes, with `$pool` bound to the store's pool for writing.
+macro_rules! on_writer {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.backend {
+            Backend::Sqlite { writer: $pool, .. } => $body,
+            Backend::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Answers with `$map(row)` from the inline reader when the store is SQLite and the
+/// fast path can answer (see `inline.rs`); otherwise falls through to the pool.
+macro_rules! inline_first {
+    ($store:expr, $method:ident($sql:expr, [$($name:literal => $value:expr),* $(,)?]), $row:expr, $done:expr) => {
+        if let Backend::Sqlite { inline, .. } = &$store.backend {
+            if let Some(found) = inline.$method($sql, &[$(($name, &$value as &dyn rusqlite::ToSql)),*], $row) {
+                return $done(found);
+            }
+        }
+    };
+}
+
+/// Reads a [`UserRow`] (and a password hash after it, for a [`CredentialsRow`]) from a
+/// rusqlite row.
+fn user_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+        row.get(7)?,
+    ))
+}
+
+fn credentials_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<CredentialsRow> {
+    let (id, username, email, created, updated, verified, verification_date, profile) =
+        user_row(row)?;
+    Ok((
+        id,
+        username,
+        email,
+        created,
+        updated,
+        verified,
+        verification_date,
+        profile,
+        row.get(8)?,
+    ))
+}
+
+/// The columns of a [`User`], in the order of [`UserRow`].
+macro_rules! user_columns {
+    () => {
+        "id, username, email, created, updated, verified, verification_date, profile"
+    };
+}
+
+/// `SELECT <columns> FROM users WHERE <the lookup's column> = $1`, and the key to bind.
+macro_rules! select_by {
+    ($lookup:expr, $($columns:expr),+) => {{
+        macro_rules! by {
+            ($column:literal) => {
+                concat!("SELECT ", $($columns),+, " FROM users WHERE ", $column, " = $1")
+            };
+        }
+        match $lookup {
+            Lookup::Id(id) => (by!("id"), id.as_str()),
+            Lookup::Username(username) => (by!("username"), username.as_str()),
+            Lookup::Email(email) => (by!("email"), email.as_str()),
+        }
+    }};
+}
+
+/// Commits the transaction `$tx` on the pooled connection `$conn`, returning the error
+/// from the enclosing block when it fails. Then the connection is closed rather than
+/// put back in the pool: on SQLite, a COMMIT that fails (a full disk) may have rolled
+/// the transaction back by itself or not, and a connection whose transaction state is
+/// unknown must not serve another request.
+macro_rules! commit {
+    ($tx:ident, $conn:ident) => {
+        if let Err(err) = $tx.commit().await {
+            $conn.close_on_drop();
+            return Err(err);
+        }
+    };
+}
+
+/// Appends `a, b, c` as bound parameters.
+macro_rules! push_list {
+    ($query:expr, $values:expr) => {{
+        let mut list = $query.separated(", ");
+        for value in $values {
+            list.push_bind(value);
+        }
+    }};
+}
+
+type UserRow = (String, String, String, i64, i64, bool, i64, String);
+type CredentialsRow = (String, String, String, i64, i64, bool, i64, String, String);
+type SessionRow = (String, String, String, i64, i64);
+type StoredSessionRow = (String, String, i64, i64);
+type CounterRow = (i64, i64, i64, i64);
+
+/// The columns of a [`Counter`], in the order of [`CounterRow`].
+macro_rules! counter_columns {
+    () => {
+        "count, window_start, blocked_until, strikes"
+    };
+}
+
+const SELECT_COUNTER: &str = concat!(
+    "SELECT ",
+    counter_columns!(),
+    " FROM rate_limits WHERE key = $1"
+);
+
+/// Adds one event to the counter `$1` at `$2`, starting a new window when the current
+/// one (of `$3` seconds) is over. One statement, so concurrent events on several
+/// replicas never lose a count.
+macro_rules! add_event {
+    () => {
+        "INSERT INTO rate_limits (key, count, window_start, blocked_until, strikes, updated) \
+         VALUES ($1, 1, $2, 0, 0, $2) \
+         ON CONFLICT (key) DO UPDATE SET \
+         count = CASE WHEN rate_limits.window_start <= $2 - $3 THEN 1 \
+                      ELSE rate_limits.count + 1 END, \
+         window_start = CASE WHEN rate_limits.window_start <= $2 - $3 THEN $2 \
+                             ELSE rate_limits.window_start END, \
+         updated = $2"
+    };
+}
+
+/// [`add_event!`], answering the counter.
+const COUNT_EVENT: &str = concat!(add_event!(), " RETURNING ", counter_columns!());
+
+fn counter((count, window_start, blocked_until, strikes): CounterRow) -> Counter {
+    Counter {
+        count,
+        window_start,
+        blocked_until,
+        strikes,
+    }
+}
+
+fn credentials(
+    (id, username, email, created, updated, verified, verification_date, profile, password_hash): CredentialsRow,
+) -> Result<Credentials, StoreError> {
+    Ok(Credentials {
+        user: user((
+            id,
+            username,
+            email,
+            created,
+            updated,
+            verified,
+            verification_date,
+            profile,
+        ))?,
+        password_hash,
+    })
+}
+
+fn stored_session((digest, user_id, created, expires): StoredSessionRow) -> StoredSession {
+    StoredSession {
+        digest: TokenDigest::from_stored(digest),
+        user_id,
+        created,
+        expires,
+    }
+}
+
+/// Why a database's schema does not fit this binary.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("the database has no users-service schema: run `users-service migrate`")]
+    NotMigrated,
+    #[error(
+        "the database schema is older than this binary (migration {0} is missing): \
+         run `users-service migrate`"
+    )]
+    Older(i64),
+    #[error(
+        "the database schema is newer than this binary (it has migration {0}, which this \
+         version of users-service does not know): upgrade users-service"
+    )]
+    Newer(i64),
+    #[error("cannot read the schema version")]
+    Store(#[source] StoreError),
+}
+
+/// Creates the database file, empty, readable and writable by its owner only, if it
+/// does not exist yet. SQLite gives its `-wal` and `-shm` files the database file's
+/// permissions, so they are private too. Failing is left to SQLite to report when it
+/// opens the file.
+fn create_private_file(path: &std::path::Path) {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let _ = options.open(path);
+}
+
+fn user(
+    (id, username, email, created, updated, verified, verification_date, profile): UserRow,
+) -> Result<User, StoreError> {
+    // The profile is a JSON object of strings, written only by this service.
+    let profile: Profile = serde_json::from_str(&profile)
+        .map_err(|e| StoreError::Other(sqlx::Error::Decode(Box::new(e))))?;
+    Ok(User {
+        id,
+        username,
+        email,
+        created,
+        updated,
+        verified,
+        verification_date,
+        profile,
+    })
+}
+
+fn users(rows: Vec<UserRow>) -> Result<Vec<User>, StoreError> {
+    rows.into_iter().map(user).collect()
+}
+
+/// A profile as stored: compact JSON.
+fn profile_json(profile: &Profile) -> String {
+    // A map of strings always serialises.
+    serde_json::to_string(profile).unwrap_or_else(|_| "{}".to_string())
+}
+
+impl SqlStore {
+    /// Opens the pool. SQLite runs in WAL mode with full fsync on commit, a busy timeout
+    /// and foreign keys on; its file is created when missing if `create` is set.
+    pub async fn connect(
+        url: &DatabaseUrl,
+        config: &PoolConfig,
+        create: bool,
+    ) -> Result<Self, StoreError> {
+        let backend = match url {
+            DatabaseUrl::Sqlite(path) => {
+                if create {
+                    create_private_file(path);
+                }
+                let options = SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(create)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Full)
+                    .busy_timeout(SQLITE_BUSY_TIMEOUT)
+                    .foreign_keys(true);
+                // A connection to a local file does not go stale: skip the ping that
+                // would otherwise cost a thread round trip on every request. The writer
+                // connects first, so the file exists and is in WAL mode for the readers.
+                let writer = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(config.acquire_timeout)
+                    .test_before_acquire(false)
+                    .connect_with(options.clone())
+                    .await
+                    .map_err(classify)?;
+                let reader = SqlitePoolOptions::new()
+                    .max_connections(config.max_connections)
+                    .acquire_timeout(config.acquire_timeout)
+                    .test_before_acquire(false)
+                    .connect_with(options.create_if_missing(false))
+                    .await
+                    .map_err(classify)?;
+                Backend::Sqlite {
+                    reader,
+                    writer,
+                    inline: InlineReader::new(path.clone()),
+                }
+            }
+            DatabaseUrl::Postgres(url) => {
+                let options: PgConnectOptions = url.parse().map_err(StoreError::Other)?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(config.max_connections)
+                    .acquire_timeout(config.acquire_timeout)
+                    .connect_with(options)
+                    .await
+                    .map_err(classify)?;
+                Backend::Postgres(pool)
+            }
+        };
+        Ok(Self { backend })
+    }
+
+    /// Whatever the database needs before it serves requests, after its schema is in
+    /// place. On SQLite: one committed transaction that changes nothing, so that the
+    /// WAL index records the database's size; on PostgreSQL, nothing.
+    ///
+    /// Until a connection of the process has committed into the current WAL (a WAL is
+    /// started afresh whenever the last connection to the file closes), every read
+    /// transaction asks the file system for the size of the database file: an `fstat`
+    /// per inline read, the one system call a ReadSession makes beside reading the
+    /// request and writing the answer (BENCHMARKS.md, finding 5). A server started on
+    /// a database would pay it on every read until its first write. Writing the
+    /// header's user version back unchanged writes one page to the WAL. Failing is
+    /// harmless: the reads are the same, only slower.
+    pub async fn prepare_to_serve(&self) {
+        let Backend::Sqlite { writer, .. } = &self.backend else {
+            return;
+        };
+        let primed = async {
+            let mut conn = writer.acquire().await?;
+            let (version,): (i64,) = sqlx::query_as("PRAGMA user_version")
+                .fetch_one(&mut *conn)
+                .await?;
+            // A pragma takes no bound parameters; the value is an integer read just now.
+            sqlx::query(&format!("PRAGMA user_version = {version}"))
+                .execute(&mut *conn)
+                .await
+        };
+        if let Err(err) = primed.await {
+            tracing::debug!(error = %err, "could not prime the WAL index");
+        }
+    }
+
+    fn migrator(&self) -> &'static Migrator {
+        match self.backend {
+            Backend::Sqlite { .. } => &SQLITE_MIGRATIONS,
+            Backend::Postgres(_) => &POSTGRES_MIGRATIONS,
+        }
+    }
+
+    /// Applies the embedded migrations that the database lacks. Fails without changing
+    /// anything when the database has migrations this binary does not know (it is newer).
+    pub async fn migrate(&self) -> Result<(), MigrateError> {
+        let migrator = self.migrator();
+        on_writer!(self, pool => migrator.run(pool).await)
+    }
+
+    /// Checks, without changing anything, that the database has exactly the migrations
+    /// this binary carries.
+    pub async fn check_schema(&self) -> Result<(), SchemaError> {
+        const SQL: &str = "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version";
+        let applied =
+            on_pool!(self, pool => sqlx::query_as::<_, (i64,)>(SQL).fetch_all(pool).await);
+        let applied: Vec<i64> = match applied {
+            Ok(rows) => rows.into_iter().map(|(v,)| v).collect(),
+            // No bookkeeping table: this database was never migrated.
+            Err(sqlx::Error::Database(db)) if outage(db.as_ref()).is_none() => {
+                return Err(SchemaError::NotMigrated)
+            }
+            Err(err) => return Err(SchemaError::Store(classify(err))),
+        };
+        let known: Vec<i64> = self
+            .migrator()
+            .iter()
+            .filter(|m| m.migration_type.is_up_migration())
+            .map(|m| m.version)
+            .collect();
+        if let Some(newer) = applied.iter().find(|v| !known.contains(v)) {
+            return Err(SchemaError::Newer(*newer));
+        }
+        if let Some(missing) = known.iter().find(|v| !applied.contains(v)) {
+            return Err(if applied.is_empty() {
+                SchemaError::NotMigrated
+            } else {
+                SchemaError::Older(*missing)
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs one of the sweeper's bounded deletes (`$1` now, `$2` the batch); returns how
+    /// many rows went. Bounded batches keep each write transaction short, so a large
+    /// backlog of expired rows never holds SQLite's write lock for long.
+    async fn delete_expired(&self, sql: &str, now: i64, batch: u32) -> Result<u64, StoreError> {
+        on_writer!(self, pool => {
+            sqlx::query(sql)
+                .bind(now)
+                .bind(i64::from(batch))
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map_err(classify)
+    }
+
+    /// Closes every connection, waiting for those in use to be returned.
+    pub async fn close(&self) {
+        match &self.backend {
+            Backend::Sqlite {
+                reader,
+                writer,
+                inline,
+            } => {
+                inline.close();
+                reader.close().await;
+                writer.close().await;
+            }
+            Backend::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+mod accounts;
+mod counters;
+mod inline;
+mod mail;
+mod sessions;
+mod tokens;
+mod transfer;
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop))
+            .map_err(classify)
+    }
+}
+
+/// Sorts a driver error into what the caller can act on.
+fn classify(err: sqlx::Error) -> StoreError {
+    match &err {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::Conflict(unique_field(db.as_ref()))
+        }
+        sqlx::Error::Database(db) => match outage(db.as_ref()) {
+            Some(kind) => StoreError::Unavailable(kind, err),
+            None => StoreError::Other(err),
+        },
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(Outage::Unreachable, err),
+        _ => StoreError::Other(err),
+    }
+}
+
+/// Which unique attribute a violation is about: PostgreSQL names the constraint
+/// (`users_username_key`), SQLite names the column (`UNIQUE constraint failed: users.username`).
+fn unique_field(db: &dyn DatabaseError) -> Unique {
+    let name = db.constraint().unwrap_or_else(|| db.message());
+    if name.contains("username") {
+        Unique::Username
+    } else if name.contains("email") {
+        Unique::Email
+    } else {
+        Unique::Id
+    }
+}
+
+/// Errors that say "not now" rather than "never": the database is unreachable, busy,
+/// read-only or out of space. Retrying later can succeed.
+fn outage(db: &dyn DatabaseError) -> Option<Outage> {
+    let code = db.code()?;
+    if db.try_downcast_ref::<SqliteError>().is_some() {
+        // Primary result codes.
+        return match code.parse::<i32>().map(|c| c & 0xff).unwrap_or(0) {
+            5 | 6 => Some(Outage::Busy),     // BUSY, LOCKED
+            8 => Some(Outage::ReadOnly),     // READONLY
+            10 => Some(Outage::Storage),     // IOERR
+            13 => Some(Outage::DiskFull),    // FULL
+            14 => Some(Outage::Unreachable), // CANTOPEN
+            _ => None,
+        };
+    }
+    // SQLSTATE classes and codes.
+    match code.as_ref() {
+        "53100" => Some(Outage::DiskFull),
+        "25006" => Some(Outage::ReadOnly),
+        "40001" | "40P01" => Some(Outage::Busy),
+        c if c.starts_with("53") => Some(Outage::Busy),
+        c if c.starts_with("08") || c.starts_with("57P") => Some(Outage::Unreachable),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wal_bytes(db: &std::path::Path) -> u64 {
+        std::fs::metadata(db.with_extension("db-wal")).map_or(0, |m| m.len())
+    }
+
+    #[tokio::test]
+    async fn priming_commits_one_page_into_a_fresh_wal_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.db");
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA user_version = 7; CREATE TABLE t (x);",
+            )
+            .unwrap();
+        }
+        // The last connection to close checkpointed the WAL and removed it.
+        assert_eq!(wal_bytes(&path), 0);
+
+        let url = DatabaseUrl::Sqlite(path.clone());
+        let store = SqlStore::connect(&url, &PoolConfig::default(), false)
+            .await
+            .unwrap();
+        assert_eq!(wal_bytes(&path), 0, "connecting alone writes nothing");
+        store.prepare_to_serve().await;
+        // The WAL's header, then one frame: its header and a page (4 KiB by default).
+        assert_eq!(wal_bytes(&path), 32 + 24 + 4096);
+        let (version,): (i64,) = on_pool!(store, pool => {
+            sqlx::query_as("PRAGMA user_version").fetch_one(pool).await
+        })
+        .unwrap();
+        assert_eq!(version, 7);
+        store.close().await;
+    }
+}

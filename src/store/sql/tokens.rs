@@ -1,0 +1,132 @@
+//! One-time tokens: checking reset codes, using tokens, and sweeping expired ones.
+
+use super::*;
+
+#[async_trait]
+impl TokenStore for SqlStore {
+    async fn check_reset_code(
+        &self,
+        user_id: &str,
+        digest: &TokenDigest,
+        now: i64,
+    ) -> Result<CodeCheck, StoreError> {
+        // One statement finds the account's live code, counts a wrong try against it
+        // and tells whether the code matched, so concurrent wrong codes each count.
+        const SQL: &str = "UPDATE tokens SET attempts = attempts + \
+                           CASE WHEN token_hash = $2 THEN 0 ELSE 1 END \
+                           WHERE user_id = $1 AND purpose = $3 AND expires > $4 \
+                           AND attempts < $5 RETURNING token_hash";
+        let found = on_writer!(self, pool => {
+            // fetch_all for the reason given in update_user.
+            sqlx::query_as::<_, (String,)>(SQL)
+                .bind(user_id)
+                .bind(digest.as_str())
+                .bind(Purpose::ResetPassword.as_str())
+                .bind(now)
+                .bind(RESET_CODE_MAX_WRONG)
+                .fetch_all(pool)
+                .await
+        })
+        .map_err(classify)?;
+        Ok(match found.first() {
+            Some((hash,)) if hash == digest.as_str() => CodeCheck::Valid,
+            _ => CodeCheck::Wrong,
+        })
+    }
+
+    async fn redeem_token(
+        &self,
+        digest: &TokenDigest,
+        purpose: Purpose,
+        now: i64,
+        effect: Redemption<'_>,
+    ) -> Result<Redeemed, StoreError> {
+        // Deleting the row is what uses the token: of two transactions deleting it, the
+        // second deletes nothing (PostgreSQL makes it wait for the first and re-check;
+        // SQLite runs one writer at a time) and reports the token not found. A plain
+        // DELETE, not DELETE ... RETURNING: on SQLite a failing RETURNING statement
+        // inside a transaction (a full disk) left the connection unusable.
+        const FIND: &str = "SELECT user_id, expires, attempts FROM tokens \
+                            WHERE token_hash = $1 AND purpose = $2";
+        const CONSUME: &str = "DELETE FROM tokens WHERE token_hash = $1 AND purpose = $2";
+        on_writer!(self, pool => async {
+            let mut conn = pool.acquire().await?;
+            let mut tx = conn.begin().await?;
+            let found: Option<(String, i64, i64)> = sqlx::query_as(FIND)
+                .bind(digest.as_str())
+                .bind(purpose.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some((user_id, expires, attempts)) = found else {
+                return Ok(Redeemed::NotFound);
+            };
+            // A reset code that too many wrong codes were tried against is void.
+            if attempts >= RESET_CODE_MAX_WRONG {
+                return Ok(Redeemed::NotFound);
+            }
+            let consumed = sqlx::query(CONSUME)
+                .bind(digest.as_str())
+                .bind(purpose.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if consumed != 1 {
+                return Ok(Redeemed::NotFound);
+            }
+            if expires <= now {
+                commit!(tx, conn);
+                return Ok(Redeemed::Expired);
+            }
+            match effect {
+                Redemption::VerifyEmail => {
+                    sqlx::query(
+                        "UPDATE users SET verified = TRUE, verification_date = $2, updated = $2 \
+                         WHERE id = $1",
+                    )
+                    .bind(&user_id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Redemption::NewPassword { hash } => {
+                    sqlx::query("UPDATE users SET password_hash = $2, updated = $3 WHERE id = $1")
+                        .bind(&user_id)
+                        .bind(hash)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+                        .bind(&user_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Redemption::OpenSession { digest, expires } => {
+                    sqlx::query(
+                        "INSERT INTO sessions (token_hash, user_id, created, expires) \
+                         VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(digest.as_str())
+                    .bind(&user_id)
+                    .bind(now)
+                    .bind(expires)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            commit!(tx, conn);
+            Ok::<_, sqlx::Error>(Redeemed::Done { user_id })
+        }
+        .await)
+        .map_err(classify)
+    }
+
+    async fn delete_expired_tokens(&self, now: i64, batch: u32) -> Result<u64, StoreError> {
+        self.delete_expired(
+            "DELETE FROM tokens WHERE token_hash IN \
+             (SELECT token_hash FROM tokens WHERE expires <= $1 LIMIT $2)",
+            now,
+            batch,
+        )
+        .await
+    }
+}
