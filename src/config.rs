@@ -656,6 +656,27 @@ mod tests {
         }
     }
 
+    /// `ServeConfig::new` (what embedding programs and tests start from) and the
+    /// command line without arguments give the same settings, but for the listen address
+    /// (an ephemeral port) and the database.
+    #[test]
+    fn the_embedded_defaults_are_the_command_lines() {
+        let configured = std::env::vars().any(|(k, _)| {
+            (k.starts_with("USERS_")
+                && !k.starts_with("USERS_REQUIRE_")
+                && k != "USERS_TEST_LOG_DIR")
+                || k == "DATABASE_URL"
+        });
+        if configured {
+            eprintln!("SKIPPED the_embedded_defaults_are_the_command_lines: USERS_* or DATABASE_URL is set");
+            return;
+        }
+        let mut parsed = Cli::try_parse_from(["users-service"]).unwrap().serve;
+        let embedded = ServeConfig::new(parsed.database.url.clone());
+        parsed.listen = embedded.listen;
+        assert_eq!(format!("{parsed:?}"), format!("{embedded:?}"));
+    }
+
     #[test]
     fn subcommands_take_the_database_options() {
         let cli = Cli::try_parse_from([

@@ -107,36 +107,59 @@ impl AccountStore for SqlStore {
     ) -> Result<Option<User>, StoreError> {
         // A new e-mail address is not verified, whatever the old one was: the SET
         // expressions read the row's old values, so `email` there is the old address.
-        // (The migration's trigger withdraws the tokens mailed to the old address.)
-        const SQL: &str = concat!(
+        const UPDATE: &str =
             "UPDATE users SET username = COALESCE($2, username), email = COALESCE($3, email), \
              verified = CASE WHEN COALESCE($3, email) = email THEN verified ELSE FALSE END, \
              verification_date = CASE WHEN COALESCE($3, email) = email \
                                  THEN verification_date ELSE 0 END, \
-             profile = COALESCE($5, profile), updated = $4 WHERE id = $1 RETURNING ",
-            user_columns!()
-        );
+             profile = COALESCE($5, profile), updated = $4 WHERE id = $1";
+        const SELECT: &str = concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1");
+        // The old address, with the row locked until the end of the transaction: on
+        // SQLite the transaction takes the write lock as it begins, on PostgreSQL the
+        // row is read FOR UPDATE.
+        let (begin, old_email) = match self.backend {
+            Backend::Sqlite { .. } => ("BEGIN IMMEDIATE", "SELECT email FROM users WHERE id = $1"),
+            Backend::Postgres(_) => ("BEGIN", "SELECT email FROM users WHERE id = $1 FOR UPDATE"),
+        };
         let username = changes.username.as_ref().map(|u| u.as_str());
         let email = changes.email.as_ref().map(|e| e.as_str());
         let profile = changes.profile.as_ref().map(profile_json);
-        on_writer!(self, pool => {
-            // fetch_all, not fetch_optional: sqlx's SQLite driver resets a statement it
-            // stops reading early and drops the error of that reset, which is where an
-            // UPDATE ... RETURNING commits. A commit failure (disk full) would be lost.
-            sqlx::query_as::<_, UserRow>(SQL)
+        let row = on_writer!(self, pool => async {
+            let mut conn = pool.acquire().await?;
+            let mut tx = conn.begin_with(begin).await?;
+            let old: Option<(String,)> = sqlx::query_as(old_email)
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some((old_email,)) = old else {
+                return Ok(None);
+            };
+            sqlx::query(UPDATE)
                 .bind(id.as_str())
                 .bind(username)
                 .bind(email)
                 .bind(now)
                 .bind(&profile)
-                .fetch_all(pool)
-                .await
-        })
-        .map_err(classify)?
-        .into_iter()
-        .next()
-        .map(user)
-        .transpose()
+                .execute(&mut *tx)
+                .await?;
+            if email.is_some_and(|new| new != old_email) {
+                // The account's invariant: a new address withdraws every one-time token
+                // mailed to the old one (and the e-mails queued with them).
+                sqlx::query("DELETE FROM tokens WHERE user_id = $1")
+                    .bind(id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let row: UserRow = sqlx::query_as(SELECT)
+                .bind(id.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+            commit!(tx, conn);
+            Ok::<_, sqlx::Error>(Some(row))
+        }
+        .await)
+        .map_err(classify)?;
+        row.map(user).transpose()
     }
 
     async fn delete_user(&self, id: &UserId, now: i64) -> Result<bool, StoreError> {
