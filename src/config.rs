@@ -677,6 +677,66 @@ mod tests {
         assert_eq!(format!("{parsed:?}"), format!("{embedded:?}"));
     }
 
+    /// docs/configuration.md lists every setting of the command line, with its
+    /// environment variable and default, and nothing else.
+    #[test]
+    fn the_configuration_reference_matches_the_command_line() {
+        let doc = include_str!("../docs/configuration.md");
+        // (flag, variable, default) of each row: | `--flag VALUE` | `VAR` | default | ... |
+        let rows: Vec<(String, String, String)> = doc
+            .lines()
+            .filter(|l| l.starts_with("| `--"))
+            .map(|l| {
+                let cells: Vec<&str> = l.split(" | ").collect();
+                let flag = cells[0]
+                    .trim_start_matches("| `")
+                    .split([' ', '`'])
+                    .next()
+                    .unwrap_or("");
+                (
+                    flag.to_string(),
+                    cells[1].trim_matches('`').to_string(),
+                    cells[2].to_string(),
+                )
+            })
+            .collect();
+        let command = Cli::command();
+        let mut documented = Vec::new();
+        for arg in command.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if ["help", "version"].contains(&long) {
+                continue;
+            }
+            let flag = format!("--{long}");
+            let row = rows
+                .iter()
+                .find(|(f, _, _)| *f == flag)
+                .unwrap_or_else(|| panic!("{flag} is missing from docs/configuration.md"));
+            let env = arg.get_env().and_then(|e| e.to_str()).unwrap_or("");
+            assert_eq!(row.1, env, "{flag}'s variable");
+            let switch = matches!(arg.get_action(), ArgAction::SetTrue);
+            for default in arg.get_default_values() {
+                let default = default.to_str().unwrap_or("");
+                if switch {
+                    assert!(row.2.contains("off"), "{flag}: {}", row.2);
+                } else {
+                    assert!(
+                        row.2.contains(&format!("`{default}`")),
+                        "{flag}'s default is {default}, the reference says {}",
+                        row.2
+                    );
+                }
+            }
+            documented.push(flag);
+        }
+        for (flag, _, _) in &rows {
+            assert!(
+                documented.contains(flag),
+                "{flag} is documented but not a setting"
+            );
+        }
+    }
+
     #[test]
     fn subcommands_take_the_database_options() {
         let cli = Cli::try_parse_from([

@@ -16,7 +16,7 @@ use users_service::server::{
 
 /// The service allocates and frees many small buffers on every request, across its
 /// runtime threads; mimalloc does that with less work and no lock contention between
-/// threads (BENCHMARKS.md, finding 4).
+/// threads (docs/performance/page-cache-allocator-cors.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -85,7 +85,7 @@ impl TokenDigest {
 pub fn sha256_hex(data: &[u8]) -> String {
     // Into a buffer rather than through `format!("{:x}")`, whose formatter runs once per
     // byte and cost every session lookup more than the lookup's own SQL parameters
-    // (BENCHMARKS.md, finding 5).
+    // (docs/performance/read-path-syscalls.md).
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut hex = [0u8; 64];
     for (pair, byte) in hex.chunks_exact_mut(2).zip(Sha256::digest(data)) {

@@ -30,7 +30,7 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     let mut json = serde_json::Deserializer::from_slice(body);
     // Decoding the same bytes is deterministic: a body that fails here fails again in
     // `malformed`, where the path to the bad field is tracked. Tracking it on every
-    // request cost the ones that succeed a quarter more (BENCHMARKS.md, finding 5).
+    // request cost the ones that succeed a quarter more (docs/performance/read-path-syscalls.md).
     let value = T::deserialize(&mut json).map_err(|_| malformed::<T>(body))?;
     json.end()
         .map_err(|err| Error::Malformed(format!("invalid JSON body: {err}")))?;

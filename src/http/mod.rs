@@ -194,7 +194,7 @@ pub fn served_routes() -> Vec<(axum::http::Method, String)> {
 /// (`OPTIONS`); CORS headers mean nothing to a request without it (curl, a backend, an
 /// SDK), and working them out costs tower-http's layer a header map, a joined `Vary`
 /// value and their copies on every request: a tenth of a ReadSession's instructions
-/// (BENCHMARKS.md, finding 4). Requests without `Origin` skip the layer, and their
+/// (docs/performance/page-cache-allocator-cors.md). Requests without `Origin` skip the layer, and their
 /// answers carry the same `Vary` header the layer sets, so a cache keeps answers for
 /// different origins apart either way.
 #[derive(Clone)]
@@ -278,7 +278,7 @@ const CORS_VARY: &str = "origin, access-control-request-method, access-control-r
 ///
 /// With request logs filtered out (`RUST_LOG=warn`), the layer would still wrap every
 /// request and its body and time them for nothing: about 3% of a ReadSession's
-/// instructions (BENCHMARKS.md, finding 5). A subscriber installed after the app is
+/// instructions (docs/performance/read-path-syscalls.md). A subscriber installed after the app is
 /// built therefore sees no request logs; the binary installs its own first.
 fn traced(routes: Router<AppState>) -> Router<AppState> {
     if !tracing::enabled!(Level::INFO) {

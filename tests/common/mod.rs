@@ -117,6 +117,55 @@ impl TestDatabase {
     }
 }
 
+impl TestDatabase {
+    /// Counts the rows of `table` straight from the database.
+    pub async fn count_rows(&self, table: &str) -> i64 {
+        let sql = format!("SELECT COUNT(*) FROM {table}");
+        if self.raw_url.starts_with("postgres") {
+            let mut conn = sqlx::PgConnection::connect(&self.raw_url)
+                .await
+                .expect("connect");
+            let (n,): (i64,) = sqlx::query_as(&sql)
+                .fetch_one(&mut conn)
+                .await
+                .expect("count");
+            n
+        } else {
+            let mut conn = sqlx::SqliteConnection::connect(&self.raw_url)
+                .await
+                .expect("connect");
+            let (n,): (i64,) = sqlx::query_as(&sql)
+                .fetch_one(&mut conn)
+                .await
+                .expect("count");
+            n
+        }
+    }
+
+    /// Runs one statement straight on the database; how many rows it changed.
+    pub async fn execute(&self, sql: &str) -> u64 {
+        if self.raw_url.starts_with("postgres") {
+            let mut conn = sqlx::PgConnection::connect(&self.raw_url)
+                .await
+                .expect("connect");
+            sqlx::query(sql)
+                .execute(&mut conn)
+                .await
+                .expect("statement")
+                .rows_affected()
+        } else {
+            let mut conn = sqlx::SqliteConnection::connect(&self.raw_url)
+                .await
+                .expect("connect");
+            sqlx::query(sql)
+                .execute(&mut conn)
+                .await
+                .expect("statement")
+                .rows_affected()
+        }
+    }
+}
+
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         let Some((admin, name)) = self.postgres.take() else {
@@ -282,26 +331,7 @@ impl TestApp {
 
     /// Counts the rows of `table` straight from the database, behind the service's back.
     pub async fn count_rows(&self, table: &str) -> i64 {
-        let sql = format!("SELECT COUNT(*) FROM {table}");
-        if self.db.raw_url.starts_with("postgres") {
-            let mut conn = sqlx::PgConnection::connect(&self.db.raw_url)
-                .await
-                .expect("connect");
-            let (n,): (i64,) = sqlx::query_as(&sql)
-                .fetch_one(&mut conn)
-                .await
-                .expect("count");
-            n
-        } else {
-            let mut conn = sqlx::SqliteConnection::connect(&self.db.raw_url)
-                .await
-                .expect("connect");
-            let (n,): (i64,) = sqlx::query_as(&sql)
-                .fetch_one(&mut conn)
-                .await
-                .expect("count");
-            n
-        }
+        self.db.count_rows(table).await
     }
 
     /// POSTs `body` as is to `/users/Users/<method>`, with the given Content-Type (or none).

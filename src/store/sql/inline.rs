@@ -3,7 +3,7 @@
 //! sqlx runs every SQLite connection on a thread of its own and sends each statement to
 //! it over a channel: a round trip of two wake-ups and two context switches, which on
 //! a small machine costs more than the statement and the whole HTTP stack together
-//! (BENCHMARKS.md, finding 1). The hot reads (a session, a user) are single index
+//! (docs/performance/inline-reads.md). The hot reads (a session, a user) are single index
 //! searches of a few microseconds, so they run here instead, on the calling thread,
 //! over a read-only connection that each thread keeps for itself.
 //!
@@ -35,7 +35,7 @@ const STATEMENTS: usize = 16;
 /// crate builds (`SQLITE_ENABLE_MEMORY_MANAGEMENT`): every page a point read touches
 /// took that mutex, and the two runtime threads reading at once contended for it. With
 /// the map, the lookup's share of a ReadSession's CPU fell from 29% to 21.5%
-/// (BENCHMARKS.md, finding 4). Writes never go through the map, only these
+/// (docs/performance/page-cache-allocator-cors.md). Writes never go through the map, only these
 /// connections' reads, and a database larger than this is read through the map up to
 /// this size and with `pread` beyond it. The address space is reserved, not memory: a
 /// page counts towards the process's resident size only once read, and it is the page
@@ -174,7 +174,7 @@ self_cell::self_cell!(
     ///
     /// rusqlite's own statement cache (`prepare_cached`) hashes the SQL text to find a
     /// statement and again to put it back, and resets and unbinds it on the way: a
-    /// sixth of an inline read's instructions (BENCHMARKS.md, finding 5). The queries
+    /// sixth of an inline read's instructions (docs/performance/read-path-syscalls.md). The queries
     /// here are a handful of constants, so a short list compared by text does the same.
     struct Reader {
         owner: Connection,
@@ -237,7 +237,7 @@ const ANCHOR_PERIOD: Duration = Duration::from_millis(100);
 /// and releases it at the statement's end. SQLite's unix VFS counts these locks per
 /// process and calls `fcntl` only for the first holder of a slot and when the last one
 /// lets go: with one reader at a time that is two system calls per read, and on
-/// ReadSession the largest cost after the socket (BENCHMARKS.md, finding 2). While the
+/// ReadSession the largest cost after the socket (docs/performance/read-anchor.md). While the
 /// WAL holds nothing that the database file lacks, every reader takes slot 0, and a
 /// transaction held open here on slot 0 makes each of their locks a counter update.
 ///

@@ -382,7 +382,7 @@ impl SqlStore {
     /// started afresh whenever the last connection to the file closes), every read
     /// transaction asks the file system for the size of the database file: an `fstat`
     /// per inline read, the one system call a ReadSession makes beside reading the
-    /// request and writing the answer (BENCHMARKS.md, finding 5). A server started on
+    /// request and writing the answer (docs/performance/read-path-syscalls.md). A server started on
     /// a database would pay it on every read until its first write. Writing the
     /// header's user version back unchanged writes one page to the WAL. Failing is
     /// harmless: the reads are the same, only slower.
