@@ -5,38 +5,62 @@ use super::*;
 #[async_trait]
 impl AccountStore for SqlStore {
     async fn insert_user(&self, new: NewUser<'_>) -> Result<User, StoreError> {
-        const SQL: &str =
-            "INSERT INTO users (id, username, email, password_hash, created, updated, profile) \
-                           VALUES ($1, $2, $3, $4, $5, $5, $6)";
-        let profile = profile_json(new.profile);
-        // The deleted ids are looked at after the insert, in the same transaction: on
-        // PostgreSQL an insert that waited for a concurrent Delete of the same id to
-        // commit sees that Delete's tombstone only from a later statement.
-        let deleted_id = on_writer!(self, pool => async {
-            let mut conn = pool.acquire().await?;
-            let mut tx = conn.begin().await?;
-            sqlx::query(SQL)
-                .bind(new.id.as_str())
-                .bind(new.username.as_str())
-                .bind(new.email.as_str())
-                .bind(new.password_hash)
-                .bind(new.now)
-                .bind(&profile)
-                .execute(&mut *tx)
-                .await?;
-            let (deleted,): (i64,) =
-                sqlx::query_as("SELECT COUNT(*) FROM deleted_users WHERE id = $1")
-                    .bind(new.id.as_str())
-                    .fetch_one(&mut *tx)
-                    .await?;
-            if deleted > 0 {
-                tx.rollback().await?;
-                return Ok(true);
-            }
-            commit!(tx, conn);
-            Ok::<_, sqlx::Error>(false)
+        // Nothing is inserted under the id of a deleted account. On SQLite one statement
+        // decides that under the write lock. On PostgreSQL the deleted ids are looked at
+        // after the insert, in the same transaction: an insert that waited for a
+        // concurrent Delete of the same id to commit sees that Delete's tombstone only
+        // from a later statement.
+        macro_rules! insert {
+            ($unless_deleted:literal) => {
+                concat!(
+                    "INSERT INTO users (id, username, email, password_hash, created, updated, \
+                     profile) SELECT $1, $2, $3, $4, $5, $5, $6",
+                    $unless_deleted
+                )
+            };
         }
-        .await)
+        const DELETED: &str = "SELECT COUNT(*) FROM deleted_users WHERE id = $1";
+        let profile = profile_json(new.profile);
+        let deleted_id = match &self.backend {
+            Backend::Sqlite { writer, .. } => sqlx::query(insert!(
+                " WHERE NOT EXISTS (SELECT 1 FROM deleted_users WHERE id = $1)"
+            ))
+            .bind(new.id.as_str())
+            .bind(new.username.as_str())
+            .bind(new.email.as_str())
+            .bind(new.password_hash)
+            .bind(new.now)
+            .bind(&profile)
+            .execute(writer)
+            .await
+            .map(|done| done.rows_affected() == 0),
+            Backend::Postgres(pool) => {
+                async {
+                    let mut conn = pool.acquire().await?;
+                    let mut tx = conn.begin().await?;
+                    sqlx::query(insert!(""))
+                        .bind(new.id.as_str())
+                        .bind(new.username.as_str())
+                        .bind(new.email.as_str())
+                        .bind(new.password_hash)
+                        .bind(new.now)
+                        .bind(&profile)
+                        .execute(&mut *tx)
+                        .await?;
+                    let (deleted,): (i64,) = sqlx::query_as(DELETED)
+                        .bind(new.id.as_str())
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    if deleted > 0 {
+                        tx.rollback().await?;
+                        return Ok(true);
+                    }
+                    commit!(tx, conn);
+                    Ok::<_, sqlx::Error>(false)
+                }
+                .await
+            }
+        }
         .map_err(classify)?;
         if deleted_id {
             return Err(StoreError::Conflict(Unique::Id));
