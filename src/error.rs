@@ -116,6 +116,36 @@ fn outage_detail(outage: Outage) -> &'static str {
     }
 }
 
+/// What kind of failure a store's error is, as the core tells its clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// A unique value is taken.
+    Conflict(Unique),
+    /// The database cannot serve the request now; nothing was changed.
+    Unavailable(Outage),
+    /// Anything else: a fault of ours.
+    Fault,
+}
+
+/// A store's error. The store implements it for its own error type, so that `?` turns
+/// a store's failure into the core's [`Error`] (this module knows no store).
+pub trait StoreFailure: std::error::Error + Send + Sync + 'static {
+    fn kind(&self) -> FailureKind;
+}
+
+impl<E: StoreFailure> From<E> for Error {
+    fn from(err: E) -> Self {
+        match err.kind() {
+            FailureKind::Conflict(field) => Self::Conflict(field),
+            FailureKind::Unavailable(outage) => Self::Unavailable {
+                outage,
+                source: Box::new(err),
+            },
+            FailureKind::Fault => Self::Internal(Box::new(err)),
+        }
+    }
+}
+
 /// An error and its causes on one line, "outer: inner: innermost", skipping a cause whose
 /// text the previous message already includes (driver errors often repeat themselves).
 pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use crate::domain::Purpose;
 use crate::domain::TokenDigest;
 use crate::domain::{AccountChanges, Email, Page, Profile, User, UserId, UserQuery, Username};
-use crate::error::{Error, Outage, Unique};
+use crate::error::{FailureKind, Outage, StoreFailure, Unique};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -41,15 +41,12 @@ impl StoreError {
     }
 }
 
-impl From<StoreError> for Error {
-    fn from(err: StoreError) -> Self {
-        match err {
-            StoreError::Conflict(field) => Self::Conflict(field),
-            StoreError::Unavailable(outage, _) => Self::Unavailable {
-                outage,
-                source: Box::new(err),
-            },
-            StoreError::Other(cause) => Self::Internal(Box::new(cause)),
+impl StoreFailure for StoreError {
+    fn kind(&self) -> FailureKind {
+        match self {
+            Self::Conflict(field) => FailureKind::Conflict(*field),
+            Self::Unavailable(outage, _) => FailureKind::Unavailable(*outage),
+            Self::Other(_) => FailureKind::Fault,
         }
     }
 }
