@@ -22,6 +22,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://users.db";
 /// Seven days.
 pub const DEFAULT_SESSION_TTL: u64 = 604_800;
+pub const DEFAULT_UI_TITLE: &str = "users-service";
 pub const DEFAULT_DB_MAX_CONNECTIONS: u32 = 10;
 pub const DEFAULT_DB_ACQUIRE_TIMEOUT: u64 = 3;
 pub const DEFAULT_PUBLIC_METHODS: &str =
@@ -126,6 +127,9 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub mail: MailConfig,
+
+    #[command(flatten)]
+    pub ui: UiConfig,
 
     /// Seconds a request may take, from its first byte to its answer (slow clients and
     /// slow requests are cut off)
@@ -297,6 +301,28 @@ pub struct LimitsConfig {
     /// address per hour
     #[arg(long, env = "USERS_MAILS_PER_HOUR", value_name = "N", default_value_t = DEFAULT_MAILS_PER_HOUR)]
     pub mails_per_hour: u32,
+}
+
+/// The hosted pages under /ui/.
+#[derive(Debug, Clone, Args)]
+pub struct UiConfig {
+    /// The name shown at the top of the hosted pages (/ui/) and in their titles
+    #[arg(
+        long,
+        env = "USERS_UI_TITLE",
+        value_name = "TEXT",
+        default_value = DEFAULT_UI_TITLE
+    )]
+    pub ui_title: String,
+
+    /// A CSS file the hosted pages load after their own stylesheet, to brand them
+    #[arg(long, env = "USERS_UI_STYLESHEET", value_name = "FILE")]
+    pub ui_stylesheet: Option<PathBuf>,
+
+    /// A logo (PNG, SVG, JPEG or WebP file) shown at the top of the hosted pages
+    /// instead of the title
+    #[arg(long, env = "USERS_UI_LOGO", value_name = "FILE")]
+    pub ui_logo: Option<PathBuf>,
 }
 
 /// E-mail delivery and the links the e-mails carry.
@@ -519,6 +545,11 @@ impl ServeConfig {
                 magic_link_ttl: DEFAULT_MAGIC_LINK_TTL,
                 mail_max_attempts: DEFAULT_MAIL_MAX_ATTEMPTS,
                 mail_retry_delay: DEFAULT_MAIL_RETRY_DELAY,
+            },
+            ui: UiConfig {
+                ui_title: DEFAULT_UI_TITLE.to_string(),
+                ui_stylesheet: None,
+                ui_logo: None,
             },
             passwords: PasswordConfig {
                 password_min_length: DEFAULT_PASSWORD_MIN_LENGTH,

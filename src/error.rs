@@ -37,6 +37,9 @@ pub enum Error {
     /// Wrong credentials, or an unknown or expired session.
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// The caller is known but may not do this (a session acting on another account).
+    #[error("{0}")]
+    Forbidden(&'static str),
     #[error("{0}")]
     NotFound(&'static str),
     #[error("{0} is already taken")]

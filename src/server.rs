@@ -16,7 +16,7 @@ use sqlx::migrate::MigrateError;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
-use crate::config::{AccessConfig, DatabaseConfig, ServeConfig};
+use crate::config::{AccessConfig, DatabaseConfig, ServeConfig, UiConfig};
 use crate::core::clock::{Clock, SystemClock};
 use crate::core::outbox::Outbox;
 use crate::core::password::PasswordHasher;
@@ -24,6 +24,7 @@ use crate::core::users::Users;
 use crate::http::access::AccessPolicy;
 use crate::http::connection::{Activity, ConnectionLimits, Full, Timeouts, Watched};
 use crate::http::guard::{Guard, GuardConfig};
+use crate::http::ui::UiSettings;
 use crate::http::{App, AppState};
 use crate::store::{DatabaseUrl, SchemaError, SqlStore, StoreError};
 
@@ -117,6 +118,57 @@ pub struct Server {
 }
 
 /// The admin key from the environment or from a file, if any.
+/// The hosted pages' settings: the operator's files are read once, at start-up.
+fn ui_settings(
+    config: &UiConfig,
+    public_url: Option<&url::Url>,
+    redirect_allowlist: &[String],
+    credentialed: &[String],
+) -> Result<UiSettings, StartError> {
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            StartError::Config(format!("cannot read the {what} {}: {e}", path.display()))
+        })
+    };
+    let stylesheet = config
+        .ui_stylesheet
+        .as_deref()
+        .map(|path| read("stylesheet", path))
+        .transpose()?;
+    let logo = match config.ui_logo.as_deref() {
+        Some(path) => {
+            let kind = match path
+                .extension()
+                .and_then(|e| e.to_str())
+                .map(str::to_ascii_lowercase)
+                .as_deref()
+            {
+                Some("png") => "image/png",
+                Some("svg") => "image/svg+xml",
+                Some("jpg" | "jpeg") => "image/jpeg",
+                Some("webp") => "image/webp",
+                _ => {
+                    return Err(StartError::Config(format!(
+                        "the logo {} is not a .png, .svg, .jpg or .webp file",
+                        path.display()
+                    )))
+                }
+            };
+            Some((read("logo", path)?, kind))
+        }
+        None => None,
+    };
+    let mut return_origins = redirect_allowlist.to_vec();
+    return_origins.extend(credentialed.iter().cloned());
+    Ok(UiSettings {
+        title: config.ui_title.clone(),
+        stylesheet,
+        logo,
+        secure_cookies: public_url.is_some_and(|u| u.scheme() == "https"),
+        return_origins,
+    })
+}
+
 fn admin_key(access: &AccessConfig) -> Result<Option<SecretString>, StartError> {
     if let Some(path) = &access.api_key_file {
         let text = std::fs::read_to_string(path).map_err(|e| {
@@ -193,34 +245,38 @@ impl Server {
                  not sent"
             );
         }
-        let public_host = url::Url::parse(&settings.links.public_url)
-            .ok()
-            .and_then(|u| u.host_str().map(str::to_string));
+        let public_url = url::Url::parse(&settings.links.public_url).ok();
         let outbox = Arc::new(Outbox::new(
             store.clone(),
             mailer,
             clock.clone(),
             config.outbox_config(),
         ));
+        let redirect_allowlist = settings.links.redirect_allowlist.clone();
         let users = Arc::new(Users::new(store.clone(), hasher, clock, settings, outbox));
         let request_timeout = Duration::from_secs(config.request_timeout);
         let guard = Guard::new(GuardConfig {
             cors_origins: &config.cors_origins,
             has_admin_key: access.has_key(),
             listen: listener.local_addr().unwrap_or(config.listen),
-            public_host,
+            public_url: public_url.as_ref(),
             allowed_hosts: &config.access.allowed_hosts,
         })
         .map_err(StartError::Config)?;
-        let app = Arc::new(App::new(
-            AppState {
-                users: users.clone(),
-                access: access.clone(),
-                trusted_proxies: Arc::new(config.access.trusted_proxies.clone()),
-                request_timeout,
-            },
-            guard,
-        ));
+        let ui = ui_settings(
+            &config.ui,
+            public_url.as_ref(),
+            &redirect_allowlist,
+            guard.credentialed_origins(),
+        )?;
+        let app = Arc::new(App::new(AppState {
+            users: users.clone(),
+            access: access.clone(),
+            trusted_proxies: Arc::new(config.access.trusted_proxies.clone()),
+            request_timeout,
+            guard: Arc::new(guard),
+            ui: Arc::new(ui),
+        }));
         if !access.has_key() {
             tracing::warn!(
                 "no admin key is set: every method, Delete and Search included, is open to \

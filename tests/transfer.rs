@@ -179,6 +179,10 @@ async fn export_from_sqlite_and_import_into_postgres_keeps_passwords_and_session
         source.create_user(name).await;
         sessions.push(source.login(name, PASSWORD).await);
     }
+    let (status, source_sessions) = source
+        .call("ListSessions", json!({"user_id": sessions[0]["user_id"]}))
+        .await;
+    assert_eq!(status, 200, "{source_sessions}");
     // A profile and a verified address travel too. The verification token is planted
     // in the store (no mail server here) and used through the API.
     let (status, _) = source
@@ -286,6 +290,12 @@ async fn export_from_sqlite_and_import_into_postgres_keeps_passwords_and_session
     );
 
     let app = TestApp::spawn_on(target, |_| {}).await;
+    // What a user sees of the sessions (address, browser, last use) travels too.
+    let user_id = sessions[0]["user_id"].clone();
+    let (status, listed) = app.call("ListSessions", json!({"user_id": user_id})).await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed, source_sessions, "the session list is kept");
+    assert_eq!(listed["sessions"][0]["client_ip"], "127.0.0.1", "{listed}");
     for name in ["asim", "bea", "chen"] {
         app.login(name, PASSWORD).await;
     }

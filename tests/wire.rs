@@ -509,10 +509,17 @@ async fn every_answer_is_marked_no_store_and_nosniff() {
             }
             let response = request.send().await.unwrap();
             let headers = response.headers();
-            assert_eq!(
-                headers["cache-control"], "no-store",
-                "{verb} {path} {origin:?}"
-            );
+            // The one static file among the routes is revalidated by its ETag; answers
+            // refused before any route are never stored.
+            let cache = if path == "/micro.js" && response.status() == 200 {
+                "no-cache"
+            } else {
+                "no-store"
+            };
+            assert_eq!(headers["cache-control"], cache, "{verb} {path} {origin:?}");
+            if cache == "no-cache" {
+                assert!(headers.contains_key("etag"), "{verb} {path}");
+            }
             assert_eq!(
                 headers["x-content-type-options"], "nosniff",
                 "{verb} {path} {origin:?}"

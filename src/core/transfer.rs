@@ -9,6 +9,7 @@
 //! {"type":"header","format":"users-service","version":1}
 //! {"type":"user","id":"...","username":"...","email":"...","password_hash":"$argon2id$...","created":1700000000,"updated":1700000000,"verified":true,"verification_date":1700000100,"profile":{"plan":"free"}}
 //! {"type":"session","token_hash":"<sha256 hex>","user_id":"...","created":1700000000,"expires":1700604800}
+//! (and, when known, "client_ip", "user_agent" and "last_seen")
 //! {"type":"deleted_user","id":"...","deleted":1700000000}
 //! ```
 //!
@@ -26,6 +27,7 @@ use argon2::password_hash::PasswordHash;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
+use crate::core::users::bounded_user_agent;
 use crate::domain::TokenDigest;
 use crate::domain::{Email, Profile, User, UserId, Username};
 use crate::store::{
@@ -54,6 +56,13 @@ enum Line {
         user_id: String,
         created: i64,
         expires: i64,
+        /// What the user sees of the session (ListSessions); older exports lack them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_ip: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user_agent: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_seen: Option<i64>,
     },
     DeletedUser {
         id: String,
@@ -167,6 +176,9 @@ pub async fn export(
                     user_id: session.user_id,
                     created: session.created,
                     expires: session.expires,
+                    client_ip: session.client_ip,
+                    user_agent: session.user_agent,
+                    last_seen: session.last_seen,
                 },
             )?;
             summary.sessions += 1;
@@ -381,7 +393,17 @@ pub async fn import(
                 user_id,
                 created,
                 expires,
-            } => match check_session(token_hash, user_id, created, expires) {
+                client_ip,
+                user_agent,
+                last_seen,
+            } => match check_session(token_hash, user_id, created, expires).map(|session| {
+                StoredSession {
+                    client_ip,
+                    user_agent: user_agent.map(|agent| bounded_user_agent(&agent).to_owned()),
+                    last_seen,
+                    ..session
+                }
+            }) {
                 Ok(session) if session.expires <= now => summary.skipped += 1,
                 Ok(session) => {
                     // A session's user may be among the users not written yet.
@@ -511,5 +533,8 @@ fn check_session(
         user_id: user_id.as_str().to_owned(),
         created,
         expires,
+        client_ip: None,
+        user_agent: None,
+        last_seen: None,
     })
 }

@@ -14,11 +14,11 @@ use crate::domain::{
     Password, PasswordChange, PasswordReset, RedirectUrl, Session, User, UserId, UserQuery,
 };
 use crate::domain::{Purpose, ResetCode};
-use crate::domain::{SecretToken, TokenDigest};
+use crate::domain::{SecretToken, SessionHandle, TokenDigest};
 use crate::error::Error;
 use crate::store::{
     CodeCheck, Credentials, EventLimit, HashChange, Lookup, NewMail, NewSession, NewToken, NewUser,
-    Queued, Redeemed, Redemption, Store, StoreError,
+    Queued, Redeemed, Redemption, SessionClient, SessionDetails, Store, StoreError,
 };
 
 /// The one answer for an unknown account and a wrong password alike, so that Login does
@@ -29,6 +29,15 @@ pub const NO_SESSION: &str = "session not found or expired";
 pub const NO_USER: &str = "user not found";
 pub const TOKEN_NOT_FOUND: &str = "token not found";
 pub const TOKEN_EXPIRED: &str = "token expired";
+pub const NOT_YOUR_ACCOUNT: &str = "a session may act on its own account only";
+pub const NO_SUCH_SESSION: &str = "session not found";
+
+/// A session's `last_seen` is written at most once in this many seconds.
+const LAST_SEEN_INTERVAL: i64 = 60;
+/// Most sessions ListSessions shows (newest first).
+pub const MAX_LISTED_SESSIONS: u32 = 100;
+/// Longest `User-Agent` kept with a session, in bytes.
+pub const MAX_USER_AGENT: usize = 256;
 
 /// How long a verification link stays valid.
 pub const VERIFICATION_TTL: i64 = 86_400;
@@ -66,12 +75,61 @@ pub struct LinkSettings {
 }
 
 /// Who calls the core, as far as its rules care.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct Requester {
     /// The client's address, for the per-address limits.
     pub ip: Option<IpAddr>,
     /// Trusted with every method: it presented the admin key, or none is configured.
     pub trusted: bool,
+    /// The user whose live session signed the request, when it was signed by a session
+    /// and not by the admin key: such a caller acts on that account only.
+    pub session_user: Option<String>,
+    /// The `User-Agent` it sent, kept with the sessions it opens.
+    pub user_agent: Option<String>,
+}
+
+impl Requester {
+    /// The one rule of self-service: a caller signed by a session acts on its own
+    /// account and no other; any other caller that reached the method may name any.
+    pub fn may_act_on(&self, user_id: &str) -> Result<(), Error> {
+        match &self.session_user {
+            Some(own) if own != user_id => Err(Error::Forbidden(NOT_YOUR_ACCOUNT)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The account a method that may name one acts on: the one named, which a session
+    /// may only name as its own, or, when none is named, the session's.
+    pub fn account_or_own(
+        &self,
+        named: Option<String>,
+        field: &'static str,
+    ) -> Result<UserId, Error> {
+        match (named.filter(|id| !id.trim().is_empty()), &self.session_user) {
+            (None, Some(own)) => UserId::parse(field, Some(own.clone())),
+            (named, _) => {
+                let id = UserId::parse(field, named)?;
+                self.may_act_on(id.as_str())?;
+                Ok(id)
+            }
+        }
+    }
+
+    /// How the sessions this caller opens describe it.
+    fn client(&self) -> (Option<String>, Option<&str>) {
+        let agent = self.user_agent.as_deref().map(bounded_user_agent);
+        (self.ip.map(|ip| ip.to_string()), agent)
+    }
+}
+
+/// A `User-Agent` as a session keeps it: its first [`MAX_USER_AGENT`] bytes, cut at a
+/// character boundary.
+pub fn bounded_user_agent(agent: &str) -> &str {
+    let mut end = agent.len().min(MAX_USER_AGENT);
+    while !agent.is_char_boundary(end) {
+        end -= 1;
+    }
+    &agent[..end]
 }
 
 /// What kind of one-time token an e-mail carries.
@@ -288,8 +346,9 @@ impl Users {
         &self,
         name: LoginName,
         password: Password,
-        client: Option<IpAddr>,
+        caller: &Requester,
     ) -> Result<Session, Error> {
+        let client = caller.ip;
         let lookup = match &name {
             LoginName::Username(username) => Lookup::Username(username),
             LoginName::Email(email) => Lookup::Email(email),
@@ -327,6 +386,7 @@ impl Users {
         let token = SecretToken::generate();
         let created = self.clock.now();
         let expires = created.saturating_add(self.session_ttl);
+        let (ip, user_agent) = caller.client();
         // The session is written only if the hash is still the one just verified, so a
         // password change (which revokes sessions) cannot be outrun by a login that
         // proved the old password.
@@ -338,6 +398,10 @@ impl Users {
                     user_id: &credentials.user.id,
                     created,
                     expires,
+                    client: SessionClient {
+                        ip: ip.as_deref(),
+                        user_agent,
+                    },
                 },
                 &credentials.password_hash,
             )
@@ -377,6 +441,45 @@ impl Users {
         })
     }
 
+    /// The user a live session belongs to, for a request that the session signs; notes
+    /// when it was last seen. None for an unknown or expired session.
+    pub async fn session_user(&self, token: &SecretToken) -> Result<Option<String>, Error> {
+        let digest = token.digest();
+        let now = self.clock.now();
+        let Some(record) = self.store.session(&digest, now).await? else {
+            return Ok(None);
+        };
+        // Noting the use is not worth failing the request for: a read-only or full
+        // database still serves a session-signed Read.
+        if let Err(err) = self
+            .store
+            .touch_session(&digest, now, LAST_SEEN_INTERVAL)
+            .await
+        {
+            tracing::warn!(error = %err, "a session's last use was not recorded");
+        }
+        Ok(Some(record.user_id))
+    }
+
+    /// The user's live sessions, newest first (at most [`MAX_LISTED_SESSIONS`]).
+    pub async fn list_sessions(&self, id: &UserId) -> Result<Vec<SessionDetails>, Error> {
+        self.read(&AccountKey::Id(id.clone())).await?;
+        Ok(self
+            .store
+            .user_sessions(id.as_str(), self.clock.now(), MAX_LISTED_SESSIONS)
+            .await?)
+    }
+
+    /// Ends one of the user's sessions, named by its handle.
+    pub async fn revoke_session(&self, id: &UserId, handle: &SessionHandle) -> Result<(), Error> {
+        if self.store.revoke_session(id.as_str(), handle).await? {
+            tracing::info!(event = "session_revoked", user_id = %id.as_str());
+            Ok(())
+        } else {
+            Err(Error::NotFound(NO_SUCH_SESSION))
+        }
+    }
+
     /// Ends every session of the user.
     pub async fn logout_all(&self, id: &UserId) -> Result<(), Error> {
         // Checked first so an unknown user is a 404, as for the other per-user methods.
@@ -386,10 +489,29 @@ impl Users {
         Ok(())
     }
 
-    /// Whether a browser may be sent to `url` after verification.
+    /// Whether `origin` (`scheme://host[:port]`) is this service's own public address.
+    pub fn is_own_origin(&self, origin: &str) -> bool {
+        url::Url::parse(&self.links.public_url)
+            .is_ok_and(|own| own.origin().ascii_serialization() == origin)
+    }
+
+    /// The service's public address, as links in e-mails use it.
+    pub fn public_url(&self) -> &str {
+        &self.links.public_url
+    }
+
+    /// How long a new session lives, in seconds.
+    pub fn session_ttl(&self) -> i64 {
+        self.session_ttl
+    }
+
+    /// Whether a browser may be sent to `url` after verification (its own pages always).
     pub fn check_redirect(&self, field: &'static str, url: &RedirectUrl) -> Result<(), Error> {
         let allowed = &self.links.redirect_allowlist;
-        if allowed.is_empty() || allowed.iter().any(|origin| *origin == url.origin()) {
+        if allowed.is_empty()
+            || allowed.iter().any(|origin| *origin == url.origin())
+            || self.is_own_origin(&url.origin())
+        {
             Ok(())
         } else {
             Err(Error::invalid(
@@ -566,10 +688,15 @@ impl Users {
     }
 
     /// Uses a magic-link token: a new session the first time, and why not afterwards.
-    pub async fn verify_token(&self, token: SecretToken) -> Result<TokenCheck, Error> {
+    pub async fn verify_token(
+        &self,
+        token: SecretToken,
+        caller: &Requester,
+    ) -> Result<TokenCheck, Error> {
         let session = SecretToken::generate();
         let now = self.clock.now();
         let expires = now.saturating_add(self.session_ttl);
+        let (ip, user_agent) = caller.client();
         match self
             .store
             .redeem_token(
@@ -579,6 +706,10 @@ impl Users {
                 Redemption::OpenSession {
                     digest: &session.digest(),
                     expires,
+                    client: SessionClient {
+                        ip: ip.as_deref(),
+                        user_agent,
+                    },
                 },
             )
             .await?

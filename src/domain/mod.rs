@@ -6,7 +6,7 @@ mod one_time;
 mod secret;
 
 pub use one_time::{Purpose, ResetCode, RESET_CODE_MAX_WRONG};
-pub use secret::{sha256_hex, SecretToken, TokenDigest};
+pub use secret::{sha256_hex, SecretToken, SessionHandle, TokenDigest};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -510,8 +510,8 @@ impl RedirectUrl {
 /// page that calls VerifyToken.
 #[derive(Debug, Clone)]
 pub struct MagicLinkTarget {
-    pub address: String,
-    pub endpoint: String,
+    /// The link without its token: `https://<address>[/<endpoint>]`.
+    prefix: String,
 }
 
 impl MagicLinkTarget {
@@ -541,15 +541,24 @@ impl MagicLinkTarget {
                 "must be a path of letters, digits, '-', '_', '.', '~' and '/'",
             ));
         }
-        Ok(Self { address, endpoint })
+        let prefix = if endpoint.is_empty() {
+            format!("https://{address}")
+        } else {
+            format!("https://{address}/{endpoint}")
+        };
+        Ok(Self { prefix })
+    }
+
+    /// A link to one of this service's own pages: `base` is its public address and
+    /// path, as configured (not input).
+    pub fn own_page(base: &str) -> Self {
+        Self {
+            prefix: base.trim_end_matches('/').to_string(),
+        }
     }
 
     pub fn link(&self, token: &str) -> String {
-        if self.endpoint.is_empty() {
-            format!("https://{}/{token}", self.address)
-        } else {
-            format!("https://{}/{}/{token}", self.address, self.endpoint)
-        }
+        format!("{}/{token}", self.prefix)
     }
 }
 

@@ -78,6 +78,45 @@ impl TokenDigest {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The session's public handle: the digest's first hex digits.
+    pub fn handle(&self) -> SessionHandle {
+        SessionHandle(self.0.chars().take(SessionHandle::LEN).collect())
+    }
+}
+
+/// How a user names one of their sessions (ListSessions, RevokeSession): the first 16
+/// hex digits of its token's digest. It reveals nothing of the token, and among one
+/// user's sessions it is unique for all practical purposes (64 bits).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionHandle(String);
+
+impl SessionHandle {
+    pub const LEN: usize = 16;
+
+    pub fn parse(field: &'static str, value: Option<String>) -> Result<Self, Error> {
+        let value = value.unwrap_or_default();
+        let value = value.trim();
+        if value.is_empty() {
+            return Err(Error::invalid(field, "is required"));
+        }
+        if value.len() != Self::LEN || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::invalid(
+                field,
+                format!("must be the {} hex digits ListSessions gives", Self::LEN),
+            ));
+        }
+        Ok(Self(value.to_ascii_lowercase()))
+    }
+
+    /// A handle read back from the store.
+    pub fn from_stored(hex: &str) -> Self {
+        Self(hex.chars().take(Self::LEN).collect())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// SHA-256 of `data` in lowercase hex: how the store keys what it must not hold in the

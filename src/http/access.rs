@@ -4,13 +4,15 @@ use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, HeaderValue};
 use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::cookie::session_cookie;
 use super::{AppState, RPC_METHODS};
+use crate::domain::SecretToken;
 
 /// The admin key and the methods that do not need it.
 pub struct AccessPolicy {
@@ -57,20 +59,17 @@ impl AccessPolicy {
         self.key_digest.is_some()
     }
 
-    /// Whether a caller may call `method`.
-    pub fn allows(&self, method: &str, caller: &Caller) -> bool {
-        self.key_digest.is_none() || caller.admin || self.public.contains(&method)
+    /// Whether a caller that did (`admin`) or did not present the admin key may call
+    /// `method` without a session.
+    pub fn allows(&self, method: &str, admin: bool) -> bool {
+        self.key_digest.is_none() || admin || self.public.contains(&method)
     }
 
     fn is_admin(&self, headers: &HeaderMap) -> bool {
         let Some(expected) = &self.key_digest else {
             return false;
         };
-        let Some(presented) = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-        else {
+        let Some(presented) = bearer(headers) else {
             return false;
         };
         let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
@@ -78,13 +77,31 @@ impl AccessPolicy {
     }
 }
 
+/// The methods a user's own session may call, on that user's account only.
+pub const SELF_SERVICE: &[&str] = &[
+    "Read",
+    "Update",
+    "UpdatePassword",
+    "Delete",
+    "LogoutAll",
+    "ListSessions",
+    "RevokeSession",
+];
+
 /// What the service knows of a caller.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Caller {
     /// The client's address: the peer, or what a trusted proxy says it forwarded for.
     pub ip: Option<IpAddr>,
     /// Presented the admin key.
     pub admin: bool,
+    /// A session id that may sign the request: `Authorization: Bearer <session id>`
+    /// (anything but the admin key), or the session cookie of a page the guard lets act
+    /// with it. Whether it names a live session is looked up only when a method needs it.
+    pub session: Option<SecretToken>,
+    /// Its `User-Agent` (a cheap copy of the header; made text only when a session is
+    /// opened).
+    pub user_agent: Option<HeaderValue>,
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -98,11 +115,38 @@ impl FromRequestParts<AppState> for Caller {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(addr)| addr.ip());
+        let admin = state.access.is_admin(&parts.headers);
+        let session = if admin {
+            None
+        } else {
+            bearer(&parts.headers)
+                .and_then(|presented| {
+                    SecretToken::parse("session", Some(presented.to_owned())).ok()
+                })
+                .or_else(|| {
+                    state
+                        .guard
+                        .cookie_allowed(&parts.headers)
+                        .then(|| session_cookie(&parts.headers))
+                        .flatten()
+                })
+        };
         Ok(Caller {
             ip: peer.map(|peer| client_ip(peer, &parts.headers, &state.trusted_proxies)),
-            admin: state.access.is_admin(&parts.headers),
+            admin,
+            session,
+            user_agent: parts.headers.get(header::USER_AGENT).cloned(),
         })
     }
+}
+
+/// What `Authorization: Bearer <value>` presents.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
 }
 
 /// The client's address. X-Forwarded-For is read only when the peer is a trusted proxy;
@@ -180,15 +224,19 @@ mod tests {
         let anonymous = Caller {
             ip: None,
             admin: false,
+            session: None,
+            user_agent: None,
         };
         let admin = Caller {
             ip: None,
             admin: true,
+            session: None,
+            user_agent: None,
         };
-        assert!(policy.allows("Login", &anonymous));
-        assert!(!policy.allows("Create", &anonymous), "sign-up closed");
-        assert!(!policy.allows("Delete", &anonymous));
-        assert!(policy.allows("Delete", &admin));
+        assert!(policy.allows("Login", anonymous.admin));
+        assert!(!policy.allows("Create", anonymous.admin), "sign-up closed");
+        assert!(!policy.allows("Delete", anonymous.admin));
+        assert!(policy.allows("Delete", admin.admin));
         let mut h = HeaderMap::new();
         h.insert(
             header::AUTHORIZATION,

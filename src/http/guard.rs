@@ -42,6 +42,10 @@ struct Hosts {
 pub struct Guard {
     origins: Origins,
     hosts: Hosts,
+    /// Origins whose pages may act with a user's session cookie and read the answers of
+    /// credentialed requests: those listed in `--cors-origins` and the service's own
+    /// public address. Never "any origin", and not loopback pages by default.
+    credentialed: Vec<String>,
 }
 
 /// What the guard is built from.
@@ -53,8 +57,8 @@ pub struct GuardConfig<'a> {
     /// only pages served from this machine.
     pub has_admin_key: bool,
     pub listen: SocketAddr,
-    /// The host of `--public-url`, if set.
-    pub public_host: Option<String>,
+    /// `--public-url`, if set.
+    pub public_url: Option<&'a url::Url>,
     /// `--allowed-hosts`.
     pub allowed_hosts: &'a [String],
 }
@@ -84,12 +88,20 @@ impl Guard {
         } else {
             Origins::Loopback
         };
+        let public_host = config
+            .public_url
+            .and_then(|u| u.host_str().map(str::to_string));
+        let mut credentialed = match &origins {
+            Origins::Listed(list) => list.clone(),
+            Origins::Any | Origins::Loopback => Vec::new(),
+        };
+        credentialed.extend(config.public_url.and_then(|u| normalise_origin(u.as_str())));
         let mut names = vec!["localhost".to_string()];
         let listen_ip = config.listen.ip();
         if !listen_ip.is_unspecified() {
             names.push(listen_ip.to_string());
         }
-        names.extend(config.public_host.map(|h| {
+        names.extend(public_host.map(|h| {
             h.trim_start_matches('[')
                 .trim_end_matches(']')
                 .to_ascii_lowercase()
@@ -122,7 +134,35 @@ impl Guard {
                 names,
                 any_ip: listen_ip.is_unspecified(),
             },
+            credentialed,
         })
+    }
+
+    /// Whether a request's session cookie may sign it (the defence against cross-site
+    /// request forgery): the browser must say which page sent it (`Origin`), and that
+    /// page must be the service's own (same host) or one of the credentialed origins.
+    /// A page on another origin cannot act with the cookie, even where the guard lets
+    /// it call the public methods.
+    pub fn cookie_allowed(&self, headers: &HeaderMap) -> bool {
+        let Some(origin) = headers
+            .get(header::ORIGIN)
+            .and_then(|o| o.to_str().ok())
+            .and_then(normalise_origin)
+        else {
+            return false;
+        };
+        self.credentialed.contains(&origin) || same_origin(&origin, headers)
+    }
+
+    /// The origins whose pages may act with the cookie.
+    pub fn credentialed_origins(&self) -> &[String] {
+        &self.credentialed
+    }
+
+    /// Whether CORS answers may tell the browser to send cookies and expose the answer
+    /// to a page on `origin` (`Access-Control-Allow-Credentials`).
+    pub fn credentials_for(&self, origin: &str) -> bool {
+        normalise_origin(origin).is_some_and(|o| self.credentialed.contains(&o))
     }
 
     /// Refuses a request from an origin that is not let in (403) or for a host that is
@@ -135,7 +175,11 @@ impl Guard {
             }
         }
         if let Some(origin) = headers.get(header::ORIGIN) {
-            let allowed = origin.to_str().ok().is_some_and(|o| self.origin_allowed(o));
+            // The service's own pages (/ui/) are always let in.
+            let allowed = origin
+                .to_str()
+                .ok()
+                .is_some_and(|o| self.origin_allowed(o) || same_origin(o, headers));
             if !allowed {
                 return Err(Refusal::Origin);
             }
@@ -177,6 +221,17 @@ impl Guard {
             Err(_) => false,
         }
     }
+}
+
+/// Whether `origin` is the request's own: a page this service served (same host and
+/// port as the `Host` the request names).
+fn same_origin(origin: &str, headers: &HeaderMap) -> bool {
+    let Some(origin) = normalise_origin(origin) else {
+        return false;
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let authority = origin.split_once("://").map(|(_, rest)| rest);
+    matches!((host, authority), (Some(host), Some(authority)) if host.trim().eq_ignore_ascii_case(authority))
 }
 
 /// The host part of a `Host` header value: without the port, and an IPv6 address
@@ -243,11 +298,19 @@ mod tests {
     ) -> Guard {
         let cors: Vec<String> = cors.iter().map(|s| s.to_string()).collect();
         let allowed: Vec<String> = allowed.iter().map(|s| s.to_string()).collect();
+        let public = public.map(|p| {
+            let p = if p.contains("://") {
+                p.to_string()
+            } else {
+                format!("https://{p}")
+            };
+            url::Url::parse(&p).unwrap()
+        });
         Guard::new(GuardConfig {
             cors_origins: &cors,
             has_admin_key: key,
             listen: listen.parse().unwrap(),
-            public_host: public.map(str::to_string),
+            public_url: public.as_ref(),
             allowed_hosts: &allowed,
         })
         .unwrap()
@@ -262,6 +325,43 @@ mod tests {
             headers.insert(header::ORIGIN, HeaderValue::from_str(o).unwrap());
         }
         headers
+    }
+
+    #[test]
+    fn the_cookie_signs_requests_from_the_service_itself_and_listed_origins_only() {
+        let with = |host: &str, origin: Option<&str>| {
+            let mut headers = request(Some(host), origin);
+            headers.remove(header::COOKIE);
+            headers
+        };
+        // The default without a key (loopback pages) and with one (any page) lets no
+        // other page act with the cookie.
+        for key in [false, true] {
+            let g = guard(&[], key, "127.0.0.1:8080", None, &[]);
+            assert!(g.cookie_allowed(&with("127.0.0.1:8080", Some("http://127.0.0.1:8080"))));
+            assert!(!g.cookie_allowed(&with("127.0.0.1:8080", Some("http://127.0.0.1:3000"))));
+            assert!(
+                !g.cookie_allowed(&with("127.0.0.1:8080", None)),
+                "no Origin"
+            );
+            assert!(!g.credentials_for("http://127.0.0.1:3000"));
+        }
+        let g = guard(
+            &["http://127.0.0.1:3000"],
+            true,
+            "127.0.0.1:8080",
+            Some("https://id.example.com"),
+            &[],
+        );
+        assert!(g.cookie_allowed(&with("127.0.0.1:8080", Some("http://127.0.0.1:3000"))));
+        assert!(g.credentials_for("http://127.0.0.1:3000"));
+        assert!(g.credentials_for("https://id.example.com"));
+        assert!(!g.cookie_allowed(&with("127.0.0.1:8080", Some("http://127.0.0.1:3001"))));
+        assert!(!g.credentials_for("http://127.0.0.1:3001"));
+        // "Any origin" never carries credentials.
+        let g = guard(&["*"], true, "127.0.0.1:8080", None, &[]);
+        assert!(!g.cookie_allowed(&with("127.0.0.1:8080", Some("http://evil.example"))));
+        assert!(!g.credentials_for("http://evil.example"));
     }
 
     #[test]
@@ -336,7 +436,7 @@ mod tests {
             cors_origins: &["not an origin".to_string()],
             has_admin_key: false,
             listen: "127.0.0.1:8080".parse().unwrap(),
-            public_host: None,
+            public_url: None,
             allowed_hosts: &[],
         })
         .is_err());

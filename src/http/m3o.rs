@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::json::{Empty, Int64};
 use super::methods::*;
-use super::{answers, SessionResponse, Surface, VerifyTokenResponse};
+use super::{answers, SessionResponse, SessionsResponse, Surface, VerifyTokenResponse};
 use crate::domain::{Session, User};
 
 pub struct M3o;
@@ -77,4 +77,6 @@ answers!(M3o {
     ResetPassword => Empty,
     SendMagicLink => Empty,
     VerifyToken => VerifyTokenResponse<SessionView>,
+    ListSessions => SessionsResponse,
+    RevokeSession => Empty,
 });

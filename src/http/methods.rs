@@ -16,13 +16,14 @@ use serde::Deserialize;
 use super::json::int_or_string;
 use super::{MAX_BODY_BYTES, PROFILE_BODY_BYTES};
 use crate::core::users::{Requester, TokenCheck, Users};
-use crate::domain::SecretToken;
 use crate::domain::{
     reset_expiration, AccountChanges, AccountKey, Email, LoginName, MagicLinkTarget, MailText,
     NewAccount, Page, Password, PasswordChange, PasswordReset, RedirectUrl, Session, User, UserId,
     UserQuery,
 };
+use crate::domain::{SecretToken, SessionHandle};
 use crate::error::Error;
+use crate::store::SessionDetails;
 
 /// One RPC method: its name in the routes, its request and what the core answers.
 pub trait RpcMethod: Send + Sync + 'static {
@@ -73,6 +74,15 @@ pub struct IdRequest {
 pub struct UserIdRequest {
     #[serde(alias = "userId")]
     user_id: Option<String>,
+}
+
+/// One of a user's sessions, named by the handle ListSessions gives.
+#[derive(Deserialize)]
+#[serde(expecting = "a JSON object")]
+pub struct RevokeSessionRequest {
+    #[serde(alias = "userId")]
+    user_id: Option<String>,
+    session: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -223,17 +233,26 @@ method!(Create(CreateRequest) -> User, max_body = PROFILE_BODY_BYTES, |users, r,
 });
 
 method!(Read(AccountRequest) -> User, |users, r, caller| {
-    users.read(&AccountKey::parse(r.id, r.username, r.email)?).await
+    let key = AccountKey::parse(r.id, r.username, r.email)?;
+    if let AccountKey::Id(id) = &key {
+        caller.may_act_on(id.as_str())?;
+    }
+    let user = users.read(&key).await?;
+    caller.may_act_on(&user.id)?;
+    Ok(user)
 });
 
 method!(Update(UpdateRequest) -> User, max_body = PROFILE_BODY_BYTES, |users, r, caller| {
     let id = UserId::parse("id", r.id)?;
+    caller.may_act_on(id.as_str())?;
     let changes = AccountChanges::parse(r.username, r.email, r.profile)?;
     users.update(&id, changes).await
 });
 
 method!(Delete(IdRequest) -> (), |users, r, caller| {
-    users.delete(&UserId::parse("id", r.id)?).await
+    let id = UserId::parse("id", r.id)?;
+    caller.may_act_on(id.as_str())?;
+    users.delete(&id).await
 });
 
 method!(Search(SearchRequest) -> Vec<User>, |users, r, caller| {
@@ -247,13 +266,14 @@ method!(List(ListRequest) -> Vec<User>, |users, r, caller| {
 method!(UpdatePassword(UpdatePasswordRequest) -> (), |users, r, caller| {
     let change =
         PasswordChange::parse(r.user_id, r.old_password, r.new_password, r.confirm_password)?;
+    caller.may_act_on(change.user_id.as_str())?;
     users.update_password(change, caller.ip).await
 });
 
 method!(Login(LoginRequest) -> Session, |users, r, caller| {
     let name = LoginName::parse(r.username, r.email)?;
     let password = Password::candidate("password", r.password)?;
-    users.login(name, password, caller.ip).await
+    users.login(name, password, &caller).await
 });
 
 method!(Logout(SessionRequest) -> (), |users, r, caller| {
@@ -261,7 +281,16 @@ method!(Logout(SessionRequest) -> (), |users, r, caller| {
 });
 
 method!(LogoutAll(UserIdRequest) -> (), |users, r, caller| {
-    users.logout_all(&UserId::parse("user_id", r.user_id)?).await
+    users.logout_all(&caller.account_or_own(r.user_id, "user_id")?).await
+});
+
+method!(ListSessions(UserIdRequest) -> Vec<SessionDetails>, |users, r, caller| {
+    users.list_sessions(&caller.account_or_own(r.user_id, "user_id")?).await
+});
+
+method!(RevokeSession(RevokeSessionRequest) -> (), |users, r, caller| {
+    let id = caller.account_or_own(r.user_id, "user_id")?;
+    users.revoke_session(&id, &SessionHandle::parse("session", r.session)?).await
 });
 
 method!(ReadSession(SessionRequest) -> Session, |users, r, caller| {
@@ -300,5 +329,5 @@ method!(SendMagicLink(SendMagicLinkRequest) -> (), |users, r, caller| {
 });
 
 method!(VerifyToken(TokenRequest) -> TokenCheck, |users, r, caller| {
-    users.verify_token(SecretToken::parse("token", r.token)?).await
+    users.verify_token(SecretToken::parse("token", r.token)?, &caller).await
 });

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::json::{Empty, Int64};
 use super::methods::*;
-use super::{answers, SessionResponse, Surface, VerifyTokenResponse};
+use super::{answers, SessionResponse, SessionsResponse, Surface, VerifyTokenResponse};
 use crate::domain::{Session, User};
 
 pub struct Micro;
@@ -112,4 +112,6 @@ answers!(Micro {
     ResetPassword => Empty,
     SendMagicLink => Empty,
     VerifyToken => VerifyTokenResponse<SessionView>,
+    ListSessions => SessionsResponse,
+    RevokeSession => Empty,
 });

@@ -4,12 +4,14 @@
 
 pub mod access;
 pub mod connection;
+pub mod cookie;
 pub mod error;
 pub mod guard;
 pub mod json;
 pub mod m3o;
 pub mod methods;
 pub mod micro;
+pub mod ui;
 pub mod verify;
 
 use std::sync::Arc;
@@ -25,7 +27,7 @@ use http_body_util::BodyExt;
 use serde::Serialize;
 use serde_json::json;
 use tower::ServiceExt;
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::cors::{AllowCredentials, AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 use tracing::{Level, Span};
@@ -125,6 +127,45 @@ impl<V: From<crate::domain::Session>> From<crate::core::users::TokenCheck>
     }
 }
 
+/// ListSessions' answer on both surfaces.
+#[derive(Serialize)]
+pub struct SessionsResponse {
+    pub sessions: Vec<SessionItem>,
+}
+
+/// One of a user's sessions: a handle to revoke it by, never its id.
+#[derive(Serialize)]
+pub struct SessionItem {
+    pub session: String,
+    pub created: json::Int64,
+    pub expires: json::Int64,
+    /// When it last signed a request of its own user's (to the minute), if ever.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<json::Int64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+}
+
+impl From<Vec<crate::store::SessionDetails>> for SessionsResponse {
+    fn from(sessions: Vec<crate::store::SessionDetails>) -> Self {
+        Self {
+            sessions: sessions
+                .into_iter()
+                .map(|s| SessionItem {
+                    session: s.handle.as_str().to_owned(),
+                    created: json::Int64(s.created),
+                    expires: json::Int64(s.expires),
+                    last_seen: s.last_seen.map(json::Int64),
+                    client_ip: s.client_ip,
+                    user_agent: s.user_agent,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// The OpenAPI document, served as is.
 pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
 
@@ -136,6 +177,10 @@ pub struct AppState {
     pub trusted_proxies: Arc<Vec<IpNet>>,
     /// How long reading a request body, and then answering it, may each take.
     pub request_timeout: Duration,
+    /// Which origins and hosts are let in, and which pages may act with the cookie.
+    pub guard: Arc<Guard>,
+    /// The hosted pages' settings.
+    pub ui: Arc<ui::UiSettings>,
 }
 
 /// Declares the routes of each surface once: the router and the route lists both come
@@ -158,13 +203,13 @@ macro_rules! surface_routes {
 surface_routes!(Micro, MICRO_METHODS, micro_routes:
     Create, Read, Update, Delete, Search, UpdatePassword, Login, Logout, ReadSession,
     List, LogoutAll, SendVerificationEmail, VerifyEmail, SendPasswordResetEmail,
-    ResetPassword, SendMagicLink, VerifyToken,
+    ResetPassword, SendMagicLink, VerifyToken, ListSessions, RevokeSession,
 );
 
 surface_routes!(M3o, M3O_METHODS, m3o_routes:
     Create, Read, Update, Delete, List, Login, Logout, LogoutAll, ReadSession,
     UpdatePassword, SendVerificationEmail, VerifyEmail, SendPasswordResetEmail,
-    ResetPassword, SendMagicLink, VerifyToken,
+    ResetPassword, SendMagicLink, VerifyToken, ListSessions, RevokeSession,
 );
 
 /// Every RPC method name, on either surface: what the public-method setting may name.
@@ -180,8 +225,14 @@ pub fn served_routes() -> Vec<(axum::http::Method, String)> {
     };
     let mut routes = rpc(RPC_PREFIX, MICRO_METHODS);
     routes.extend(rpc(M3O_PREFIX, M3O_METHODS));
-    for path in [VERIFY_PATH, "/health", "/openapi.yaml"] {
+    for path in [VERIFY_PATH, "/health", "/openapi.yaml"]
+        .iter()
+        .chain(ui::API_GET_PATHS)
+    {
         routes.push((axum::http::Method::GET, path.to_string()));
+    }
+    for path in ui::API_POST_PATHS {
+        routes.push((axum::http::Method::POST, path.to_string()));
     }
     routes
 }
@@ -207,25 +258,23 @@ pub struct App {
 impl App {
     /// `guard` decides which origins and hosts are let in; the CORS layer answers every
     /// origin it let in.
-    pub fn new(state: AppState, guard: Guard) -> Self {
+    pub fn new(state: AppState) -> Self {
+        let guard = state.guard.clone();
         let routes = micro_routes()
             .merge(m3o_routes())
             .route(VERIFY_PATH, get(verify::verify_link))
             .route("/health", get(health))
             .route("/openapi.yaml", get(openapi))
+            .merge(ui::routes())
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed);
-        let cors = traced(routes.clone().layer(cors())).with_state(state.clone());
+        let cors = traced(routes.clone().layer(cors(guard.clone()))).with_state(state.clone());
         let plain = traced(routes.layer(SetResponseHeaderLayer::appending(
             header::VARY,
             HeaderValue::from_static(CORS_VARY),
         )))
         .with_state(state);
-        Self {
-            cors,
-            plain,
-            guard: Arc::new(guard),
-        }
+        Self { cors, plain, guard }
     }
 
     /// Answers one request: refused by the guard before any work, or routed. Every
@@ -250,7 +299,10 @@ impl App {
             }
         };
         let headers = response.headers_mut();
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        // Static files (micro.js, the pages' stylesheet) set their own: revalidate.
+        if !headers.contains_key(header::CACHE_CONTROL) {
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        }
         headers.insert(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
@@ -291,7 +343,7 @@ fn traced(routes: Router<AppState>) -> Router<AppState> {
                 tracing::info_span!(
                     "http",
                     method = %request.method(),
-                    path = %request.uri().path(),
+                    path = %loggable_path(request.uri().path()),
                 )
             })
             .on_request(())
@@ -306,6 +358,16 @@ fn traced(routes: Router<AppState>) -> Router<AppState> {
     )
 }
 
+/// A path as request logs show it: a magic link's token (`/ui/magic/<token>`) is left
+/// out.
+fn loggable_path(path: &str) -> &str {
+    if path.starts_with(ui::MAGIC_LINK_PREFIX) && path.len() > ui::MAGIC_LINK_PREFIX.len() {
+        "/ui/magic/<token>"
+    } else {
+        path
+    }
+}
+
 /// One handler for every RPC method of every surface: authorize, read, decode, call
 /// the core, encode the surface's answer.
 async fn rpc<S: Answer<M>, M: RpcMethod>(
@@ -316,14 +378,17 @@ async fn rpc<S: Answer<M>, M: RpcMethod>(
     let error = |status: StatusCode, detail: &str| {
         WireError::in_service(S::SERVICE, M::NAME, status, detail)
     };
-    if !state.access.allows(M::NAME, &caller) {
-        tracing::warn!(event = "api_key_rejected", method = M::NAME, client = ?caller.ip);
-        return Err(error(
-            StatusCode::UNAUTHORIZED,
-            "this method needs the admin key: Authorization: Bearer <key>",
-        )
-        .with_header(header::WWW_AUTHENTICATE, "Bearer"));
-    }
+    let requester = requester(&state, M::NAME, caller)
+        .await
+        .map_err(|e| WireError::from_error_in(S::SERVICE, M::NAME, e))?
+        .ok_or_else(|| {
+            let detail = if access::SELF_SERVICE.contains(&M::NAME) {
+                "this method needs the admin key (Authorization: Bearer <key>) or the user's own live session"
+            } else {
+                "this method needs the admin key: Authorization: Bearer <key>"
+            };
+            error(StatusCode::UNAUTHORIZED, detail).with_header(header::WWW_AUTHENTICATE, "Bearer")
+        })?;
     let body = read_body(
         S::SERVICE,
         M::NAME,
@@ -336,14 +401,7 @@ async fn rpc<S: Answer<M>, M: RpcMethod>(
         .map_err(|e| WireError::from_error_in(S::SERVICE, M::NAME, e))?;
     match tokio::time::timeout(
         state.request_timeout,
-        M::call(
-            &state.users,
-            request,
-            Requester {
-                ip: caller.ip,
-                trusted: caller.admin || !state.access.has_key(),
-            },
-        ),
+        M::call(&state.users, request, requester),
     )
     .await
     {
@@ -355,6 +413,48 @@ async fn rpc<S: Answer<M>, M: RpcMethod>(
             "the request took too long; retry shortly",
         )),
     }
+}
+
+/// Who the core sees calling `method`, or None when the caller may not call it.
+///
+/// The admin key may call everything. A live session may sign the self-service
+/// methods, and then the core lets them act on that session's account only, whether or
+/// not an admin key is set. Otherwise the public methods are open to anyone, and every
+/// method is when no admin key is set.
+async fn requester(
+    state: &AppState,
+    method: &str,
+    caller: Caller,
+) -> Result<Option<Requester>, Error> {
+    let Caller {
+        ip,
+        admin,
+        session,
+        user_agent,
+    } = caller;
+    let mut requester = Requester {
+        ip,
+        trusted: admin,
+        session_user: None,
+        user_agent: user_agent.and_then(|v| v.to_str().ok().map(str::to_owned)),
+    };
+    if admin {
+        return Ok(Some(requester));
+    }
+    if let Some(token) = session.filter(|_| access::SELF_SERVICE.contains(&method)) {
+        // A session id that names no live session signs nothing; the request is then
+        // judged as one without it.
+        if let Some(user_id) = state.users.session_user(&token).await? {
+            requester.session_user = Some(user_id);
+            return Ok(Some(requester));
+        }
+    }
+    if !state.access.allows(method, admin) {
+        tracing::warn!(event = "api_key_rejected", method, client = ?requester.ip);
+        return Ok(None);
+    }
+    requester.trusted = !state.access.has_key();
+    Ok(Some(requester))
 }
 
 /// Reads at most `max` bytes within `timeout`: a client that sends too much gets 413,
@@ -463,10 +563,14 @@ async fn method_not_allowed(uri: Uri) -> WireError {
 
 /// Browsers on the origins the guard lets in may call every route; preflights pass for
 /// the headers such pages send, including Micro.js's `Micro-Namespace`, and a page may
-/// read `Retry-After`.
-fn cors() -> CorsLayer {
+/// read `Retry-After`. Only the credentialed origins (listed in `--cors-origins`, or the
+/// public address) are told that cookies may go with their requests.
+fn cors(guard: Arc<Guard>) -> CorsLayer {
     CorsLayer::new()
         .allow_origin(AllowOrigin::mirror_request())
+        .allow_credentials(AllowCredentials::predicate(move |origin, _| {
+            origin.to_str().is_ok_and(|o| guard.credentials_for(o))
+        }))
         .allow_methods([
             axum::http::Method::GET,
             axum::http::Method::POST,
@@ -479,4 +583,19 @@ fn cors() -> CorsLayer {
         ])
         .expose_headers([header::RETRY_AFTER, header::WWW_AUTHENTICATE])
         .max_age(Duration::from_secs(3600))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_magic_link_token_is_not_logged() {
+        assert_eq!(
+            loggable_path("/ui/magic/c2VjcmV0LXRva2Vu"),
+            "/ui/magic/<token>"
+        );
+        assert_eq!(loggable_path("/ui/magic"), "/ui/magic");
+        assert_eq!(loggable_path("/users/Users/Read"), "/users/Users/Read");
+    }
 }

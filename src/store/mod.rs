@@ -14,8 +14,8 @@ pub use url::DatabaseUrl;
 use async_trait::async_trait;
 
 use crate::domain::Purpose;
-use crate::domain::TokenDigest;
 use crate::domain::{AccountChanges, Email, Page, Profile, User, UserId, UserQuery, Username};
+use crate::domain::{SessionHandle, TokenDigest};
 use crate::error::{FailureKind, Outage, StoreFailure, Unique};
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +84,28 @@ pub struct NewSession<'a> {
     pub user_id: &'a str,
     pub created: i64,
     pub expires: i64,
+    pub client: SessionClient<'a>,
+}
+
+/// Who opened a session, as its user sees it in their list of sessions.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SessionClient<'a> {
+    /// The client's address.
+    pub ip: Option<&'a str>,
+    /// The `User-Agent` it sent, cut to a bounded length.
+    pub user_agent: Option<&'a str>,
+}
+
+/// One of a user's live sessions, as ListSessions shows it: never its token or digest,
+/// only the digest's first hex digits as a handle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionDetails {
+    pub handle: SessionHandle,
+    pub created: i64,
+    pub expires: i64,
+    pub last_seen: Option<i64>,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
 }
 
 /// A live session joined with its user.
@@ -103,6 +125,9 @@ pub struct StoredSession {
     pub user_id: String,
     pub created: i64,
     pub expires: i64,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub last_seen: Option<i64>,
 }
 
 /// How a password hash is being replaced.
@@ -194,6 +219,7 @@ pub enum Redemption<'a> {
     OpenSession {
         digest: &'a TokenDigest,
         expires: i64,
+        client: SessionClient<'a>,
     },
 }
 
@@ -347,6 +373,31 @@ pub trait SessionStore: Send + Sync {
     ) -> Result<Option<SessionRecord>, StoreError>;
 
     async fn delete_session(&self, digest: &TokenDigest) -> Result<(), StoreError>;
+
+    /// The user's sessions that expire after `now`, newest first, at most `limit`.
+    async fn user_sessions(
+        &self,
+        user_id: &str,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<SessionDetails>, StoreError>;
+
+    /// Deletes the user's session with this handle (its digest's first hex digits); false when
+    /// the user has none such.
+    async fn revoke_session(
+        &self,
+        user_id: &str,
+        handle: &SessionHandle,
+    ) -> Result<bool, StoreError>;
+
+    /// Records that the session signed a request at `now`, unless it was recorded less
+    /// than `interval` seconds before (so a busy session writes at most once a while).
+    async fn touch_session(
+        &self,
+        digest: &TokenDigest,
+        now: i64,
+        interval: i64,
+    ) -> Result<(), StoreError>;
 
     /// Deletes every session of the user; returns how many.
     async fn delete_sessions(&self, user_id: &str) -> Result<u64, StoreError>;

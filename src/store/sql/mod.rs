@@ -24,10 +24,11 @@ use super::{
     AccountStore, AttemptLimit, ClaimedMail, CodeCheck, Counter, CounterStore, Credentials,
     DatabaseUrl, DeletedUser, EventLimit, HashChange, Imported, Importer, Lookup, MailOutcome,
     MailStore, NewMail, NewSession, NewUser, Queued, Redeemed, Redemption, Reservation,
-    SessionRecord, SessionStore, Store, StoreError, StoredSession, TokenStore, TransferStore,
+    SessionDetails, SessionRecord, SessionStore, Store, StoreError, StoredSession, TokenStore,
+    TransferStore,
 };
 use crate::domain::{
-    AccountChanges, Page, Profile, Purpose, TokenDigest, User, UserId, UserQuery,
+    AccountChanges, Page, Profile, Purpose, SessionHandle, TokenDigest, User, UserId, UserQuery,
     RESET_CODE_MAX_WRONG,
 };
 use crate::error::{Outage, Unique};
@@ -187,7 +188,15 @@ macro_rules! push_list {
 type UserRow = (String, String, String, i64, i64, bool, i64, String);
 type CredentialsRow = (String, String, String, i64, i64, bool, i64, String, String);
 type SessionRow = (String, String, String, i64, i64);
-type StoredSessionRow = (String, String, i64, i64);
+type StoredSessionRow = (
+    String,
+    String,
+    i64,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+);
 type CounterRow = (i64, i64, i64, i64);
 
 /// The columns of a [`Counter`], in the order of [`CounterRow`].
@@ -249,8 +258,13 @@ fn credentials(
     })
 }
 
-fn stored_session((digest, user_id, created, expires): StoredSessionRow) -> StoredSession {
+fn stored_session(
+    (digest, user_id, created, expires, client_ip, user_agent, last_seen): StoredSessionRow,
+) -> StoredSession {
     StoredSession {
+        client_ip,
+        user_agent,
+        last_seen,
         digest: TokenDigest::from_stored(digest),
         user_id,
         created,

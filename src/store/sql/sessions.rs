@@ -11,8 +11,8 @@ impl SessionStore for SqlStore {
     ) -> Result<bool, StoreError> {
         macro_rules! insert_if_unchanged {
             () => {
-                "INSERT INTO sessions (token_hash, user_id, created, expires) \
-                 SELECT $1, id, $3, $4 FROM users WHERE id = $2 AND password_hash = $5"
+                "INSERT INTO sessions (token_hash, user_id, created, expires, client_ip, user_agent) \
+                 SELECT $1, id, $3, $4, $6, $7 FROM users WHERE id = $2 AND password_hash = $5"
             };
         }
         // On PostgreSQL, READ COMMITTED would let this read the old hash while a password
@@ -30,6 +30,8 @@ impl SessionStore for SqlStore {
                 .bind(session.created)
                 .bind(session.expires)
                 .bind(expected_hash)
+                .bind(session.client.ip)
+                .bind(session.client.user_agent)
                 .execute(pool)
                 .await
                 .map(|done| done.rows_affected() == 1)
@@ -76,6 +78,91 @@ impl SessionStore for SqlStore {
                 .execute(pool)
                 .await
                 .map(drop)
+        })
+        .map_err(classify)
+    }
+
+    async fn user_sessions(
+        &self,
+        user_id: &str,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<SessionDetails>, StoreError> {
+        type Row = (
+            String,
+            i64,
+            i64,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+        );
+        on_pool!(self, pool => {
+            sqlx::query_as::<_, Row>(
+                "SELECT token_hash, created, expires, last_seen, client_ip, user_agent \
+                 FROM sessions WHERE user_id = $1 AND expires > $2 \
+                 ORDER BY created DESC, token_hash LIMIT $3",
+            )
+            .bind(user_id)
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+        })
+        .map(|rows| {
+            rows.into_iter()
+                .map(
+                    |(digest, created, expires, last_seen, client_ip, user_agent)| SessionDetails {
+                        handle: SessionHandle::from_stored(&digest),
+                        created,
+                        expires,
+                        last_seen,
+                        client_ip,
+                        user_agent,
+                    },
+                )
+                .collect()
+        })
+        .map_err(classify)
+    }
+
+    async fn revoke_session(
+        &self,
+        user_id: &str,
+        handle: &SessionHandle,
+    ) -> Result<bool, StoreError> {
+        // The handle is a prefix of the digest: a range over the primary key finds it.
+        let upper = format!("{}g", handle.as_str());
+        on_writer!(self, pool => {
+            sqlx::query(
+                "DELETE FROM sessions WHERE user_id = $1 AND token_hash >= $2 AND token_hash < $3",
+            )
+            .bind(user_id)
+            .bind(handle.as_str())
+            .bind(&upper)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected() > 0)
+        })
+        .map_err(classify)
+    }
+
+    async fn touch_session(
+        &self,
+        digest: &TokenDigest,
+        now: i64,
+        interval: i64,
+    ) -> Result<(), StoreError> {
+        on_writer!(self, pool => {
+            sqlx::query(
+                "UPDATE sessions SET last_seen = $2 WHERE token_hash = $1 \
+                 AND (last_seen IS NULL OR last_seen <= $3)",
+            )
+            .bind(digest.as_str())
+            .bind(now)
+            .bind(now.saturating_sub(interval))
+            .execute(pool)
+            .await
+            .map(drop)
         })
         .map_err(classify)
     }

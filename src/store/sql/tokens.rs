@@ -100,15 +100,22 @@ impl TokenStore for SqlStore {
                         .execute(&mut *tx)
                         .await?;
                 }
-                Redemption::OpenSession { digest, expires } => {
+                Redemption::OpenSession {
+                    digest,
+                    expires,
+                    client,
+                } => {
                     sqlx::query(
-                        "INSERT INTO sessions (token_hash, user_id, created, expires) \
-                         VALUES ($1, $2, $3, $4)",
+                        "INSERT INTO sessions \
+                         (token_hash, user_id, created, expires, client_ip, user_agent) \
+                         VALUES ($1, $2, $3, $4, $5, $6)",
                     )
                     .bind(digest.as_str())
                     .bind(&user_id)
                     .bind(now)
                     .bind(expires)
+                    .bind(client.ip)
+                    .bind(client.user_agent)
                     .execute(&mut *tx)
                     .await?;
                 }

@@ -38,7 +38,8 @@ impl TransferStore for SqlStore {
         now: i64,
         limit: u32,
     ) -> Result<Vec<StoredSession>, StoreError> {
-        const SQL: &str = "SELECT token_hash, user_id, created, expires FROM sessions \
+        const SQL: &str = "SELECT token_hash, user_id, created, expires, client_ip, user_agent, \
+                           last_seen FROM sessions \
                            WHERE token_hash > $1 AND expires > $2 ORDER BY token_hash LIMIT $3";
         let after = after.map(|d| d.as_str().to_owned()).unwrap_or_default();
         on_pool!(self, pool => {
@@ -231,12 +232,18 @@ impl Importer for SqlImporter {
             }
             if !fresh.is_empty() {
                 let mut insert =
-                    QueryBuilder::new("INSERT INTO sessions (token_hash, user_id, created, expires) ");
+                    QueryBuilder::new(
+                        "INSERT INTO sessions (token_hash, user_id, created, expires, \
+                         client_ip, user_agent, last_seen) ",
+                    );
                 insert.push_values(fresh, |mut row, session| {
                     row.push_bind(session.digest.as_str())
                         .push_bind(session.user_id.as_str())
                         .push_bind(session.created)
-                        .push_bind(session.expires);
+                        .push_bind(session.expires)
+                        .push_bind(session.client_ip.as_deref())
+                        .push_bind(session.user_agent.as_deref())
+                        .push_bind(session.last_seen);
                 });
                 insert.build().execute(&mut **tx).await?;
             }

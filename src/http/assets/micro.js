@@ -1,0 +1,159 @@
+/* Micro.js for users-service: the browser half of the Micro "users" API.
+ *
+ *   <script src="https://users.example.com/micro.js"></script>
+ *   Micro.requireLogin(function (session) {
+ *     Micro.post("/users/Users/Read", "micro", {id: session.user.id}, function (data) { ... });
+ *   });
+ *
+ * Requests carry the session cookie set by the service's sign-in pages (HttpOnly: this
+ * script never sees the session id), so the page's origin must be in --cors-origins.
+ * Errors are Micro error objects, {id, code, detail, status}. Nothing this script throws
+ * reaches the page; what a page's callback throws is rethrown as the page's own error. */
+(function (window) {
+  "use strict";
+
+  // The service's address: this script's own URL less "/micro.js", taken at load time
+  // (document.currentScript is only set while the script first runs).
+  var base = "";
+  try {
+    var script = document.currentScript, scripts = document.getElementsByTagName("script");
+    for (var i = scripts.length - 1; !script && i >= 0; i--) {
+      if (/\/micro\.js([?#].*)?$/.test(scripts[i].src)) script = scripts[i];
+    }
+    base = script.src.replace(/[?#].*$/, "").replace(/\/micro\.js$/, "");
+  } catch (e) {
+    base = ""; // no script element: paths are then relative to the page
+  }
+
+  var lastSession = null;
+
+  // Calls a page callback; what it throws surfaces as the page's uncaught error.
+  function call(callback, value) {
+    if (typeof callback !== "function") return;
+    try {
+      callback(value);
+    } catch (e) {
+      setTimeout(function () { throw e; }, 0);
+    }
+  }
+
+  function microError(code, detail, status) {
+    return {id: "micro.js", code: code, detail: String(detail), status: status || ""};
+  }
+
+  function networkError(e) {
+    return microError(0, "the request failed: " + (e && e.message || e), "Network Error");
+  }
+
+  // Reports an error to the page's error callback, or to the console without one.
+  function fail(error, callback, what) {
+    if (typeof callback === "function") {
+      call(callback, error);
+    } else if (window.console && console.error) {
+      console.error("Micro " + what + ": " + error.code + " " + error.status + ": " + error.detail);
+    }
+  }
+
+  // fetch that never throws synchronously (a browser without fetch rejects instead).
+  function request(url, init) {
+    try { return window.fetch(url, init); } catch (e) { return Promise.reject(e); }
+  }
+
+  // Micro.post(path, namespace, body, success[, error]) -> Promise of data or null.
+  function post(path, namespace, body, success, error) {
+    var payload;
+    try {
+      payload = JSON.stringify(body === undefined ? {} : body);
+    } catch (e) {
+      fail(microError(0, "the request body cannot be sent as JSON: " + e.message), error, path);
+      return Promise.resolve(null);
+    }
+    var headers = {"Content-Type": "application/json"};
+    if (namespace) headers["Micro-Namespace"] = String(namespace);
+    return request(base + path, {
+      method: "POST", credentials: "include", headers: headers, body: payload
+    }).then(function (response) {
+      return response.text().then(function (text) {
+        var data = null;
+        try { data = text === "" && response.ok ? {} : JSON.parse(text); } catch (e) { data = null; }
+        if (response.ok && data !== null) {
+          call(success, data);
+          return data;
+        }
+        var err = data && typeof data === "object" && "code" in data && "detail" in data ?
+          data : microError(response.status, text || response.statusText, response.statusText);
+        fail(err, error, path);
+        return null;
+      });
+    }).catch(function (e) {
+      fail(networkError(e), error, path);
+      return null;
+    });
+  }
+
+  // Reads this browser's session: resolves to {session} (null when signed out, a 401)
+  // or to {error} when the service could not say.
+  function fetchSession() {
+    return request(base + "/ui/session", {
+      method: "GET", credentials: "include", headers: {"Accept": "application/json"}
+    }).then(function (response) {
+      if (response.status === 401) return {session: null};
+      return response.json().then(function (data) {
+        if (!response.ok || !data || !data.user) throw new Error("HTTP " + response.status);
+        return {session: data};
+      });
+    }).catch(function (e) {
+      return {error: networkError(e)};
+    }).then(function (result) {
+      lastSession = result.session || null;
+      return result;
+    });
+  }
+
+  // Micro.session(callback): callback({user, expires}) when signed in, else callback(null).
+  function session(callback) {
+    return fetchSession().then(function (result) {
+      if (result.error) fail(result.error, null, "session");
+      call(callback, lastSession);
+      return lastSession;
+    });
+  }
+
+  // Micro.requireLogin(callback): the callback runs with a live session; without one the
+  // browser goes to the sign-in page, which sends it back here afterwards. When the
+  // service cannot be reached the error is logged and nothing else happens (no loop).
+  function requireLogin(callback) {
+    return fetchSession().then(function (result) {
+      if (result.error) {
+        fail(result.error, null, "requireLogin");
+      } else if (result.session) {
+        call(callback, result.session);
+      } else {
+        window.location.href = base + "/ui/signin?return_to=" + encodeURIComponent(window.location.href);
+      }
+      return lastSession;
+    });
+  }
+
+  function user() {
+    return lastSession ? lastSession.user || null : null;
+  }
+
+  // Micro.logout(callback): ends this browser's session, then callback().
+  function logout(callback) {
+    return request(base + "/ui/signout", {
+      method: "POST", credentials: "include", headers: {"Accept": "application/json"}
+    }).then(function (response) {
+      if (!response.ok) fail(microError(response.status, "sign-out failed", response.statusText), null, "logout");
+    }).catch(function (e) {
+      fail(networkError(e), null, "logout");
+    }).then(function () {
+      lastSession = null;
+      call(callback);
+    });
+  }
+
+  window.Micro = {
+    base: base, post: post, session: session, requireLogin: requireLogin, user: user, logout: logout
+  };
+})(window);

@@ -1,0 +1,804 @@
+//! The browser's side of the service: `/micro.js` and the hosted pages under `/ui/`.
+//!
+//! The pages are server-rendered forms that work without JavaScript. They call the same
+//! core as the API, so the rules, the limits and the error texts are the same. A
+//! signed-in browser holds its session in an `HttpOnly` cookie ([`super::cookie`]);
+//! every form post must come from a page the guard lets act with that cookie
+//! (`Guard::cookie_allowed`), whether or not it carries one, so that no other site can
+//! sign a browser in, out, or change its account.
+
+mod pages;
+
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tower_http::set_header::SetResponseHeaderLayer;
+
+use super::access::Caller;
+use super::cookie::{clear_session, session_cookie, set_session};
+use super::error::{status_of, WireError};
+use super::AppState;
+use crate::core::users::Requester;
+use crate::domain::{
+    reset_expiration, AccountChanges, AccountKey, Email, LoginName, MagicLinkTarget, MailText,
+    NewAccount, Password, PasswordChange, PasswordReset, RedirectUrl, SecretToken, Session,
+    SessionHandle, UserId,
+};
+use crate::error::Error;
+use pages::{Notice, Page};
+
+/// Where magic links point: `<public URL>/ui/magic/<token>`.
+pub const MAGIC_LINK_PREFIX: &str = "/ui/magic/";
+
+/// The Micro.js-compatible client script.
+pub const MICRO_JS: &str = include_str!("../assets/micro.js");
+/// The pages' own stylesheet.
+const STYLE_CSS: &str = include_str!("style.css");
+
+/// What operators set for the pages (`--ui-*`).
+#[derive(Debug, Clone, Default)]
+pub struct UiSettings {
+    /// The name shown at the top of every page and in its title.
+    pub title: String,
+    /// The operator's stylesheet, served at `/ui/brand.css` after the pages' own.
+    pub stylesheet: Option<Vec<u8>>,
+    /// The operator's logo and its content type, served at `/ui/logo`.
+    pub logo: Option<(Vec<u8>, &'static str)>,
+    /// Set the cookie `Secure` (the public address is https).
+    pub secure_cookies: bool,
+    /// Origins a return address may point at besides the service's own: the redirect
+    /// allow-list and the credentialed origins.
+    pub return_origins: Vec<String>,
+}
+
+/// Everything the browser side serves.
+pub fn routes() -> Router<AppState> {
+    let pages = Router::new()
+        .route("/ui", get(|| async { Redirect::to("/ui/account") }))
+        .route("/ui/style.css", get(style_css))
+        .route("/ui/brand.css", get(brand_css))
+        .route("/ui/logo", get(logo))
+        .route("/ui/session", get(session_json))
+        .route("/ui/signout", post(sign_out))
+        .route("/ui/signin", get(sign_in_page).post(sign_in))
+        .route("/ui/signup", get(sign_up_page).post(sign_up))
+        .route("/ui/forgot", get(forgot_page).post(forgot))
+        .route("/ui/reset", get(reset_page).post(reset))
+        .route("/ui/magic", get(magic_page).post(magic))
+        .route("/ui/magic/{token}", get(magic_landing).post(magic_sign_in))
+        .route("/ui/verified", get(verified))
+        .route("/ui/account", get(account_page))
+        .route("/ui/account/profile", post(update_profile))
+        .route("/ui/account/password", post(change_password))
+        .route("/ui/sessions", get(sessions_page))
+        .route("/ui/sessions/revoke", post(revoke_session))
+        .route("/ui/sessions/revoke-all", post(revoke_all));
+    // No page may be framed by another (clickjacking), load from another host, run a
+    // script, or tell another site where the user was (a magic link's page holds its
+    // token in its address).
+    pages
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'none'; style-src 'self'; img-src 'self'; \
+                 frame-ancestors 'none'; base-uri 'none'",
+            ),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::REFERRER_POLICY,
+            // Not `no-referrer`: under it browsers send `Origin: null` with the pages'
+            // own form posts, which the guard must then refuse.
+            HeaderValue::from_static("same-origin"),
+        ))
+        .route("/micro.js", get(micro_js))
+}
+
+/// The browser side's routes that scripts call, which `openapi.yaml` documents (the
+/// HTML pages are not an API and are not in it).
+pub const API_GET_PATHS: &[&str] = &["/micro.js", "/ui/session"];
+pub const API_POST_PATHS: &[&str] = &["/ui/signout"];
+
+fn etag(content: &[u8]) -> String {
+    let digest = Sha256::digest(content);
+    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    format!("\"{hex}\"")
+}
+
+/// A static file with an `ETag` of its content: revalidated, never stale.
+fn static_file(
+    headers: &HeaderMap,
+    content_type: &'static str,
+    content: &'static [u8],
+) -> Response {
+    static_owned(headers, content_type, content.to_vec())
+}
+
+fn static_owned(headers: &HeaderMap, content_type: &'static str, content: Vec<u8>) -> Response {
+    let tag = etag(&content);
+    let fresh = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag));
+    let common = [
+        (header::ETAG, tag),
+        (header::CACHE_CONTROL, "no-cache".to_string()),
+    ];
+    if fresh {
+        (StatusCode::NOT_MODIFIED, common).into_response()
+    } else {
+        (
+            common,
+            [(header::CONTENT_TYPE, content_type.to_string())],
+            content,
+        )
+            .into_response()
+    }
+}
+
+async fn micro_js(headers: HeaderMap) -> Response {
+    static_file(
+        &headers,
+        "text/javascript; charset=utf-8",
+        MICRO_JS.as_bytes(),
+    )
+}
+
+async fn style_css(headers: HeaderMap) -> Response {
+    static_file(&headers, "text/css; charset=utf-8", STYLE_CSS.as_bytes())
+}
+
+async fn brand_css(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    match &state.ui.stylesheet {
+        Some(css) => static_owned(&headers, "text/css; charset=utf-8", css.clone()),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn logo(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    match &state.ui.logo {
+        Some((bytes, content_type)) => static_owned(&headers, content_type, bytes.clone()),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// The browser's live session, read from its cookie (any method: reading a page is not
+/// an act). None without a cookie or when the session ended.
+async fn browser_session(state: &AppState, headers: &HeaderMap) -> Result<Option<Session>, Error> {
+    let Some(token) = session_cookie(headers) else {
+        return Ok(None);
+    };
+    match state.users.read_session(token).await {
+        Ok(session) => Ok(Some(session)),
+        Err(Error::Unauthorized(_)) => Ok(None),
+        Err(other) => Err(other),
+    }
+}
+
+/// `GET /ui/session`: the signed-in user, for scripts (Micro.js); never the session id.
+async fn session_json(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    match browser_session(&state, &headers).await {
+        Ok(Some(session)) => Json(json!({
+            "user": {
+                "id": session.user_id,
+                "username": session.username,
+                "email": session.email,
+            },
+            "expires": session.expires.to_string(),
+        }))
+        .into_response(),
+        Ok(None) => WireError::new(
+            "Session",
+            StatusCode::UNAUTHORIZED,
+            "this browser is not signed in",
+        )
+        .into_response(),
+        Err(err) => WireError::from_error("Session", err).into_response(),
+    }
+}
+
+/// A form post: its caller, which must come from a page that may act with the cookie,
+/// and the browser's session, if it has a live one.
+struct FormPost {
+    requester: Requester,
+    session: Option<Session>,
+    token: Option<SecretToken>,
+}
+
+impl FromRequestParts<AppState> for FormPost {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        if !state.guard.cookie_allowed(&parts.headers) {
+            tracing::warn!(
+                event = "request_refused",
+                reason = "form post from another origin"
+            );
+            return Err(WireError::new(
+                "Ui",
+                StatusCode::FORBIDDEN,
+                "this form must be sent from this service's own pages",
+            )
+            .into_response());
+        }
+        let token = session_cookie(&parts.headers);
+        let session = match browser_session(state, &parts.headers).await {
+            Ok(session) => session,
+            Err(err) => return Err(error_page(state, &err)),
+        };
+        let caller = match Caller::from_request_parts(parts, state).await {
+            Ok(caller) => caller,
+            Err(never) => match never {},
+        };
+        Ok(FormPost {
+            requester: Requester {
+                ip: caller.ip,
+                trusted: false,
+                session_user: session.as_ref().map(|s| s.user_id.clone()),
+                user_agent: caller
+                    .user_agent
+                    .and_then(|v| v.to_str().ok().map(str::to_owned)),
+            },
+            session,
+            token,
+        })
+    }
+}
+
+/// The text a page shows for an error: the API's own, except for faults of ours.
+fn message_of(err: &Error) -> String {
+    match err {
+        Error::Internal(_) => "something went wrong on our side; try again later".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// A page shown again with the error above its form, with the API's status (and
+/// `Retry-After` when limited).
+fn with_error(state: &AppState, page: Page, err: &Error) -> Response {
+    if matches!(err, Error::Internal(_) | Error::Unavailable { .. }) {
+        tracing::error!(error = ?err, "a page could not be served");
+    }
+    let mut response = (
+        status_of(err),
+        page.error(message_of(err)).render(&state.ui),
+    )
+        .into_response();
+    if let Error::TooManyRequests { retry_after } = err {
+        if let Ok(value) = HeaderValue::from_str(&retry_after.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+    }
+    response
+}
+
+fn error_page(state: &AppState, err: &Error) -> Response {
+    with_error(state, Page::plain("Something went wrong"), err)
+}
+
+fn see_other(to: &str) -> Response {
+    (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_string())]).into_response()
+}
+
+/// A redirect that also sets (or clears) the session cookie.
+fn see_other_with_cookie(to: &str, cookie: Option<HeaderValue>) -> Response {
+    let mut response = see_other(to);
+    if let Some(cookie) = cookie {
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+fn signed_in(state: &AppState, session: &Session, to: &str) -> Response {
+    see_other_with_cookie(
+        to,
+        set_session(
+            &session.id,
+            session.expires.saturating_sub(session.created).max(0),
+            state.ui.secure_cookies,
+        ),
+    )
+}
+
+/// Where to send the browser after signing in: the return address when it points at
+/// this service or an origin the operator allowed, else the account page.
+fn return_address(state: &AppState, return_to: Option<&str>) -> String {
+    return_to
+        .filter(|to| !to.is_empty())
+        .and_then(|to| RedirectUrl::parse("return_to", Some(to.to_string())).ok())
+        .filter(|url| {
+            let origin = url.origin();
+            state.users.is_own_origin(&origin) || state.ui.return_origins.contains(&origin)
+        })
+        .map(|url| url.as_str().to_string())
+        .unwrap_or_else(|| "/ui/account".to_string())
+}
+
+#[derive(Deserialize, Default)]
+struct NoticeQuery {
+    notice: Option<String>,
+    return_to: Option<String>,
+    email: Option<String>,
+    failed: Option<String>,
+}
+
+async fn sign_in_page(State(state): State<AppState>, Query(q): Query<NoticeQuery>) -> Response {
+    Page::sign_in(q.return_to.as_deref(), None)
+        .notice(Notice::from_query(q.notice.as_deref()))
+        .render(&state.ui)
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct SignInForm {
+    login: Option<String>,
+    password: Option<String>,
+    return_to: Option<String>,
+}
+
+async fn sign_in(
+    State(state): State<AppState>,
+    post: FormPost,
+    Form(form): Form<SignInForm>,
+) -> Response {
+    let login = form.login.clone().unwrap_or_default();
+    let page = Page::sign_in(form.return_to.as_deref(), Some(&login));
+    let name = if login.contains('@') {
+        LoginName::parse(None, Some(login.clone()))
+    } else {
+        LoginName::parse(Some(login.clone()), None)
+    };
+    let attempt = async {
+        let name = name?;
+        let password = Password::candidate("password", form.password)?;
+        state.users.login(name, password, &post.requester).await
+    };
+    match attempt.await {
+        Ok(session) => {
+            let to = return_address(&state, form.return_to.as_deref());
+            signed_in(&state, &session, &to)
+        }
+        Err(err) => with_error(&state, page, &err),
+    }
+}
+
+async fn sign_up_page(State(state): State<AppState>) -> Response {
+    if !state.access.allows("Create", false) {
+        return Page::signup_closed().render(&state.ui).into_response();
+    }
+    Page::sign_up(None, None).render(&state.ui).into_response()
+}
+
+#[derive(Deserialize)]
+struct SignUpForm {
+    username: Option<String>,
+    email: Option<String>,
+    password: Option<String>,
+}
+
+/// Text of the e-mails the pages send; `$micro_verification_link` and `$code` are
+/// replaced by the core.
+const VERIFY_TEXT: &str = "Welcome! Confirm your e-mail address by opening this link:\n\n$micro_verification_link\n\nIf you did not sign up, ignore this e-mail.";
+const RESET_TEXT: &str = "Your password reset code is $code\n\nEnter it on the page where you asked for it. If you did not ask, ignore this e-mail: your password stays as it is.";
+const MAGIC_TEXT: &str = "Open this link to sign in:\n\n$micro_verification_link\n\nIf you did not ask for it, ignore this e-mail.";
+
+async fn sign_up(
+    State(state): State<AppState>,
+    post: FormPost,
+    Form(form): Form<SignUpForm>,
+) -> Response {
+    if !state.access.allows("Create", false) {
+        return (
+            StatusCode::FORBIDDEN,
+            Page::signup_closed().render(&state.ui),
+        )
+            .into_response();
+    }
+    let page = Page::sign_up(form.username.as_deref(), form.email.as_deref());
+    let password = form.password.clone();
+    let created = async {
+        let account = NewAccount::parse(
+            None,
+            form.username.clone(),
+            form.email.clone(),
+            form.password,
+            None,
+        )?;
+        let user = state.users.create(account, post.requester.clone()).await?;
+        let session = state
+            .users
+            .login(
+                LoginName::parse(Some(user.username.clone()), None)?,
+                Password::candidate("password", password)?,
+                &post.requester,
+            )
+            .await?;
+        Ok::<_, Error>((user, session))
+    };
+    let (user, session) = match created.await {
+        Ok(done) => done,
+        Err(err) => return with_error(&state, page, &err),
+    };
+    send_verification(&state, &user.email).await;
+    signed_in(&state, &session, "/ui/account?notice=welcome")
+}
+
+/// E-mails a verification link that lands on `/ui/verified`. A failure is logged: the
+/// account page offers to send it again.
+async fn send_verification(state: &AppState, email: &str) {
+    let base = state.users.public_url().trim_end_matches('/').to_string();
+    let sent = async {
+        let email = Email::parse(Some(email.to_string()))?;
+        let text = MailText::parse(None, Some(VERIFY_TEXT.to_string()), None)?;
+        let redirect = RedirectUrl::parse("redirect_url", Some(format!("{base}/ui/verified")))?;
+        let failure = RedirectUrl::parse(
+            "failure_redirect_url",
+            Some(format!("{base}/ui/verified?failed=1")),
+        )?;
+        state
+            .users
+            .send_verification_email(email, text, redirect, failure)
+            .await
+    };
+    if let Err(err) = sent.await {
+        tracing::warn!(error = %err, "the verification e-mail of a sign-up was not queued");
+    }
+}
+
+async fn forgot_page(State(state): State<AppState>) -> Response {
+    Page::forgot(None).render(&state.ui).into_response()
+}
+
+#[derive(Deserialize)]
+struct EmailForm {
+    email: Option<String>,
+}
+
+async fn forgot(
+    State(state): State<AppState>,
+    _post: FormPost,
+    Form(form): Form<EmailForm>,
+) -> Response {
+    let page = Page::forgot(form.email.as_deref());
+    let sent = async {
+        let email = Email::parse(form.email.clone())?;
+        let text = MailText::parse(None, Some(RESET_TEXT.to_string()), None)?;
+        state
+            .users
+            .send_password_reset_email(email.clone(), text, reset_expiration(None)?)
+            .await?;
+        Ok::<_, Error>(email)
+    };
+    match sent.await {
+        Ok(email) => see_other(&format!(
+            "/ui/reset?notice=code-sent&email={}",
+            url::form_urlencoded::byte_serialize(email.as_str().as_bytes()).collect::<String>()
+        )),
+        Err(err) => with_error(&state, page, &err),
+    }
+}
+
+async fn reset_page(State(state): State<AppState>, Query(q): Query<NoticeQuery>) -> Response {
+    Page::reset(q.email.as_deref())
+        .notice(Notice::from_query(q.notice.as_deref()))
+        .render(&state.ui)
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct ResetForm {
+    email: Option<String>,
+    code: Option<String>,
+    new_password: Option<String>,
+    confirm_password: Option<String>,
+}
+
+async fn reset(
+    State(state): State<AppState>,
+    post: FormPost,
+    Form(form): Form<ResetForm>,
+) -> Response {
+    let page = Page::reset(form.email.as_deref());
+    let done = async {
+        let reset = PasswordReset::parse(
+            form.email.clone(),
+            form.code,
+            form.new_password,
+            form.confirm_password,
+        )?;
+        state.users.reset_password(reset, post.requester.ip).await
+    };
+    match done.await {
+        Ok(()) => see_other("/ui/signin?notice=password-reset"),
+        Err(err) => with_error(&state, page, &err),
+    }
+}
+
+async fn magic_page(State(state): State<AppState>) -> Response {
+    Page::magic(None).render(&state.ui).into_response()
+}
+
+async fn magic(
+    State(state): State<AppState>,
+    _post: FormPost,
+    Form(form): Form<EmailForm>,
+) -> Response {
+    let page = Page::magic(form.email.as_deref());
+    let base = format!(
+        "{}/ui/magic",
+        state.users.public_url().trim_end_matches('/')
+    );
+    let sent = async {
+        let email = Email::parse(form.email.clone())?;
+        let text = MailText::parse(None, Some(MAGIC_TEXT.to_string()), None)?;
+        state
+            .users
+            .send_magic_link(email, text, MagicLinkTarget::own_page(&base))
+            .await
+    };
+    match sent.await {
+        Ok(()) => Page::magic(form.email.as_deref())
+            .notice(Some(Notice::MagicLinkSent))
+            .render(&state.ui)
+            .into_response(),
+        Err(err) => with_error(&state, page, &err),
+    }
+}
+
+/// The magic link's landing page: a button, so that a mail scanner that opens links
+/// does not use the link up; the browser's click signs in.
+async fn magic_landing(State(state): State<AppState>, Path(token): Path<String>) -> Response {
+    Page::magic_landing(&token)
+        .render(&state.ui)
+        .into_response()
+}
+
+async fn magic_sign_in(
+    State(state): State<AppState>,
+    post: FormPost,
+    Path(token): Path<String>,
+) -> Response {
+    let page = Page::magic(None);
+    let used = async {
+        let token = SecretToken::parse("token", Some(token))?;
+        state.users.verify_token(token, &post.requester).await
+    };
+    match used.await {
+        Ok(crate::core::users::TokenCheck::Valid(session)) => {
+            signed_in(&state, &session, "/ui/account")
+        }
+        Ok(crate::core::users::TokenCheck::Invalid(why)) => {
+            with_error(&state, page, &Error::invalid("link", why))
+        }
+        Err(err) => with_error(&state, page, &err),
+    }
+}
+
+async fn verified(State(state): State<AppState>, Query(q): Query<NoticeQuery>) -> Response {
+    Page::verified(q.failed.is_none())
+        .render(&state.ui)
+        .into_response()
+}
+
+/// The signed-in browser's session, or a redirect to the sign-in page that comes back.
+async fn require_session(
+    state: &AppState,
+    headers: &HeaderMap,
+    back: &str,
+) -> Result<Session, Response> {
+    match browser_session(state, headers).await {
+        Ok(Some(session)) => Ok(session),
+        Ok(None) => Err(see_other(&format!(
+            "/ui/signin?return_to={}",
+            own_url(state, back)
+        ))),
+        Err(err) => Err(error_page(state, &err)),
+    }
+}
+
+/// `path` on the service's public address, form-encoded for a query string.
+fn own_url(state: &AppState, path: &str) -> String {
+    let url = format!("{}{path}", state.users.public_url().trim_end_matches('/'));
+    url::form_urlencoded::byte_serialize(url.as_bytes()).collect()
+}
+
+async fn account_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<NoticeQuery>,
+) -> Response {
+    let session = match require_session(&state, &headers, "/ui/account").await {
+        Ok(session) => session,
+        Err(response) => return response,
+    };
+    let read = async {
+        let id = UserId::parse("id", Some(session.user_id))?;
+        state.users.read(&AccountKey::Id(id)).await
+    };
+    match read.await {
+        Ok(user) => Page::account(&user)
+            .notice(Notice::from_query(q.notice.as_deref()))
+            .render(&state.ui)
+            .into_response(),
+        Err(err) => error_page(&state, &err),
+    }
+}
+
+#[derive(Deserialize)]
+struct ProfileForm {
+    username: Option<String>,
+    email: Option<String>,
+}
+
+/// The account page again, for a form on it that failed.
+async fn account_with_error(state: &AppState, session: &Session, err: &Error) -> Response {
+    match UserId::parse("id", Some(session.user_id.clone())) {
+        Ok(id) => match state.users.read(&AccountKey::Id(id)).await {
+            Ok(user) => with_error(state, Page::account(&user), err),
+            Err(other) => error_page(state, &other),
+        },
+        Err(other) => error_page(state, &other),
+    }
+}
+
+async fn update_profile(
+    State(state): State<AppState>,
+    post: FormPost,
+    Form(form): Form<ProfileForm>,
+) -> Response {
+    let Some(session) = post.session else {
+        return see_other("/ui/signin");
+    };
+    let updated = async {
+        let id = UserId::parse("id", Some(session.user_id.clone()))?;
+        post.requester.may_act_on(id.as_str())?;
+        let changes = AccountChanges::parse(form.username, form.email, None)?;
+        state.users.update(&id, changes).await
+    };
+    match updated.await {
+        Ok(_) => see_other("/ui/account?notice=saved"),
+        Err(err) => account_with_error(&state, &session, &err).await,
+    }
+}
+
+#[derive(Deserialize)]
+struct PasswordForm {
+    old_password: Option<String>,
+    new_password: Option<String>,
+    confirm_password: Option<String>,
+}
+
+/// Changes the password, which ends every session of the user, this browser's too; the
+/// browser is then signed in again with the new password, and the others stay out.
+async fn change_password(
+    State(state): State<AppState>,
+    post: FormPost,
+    Form(form): Form<PasswordForm>,
+) -> Response {
+    let Some(session) = post.session else {
+        return see_other("/ui/signin");
+    };
+    let new_password = form.new_password.clone();
+    let changed = async {
+        let change = PasswordChange::parse(
+            Some(session.user_id.clone()),
+            form.old_password,
+            form.new_password,
+            form.confirm_password,
+        )?;
+        post.requester.may_act_on(change.user_id.as_str())?;
+        state
+            .users
+            .update_password(change, post.requester.ip)
+            .await?;
+        state
+            .users
+            .login(
+                LoginName::parse(Some(session.username.clone()), None)?,
+                Password::candidate("new_password", new_password)?,
+                &post.requester,
+            )
+            .await
+    };
+    match changed.await {
+        Ok(new_session) => signed_in(&state, &new_session, "/ui/account?notice=password-changed"),
+        Err(err) => account_with_error(&state, &session, &err).await,
+    }
+}
+
+async fn sessions_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<NoticeQuery>,
+) -> Response {
+    let session = match require_session(&state, &headers, "/ui/sessions").await {
+        Ok(session) => session,
+        Err(response) => return response,
+    };
+    let listed = async {
+        let id = UserId::parse("id", Some(session.user_id.clone()))?;
+        state.users.list_sessions(&id).await
+    };
+    match listed.await {
+        Ok(sessions) => Page::sessions(&sessions, &session.id.digest().handle())
+            .notice(Notice::from_query(q.notice.as_deref()))
+            .render(&state.ui)
+            .into_response(),
+        Err(err) => error_page(&state, &err),
+    }
+}
+
+#[derive(Deserialize)]
+struct RevokeForm {
+    session: Option<String>,
+}
+
+async fn revoke_session(
+    State(state): State<AppState>,
+    post: FormPost,
+    Form(form): Form<RevokeForm>,
+) -> Response {
+    let Some(session) = post.session else {
+        return see_other("/ui/signin");
+    };
+    let revoked = async {
+        let id = UserId::parse("id", Some(session.user_id.clone()))?;
+        let handle = SessionHandle::parse("session", form.session)?;
+        state.users.revoke_session(&id, &handle).await?;
+        Ok::<_, Error>(handle == session.id.digest().handle())
+    };
+    match revoked.await {
+        Ok(true) => see_other_with_cookie(
+            "/ui/signin?notice=signed-out",
+            Some(clear_session(state.ui.secure_cookies)),
+        ),
+        Ok(false) => see_other("/ui/sessions?notice=session-ended"),
+        Err(err) => error_page(&state, &err),
+    }
+}
+
+async fn revoke_all(State(state): State<AppState>, post: FormPost) -> Response {
+    let Some(session) = post.session else {
+        return see_other("/ui/signin");
+    };
+    let ended = async {
+        let id = UserId::parse("id", Some(session.user_id.clone()))?;
+        state.users.logout_all(&id).await
+    };
+    match ended.await {
+        Ok(()) => see_other_with_cookie(
+            "/ui/signin?notice=signed-out-everywhere",
+            Some(clear_session(state.ui.secure_cookies)),
+        ),
+        Err(err) => error_page(&state, &err),
+    }
+}
+
+/// `POST /ui/signout`: ends this browser's session and forgets the cookie. A form gets
+/// the sign-in page; a script (`Accept: application/json`, Micro.js) gets `{}`.
+async fn sign_out(State(state): State<AppState>, headers: HeaderMap, post: FormPost) -> Response {
+    if let Some(token) = &post.token {
+        if let Err(err) = state.users.logout(token).await {
+            return error_page(&state, &err);
+        }
+    }
+    let wants_json = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"));
+    let cookie = clear_session(state.ui.secure_cookies);
+    if wants_json {
+        ([(header::SET_COOKIE, cookie)], Json(json!({}))).into_response()
+    } else {
+        see_other_with_cookie("/ui/signin?notice=signed-out", Some(cookie))
+    }
+}

@@ -1,0 +1,365 @@
+//! The hosted pages' HTML. Every value is escaped by `maud`; no page loads anything
+//! from another host, and none needs JavaScript.
+
+use axum::response::Html;
+use maud::{html, Markup, DOCTYPE};
+
+use super::UiSettings;
+use crate::domain::{SessionHandle, User};
+use crate::store::SessionDetails;
+
+/// A fixed notice a redirect can ask a page to show (`?notice=`); arbitrary text from
+/// the address is never shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    Welcome,
+    Saved,
+    PasswordChanged,
+    PasswordReset,
+    SignedOut,
+    SignedOutEverywhere,
+    CodeSent,
+    MagicLinkSent,
+    SessionEnded,
+}
+
+impl Notice {
+    pub fn from_query(value: Option<&str>) -> Option<Self> {
+        Some(match value? {
+            "welcome" => Self::Welcome,
+            "saved" => Self::Saved,
+            "password-changed" => Self::PasswordChanged,
+            "password-reset" => Self::PasswordReset,
+            "signed-out" => Self::SignedOut,
+            "signed-out-everywhere" => Self::SignedOutEverywhere,
+            "code-sent" => Self::CodeSent,
+            "session-ended" => Self::SessionEnded,
+            _ => return None,
+        })
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            Self::Welcome => "Welcome! We sent you an e-mail to confirm your address.",
+            Self::Saved => "Your changes are saved.",
+            Self::PasswordChanged => {
+                "Your password is changed. Every other browser and app was signed out."
+            }
+            Self::PasswordReset => "Your password is set. Sign in with it.",
+            Self::SignedOut => "You are signed out.",
+            Self::SignedOutEverywhere => "You are signed out everywhere.",
+            Self::CodeSent => "If an account has this address, we sent it a code. Enter it below.",
+            Self::MagicLinkSent => {
+                "If an account has this address, we sent it a link. Open it in this browser."
+            }
+            Self::SessionEnded => "That session is signed out.",
+        }
+    }
+}
+
+/// A page: its heading, its body, and what to tell the user above it.
+pub struct Page {
+    title: &'static str,
+    body: Markup,
+    error: Option<String>,
+    notice: Option<Notice>,
+}
+
+impl Page {
+    fn new(title: &'static str, body: Markup) -> Self {
+        Self {
+            title,
+            body,
+            error: None,
+            notice: None,
+        }
+    }
+
+    pub fn plain(title: &'static str) -> Self {
+        Self::new(title, html! {})
+    }
+
+    pub fn error(mut self, message: String) -> Self {
+        self.error = Some(message);
+        self
+    }
+
+    pub fn notice(mut self, notice: Option<Notice>) -> Self {
+        self.notice = notice;
+        self
+    }
+
+    pub fn render(self, ui: &UiSettings) -> Html<String> {
+        let markup = html! {
+            (DOCTYPE)
+            html lang="en" {
+                head {
+                    meta charset="utf-8";
+                    meta name="viewport" content="width=device-width, initial-scale=1";
+                    title { (self.title) " · " (ui.title) }
+                    link rel="stylesheet" href="/ui/style.css";
+                    @if ui.stylesheet.is_some() {
+                        link rel="stylesheet" href="/ui/brand.css";
+                    }
+                }
+                body {
+                    a.skip href="#main" { "Skip to the content" }
+                    header {
+                        @if ui.logo.is_some() {
+                            img.logo src="/ui/logo" alt=(ui.title);
+                        } @else {
+                            p.site { (ui.title) }
+                        }
+                    }
+                    main #main {
+                        h1 { (self.title) }
+                        @if let Some(error) = &self.error {
+                            p.error role="alert" { (error) }
+                        }
+                        @if let Some(notice) = self.notice {
+                            p.notice role="status" { (notice.text()) }
+                        }
+                        (self.body)
+                    }
+                }
+            }
+        };
+        Html(markup.into_string())
+    }
+
+    pub fn sign_in(return_to: Option<&str>, login: Option<&str>) -> Self {
+        Self::new(
+            "Sign in",
+            html! {
+                form method="post" action="/ui/signin" {
+                    @if let Some(to) = return_to {
+                        input type="hidden" name="return_to" value=(to);
+                    }
+                    (field("login", "Username or e-mail", "text", "username", login, true))
+                    (field("password", "Password", "password", "current-password", None, true))
+                    button type="submit" { "Sign in" }
+                }
+                nav aria-label="Other ways in" {
+                    ul {
+                        li { a href="/ui/forgot" { "Forgot your password?" } }
+                        li { a href="/ui/magic" { "E-mail me a sign-in link" } }
+                        li { a href="/ui/signup" { "Sign up" } }
+                    }
+                }
+            },
+        )
+    }
+
+    pub fn sign_up(username: Option<&str>, email: Option<&str>) -> Self {
+        Self::new(
+            "Sign up",
+            html! {
+                form method="post" action="/ui/signup" {
+                    (field("username", "Username", "text", "username", username, true))
+                    (field("email", "E-mail", "email", "email", email, true))
+                    (field("password", "Password", "password", "new-password", None, true))
+                    button type="submit" { "Sign up" }
+                }
+                p { "Already have an account? " a href="/ui/signin" { "Sign in" } }
+            },
+        )
+    }
+
+    pub fn signup_closed() -> Self {
+        Self::new(
+            "Sign up",
+            html! {
+                p { "Sign-up is closed here. Ask the people who run this service for an account." }
+                p { a href="/ui/signin" { "Sign in" } }
+            },
+        )
+    }
+
+    pub fn forgot(email: Option<&str>) -> Self {
+        Self::new(
+            "Forgot your password?",
+            html! {
+                p { "We will e-mail you a code to set a new one." }
+                form method="post" action="/ui/forgot" {
+                    (field("email", "E-mail", "email", "email", email, true))
+                    button type="submit" { "Send the code" }
+                }
+                p { a href="/ui/signin" { "Back to sign in" } }
+            },
+        )
+    }
+
+    pub fn reset(email: Option<&str>) -> Self {
+        Self::new(
+            "Set a new password",
+            html! {
+                form method="post" action="/ui/reset" {
+                    (field("email", "E-mail", "email", "email", email, true))
+                    (field("code", "Code", "text", "one-time-code", None, true))
+                    (field("new_password", "New password", "password", "new-password", None, true))
+                    (field("confirm_password", "Confirm new password", "password", "new-password", None, true))
+                    button type="submit" { "Set the password" }
+                }
+                p { a href="/ui/forgot" { "Send a new code" } }
+            },
+        )
+    }
+
+    pub fn magic(email: Option<&str>) -> Self {
+        Self::new(
+            "Sign in with a link",
+            html! {
+                form method="post" action="/ui/magic" {
+                    (field("email", "E-mail", "email", "email", email, true))
+                    button type="submit" { "Send the link" }
+                }
+                p { a href="/ui/signin" { "Sign in with a password" } }
+            },
+        )
+    }
+
+    pub fn magic_landing(token: &str) -> Self {
+        Self::new(
+            "Sign in",
+            html! {
+                p { "Continue to sign in to this browser." }
+                form method="post" action={ "/ui/magic/" (token) } {
+                    button type="submit" { "Sign in" }
+                }
+            },
+        )
+    }
+
+    pub fn verified(ok: bool) -> Self {
+        if ok {
+            Self::new(
+                "Your e-mail address is verified",
+                html! { p { a href="/ui/account" { "Go to your account" } } },
+            )
+        } else {
+            Self::new(
+                "This link did not work",
+                html! {
+                    p { "It was already used, or it expired. Sign in and ask for a new one." }
+                    p { a href="/ui/account" { "Go to your account" } }
+                },
+            )
+        }
+    }
+
+    pub fn account(user: &User) -> Self {
+        Self::new(
+            "Your account",
+            html! {
+                p {
+                    "Signed in as " strong { (user.username) } ". Your e-mail address is "
+                    @if user.verified { "verified." } @else { "not verified yet." }
+                }
+                section aria-labelledby="profile" {
+                    h2 #profile { "Profile" }
+                    form method="post" action="/ui/account/profile" {
+                        (field("username", "Username", "text", "username", Some(&user.username), true))
+                        (field("email", "E-mail", "email", "email", Some(&user.email), true))
+                        button type="submit" { "Save" }
+                    }
+                }
+                section aria-labelledby="password" {
+                    h2 #password { "Password" }
+                    form method="post" action="/ui/account/password" {
+                        (field("old_password", "Current password", "password", "current-password", None, true))
+                        (field("new_password", "New password", "password", "new-password", None, true))
+                        (field("confirm_password", "Confirm new password", "password", "new-password", None, true))
+                        button type="submit" { "Change password" }
+                    }
+                }
+                nav aria-label="Account" {
+                    ul {
+                        li { a href="/ui/sessions" { "Your sessions" } }
+                    }
+                }
+                form method="post" action="/ui/signout" {
+                    button type="submit" { "Sign out" }
+                }
+            },
+        )
+    }
+
+    pub fn sessions(sessions: &[SessionDetails], current: &SessionHandle) -> Self {
+        Self::new(
+            "Your sessions",
+            html! {
+                p { "The browsers and apps signed in to your account." }
+                table {
+                    thead {
+                        tr {
+                            th scope="col" { "Signed in" }
+                            th scope="col" { "Last seen" }
+                            th scope="col" { "Address" }
+                            th scope="col" { "Browser" }
+                            th scope="col" { "Expires" }
+                            th scope="col" { span.visually-hidden { "Action" } }
+                        }
+                    }
+                    tbody {
+                        @for s in sessions {
+                            tr {
+                                td { (when(s.created)) }
+                                td { (s.last_seen.map(when).unwrap_or_else(|| "—".to_string())) }
+                                td { (s.client_ip.as_deref().unwrap_or("—")) }
+                                td.agent { (s.user_agent.as_deref().unwrap_or("—")) }
+                                td { (when(s.expires)) }
+                                td {
+                                    @if s.handle == *current {
+                                        strong { "This browser" }
+                                    } @else {
+                                        form method="post" action="/ui/sessions/revoke" {
+                                            input type="hidden" name="session" value=(s.handle.as_str());
+                                            button type="submit" aria-label={ "Sign out the session signed in " (when(s.created)) " from " (s.client_ip.as_deref().unwrap_or("an unknown address")) ", session " (s.handle.as_str()) } { "Sign out" }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                form method="post" action="/ui/sessions/revoke-all" {
+                    button type="submit" { "Sign out everywhere" }
+                }
+                p { a href="/ui/account" { "Back to your account" } }
+            },
+        )
+    }
+}
+
+/// A labelled input.
+fn field(
+    name: &str,
+    label: &str,
+    kind: &str,
+    autocomplete: &str,
+    value: Option<&str>,
+    required: bool,
+) -> Markup {
+    html! {
+        div.field {
+            label for=(name) { (label) }
+            input id=(name) name=(name) type=(kind) autocomplete=(autocomplete)
+                value=[value.filter(|_| kind != "password")] required[required];
+        }
+    }
+}
+
+/// A Unix time as `2026-12-03 21:05 UTC`.
+fn when(unix: i64) -> String {
+    match cookie::time::OffsetDateTime::from_unix_timestamp(unix) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute()
+        ),
+        Err(_) => "—".to_string(),
+    }
+}
