@@ -24,11 +24,53 @@ on_both_stores!(
     config = crate::with_key,
     a_session_acts_on_its_own_account_and_no_other,
     a_session_lists_and_revokes_its_own_sessions,
-    a_revoked_session_is_revoked_once_when_revoked_at_once,
+    a_session_is_revoked_once_when_revoked_at_once_on_two_replicas,
     the_cookie_signs_only_requests_from_allowed_pages,
     the_pages_sign_in_show_errors_and_sign_out,
     micro_js_is_served_with_an_etag,
 );
+
+/// The operator's brand on the pages: a title, a stylesheet and a logo, all served
+/// from the service itself.
+#[tokio::test]
+async fn the_pages_carry_the_operators_brand() {
+    let dir = tempfile::tempdir().unwrap();
+    let css = dir.path().join("brand.css");
+    let logo = dir.path().join("logo.svg");
+    std::fs::write(&css, "main { border-top: 4px solid #123456; }").unwrap();
+    std::fs::write(&logo, "<svg xmlns=\"http://www.w3.org/2000/svg\"/>").unwrap();
+    let app = TestApp::spawn_with(common::Backend::Sqlite, "self_service::brand", |c| {
+        c.ui.ui_title = "Acme <Accounts>".to_string();
+        c.ui.ui_stylesheet = Some(css.clone());
+        c.ui.ui_logo = Some(logo.clone());
+    })
+    .await
+    .unwrap();
+    let html = app
+        .client
+        .get(app.url("/ui/signin"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("<title>Sign in · Acme &lt;Accounts&gt;</title>"),
+        "{html}"
+    );
+    assert!(html.contains(r#"href="/ui/brand.css""#) && html.contains(r#"src="/ui/logo""#));
+    let served = app
+        .client
+        .get(app.url("/ui/brand.css"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.headers()["content-type"], "text/css; charset=utf-8");
+    assert!(served.text().await.unwrap().contains("#123456"));
+    let served = app.client.get(app.url("/ui/logo")).send().await.unwrap();
+    assert_eq!(served.headers()["content-type"], "image/svg+xml");
+}
 
 /// Without an admin key.
 mod open {
@@ -262,7 +304,7 @@ async fn a_session_lists_and_revokes_its_own_sessions(app: TestApp) {
     assert_error(&answer, "RevokeSession", 400, "hex digits");
 }
 
-async fn a_revoked_session_is_revoked_once_when_revoked_at_once(app: TestApp) {
+async fn a_session_is_revoked_once_when_revoked_at_once_on_two_replicas(app: TestApp) {
     let (_alice, _bob, first) = two_users(&app).await;
     let other = app.login("alice", PASSWORD).await["id"]
         .as_str()
@@ -276,11 +318,18 @@ async fn a_revoked_session_is_revoked_once_when_revoked_at_once(app: TestApp) {
         .map(|s| s["session"].as_str().unwrap().to_string())
         .find(|h| other_handle_of(&other).starts_with(h.as_str()))
         .unwrap();
+    // Half of them through a second server on the same database.
+    let replica = app.replica(with_key).await;
     let mut calls = tokio::task::JoinSet::new();
-    for _ in 0..20 {
+    for n in 0..20 {
+        let url = if n % 2 == 0 {
+            app.url("/users/Users/RevokeSession")
+        } else {
+            replica.url("/users/Users/RevokeSession")
+        };
         let request = app
             .client
-            .post(app.url("/users/Users/RevokeSession"))
+            .post(url)
             .header("authorization", format!("Bearer {first}"))
             .json(&json!({"session": other_handle}));
         calls.spawn(async move { request.send().await.unwrap().status() });
