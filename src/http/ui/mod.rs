@@ -233,7 +233,7 @@ impl FromRequestParts<AppState> for FormPost {
         let token = session_cookie(&parts.headers);
         let session = match browser_session(state, &parts.headers).await {
             Ok(session) => session,
-            Err(err) => return Err(error_page(state, &err)),
+            Err(err) => return Err(failure(state, &parts.headers, err)),
         };
         let caller = match Caller::from_request_parts(parts, state).await {
             Ok(caller) => caller,
@@ -279,6 +279,23 @@ fn with_error(state: &AppState, page: Page, err: &Error) -> Response {
         }
     }
     response
+}
+
+/// Whether a script asked for JSON (Micro.js does) rather than a page.
+fn wants_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"))
+}
+
+/// A failed form post: the Micro error for a script that asked for JSON, else a page.
+fn failure(state: &AppState, headers: &HeaderMap, err: Error) -> Response {
+    if wants_json(headers) {
+        WireError::from_error("Ui", err).into_response()
+    } else {
+        error_page(state, &err)
+    }
 }
 
 fn error_page(state: &AppState, err: &Error) -> Response {
@@ -786,15 +803,12 @@ async fn revoke_all(State(state): State<AppState>, post: FormPost) -> Response {
 /// `POST /ui/signout`: ends this browser's session and forgets the cookie. A form gets
 /// the sign-in page; a script (`Accept: application/json`, Micro.js) gets `{}`.
 async fn sign_out(State(state): State<AppState>, headers: HeaderMap, post: FormPost) -> Response {
+    let wants_json = wants_json(&headers);
     if let Some(token) = &post.token {
         if let Err(err) = state.users.logout(token).await {
-            return error_page(&state, &err);
+            return failure(&state, &headers, err);
         }
     }
-    let wants_json = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("application/json"));
     let cookie = clear_session(state.ui.secure_cookies);
     if wants_json {
         ([(header::SET_COOKIE, cookie)], Json(json!({}))).into_response()
