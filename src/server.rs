@@ -24,7 +24,7 @@ use crate::core::users::Users;
 use crate::http::access::AccessPolicy;
 use crate::http::connection::{Activity, ConnectionLimits, Full, Timeouts, Watched};
 use crate::http::guard::{Guard, GuardConfig};
-use crate::http::ui::UiSettings;
+use crate::http::ui::{Asset, UiSettings};
 use crate::http::{App, AppState};
 use crate::store::{DatabaseUrl, SchemaError, SqlStore, StoreError};
 
@@ -134,7 +134,8 @@ fn ui_settings(
         .ui_stylesheet
         .as_deref()
         .map(|path| read("stylesheet", path))
-        .transpose()?;
+        .transpose()?
+        .map(|css| Asset::new("text/css; charset=utf-8", css));
     let logo = match config.ui_logo.as_deref() {
         Some(path) => {
             let kind = match path
@@ -154,7 +155,7 @@ fn ui_settings(
                     )))
                 }
             };
-            Some((read("logo", path)?, kind))
+            Some(Asset::new(kind, read("logo", path)?))
         }
         None => None,
     };

@@ -362,6 +362,16 @@ async fn sign_in_page(app: &TestApp, login: &str, origin: &str) -> reqwest::Resp
         .unwrap()
 }
 
+/// GETs `path` with the browser's cookie (`name=value`).
+async fn get_with_cookie(app: &TestApp, path: &str, cookie: &str) -> reqwest::Response {
+    app.client
+        .get(app.url(path))
+        .header(COOKIE, cookie)
+        .send()
+        .await
+        .unwrap()
+}
+
 fn cookie_of(response: &reqwest::Response) -> String {
     let set = response
         .headers()
@@ -432,13 +442,7 @@ async fn the_cookie_signs_only_requests_from_allowed_pages(app: TestApp) {
     assert_eq!(read(None, false).await.0, 401);
 
     // The session as scripts see it: the user, never the id.
-    let response = app
-        .client
-        .get(app.url("/ui/session"))
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
+    let response = get_with_cookie(&app, "/ui/session", &cookie).await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["user"]["id"], alice.as_str());
@@ -460,13 +464,7 @@ async fn the_cookie_signs_only_requests_from_allowed_pages(app: TestApp) {
         .to_str()
         .unwrap()
         .contains("Max-Age=0"));
-    let response = app
-        .client
-        .get(app.url("/ui/session"))
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
+    let response = get_with_cookie(&app, "/ui/session", &cookie).await;
     assert_eq!(response.status(), 401, "the session ended");
 }
 
@@ -538,13 +536,7 @@ async fn the_pages_sign_in_show_errors_and_sign_out(app: TestApp) {
     );
     let cookie = cookie_of(&response);
 
-    let account = app
-        .client
-        .get(app.url("/ui/account"))
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
+    let account = get_with_cookie(&app, "/ui/account", &cookie).await;
     assert_eq!(account.status(), 200);
     assert!(account
         .text()

@@ -176,10 +176,10 @@ impl Guard {
         }
         if let Some(origin) = headers.get(header::ORIGIN) {
             // The service's own pages (/ui/) are always let in.
-            let allowed = origin
-                .to_str()
-                .ok()
-                .is_some_and(|o| self.origin_allowed(o) || same_origin(o, headers));
+            let allowed = origin.to_str().ok().is_some_and(|o| {
+                self.origin_allowed(o)
+                    || normalise_origin(o).is_some_and(|o| same_origin(&o, headers))
+            });
             if !allowed {
                 return Err(Refusal::Origin);
             }
@@ -223,12 +223,9 @@ impl Guard {
     }
 }
 
-/// Whether `origin` is the request's own: a page this service served (same host and
-/// port as the `Host` the request names).
+/// Whether `origin` (normalised) is the request's own: a page this service served
+/// (same host and port as the `Host` the request names).
 fn same_origin(origin: &str, headers: &HeaderMap) -> bool {
-    let Some(origin) = normalise_origin(origin) else {
-        return false;
-    };
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
     let authority = origin.split_once("://").map(|(_, rest)| rest);
     matches!((host, authority), (Some(host), Some(authority)) if host.trim().eq_ignore_ascii_case(authority))

@@ -9,6 +9,9 @@
 
 mod pages;
 
+use std::sync::LazyLock;
+
+use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -17,7 +20,6 @@ use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use super::access::Caller;
@@ -26,9 +28,9 @@ use super::error::{status_of, WireError};
 use super::AppState;
 use crate::core::users::Requester;
 use crate::domain::{
-    reset_expiration, AccountChanges, AccountKey, Email, LoginName, MagicLinkTarget, MailText,
-    NewAccount, Password, PasswordChange, PasswordReset, RedirectUrl, SecretToken, Session,
-    SessionHandle, UserId,
+    reset_expiration, sha256_hex, AccountChanges, AccountKey, Email, LoginName, MagicLinkTarget,
+    MailText, NewAccount, Password, PasswordChange, PasswordReset, RedirectUrl, SecretToken,
+    Session, SessionHandle, UserId,
 };
 use crate::error::Error;
 use pages::{Notice, Page};
@@ -47,9 +49,9 @@ pub struct UiSettings {
     /// The name shown at the top of every page and in its title.
     pub title: String,
     /// The operator's stylesheet, served at `/ui/brand.css` after the pages' own.
-    pub stylesheet: Option<Vec<u8>>,
-    /// The operator's logo and its content type, served at `/ui/logo`.
-    pub logo: Option<(Vec<u8>, &'static str)>,
+    pub stylesheet: Option<Asset>,
+    /// The operator's logo, served at `/ui/logo`.
+    pub logo: Option<Asset>,
     /// Set the cookie `Secure` (the public address is https).
     pub secure_cookies: bool,
     /// Origins a return address may point at besides the service's own: the redirect
@@ -108,67 +110,75 @@ pub fn routes() -> Router<AppState> {
 pub const API_GET_PATHS: &[&str] = &["/micro.js", "/ui/session"];
 pub const API_POST_PATHS: &[&str] = &["/ui/signout"];
 
-fn etag(content: &[u8]) -> String {
-    let digest = Sha256::digest(content);
-    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-    format!("\"{hex}\"")
-}
-
-/// A static file with an `ETag` of its content: revalidated, never stale.
-fn static_file(
-    headers: &HeaderMap,
+/// A file served as it is, with its type and an `ETag` of its content, both worked out
+/// once: browsers revalidate it (`no-cache`) and get 304 while it is unchanged.
+#[derive(Debug, Clone)]
+pub struct Asset {
     content_type: &'static str,
-    content: &'static [u8],
-) -> Response {
-    static_owned(headers, content_type, content.to_vec())
+    bytes: Bytes,
+    etag: String,
 }
 
-fn static_owned(headers: &HeaderMap, content_type: &'static str, content: Vec<u8>) -> Response {
-    let tag = etag(&content);
-    let fresh = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag));
-    let common = [
-        (header::ETAG, tag),
-        (header::CACHE_CONTROL, "no-cache".to_string()),
-    ];
-    if fresh {
-        (StatusCode::NOT_MODIFIED, common).into_response()
-    } else {
-        (
-            common,
-            [(header::CONTENT_TYPE, content_type.to_string())],
-            content,
-        )
-            .into_response()
+impl Asset {
+    pub fn new(content_type: &'static str, bytes: impl Into<Bytes>) -> Self {
+        let bytes = bytes.into();
+        let etag = format!("\"{}\"", &sha256_hex(&bytes)[..24]);
+        Self {
+            content_type,
+            bytes,
+            etag,
+        }
+    }
+
+    fn serve(&self, headers: &HeaderMap) -> Response {
+        let fresh = headers
+            .get(header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim() == self.etag));
+        let common = [
+            (header::ETAG, self.etag.clone()),
+            (header::CACHE_CONTROL, "no-cache".to_string()),
+        ];
+        if fresh {
+            (StatusCode::NOT_MODIFIED, common).into_response()
+        } else {
+            (
+                common,
+                [(header::CONTENT_TYPE, self.content_type)],
+                self.bytes.clone(),
+            )
+                .into_response()
+        }
     }
 }
 
+static MICRO_JS_ASSET: LazyLock<Asset> =
+    LazyLock::new(|| Asset::new("text/javascript; charset=utf-8", MICRO_JS.as_bytes()));
+static STYLE_CSS_ASSET: LazyLock<Asset> =
+    LazyLock::new(|| Asset::new("text/css; charset=utf-8", STYLE_CSS.as_bytes()));
+
 async fn micro_js(headers: HeaderMap) -> Response {
-    static_file(
-        &headers,
-        "text/javascript; charset=utf-8",
-        MICRO_JS.as_bytes(),
-    )
+    MICRO_JS_ASSET.serve(&headers)
 }
 
 async fn style_css(headers: HeaderMap) -> Response {
-    static_file(&headers, "text/css; charset=utf-8", STYLE_CSS.as_bytes())
+    STYLE_CSS_ASSET.serve(&headers)
+}
+
+/// An operator's file (`--ui-stylesheet`, `--ui-logo`), or 404 when none is set.
+fn operator_file(asset: Option<&Asset>, headers: &HeaderMap) -> Response {
+    match asset {
+        Some(asset) => asset.serve(headers),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 async fn brand_css(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    match &state.ui.stylesheet {
-        Some(css) => static_owned(&headers, "text/css; charset=utf-8", css.clone()),
-        None => StatusCode::NOT_FOUND.into_response(),
-    }
+    operator_file(state.ui.stylesheet.as_ref(), &headers)
 }
 
 async fn logo(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    match &state.ui.logo {
-        Some((bytes, content_type)) => static_owned(&headers, content_type, bytes.clone()),
-        None => StatusCode::NOT_FOUND.into_response(),
-    }
+    operator_file(state.ui.logo.as_ref(), &headers)
 }
 
 /// The browser's live session, read from its cookie (any method: reading a page is not
@@ -211,7 +221,6 @@ async fn session_json(State(state): State<AppState>, headers: HeaderMap) -> Resp
 struct FormPost {
     requester: Requester,
     session: Option<Session>,
-    token: Option<SecretToken>,
 }
 
 impl FromRequestParts<AppState> for FormPost {
@@ -230,7 +239,6 @@ impl FromRequestParts<AppState> for FormPost {
             )
             .into_response());
         }
-        let token = session_cookie(&parts.headers);
         let session = match browser_session(state, &parts.headers).await {
             Ok(session) => session,
             Err(err) => return Err(failure(state, &parts.headers, err)),
@@ -249,7 +257,6 @@ impl FromRequestParts<AppState> for FormPost {
                     .and_then(|v| v.to_str().ok().map(str::to_owned)),
             },
             session,
-            token,
         })
     }
 }
@@ -606,6 +613,11 @@ async fn verified(State(state): State<AppState>, Query(q): Query<NoticeQuery>) -
         .into_response()
 }
 
+/// The account a browser's session belongs to.
+fn account_of(session: &Session) -> Result<UserId, Error> {
+    UserId::parse("id", Some(session.user_id.clone()))
+}
+
 /// The signed-in browser's session, or a redirect to the sign-in page that comes back.
 async fn require_session(
     state: &AppState,
@@ -638,7 +650,7 @@ async fn account_page(
         Err(response) => return response,
     };
     let read = async {
-        let id = UserId::parse("id", Some(session.user_id))?;
+        let id = account_of(&session)?;
         state.users.read(&AccountKey::Id(id)).await
     };
     match read.await {
@@ -658,7 +670,7 @@ struct ProfileForm {
 
 /// The account page again, for a form on it that failed.
 async fn account_with_error(state: &AppState, session: &Session, err: &Error) -> Response {
-    match UserId::parse("id", Some(session.user_id.clone())) {
+    match account_of(session) {
         Ok(id) => match state.users.read(&AccountKey::Id(id)).await {
             Ok(user) => with_error(state, Page::account(&user), err),
             Err(other) => error_page(state, &other),
@@ -676,7 +688,7 @@ async fn update_profile(
         return see_other("/ui/signin");
     };
     let updated = async {
-        let id = UserId::parse("id", Some(session.user_id.clone()))?;
+        let id = account_of(&session)?;
         post.requester.may_act_on(id.as_str())?;
         let changes = AccountChanges::parse(form.username, form.email, None)?;
         state.users.update(&id, changes).await
@@ -742,7 +754,7 @@ async fn sessions_page(
         Err(response) => return response,
     };
     let listed = async {
-        let id = UserId::parse("id", Some(session.user_id.clone()))?;
+        let id = account_of(&session)?;
         state.users.list_sessions(&id).await
     };
     match listed.await {
@@ -768,7 +780,7 @@ async fn revoke_session(
         return see_other("/ui/signin");
     };
     let revoked = async {
-        let id = UserId::parse("id", Some(session.user_id.clone()))?;
+        let id = account_of(&session)?;
         let handle = SessionHandle::parse("session", form.session)?;
         state.users.revoke_session(&id, &handle).await?;
         Ok::<_, Error>(handle == session.id.digest().handle())
@@ -788,7 +800,7 @@ async fn revoke_all(State(state): State<AppState>, post: FormPost) -> Response {
         return see_other("/ui/signin");
     };
     let ended = async {
-        let id = UserId::parse("id", Some(session.user_id.clone()))?;
+        let id = account_of(&session)?;
         state.users.logout_all(&id).await
     };
     match ended.await {
@@ -804,8 +816,8 @@ async fn revoke_all(State(state): State<AppState>, post: FormPost) -> Response {
 /// the sign-in page; a script (`Accept: application/json`, Micro.js) gets `{}`.
 async fn sign_out(State(state): State<AppState>, headers: HeaderMap, post: FormPost) -> Response {
     let wants_json = wants_json(&headers);
-    if let Some(token) = &post.token {
-        if let Err(err) = state.users.logout(token).await {
+    if let Some(session) = &post.session {
+        if let Err(err) = state.users.logout(&session.id).await {
             return failure(&state, &headers, err);
         }
     }
