@@ -81,7 +81,7 @@ impl TokenDigest {
 
     /// The session's public handle: the digest's first hex digits.
     pub fn handle(&self) -> SessionHandle {
-        SessionHandle(self.0.chars().take(SessionHandle::LEN).collect())
+        SessionHandle::from_stored(&self.0)
     }
 }
 
