@@ -104,6 +104,18 @@ pub struct ServeConfig {
     )]
     pub session_ttl: u64,
 
+    /// End a session that has not been used for this many seconds (0: never). Use is
+    /// recorded to the minute (or to half this time, if shorter); it never extends a
+    /// session beyond --session-ttl
+    #[arg(
+        long,
+        env = "USERS_SESSION_IDLE_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 0,
+        value_parser = clap::value_parser!(u64).range(0..=(i64::MAX as u64))
+    )]
+    pub session_idle_timeout: u64,
+
     /// Web origins (https://app.example.com) allowed to call the API from a browser,
     /// comma-separated, or * for any; requests from other origins are refused with 403
     /// (default: any origin with an admin key, pages on this machine without one:
@@ -306,7 +318,8 @@ pub struct LimitsConfig {
 /// The hosted pages under /ui/.
 #[derive(Debug, Clone, Args)]
 pub struct UiConfig {
-    /// The name shown at the top of the hosted pages (/ui/) and in their titles
+    /// The name shown at the top of the hosted pages (/ui/) and in their titles, and
+    /// beside the account in authenticator apps
     #[arg(
         long,
         env = "USERS_UI_TITLE",
@@ -516,6 +529,7 @@ impl ServeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             database: DatabaseConfig::new(database),
             session_ttl: DEFAULT_SESSION_TTL,
+            session_idle_timeout: 0,
             cors_origins: Vec::new(),
             access: AccessConfig {
                 api_key: None,
@@ -644,6 +658,8 @@ impl ServeConfig {
         let limits = &self.limits;
         Ok(Settings {
             session_ttl: self.session_ttl,
+            session_idle_timeout: self.session_idle_timeout,
+            totp_issuer: self.ui.ui_title.clone(),
             password_policy: PasswordPolicy::new(self.passwords.password_min_length)?,
             limits: LimitConfig {
                 login_max_failures: limits.login_max_failures,

@@ -37,6 +37,13 @@ pub enum Error {
     /// Wrong credentials, or an unknown or expired session.
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// The first step of a sign-in passed, and the account asks for a second factor:
+    /// LoginMfa with this challenge (short-lived, single-use) and a code opens the session.
+    #[error("mfa_required: this account has two-factor sign-in; send a code from the authenticator app (or a recovery code) to LoginMfa with challenge_id")]
+    SecondFactorRequired {
+        challenge: crate::domain::SecretToken,
+        expires: i64,
+    },
     /// The caller is known but may not do this (a session acting on another account).
     #[error("{0}")]
     Forbidden(&'static str),

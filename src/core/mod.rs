@@ -17,5 +17,6 @@ pub mod mail;
 pub mod outbox;
 pub mod password;
 pub mod policy;
+pub mod totp;
 pub mod transfer;
 pub mod users;

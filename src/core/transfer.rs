@@ -9,7 +9,7 @@
 //! {"type":"header","format":"users-service","version":1}
 //! {"type":"user","id":"...","username":"...","email":"...","password_hash":"$argon2id$...","created":1700000000,"updated":1700000000,"verified":true,"verification_date":1700000100,"profile":{"plan":"free"}}
 //! {"type":"session","token_hash":"<sha256 hex>","user_id":"...","created":1700000000,"expires":1700604800}
-//! (and, when known, "client_ip", "user_agent" and "last_seen")
+//! (and, when known, "client_ip", "user_agent", "last_seen", "method" and "second_factor")
 //! {"type":"deleted_user","id":"...","deleted":1700000000}
 //! ```
 //!
@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 use crate::core::users::bounded_user_agent;
-use crate::domain::TokenDigest;
+use crate::domain::{SecondFactor, SignIn, SignInMethod, TokenDigest};
 use crate::domain::{Email, Profile, User, UserId, Username};
 use crate::store::{
     Credentials, DeletedUser, Imported, Importer, StoreError, StoredSession, TransferStore,
@@ -63,6 +63,12 @@ enum Line {
         user_agent: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         last_seen: Option<i64>,
+        /// How it was signed in: `password` or `magic_link`, and `totp` or
+        /// `recovery_code` when a second step was taken; older exports lack them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        method: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        second_factor: Option<String>,
     },
     DeletedUser {
         id: String,
@@ -179,6 +185,11 @@ pub async fn export(
                     client_ip: session.client_ip,
                     user_agent: session.user_agent,
                     last_seen: session.last_seen,
+                    method: session.sign_in.map(|s| s.method.as_str().to_owned()),
+                    second_factor: session
+                        .sign_in
+                        .and_then(|s| s.second_factor)
+                        .map(|f| f.as_str().to_owned()),
                 },
             )?;
             summary.sessions += 1;
@@ -396,13 +407,16 @@ pub async fn import(
                 client_ip,
                 user_agent,
                 last_seen,
-            } => match check_session(token_hash, user_id, created, expires).map(|session| {
-                StoredSession {
+                method,
+                second_factor,
+            } => match check_session(token_hash, user_id, created, expires).and_then(|session| {
+                Ok(StoredSession {
                     client_ip,
                     user_agent: user_agent.map(|agent| bounded_user_agent(&agent).to_owned()),
                     last_seen,
+                    sign_in: check_sign_in(method.as_deref(), second_factor.as_deref())?,
                     ..session
-                }
+                })
             }) {
                 Ok(session) if session.expires <= now => summary.skipped += 1,
                 Ok(session) => {
@@ -536,5 +550,31 @@ fn check_session(
         client_ip: None,
         user_agent: None,
         last_seen: None,
+        sign_in: None,
     })
+}
+
+/// A session's `method` and `second_factor`, both optional (older exports).
+fn check_sign_in(
+    method: Option<&str>,
+    second_factor: Option<&str>,
+) -> Result<Option<SignIn>, String> {
+    let Some(method) = method else {
+        return match second_factor {
+            None => Ok(None),
+            Some(_) => Err("second_factor needs a method".into()),
+        };
+    };
+    let method = SignInMethod::from_stored(method)
+        .ok_or_else(|| format!("method {method:?} is not password or magic_link"))?;
+    let second_factor = second_factor
+        .map(|f| {
+            SecondFactor::from_stored(f)
+                .ok_or_else(|| format!("second_factor {f:?} is not totp or recovery_code"))
+        })
+        .transpose()?;
+    Ok(Some(SignIn {
+        method,
+        second_factor,
+    }))
 }

@@ -14,12 +14,16 @@ use crate::domain::{
     Password, PasswordChange, PasswordReset, RedirectUrl, Session, User, UserId, UserQuery,
 };
 use crate::domain::{Purpose, ResetCode};
-use crate::domain::{SecretToken, SessionHandle, TokenDigest};
+use crate::domain::{SecretToken, SessionHandle, SignIn, SignInMethod, TokenDigest};
 use crate::error::Error;
 use crate::store::{
-    CodeCheck, Credentials, EventLimit, HashChange, Lookup, NewMail, NewSession, NewToken, NewUser,
-    Queued, Redeemed, Redemption, SessionClient, SessionDetails, Store, StoreError,
+    CodeCheck, Credentials, EventLimit, HashChange, Liveness, Lookup, NewMail, NewSession,
+    NewToken, NewUser, Queued, Redeemed, Redemption, SessionClient, SessionDetails, SessionRecord,
+    Store, StoreError,
 };
+
+mod second_factor;
+pub use second_factor::SecondFactors;
 
 /// The one answer for an unknown account and a wrong password alike, so that Login does
 /// not reveal which accounts exist.
@@ -32,8 +36,11 @@ pub const TOKEN_EXPIRED: &str = "token expired";
 pub const NOT_YOUR_ACCOUNT: &str = "a session may act on its own account only";
 pub const NO_SUCH_SESSION: &str = "session not found";
 
-/// A session's `last_seen` is written at most once in this many seconds.
+/// A session's `last_seen` is written at most once in this many seconds (or in half
+/// the idle timeout, when that is shorter).
 const LAST_SEEN_INTERVAL: i64 = 60;
+/// How long the challenge of a sign-in's second step may be used.
+pub const CHALLENGE_TTL: i64 = 300;
 /// Most sessions ListSessions shows (newest first).
 pub const MAX_LISTED_SESSIONS: u32 = 100;
 /// Longest `User-Agent` kept with a session, in bytes.
@@ -57,6 +64,10 @@ const MAIL_RETENTION: i64 = 7 * 86_400;
 pub struct Settings {
     /// Seconds a session lives.
     pub session_ttl: u64,
+    /// Seconds a session lives without being used (0: no limit).
+    pub session_idle_timeout: u64,
+    /// The name authenticator apps show beside the account.
+    pub totp_issuer: String,
     pub password_policy: PasswordPolicy,
     pub limits: LimitConfig,
     pub links: LinkSettings,
@@ -84,6 +95,8 @@ pub struct Requester {
     /// The user whose live session signed the request, when it was signed by a session
     /// and not by the admin key: such a caller acts on that account only.
     pub session_user: Option<String>,
+    /// The digest of that session.
+    pub session: Option<TokenDigest>,
     /// The `User-Agent` it sent, kept with the sessions it opens.
     pub user_agent: Option<String>,
 }
@@ -154,6 +167,9 @@ pub struct Users {
     limiter: Limiter,
     policy: PasswordPolicy,
     session_ttl: i64,
+    /// Seconds a session lives unused; None: no limit.
+    idle_timeout: Option<i64>,
+    totp_issuer: String,
     outbox: Arc<Outbox>,
     links: LinkSettings,
 }
@@ -173,6 +189,9 @@ impl Users {
             clock,
             policy: settings.password_policy,
             session_ttl: i64::try_from(settings.session_ttl).unwrap_or(i64::MAX),
+            idle_timeout: (settings.session_idle_timeout > 0)
+                .then(|| i64::try_from(settings.session_idle_timeout).unwrap_or(i64::MAX)),
+            totp_issuer: settings.totp_issuer,
             outbox,
             links: settings.links,
         }
@@ -383,13 +402,18 @@ impl Users {
                 credentials.password_hash = new_hash;
             }
         }
+        if self.has_second_factor(&credentials.user.id).await? {
+            return Err(self
+                .challenge(&credentials.user.id, SignInMethod::Password)
+                .await?);
+        }
         let token = SecretToken::generate();
         let created = self.clock.now();
         let expires = created.saturating_add(self.session_ttl);
         let (ip, user_agent) = caller.client();
         // The session is written only if the hash is still the one just verified, so a
         // password change (which revokes sessions) cannot be outrun by a login that
-        // proved the old password.
+        // proved the old password; and only while the user has no second factor.
         let opened = self
             .store
             .insert_session(
@@ -402,11 +426,18 @@ impl Users {
                         ip: ip.as_deref(),
                         user_agent,
                     },
+                    sign_in: SignIn::one_step(SignInMethod::Password),
                 },
                 &credentials.password_hash,
             )
             .await?;
         if !opened {
+            // TOTP was confirmed since the check above, or the password changed.
+            if self.has_second_factor(&credentials.user.id).await? {
+                return Err(self
+                    .challenge(&credentials.user.id, SignInMethod::Password)
+                    .await?);
+            }
             return Err(Error::Unauthorized(BAD_CREDENTIALS));
         }
         let user = credentials.user;
@@ -427,8 +458,7 @@ impl Users {
 
     pub async fn read_session(&self, token: SecretToken) -> Result<Session, Error> {
         let record = self
-            .store
-            .session(&token.digest(), self.clock.now())
+            .live_session(&token.digest())
             .await?
             .ok_or(Error::Unauthorized(NO_SESSION))?;
         Ok(Session {
@@ -441,24 +471,46 @@ impl Users {
         })
     }
 
-    /// The user a live session belongs to, for a request that the session signs; notes
-    /// when it was last seen. None for an unknown or expired session.
+    /// The user a live session belongs to, for a request that the session signs. None
+    /// for an unknown, expired or idle session.
     pub async fn session_user(&self, token: &SecretToken) -> Result<Option<String>, Error> {
-        let digest = token.digest();
+        Ok(self
+            .live_session(&token.digest())
+            .await?
+            .map(|record| record.user_id))
+    }
+
+    /// When a session must have been used since, and now, to be live.
+    fn liveness(&self) -> Liveness {
         let now = self.clock.now();
-        let Some(record) = self.store.session(&digest, now).await? else {
+        Liveness {
+            now,
+            seen_since: self
+                .idle_timeout
+                .map_or(i64::MIN, |idle| now.saturating_sub(idle)),
+        }
+    }
+
+    /// The live session with this digest; notes that it was seen now, at most once a
+    /// minute (or in half the idle timeout), so that a read-heavy app does not turn
+    /// every lookup into a write.
+    async fn live_session(&self, digest: &TokenDigest) -> Result<Option<SessionRecord>, Error> {
+        let live = self.liveness();
+        let Some(record) = self.store.session(digest, live).await? else {
             return Ok(None);
         };
-        // Noting the use is not worth failing the request for: a read-only or full
-        // database still serves a session-signed Read.
-        if let Err(err) = self
-            .store
-            .touch_session(&digest, now, LAST_SEEN_INTERVAL)
-            .await
-        {
-            tracing::warn!(error = %err, "a session's last use was not recorded");
+        let interval = self
+            .idle_timeout
+            .map_or(LAST_SEEN_INTERVAL, |idle| (idle / 2).clamp(1, LAST_SEEN_INTERVAL));
+        let seen = record.last_seen.unwrap_or(record.created);
+        if seen <= live.now.saturating_sub(interval) {
+            // Noting the use is not worth failing the request for: a read-only or full
+            // database still serves a session.
+            if let Err(err) = self.store.touch_session(digest, live.now, interval).await {
+                tracing::warn!(error = %err, "a session's last use was not recorded");
+            }
         }
-        Ok(Some(record.user_id))
+        Ok(Some(record))
     }
 
     /// The user's live sessions, newest first (at most [`MAX_LISTED_SESSIONS`]).
@@ -466,7 +518,7 @@ impl Users {
         self.read(&AccountKey::Id(id.clone())).await?;
         Ok(self
             .store
-            .user_sessions(id.as_str(), self.clock.now(), MAX_LISTED_SESSIONS)
+            .user_sessions(id.as_str(), self.liveness(), MAX_LISTED_SESSIONS)
             .await?)
     }
 
@@ -480,11 +532,11 @@ impl Users {
         }
     }
 
-    /// Ends every session of the user.
-    pub async fn logout_all(&self, id: &UserId) -> Result<(), Error> {
+    /// Ends every session of the user, or every one but `keep`.
+    pub async fn logout_all(&self, id: &UserId, keep: Option<&TokenDigest>) -> Result<(), Error> {
         // Checked first so an unknown user is a 404, as for the other per-user methods.
         self.read(&AccountKey::Id(id.clone())).await?;
-        let ended = self.store.delete_sessions(id.as_str()).await?;
+        let ended = self.store.delete_sessions(id.as_str(), keep).await?;
         tracing::info!(event = "logged_out_everywhere", user_id = %id.as_str(), sessions = ended);
         Ok(())
     }
@@ -570,7 +622,9 @@ impl Users {
                 Ok(())
             }
             Redeemed::Expired => Err(Error::invalid("token", "has expired")),
-            Redeemed::NotFound => Err(Error::invalid("token", "is unknown or already used")),
+            Redeemed::NotFound | Redeemed::SecondStepNeeded { .. } | Redeemed::FactorRefused => {
+                Err(Error::invalid("token", "is unknown or already used"))
+            }
         }
     }
 
@@ -661,7 +715,10 @@ impl Users {
             }
             // Another request used the code between the check and now, or wrong codes
             // voided it meanwhile.
-            Redeemed::Expired | Redeemed::NotFound => Err(Error::invalid("code", BAD_CODE)),
+            Redeemed::Expired
+            | Redeemed::NotFound
+            | Redeemed::SecondStepNeeded { .. }
+            | Redeemed::FactorRefused => Err(Error::invalid("code", BAD_CODE)),
         }
     }
 
@@ -694,8 +751,10 @@ impl Users {
         caller: &Requester,
     ) -> Result<TokenCheck, Error> {
         let session = SecretToken::generate();
+        let challenge = SecretToken::generate();
         let now = self.clock.now();
         let expires = now.saturating_add(self.session_ttl);
+        let challenge_expires = now.saturating_add(CHALLENGE_TTL);
         let (ip, user_agent) = caller.client();
         match self
             .store
@@ -710,6 +769,15 @@ impl Users {
                         ip: ip.as_deref(),
                         user_agent,
                     },
+                    sign_in: SignIn::one_step(SignInMethod::MagicLink),
+                    // Filled in with the token's user by the store.
+                    challenge: NewToken {
+                        digest: &challenge.digest(),
+                        user_id: "",
+                        purpose: Purpose::SecondStep(SignInMethod::MagicLink),
+                        created: now,
+                        expires: challenge_expires,
+                    },
                 },
             )
             .await?
@@ -718,8 +786,17 @@ impl Users {
                 tracing::info!(event = "magic_link_login", user_id = %user_id);
                 Ok(TokenCheck::Valid(self.read_session(session).await?))
             }
+            Redeemed::SecondStepNeeded { user_id } => {
+                tracing::info!(event = "second_step_asked", user_id = %user_id, method = "magic_link");
+                Err(Error::SecondFactorRequired {
+                    challenge,
+                    expires: challenge_expires,
+                })
+            }
             Redeemed::Expired => Ok(TokenCheck::Invalid(TOKEN_EXPIRED)),
-            Redeemed::NotFound => Ok(TokenCheck::Invalid(TOKEN_NOT_FOUND)),
+            Redeemed::NotFound | Redeemed::FactorRefused => {
+                Ok(TokenCheck::Invalid(TOKEN_NOT_FOUND))
+            }
         }
     }
 
@@ -801,10 +878,11 @@ impl Users {
     /// Deletes every session and one-time token that has expired and every rate-limit
     /// counter that has been quiet for a day; returns how many sessions went.
     pub async fn sweep(&self) -> Result<u64, Error> {
-        let now = self.clock.now();
+        let live = self.liveness();
+        let now = live.now;
         let mut total = 0;
         loop {
-            let deleted = self.store.delete_expired_sessions(now, SWEEP_BATCH).await?;
+            let deleted = self.store.delete_expired_sessions(live, SWEEP_BATCH).await?;
             total += deleted;
             if deleted < u64::from(SWEEP_BATCH) {
                 break;

@@ -2,9 +2,14 @@
 //! before the core sees it, so a rule such as "a username is 1-64 characters of ..."
 //! is written exactly once, here.
 
+mod factors;
 mod one_time;
 mod secret;
 
+pub use factors::{
+    RecoveryCode, SecondFactor, SecondStep, SignIn, SignInMethod, TotpCode, RECOVERY_CODES,
+    TOTP_DIGITS,
+};
 pub use one_time::{Purpose, ResetCode, RESET_CODE_MAX_WRONG};
 pub use secret::{sha256_hex, SecretToken, SessionHandle, TokenDigest};
 

@@ -2,6 +2,7 @@
 //! like session tokens) and password reset codes (short enough to type). The store keeps
 //! only their SHA-256, under the purpose they were made for.
 
+use super::SignInMethod;
 use rand::rngs::OsRng;
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
@@ -17,6 +18,9 @@ pub enum Purpose {
     ResetPassword,
     /// Opens a session (the magic link).
     MagicLink,
+    /// Opens a session once a second factor is shown: the challenge a sign-in that
+    /// passed its first step (this one) answers with, for a user with a second factor.
+    SecondStep(SignInMethod),
 }
 
 impl Purpose {
@@ -25,7 +29,16 @@ impl Purpose {
             Self::VerifyEmail => "verify_email",
             Self::ResetPassword => "reset_password",
             Self::MagicLink => "magic_link",
+            Self::SecondStep(SignInMethod::Password) => "second_step:password",
+            Self::SecondStep(SignInMethod::MagicLink) => "second_step:magic_link",
         }
+    }
+
+    /// The purpose a stored token was made for, if it is a sign-in's second step.
+    pub fn second_step(stored: &str) -> Option<SignInMethod> {
+        [SignInMethod::Password, SignInMethod::MagicLink]
+            .into_iter()
+            .find(|method| Self::SecondStep(*method).as_str() == stored)
     }
 }
 
@@ -36,18 +49,22 @@ pub const RESET_CODE_MAX_WRONG: i64 = 5;
 /// Characters of a reset code: capitals and digits without the look-alikes 0/O and 1/I.
 const CODE_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
 /// 10 characters of 32: 50 bits, of which at most [`RESET_CODE_MAX_WRONG`] guesses are tried.
-const CODE_LEN: usize = 10;
+pub(super) const CODE_LEN: usize = 10;
+
+/// `len` characters of [`CODE_ALPHABET`] from the operating system's CSPRNG.
+pub(super) fn random_code(len: usize) -> String {
+    let mut rng = OsRng;
+    (0..len)
+        .map(|_| char::from(CODE_ALPHABET[rng.gen_range(0..CODE_ALPHABET.len())]))
+        .collect()
+}
 
 /// A password reset code as the user reads it from the e-mail.
 pub struct ResetCode(SecretString);
 
 impl ResetCode {
     pub fn generate() -> Self {
-        let mut rng = OsRng;
-        let code: String = (0..CODE_LEN)
-            .map(|_| char::from(CODE_ALPHABET[rng.gen_range(0..CODE_ALPHABET.len())]))
-            .collect();
-        Self(SecretString::from(code))
+        Self(SecretString::from(random_code(CODE_LEN)))
     }
 
     /// A code typed by a user: case and surrounding spaces do not matter.

@@ -16,6 +16,12 @@ pub struct WireError {
     pub code: u16,
     pub detail: String,
     pub status: String,
+    /// Login and VerifyToken, for an account with a second factor: the challenge to
+    /// send to LoginMfa, and until when it may be.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub challenge_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub challenge_expires: Option<super::json::Int64>,
     /// Headers that go with the status (Allow, Retry-After, WWW-Authenticate).
     #[serde(skip)]
     headers: Vec<(HeaderName, HeaderValue)>,
@@ -39,6 +45,8 @@ impl WireError {
             code: status.as_u16(),
             detail: detail.into(),
             status: status.canonical_reason().unwrap_or("Unknown").to_string(),
+            challenge_id: None,
+            challenge_expires: None,
             headers: Vec::new(),
         }
     }
@@ -78,10 +86,15 @@ impl WireError {
             _ => {}
         }
         let mut micro = Self::in_service(service, method, status, err.to_string());
-        if let Error::TooManyRequests { retry_after } = err {
-            micro
+        match err {
+            Error::TooManyRequests { retry_after } => micro
                 .headers
-                .push((header::RETRY_AFTER, HeaderValue::from(retry_after.max(1))));
+                .push((header::RETRY_AFTER, HeaderValue::from(retry_after.max(1)))),
+            Error::SecondFactorRequired { challenge, expires } => {
+                micro.challenge_id = Some(challenge.expose().to_owned());
+                micro.challenge_expires = Some(super::json::Int64(expires));
+            }
+            _ => {}
         }
         micro
     }
@@ -91,7 +104,7 @@ impl WireError {
 pub fn status_of(err: &Error) -> StatusCode {
     match err {
         Error::Invalid { .. } | Error::Malformed(_) => StatusCode::BAD_REQUEST,
-        Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        Error::Unauthorized(_) | Error::SecondFactorRequired { .. } => StatusCode::UNAUTHORIZED,
         Error::Forbidden(_) => StatusCode::FORBIDDEN,
         Error::NotFound(_) => StatusCode::NOT_FOUND,
         Error::Conflict(_) => StatusCode::CONFLICT,

@@ -76,6 +76,16 @@ pub struct UserIdRequest {
     user_id: Option<String>,
 }
 
+#[derive(Deserialize)]
+#[serde(expecting = "a JSON object")]
+pub struct LogoutAllRequest {
+    #[serde(alias = "userId")]
+    user_id: Option<String>,
+    /// Keeps the session that signs the request.
+    #[serde(alias = "keepCurrent")]
+    keep_current: Option<bool>,
+}
+
 /// One of a user's sessions, named by the handle ListSessions gives.
 #[derive(Deserialize)]
 #[serde(expecting = "a JSON object")]
@@ -280,8 +290,19 @@ method!(Logout(SessionRequest) -> (), |users, r, caller| {
     users.logout(&SecretToken::parse("session_id", r.session_id)?).await
 });
 
-method!(LogoutAll(UserIdRequest) -> (), |users, r, caller| {
-    users.logout_all(&caller.account_or_own(r.user_id, "user_id")?).await
+method!(LogoutAll(LogoutAllRequest) -> (), |users, r, caller| {
+    let id = caller.account_or_own(r.user_id, "user_id")?;
+    let keep = match (r.keep_current.unwrap_or(false), &caller.session) {
+        (false, _) => None,
+        (true, Some(current)) => Some(current),
+        (true, None) => {
+            return Err(Error::invalid(
+                "keep_current",
+                "needs the request to be signed by the session to keep",
+            ))
+        }
+    };
+    users.logout_all(&id, keep).await
 });
 
 method!(ListSessions(UserIdRequest) -> Vec<SessionDetails>, |users, r, caller| {

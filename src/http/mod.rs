@@ -436,6 +436,7 @@ async fn requester(
         ip,
         trusted: admin,
         session_user: None,
+        session: None,
         user_agent: user_agent.and_then(|v| v.to_str().ok().map(str::to_owned)),
     };
     if admin {
@@ -446,6 +447,7 @@ async fn requester(
         // judged as one without it.
         if let Some(user_id) = state.users.session_user(&token).await? {
             requester.session_user = Some(user_id);
+            requester.session = Some(token.digest());
             return Ok(Some(requester));
         }
     }

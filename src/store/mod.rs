@@ -15,7 +15,7 @@ use async_trait::async_trait;
 
 use crate::domain::Purpose;
 use crate::domain::{AccountChanges, Email, Page, Profile, User, UserId, UserQuery, Username};
-use crate::domain::{SessionHandle, TokenDigest};
+use crate::domain::{SessionHandle, SignIn, TokenDigest};
 use crate::error::{FailureKind, Outage, StoreFailure, Unique};
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +85,15 @@ pub struct NewSession<'a> {
     pub created: i64,
     pub expires: i64,
     pub client: SessionClient<'a>,
+    pub sign_in: SignIn,
+}
+
+/// When a session is live: it expires after `now`, and (with an idle timeout) it was
+/// last seen, or else made, after `seen_since`.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    pub now: i64,
+    pub seen_since: i64,
 }
 
 /// Who opened a session, as its user sees it in their list of sessions.
@@ -106,6 +115,8 @@ pub struct SessionDetails {
     pub last_seen: Option<i64>,
     pub client_ip: Option<String>,
     pub user_agent: Option<String>,
+    /// How it was signed in (None for a session made before that was recorded).
+    pub sign_in: Option<SignIn>,
 }
 
 /// A live session joined with its user.
@@ -116,6 +127,7 @@ pub struct SessionRecord {
     pub email: String,
     pub created: i64,
     pub expires: i64,
+    pub last_seen: Option<i64>,
 }
 
 /// A session as kept in the store: its token digest, never the token.
@@ -128,6 +140,7 @@ pub struct StoredSession {
     pub client_ip: Option<String>,
     pub user_agent: Option<String>,
     pub last_seen: Option<i64>,
+    pub sign_in: Option<SignIn>,
 }
 
 /// How a password hash is being replaced.
@@ -140,7 +153,7 @@ pub enum HashChange {
 }
 
 /// A one-time token as written when it is sent.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub struct NewToken<'a> {
     pub digest: &'a TokenDigest,
     pub user_id: &'a str,
@@ -215,12 +228,44 @@ pub enum Redemption<'a> {
     VerifyEmail,
     /// Sets a new password hash and revokes every session of the user.
     NewPassword { hash: &'a str },
-    /// Opens a session.
+    /// Opens a session, unless the user has a second factor: then it stores
+    /// `challenge` instead, for the second step to redeem.
     OpenSession {
         digest: &'a TokenDigest,
         expires: i64,
         client: SessionClient<'a>,
+        sign_in: SignIn,
+        challenge: NewToken<'a>,
     },
+    /// The second step of a sign-in: uses up `factor` and opens a session.
+    SecondStep {
+        digest: &'a TokenDigest,
+        expires: i64,
+        client: SessionClient<'a>,
+        sign_in: SignIn,
+        factor: FactorUse<'a>,
+    },
+}
+
+/// A second factor a sign-in shows, used up as it is accepted.
+#[derive(Debug, Clone, Copy)]
+pub enum FactorUse<'a> {
+    /// A TOTP code of this time step: accepted only after every step accepted before.
+    TotpStep(i64),
+    /// A recovery code (its digest), which goes.
+    RecoveryCode(&'a TokenDigest),
+}
+
+/// A user's TOTP secret.
+#[derive(Debug, Clone)]
+pub struct TotpRecord {
+    /// Base32, as the authenticator app was given it.
+    pub secret: String,
+    pub created: i64,
+    /// When enrolment was confirmed: None while it is only started.
+    pub confirmed: Option<i64>,
+    /// The last time step a code was accepted for.
+    pub last_step: i64,
 }
 
 /// The outcome of using a one-time token.
@@ -228,6 +273,12 @@ pub enum Redemption<'a> {
 pub enum Redeemed {
     /// It was live: it is used up now and its effect is done.
     Done { user_id: String },
+    /// It was live and is used up, but its user has a second factor: the challenge is
+    /// stored instead of the session.
+    SecondStepNeeded { user_id: String },
+    /// It was live, but the second factor was not accepted (a TOTP step already used, a
+    /// recovery code already used, or the factor was turned off): nothing changed.
+    FactorRefused,
     /// It had expired: it is deleted and nothing else happened.
     Expired,
     /// No such token (never issued, already used, or replaced by a newer one).
@@ -357,28 +408,28 @@ pub trait AccountStore: Send + Sync {
 #[async_trait]
 pub trait SessionStore: Send + Sync {
     /// Creates a session if the user's password hash is still `expected_hash` (the one the
-    /// password was verified against). False when the password changed meanwhile or the
-    /// user was deleted.
+    /// password was verified against) and the user has no second factor. False when the
+    /// password changed meanwhile, the user was deleted or has confirmed TOTP.
     async fn insert_session(
         &self,
         session: NewSession<'_>,
         expected_hash: &str,
     ) -> Result<bool, StoreError>;
 
-    /// The session with this digest, if it expires after `now`.
+    /// The session with this digest, if it is live.
     async fn session(
         &self,
         digest: &TokenDigest,
-        now: i64,
+        live: Liveness,
     ) -> Result<Option<SessionRecord>, StoreError>;
 
     async fn delete_session(&self, digest: &TokenDigest) -> Result<(), StoreError>;
 
-    /// The user's sessions that expire after `now`, newest first, at most `limit`.
+    /// The user's live sessions, newest first, at most `limit`.
     async fn user_sessions(
         &self,
         user_id: &str,
-        now: i64,
+        live: Liveness,
         limit: u32,
     ) -> Result<Vec<SessionDetails>, StoreError>;
 
@@ -399,11 +450,19 @@ pub trait SessionStore: Send + Sync {
         interval: i64,
     ) -> Result<(), StoreError>;
 
-    /// Deletes every session of the user; returns how many.
-    async fn delete_sessions(&self, user_id: &str) -> Result<u64, StoreError>;
+    /// Deletes every session of the user but `keep`; returns how many.
+    async fn delete_sessions(
+        &self,
+        user_id: &str,
+        keep: Option<&TokenDigest>,
+    ) -> Result<u64, StoreError>;
 
-    /// Deletes up to `batch` sessions that expired at or before `now`; returns how many.
-    async fn delete_expired_sessions(&self, now: i64, batch: u32) -> Result<u64, StoreError>;
+    /// Deletes up to `batch` sessions that are no longer live; returns how many.
+    async fn delete_expired_sessions(
+        &self,
+        live: Liveness,
+        batch: u32,
+    ) -> Result<u64, StoreError>;
 }
 
 /// One-time tokens sent by e-mail: checking and using them.
@@ -428,6 +487,17 @@ pub trait TokenStore: Send + Sync {
         now: i64,
         effect: Redemption<'_>,
     ) -> Result<Redeemed, StoreError>;
+
+    /// Stores a token that is handed to its user directly (a sign-in's challenge),
+    /// replacing the user's previous one of the same purpose.
+    async fn insert_token(&self, token: NewToken<'_>) -> Result<(), StoreError>;
+
+    /// The user a live token belongs to and its purpose, without using it up.
+    async fn token_user(
+        &self,
+        digest: &TokenDigest,
+        now: i64,
+    ) -> Result<Option<(String, String)>, StoreError>;
 
     /// Deletes up to `batch` tokens that expired at or before `now`; returns how many.
     async fn delete_expired_tokens(&self, now: i64, batch: u32) -> Result<u64, StoreError>;
@@ -512,6 +582,40 @@ pub trait CounterStore: Send + Sync {
     async fn delete_stale_counters(&self, before: i64, now: i64) -> Result<u64, StoreError>;
 }
 
+/// Second factors: TOTP secrets and recovery codes.
+#[async_trait]
+pub trait FactorStore: Send + Sync {
+    /// The user's TOTP secret, confirmed or only started.
+    async fn totp(&self, user_id: &str) -> Result<Option<TotpRecord>, StoreError>;
+
+    /// Starts (or starts again) enrolment with a new secret, unless TOTP is confirmed
+    /// already: false then, and nothing changed.
+    async fn start_totp(&self, user_id: &str, secret: &str, now: i64) -> Result<bool, StoreError>;
+
+    /// Confirms enrolment of `secret` with a code of `step`, in one transaction: stores
+    /// the recovery codes (replacing any), and ends every session of the user but
+    /// `keep`. False when that secret is no longer the one being enrolled.
+    async fn confirm_totp(
+        &self,
+        user_id: &str,
+        secret: &str,
+        step: i64,
+        now: i64,
+        recovery_codes: &[TokenDigest],
+        keep: Option<&TokenDigest>,
+    ) -> Result<bool, StoreError>;
+
+    /// Removes the user's TOTP secret and recovery codes; false when there was none.
+    async fn remove_second_factors(&self, user_id: &str) -> Result<bool, StoreError>;
+
+    /// Uses up a factor outside a sign-in (to turn TOTP off with a code); false when it
+    /// was not accepted.
+    async fn use_factor(&self, user_id: &str, factor: FactorUse<'_>) -> Result<bool, StoreError>;
+
+    /// How many unused recovery codes the user has.
+    async fn recovery_codes_left(&self, user_id: &str) -> Result<i64, StoreError>;
+}
+
 /// Export, a page at a time, and the all-or-nothing import.
 #[async_trait]
 pub trait TransferStore: Send + Sync {
@@ -546,7 +650,14 @@ pub trait TransferStore: Send + Sync {
 /// A part of the core that needs one concern only takes that trait.
 #[async_trait]
 pub trait Store:
-    AccountStore + SessionStore + TokenStore + MailStore + CounterStore + TransferStore + 'static
+    AccountStore
+    + SessionStore
+    + TokenStore
+    + MailStore
+    + CounterStore
+    + FactorStore
+    + TransferStore
+    + 'static
 {
     /// One round trip, for health checks.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -252,6 +252,7 @@ impl FromRequestParts<AppState> for FormPost {
                 ip: caller.ip,
                 trusted: false,
                 session_user: session.as_ref().map(|s| s.user_id.clone()),
+                session: session.as_ref().map(|s| s.id.digest()),
                 user_agent: caller
                     .user_agent
                     .and_then(|v| v.to_str().ok().map(str::to_owned)),
@@ -801,7 +802,7 @@ async fn revoke_all(State(state): State<AppState>, post: FormPost) -> Response {
     };
     let ended = async {
         let id = account_of(&session)?;
-        state.users.logout_all(&id).await
+        state.users.logout_all(&id, None).await
     };
     match ended.await {
         Ok(()) => see_other_with_cookie(

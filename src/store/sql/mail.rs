@@ -10,14 +10,7 @@ impl MailStore for SqlStore {
         mail: Option<NewMail<'_>>,
     ) -> Result<Queued, StoreError> {
         // The user's previous token of this purpose goes first (its queued message with
-        // it). The token is written from the user's row, so nothing is written for a
-        // user deleted meanwhile; the WHERE clause also tells SQLite's parser that ON
-        // CONFLICT is the insert's. A conflict means a concurrent request for the same
-        // user and purpose stored its token first: that one is sent.
-        const REPLACE: &str = "DELETE FROM tokens WHERE user_id = $1 AND purpose = $2";
-        const TOKEN: &str = "INSERT INTO tokens (token_hash, user_id, purpose, created, expires) \
-                             SELECT $1, id, $3, $4, $5 FROM users WHERE id = $2 \
-                             ON CONFLICT DO NOTHING";
+        // it); see `store_token!`.
         const MESSAGE: &str = "INSERT INTO outbox (token_hash, user_id, kind, recipient, \
                                from_name, subject, body, state, attempts, next_attempt, \
                                lease_until, created) \
@@ -41,22 +34,7 @@ impl MailStore for SqlStore {
                 None => Queued::Counted,
                 Some(mail) => {
                     let token = &mail.token;
-                    sqlx::query(REPLACE)
-                        .bind(token.user_id)
-                        .bind(token.purpose.as_str())
-                        .execute(&mut *tx)
-                        .await?;
-                    let stored = sqlx::query(TOKEN)
-                        .bind(token.digest.as_str())
-                        .bind(token.user_id)
-                        .bind(token.purpose.as_str())
-                        .bind(token.created)
-                        .bind(token.expires)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected()
-                        == 1;
-                    if stored {
+                    if store_token!(tx, token) {
                         sqlx::query(MESSAGE)
                             .bind(token.digest.as_str())
                             .bind(token.user_id)

@@ -22,14 +22,14 @@ use std::collections::HashSet;
 
 use super::{
     AccountStore, AttemptLimit, ClaimedMail, CodeCheck, Counter, CounterStore, Credentials,
-    DatabaseUrl, DeletedUser, EventLimit, HashChange, Imported, Importer, Lookup, MailOutcome,
-    MailStore, NewMail, NewSession, NewUser, Queued, Redeemed, Redemption, Reservation,
-    SessionDetails, SessionRecord, SessionStore, Store, StoreError, StoredSession, TokenStore,
-    TransferStore,
+    DatabaseUrl, DeletedUser, EventLimit, FactorStore, FactorUse, HashChange, Imported, Importer,
+    Liveness, Lookup, MailOutcome, MailStore, NewMail, NewSession, NewToken, NewUser, Queued,
+    Redeemed, Redemption, Reservation, SessionDetails, SessionRecord, SessionStore, Store,
+    StoreError, StoredSession, TokenStore, TotpRecord, TransferStore,
 };
 use crate::domain::{
-    AccountChanges, Page, Profile, Purpose, SessionHandle, TokenDigest, User, UserId, UserQuery,
-    RESET_CODE_MAX_WRONG,
+    AccountChanges, Page, Profile, Purpose, SecondFactor, SessionHandle, SignIn, SignInMethod,
+    TokenDigest, User, UserId, UserQuery, RESET_CODE_MAX_WRONG,
 };
 use crate::error::{Outage, Unique};
 use inline::InlineReader;
@@ -185,9 +185,102 @@ macro_rules! push_list {
     }};
 }
 
+/// Replaces the user's token of a purpose: the previous one goes (`$1` user, `$2`
+/// purpose), then the new one is written from the user's row, so nothing is written for
+/// a user deleted meanwhile. The WHERE clause also tells SQLite's parser that ON CONFLICT
+/// is the insert's; a conflict means a concurrent request stored its token first.
+const REPLACE_TOKEN: &str = "DELETE FROM tokens WHERE user_id = $1 AND purpose = $2";
+const INSERT_TOKEN: &str = "INSERT INTO tokens (token_hash, user_id, purpose, created, expires) \
+                            SELECT $1, id, $3, $4, $5 FROM users WHERE id = $2 \
+                            ON CONFLICT DO NOTHING";
+
+/// Stores the [`NewToken`] `$token` on `$conn` (a connection or transaction) as
+/// [`REPLACE_TOKEN`] and [`INSERT_TOKEN`] say; whether it was written.
+macro_rules! store_token {
+    ($conn:expr, $token:expr) => {{
+        let token: &NewToken<'_> = $token;
+        sqlx::query(REPLACE_TOKEN)
+            .bind(token.user_id)
+            .bind(token.purpose.as_str())
+            .execute(&mut *$conn)
+            .await?;
+        sqlx::query(INSERT_TOKEN)
+            .bind(token.digest.as_str())
+            .bind(token.user_id)
+            .bind(token.purpose.as_str())
+            .bind(token.created)
+            .bind(token.expires)
+            .execute(&mut *$conn)
+            .await?
+            .rows_affected()
+            == 1
+    }};
+}
+
+/// Whether user `$user_id` has confirmed TOTP, read on `$conn`.
+macro_rules! has_totp {
+    ($conn:expr, $user_id:expr) => {
+        sqlx::query_as::<_, (i64,)>(
+            "SELECT last_step FROM totp WHERE user_id = $1 AND confirmed IS NOT NULL",
+        )
+        .bind($user_id)
+        .fetch_optional(&mut *$conn)
+        .await?
+        .is_some()
+    };
+}
+
+/// Uses up the [`FactorUse`] `$factor` of user `$user_id` on `$conn`; whether it was
+/// accepted (a TOTP step later than every one before, an unused recovery code).
+macro_rules! use_factor {
+    ($conn:expr, $user_id:expr, $factor:expr) => {
+        match $factor {
+            FactorUse::TotpStep(step) => sqlx::query(
+                "UPDATE totp SET last_step = $2 \
+                 WHERE user_id = $1 AND confirmed IS NOT NULL AND last_step < $2",
+            )
+            .bind($user_id)
+            .bind(step)
+            .execute(&mut *$conn)
+            .await?
+            .rows_affected() == 1,
+            FactorUse::RecoveryCode(digest) => sqlx::query(
+                "DELETE FROM recovery_codes WHERE user_id = $1 AND code_hash = $2",
+            )
+            .bind($user_id)
+            .bind(digest.as_str())
+            .execute(&mut *$conn)
+            .await?
+            .rows_affected() == 1,
+        }
+    };
+}
+
+/// Opens a session of `$user_id` on `$conn`: `$digest`, made at `$now`, until
+/// `$expires`, by the [`super::SessionClient`] `$client`, signed in as `$sign_in`.
+macro_rules! open_session {
+    ($conn:expr, $digest:expr, $user_id:expr, $now:expr, $expires:expr, $client:expr, $sign_in:expr) => {{
+        let sign_in: SignIn = $sign_in;
+        sqlx::query(
+            "INSERT INTO sessions (token_hash, user_id, created, expires, client_ip, user_agent, \
+             method, second_factor) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind($digest.as_str())
+        .bind($user_id)
+        .bind($now)
+        .bind($expires)
+        .bind($client.ip)
+        .bind($client.user_agent)
+        .bind(sign_in.method.as_str())
+        .bind(sign_in.second_factor.map(SecondFactor::as_str))
+        .execute(&mut *$conn)
+        .await?;
+    }};
+}
+
 type UserRow = (String, String, String, i64, i64, bool, i64, String);
 type CredentialsRow = (String, String, String, i64, i64, bool, i64, String, String);
-type SessionRow = (String, String, String, i64, i64);
+type SessionRow = (String, String, String, i64, i64, Option<i64>);
 type StoredSessionRow = (
     String,
     String,
@@ -196,6 +289,8 @@ type StoredSessionRow = (
     Option<String>,
     Option<String>,
     Option<i64>,
+    Option<String>,
+    Option<String>,
 );
 type CounterRow = (i64, i64, i64, i64);
 
@@ -258,10 +353,31 @@ fn credentials(
     })
 }
 
+/// How a session was signed in, from its `method` and `second_factor` columns (None for
+/// a session made before they were recorded).
+fn sign_in(method: Option<&str>, second_factor: Option<&str>) -> Option<SignIn> {
+    Some(SignIn {
+        method: SignInMethod::from_stored(method?)?,
+        second_factor: second_factor.and_then(SecondFactor::from_stored),
+    })
+}
+
+/// The `(method, second_factor)` columns of a session signed in as `sign_in`.
+fn sign_in_columns(sign_in: Option<SignIn>) -> (Option<&'static str>, Option<&'static str>) {
+    match sign_in {
+        Some(SignIn {
+            method,
+            second_factor,
+        }) => (Some(method.as_str()), second_factor.map(SecondFactor::as_str)),
+        None => (None, None),
+    }
+}
+
 fn stored_session(
-    (digest, user_id, created, expires, client_ip, user_agent, last_seen): StoredSessionRow,
+    (digest, user_id, created, expires, client_ip, user_agent, last_seen, method, second): StoredSessionRow,
 ) -> StoredSession {
     StoredSession {
+        sign_in: sign_in(method.as_deref(), second.as_deref()),
         client_ip,
         user_agent,
         last_seen,
@@ -500,6 +616,7 @@ impl SqlStore {
 
 mod accounts;
 mod counters;
+mod factors;
 mod inline;
 mod mail;
 mod sessions;

@@ -9,10 +9,13 @@ impl SessionStore for SqlStore {
         session: NewSession<'_>,
         expected_hash: &str,
     ) -> Result<bool, StoreError> {
+        // Not for a user with confirmed TOTP: such a sign-in takes a second step.
         macro_rules! insert_if_unchanged {
             () => {
-                "INSERT INTO sessions (token_hash, user_id, created, expires, client_ip, user_agent) \
-                 SELECT $1, id, $3, $4, $6, $7 FROM users WHERE id = $2 AND password_hash = $5"
+                "INSERT INTO sessions \
+                 (token_hash, user_id, created, expires, client_ip, user_agent, method, second_factor) \
+                 SELECT $1, id, $3, $4, $6, $7, $8, $9 FROM users WHERE id = $2 AND password_hash = $5 \
+                 AND NOT EXISTS (SELECT 1 FROM totp WHERE user_id = $2 AND confirmed IS NOT NULL)"
             };
         }
         // On PostgreSQL, READ COMMITTED would let this read the old hash while a password
@@ -32,6 +35,8 @@ impl SessionStore for SqlStore {
                 .bind(expected_hash)
                 .bind(session.client.ip)
                 .bind(session.client.user_agent)
+                .bind(session.sign_in.method.as_str())
+                .bind(session.sign_in.second_factor.map(SecondFactor::as_str))
                 .execute(pool)
                 .await
                 .map(|done| done.rows_affected() == 1)
@@ -42,28 +47,33 @@ impl SessionStore for SqlStore {
     async fn session(
         &self,
         digest: &TokenDigest,
-        now: i64,
+        live: Liveness,
     ) -> Result<Option<SessionRecord>, StoreError> {
-        const SQL: &str = "SELECT s.user_id, u.username, u.email, s.created, s.expires \
+        const SQL: &str = "SELECT s.user_id, u.username, u.email, s.created, s.expires, s.last_seen \
                            FROM sessions s JOIN users u ON u.id = s.user_id \
-                           WHERE s.token_hash = $1 AND s.expires > $2";
-        let record = |(user_id, username, email, created, expires): SessionRow| SessionRecord {
-            user_id,
-            username,
-            email,
-            created,
-            expires,
+                           WHERE s.token_hash = $1 AND s.expires > $2 \
+                           AND COALESCE(s.last_seen, s.created) > $3";
+        let record = |(user_id, username, email, created, expires, last_seen): SessionRow| {
+            SessionRecord {
+                user_id,
+                username,
+                email,
+                created,
+                expires,
+                last_seen,
+            }
         };
         inline_first!(
             self,
-            query_row(SQL, ["$1" => digest.as_str(), "$2" => now]),
-            |row: &rusqlite::Row<'_>| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)),
+            query_row(SQL, ["$1" => digest.as_str(), "$2" => live.now, "$3" => live.seen_since]),
+            |row: &rusqlite::Row<'_>| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?)),
             |row: Option<SessionRow>| Ok(row.map(record))
         );
         on_pool!(self, pool => {
             sqlx::query_as::<_, SessionRow>(SQL)
                 .bind(digest.as_str())
-                .bind(now)
+                .bind(live.now)
+                .bind(live.seen_since)
                 .fetch_optional(pool)
                 .await
         })
@@ -85,41 +95,35 @@ impl SessionStore for SqlStore {
     async fn user_sessions(
         &self,
         user_id: &str,
-        now: i64,
+        live: Liveness,
         limit: u32,
     ) -> Result<Vec<SessionDetails>, StoreError> {
-        type Row = (
-            String,
-            i64,
-            i64,
-            Option<i64>,
-            Option<String>,
-            Option<String>,
-        );
         on_pool!(self, pool => {
-            sqlx::query_as::<_, Row>(
-                "SELECT token_hash, created, expires, last_seen, client_ip, user_agent \
-                 FROM sessions WHERE user_id = $1 AND expires > $2 \
-                 ORDER BY created DESC, token_hash LIMIT $3",
+            sqlx::query_as::<_, StoredSessionRow>(
+                "SELECT token_hash, user_id, created, expires, client_ip, user_agent, last_seen, \
+                 method, second_factor FROM sessions WHERE user_id = $1 AND expires > $2 \
+                 AND COALESCE(last_seen, created) > $3 \
+                 ORDER BY created DESC, token_hash LIMIT $4",
             )
             .bind(user_id)
-            .bind(now)
+            .bind(live.now)
+            .bind(live.seen_since)
             .bind(i64::from(limit))
             .fetch_all(pool)
             .await
         })
         .map(|rows| {
             rows.into_iter()
-                .map(
-                    |(digest, created, expires, last_seen, client_ip, user_agent)| SessionDetails {
-                        handle: SessionHandle::from_stored(&digest),
-                        created,
-                        expires,
-                        last_seen,
-                        client_ip,
-                        user_agent,
-                    },
-                )
+                .map(stored_session)
+                .map(|s| SessionDetails {
+                    handle: SessionHandle::from_stored(s.digest.as_str()),
+                    created: s.created,
+                    expires: s.expires,
+                    last_seen: s.last_seen,
+                    client_ip: s.client_ip,
+                    user_agent: s.user_agent,
+                    sign_in: s.sign_in,
+                })
                 .collect()
         })
         .map_err(classify)
@@ -167,10 +171,15 @@ impl SessionStore for SqlStore {
         .map_err(classify)
     }
 
-    async fn delete_sessions(&self, user_id: &str) -> Result<u64, StoreError> {
+    async fn delete_sessions(
+        &self,
+        user_id: &str,
+        keep: Option<&TokenDigest>,
+    ) -> Result<u64, StoreError> {
         on_writer!(self, pool => {
-            sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+            sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND token_hash <> $2")
                 .bind(user_id)
+                .bind(keep.map_or("", TokenDigest::as_str))
                 .execute(pool)
                 .await
                 .map(|done| done.rows_affected())
@@ -178,13 +187,25 @@ impl SessionStore for SqlStore {
         .map_err(classify)
     }
 
-    async fn delete_expired_sessions(&self, now: i64, batch: u32) -> Result<u64, StoreError> {
-        self.delete_expired(
+    async fn delete_expired_sessions(
+        &self,
+        live: Liveness,
+        batch: u32,
+    ) -> Result<u64, StoreError> {
+        // Idle sessions are found by a scan; expired ones by the index on `expires`.
+        let idle = live.seen_since > i64::MIN;
+        let sql = if idle {
+            "DELETE FROM sessions WHERE token_hash IN (SELECT token_hash FROM sessions \
+             WHERE expires <= $1 OR COALESCE(last_seen, created) <= $3 LIMIT $2)"
+        } else {
             "DELETE FROM sessions WHERE token_hash IN \
-             (SELECT token_hash FROM sessions WHERE expires <= $1 LIMIT $2)",
-            now,
-            batch,
-        )
-        .await
+             (SELECT token_hash FROM sessions WHERE expires <= $1 LIMIT $2)"
+        };
+        on_writer!(self, pool => {
+            let query = sqlx::query(sql).bind(live.now).bind(i64::from(batch));
+            let query = if idle { query.bind(live.seen_since) } else { query };
+            query.execute(pool).await.map(|done| done.rows_affected())
+        })
+        .map_err(classify)
     }
 }

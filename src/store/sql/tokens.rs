@@ -104,26 +104,65 @@ impl TokenStore for SqlStore {
                     digest,
                     expires,
                     client,
+                    sign_in,
+                    challenge,
                 } => {
-                    sqlx::query(
-                        "INSERT INTO sessions \
-                         (token_hash, user_id, created, expires, client_ip, user_agent) \
-                         VALUES ($1, $2, $3, $4, $5, $6)",
-                    )
-                    .bind(digest.as_str())
-                    .bind(&user_id)
-                    .bind(now)
-                    .bind(expires)
-                    .bind(client.ip)
-                    .bind(client.user_agent)
-                    .execute(&mut *tx)
-                    .await?;
+                    if has_totp!(tx, &user_id) {
+                        // Not written only if the user went meanwhile: then the
+                        // challenge is simply never found.
+                        let _stored = store_token!(tx, &NewToken { user_id: &user_id, ..challenge });
+                        commit!(tx, conn);
+                        return Ok(Redeemed::SecondStepNeeded { user_id });
+                    }
+                    open_session!(tx, digest, &user_id, now, expires, client, sign_in);
+                }
+                Redemption::SecondStep {
+                    digest,
+                    expires,
+                    client,
+                    sign_in,
+                    factor,
+                } => {
+                    if !use_factor!(tx, &user_id, factor) {
+                        return Ok(Redeemed::FactorRefused);
+                    }
+                    open_session!(tx, digest, &user_id, now, expires, client, sign_in);
                 }
             }
             commit!(tx, conn);
             Ok::<_, sqlx::Error>(Redeemed::Done { user_id })
         }
         .await)
+        .map_err(classify)
+    }
+
+    async fn insert_token(&self, token: NewToken<'_>) -> Result<(), StoreError> {
+        on_writer!(self, pool => async {
+            let mut conn = pool.acquire().await?;
+            let mut tx = conn.begin().await?;
+            // Not written only for a user deleted meanwhile, whose token is never found.
+            let _stored = store_token!(tx, &token);
+            commit!(tx, conn);
+            Ok::<_, sqlx::Error>(())
+        }
+        .await)
+        .map_err(classify)
+    }
+
+    async fn token_user(
+        &self,
+        digest: &TokenDigest,
+        now: i64,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        on_pool!(self, pool => {
+            sqlx::query_as::<_, (String, String)>(
+                "SELECT user_id, purpose FROM tokens WHERE token_hash = $1 AND expires > $2",
+            )
+            .bind(digest.as_str())
+            .bind(now)
+            .fetch_optional(pool)
+            .await
+        })
         .map_err(classify)
     }
 
@@ -137,3 +176,4 @@ impl TokenStore for SqlStore {
         .await
     }
 }
+

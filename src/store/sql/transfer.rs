@@ -39,7 +39,7 @@ impl TransferStore for SqlStore {
         limit: u32,
     ) -> Result<Vec<StoredSession>, StoreError> {
         const SQL: &str = "SELECT token_hash, user_id, created, expires, client_ip, user_agent, \
-                           last_seen FROM sessions \
+                           last_seen, method, second_factor FROM sessions \
                            WHERE token_hash > $1 AND expires > $2 ORDER BY token_hash LIMIT $3";
         let after = after.map(|d| d.as_str().to_owned()).unwrap_or_default();
         on_pool!(self, pool => {
@@ -234,16 +234,19 @@ impl Importer for SqlImporter {
                 let mut insert =
                     QueryBuilder::new(
                         "INSERT INTO sessions (token_hash, user_id, created, expires, \
-                         client_ip, user_agent, last_seen) ",
+                         client_ip, user_agent, last_seen, method, second_factor) ",
                     );
                 insert.push_values(fresh, |mut row, session| {
+                    let (method, second_factor) = sign_in_columns(session.sign_in);
                     row.push_bind(session.digest.as_str())
                         .push_bind(session.user_id.as_str())
                         .push_bind(session.created)
                         .push_bind(session.expires)
                         .push_bind(session.client_ip.as_deref())
                         .push_bind(session.user_agent.as_deref())
-                        .push_bind(session.last_seen);
+                        .push_bind(session.last_seen)
+                        .push_bind(method)
+                        .push_bind(second_factor);
                 });
                 insert.build().execute(&mut **tx).await?;
             }
