@@ -95,6 +95,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     users = summary.users,
                     sessions = summary.sessions,
                     deleted_users = summary.deleted_users,
+                    second_factors = summary.second_factors,
                     "export done"
                 );
             }
@@ -112,6 +113,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     users = summary.users,
                     sessions = summary.sessions,
                     deleted_users = summary.deleted_users,
+                    second_factors = summary.second_factors,
                     skipped = summary.skipped,
                     "import done"
                 );

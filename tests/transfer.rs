@@ -226,6 +226,24 @@ async fn export_from_sqlite_and_import_into_postgres_keeps_passwords_and_session
     assert_eq!(status, 200, "{body}");
     let source_users = source.call("Search", json!({"username": "asim"})).await.1;
     assert_eq!(source_users["users"][0]["verified"], true);
+    // Chen signs in with a second factor: it must survive the move.
+    let chen_session = sessions[2]["id"].as_str().unwrap().to_string();
+    let bearer = format!("Bearer {chen_session}");
+    let (status, _, started) = source
+        .send("StartTotp", json!({}), &[("authorization", &bearer)])
+        .await;
+    assert_eq!(status, 200, "{started}");
+    let secret = started["secret"].as_str().unwrap().to_string();
+    let code = common::totp::code(&secret, source.clock_now());
+    let (status, _, confirmed) = source
+        .send(
+            "ConfirmTotp",
+            json!({"code": code}),
+            &[("authorization", &bearer)],
+        )
+        .await;
+    assert_eq!(status, 200, "{confirmed}");
+    let recovery = confirmed["recovery_codes"][0].as_str().unwrap().to_string();
     assert_eq!(source_users["users"][0]["profile"], json!({"plan": "pro"}));
     let source_db = source.into_database().await;
 
@@ -255,7 +273,7 @@ async fn export_from_sqlite_and_import_into_postgres_keeps_passwords_and_session
     );
     assert!(ok, "{stderr}");
     assert!(
-        stderr.contains("users=3 sessions=3 deleted_users=0 skipped=0"),
+        stderr.contains("users=3 sessions=3 deleted_users=0 second_factors=1 skipped=0"),
         "{stderr}"
     );
 
@@ -266,7 +284,7 @@ async fn export_from_sqlite_and_import_into_postgres_keeps_passwords_and_session
     );
     assert!(!ok);
     assert!(
-        stderr.contains("import refused, nothing was written (6 problem(s))"),
+        stderr.contains("import refused, nothing was written (7 problem(s))"),
         "{stderr}"
     );
     assert!(
@@ -285,7 +303,7 @@ async fn export_from_sqlite_and_import_into_postgres_keeps_passwords_and_session
     );
     assert!(ok, "{stderr}");
     assert!(
-        stderr.contains("users=0 sessions=0 deleted_users=0 skipped=6"),
+        stderr.contains("users=0 sessions=0 deleted_users=0 second_factors=0 skipped=7"),
         "{stderr}"
     );
 
@@ -296,9 +314,30 @@ async fn export_from_sqlite_and_import_into_postgres_keeps_passwords_and_session
     assert_eq!(status, 200, "{listed}");
     assert_eq!(listed, source_sessions, "the session list is kept");
     assert_eq!(listed["sessions"][0]["client_ip"], "127.0.0.1", "{listed}");
-    for name in ["asim", "bea", "chen"] {
+    for name in ["asim", "bea"] {
         app.login(name, PASSWORD).await;
     }
+    // Chen's second factor came along: the password alone opens nothing, the TOTP
+    // secret and the recovery codes work, and the code used before the move is spent.
+    let challenge = chen_challenge(&app).await;
+    let (status, body) = app
+        .call("LoginMfa", json!({"challenge_id": challenge, "code": code}))
+        .await;
+    assert_eq!(status, 401, "{body}");
+    app.clock.advance(30);
+    let next = common::totp::code(&secret, app.clock_now());
+    let (status, body) = app
+        .call("LoginMfa", json!({"challenge_id": challenge, "code": next}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let challenge = chen_challenge(&app).await;
+    let (status, body) = app
+        .call(
+            "LoginMfa",
+            json!({"challenge_id": challenge, "recovery_code": recovery}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
     for session in &sessions {
         let (status, body) = app
             .call("ReadSession", json!({"session_id": session["id"]}))
@@ -311,6 +350,15 @@ async fn export_from_sqlite_and_import_into_postgres_keeps_passwords_and_session
         users, source_users,
         "ids, timestamps, profiles and verification are kept"
     );
+}
+
+/// Chen's password, answered with the second step's challenge.
+async fn chen_challenge(app: &TestApp) -> String {
+    let (status, body) = app
+        .call("Login", json!({"username": "chen", "password": PASSWORD}))
+        .await;
+    assert_eq!(status, 401, "{body}");
+    body["challenge_id"].as_str().unwrap().to_string()
 }
 
 async fn asim_id(app: &TestApp) -> String {

@@ -50,6 +50,16 @@ fn totp(secret: &str, issuer: &str, account: &str) -> Result<Totp, Error> {
         .map_err(|e| Error::internal(e.to_string()))
 }
 
+/// Whether `secret` is base32 of a key the service can use (as an import brings it).
+pub fn check_secret(secret: &str) -> Result<(), String> {
+    let key = Secret::try_from_base32(secret).map_err(|e| e.to_string())?;
+    Builder::new()
+        .with_secret(key)
+        .build()
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
 /// The URI and QR code that hand `secret` to an authenticator app, labelled with the
 /// service's name (`issuer`) and the user's `account`.
 pub fn enrolment(secret: String, issuer: &str, account: &str) -> Result<Enrolment, Error> {

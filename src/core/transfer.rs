@@ -11,7 +11,12 @@
 //! {"type":"session","token_hash":"<sha256 hex>","user_id":"...","created":1700000000,"expires":1700604800}
 //! (and, when known, "client_ip", "user_agent", "last_seen", "method" and "second_factor")
 //! {"type":"deleted_user","id":"...","deleted":1700000000}
+//! {"type":"second_factors","user_id":"...","totp_secret":"<base32>","totp_created":1700000000,"totp_confirmed":1700000030,"totp_last_step":56666667,"recovery_codes":["<sha256 hex>"]}
 //! ```
+//!
+//! `second_factors` records carry a user's TOTP secret in the clear (an authenticator
+//! app needs it, so the service keeps it as it is) and the digests of the unused
+//! recovery codes: an export is as sensitive as the database itself.
 //!
 //! `deleted_user` records carry the ids of deleted accounts, so that the target store
 //! never issues them again either; an import refuses a user with such an id.
@@ -28,10 +33,11 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 use crate::core::users::bounded_user_agent;
-use crate::domain::{SecondFactor, SignIn, SignInMethod, TokenDigest};
 use crate::domain::{Email, Profile, User, UserId, Username};
+use crate::domain::{SecondFactor, SignIn, SignInMethod, TokenDigest};
 use crate::store::{
-    Credentials, DeletedUser, Imported, Importer, StoreError, StoredSession, TransferStore,
+    Credentials, DeletedUser, Imported, Importer, StoreError, StoredFactors, StoredSession,
+    TotpRecord, TransferStore,
 };
 
 const FORMAT: &str = "users-service";
@@ -73,6 +79,18 @@ enum Line {
     DeletedUser {
         id: String,
         deleted: i64,
+    },
+    /// A user's TOTP secret (`totp_confirmed` absent while enrolment is only started)
+    /// and the SHA-256 digests of their unused recovery codes.
+    SecondFactors {
+        user_id: String,
+        totp_secret: String,
+        totp_created: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        totp_confirmed: Option<i64>,
+        totp_last_step: i64,
+        #[serde(default)]
+        recovery_codes: Vec<String>,
     },
 }
 
@@ -122,6 +140,8 @@ pub struct Summary {
     pub sessions: u64,
     /// Ids of deleted accounts.
     pub deleted_users: u64,
+    /// Users' second factors (a TOTP secret with its recovery codes).
+    pub second_factors: u64,
     /// Records an import skipped: existing ones under `--skip-existing`, and sessions
     /// that had expired.
     pub skipped: u64,
@@ -203,6 +223,34 @@ pub async fn export(
         for DeletedUser { id, deleted } in page {
             write_line(out, &Line::DeletedUser { id, deleted })?;
             summary.deleted_users += 1;
+        }
+    }
+    let mut after = None;
+    loop {
+        let page = store.factors_page(after.take(), PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.user_id.clone());
+        for StoredFactors {
+            user_id,
+            totp,
+            recovery_codes,
+        } in page
+        {
+            write_line(
+                out,
+                &Line::SecondFactors {
+                    user_id,
+                    totp_secret: totp.secret,
+                    totp_created: totp.created,
+                    totp_confirmed: totp.confirmed,
+                    totp_last_step: totp.last_step,
+                    recovery_codes: recovery_codes
+                        .iter()
+                        .map(|c| c.as_str().to_owned())
+                        .collect(),
+                },
+            )?;
+            summary.second_factors += 1;
         }
     }
     out.flush()?;
@@ -323,6 +371,32 @@ async fn flush_sessions(
     Ok(())
 }
 
+async fn flush_factors(
+    importer: &mut dyn Importer,
+    batch: &mut Batch<StoredFactors>,
+    summary: &mut Summary,
+    report: &mut Report,
+) -> Result<(), TransferError> {
+    let outcomes = importer.factors(&batch.records).await?;
+    for ((line, record), outcome) in batch.lines.iter().zip(&batch.records).zip(outcomes) {
+        match outcome {
+            Imported::Inserted => summary.second_factors += 1,
+            Imported::Skipped => summary.skipped += 1,
+            Imported::Taken(_) => report.add(
+                *line,
+                format!("user {:?} has second factors already", record.user_id),
+            ),
+            Imported::UnknownUser | Imported::Deleted => report.add(
+                *line,
+                format!("second factors of unknown user {:?}", record.user_id),
+            ),
+        }
+    }
+    batch.lines.clear();
+    batch.records.clear();
+    Ok(())
+}
+
 async fn flush_deleted_users(
     importer: &mut dyn Importer,
     batch: &mut Batch<DeletedUser>,
@@ -360,6 +434,7 @@ pub async fn import(
     let mut users = Batch::new();
     let mut sessions = Batch::new();
     let mut deleted = Batch::new();
+    let mut factors = Batch::new();
     let mut lines = input.lines();
     let mut number = 0usize;
     let mut saw_header = false;
@@ -430,6 +505,34 @@ pub async fn import(
                 }
                 Err(problem) => report.add(number, problem),
             },
+            Line::SecondFactors {
+                user_id,
+                totp_secret,
+                totp_created,
+                totp_confirmed,
+                totp_last_step,
+                recovery_codes,
+            } => match check_factors(
+                user_id,
+                TotpRecord {
+                    secret: totp_secret,
+                    created: totp_created,
+                    confirmed: totp_confirmed,
+                    last_step: totp_last_step,
+                },
+                recovery_codes,
+            ) {
+                Ok(record) => {
+                    // Its user may be among the users not written yet.
+                    flush_users(importer.as_mut(), &mut users, &mut summary, &mut report).await?;
+                    factors.push(number, record);
+                    if factors.is_full() {
+                        flush_factors(importer.as_mut(), &mut factors, &mut summary, &mut report)
+                            .await?;
+                    }
+                }
+                Err(problem) => report.add(number, problem),
+            },
             Line::DeletedUser { id, deleted: at } => {
                 match UserId::parse("id", Some(id)) {
                     Ok(id) if at >= 0 => {
@@ -462,6 +565,7 @@ pub async fn import(
     flush_users(importer.as_mut(), &mut users, &mut summary, &mut report).await?;
     flush_sessions(importer.as_mut(), &mut sessions, &mut summary, &mut report).await?;
     flush_deleted_users(importer.as_mut(), &mut deleted, &mut summary, &mut report).await?;
+    flush_factors(importer.as_mut(), &mut factors, &mut summary, &mut report).await?;
     if !saw_header {
         report.add(number.max(1), "empty input: no header");
     }
@@ -531,11 +635,7 @@ fn check_session(
     created: i64,
     expires: i64,
 ) -> Result<StoredSession, String> {
-    let is_digest = token_hash.len() == 64
-        && token_hash
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    if !is_digest {
+    if !is_digest(&token_hash) {
         return Err("token_hash must be 64 lowercase hex digits (a SHA-256)".into());
     }
     let user_id = UserId::parse("user_id", Some(user_id)).map_err(|e| e.to_string())?;
@@ -551,6 +651,39 @@ fn check_session(
         user_agent: None,
         last_seen: None,
         sign_in: None,
+    })
+}
+
+fn is_digest(hex: &str) -> bool {
+    hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A user's second factors: a base32 secret the service can use, and digests.
+fn check_factors(
+    user_id: String,
+    totp: TotpRecord,
+    recovery_codes: Vec<String>,
+) -> Result<StoredFactors, String> {
+    let user_id = UserId::parse("user_id", Some(user_id)).map_err(|e| e.to_string())?;
+    crate::core::totp::check_secret(&totp.secret).map_err(|e| format!("totp_secret: {e}"))?;
+    if totp.created < 0 || totp.last_step < 0 || totp.confirmed.is_some_and(|c| c < 0) {
+        return Err("totp_created, totp_confirmed and totp_last_step must be >= 0".into());
+    }
+    if let Some(bad) = recovery_codes.iter().find(|c| !is_digest(c)) {
+        return Err(format!(
+            "recovery code {bad:?} is not 64 lowercase hex digits (a SHA-256)"
+        ));
+    }
+    Ok(StoredFactors {
+        user_id: user_id.as_str().to_owned(),
+        totp,
+        recovery_codes: recovery_codes
+            .into_iter()
+            .map(TokenDigest::from_stored)
+            .collect(),
     })
 }
 

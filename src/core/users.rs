@@ -23,7 +23,7 @@ use crate::store::{
 };
 
 mod second_factor;
-pub use second_factor::SecondFactors;
+pub use second_factor::{DisableProof, SecondFactors};
 
 /// The one answer for an unknown account and a wrong password alike, so that Login does
 /// not reveal which accounts exist.
@@ -499,11 +499,13 @@ impl Users {
         let Some(record) = self.store.session(digest, live).await? else {
             return Ok(None);
         };
-        let interval = self
-            .idle_timeout
-            .map_or(LAST_SEEN_INTERVAL, |idle| (idle / 2).clamp(1, LAST_SEEN_INTERVAL));
-        let seen = record.last_seen.unwrap_or(record.created);
-        if seen <= live.now.saturating_sub(interval) {
+        let interval = self.idle_timeout.map_or(LAST_SEEN_INTERVAL, |idle| {
+            (idle / 2).clamp(1, LAST_SEEN_INTERVAL)
+        });
+        if record
+            .last_seen
+            .is_none_or(|seen| seen <= live.now.saturating_sub(interval))
+        {
             // Noting the use is not worth failing the request for: a read-only or full
             // database still serves a session.
             if let Err(err) = self.store.touch_session(digest, live.now, interval).await {
@@ -882,7 +884,10 @@ impl Users {
         let now = live.now;
         let mut total = 0;
         loop {
-            let deleted = self.store.delete_expired_sessions(live, SWEEP_BATCH).await?;
+            let deleted = self
+                .store
+                .delete_expired_sessions(live, SWEEP_BATCH)
+                .await?;
             total += deleted;
             if deleted < u64::from(SWEEP_BATCH) {
                 break;

@@ -186,7 +186,12 @@ mod tests {
 
     #[test]
     fn totp_codes_are_six_digits() {
-        assert_eq!(TotpCode::parse("code", Some(" 123 456 ".into())).unwrap().as_str(), "123456");
+        assert_eq!(
+            TotpCode::parse("code", Some(" 123 456 ".into()))
+                .unwrap()
+                .as_str(),
+            "123456"
+        );
         for bad in ["12345", "1234567", "12a456", ""] {
             assert!(TotpCode::parse("code", Some(bad.into())).is_err(), "{bad}");
         }

@@ -45,6 +45,11 @@ impl AccessPolicy {
             }
             public.push(*known);
         }
+        // The second step of a sign-in goes with its first: it needs a challenge that
+        // only a right password (or magic link) gives.
+        if public.contains(&"Login") && !public.contains(&"LoginMfa") {
+            public.push("LoginMfa");
+        }
         let key_digest = match key {
             Some(key) if key.expose_secret().trim().is_empty() => {
                 return Err("the admin key is empty".to_string())
@@ -86,6 +91,10 @@ pub const SELF_SERVICE: &[&str] = &[
     "LogoutAll",
     "ListSessions",
     "RevokeSession",
+    "ReadSecondFactors",
+    "StartTotp",
+    "ConfirmTotp",
+    "DisableTotp",
 ];
 
 /// What the service knows of a caller.

@@ -15,13 +15,14 @@ use serde::Deserialize;
 
 use super::json::int_or_string;
 use super::{MAX_BODY_BYTES, PROFILE_BODY_BYTES};
-use crate::core::users::{Requester, TokenCheck, Users};
+use crate::core::totp::Enrolment;
+use crate::core::users::{DisableProof, Requester, SecondFactors, TokenCheck, Users};
 use crate::domain::{
     reset_expiration, AccountChanges, AccountKey, Email, LoginName, MagicLinkTarget, MailText,
     NewAccount, Page, Password, PasswordChange, PasswordReset, RedirectUrl, Session, User, UserId,
     UserQuery,
 };
-use crate::domain::{SecretToken, SessionHandle};
+use crate::domain::{RecoveryCode, SecondStep, SecretToken, SessionHandle, TotpCode};
 use crate::error::Error;
 use crate::store::SessionDetails;
 
@@ -210,6 +211,39 @@ pub struct SendMagicLinkRequest {
     endpoint: Option<String>,
 }
 
+/// The second step of a sign-in.
+#[derive(Deserialize)]
+#[serde(expecting = "a JSON object")]
+pub struct LoginMfaRequest {
+    #[serde(alias = "challengeId")]
+    challenge_id: Option<String>,
+    code: Option<String>,
+    #[serde(alias = "recoveryCode")]
+    recovery_code: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(expecting = "a JSON object")]
+pub struct EmptyRequest {}
+
+#[derive(Deserialize)]
+#[serde(expecting = "a JSON object")]
+pub struct CodeRequest {
+    code: Option<String>,
+}
+
+/// Turning TOTP off: a code, a recovery code or the password.
+#[derive(Deserialize)]
+#[serde(expecting = "a JSON object")]
+pub struct DisableTotpRequest {
+    #[serde(alias = "userId")]
+    user_id: Option<String>,
+    code: Option<String>,
+    #[serde(alias = "recoveryCode")]
+    recovery_code: Option<String>,
+    password: Option<String>,
+}
+
 /// Declares a method: its marker type, request, output and body.
 macro_rules! method {
     ($name:ident($request:ty) -> $output:ty, |$users:ident, $r:ident, $caller:ident| $body:expr) => {
@@ -351,4 +385,45 @@ method!(SendMagicLink(SendMagicLinkRequest) -> (), |users, r, caller| {
 
 method!(VerifyToken(TokenRequest) -> TokenCheck, |users, r, caller| {
     users.verify_token(SecretToken::parse("token", r.token)?, &caller).await
+});
+
+method!(LoginMfa(LoginMfaRequest) -> Session, |users, r, caller| {
+    let challenge = SecretToken::parse("challenge_id", r.challenge_id)?;
+    let step = SecondStep::parse(r.code, r.recovery_code)?;
+    users.login_mfa(challenge, step, &caller).await
+});
+
+method!(ReadSecondFactors(UserIdRequest) -> SecondFactors, |users, r, caller| {
+    users.second_factors(&caller.account_or_own(r.user_id, "user_id")?).await
+});
+
+method!(StartTotp(EmptyRequest) -> Enrolment, |users, r, caller| {
+    users.start_totp(&caller).await
+});
+
+method!(ConfirmTotp(CodeRequest) -> Vec<RecoveryCode>, |users, r, caller| {
+    users.confirm_totp(TotpCode::parse("code", r.code)?, &caller).await
+});
+
+method!(DisableTotp(DisableTotpRequest) -> (), |users, r, caller| {
+    let id = caller.account_or_own(r.user_id, "user_id")?;
+    let proof = match r.password.filter(|p| !p.is_empty()) {
+        Some(password) if r.code.is_none() && r.recovery_code.is_none() => {
+            DisableProof::Password(Password::candidate("password", Some(password))?)
+        }
+        Some(_) => {
+            return Err(Error::invalid(
+                "password",
+                "cannot be given with a code; send one or the other",
+            ))
+        }
+        None => DisableProof::Code(SecondStep::parse(r.code, r.recovery_code).map_err(|_| {
+            Error::invalid("code", "is required (or a recovery_code, or the password)")
+        })?),
+    };
+    users.disable_totp(&id, proof, &caller).await
+});
+
+method!(ResetSecondFactors(UserIdRequest) -> (), |users, r, caller| {
+    users.reset_second_factors(&UserId::parse("user_id", r.user_id)?).await
 });

@@ -10,7 +10,10 @@ use serde::Serialize;
 
 use super::json::{Empty, Int64};
 use super::methods::*;
-use super::{answers, SessionResponse, SessionsResponse, Surface, VerifyTokenResponse};
+use super::{
+    answers, RecoveryCodesResponse, SecondFactorsResponse, SessionResponse, SessionsResponse,
+    Surface, TotpEnrolmentResponse, VerifyTokenResponse,
+};
 use crate::domain::{Session, User};
 
 pub struct Micro;
@@ -114,4 +117,10 @@ answers!(Micro {
     VerifyToken => VerifyTokenResponse<SessionView>,
     ListSessions => SessionsResponse,
     RevokeSession => Empty,
+    LoginMfa => SessionResponse<SessionView>,
+    ReadSecondFactors => SecondFactorsResponse,
+    StartTotp => TotpEnrolmentResponse,
+    ConfirmTotp => RecoveryCodesResponse,
+    DisableTotp => Empty,
+    ResetSecondFactors => Empty,
 });

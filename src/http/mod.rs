@@ -146,6 +146,13 @@ pub struct SessionItem {
     pub client_ip: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
+    /// How it was signed in: `password` or `magic_link` (absent for sessions made
+    /// before this was recorded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<&'static str>,
+    /// The second factor its sign-in took: `totp` or `recovery_code`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub second_factor: Option<&'static str>,
 }
 
 impl From<Vec<crate::store::SessionDetails>> for SessionsResponse {
@@ -160,8 +167,74 @@ impl From<Vec<crate::store::SessionDetails>> for SessionsResponse {
                     last_seen: s.last_seen.map(json::Int64),
                     client_ip: s.client_ip,
                     user_agent: s.user_agent,
+                    method: s.sign_in.map(|i| i.method.as_str()),
+                    second_factor: s
+                        .sign_in
+                        .and_then(|i| i.second_factor)
+                        .map(crate::domain::SecondFactor::as_str),
                 })
                 .collect(),
+        }
+    }
+}
+
+/// StartTotp's answer on both surfaces.
+#[derive(Serialize)]
+pub struct TotpEnrolmentResponse {
+    /// The secret in base32, to type into an authenticator app by hand.
+    pub secret: String,
+    /// The `otpauth://` URI the QR code holds.
+    pub uri: String,
+    /// The QR code, an SVG document.
+    pub qr_svg: String,
+}
+
+impl From<crate::core::totp::Enrolment> for TotpEnrolmentResponse {
+    fn from(e: crate::core::totp::Enrolment) -> Self {
+        Self {
+            secret: e.secret,
+            uri: e.uri,
+            qr_svg: e.qr_svg,
+        }
+    }
+}
+
+/// ConfirmTotp's answer: the recovery codes, shown this once.
+#[derive(Serialize)]
+pub struct RecoveryCodesResponse {
+    pub recovery_codes: Vec<String>,
+}
+
+impl From<Vec<crate::domain::RecoveryCode>> for RecoveryCodesResponse {
+    fn from(codes: Vec<crate::domain::RecoveryCode>) -> Self {
+        Self {
+            recovery_codes: codes
+                .iter()
+                .map(crate::domain::RecoveryCode::display)
+                .collect(),
+        }
+    }
+}
+
+/// ReadSecondFactors' answer.
+#[derive(Serialize)]
+pub struct SecondFactorsResponse {
+    /// Whether sign-in asks for a TOTP code.
+    pub totp: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub totp_since: Option<json::Int64>,
+    /// An enrolment was started and awaits its first code.
+    pub totp_pending: bool,
+    pub recovery_codes_left: json::Int64,
+}
+
+impl From<crate::core::users::SecondFactors> for SecondFactorsResponse {
+    fn from(f: crate::core::users::SecondFactors) -> Self {
+        Self {
+            totp: f.totp_since.is_some(),
+            totp_since: f.totp_since.map(json::Int64),
+            totp_pending: f.totp_pending,
+            recovery_codes_left: json::Int64(f.recovery_codes_left),
         }
     }
 }
@@ -203,13 +276,15 @@ macro_rules! surface_routes {
 surface_routes!(Micro, MICRO_METHODS, micro_routes:
     Create, Read, Update, Delete, Search, UpdatePassword, Login, Logout, ReadSession,
     List, LogoutAll, SendVerificationEmail, VerifyEmail, SendPasswordResetEmail,
-    ResetPassword, SendMagicLink, VerifyToken, ListSessions, RevokeSession,
+    ResetPassword, SendMagicLink, VerifyToken, ListSessions, RevokeSession, LoginMfa,
+    ReadSecondFactors, StartTotp, ConfirmTotp, DisableTotp, ResetSecondFactors,
 );
 
 surface_routes!(M3o, M3O_METHODS, m3o_routes:
     Create, Read, Update, Delete, List, Login, Logout, LogoutAll, ReadSession,
     UpdatePassword, SendVerificationEmail, VerifyEmail, SendPasswordResetEmail,
-    ResetPassword, SendMagicLink, VerifyToken, ListSessions, RevokeSession,
+    ResetPassword, SendMagicLink, VerifyToken, ListSessions, RevokeSession, LoginMfa,
+    ReadSecondFactors, StartTotp, ConfirmTotp, DisableTotp, ResetSecondFactors,
 );
 
 /// Every RPC method name, on either surface: what the public-method setting may name.

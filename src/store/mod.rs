@@ -354,6 +354,15 @@ pub enum Imported {
     UnknownUser,
 }
 
+/// A user's second factors as export and import carry them.
+#[derive(Debug, Clone)]
+pub struct StoredFactors {
+    pub user_id: String,
+    pub totp: TotpRecord,
+    /// Digests of the unused recovery codes.
+    pub recovery_codes: Vec<TokenDigest>,
+}
+
 /// One import, inside one transaction: nothing is visible until `commit`, and dropping
 /// the importer rolls everything back. Records come in batches, and each gets its own
 /// outcome; earlier records of the import count as existing for later ones.
@@ -362,6 +371,7 @@ pub trait Importer: Send {
     async fn users(&mut self, batch: &[Credentials]) -> Result<Vec<Imported>, StoreError>;
     async fn sessions(&mut self, batch: &[StoredSession]) -> Result<Vec<Imported>, StoreError>;
     async fn deleted_users(&mut self, batch: &[DeletedUser]) -> Result<Vec<Imported>, StoreError>;
+    async fn factors(&mut self, batch: &[StoredFactors]) -> Result<Vec<Imported>, StoreError>;
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
 }
 
@@ -458,11 +468,7 @@ pub trait SessionStore: Send + Sync {
     ) -> Result<u64, StoreError>;
 
     /// Deletes up to `batch` sessions that are no longer live; returns how many.
-    async fn delete_expired_sessions(
-        &self,
-        live: Liveness,
-        batch: u32,
-    ) -> Result<u64, StoreError>;
+    async fn delete_expired_sessions(&self, live: Liveness, batch: u32) -> Result<u64, StoreError>;
 }
 
 /// One-time tokens sent by e-mail: checking and using them.
@@ -641,6 +647,13 @@ pub trait TransferStore: Send + Sync {
         after: Option<String>,
         limit: u32,
     ) -> Result<Vec<DeletedUser>, StoreError>;
+
+    /// Up to `limit` users' second factors, in user id order, after `after`.
+    async fn factors_page(
+        &self,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<StoredFactors>, StoreError>;
 
     /// Starts an all-or-nothing import.
     async fn begin_import(&self, skip_existing: bool) -> Result<Box<dyn Importer>, StoreError>;

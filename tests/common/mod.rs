@@ -4,6 +4,7 @@
 
 pub mod process;
 pub mod smtp;
+pub mod totp;
 
 use std::io::Write;
 use std::net::SocketAddr;

@@ -129,7 +129,9 @@ impl Users {
             return Err(Error::Unauthorized(BAD_CODE));
         };
         attempt.succeeded().await?;
-        let codes: Vec<RecoveryCode> = (0..RECOVERY_CODES).map(|_| RecoveryCode::generate()).collect();
+        let codes: Vec<RecoveryCode> = (0..RECOVERY_CODES)
+            .map(|_| RecoveryCode::generate())
+            .collect();
         let digests: Vec<TokenDigest> = codes.iter().map(|c| c.digest(id.as_str())).collect();
         if !self
             .store
@@ -294,9 +296,17 @@ impl Users {
     }
 
     /// One code check against the user's sign-in limit and the client's.
-    async fn reserve_code_attempt(&self, id: &UserId, caller: &Requester) -> Result<Attempt, Error> {
+    async fn reserve_code_attempt(
+        &self,
+        id: &UserId,
+        caller: &Requester,
+    ) -> Result<Attempt, Error> {
         self.limiter
-            .reserve(Some(&LimitKey::user_id(id.as_str())), caller.ip, self.clock.now())
+            .reserve(
+                Some(&LimitKey::user_id(id.as_str())),
+                caller.ip,
+                self.clock.now(),
+            )
             .await
     }
 

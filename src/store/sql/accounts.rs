@@ -37,7 +37,7 @@ impl AccountStore for SqlStore {
             Backend::Postgres(pool) => {
                 async {
                     let mut conn = pool.acquire().await?;
-                    let mut tx = conn.begin().await?;
+                    let mut tx = conn.begin_write().await?;
                     sqlx::query(insert!(""))
                         .bind(new.id.as_str())
                         .bind(new.username.as_str())
@@ -195,7 +195,7 @@ impl AccountStore for SqlStore {
                                  ON CONFLICT (id) DO NOTHING";
         on_writer!(self, pool => async {
             let mut conn = pool.acquire().await?;
-            let mut tx = conn.begin().await?;
+            let mut tx = conn.begin_write().await?;
             for sql in ["DELETE FROM sessions WHERE user_id = $1", "DELETE FROM tokens WHERE user_id = $1"] {
                 sqlx::query(sql).bind(id.as_str()).execute(&mut *tx).await?;
             }
@@ -265,7 +265,7 @@ impl AccountStore for SqlStore {
     ) -> Result<bool, StoreError> {
         on_writer!(self, pool => async {
             let mut conn = pool.acquire().await?;
-            let mut tx = conn.begin().await?;
+            let mut tx = conn.begin_write().await?;
             let replaced = match change {
                 HashChange::NewPassword { now } => sqlx::query(
                     "UPDATE users SET password_hash = $3, updated = $4 \

@@ -30,7 +30,7 @@ impl CounterStore for SqlStore {
              AND (rate_limits.window_start <= $2 - $3 OR rate_limits.count < $4)";
         on_writer!(self, pool => async {
             let mut conn = pool.acquire().await?;
-            let mut tx = conn.begin().await?;
+            let mut tx = conn.begin_write().await?;
             let mut window_starts = Vec::with_capacity(limits.len());
             for limit in limits {
                 let counted = sqlx::query(RESERVE)
@@ -111,7 +111,7 @@ impl CounterStore for SqlStore {
                                  WHERE key = $1 AND window_start = $2 AND count > 0";
         on_writer!(self, pool => async {
             let mut conn = pool.acquire().await?;
-            let mut tx = conn.begin().await?;
+            let mut tx = conn.begin_write().await?;
             if let Some(key) = forget {
                 sqlx::query(FORGET).bind(key).execute(&mut *tx).await?;
             }

@@ -56,7 +56,7 @@ impl FactorStore for SqlStore {
     ) -> Result<bool, StoreError> {
         on_writer!(self, pool => async {
             let mut conn = pool.acquire().await?;
-            let mut tx = conn.begin().await?;
+            let mut tx = conn.begin_write().await?;
             let confirmed = sqlx::query(
                 "UPDATE totp SET confirmed = $3, last_step = $4 \
                  WHERE user_id = $1 AND secret = $2 AND confirmed IS NULL",
@@ -98,7 +98,7 @@ impl FactorStore for SqlStore {
     async fn remove_second_factors(&self, user_id: &str) -> Result<bool, StoreError> {
         on_writer!(self, pool => async {
             let mut conn = pool.acquire().await?;
-            let mut tx = conn.begin().await?;
+            let mut tx = conn.begin_write().await?;
             let removed = sqlx::query("DELETE FROM totp WHERE user_id = $1")
                 .bind(user_id)
                 .execute(&mut *tx)

@@ -17,7 +17,7 @@ impl MailStore for SqlStore {
                                VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', 0, $8, 0, $8)";
         on_writer!(self, pool => async {
             let mut conn = pool.acquire().await?;
-            let mut tx = conn.begin().await?;
+            let mut tx = conn.begin_write().await?;
             sqlx::query(add_event!())
                 .bind(limit.key)
                 .bind(limit.now)
@@ -174,7 +174,7 @@ impl MailStore for SqlStore {
                     // The message is kept (without its body or token) as a record that
                     // it was given up; the token no one will receive is withdrawn.
                     let mut conn = pool.acquire().await?;
-                    let mut tx = conn.begin().await?;
+                    let mut tx = conn.begin_write().await?;
                     let token: Option<(Option<String>,)> = sqlx::query_as(
                         "SELECT token_hash FROM outbox \
                          WHERE id = $1 AND state = 'queued' AND lease_until = $2",

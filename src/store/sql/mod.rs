@@ -25,7 +25,7 @@ use super::{
     DatabaseUrl, DeletedUser, EventLimit, FactorStore, FactorUse, HashChange, Imported, Importer,
     Liveness, Lookup, MailOutcome, MailStore, NewMail, NewSession, NewToken, NewUser, Queued,
     Redeemed, Redemption, Reservation, SessionDetails, SessionRecord, SessionStore, Store,
-    StoreError, StoredSession, TokenStore, TotpRecord, TransferStore,
+    StoreError, StoredFactors, StoredSession, TokenStore, TotpRecord, TransferStore,
 };
 use crate::domain::{
     AccountChanges, Page, Profile, Purpose, SecondFactor, SessionHandle, SignIn, SignInMethod,
@@ -175,6 +175,31 @@ macro_rules! commit {
     };
 }
 
+/// Begins a transaction that is going to write. On SQLite it takes the write lock at
+/// once (`BEGIN IMMEDIATE`), waiting for another replica's writer if need be: a
+/// transaction that read first and then wrote would fail at once with SQLITE_BUSY when
+/// another connection to the file wrote in between. PostgreSQL locks rows as it goes.
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+trait BeginWrite {
+    type Db: sqlx::Database;
+    fn begin_write(&mut self) -> BoxFuture<'_, Result<Transaction<'_, Self::Db>, sqlx::Error>>;
+}
+
+impl BeginWrite for sqlx::pool::PoolConnection<Sqlite> {
+    type Db = Sqlite;
+    fn begin_write(&mut self) -> BoxFuture<'_, Result<Transaction<'_, Sqlite>, sqlx::Error>> {
+        (**self).begin_with("BEGIN IMMEDIATE")
+    }
+}
+
+impl BeginWrite for sqlx::pool::PoolConnection<Postgres> {
+    type Db = Postgres;
+    fn begin_write(&mut self) -> BoxFuture<'_, Result<Transaction<'_, Postgres>, sqlx::Error>> {
+        (**self).begin()
+    }
+}
+
 /// Appends `a, b, c` as bound parameters.
 macro_rules! push_list {
     ($query:expr, $values:expr) => {{
@@ -235,23 +260,27 @@ macro_rules! has_totp {
 macro_rules! use_factor {
     ($conn:expr, $user_id:expr, $factor:expr) => {
         match $factor {
-            FactorUse::TotpStep(step) => sqlx::query(
-                "UPDATE totp SET last_step = $2 \
+            FactorUse::TotpStep(step) => {
+                sqlx::query(
+                    "UPDATE totp SET last_step = $2 \
                  WHERE user_id = $1 AND confirmed IS NOT NULL AND last_step < $2",
-            )
-            .bind($user_id)
-            .bind(step)
-            .execute(&mut *$conn)
-            .await?
-            .rows_affected() == 1,
-            FactorUse::RecoveryCode(digest) => sqlx::query(
-                "DELETE FROM recovery_codes WHERE user_id = $1 AND code_hash = $2",
-            )
-            .bind($user_id)
-            .bind(digest.as_str())
-            .execute(&mut *$conn)
-            .await?
-            .rows_affected() == 1,
+                )
+                .bind($user_id)
+                .bind(step)
+                .execute(&mut *$conn)
+                .await?
+                .rows_affected()
+                    == 1
+            }
+            FactorUse::RecoveryCode(digest) => {
+                sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1 AND code_hash = $2")
+                    .bind($user_id)
+                    .bind(digest.as_str())
+                    .execute(&mut *$conn)
+                    .await?
+                    .rows_affected()
+                    == 1
+            }
         }
     };
 }
@@ -368,7 +397,10 @@ fn sign_in_columns(sign_in: Option<SignIn>) -> (Option<&'static str>, Option<&'s
         Some(SignIn {
             method,
             second_factor,
-        }) => (Some(method.as_str()), second_factor.map(SecondFactor::as_str)),
+        }) => (
+            Some(method.as_str()),
+            second_factor.map(SecondFactor::as_str),
+        ),
         None => (None, None),
     }
 }

@@ -49,20 +49,20 @@ impl SessionStore for SqlStore {
         digest: &TokenDigest,
         live: Liveness,
     ) -> Result<Option<SessionRecord>, StoreError> {
-        const SQL: &str = "SELECT s.user_id, u.username, u.email, s.created, s.expires, s.last_seen \
+        const SQL: &str =
+            "SELECT s.user_id, u.username, u.email, s.created, s.expires, s.last_seen \
                            FROM sessions s JOIN users u ON u.id = s.user_id \
                            WHERE s.token_hash = $1 AND s.expires > $2 \
                            AND COALESCE(s.last_seen, s.created) > $3";
-        let record = |(user_id, username, email, created, expires, last_seen): SessionRow| {
-            SessionRecord {
+        let record =
+            |(user_id, username, email, created, expires, last_seen): SessionRow| SessionRecord {
                 user_id,
                 username,
                 email,
                 created,
                 expires,
                 last_seen,
-            }
-        };
+            };
         inline_first!(
             self,
             query_row(SQL, ["$1" => digest.as_str(), "$2" => live.now, "$3" => live.seen_since]),
@@ -187,11 +187,7 @@ impl SessionStore for SqlStore {
         .map_err(classify)
     }
 
-    async fn delete_expired_sessions(
-        &self,
-        live: Liveness,
-        batch: u32,
-    ) -> Result<u64, StoreError> {
+    async fn delete_expired_sessions(&self, live: Liveness, batch: u32) -> Result<u64, StoreError> {
         // Idle sessions are found by a scan; expired ones by the index on `expires`.
         let idle = live.seen_since > i64::MIN;
         let sql = if idle {

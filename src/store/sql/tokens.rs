@@ -51,7 +51,7 @@ impl TokenStore for SqlStore {
         const CONSUME: &str = "DELETE FROM tokens WHERE token_hash = $1 AND purpose = $2";
         on_writer!(self, pool => async {
             let mut conn = pool.acquire().await?;
-            let mut tx = conn.begin().await?;
+            let mut tx = conn.begin_write().await?;
             let found: Option<(String, i64, i64)> = sqlx::query_as(FIND)
                 .bind(digest.as_str())
                 .bind(purpose.as_str())
@@ -139,7 +139,7 @@ impl TokenStore for SqlStore {
     async fn insert_token(&self, token: NewToken<'_>) -> Result<(), StoreError> {
         on_writer!(self, pool => async {
             let mut conn = pool.acquire().await?;
-            let mut tx = conn.begin().await?;
+            let mut tx = conn.begin_write().await?;
             // Not written only for a user deleted meanwhile, whose token is never found.
             let _stored = store_token!(tx, &token);
             commit!(tx, conn);
@@ -176,4 +176,3 @@ impl TokenStore for SqlStore {
         .await
     }
 }
-

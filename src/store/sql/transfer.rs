@@ -76,6 +76,51 @@ impl TransferStore for SqlStore {
         .map_err(classify)
     }
 
+    async fn factors_page(
+        &self,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<StoredFactors>, StoreError> {
+        on_pool!(self, pool => async {
+            let rows: Vec<(String, String, i64, Option<i64>, i64)> = sqlx::query_as(
+                "SELECT user_id, secret, created, confirmed, last_step FROM totp \
+                 WHERE user_id > $1 ORDER BY user_id LIMIT $2",
+            )
+            .bind(after.unwrap_or_default())
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?;
+            let mut codes: Vec<(String, String)> = Vec::new();
+            if !rows.is_empty() {
+                let mut query =
+                    QueryBuilder::new("SELECT user_id, code_hash FROM recovery_codes WHERE user_id IN (");
+                push_list!(query, rows.iter().map(|r| r.0.as_str()));
+                query.push(") ORDER BY user_id, code_hash");
+                codes = query.build_query_as().fetch_all(pool).await?;
+            }
+            Ok::<_, sqlx::Error>(
+                rows.into_iter()
+                    .map(|(user_id, secret, created, confirmed, last_step)| StoredFactors {
+                        recovery_codes: codes
+                            .iter()
+                            .filter(|(owner, _)| *owner == user_id)
+                            .map(|(_, hash)| TokenDigest::from_stored(hash.clone()))
+                            .collect(),
+                        user_id,
+                        totp: TotpRecord {
+                            secret,
+                            created,
+                            confirmed,
+                            last_step,
+                        },
+                    })
+                    .collect(),
+            )
+        }
+        .await)
+        .map_err(classify)
+    }
+
     async fn begin_import(&self, skip_existing: bool) -> Result<Box<dyn Importer>, StoreError> {
         let importer = match &self.backend {
             Backend::Sqlite { writer, .. } => {
@@ -283,6 +328,59 @@ impl Importer for SqlImporter {
                     row.push_bind(deleted.id.as_str()).push_bind(deleted.deleted);
                 });
                 insert.build().execute(&mut **tx).await?;
+            }
+            Ok::<_, sqlx::Error>(outcomes)
+        }
+        .await)
+        .map_err(classify)
+    }
+
+    async fn factors(&mut self, batch: &[StoredFactors]) -> Result<Vec<Imported>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        on_tx!(self, tx, skip_existing => async {
+            let ids = || batch.iter().map(|f| f.user_id.as_str());
+            let mut existing = select_set!(tx, "SELECT user_id FROM totp WHERE user_id IN (", ids());
+            let users = select_set!(tx, "SELECT id FROM users WHERE id IN (", ids());
+            let mut outcomes = Vec::with_capacity(batch.len());
+            let mut fresh = Vec::new();
+            for factors in batch {
+                let outcome = if existing.contains(&factors.user_id) {
+                    if *skip_existing { Imported::Skipped } else { Imported::Taken(Unique::Id) }
+                } else if !users.contains(&factors.user_id) {
+                    Imported::UnknownUser
+                } else {
+                    existing.insert(factors.user_id.clone());
+                    fresh.push(factors);
+                    Imported::Inserted
+                };
+                outcomes.push(outcome);
+            }
+            if !fresh.is_empty() {
+                let mut insert = QueryBuilder::new(
+                    "INSERT INTO totp (user_id, secret, created, confirmed, last_step) ",
+                );
+                insert.push_values(&fresh, |mut row, f| {
+                    row.push_bind(f.user_id.as_str())
+                        .push_bind(f.totp.secret.as_str())
+                        .push_bind(f.totp.created)
+                        .push_bind(f.totp.confirmed)
+                        .push_bind(f.totp.last_step);
+                });
+                insert.build().execute(&mut **tx).await?;
+                let codes: Vec<(&str, &str)> = fresh
+                    .iter()
+                    .flat_map(|f| f.recovery_codes.iter().map(|c| (f.user_id.as_str(), c.as_str())))
+                    .collect();
+                for chunk in codes.chunks(500) {
+                    let mut insert =
+                        QueryBuilder::new("INSERT INTO recovery_codes (user_id, code_hash) ");
+                    insert.push_values(chunk, |mut row, (user, code)| {
+                        row.push_bind(*user).push_bind(*code);
+                    });
+                    insert.build().execute(&mut **tx).await?;
+                }
             }
             Ok::<_, sqlx::Error>(outcomes)
         }

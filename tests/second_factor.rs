@@ -1,0 +1,596 @@
+//! Sessions' life cycle and the second factor: how sessions were signed in, idle
+//! timeouts, ending all other sessions, TOTP enrolment and the second step of a sign-in
+//! (LoginMfa), recovery codes, turning TOTP off and the admin's reset, over real HTTP
+//! on SQLite and PostgreSQL. Codes come from the tests' own RFC 6238 authenticator
+//! (tests/common/totp.rs), checked here against the RFC's test vectors.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed run
+
+mod common;
+
+use common::{assert_error, totp, TestApp, PASSWORD};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use users_service::config::ServeConfig;
+
+const KEY: &str = "s3cret-admin-key";
+
+fn with_key(config: &mut ServeConfig) {
+    config.access.api_key = Some(KEY.into());
+}
+
+on_both_stores!(
+    config = crate::with_key,
+    enrolling_totp_makes_sign_in_take_a_second_step,
+    each_code_and_recovery_code_is_accepted_once,
+    wrong_codes_count_toward_the_sign_in_lockout,
+    a_code_sent_at_once_to_two_replicas_opens_one_session,
+    totp_is_turned_off_with_a_code_or_the_password_or_by_the_admin,
+    only_the_users_own_session_enrols,
+    sessions_record_how_they_were_signed_in,
+    logout_all_may_keep_the_current_session,
+);
+
+mod idle {
+    use super::*;
+
+    fn idle_timeout(config: &mut ServeConfig) {
+        with_key(config);
+        config.session_idle_timeout = 600;
+    }
+
+    on_both_stores!(
+        config = crate::idle::idle_timeout,
+        an_unused_session_ends_after_the_idle_timeout,
+    );
+}
+
+/// RFC 6238, Appendix B (SHA-1): the eight-digit codes' last six digits, for the
+/// secret "12345678901234567890" (in base32 below).
+#[test]
+fn the_tests_authenticator_follows_rfc_6238() {
+    let secret = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
+    for (at, expected) in [
+        (59, "287082"),
+        (1_111_111_109, "081804"),
+        (1_234_567_890, "005924"),
+        (2_000_000_000, "279037"),
+    ] {
+        assert_eq!(totp::code(secret, at), expected, "T = {at}");
+    }
+}
+
+async fn call_as(app: &TestApp, path: &str, auth: &str, body: Value) -> (StatusCode, Value) {
+    let (status, _, body) = app
+        .send_to(path, body, &[("authorization", &format!("Bearer {auth}"))])
+        .await;
+    (status, body)
+}
+
+async fn micro(app: &TestApp, method: &str, auth: &str, body: Value) -> (StatusCode, Value) {
+    call_as(app, &format!("/users/Users/{method}"), auth, body).await
+}
+
+/// Creates `name` with the admin key and signs in; returns its id and session id.
+async fn user_with_session(app: &TestApp, name: &str) -> (String, String) {
+    let (status, body) = micro(
+        app,
+        "Create",
+        KEY,
+        json!({"username": name, "email": format!("{name}@example.com"), "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["user"]["id"].as_str().unwrap().to_string();
+    let session = app.login(name, PASSWORD).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (id, session)
+}
+
+/// Turns TOTP on for the session's user; returns the secret and the recovery codes.
+async fn enrol(app: &TestApp, session: &str) -> (String, Vec<String>) {
+    let (status, started) = micro(app, "StartTotp", session, json!({})).await;
+    assert_eq!(status, 200, "{started}");
+    let secret = started["secret"].as_str().unwrap().to_string();
+    let code = totp::code(&secret, app.clock_now());
+    let (status, confirmed) = micro(app, "ConfirmTotp", session, json!({"code": code})).await;
+    assert_eq!(status, 200, "{confirmed}");
+    let codes = confirmed["recovery_codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    (secret, codes)
+}
+
+/// Signs in with the password, expecting the second step; returns its challenge id.
+async fn first_step(app: &TestApp, name: &str) -> String {
+    let (status, body) = app
+        .call("Login", json!({"username": name, "password": PASSWORD}))
+        .await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["id"], "users.Login");
+    assert!(
+        body["detail"].as_str().unwrap().starts_with("mfa_required"),
+        "{body}"
+    );
+    assert!(body.get("session").is_none());
+    let expires: i64 = body["challenge_expires"].as_str().unwrap().parse().unwrap();
+    assert_eq!(expires, app.clock_now() + 300, "{body}");
+    body["challenge_id"].as_str().unwrap().to_string()
+}
+
+async fn alive(app: &TestApp, session: &str) -> bool {
+    let (status, _) = app
+        .call("ReadSession", json!({"session_id": session}))
+        .await;
+    status == 200
+}
+
+async fn enrolling_totp_makes_sign_in_take_a_second_step(app: TestApp) {
+    let (id, session) = user_with_session(&app, "alice").await;
+    let other = app.login("alice", PASSWORD).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Started: a secret for the app, as text, URI and QR code; not on yet.
+    let (status, started) = micro(&app, "StartTotp", &session, json!({})).await;
+    assert_eq!(status, 200, "{started}");
+    let secret = started["secret"].as_str().unwrap();
+    assert_eq!(secret.len(), 32, "160 bits in base32");
+    let uri = started["uri"].as_str().unwrap();
+    assert!(uri.starts_with("otpauth://totp/"), "{uri}");
+    assert!(uri.contains(&format!("secret={secret}")), "{uri}");
+    assert!(uri.contains("alice%40example.com"), "{uri}");
+    assert!(started["qr_svg"].as_str().unwrap().starts_with("<?xml"));
+    let (_, factors) = micro(&app, "ReadSecondFactors", &session, json!({})).await;
+    assert_eq!(factors["totp"], false, "{factors}");
+    assert_eq!(factors["totp_pending"], true, "{factors}");
+    let (status, _) = app
+        .call("Login", json!({"username": "alice", "password": PASSWORD}))
+        .await;
+    assert_eq!(status, 200, "not on until confirmed");
+
+    // A wrong first code confirms nothing.
+    let wrong = format!(
+        "{:06}",
+        (totp::code(secret, app.clock_now()).parse::<u32>().unwrap() + 1) % 1_000_000
+    );
+    let answer = micro(&app, "ConfirmTotp", &session, json!({"code": wrong})).await;
+    assert_error(&answer, "ConfirmTotp", 401, "code is incorrect");
+    let answer = micro(&app, "ConfirmTotp", &session, json!({"code": "12345"})).await;
+    assert_error(&answer, "ConfirmTotp", 400, "6 digits");
+
+    // Confirmed: ten recovery codes, and every other session ends.
+    let code = totp::code(secret, app.clock_now());
+    let (status, confirmed) = micro(&app, "ConfirmTotp", &session, json!({"code": code})).await;
+    assert_eq!(status, 200, "{confirmed}");
+    let codes = confirmed["recovery_codes"].as_array().unwrap();
+    assert_eq!(codes.len(), 10);
+    assert!(codes
+        .iter()
+        .all(|c| c.as_str().unwrap().len() == 11 && c.as_str().unwrap().as_bytes()[5] == b'-'));
+    assert!(alive(&app, &session).await, "the enrolling session stays");
+    assert!(!alive(&app, &other).await, "the others end");
+    assert_eq!(app.count_rows("recovery_codes").await, 10);
+    let (_, factors) = micro(&app, "ReadSecondFactors", KEY, json!({"user_id": id})).await;
+    assert_eq!(factors["totp"], true, "{factors}");
+    assert_eq!(factors["recovery_codes_left"], "10", "{factors}");
+    let answer = micro(&app, "StartTotp", &session, json!({})).await;
+    assert_error(&answer, "StartTotp", 400, "on already");
+
+    // Now the password alone opens no session, on either route family.
+    let sessions_before = app.count_rows("sessions").await;
+    let challenge = first_step(&app, "alice").await;
+    let (status, m3o) = app
+        .m3o(
+            "Login",
+            json!({"email": "alice@example.com", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(status, 401, "{m3o}");
+    assert_eq!(m3o["id"], "user.Login");
+    assert!(m3o["challenge_id"].is_string());
+    assert_eq!(app.count_rows("sessions").await, sessions_before);
+    // A wrong password is still just a wrong password.
+    let answer = app
+        .call(
+            "Login",
+            json!({"username": "alice", "password": "wrong-password"}),
+        )
+        .await;
+    assert_error(&answer, "Login", 401, "incorrect");
+
+    // The M3O Login replaced the first challenge (one per user and first step).
+    app.clock.advance(30);
+    let code = totp::code(secret, app.clock_now());
+    let answer = app
+        .call("LoginMfa", json!({"challenge_id": challenge, "code": code}))
+        .await;
+    assert_error(&answer, "LoginMfa", 401, "challenge not found");
+    let challenge = m3o["challenge_id"].as_str().unwrap();
+    let (status, body) = app
+        .m3o("LoginMfa", json!({"challengeId": challenge, "code": code}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["session"]["userId"], id.as_str());
+    let new_session = body["session"]["id"].as_str().unwrap();
+    assert!(alive(&app, new_session).await);
+    // The challenge is used up.
+    app.clock.advance(30);
+    let code = totp::code(secret, app.clock_now());
+    let answer = app
+        .call("LoginMfa", json!({"challenge_id": challenge, "code": code}))
+        .await;
+    assert_error(&answer, "LoginMfa", 401, "challenge not found");
+
+    // A challenge lives five minutes.
+    let challenge = first_step(&app, "alice").await;
+    app.clock.advance(301);
+    let code = totp::code(secret, app.clock_now());
+    let answer = app
+        .call("LoginMfa", json!({"challenge_id": challenge, "code": code}))
+        .await;
+    assert_error(&answer, "LoginMfa", 401, "challenge not found");
+}
+
+async fn each_code_and_recovery_code_is_accepted_once(app: TestApp) {
+    let (id, session) = user_with_session(&app, "bob").await;
+    let (secret, codes) = enrol(&app, &session).await;
+
+    // The code that confirmed enrolment was used: it opens nothing.
+    let challenge = first_step(&app, "bob").await;
+    let code = totp::code(&secret, app.clock_now());
+    let answer = app
+        .call("LoginMfa", json!({"challenge_id": challenge, "code": code}))
+        .await;
+    assert_error(&answer, "LoginMfa", 401, "used already");
+
+    // The previous step's code is still accepted (one step either side), once; then
+    // neither it nor an older one is.
+    app.clock.advance(60);
+    let previous = totp::code(&secret, app.clock_now() - 30);
+    let (status, body) = app
+        .call(
+            "LoginMfa",
+            json!({"challenge_id": challenge, "code": previous}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let challenge = first_step(&app, "bob").await;
+    let answer = app
+        .call(
+            "LoginMfa",
+            json!({"challenge_id": challenge, "code": previous}),
+        )
+        .await;
+    assert_error(&answer, "LoginMfa", 401, "used already");
+    let two_back = totp::code(&secret, app.clock_now() - 60);
+    let answer = app
+        .call(
+            "LoginMfa",
+            json!({"challenge_id": challenge, "code": two_back}),
+        )
+        .await;
+    assert_error(&answer, "LoginMfa", 401, "incorrect");
+
+    // A recovery code opens a session once, typed in any case and without its dash.
+    let typed = codes[3].to_lowercase().replace('-', " ");
+    let (status, body) = app
+        .call(
+            "LoginMfa",
+            json!({"challenge_id": challenge, "recovery_code": typed}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let new_session = body["session"]["id"].as_str().unwrap();
+    let (_, listed) = micro(&app, "ListSessions", new_session, json!({"user_id": id})).await;
+    let by_recovery = listed["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["second_factor"] == "recovery_code")
+        .count();
+    assert_eq!(by_recovery, 1, "{listed}");
+    let challenge = first_step(&app, "bob").await;
+    let answer = app
+        .call(
+            "LoginMfa",
+            json!({"challenge_id": challenge, "recovery_code": codes[3]}),
+        )
+        .await;
+    assert_error(&answer, "LoginMfa", 401, "incorrect");
+    let (_, factors) = micro(&app, "ReadSecondFactors", &session, json!({})).await;
+    assert_eq!(factors["recovery_codes_left"], "9", "{factors}");
+
+    // Both, or neither, is a 400.
+    let answer = app
+        .call("LoginMfa", json!({"challenge_id": challenge}))
+        .await;
+    assert_error(&answer, "LoginMfa", 400, "code is required");
+    let answer = app
+        .call(
+            "LoginMfa",
+            json!({"challenge_id": challenge, "code": "123456", "recovery_code": codes[0]}),
+        )
+        .await;
+    assert_error(&answer, "LoginMfa", 400, "cannot both");
+}
+
+async fn wrong_codes_count_toward_the_sign_in_lockout(app: TestApp) {
+    let (_, session) = user_with_session(&app, "carol").await;
+    let (secret, _) = enrol(&app, &session).await;
+    app.clock.advance(30);
+    let challenge = first_step(&app, "carol").await;
+    let right = totp::code(&secret, app.clock_now());
+    let wrong = format!(
+        "{:06}",
+        (right.parse::<u32>().unwrap() + 500_000) % 1_000_000
+    );
+    // The default limit: five failures in the window.
+    for _ in 0..5 {
+        let answer = app
+            .call(
+                "LoginMfa",
+                json!({"challenge_id": challenge, "code": wrong}),
+            )
+            .await;
+        assert_error(&answer, "LoginMfa", 401, "incorrect");
+    }
+    let (status, headers, body) = app
+        .send(
+            "LoginMfa",
+            json!({"challenge_id": challenge, "code": right}),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(headers.contains_key("retry-after"));
+    // The lockout also holds for turning TOTP off with the password.
+    let answer = micro(&app, "DisableTotp", &session, json!({"password": PASSWORD})).await;
+    assert_eq!(answer.0, StatusCode::TOO_MANY_REQUESTS, "{}", answer.1);
+    // Once it is over, the right code works.
+    app.clock.advance(61);
+    let right = totp::code(&secret, app.clock_now());
+    let (status, body) = app
+        .call(
+            "LoginMfa",
+            json!({"challenge_id": challenge, "code": right}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+async fn a_code_sent_at_once_to_two_replicas_opens_one_session(app: TestApp) {
+    let (id, session) = user_with_session(&app, "dave").await;
+    let (secret, _) = enrol(&app, &session).await;
+    let replica = app.replica(with_key).await;
+    app.clock.advance(30);
+    let challenge = first_step(&app, "dave").await;
+    let code = totp::code(&secret, app.clock_now());
+    let body = json!({"challenge_id": challenge, "code": code});
+    let sends = (0..20).map(|i| {
+        let url = if i % 2 == 0 {
+            app.url("/users/Users/LoginMfa")
+        } else {
+            replica.url("/users/Users/LoginMfa")
+        };
+        let client = app.client.clone();
+        let body = body.clone();
+        async move {
+            let response = client.post(url).json(&body).send().await.unwrap();
+            response.status()
+        }
+    });
+    let statuses = futures_join_all(sends).await;
+    let opened = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    assert_eq!(opened, 1, "{statuses:?}");
+    // The others: the code is used (401), or they were past the sign-in limit (429).
+    assert!(statuses.iter().all(|s| [
+        StatusCode::OK,
+        StatusCode::UNAUTHORIZED,
+        StatusCode::TOO_MANY_REQUESTS
+    ]
+    .contains(s)));
+    let (_, listed) = micro(&app, "ListSessions", KEY, json!({"user_id": id})).await;
+    assert_eq!(
+        listed["sessions"].as_array().unwrap().len(),
+        2,
+        "the enrolling session and one new one: {listed}"
+    );
+}
+
+/// Runs the futures at once (tokio tasks), in order of the answers' positions.
+async fn futures_join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for handle in handles {
+        out.push(handle.await.unwrap());
+    }
+    out
+}
+
+async fn totp_is_turned_off_with_a_code_or_the_password_or_by_the_admin(app: TestApp) {
+    let (id, session) = user_with_session(&app, "erin").await;
+    let (secret, codes) = enrol(&app, &session).await;
+
+    // With the password.
+    let answer = micro(
+        &app,
+        "DisableTotp",
+        &session,
+        json!({"password": "wrong-password"}),
+    )
+    .await;
+    assert_error(&answer, "DisableTotp", 401, "incorrect");
+    let answer = micro(&app, "DisableTotp", &session, json!({})).await;
+    assert_error(&answer, "DisableTotp", 400, "code is required");
+    let (status, body) = micro(&app, "DisableTotp", &session, json!({"password": PASSWORD})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(app.count_rows("recovery_codes").await, 0);
+    app.login("erin", PASSWORD).await;
+    let answer = micro(&app, "DisableTotp", &session, json!({"password": PASSWORD})).await;
+    assert_eq!(
+        answer.0, 200,
+        "turning off what is off is fine: {}",
+        answer.1
+    );
+
+    // With a current code.
+    let (secret2, _) = enrol(&app, &session).await;
+    assert_ne!(secret, secret2, "a new secret each time");
+    let used = totp::code(&secret2, app.clock_now());
+    let answer = micro(&app, "DisableTotp", &session, json!({"code": used})).await;
+    assert_error(&answer, "DisableTotp", 401, "incorrect");
+    app.clock.advance(30);
+    let code = totp::code(&secret2, app.clock_now());
+    let (status, body) = micro(&app, "DisableTotp", &session, json!({"code": code})).await;
+    assert_eq!(status, 200, "{body}");
+    app.login("erin", PASSWORD).await;
+    let _ = codes;
+
+    // By the admin, for a user who lost the device and the codes.
+    enrol(&app, &session).await;
+    first_step(&app, "erin").await;
+    let answer = micro(&app, "ResetSecondFactors", &session, json!({"user_id": id})).await;
+    assert_error(&answer, "ResetSecondFactors", 401, "admin key");
+    let (status, body) = micro(&app, "ResetSecondFactors", KEY, json!({"user_id": id})).await;
+    assert_eq!(status, 200, "{body}");
+    app.login("erin", PASSWORD).await;
+    let answer = micro(&app, "ResetSecondFactors", KEY, json!({"user_id": id})).await;
+    assert_error(&answer, "ResetSecondFactors", 404, "no second factor");
+    let answer = micro(
+        &app,
+        "ResetSecondFactors",
+        KEY,
+        json!({"user_id": "nobody"}),
+    )
+    .await;
+    assert_error(&answer, "ResetSecondFactors", 404, "user not found");
+}
+
+async fn only_the_users_own_session_enrols(app: TestApp) {
+    let (alice, session) = user_with_session(&app, "frank").await;
+    let (bob, _) = user_with_session(&app, "grace").await;
+    // The admin key sets up no one's authenticator.
+    let answer = micro(&app, "StartTotp", KEY, json!({})).await;
+    assert_error(&answer, "StartTotp", 403, "own live session");
+    // Nor does an unsigned call.
+    let answer = app.call("StartTotp", json!({})).await;
+    assert_error(&answer, "StartTotp", 401, "own live session");
+    // A session reads and turns off its own factors only.
+    let answer = micro(&app, "ReadSecondFactors", &session, json!({"user_id": bob})).await;
+    assert_error(&answer, "ReadSecondFactors", 403, "its own account");
+    let answer = micro(
+        &app,
+        "DisableTotp",
+        &session,
+        json!({"user_id": bob, "password": PASSWORD}),
+    )
+    .await;
+    assert_error(&answer, "DisableTotp", 403, "its own account");
+    let (status, _) = micro(
+        &app,
+        "ReadSecondFactors",
+        &session,
+        json!({"user_id": alice}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // ConfirmTotp with nothing started.
+    let answer = micro(&app, "ConfirmTotp", &session, json!({"code": "123456"})).await;
+    assert_error(&answer, "ConfirmTotp", 400, "StartTotp first");
+}
+
+async fn sessions_record_how_they_were_signed_in(app: TestApp) {
+    let (id, session) = user_with_session(&app, "heidi").await;
+    let (_, listed) = micro(&app, "ListSessions", &session, json!({})).await;
+    let item = &listed["sessions"][0];
+    assert_eq!(item["method"], "password", "{listed}");
+    assert!(item.get("second_factor").is_none(), "{listed}");
+    let (secret, _) = enrol(&app, &session).await;
+    app.clock.advance(30);
+    let challenge = first_step(&app, "heidi").await;
+    let code = totp::code(&secret, app.clock_now());
+    let (status, _) = app
+        .call("LoginMfa", json!({"challenge_id": challenge, "code": code}))
+        .await;
+    assert_eq!(status, 200);
+    let (_, listed) = micro(&app, "ListSessions", KEY, json!({"user_id": id})).await;
+    let kinds: Vec<(&str, Option<&str>)> = listed["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["method"].as_str().unwrap(), s["second_factor"].as_str()))
+        .collect();
+    assert_eq!(kinds.len(), 2, "{listed}");
+    assert!(kinds.contains(&("password", None)), "{listed}");
+    assert!(kinds.contains(&("password", Some("totp"))), "{listed}");
+}
+
+async fn logout_all_may_keep_the_current_session(app: TestApp) {
+    let (id, session) = user_with_session(&app, "ivan").await;
+    let other = app.login("ivan", PASSWORD).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let answer = micro(
+        &app,
+        "LogoutAll",
+        KEY,
+        json!({"user_id": id, "keep_current": true}),
+    )
+    .await;
+    assert_error(&answer, "LogoutAll", 400, "keep_current");
+    let (status, body) = micro(&app, "LogoutAll", &session, json!({"keepCurrent": true})).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(alive(&app, &session).await);
+    assert!(!alive(&app, &other).await);
+    let (status, _) = micro(&app, "LogoutAll", &session, json!({})).await;
+    assert_eq!(status, 200);
+    assert!(!alive(&app, &session).await);
+}
+
+async fn an_unused_session_ends_after_the_idle_timeout(app: TestApp) {
+    let (id, session) = user_with_session(&app, "judy").await;
+    let idle = app.login("judy", PASSWORD).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Used every 5 minutes (ReadSession counts as use), the first lives on; the
+    // second, unused for 10 minutes, ends.
+    for _ in 0..4 {
+        app.clock.advance(299);
+        assert!(alive(&app, &session).await);
+    }
+    assert!(!alive(&app, &idle).await);
+    let (_, listed) = micro(&app, "ListSessions", KEY, json!({"user_id": id})).await;
+    assert_eq!(listed["sessions"].as_array().unwrap().len(), 1, "{listed}");
+    let last_seen: i64 = listed["sessions"][0]["last_seen"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(last_seen, app.clock_now());
+    // The sweeper deletes it.
+    let before = app.count_rows("sessions").await;
+    app.users.sweep().await.unwrap();
+    assert_eq!(app.count_rows("sessions").await, before - 1);
+    // Use never reaches beyond the absolute lifetime (seven days).
+    let created = app.clock_now() - 4 * 299;
+    let mut uses = 0;
+    while alive(&app, &session).await {
+        app.clock.advance(599);
+        uses += 1;
+        assert!(uses < 2000, "the session outlived its lifetime");
+    }
+    let lived = app.clock_now() - created;
+    assert!((604_800..604_800 + 599).contains(&lived), "{lived}");
+}
