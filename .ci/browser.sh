@@ -11,7 +11,8 @@
 # BINARY is a built users-service (CI passes target/debug/users-service); this script
 # builds nothing. It installs what is missing, quickly when it is all there: the
 # `chromium` package (apt-get, as root), a Python virtualenv in the cache with the
-# pinned Playwright, pytest, pytest-timeout and aiosmtpd, and axe-core as pinned in
+# pinned Playwright, pytest, pytest-timeout, aiosmtpd and pyotp (the authenticator app of
+# the two-factor tests), and axe-core as pinned in
 # tests/browser/package-lock.json (npm ci). Everything listens on 127.0.0.1. Each test
 # is cut off after 120 seconds, each install and the whole run after their own limits.
 set -euo pipefail
@@ -20,6 +21,7 @@ PLAYWRIGHT_VERSION=1.65.2
 PYTEST_VERSION=9.2.0
 PYTEST_TIMEOUT_VERSION=2.4.0
 AIOSMTPD_VERSION=1.4.6
+PYOTP_VERSION=2.12.0
 
 if [ $# -lt 1 ]; then
   echo "usage: $0 BINARY [PYTEST ARGS...]" >&2
@@ -60,7 +62,7 @@ echo "== browser: $(chromium --version 2>/dev/null || echo 'chromium: no version
 
 # ---- Playwright, pytest and aiosmtpd, in a virtualenv of their own ----------------------
 venv="${XDG_CACHE_HOME:-$HOME/.cache}/users-service-ci/browser-venv"
-wanted="playwright==$PLAYWRIGHT_VERSION pytest==$PYTEST_VERSION pytest-timeout==$PYTEST_TIMEOUT_VERSION aiosmtpd==$AIOSMTPD_VERSION"
+wanted="playwright==$PLAYWRIGHT_VERSION pytest==$PYTEST_VERSION pytest-timeout==$PYTEST_TIMEOUT_VERSION aiosmtpd==$AIOSMTPD_VERSION pyotp==$PYOTP_VERSION"
 installed=$("$venv/bin/python" -m pip freeze --disable-pip-version-check 2>/dev/null || true)
 missing=0
 for requirement in $wanted; do
@@ -106,7 +108,7 @@ if [ "$status" -ne 0 ]; then
   if [ "$status" -eq 124 ]; then
     echo "browser: the suite did not finish within 900 seconds" >&2
   fi
-  for log in "$work"/*/server.log; do
+  for log in "$work"/*/*.log; do
     [ -f "$log" ] || continue
     echo "---- server log ($log)" >&2
     tail -n 60 "$log" >&2

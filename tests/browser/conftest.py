@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -283,24 +284,24 @@ def smtp():
     sink.controller.stop()
 
 
-@pytest.fixture(scope="session")
-def service(work_dir: Path, smtp: SmtpSink):
+def _start_service(work_dir: Path, smtp: SmtpSink, database_url: str, name: str):
+    """Starts the binary on `database_url`; yields its Service, and stops it."""
     binary = os.environ.get("USERS_BIN")
     if not binary or not os.access(binary, os.X_OK):
         pytest.exit("USERS_BIN must name the built users-service (run .ci/browser.sh BIN)", 2)
-    pages_dir = work_dir / "pages"
+    pages_dir = work_dir / f"pages-{name}"
     pages_dir.mkdir()
     pages, foreign = Origin(pages_dir), Origin(pages_dir)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     key = "browser-" + os.urandom(16).hex()
-    log = work_dir / "server.log"
+    log = work_dir / f"{name}.log"
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": os.environ.get("HOME", "/"),
         "RUST_LOG": os.environ.get("BROWSER_RUST_LOG", "info"),
         "USERS_LISTEN": f"127.0.0.1:{port}",
-        "DATABASE_URL": f"sqlite://{work_dir}/users.db",
+        "DATABASE_URL": database_url,
         _admin_key_variable(binary): key,
         "USERS_OPEN_SIGNUP": "true",
         "USERS_CORS_ORIGINS": pages.url,
@@ -341,6 +342,35 @@ def service(work_dir: Path, smtp: SmtpSink):
             process.wait()
         pages.close()
         foreign.close()
+
+
+@pytest.fixture(scope="session")
+def service(work_dir: Path, smtp: SmtpSink):
+    """The service on a fresh SQLite file."""
+    yield from _start_service(work_dir, smtp, f"sqlite://{work_dir}/users.db", "server")
+
+
+@pytest.fixture(scope="session")
+def postgres_service(work_dir: Path, smtp: SmtpSink):
+    """The service on a fresh PostgreSQL database of TEST_DATABASE_URL's server (made
+    with `createdb`, dropped afterwards); skipped, and said so, without one."""
+    admin_url = os.environ.get("TEST_DATABASE_URL")
+    if not admin_url:
+        pytest.skip("TEST_DATABASE_URL is not set: no PostgreSQL server to test against")
+    name = f"users_browser_{os.getpid()}_{os.urandom(4).hex()}"
+    parts = urllib.parse.urlsplit(admin_url)
+    server = parts._replace(path="/postgres").geturl()
+    subprocess.run(["psql", server, "-qc", f"CREATE DATABASE {name}"], check=True, timeout=60)
+    try:
+        yield from _start_service(work_dir, smtp, parts._replace(path=f"/{name}").geturl(), "postgres")
+    finally:
+        subprocess.run(["psql", server, "-qc", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], timeout=60)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_service(request):
+    """Each store's service in turn."""
+    return request.getfixturevalue("service" if request.param == "sqlite" else "postgres_service")
 
 
 # ---- The browser ------------------------------------------------------------------------

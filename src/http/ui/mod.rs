@@ -26,11 +26,11 @@ use super::access::Caller;
 use super::cookie::{clear_session, session_cookie, set_session};
 use super::error::{status_of, WireError};
 use super::AppState;
-use crate::core::users::Requester;
+use crate::core::users::{DisableProof, Requester};
 use crate::domain::{
     reset_expiration, sha256_hex, AccountChanges, AccountKey, Email, LoginName, MagicLinkTarget,
-    MailText, NewAccount, Password, PasswordChange, PasswordReset, RedirectUrl, SecretToken,
-    Session, SessionHandle, UserId,
+    MailText, NewAccount, Password, PasswordChange, PasswordReset, RedirectUrl, SecondStep,
+    SecretToken, Session, SessionHandle, TotpCode, UserId,
 };
 use crate::error::Error;
 use pages::{Notice, Page};
@@ -69,6 +69,7 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/session", get(session_json))
         .route("/ui/signout", post(sign_out))
         .route("/ui/signin", get(sign_in_page).post(sign_in))
+        .route("/ui/signin/code", post(sign_in_code))
         .route("/ui/signup", get(sign_up_page).post(sign_up))
         .route("/ui/forgot", get(forgot_page).post(forgot))
         .route("/ui/reset", get(reset_page).post(reset))
@@ -78,6 +79,9 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/account", get(account_page))
         .route("/ui/account/profile", post(update_profile))
         .route("/ui/account/password", post(change_password))
+        .route("/ui/account/totp/start", post(totp_start))
+        .route("/ui/account/totp/confirm", post(totp_confirm))
+        .route("/ui/account/totp/disable", post(totp_disable))
         .route("/ui/sessions", get(sessions_page))
         .route("/ui/sessions/revoke", post(revoke_session))
         .route("/ui/sessions/revoke-all", post(revoke_all));
@@ -392,6 +396,61 @@ async fn sign_in(
             let to = return_address(&state, form.return_to.as_deref());
             signed_in(&state, &session, &to)
         }
+        Err(err) => second_step_or(&state, page, err, form.return_to.as_deref()),
+    }
+}
+
+/// The page of the second step when the first one asked for it; else `page` with the
+/// error.
+fn second_step_or(state: &AppState, page: Page, err: Error, return_to: Option<&str>) -> Response {
+    match err {
+        Error::SecondFactorRequired { challenge, .. } => {
+            Page::second_step(challenge.expose(), return_to)
+                .render(&state.ui)
+                .into_response()
+        }
+        err => with_error(state, page, &err),
+    }
+}
+
+#[derive(Deserialize)]
+struct CodeForm {
+    challenge_id: Option<String>,
+    code: Option<String>,
+    return_to: Option<String>,
+}
+
+/// The second step's form: a TOTP code (six digits) or a recovery code, in one field.
+async fn sign_in_code(
+    State(state): State<AppState>,
+    post: FormPost,
+    Form(form): Form<CodeForm>,
+) -> Response {
+    let challenge = form.challenge_id.clone().unwrap_or_default();
+    let page = Page::second_step(&challenge, form.return_to.as_deref());
+    let attempt = async {
+        let challenge = SecretToken::parse("challenge_id", form.challenge_id)?;
+        let code = form.code.unwrap_or_default();
+        let digits = code.chars().filter(|c| !c.is_whitespace()).count()
+            == crate::domain::TOTP_DIGITS
+            && code
+                .chars()
+                .all(|c| c.is_ascii_digit() || c.is_whitespace());
+        let step = if digits {
+            SecondStep::Totp(TotpCode::parse("code", Some(code))?)
+        } else {
+            SecondStep::parse(None, Some(code))?
+        };
+        state
+            .users
+            .login_mfa(challenge, step, &post.requester)
+            .await
+    };
+    match attempt.await {
+        Ok(session) => {
+            let to = return_address(&state, form.return_to.as_deref());
+            signed_in(&state, &session, &to)
+        }
         Err(err) => with_error(&state, page, &err),
     }
 }
@@ -604,7 +663,7 @@ async fn magic_sign_in(
         Ok(crate::core::users::TokenCheck::Invalid(why)) => {
             with_error(&state, page, &Error::invalid("link", why))
         }
-        Err(err) => with_error(&state, page, &err),
+        Err(err) => second_step_or(&state, page, err, None),
     }
 }
 
@@ -650,17 +709,21 @@ async fn account_page(
         Ok(session) => session,
         Err(response) => return response,
     };
-    let read = async {
-        let id = account_of(&session)?;
-        state.users.read(&AccountKey::Id(id)).await
-    };
-    match read.await {
-        Ok(user) => Page::account(&user)
+    match account(&state, &session).await {
+        Ok(page) => page
             .notice(Notice::from_query(q.notice.as_deref()))
             .render(&state.ui)
             .into_response(),
         Err(err) => error_page(&state, &err),
     }
+}
+
+/// The account page of the browser's user.
+async fn account(state: &AppState, session: &Session) -> Result<Page, Error> {
+    let id = account_of(session)?;
+    let factors = state.users.second_factors(&id).await?;
+    let user = state.users.read(&AccountKey::Id(id)).await?;
+    Ok(Page::account(&user, &factors))
 }
 
 #[derive(Deserialize)]
@@ -671,11 +734,8 @@ struct ProfileForm {
 
 /// The account page again, for a form on it that failed.
 async fn account_with_error(state: &AppState, session: &Session, err: &Error) -> Response {
-    match account_of(session) {
-        Ok(id) => match state.users.read(&AccountKey::Id(id)).await {
-            Ok(user) => with_error(state, Page::account(&user), err),
-            Err(other) => error_page(state, &other),
-        },
+    match account(state, session).await {
+        Ok(page) => with_error(state, page, err),
         Err(other) => error_page(state, &other),
     }
 }
@@ -741,7 +801,83 @@ async fn change_password(
     };
     match changed.await {
         Ok(new_session) => signed_in(&state, &new_session, "/ui/account?notice=password-changed"),
+        // The password is changed; with two-factor sign-in, this browser signs in again
+        // with a code.
+        Err(err @ Error::SecondFactorRequired { .. }) => {
+            let mut response = second_step_or(&state, Page::plain("Enter your code"), err, None);
+            response
+                .headers_mut()
+                .insert(header::SET_COOKIE, clear_session(state.ui.secure_cookies));
+            response
+        }
         Err(err) => account_with_error(&state, &session, &err).await,
+    }
+}
+
+async fn totp_start(State(state): State<AppState>, post: FormPost) -> Response {
+    let Some(session) = &post.session else {
+        return see_other("/ui/signin");
+    };
+    match state.users.start_totp(&post.requester).await {
+        Ok(enrolment) => Page::totp_enrol(&enrolment.secret, &enrolment.qr_svg)
+            .render(&state.ui)
+            .into_response(),
+        Err(err) => account_with_error(&state, session, &err).await,
+    }
+}
+
+#[derive(Deserialize)]
+struct TotpForm {
+    code: Option<String>,
+}
+
+async fn totp_confirm(
+    State(state): State<AppState>,
+    post: FormPost,
+    Form(form): Form<TotpForm>,
+) -> Response {
+    let Some(session) = &post.session else {
+        return see_other("/ui/signin");
+    };
+    let confirmed = async {
+        let code = TotpCode::parse("code", form.code)?;
+        state.users.confirm_totp(code, &post.requester).await
+    };
+    match confirmed.await {
+        Ok(codes) => {
+            let shown: Vec<String> = codes.iter().map(|c| c.display()).collect();
+            Page::recovery_codes(&shown)
+                .render(&state.ui)
+                .into_response()
+        }
+        Err(err) => account_with_error(&state, session, &err).await,
+    }
+}
+
+#[derive(Deserialize)]
+struct TotpOffForm {
+    totp_password: Option<String>,
+}
+
+async fn totp_disable(
+    State(state): State<AppState>,
+    post: FormPost,
+    Form(form): Form<TotpOffForm>,
+) -> Response {
+    let Some(session) = &post.session else {
+        return see_other("/ui/signin");
+    };
+    let disabled = async {
+        let id = account_of(session)?;
+        let password = Password::candidate("password", form.totp_password)?;
+        state
+            .users
+            .disable_totp(&id, DisableProof::Password(password), &post.requester)
+            .await
+    };
+    match disabled.await {
+        Ok(()) => see_other("/ui/account?notice=totp-off"),
+        Err(err) => account_with_error(&state, session, &err).await,
     }
 }
 

@@ -2,9 +2,10 @@
 //! from another host, and none needs JavaScript.
 
 use axum::response::Html;
-use maud::{html, Markup, DOCTYPE};
+use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use super::UiSettings;
+use crate::core::users::SecondFactors;
 use crate::domain::{SessionHandle, User};
 use crate::store::SessionDetails;
 
@@ -21,6 +22,8 @@ pub enum Notice {
     CodeSent,
     MagicLinkSent,
     SessionEnded,
+    TotpOn,
+    TotpOff,
 }
 
 impl Notice {
@@ -34,6 +37,8 @@ impl Notice {
             "signed-out-everywhere" => Self::SignedOutEverywhere,
             "code-sent" => Self::CodeSent,
             "session-ended" => Self::SessionEnded,
+            "totp-on" => Self::TotpOn,
+            "totp-off" => Self::TotpOff,
             _ => return None,
         })
     }
@@ -53,6 +58,8 @@ impl Notice {
                 "If an account has this address, we sent it a link. Open it in this browser."
             }
             Self::SessionEnded => "That session is signed out.",
+            Self::TotpOn => "Two-factor sign-in is on. Every other browser and app was signed out.",
+            Self::TotpOff => "Two-factor sign-in is off.",
         }
     }
 }
@@ -247,7 +254,72 @@ impl Page {
         }
     }
 
-    pub fn account(user: &User) -> Self {
+    /// The second step of a sign-in: a code for the challenge the first step got.
+    pub fn second_step(challenge: &str, return_to: Option<&str>) -> Self {
+        Self::new(
+            "Enter your code",
+            html! {
+                p { "Your account has two-factor sign-in. Enter the 6-digit code your authenticator app shows, or one of your recovery codes." }
+                form method="post" action="/ui/signin/code" {
+                    input type="hidden" name="challenge_id" value=(challenge);
+                    @if let Some(to) = return_to {
+                        input type="hidden" name="return_to" value=(to);
+                    }
+                    div.field {
+                        label for="code" { "Code" }
+                        input id="code" name="code" type="text" autocomplete="one-time-code"
+                            inputmode="text" autocapitalize="characters" spellcheck="false" required;
+                    }
+                    button type="submit" { "Continue" }
+                }
+                p { a href="/ui/signin" { "Start again" } }
+            },
+        )
+    }
+
+    /// Turning TOTP on: the QR code (an SVG this service drew), the secret as text, and
+    /// the first code to confirm it.
+    pub fn totp_enrol(secret: &str, qr_svg: &str) -> Self {
+        // The SVG document without its XML declaration, inline (the pages load no images
+        // from elsewhere, data: addresses included).
+        let svg = qr_svg.find("<svg").map_or("", |start| &qr_svg[start..]);
+        Self::new(
+            "Turn on two-factor sign-in",
+            html! {
+                ol {
+                    li { "Scan this code with an authenticator app (or type the key below into it)." }
+                    li { "Enter the 6-digit code the app shows." }
+                }
+                figure.qr {
+                    div role="img" aria-label="QR code of the key for your authenticator app" {
+                        (PreEscaped(svg))
+                    }
+                    figcaption { "Key: " code #totp-secret { (secret) } }
+                }
+                form method="post" action="/ui/account/totp/confirm" {
+                    (field("code", "Code from the app", "text", "one-time-code", None, true))
+                    button type="submit" { "Turn on" }
+                }
+                p { a href="/ui/account" { "Cancel" } }
+            },
+        )
+    }
+
+    /// The recovery codes, shown once.
+    pub fn recovery_codes(codes: &[String]) -> Self {
+        Self::new(
+            "Save your recovery codes",
+            html! {
+                p { "Two-factor sign-in is on. If you lose your authenticator app, each of these codes signs you in once. Keep them somewhere safe: they are not shown again." }
+                ul.codes #recovery-codes {
+                    @for code in codes { li { code { (code) } } }
+                }
+                p { a href="/ui/account?notice=totp-on" { "Done" } }
+            },
+        )
+    }
+
+    pub fn account(user: &User, factors: &SecondFactors) -> Self {
         Self::new(
             "Your account",
             html! {
@@ -270,6 +342,24 @@ impl Page {
                         (field("new_password", "New password", "password", "new-password", None, true))
                         (field("confirm_password", "Confirm new password", "password", "new-password", None, true))
                         button type="submit" { "Change password" }
+                    }
+                }
+                section aria-labelledby="two-factor" {
+                    h2 #two-factor { "Two-factor sign-in" }
+                    @if factors.totp_since.is_some() {
+                        p #totp-status {
+                            "On: signing in asks for a code from your authenticator app. "
+                            (factors.recovery_codes_left) " recovery codes left."
+                        }
+                        form method="post" action="/ui/account/totp/disable" {
+                            (field("totp_password", "Your password, to turn it off", "password", "current-password", None, true))
+                            button type="submit" { "Turn off" }
+                        }
+                    } @else {
+                        p #totp-status { "Off: signing in asks for your password only." }
+                        form method="post" action="/ui/account/totp/start" {
+                            button type="submit" { "Turn on" }
+                        }
                     }
                 }
                 nav aria-label="Account" {
