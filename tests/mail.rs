@@ -75,6 +75,7 @@ mail_tests! {
     reset_codes_expire(false, super::defaults);
     magic_link_signs_in_once(false, super::defaults);
     magic_links_expire(false, super::defaults);
+    a_magic_link_asks_an_enrolled_user_for_the_second_step(false, super::defaults);
     concurrent_uses_of_one_token_succeed_once(false, super::defaults);
     unknown_addresses_get_no_mail_and_the_same_answer(false, super::defaults);
     a_message_that_keeps_failing_is_given_up_and_its_link_withdrawn(true, |c| c.mail.mail_max_attempts = 2);
@@ -422,6 +423,54 @@ async fn magic_link_signs_in_once(app: TestApp, sink: SmtpSink) {
         again,
         json!({"is_valid": false, "message": "token not found"})
     );
+}
+
+async fn a_magic_link_asks_an_enrolled_user_for_the_second_step(app: TestApp, sink: SmtpSink) {
+    let account = create(&app, "mira").await;
+    let session = app.login("mira", PASSWORD).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bearer = format!("Bearer {session}");
+    let (_, _, started) = app
+        .send("StartTotp", json!({}), &[("authorization", &bearer)])
+        .await;
+    let secret = started["secret"].as_str().unwrap().to_string();
+    let code = common::totp::code(&secret, app.clock_now());
+    let (status, _, _) = app
+        .send("ConfirmTotp", json!({"code": code}), &[("authorization", &bearer)])
+        .await;
+    assert_eq!(status, 200);
+
+    // The link proves the address, not the second factor: it answers a challenge.
+    let token = magic_token(&app, &sink, "mira@example.com").await;
+    let (status, answer) = app.m3o("VerifyToken", json!({"token": token})).await;
+    assert_eq!(status, 401, "{answer}");
+    assert_eq!(answer["id"], "user.VerifyToken");
+    assert!(answer["detail"].as_str().unwrap().starts_with("mfa_required"));
+    let challenge = answer["challenge_id"].as_str().unwrap().to_string();
+    // The link is used up.
+    let (status, again) = app.m3o("VerifyToken", json!({"token": token})).await;
+    assert_eq!(status, 200);
+    assert_eq!(again["is_valid"], false, "{again}");
+
+    app.clock.advance(30);
+    let code = common::totp::code(&secret, app.clock_now());
+    let (status, body) = app
+        .m3o("LoginMfa", json!({"challenge_id": challenge, "code": code}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["session"]["userId"], account["id"]);
+    let (_, _, listed) = app
+        .send("ListSessions", json!({}), &[("authorization", &bearer)])
+        .await;
+    let by_link = listed["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["method"] == "magic_link" && s["second_factor"] == "totp")
+        .count();
+    assert_eq!(by_link, 1, "{listed}");
 }
 
 async fn magic_links_expire(app: TestApp, sink: SmtpSink) {
