@@ -660,6 +660,15 @@ impl ServeConfig {
             session_ttl: self.session_ttl,
             session_idle_timeout: self.session_idle_timeout,
             totp_issuer: self.ui.ui_title.clone(),
+            passkeys: crate::core::users::PasskeySettings {
+                name: self.ui.ui_title.clone(),
+                origins: self
+                    .cors_origins
+                    .iter()
+                    .map(|o| o.trim().to_string())
+                    .filter(|o| !o.is_empty() && o != "*")
+                    .collect(),
+            },
             password_policy: PasswordPolicy::new(self.passwords.password_min_length)?,
             limits: LimitConfig {
                 login_max_failures: limits.login_max_failures,

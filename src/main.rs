@@ -96,6 +96,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     sessions = summary.sessions,
                     deleted_users = summary.deleted_users,
                     second_factors = summary.second_factors,
+                    passkeys = summary.passkeys,
                     "export done"
                 );
             }
@@ -114,6 +115,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     sessions = summary.sessions,
                     deleted_users = summary.deleted_users,
                     second_factors = summary.second_factors,
+                    passkeys = summary.passkeys,
                     skipped = summary.skipped,
                     "import done"
                 );

@@ -438,7 +438,11 @@ async fn a_magic_link_asks_an_enrolled_user_for_the_second_step(app: TestApp, si
     let secret = started["secret"].as_str().unwrap().to_string();
     let code = common::totp::code(&secret, app.clock_now());
     let (status, _, _) = app
-        .send("ConfirmTotp", json!({"code": code}), &[("authorization", &bearer)])
+        .send(
+            "ConfirmTotp",
+            json!({"code": code}),
+            &[("authorization", &bearer)],
+        )
         .await;
     assert_eq!(status, 200);
 
@@ -447,7 +451,10 @@ async fn a_magic_link_asks_an_enrolled_user_for_the_second_step(app: TestApp, si
     let (status, answer) = app.m3o("VerifyToken", json!({"token": token})).await;
     assert_eq!(status, 401, "{answer}");
     assert_eq!(answer["id"], "user.VerifyToken");
-    assert!(answer["detail"].as_str().unwrap().starts_with("mfa_required"));
+    assert!(answer["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with("mfa_required"));
     let challenge = answer["challenge_id"].as_str().unwrap().to_string();
     // The link is used up.
     let (status, again) = app.m3o("VerifyToken", json!({"token": token})).await;

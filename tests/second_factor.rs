@@ -30,6 +30,21 @@ on_both_stores!(
     logout_all_may_keep_the_current_session,
 );
 
+mod passkeys {
+    use super::*;
+
+    /// Passkeys need a domain name for the relying party.
+    fn on_localhost(config: &mut ServeConfig) {
+        with_key(config);
+        config.mail.public_url = Some("http://localhost:8080".to_string());
+    }
+
+    on_both_stores!(
+        config = crate::passkeys::on_localhost,
+        the_passkey_methods_check_their_callers_and_input,
+    );
+}
+
 mod idle {
     use super::*;
 
@@ -556,6 +571,114 @@ async fn logout_all_may_keep_the_current_session(app: TestApp) {
     let (status, _) = micro(&app, "LogoutAll", &session, json!({})).await;
     assert_eq!(status, 200);
     assert!(!alive(&app, &session).await);
+}
+
+/// What can be checked without a browser (the ceremonies themselves run in headless
+/// Chromium, tests/browser/test_passkeys.py): who may start them, the options they
+/// answer, and what a bad credential or an unknown passkey gets.
+async fn the_passkey_methods_check_their_callers_and_input(app: TestApp) {
+    let (id, session) = user_with_session(&app, "kim").await;
+    let answer = micro(&app, "StartPasskeyRegistration", KEY, json!({})).await;
+    assert_error(&answer, "StartPasskeyRegistration", 403, "own live session");
+    let (status, start) = micro(&app, "StartPasskeyRegistration", &session, json!({})).await;
+    assert_eq!(status, 200, "{start}");
+    let options = &start["options"]["publicKey"];
+    assert_eq!(options["rp"]["id"], "localhost", "{start}");
+    assert_eq!(options["user"]["name"], "kim@example.com", "{start}");
+    assert_eq!(
+        options["authenticatorSelection"]["userVerification"], "required",
+        "{start}"
+    );
+    let challenge = start["challenge_id"].as_str().unwrap();
+    assert_eq!(challenge.len(), 43);
+    assert_ne!(
+        options["challenge"], challenge,
+        "the WebAuthn challenge is not the id"
+    );
+
+    // A credential that is not one: 400, and the ceremony is still there to finish.
+    let answer = micro(
+        &app,
+        "FinishPasskeyRegistration",
+        &session,
+        json!({"challenge_id": challenge, "credential": {"id": "x"}}),
+    )
+    .await;
+    assert_error(&answer, "FinishPasskeyRegistration", 400, "credential");
+    let answer = micro(
+        &app,
+        "FinishPasskeyRegistration",
+        &session,
+        json!({"challenge_id": challenge}),
+    )
+    .await;
+    assert_error(
+        &answer,
+        "FinishPasskeyRegistration",
+        400,
+        "credential is required",
+    );
+    // Another user's session cannot finish it.
+    let (_, other) = user_with_session(&app, "lee").await;
+    let answer = micro(
+        &app,
+        "FinishPasskeyRegistration",
+        &other,
+        json!({"challenge_id": challenge, "credential": {"id": "x", "rawId": "eA", "type": "public-key", "response": {"attestationObject": "AA", "clientDataJSON": "AA"}}}),
+    )
+    .await;
+    assert_error(
+        &answer,
+        "FinishPasskeyRegistration",
+        401,
+        "challenge not found",
+    );
+
+    // No passkey yet: none listed, and a sign-in by name says so.
+    let (status, listed) = micro(&app, "ListPasskeys", &session, json!({})).await;
+    assert_eq!((status, listed), (StatusCode::OK, json!({"passkeys": []})));
+    let answer = app
+        .call("StartPasskeyLogin", json!({"username": "kim"}))
+        .await;
+    assert_error(&answer, "StartPasskeyLogin", 400, "no passkey");
+    let answer = app
+        .call("StartPasskeyLogin", json!({"username": "nobody"}))
+        .await;
+    assert_error(&answer, "StartPasskeyLogin", 400, "no passkey");
+    let answer = app
+        .call(
+            "FinishPasskeyLogin",
+            json!({"challenge_id": challenge, "credential": {"id": "x"}}),
+        )
+        .await;
+    assert_error(&answer, "FinishPasskeyLogin", 400, "credential");
+    let answer = micro(&app, "DeletePasskey", &session, json!({"passkey": "nope"})).await;
+    assert_error(&answer, "DeletePasskey", 404, "passkey not found");
+    let answer = micro(
+        &app,
+        "RenamePasskey",
+        &session,
+        json!({"passkey": "nope", "name": "x"}),
+    )
+    .await;
+    assert_error(&answer, "RenamePasskey", 404, "passkey not found");
+    let answer = micro(&app, "ListPasskeys", &other, json!({"user_id": id})).await;
+    assert_error(&answer, "ListPasskeys", 403, "its own account");
+}
+
+/// On an IP address (the default public address), passkeys are off and say why.
+#[tokio::test]
+async fn passkeys_are_off_without_a_domain_name() {
+    let app = TestApp::spawn_with(
+        common::Backend::Sqlite,
+        "second_factor::passkeys_off",
+        with_key,
+    )
+    .await
+    .unwrap();
+    let (_, session) = user_with_session(&app, "mo").await;
+    let answer = micro(&app, "StartPasskeyRegistration", &session, json!({})).await;
+    assert_error(&answer, "StartPasskeyRegistration", 400, "--public-url");
 }
 
 async fn an_unused_session_ends_after_the_idle_timeout(app: TestApp) {

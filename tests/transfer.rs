@@ -252,10 +252,14 @@ async fn export_from_sqlite_and_import_into_postgres_keeps_passwords_and_session
     let text = String::from_utf8(export.clone()).unwrap();
     assert_eq!(
         text.lines().count(),
-        1 + 3 + 3,
-        "header, users, sessions:\n{text}"
+        1 + 3 + 3 + 1,
+        "header, users, sessions, chen's second factors:\n{text}"
     );
     assert!(text.contains("$argon2id$"), "hashes travel as PHC strings");
+    assert!(
+        !text.contains(&recovery) && !text.contains(&recovery.replace('-', "")),
+        "recovery codes travel as digests"
+    );
     assert!(
         !text.contains("verify_email"),
         "one-time tokens are not exported"
@@ -273,7 +277,7 @@ async fn export_from_sqlite_and_import_into_postgres_keeps_passwords_and_session
     );
     assert!(ok, "{stderr}");
     assert!(
-        stderr.contains("users=3 sessions=3 deleted_users=0 second_factors=1 skipped=0"),
+        stderr.contains("users=3 sessions=3 deleted_users=0 second_factors=1 passkeys=0 skipped=0"),
         "{stderr}"
     );
 
@@ -303,7 +307,7 @@ async fn export_from_sqlite_and_import_into_postgres_keeps_passwords_and_session
     );
     assert!(ok, "{stderr}");
     assert!(
-        stderr.contains("users=0 sessions=0 deleted_users=0 second_factors=0 skipped=7"),
+        stderr.contains("users=0 sessions=0 deleted_users=0 second_factors=0 passkeys=0 skipped=7"),
         "{stderr}"
     );
 

@@ -14,6 +14,9 @@
 //! {"type":"second_factors","user_id":"...","totp_secret":"<base32>","totp_created":1700000000,"totp_confirmed":1700000030,"totp_last_step":56666667,"recovery_codes":["<sha256 hex>"]}
 //! ```
 //!
+//! `passkey` records carry a passkey: its credential as webauthn-rs keeps it (the public
+//! key, the counter), its name and use.
+//!
 //! `second_factors` records carry a user's TOTP secret in the clear (an authenticator
 //! app needs it, so the service keeps it as it is) and the digests of the unused
 //! recovery codes: an export is as sensitive as the database itself.
@@ -36,8 +39,8 @@ use crate::core::users::bounded_user_agent;
 use crate::domain::{Email, Profile, User, UserId, Username};
 use crate::domain::{SecondFactor, SignIn, SignInMethod, TokenDigest};
 use crate::store::{
-    Credentials, DeletedUser, Imported, Importer, StoreError, StoredFactors, StoredSession,
-    TotpRecord, TransferStore,
+    Credentials, DeletedUser, Imported, Importer, StoreError, StoredFactors, StoredPasskey,
+    StoredSession, TotpRecord, TransferStore,
 };
 
 const FORMAT: &str = "users-service";
@@ -92,6 +95,17 @@ enum Line {
         #[serde(default)]
         recovery_codes: Vec<String>,
     },
+    /// A passkey: the credential as webauthn-rs keeps it (its public key and counter).
+    Passkey {
+        credential_id: String,
+        user_id: String,
+        name: String,
+        passkey: serde_json::Value,
+        counter: i64,
+        created: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_used: Option<i64>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -142,6 +156,7 @@ pub struct Summary {
     pub deleted_users: u64,
     /// Users' second factors (a TOTP secret with its recovery codes).
     pub second_factors: u64,
+    pub passkeys: u64,
     /// Records an import skipped: existing ones under `--skip-existing`, and sessions
     /// that had expired.
     pub skipped: u64,
@@ -251,6 +266,29 @@ pub async fn export(
                 },
             )?;
             summary.second_factors += 1;
+        }
+    }
+    let mut after = None;
+    loop {
+        let page = store.passkeys_page(after.take(), PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.credential_id.clone());
+        for key in page {
+            let passkey = serde_json::from_str(&key.passkey)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            write_line(
+                out,
+                &Line::Passkey {
+                    credential_id: key.credential_id,
+                    user_id: key.user_id,
+                    name: key.name,
+                    passkey,
+                    counter: key.counter,
+                    created: key.created,
+                    last_used: key.last_used,
+                },
+            )?;
+            summary.passkeys += 1;
         }
     }
     out.flush()?;
@@ -397,6 +435,32 @@ async fn flush_factors(
     Ok(())
 }
 
+async fn flush_passkeys(
+    importer: &mut dyn Importer,
+    batch: &mut Batch<StoredPasskey>,
+    summary: &mut Summary,
+    report: &mut Report,
+) -> Result<(), TransferError> {
+    let outcomes = importer.passkeys(&batch.records).await?;
+    for ((line, record), outcome) in batch.lines.iter().zip(&batch.records).zip(outcomes) {
+        match outcome {
+            Imported::Inserted => summary.passkeys += 1,
+            Imported::Skipped => summary.skipped += 1,
+            Imported::Taken(_) => report.add(
+                *line,
+                format!("passkey {:?} exists already", record.credential_id),
+            ),
+            Imported::UnknownUser | Imported::Deleted => report.add(
+                *line,
+                format!("passkey of unknown user {:?}", record.user_id),
+            ),
+        }
+    }
+    batch.lines.clear();
+    batch.records.clear();
+    Ok(())
+}
+
 async fn flush_deleted_users(
     importer: &mut dyn Importer,
     batch: &mut Batch<DeletedUser>,
@@ -435,6 +499,7 @@ pub async fn import(
     let mut sessions = Batch::new();
     let mut deleted = Batch::new();
     let mut factors = Batch::new();
+    let mut passkeys = Batch::new();
     let mut lines = input.lines();
     let mut number = 0usize;
     let mut saw_header = false;
@@ -533,6 +598,33 @@ pub async fn import(
                 }
                 Err(problem) => report.add(number, problem),
             },
+            Line::Passkey {
+                credential_id,
+                user_id,
+                name,
+                passkey,
+                counter,
+                created,
+                last_used,
+            } => match check_passkey(StoredPasskey {
+                credential_id,
+                user_id,
+                name,
+                passkey: passkey.to_string(),
+                counter,
+                created,
+                last_used,
+            }) {
+                Ok(key) => {
+                    flush_users(importer.as_mut(), &mut users, &mut summary, &mut report).await?;
+                    passkeys.push(number, key);
+                    if passkeys.is_full() {
+                        flush_passkeys(importer.as_mut(), &mut passkeys, &mut summary, &mut report)
+                            .await?;
+                    }
+                }
+                Err(problem) => report.add(number, problem),
+            },
             Line::DeletedUser { id, deleted: at } => {
                 match UserId::parse("id", Some(id)) {
                     Ok(id) if at >= 0 => {
@@ -566,6 +658,7 @@ pub async fn import(
     flush_sessions(importer.as_mut(), &mut sessions, &mut summary, &mut report).await?;
     flush_deleted_users(importer.as_mut(), &mut deleted, &mut summary, &mut report).await?;
     flush_factors(importer.as_mut(), &mut factors, &mut summary, &mut report).await?;
+    flush_passkeys(importer.as_mut(), &mut passkeys, &mut summary, &mut report).await?;
     if !saw_header {
         report.add(number.max(1), "empty input: no header");
     }
@@ -685,6 +778,26 @@ fn check_factors(
             .map(TokenDigest::from_stored)
             .collect(),
     })
+}
+
+/// A passkey the service can use: its credential parses, under its id.
+fn check_passkey(key: StoredPasskey) -> Result<StoredPasskey, String> {
+    UserId::parse("user_id", Some(key.user_id.clone())).map_err(|e| e.to_string())?;
+    crate::core::users::passkey_name(Some(key.name.clone())).map_err(|e| e.to_string())?;
+    let parsed: webauthn_rs::prelude::Passkey = serde_json::from_str(&key.passkey)
+        .map_err(|e| format!("passkey {:?} is not a credential: {e}", key.credential_id))?;
+    use base64::Engine;
+    let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(parsed.cred_id());
+    if id != key.credential_id {
+        return Err(format!(
+            "passkey {:?}: credential_id is not the credential's id",
+            key.credential_id
+        ));
+    }
+    if key.counter < 0 || key.created < 0 {
+        return Err("a passkey's counter and created must be >= 0".into());
+    }
+    Ok(key)
 }
 
 /// A session's `method` and `second_factor`, both optional (older exports).

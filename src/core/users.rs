@@ -22,7 +22,9 @@ use crate::store::{
     Store, StoreError,
 };
 
+mod passkeys;
 mod second_factor;
+pub use passkeys::{passkey_name, Ceremony, PasskeyInfo, PasskeySettings, PasskeySignInFor};
 pub use second_factor::{DisableProof, SecondFactors};
 
 /// The one answer for an unknown account and a wrong password alike, so that Login does
@@ -68,6 +70,8 @@ pub struct Settings {
     pub session_idle_timeout: u64,
     /// The name authenticator apps show beside the account.
     pub totp_issuer: String,
+    /// The relying party of passkeys, besides the public address.
+    pub passkeys: PasskeySettings,
     pub password_policy: PasswordPolicy,
     pub limits: LimitConfig,
     pub links: LinkSettings,
@@ -170,6 +174,8 @@ pub struct Users {
     /// Seconds a session lives unused; None: no limit.
     idle_timeout: Option<i64>,
     totp_issuer: String,
+    /// The relying party of passkeys; None when the public address cannot name one.
+    webauthn: Option<webauthn_rs::Webauthn>,
     outbox: Arc<Outbox>,
     links: LinkSettings,
 }
@@ -192,6 +198,14 @@ impl Users {
             idle_timeout: (settings.session_idle_timeout > 0)
                 .then(|| i64::try_from(settings.session_idle_timeout).unwrap_or(i64::MAX)),
             totp_issuer: settings.totp_issuer,
+            webauthn: match passkeys::relying_party(&settings.links.public_url, &settings.passkeys)
+            {
+                Ok(webauthn) => Some(webauthn),
+                Err(why) => {
+                    tracing::info!("passkeys are off: {why}");
+                    None
+                }
+            },
             outbox,
             links: settings.links,
         }

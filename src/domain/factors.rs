@@ -13,6 +13,7 @@ use crate::error::Error;
 pub enum SignInMethod {
     Password,
     MagicLink,
+    Passkey,
 }
 
 impl SignInMethod {
@@ -20,6 +21,7 @@ impl SignInMethod {
         match self {
             Self::Password => "password",
             Self::MagicLink => "magic_link",
+            Self::Passkey => "passkey",
         }
     }
 
@@ -28,6 +30,7 @@ impl SignInMethod {
         match text {
             "password" => Some(Self::Password),
             "magic_link" => Some(Self::MagicLink),
+            "passkey" => Some(Self::Passkey),
             _ => None,
         }
     }
@@ -38,6 +41,7 @@ impl SignInMethod {
 pub enum SecondFactor {
     Totp,
     RecoveryCode,
+    Passkey,
 }
 
 impl SecondFactor {
@@ -45,6 +49,7 @@ impl SecondFactor {
         match self {
             Self::Totp => "totp",
             Self::RecoveryCode => "recovery_code",
+            Self::Passkey => "passkey",
         }
     }
 
@@ -52,6 +57,7 @@ impl SecondFactor {
         match text {
             "totp" => Some(Self::Totp),
             "recovery_code" => Some(Self::RecoveryCode),
+            "passkey" => Some(Self::Passkey),
             _ => None,
         }
     }

@@ -21,6 +21,10 @@ pub enum Purpose {
     /// Opens a session once a second factor is shown: the challenge a sign-in that
     /// passed its first step (this one) answers with, for a user with a second factor.
     SecondStep(SignInMethod),
+    /// Adds a passkey: the registration ceremony in progress (its state is kept with it).
+    PasskeyRegistration,
+    /// Opens a session with a passkey, without a password: the ceremony in progress.
+    PasskeySignIn,
 }
 
 impl Purpose {
@@ -31,6 +35,9 @@ impl Purpose {
             Self::MagicLink => "magic_link",
             Self::SecondStep(SignInMethod::Password) => "second_step:password",
             Self::SecondStep(SignInMethod::MagicLink) => "second_step:magic_link",
+            Self::SecondStep(SignInMethod::Passkey) => "second_step:passkey",
+            Self::PasskeyRegistration => "passkey_registration",
+            Self::PasskeySignIn => "passkey_sign_in",
         }
     }
 

@@ -47,8 +47,13 @@ impl AccessPolicy {
         }
         // The second step of a sign-in goes with its first: it needs a challenge that
         // only a right password (or magic link) gives.
-        if public.contains(&"Login") && !public.contains(&"LoginMfa") {
-            public.push("LoginMfa");
+        // So does signing in with a passkey, which proves more than a password.
+        if public.contains(&"Login") {
+            for method in ["LoginMfa", "StartPasskeyLogin", "FinishPasskeyLogin"] {
+                if !public.contains(&method) {
+                    public.push(method);
+                }
+            }
         }
         let key_digest = match key {
             Some(key) if key.expose_secret().trim().is_empty() => {
@@ -95,6 +100,11 @@ pub const SELF_SERVICE: &[&str] = &[
     "StartTotp",
     "ConfirmTotp",
     "DisableTotp",
+    "StartPasskeyRegistration",
+    "FinishPasskeyRegistration",
+    "ListPasskeys",
+    "RenamePasskey",
+    "DeletePasskey",
 ];
 
 /// What the service knows of a caller.

@@ -8,8 +8,9 @@ use serde::Serialize;
 use super::json::{Empty, Int64};
 use super::methods::*;
 use super::{
-    answers, RecoveryCodesResponse, SecondFactorsResponse, SessionResponse, SessionsResponse,
-    Surface, TotpEnrolmentResponse, VerifyTokenResponse,
+    answers, CeremonyResponse, PasskeyResponse, PasskeysResponse, RecoveryCodesResponse,
+    SecondFactorsResponse, SessionResponse, SessionsResponse, Surface, TotpEnrolmentResponse,
+    VerifyTokenResponse,
 };
 use crate::domain::{Session, User};
 
@@ -88,4 +89,11 @@ answers!(M3o {
     ConfirmTotp => RecoveryCodesResponse,
     DisableTotp => Empty,
     ResetSecondFactors => Empty,
+    StartPasskeyRegistration => CeremonyResponse,
+    FinishPasskeyRegistration => PasskeyResponse,
+    StartPasskeyLogin => CeremonyResponse,
+    FinishPasskeyLogin => SessionResponse<SessionView>,
+    ListPasskeys => PasskeysResponse,
+    RenamePasskey => Empty,
+    DeletePasskey => Empty,
 });

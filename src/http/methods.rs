@@ -16,7 +16,10 @@ use serde::Deserialize;
 use super::json::int_or_string;
 use super::{MAX_BODY_BYTES, PROFILE_BODY_BYTES};
 use crate::core::totp::Enrolment;
-use crate::core::users::{DisableProof, Requester, SecondFactors, TokenCheck, Users};
+use crate::core::users::{
+    passkey_name, Ceremony, DisableProof, PasskeyInfo, PasskeySignInFor, Requester, SecondFactors,
+    TokenCheck, Users,
+};
 use crate::domain::{
     reset_expiration, AccountChanges, AccountKey, Email, LoginName, MagicLinkTarget, MailText,
     NewAccount, Page, Password, PasswordChange, PasswordReset, RedirectUrl, Session, User, UserId,
@@ -244,6 +247,50 @@ pub struct DisableTotpRequest {
     password: Option<String>,
 }
 
+/// The second step of a passkey ceremony: the browser's credential, as JSON.
+#[derive(Deserialize)]
+#[serde(expecting = "a JSON object")]
+pub struct PasskeyCredentialRequest {
+    #[serde(alias = "challengeId")]
+    challenge_id: Option<String>,
+    credential: Option<serde_json::Value>,
+    name: Option<String>,
+}
+
+/// A passkey sign-in's first step: a name (without a password), or the challenge of a
+/// sign-in's second step.
+#[derive(Deserialize)]
+#[serde(expecting = "a JSON object")]
+pub struct PasskeyLoginRequest {
+    username: Option<String>,
+    email: Option<String>,
+    #[serde(alias = "challengeId")]
+    challenge_id: Option<String>,
+}
+
+/// One of a user's passkeys, by its id.
+#[derive(Deserialize)]
+#[serde(expecting = "a JSON object")]
+pub struct PasskeyRequest {
+    #[serde(alias = "userId")]
+    user_id: Option<String>,
+    passkey: Option<String>,
+    name: Option<String>,
+}
+
+fn credential(raw: Option<serde_json::Value>) -> Result<serde_json::Value, Error> {
+    raw.filter(|v| v.is_object()).ok_or_else(|| {
+        Error::invalid(
+            "credential",
+            "is required: the object navigator.credentials answered",
+        )
+    })
+}
+
+fn passkey_id(raw: Option<String>) -> Result<String, Error> {
+    crate::domain::required("passkey", raw)
+}
+
 /// Declares a method: its marker type, request, output and body.
 macro_rules! method {
     ($name:ident($request:ty) -> $output:ty, |$users:ident, $r:ident, $caller:ident| $body:expr) => {
@@ -426,4 +473,48 @@ method!(DisableTotp(DisableTotpRequest) -> (), |users, r, caller| {
 
 method!(ResetSecondFactors(UserIdRequest) -> (), |users, r, caller| {
     users.reset_second_factors(&UserId::parse("user_id", r.user_id)?).await
+});
+
+method!(StartPasskeyRegistration(EmptyRequest) -> Ceremony, |users, r, caller| {
+    users.start_passkey_registration(&caller).await
+});
+
+method!(FinishPasskeyRegistration(PasskeyCredentialRequest) -> PasskeyInfo, |users, r, caller| {
+    let challenge = SecretToken::parse("challenge_id", r.challenge_id)?;
+    let name = passkey_name(r.name)?;
+    users
+        .finish_passkey_registration(challenge, credential(r.credential)?, name, &caller)
+        .await
+});
+
+method!(StartPasskeyLogin(PasskeyLoginRequest) -> Ceremony, |users, r, caller| {
+    let by = match crate::domain::optional(r.challenge_id) {
+        Some(challenge) => {
+            PasskeySignInFor::SecondStep(SecretToken::parse("challenge_id", Some(challenge))?)
+        }
+        None => PasskeySignInFor::Name(LoginName::parse(r.username, r.email)?),
+    };
+    users.start_passkey_sign_in(by).await
+});
+
+method!(FinishPasskeyLogin(PasskeyCredentialRequest) -> Session, |users, r, caller| {
+    let challenge = SecretToken::parse("challenge_id", r.challenge_id)?;
+    users
+        .finish_passkey_sign_in(challenge, credential(r.credential)?, &caller)
+        .await
+});
+
+method!(ListPasskeys(UserIdRequest) -> Vec<PasskeyInfo>, |users, r, caller| {
+    users.list_passkeys(&caller.account_or_own(r.user_id, "user_id")?).await
+});
+
+method!(RenamePasskey(PasskeyRequest) -> (), |users, r, caller| {
+    let id = caller.account_or_own(r.user_id, "user_id")?;
+    let name = passkey_name(r.name)?;
+    users.rename_passkey(&id, &passkey_id(r.passkey)?, name).await
+});
+
+method!(DeletePasskey(PasskeyRequest) -> (), |users, r, caller| {
+    let id = caller.account_or_own(r.user_id, "user_id")?;
+    users.delete_passkey(&id, &passkey_id(r.passkey)?).await
 });

@@ -11,8 +11,9 @@ use serde::Serialize;
 use super::json::{Empty, Int64};
 use super::methods::*;
 use super::{
-    answers, RecoveryCodesResponse, SecondFactorsResponse, SessionResponse, SessionsResponse,
-    Surface, TotpEnrolmentResponse, VerifyTokenResponse,
+    answers, CeremonyResponse, PasskeyResponse, PasskeysResponse, RecoveryCodesResponse,
+    SecondFactorsResponse, SessionResponse, SessionsResponse, Surface, TotpEnrolmentResponse,
+    VerifyTokenResponse,
 };
 use crate::domain::{Session, User};
 
@@ -123,4 +124,11 @@ answers!(Micro {
     ConfirmTotp => RecoveryCodesResponse,
     DisableTotp => Empty,
     ResetSecondFactors => Empty,
+    StartPasskeyRegistration => CeremonyResponse,
+    FinishPasskeyRegistration => PasskeyResponse,
+    StartPasskeyLogin => CeremonyResponse,
+    FinishPasskeyLogin => SessionResponse<SessionView>,
+    ListPasskeys => PasskeysResponse,
+    RenamePasskey => Empty,
+    DeletePasskey => Empty,
 });

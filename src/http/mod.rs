@@ -199,6 +199,72 @@ impl From<crate::core::totp::Enrolment> for TotpEnrolmentResponse {
     }
 }
 
+/// The first step of a passkey ceremony, on both surfaces.
+#[derive(Serialize)]
+pub struct CeremonyResponse {
+    /// Names the ceremony in its second step.
+    pub challenge_id: String,
+    pub challenge_expires: json::Int64,
+    /// What `navigator.credentials.create` or `.get` takes (`{"publicKey": ...}`), with
+    /// binary values in base64url.
+    pub options: serde_json::Value,
+}
+
+impl From<crate::core::users::Ceremony> for CeremonyResponse {
+    fn from(c: crate::core::users::Ceremony) -> Self {
+        Self {
+            challenge_id: c.challenge.expose().to_owned(),
+            challenge_expires: json::Int64(c.expires),
+            options: c.options,
+        }
+    }
+}
+
+/// A passkey as its user sees it.
+#[derive(Serialize)]
+pub struct PasskeyView {
+    pub id: String,
+    pub name: String,
+    pub created: json::Int64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_used: Option<json::Int64>,
+}
+
+impl From<crate::core::users::PasskeyInfo> for PasskeyView {
+    fn from(p: crate::core::users::PasskeyInfo) -> Self {
+        Self {
+            id: p.id,
+            name: p.name,
+            created: json::Int64(p.created),
+            last_used: p.last_used.map(json::Int64),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct PasskeyResponse {
+    pub passkey: PasskeyView,
+}
+
+impl From<crate::core::users::PasskeyInfo> for PasskeyResponse {
+    fn from(p: crate::core::users::PasskeyInfo) -> Self {
+        Self { passkey: p.into() }
+    }
+}
+
+#[derive(Serialize)]
+pub struct PasskeysResponse {
+    pub passkeys: Vec<PasskeyView>,
+}
+
+impl From<Vec<crate::core::users::PasskeyInfo>> for PasskeysResponse {
+    fn from(keys: Vec<crate::core::users::PasskeyInfo>) -> Self {
+        Self {
+            passkeys: keys.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
 /// ConfirmTotp's answer: the recovery codes, shown this once.
 #[derive(Serialize)]
 pub struct RecoveryCodesResponse {
@@ -278,6 +344,8 @@ surface_routes!(Micro, MICRO_METHODS, micro_routes:
     List, LogoutAll, SendVerificationEmail, VerifyEmail, SendPasswordResetEmail,
     ResetPassword, SendMagicLink, VerifyToken, ListSessions, RevokeSession, LoginMfa,
     ReadSecondFactors, StartTotp, ConfirmTotp, DisableTotp, ResetSecondFactors,
+    StartPasskeyRegistration, FinishPasskeyRegistration, StartPasskeyLogin,
+    FinishPasskeyLogin, ListPasskeys, RenamePasskey, DeletePasskey,
 );
 
 surface_routes!(M3o, M3O_METHODS, m3o_routes:
@@ -285,6 +353,8 @@ surface_routes!(M3o, M3O_METHODS, m3o_routes:
     UpdatePassword, SendVerificationEmail, VerifyEmail, SendPasswordResetEmail,
     ResetPassword, SendMagicLink, VerifyToken, ListSessions, RevokeSession, LoginMfa,
     ReadSecondFactors, StartTotp, ConfirmTotp, DisableTotp, ResetSecondFactors,
+    StartPasskeyRegistration, FinishPasskeyRegistration, StartPasskeyLogin,
+    FinishPasskeyLogin, ListPasskeys, RenamePasskey, DeletePasskey,
 );
 
 /// Every RPC method name, on either surface: what the public-method setting may name.

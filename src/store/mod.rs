@@ -237,6 +237,9 @@ pub enum Redemption<'a> {
         sign_in: SignIn,
         challenge: NewToken<'a>,
     },
+    /// Adds a passkey to the token's user (a registration ceremony's token); refused
+    /// (`FactorRefused`) when the credential is registered already.
+    AddPasskey { passkey: &'a StoredPasskey },
     /// The second step of a sign-in: uses up `factor` and opens a session.
     SecondStep {
         digest: &'a TokenDigest,
@@ -254,6 +257,40 @@ pub enum FactorUse<'a> {
     TotpStep(i64),
     /// A recovery code (its digest), which goes.
     RecoveryCode(&'a TokenDigest),
+    /// A passkey's signature: its credential is replaced by `passkey` (with its new
+    /// `new_counter`) if its counter is still `counter`, so that of two sign-ins with
+    /// one signature, or with a clone of the credential, one counts.
+    Passkey {
+        credential_id: &'a str,
+        counter: i64,
+        new_counter: i64,
+        passkey: &'a str,
+        now: i64,
+    },
+}
+
+/// A live one-time token as the store has it.
+#[derive(Debug, Clone)]
+pub struct LiveToken {
+    pub user_id: String,
+    /// What it is for, as stored (see [`Purpose::as_str`]).
+    pub purpose: String,
+    /// The state of a passkey ceremony kept with it.
+    pub state: Option<String>,
+}
+
+/// A passkey as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPasskey {
+    /// The WebAuthn credential id, base64url.
+    pub credential_id: String,
+    pub user_id: String,
+    pub name: String,
+    /// The credential as webauthn-rs serialises it (JSON).
+    pub passkey: String,
+    pub counter: i64,
+    pub created: i64,
+    pub last_used: Option<i64>,
 }
 
 /// A user's TOTP secret.
@@ -372,6 +409,7 @@ pub trait Importer: Send {
     async fn sessions(&mut self, batch: &[StoredSession]) -> Result<Vec<Imported>, StoreError>;
     async fn deleted_users(&mut self, batch: &[DeletedUser]) -> Result<Vec<Imported>, StoreError>;
     async fn factors(&mut self, batch: &[StoredFactors]) -> Result<Vec<Imported>, StoreError>;
+    async fn passkeys(&mut self, batch: &[StoredPasskey]) -> Result<Vec<Imported>, StoreError>;
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
 }
 
@@ -494,16 +532,31 @@ pub trait TokenStore: Send + Sync {
         effect: Redemption<'_>,
     ) -> Result<Redeemed, StoreError>;
 
-    /// Stores a token that is handed to its user directly (a sign-in's challenge),
-    /// replacing the user's previous one of the same purpose.
-    async fn insert_token(&self, token: NewToken<'_>) -> Result<(), StoreError>;
+    /// Stores a token that is handed to its user directly (a sign-in's challenge, a
+    /// passkey ceremony with its `state`), replacing the user's previous one of the same
+    /// purpose.
+    async fn insert_token(
+        &self,
+        token: NewToken<'_>,
+        state: Option<&str>,
+    ) -> Result<(), StoreError>;
 
-    /// The user a live token belongs to and its purpose, without using it up.
-    async fn token_user(
+    /// Keeps `state` with a live token of `purpose` (a passkey ceremony that answers a
+    /// sign-in's challenge); false when there is no such token.
+    async fn set_token_state(
+        &self,
+        digest: &TokenDigest,
+        purpose: Purpose,
+        state: &str,
+        now: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// A live token, without using it up.
+    async fn live_token(
         &self,
         digest: &TokenDigest,
         now: i64,
-    ) -> Result<Option<(String, String)>, StoreError>;
+    ) -> Result<Option<LiveToken>, StoreError>;
 
     /// Deletes up to `batch` tokens that expired at or before `now`; returns how many.
     async fn delete_expired_tokens(&self, now: i64, batch: u32) -> Result<u64, StoreError>;
@@ -622,6 +675,28 @@ pub trait FactorStore: Send + Sync {
     async fn recovery_codes_left(&self, user_id: &str) -> Result<i64, StoreError>;
 }
 
+/// Passkeys: listing, naming and deleting them (adding and using them goes with a
+/// token, see [`Redemption`]).
+#[async_trait]
+pub trait PasskeyStore: Send + Sync {
+    /// The user's passkeys, oldest first.
+    async fn passkeys(&self, user_id: &str) -> Result<Vec<StoredPasskey>, StoreError>;
+
+    /// Renames one of the user's passkeys; false when the user has none such.
+    async fn rename_passkey(
+        &self,
+        user_id: &str,
+        credential_id: &str,
+        name: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// Deletes one of the user's passkeys; false when the user has none such.
+    async fn delete_passkey(&self, user_id: &str, credential_id: &str) -> Result<bool, StoreError>;
+
+    /// Deletes every passkey of the user; how many.
+    async fn delete_passkeys(&self, user_id: &str) -> Result<u64, StoreError>;
+}
+
 /// Export, a page at a time, and the all-or-nothing import.
 #[async_trait]
 pub trait TransferStore: Send + Sync {
@@ -655,6 +730,13 @@ pub trait TransferStore: Send + Sync {
         limit: u32,
     ) -> Result<Vec<StoredFactors>, StoreError>;
 
+    /// Up to `limit` passkeys, in credential id order, after `after`.
+    async fn passkeys_page(
+        &self,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<StoredPasskey>, StoreError>;
+
     /// Starts an all-or-nothing import.
     async fn begin_import(&self, skip_existing: bool) -> Result<Box<dyn Importer>, StoreError>;
 }
@@ -669,6 +751,7 @@ pub trait Store:
     + MailStore
     + CounterStore
     + FactorStore
+    + PasskeyStore
     + TransferStore
     + 'static
 {

@@ -209,6 +209,7 @@ class Service:
     foreign: Origin
     smtp: SmtpSink
     log: Path
+    database_url: str
     process: subprocess.Popen = field(repr=False)
 
     def post(self, path: str, body: Any = None, headers: Optional[dict] = None) -> Answer:
@@ -284,8 +285,9 @@ def smtp():
     sink.controller.stop()
 
 
-def _start_service(work_dir: Path, smtp: SmtpSink, database_url: str, name: str):
-    """Starts the binary on `database_url`; yields its Service, and stops it."""
+def _start_service(work_dir: Path, smtp: SmtpSink, database_url: str, name: str, host: str = "127.0.0.1"):
+    """Starts the binary on `database_url`, its public address on `host` (passkeys need
+    a domain name: `localhost`); yields its Service, and stops it."""
     binary = os.environ.get("USERS_BIN")
     if not binary or not os.access(binary, os.X_OK):
         pytest.exit("USERS_BIN must name the built users-service (run .ci/browser.sh BIN)", 2)
@@ -293,7 +295,7 @@ def _start_service(work_dir: Path, smtp: SmtpSink, database_url: str, name: str)
     pages_dir.mkdir()
     pages, foreign = Origin(pages_dir), Origin(pages_dir)
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{host}:{port}"
     key = "browser-" + os.urandom(16).hex()
     log = work_dir / f"{name}.log"
     env = {
@@ -323,7 +325,7 @@ def _start_service(work_dir: Path, smtp: SmtpSink, database_url: str, name: str)
             if process.poll() is not None:
                 pytest.exit(f"the service exited ({process.returncode}):\n{log.read_text()}", 2)
             try:
-                with _opener.open(url + "/health", timeout=2) as response:
+                with _opener.open(f"http://127.0.0.1:{port}/health", timeout=2) as response:
                     if response.status == 200:
                         break
             except (urllib.error.URLError, OSError):
@@ -332,7 +334,7 @@ def _start_service(work_dir: Path, smtp: SmtpSink, database_url: str, name: str)
             time.sleep(0.1)
         else:
             pytest.exit(f"the service did not answer /health:\n{log.read_text()}", 2)
-        yield Service(url, key, pages, foreign, smtp, log, process)
+        yield Service(url, key, pages, foreign, smtp, log, database_url, process)
     finally:
         process.terminate()
         try:
@@ -350,27 +352,52 @@ def service(work_dir: Path, smtp: SmtpSink):
     yield from _start_service(work_dir, smtp, f"sqlite://{work_dir}/users.db", "server")
 
 
-@pytest.fixture(scope="session")
-def postgres_service(work_dir: Path, smtp: SmtpSink):
-    """The service on a fresh PostgreSQL database of TEST_DATABASE_URL's server (made
-    with `createdb`, dropped afterwards); skipped, and said so, without one."""
+def _postgres_database(label: str):
+    """A fresh database on TEST_DATABASE_URL's server (made with psql, dropped
+    afterwards): yields its URL. Skipped, and said so, without a server."""
     admin_url = os.environ.get("TEST_DATABASE_URL")
     if not admin_url:
         pytest.skip("TEST_DATABASE_URL is not set: no PostgreSQL server to test against")
-    name = f"users_browser_{os.getpid()}_{os.urandom(4).hex()}"
+    name = f"users_browser_{label}_{os.getpid()}_{os.urandom(4).hex()}"
     parts = urllib.parse.urlsplit(admin_url)
     server = parts._replace(path="/postgres").geturl()
     subprocess.run(["psql", server, "-qc", f"CREATE DATABASE {name}"], check=True, timeout=60)
     try:
-        yield from _start_service(work_dir, smtp, parts._replace(path=f"/{name}").geturl(), "postgres")
+        yield parts._replace(path=f"/{name}").geturl()
     finally:
         subprocess.run(["psql", server, "-qc", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], timeout=60)
+
+
+@pytest.fixture(scope="session")
+def postgres_service(work_dir: Path, smtp: SmtpSink):
+    """The service on a fresh PostgreSQL database."""
+    for url in _postgres_database("api"):
+        yield from _start_service(work_dir, smtp, url, "postgres")
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def any_service(request):
     """Each store's service in turn."""
     return request.getfixturevalue("service" if request.param == "sqlite" else "postgres_service")
+
+
+@pytest.fixture(scope="session")
+def passkey_sqlite_service(work_dir: Path, smtp: SmtpSink):
+    """The service on SQLite, its public address on `localhost` (a passkey's relying
+    party must be a domain name)."""
+    yield from _start_service(work_dir, smtp, f"sqlite://{work_dir}/passkeys.db", "passkeys-sqlite", "localhost")
+
+
+@pytest.fixture(scope="session")
+def passkey_postgres_service(work_dir: Path, smtp: SmtpSink):
+    for url in _postgres_database("passkeys"):
+        yield from _start_service(work_dir, smtp, url, "passkeys-postgres", "localhost")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def passkey_service(request):
+    """A service for passkeys on each store in turn."""
+    return request.getfixturevalue(f"passkey_{request.param}_service")
 
 
 # ---- The browser ------------------------------------------------------------------------
@@ -456,7 +483,7 @@ def account_url(service: Service) -> re.Pattern:
 def submit_sign_in(page: Page, login: str, password: str) -> None:
     page.get_by_label("Username or e-mail").fill(login)
     page.get_by_label("Password", exact=True).fill(password)
-    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Sign in", exact=True).click()
 
 
 def signed_in_context(new_context: Callable, service: Service, user: User, **options) -> BrowserContext:

@@ -16,7 +16,7 @@ def expect_signed_out(context, service) -> None:
     page = context.new_page()
     page.goto(f"{service.url}/ui/account")
     page.wait_for_url(re.compile(re.escape(f"{service.url}/ui/signin")))
-    expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+    expect(page.get_by_role("button", name="Sign in", exact=True)).to_be_visible()
     page.close()
     assert ui_session(context, service).status == 401
 
@@ -185,7 +185,7 @@ def open_magic_link(page, service, link: str) -> None:
     asks for it (so that a mail scanner opening links does not use them up), the
     button that signs in."""
     page.goto(link)
-    confirm = page.get_by_role("button", name="Sign in")
+    confirm = page.get_by_role("button", name="Sign in", exact=True)
     if not account_url(service).match(page.url) and confirm.count() == 1:
         confirm.click()
 

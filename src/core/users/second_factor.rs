@@ -65,13 +65,16 @@ impl Users {
         let now = self.clock.now();
         let expires = now.saturating_add(CHALLENGE_TTL);
         self.store
-            .insert_token(NewToken {
-                digest: &challenge.digest(),
-                user_id,
-                purpose: Purpose::SecondStep(method),
-                created: now,
-                expires,
-            })
+            .insert_token(
+                NewToken {
+                    digest: &challenge.digest(),
+                    user_id,
+                    purpose: Purpose::SecondStep(method),
+                    created: now,
+                    expires,
+                },
+                None,
+            )
             .await?;
         tracing::info!(event = "second_step_asked", user_id = %user_id, method = method.as_str());
         Ok(Error::SecondFactorRequired { challenge, expires })
@@ -204,10 +207,13 @@ impl Users {
         Ok(())
     }
 
-    /// The admin's reset: removes the user's second factors, for a user who lost them.
+    /// The admin's reset: removes the user's second factors and passkeys, for a user
+    /// who lost them.
     pub async fn reset_second_factors(&self, id: &UserId) -> Result<(), Error> {
         self.read(&AccountKey::Id(id.clone())).await?;
-        if self.store.remove_second_factors(id.as_str()).await? {
+        let factors = self.store.remove_second_factors(id.as_str()).await?;
+        let passkeys = self.store.delete_passkeys(id.as_str()).await?;
+        if factors || passkeys > 0 {
             tracing::info!(event = "second_factors_reset", user_id = %id.as_str());
             Ok(())
         } else {
@@ -226,9 +232,9 @@ impl Users {
     ) -> Result<Session, Error> {
         let digest = challenge.digest();
         let now = self.clock.now();
-        let found = self.store.token_user(&digest, now).await?;
+        let found = self.store.live_token(&digest, now).await?;
         let Some((user_id, method)) =
-            found.and_then(|(user, purpose)| Some((user, Purpose::second_step(&purpose)?)))
+            found.and_then(|token| Some((token.user_id, Purpose::second_step(&token.purpose)?)))
         else {
             return Err(Error::Unauthorized(NO_CHALLENGE));
         };

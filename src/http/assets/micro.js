@@ -7,6 +7,9 @@
  *
  * Requests carry the session cookie set by the service's sign-in pages (HttpOnly: this
  * script never sees the session id), so the page's origin must be in --cors-origins.
+ * Micro.passkeys.register(name) and Micro.passkeys.signIn(login) add a passkey and sign
+ * in with one (WebAuthn; they work where the page's origin may use the service's
+ * passkeys: its own pages, and pages under the same domain).
  * Errors are Micro error objects, {id, code, detail, status}. Nothing this script throws
  * reaches the page; what a page's callback throws is rethrown as the page's own error. */
 (function (window) {
@@ -153,7 +156,117 @@
     });
   }
 
+  // ---- Passkeys (WebAuthn). The service's JSON carries binary values as base64url.
+
+  function toBuffer(text) {
+    var b64 = String(text).replace(/-/g, "+").replace(/_/g, "/");
+    while (b64.length % 4) b64 += "=";
+    var raw = window.atob(b64), bytes = new Uint8Array(raw.length);
+    for (var i = 0; i < raw.length; i++) bytes[i] = raw.charCodeAt(i);
+    return bytes.buffer;
+  }
+
+  function toText(buffer) {
+    var bytes = new Uint8Array(buffer), raw = "";
+    for (var i = 0; i < bytes.length; i++) raw += String.fromCharCode(bytes[i]);
+    return window.btoa(raw).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  }
+
+  function withBuffers(publicKey) {
+    publicKey.challenge = toBuffer(publicKey.challenge);
+    if (publicKey.user) publicKey.user.id = toBuffer(publicKey.user.id);
+    [publicKey.excludeCredentials, publicKey.allowCredentials].forEach(function (list) {
+      (list || []).forEach(function (c) { c.id = toBuffer(c.id); });
+    });
+    return {publicKey: publicKey};
+  }
+
+  // The browser's credential as the service reads it.
+  function credentialJson(credential) {
+    var r = credential.response, out = {
+      id: credential.id, rawId: toText(credential.rawId), type: credential.type,
+      extensions: credential.getClientExtensionResults ? credential.getClientExtensionResults() : {},
+      response: {clientDataJSON: toText(r.clientDataJSON)}
+    };
+    if (r.attestationObject) out.response.attestationObject = toText(r.attestationObject);
+    if (r.authenticatorData) {
+      out.response.authenticatorData = toText(r.authenticatorData);
+      out.response.signature = toText(r.signature);
+      out.response.userHandle = r.userHandle ? toText(r.userHandle) : null;
+    }
+    return out;
+  }
+
+  function webauthnError(e) {
+    return microError(0, "the browser did not make the passkey: " + (e && (e.name + ": " + e.message) || e), "Passkey Error");
+  }
+
+  // A POST to the service that resolves to its JSON answer, or rejects with the error.
+  function postJson(path, body) {
+    return request(base + path, {
+      method: "POST", credentials: "include",
+      headers: {"Content-Type": "application/json", "Accept": "application/json"},
+      body: JSON.stringify(body)
+    }).then(function (response) {
+      return response.json().catch(function () { return null; }).then(function (data) {
+        if (response.ok && data) return data;
+        throw data && data.detail ? data : microError(response.status, response.statusText, response.statusText);
+      });
+    }, function (e) { throw networkError(e); });
+  }
+
+  // Micro.passkeys.register(name, success[, error]): adds a passkey to the signed-in
+  // user's account (the session cookie signs it); success({passkey}).
+  function registerPasskey(name, success, error) {
+    var challenge;
+    return postJson("/users/Users/StartPasskeyRegistration", {}).then(function (start) {
+      challenge = start.challenge_id;
+      return navigator.credentials.create(withBuffers(start.options.publicKey)).catch(function (e) {
+        throw webauthnError(e);
+      });
+    }).then(function (credential) {
+      return postJson("/users/Users/FinishPasskeyRegistration", {
+        challenge_id: challenge, credential: credentialJson(credential), name: name || ""
+      });
+    }).then(function (data) {
+      call(success, data);
+      return data;
+    }).catch(function (e) {
+      fail(e && e.detail ? e : networkError(e), error, "passkeys.register");
+      return null;
+    });
+  }
+
+  // Micro.passkeys.signIn(login, success[, error[, returnTo]]): signs this browser in
+  // with a passkey of the account named `login` (a username or e-mail), or, given
+  // {challenge_id}, as the second step of a sign-in that asked for one;
+  // success({user, expires, redirect}), `redirect` being `returnTo` when the service
+  // allows it, else its account page.
+  function signInWithPasskey(login, success, error, returnTo) {
+    var body = typeof login === "object" && login ? {challenge_id: login.challenge_id} :
+      (String(login).indexOf("@") >= 0 ? {email: String(login)} : {username: String(login)});
+    var challenge;
+    return postJson("/users/Users/StartPasskeyLogin", body).then(function (start) {
+      challenge = start.challenge_id;
+      return navigator.credentials.get(withBuffers(start.options.publicKey)).catch(function (e) {
+        throw webauthnError(e);
+      });
+    }).then(function (credential) {
+      return postJson("/ui/signin/passkey", {
+        challenge_id: challenge, credential: credentialJson(credential), return_to: returnTo || ""
+      });
+    }).then(function (data) {
+      lastSession = data;
+      call(success, data);
+      return data;
+    }).catch(function (e) {
+      fail(e && e.detail ? e : networkError(e), error, "passkeys.signIn");
+      return null;
+    });
+  }
+
   window.Micro = {
-    base: base, post: post, session: session, requireLogin: requireLogin, user: user, logout: logout
+    base: base, post: post, session: session, requireLogin: requireLogin, user: user, logout: logout,
+    passkeys: {register: registerPasskey, signIn: signInWithPasskey}
   };
 })(window);

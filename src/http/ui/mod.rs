@@ -42,6 +42,8 @@ pub const MAGIC_LINK_PREFIX: &str = "/ui/magic/";
 pub const MICRO_JS: &str = include_str!("../assets/micro.js");
 /// The pages' own stylesheet.
 const STYLE_CSS: &str = include_str!("style.css");
+/// The pages' passkey buttons (over Micro.js).
+const PASSKEYS_JS: &str = include_str!("passkeys.js");
 
 /// What operators set for the pages (`--ui-*`).
 #[derive(Debug, Clone, Default)]
@@ -70,6 +72,8 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/signout", post(sign_out))
         .route("/ui/signin", get(sign_in_page).post(sign_in))
         .route("/ui/signin/code", post(sign_in_code))
+        .route("/ui/signin/passkey", post(sign_in_passkey))
+        .route("/ui/passkeys.js", get(passkeys_js))
         .route("/ui/signup", get(sign_up_page).post(sign_up))
         .route("/ui/forgot", get(forgot_page).post(forgot))
         .route("/ui/reset", get(reset_page).post(reset))
@@ -82,18 +86,20 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/account/totp/start", post(totp_start))
         .route("/ui/account/totp/confirm", post(totp_confirm))
         .route("/ui/account/totp/disable", post(totp_disable))
+        .route("/ui/account/passkeys/rename", post(rename_passkey))
+        .route("/ui/account/passkeys/delete", post(delete_passkey))
         .route("/ui/sessions", get(sessions_page))
         .route("/ui/sessions/revoke", post(revoke_session))
         .route("/ui/sessions/revoke-all", post(revoke_all));
     // No page may be framed by another (clickjacking), load from another host, run a
-    // script, or tell another site where the user was (a magic link's page holds its
+    // script of another host or an inline one, or tell another site where the user was (a magic link's page holds its
     // token in its address).
     pages
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(
-                "default-src 'none'; style-src 'self'; img-src 'self'; \
-                 frame-ancestors 'none'; base-uri 'none'",
+                "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; \
+                 img-src 'self'; frame-ancestors 'none'; base-uri 'none'",
             ),
         ))
         .layer(SetResponseHeaderLayer::if_not_present(
@@ -158,11 +164,17 @@ impl Asset {
 
 static MICRO_JS_ASSET: LazyLock<Asset> =
     LazyLock::new(|| Asset::new("text/javascript; charset=utf-8", MICRO_JS.as_bytes()));
+static PASSKEYS_JS_ASSET: LazyLock<Asset> =
+    LazyLock::new(|| Asset::new("text/javascript; charset=utf-8", PASSKEYS_JS.as_bytes()));
 static STYLE_CSS_ASSET: LazyLock<Asset> =
     LazyLock::new(|| Asset::new("text/css; charset=utf-8", STYLE_CSS.as_bytes()));
 
 async fn micro_js(headers: HeaderMap) -> Response {
     MICRO_JS_ASSET.serve(&headers)
+}
+
+async fn passkeys_js(headers: HeaderMap) -> Response {
+    PASSKEYS_JS_ASSET.serve(&headers)
 }
 
 async fn style_css(headers: HeaderMap) -> Response {
@@ -397,6 +409,54 @@ async fn sign_in(
             signed_in(&state, &session, &to)
         }
         Err(err) => second_step_or(&state, page, err, form.return_to.as_deref()),
+    }
+}
+
+#[derive(Deserialize)]
+struct PasskeySignInBody {
+    challenge_id: Option<String>,
+    credential: Option<serde_json::Value>,
+    return_to: Option<String>,
+}
+
+/// `POST /ui/signin/passkey` (JSON, from Micro.passkeys.signIn): the second step of a
+/// passkey ceremony, which sets the session cookie; answers the user, the session's
+/// expiry and where to go next.
+async fn sign_in_passkey(
+    State(state): State<AppState>,
+    post: FormPost,
+    Json(body): Json<PasskeySignInBody>,
+) -> Response {
+    let attempt = async {
+        let challenge = SecretToken::parse("challenge_id", body.challenge_id)?;
+        let credential = body
+            .credential
+            .ok_or_else(|| Error::required("credential"))?;
+        state
+            .users
+            .finish_passkey_sign_in(challenge, credential, &post.requester)
+            .await
+    };
+    match attempt.await {
+        Ok(session) => {
+            let redirect = return_address(&state, body.return_to.as_deref());
+            let cookie = set_session(
+                &session.id,
+                session.expires.saturating_sub(session.created).max(0),
+                state.ui.secure_cookies,
+            );
+            let mut response = Json(json!({
+                "user": {"id": session.user_id, "username": session.username, "email": session.email},
+                "expires": session.expires.to_string(),
+                "redirect": redirect,
+            }))
+            .into_response();
+            if let Some(cookie) = cookie {
+                response.headers_mut().insert(header::SET_COOKIE, cookie);
+            }
+            response
+        }
+        Err(err) => WireError::from_error("Ui", err).into_response(),
     }
 }
 
@@ -722,8 +782,9 @@ async fn account_page(
 async fn account(state: &AppState, session: &Session) -> Result<Page, Error> {
     let id = account_of(session)?;
     let factors = state.users.second_factors(&id).await?;
+    let passkeys = state.users.list_passkeys(&id).await?;
     let user = state.users.read(&AccountKey::Id(id)).await?;
-    Ok(Page::account(&user, &factors))
+    Ok(Page::account(&user, &factors, &passkeys))
 }
 
 #[derive(Deserialize)]
@@ -811,6 +872,51 @@ async fn change_password(
             response
         }
         Err(err) => account_with_error(&state, &session, &err).await,
+    }
+}
+
+#[derive(Deserialize)]
+struct PasskeyForm {
+    passkey: Option<String>,
+    name: Option<String>,
+}
+
+async fn rename_passkey(
+    State(state): State<AppState>,
+    post: FormPost,
+    Form(form): Form<PasskeyForm>,
+) -> Response {
+    let Some(session) = &post.session else {
+        return see_other("/ui/signin");
+    };
+    let renamed = async {
+        let id = account_of(session)?;
+        let name = crate::core::users::passkey_name(form.name)?;
+        let passkey = crate::domain::required("passkey", form.passkey)?;
+        state.users.rename_passkey(&id, &passkey, name).await
+    };
+    match renamed.await {
+        Ok(()) => see_other("/ui/account?notice=saved"),
+        Err(err) => account_with_error(&state, session, &err).await,
+    }
+}
+
+async fn delete_passkey(
+    State(state): State<AppState>,
+    post: FormPost,
+    Form(form): Form<PasskeyForm>,
+) -> Response {
+    let Some(session) = &post.session else {
+        return see_other("/ui/signin");
+    };
+    let deleted = async {
+        let id = account_of(session)?;
+        let passkey = crate::domain::required("passkey", form.passkey)?;
+        state.users.delete_passkey(&id, &passkey).await
+    };
+    match deleted.await {
+        Ok(()) => see_other("/ui/account?notice=passkey-deleted"),
+        Err(err) => account_with_error(&state, session, &err).await,
     }
 }
 

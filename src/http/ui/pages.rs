@@ -5,7 +5,7 @@ use axum::response::Html;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use super::UiSettings;
-use crate::core::users::SecondFactors;
+use crate::core::users::{PasskeyInfo, SecondFactors};
 use crate::domain::{SessionHandle, User};
 use crate::store::SessionDetails;
 
@@ -24,6 +24,8 @@ pub enum Notice {
     SessionEnded,
     TotpOn,
     TotpOff,
+    PasskeyAdded,
+    PasskeyDeleted,
 }
 
 impl Notice {
@@ -39,6 +41,8 @@ impl Notice {
             "session-ended" => Self::SessionEnded,
             "totp-on" => Self::TotpOn,
             "totp-off" => Self::TotpOff,
+            "passkey-added" => Self::PasskeyAdded,
+            "passkey-deleted" => Self::PasskeyDeleted,
             _ => return None,
         })
     }
@@ -60,6 +64,8 @@ impl Notice {
             Self::SessionEnded => "That session is signed out.",
             Self::TotpOn => "Two-factor sign-in is on. Every other browser and app was signed out.",
             Self::TotpOff => "Two-factor sign-in is off.",
+            Self::PasskeyAdded => "Your passkey is added. You can sign in with it.",
+            Self::PasskeyDeleted => "That passkey is deleted.",
         }
     }
 }
@@ -70,6 +76,8 @@ pub struct Page {
     body: Markup,
     error: Option<String>,
     notice: Option<Notice>,
+    /// Loads the passkey buttons' scripts.
+    passkeys: bool,
 }
 
 impl Page {
@@ -79,7 +87,13 @@ impl Page {
             body,
             error: None,
             notice: None,
+            passkeys: false,
         }
+    }
+
+    fn with_passkeys(mut self) -> Self {
+        self.passkeys = true;
+        self
     }
 
     pub fn plain(title: &'static str) -> Self {
@@ -107,6 +121,10 @@ impl Page {
                     link rel="stylesheet" href="/ui/style.css";
                     @if ui.stylesheet.is_some() {
                         link rel="stylesheet" href="/ui/brand.css";
+                    }
+                    @if self.passkeys {
+                        script src="/micro.js" defer {}
+                        script src="/ui/passkeys.js" defer {}
                     }
                 }
                 body {
@@ -146,6 +164,7 @@ impl Page {
                     (field("password", "Password", "password", "current-password", None, true))
                     button type="submit" { "Sign in" }
                 }
+                (passkey_button(None, return_to))
                 nav aria-label="Other ways in" {
                     ul {
                         li { a href="/ui/forgot" { "Forgot your password?" } }
@@ -155,6 +174,7 @@ impl Page {
                 }
             },
         )
+        .with_passkeys()
     }
 
     pub fn sign_up(username: Option<&str>, email: Option<&str>) -> Self {
@@ -272,9 +292,11 @@ impl Page {
                     }
                     button type="submit" { "Continue" }
                 }
+                (passkey_button(Some(challenge), return_to))
                 p { a href="/ui/signin" { "Start again" } }
             },
         )
+        .with_passkeys()
     }
 
     /// Turning TOTP on: the QR code (an SVG this service drew), the secret as text, and
@@ -319,7 +341,7 @@ impl Page {
         )
     }
 
-    pub fn account(user: &User, factors: &SecondFactors) -> Self {
+    pub fn account(user: &User, factors: &SecondFactors, passkeys: &[PasskeyInfo]) -> Self {
         Self::new(
             "Your account",
             html! {
@@ -362,6 +384,31 @@ impl Page {
                         }
                     }
                 }
+                section aria-labelledby="passkeys" {
+                    h2 #passkeys { "Passkeys" }
+                    @if passkeys.is_empty() {
+                        p { "No passkey yet. A passkey signs you in with this device's screen lock instead of a password." }
+                    } @else {
+                        ul.passkeys {
+                            @for key in passkeys {
+                                li {
+                                    strong { (key.name) }
+                                    " · added " (when(key.created))
+                                    @if let Some(used) = key.last_used { " · last used " (when(used)) }
+                                    form method="post" action="/ui/account/passkeys/delete" {
+                                        input type="hidden" name="passkey" value=(key.id);
+                                        button type="submit" aria-label={ "Delete the passkey " (key.name) } { "Delete" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    div data-passkey hidden {
+                        (field("passkey_name", "Name of the new passkey", "text", "off", None, false))
+                        button #passkey-add type="button" { "Add a passkey" }
+                        p #passkey-error .error role="alert" hidden {}
+                    }
+                }
                 nav aria-label="Account" {
                     ul {
                         li { a href="/ui/sessions" { "Your sessions" } }
@@ -372,6 +419,7 @@ impl Page {
                 }
             },
         )
+        .with_passkeys()
     }
 
     pub fn sessions(sessions: &[SessionDetails], current: &SessionHandle) -> Self {
@@ -418,6 +466,19 @@ impl Page {
                 p { a href="/ui/account" { "Back to your account" } }
             },
         )
+    }
+}
+
+/// The "Sign in with a passkey" button (shown by its script where WebAuthn works): for
+/// the name typed in the sign-in form, or for a sign-in's second step.
+fn passkey_button(challenge: Option<&str>, return_to: Option<&str>) -> Markup {
+    html! {
+        div data-passkey hidden {
+            button #passkey-sign-in type="button" data-challenge=[challenge] data-return-to=[return_to] {
+                @if challenge.is_some() { "Use a passkey instead" } @else { "Sign in with a passkey" }
+            }
+            p #passkey-error .error role="alert" hidden {}
+        }
     }
 }
 

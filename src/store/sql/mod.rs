@@ -23,9 +23,10 @@ use std::collections::HashSet;
 use super::{
     AccountStore, AttemptLimit, ClaimedMail, CodeCheck, Counter, CounterStore, Credentials,
     DatabaseUrl, DeletedUser, EventLimit, FactorStore, FactorUse, HashChange, Imported, Importer,
-    Liveness, Lookup, MailOutcome, MailStore, NewMail, NewSession, NewToken, NewUser, Queued,
-    Redeemed, Redemption, Reservation, SessionDetails, SessionRecord, SessionStore, Store,
-    StoreError, StoredFactors, StoredSession, TokenStore, TotpRecord, TransferStore,
+    LiveToken, Liveness, Lookup, MailOutcome, MailStore, NewMail, NewSession, NewToken, NewUser,
+    PasskeyStore, Queued, Redeemed, Redemption, Reservation, SessionDetails, SessionRecord,
+    SessionStore, Store, StoreError, StoredFactors, StoredPasskey, StoredSession, TokenStore,
+    TotpRecord, TransferStore,
 };
 use crate::domain::{
     AccountChanges, Page, Profile, Purpose, SecondFactor, SessionHandle, SignIn, SignInMethod,
@@ -279,6 +280,28 @@ macro_rules! use_factor {
                     .execute(&mut *$conn)
                     .await?
                     .rows_affected()
+                    == 1
+            }
+            FactorUse::Passkey {
+                credential_id,
+                counter,
+                new_counter,
+                passkey,
+                now,
+            } => {
+                sqlx::query(
+                    "UPDATE passkeys SET passkey = $4, counter = $5, last_used = $6 \
+                     WHERE user_id = $1 AND credential_id = $2 AND counter = $3",
+                )
+                .bind($user_id)
+                .bind(credential_id)
+                .bind(counter)
+                .bind(passkey)
+                .bind(new_counter)
+                .bind(now)
+                .execute(&mut *$conn)
+                .await?
+                .rows_affected()
                     == 1
             }
         }
@@ -651,6 +674,7 @@ mod counters;
 mod factors;
 mod inline;
 mod mail;
+mod passkeys;
 mod sessions;
 mod tokens;
 mod transfer;

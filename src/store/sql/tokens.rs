@@ -116,6 +116,30 @@ impl TokenStore for SqlStore {
                     }
                     open_session!(tx, digest, &user_id, now, expires, client, sign_in);
                 }
+                Redemption::AddPasskey { passkey } => {
+                    let taken = sqlx::query_as::<_, (String,)>(
+                        "SELECT user_id FROM passkeys WHERE credential_id = $1",
+                    )
+                    .bind(&passkey.credential_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .is_some();
+                    if taken {
+                        return Ok(Redeemed::FactorRefused);
+                    }
+                    sqlx::query(
+                        "INSERT INTO passkeys (credential_id, user_id, name, passkey, counter, created) \
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                    )
+                    .bind(&passkey.credential_id)
+                    .bind(&user_id)
+                    .bind(&passkey.name)
+                    .bind(&passkey.passkey)
+                    .bind(passkey.counter)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 Redemption::SecondStep {
                     digest,
                     expires,
@@ -136,12 +160,23 @@ impl TokenStore for SqlStore {
         .map_err(classify)
     }
 
-    async fn insert_token(&self, token: NewToken<'_>) -> Result<(), StoreError> {
+    async fn insert_token(
+        &self,
+        token: NewToken<'_>,
+        state: Option<&str>,
+    ) -> Result<(), StoreError> {
         on_writer!(self, pool => async {
             let mut conn = pool.acquire().await?;
             let mut tx = conn.begin_write().await?;
             // Not written only for a user deleted meanwhile, whose token is never found.
             let _stored = store_token!(tx, &token);
+            if let Some(state) = state {
+                sqlx::query("UPDATE tokens SET state = $2 WHERE token_hash = $1")
+                    .bind(token.digest.as_str())
+                    .bind(state)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             commit!(tx, conn);
             Ok::<_, sqlx::Error>(())
         }
@@ -149,19 +184,48 @@ impl TokenStore for SqlStore {
         .map_err(classify)
     }
 
-    async fn token_user(
+    async fn set_token_state(
+        &self,
+        digest: &TokenDigest,
+        purpose: Purpose,
+        state: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        on_writer!(self, pool => {
+            sqlx::query(
+                "UPDATE tokens SET state = $3 WHERE token_hash = $1 AND purpose = $2 AND expires > $4",
+            )
+            .bind(digest.as_str())
+            .bind(purpose.as_str())
+            .bind(state)
+            .bind(now)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected() == 1)
+        })
+        .map_err(classify)
+    }
+
+    async fn live_token(
         &self,
         digest: &TokenDigest,
         now: i64,
-    ) -> Result<Option<(String, String)>, StoreError> {
+    ) -> Result<Option<LiveToken>, StoreError> {
         on_pool!(self, pool => {
-            sqlx::query_as::<_, (String, String)>(
-                "SELECT user_id, purpose FROM tokens WHERE token_hash = $1 AND expires > $2",
+            sqlx::query_as::<_, (String, String, Option<String>)>(
+                "SELECT user_id, purpose, state FROM tokens WHERE token_hash = $1 AND expires > $2",
             )
             .bind(digest.as_str())
             .bind(now)
             .fetch_optional(pool)
             .await
+        })
+        .map(|row| {
+            row.map(|(user_id, purpose, state)| LiveToken {
+                user_id,
+                purpose,
+                state,
+            })
         })
         .map_err(classify)
     }

@@ -121,6 +121,26 @@ impl TransferStore for SqlStore {
         .map_err(classify)
     }
 
+    async fn passkeys_page(
+        &self,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<StoredPasskey>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM passkeys WHERE credential_id > $1 ORDER BY credential_id LIMIT $2",
+            passkeys::PASSKEY_COLUMNS
+        );
+        on_pool!(self, pool => {
+            sqlx::query_as::<_, passkeys::PasskeyRow>(&sql)
+                .bind(after.unwrap_or_default())
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await
+        })
+        .map(|rows| rows.into_iter().map(passkeys::passkey).collect())
+        .map_err(classify)
+    }
+
     async fn begin_import(&self, skip_existing: bool) -> Result<Box<dyn Importer>, StoreError> {
         let importer = match &self.backend {
             Backend::Sqlite { writer, .. } => {
@@ -381,6 +401,57 @@ impl Importer for SqlImporter {
                     });
                     insert.build().execute(&mut **tx).await?;
                 }
+            }
+            Ok::<_, sqlx::Error>(outcomes)
+        }
+        .await)
+        .map_err(classify)
+    }
+
+    async fn passkeys(&mut self, batch: &[StoredPasskey]) -> Result<Vec<Imported>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        on_tx!(self, tx, skip_existing => async {
+            let mut existing = select_set!(
+                tx,
+                "SELECT credential_id FROM passkeys WHERE credential_id IN (",
+                batch.iter().map(|p| p.credential_id.as_str())
+            );
+            let users = select_set!(
+                tx,
+                "SELECT id FROM users WHERE id IN (",
+                batch.iter().map(|p| p.user_id.as_str())
+            );
+            let mut outcomes = Vec::with_capacity(batch.len());
+            let mut fresh = Vec::new();
+            for key in batch {
+                let outcome = if existing.contains(&key.credential_id) {
+                    if *skip_existing { Imported::Skipped } else { Imported::Taken(Unique::Id) }
+                } else if !users.contains(&key.user_id) {
+                    Imported::UnknownUser
+                } else {
+                    existing.insert(key.credential_id.clone());
+                    fresh.push(key);
+                    Imported::Inserted
+                };
+                outcomes.push(outcome);
+            }
+            if !fresh.is_empty() {
+                let mut insert = QueryBuilder::new(format!(
+                    "INSERT INTO passkeys ({}) ",
+                    passkeys::PASSKEY_COLUMNS
+                ));
+                insert.push_values(fresh, |mut row, p| {
+                    row.push_bind(p.credential_id.as_str())
+                        .push_bind(p.user_id.as_str())
+                        .push_bind(p.name.as_str())
+                        .push_bind(p.passkey.as_str())
+                        .push_bind(p.counter)
+                        .push_bind(p.created)
+                        .push_bind(p.last_used);
+                });
+                insert.build().execute(&mut **tx).await?;
             }
             Ok::<_, sqlx::Error>(outcomes)
         }

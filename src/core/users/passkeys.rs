@@ -1,0 +1,480 @@
+//! Passkeys (WebAuthn, by `webauthn-rs`): registering them with one's own session,
+//! signing in with one (without a password, or as the second step of a sign-in), and
+//! listing, naming and deleting them.
+//!
+//! A ceremony has two steps, which any replica may answer: its state is kept in the
+//! database with a one-time token (the `challenge_id` the client carries between them),
+//! and the second step uses the token up in the same transaction as its effect.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use webauthn_rs::prelude::{
+    Passkey, PasskeyAuthentication, PasskeyRegistration, PublicKeyCredential,
+    RegisterPublicKeyCredential, Url, Uuid, Webauthn, WebauthnBuilder,
+};
+
+use super::second_factor::{NEEDS_OWN_SESSION, NO_CHALLENGE};
+use super::*;
+use crate::domain::{sha256_hex, SecondFactor};
+use crate::store::{FactorUse, StoredPasskey};
+
+pub const PASSKEYS_OFF: &str =
+    "passkeys need --public-url to name this service by a domain name (such as https://accounts.example.com, or http://localhost:8080 to try it)";
+pub const NO_CEREMONY: &str = "challenge not found or expired: start again";
+pub const PASSKEY_REFUSED: &str = "the passkey was not accepted";
+pub const NO_PASSKEY: &str = "passkey not found";
+pub const NO_PASSKEYS_FOR_NAME: &str = "no passkey is registered for this account";
+pub const PASSKEY_TAKEN: &str = "this passkey is registered already";
+/// Longest name of a passkey, in characters.
+pub const PASSKEY_NAME_MAX: usize = 64;
+
+/// What the relying party is: the service's public address and name, and the other
+/// origins (`--cors-origins`) whose pages may use its passkeys.
+#[derive(Debug, Clone, Default)]
+pub struct PasskeySettings {
+    pub name: String,
+    pub origins: Vec<String>,
+}
+
+/// Builds the relying party from the public address (its host is the RP id); None,
+/// with the reason, when that cannot name one (an IP address, say).
+pub(super) fn relying_party(
+    public_url: &str,
+    settings: &PasskeySettings,
+) -> Result<Webauthn, String> {
+    let origin = Url::parse(public_url).map_err(|e| e.to_string())?;
+    let Some(url::Host::Domain(rp_id)) = origin.host() else {
+        return Err(PASSKEYS_OFF.to_string());
+    };
+    let rp_id = rp_id.to_string();
+    let mut builder = WebauthnBuilder::new(&rp_id, &origin)
+        .map_err(|e| e.to_string())?
+        .rp_name(&settings.name);
+    let extra: Vec<Url> = settings
+        .origins
+        .iter()
+        .filter_map(|o| Url::parse(o).ok())
+        .collect();
+    for origin in &extra {
+        builder = builder.append_allowed_origin(origin);
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
+/// A ceremony's first step: the options for `navigator.credentials`, and the challenge
+/// id that names the ceremony in the second step.
+#[derive(Debug)]
+pub struct Ceremony {
+    pub challenge: SecretToken,
+    pub expires: i64,
+    /// `{"publicKey": {...}}`, as the browser's `navigator.credentials` takes it (with
+    /// the binary values in base64url).
+    pub options: serde_json::Value,
+}
+
+/// Whom a passkey sign-in is for.
+#[derive(Debug)]
+pub enum PasskeySignInFor {
+    /// A sign-in without a password, by username or e-mail.
+    Name(LoginName),
+    /// The second step of a sign-in that asked for one (its challenge).
+    SecondStep(SecretToken),
+}
+
+/// A passkey as its user sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasskeyInfo {
+    pub id: String,
+    pub name: String,
+    pub created: i64,
+    pub last_used: Option<i64>,
+}
+
+impl From<StoredPasskey> for PasskeyInfo {
+    fn from(p: StoredPasskey) -> Self {
+        Self {
+            id: p.credential_id,
+            name: p.name,
+            created: p.created,
+            last_used: p.last_used,
+        }
+    }
+}
+
+/// A passkey's name: 1-64 characters, no control characters.
+pub fn passkey_name(raw: Option<String>) -> Result<String, Error> {
+    let name = raw.unwrap_or_default().trim().to_string();
+    if name.is_empty() {
+        return Ok("Passkey".to_string());
+    }
+    if name.chars().count() > PASSKEY_NAME_MAX || name.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "name",
+            format!("must be 1-{PASSKEY_NAME_MAX} characters, without control characters"),
+        ));
+    }
+    Ok(name)
+}
+
+fn credential_id(passkey: &Passkey) -> String {
+    URL_SAFE_NO_PAD.encode(passkey.cred_id())
+}
+
+/// The WebAuthn user handle of an account: stable, and revealing nothing of its id.
+fn user_handle(user_id: &str) -> Uuid {
+    let digest = sha256_hex(format!("passkey-user\n{user_id}").as_bytes());
+    let mut bytes = [0u8; 16];
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&digest[2 * i..2 * i + 2], 16).unwrap_or(0);
+    }
+    Uuid::from_bytes(bytes)
+}
+
+fn options_json(options: impl serde::Serialize) -> Result<serde_json::Value, Error> {
+    serde_json::to_value(options).map_err(Error::internal)
+}
+
+fn state_json(state: &impl serde::Serialize) -> Result<String, Error> {
+    serde_json::to_string(state).map_err(Error::internal)
+}
+
+fn parse_credential<T: serde::de::DeserializeOwned>(raw: serde_json::Value) -> Result<T, Error> {
+    serde_json::from_value(raw).map_err(|e| {
+        Error::invalid(
+            "credential",
+            format!("is not the credential the browser returned: {e}"),
+        )
+    })
+}
+
+impl Users {
+    fn webauthn(&self) -> Result<&Webauthn, Error> {
+        self.webauthn
+            .as_ref()
+            .ok_or_else(|| Error::invalid("passkey", PASSKEYS_OFF))
+    }
+
+    /// A ceremony's token with its state, stored for the second step.
+    async fn store_ceremony(
+        &self,
+        user_id: &str,
+        purpose: Purpose,
+        state: &str,
+        options: serde_json::Value,
+    ) -> Result<Ceremony, Error> {
+        let challenge = SecretToken::generate();
+        let now = self.clock.now();
+        let expires = now.saturating_add(CHALLENGE_TTL);
+        self.store
+            .insert_token(
+                NewToken {
+                    digest: &challenge.digest(),
+                    user_id,
+                    purpose,
+                    created: now,
+                    expires,
+                },
+                Some(state),
+            )
+            .await?;
+        Ok(Ceremony {
+            challenge,
+            expires,
+            options,
+        })
+    }
+
+    /// Starts adding a passkey to the caller's own account.
+    pub async fn start_passkey_registration(&self, caller: &Requester) -> Result<Ceremony, Error> {
+        let webauthn = self.webauthn()?;
+        let id = caller
+            .session_user
+            .clone()
+            .ok_or(Error::Forbidden(NEEDS_OWN_SESSION))?;
+        let user = self
+            .read(&AccountKey::Id(UserId::parse("session", Some(id))?))
+            .await?;
+        let existing = self.passkeys_of(&user.id).await?;
+        let exclude = existing.iter().map(|p| p.cred_id().clone()).collect();
+        let (options, state) = webauthn
+            .start_passkey_registration(
+                user_handle(&user.id),
+                &user.email,
+                &user.username,
+                Some(exclude),
+            )
+            .map_err(|e| Error::internal(e.to_string()))?;
+        self.store_ceremony(
+            &user.id,
+            Purpose::PasskeyRegistration,
+            &state_json(&state)?,
+            options_json(options)?,
+        )
+        .await
+    }
+
+    /// Finishes adding a passkey: the browser's new credential for the ceremony.
+    pub async fn finish_passkey_registration(
+        &self,
+        challenge: SecretToken,
+        credential: serde_json::Value,
+        name: String,
+        caller: &Requester,
+    ) -> Result<PasskeyInfo, Error> {
+        let webauthn = self.webauthn()?;
+        let own = caller
+            .session_user
+            .as_deref()
+            .ok_or(Error::Forbidden(NEEDS_OWN_SESSION))?;
+        let credential: RegisterPublicKeyCredential = parse_credential(credential)?;
+        let digest = challenge.digest();
+        let now = self.clock.now();
+        let token = self
+            .store
+            .live_token(&digest, now)
+            .await?
+            .filter(|t| t.purpose == Purpose::PasskeyRegistration.as_str() && t.user_id == own)
+            .ok_or(Error::Unauthorized(NO_CEREMONY))?;
+        let state: PasskeyRegistration =
+            serde_json::from_str(token.state.as_deref().unwrap_or_default())
+                .map_err(Error::internal)?;
+        let passkey = webauthn
+            .finish_passkey_registration(&credential, &state)
+            .map_err(|e| {
+                tracing::warn!(event = "passkey_registration_refused", user_id = %own, reason = %e);
+                Error::Unauthorized(PASSKEY_REFUSED)
+            })?;
+        let stored = StoredPasskey {
+            credential_id: credential_id(&passkey),
+            user_id: own.to_string(),
+            name,
+            passkey: state_json(&passkey)?,
+            counter: 0,
+            created: now,
+            last_used: None,
+        };
+        match self
+            .store
+            .redeem_token(
+                &digest,
+                Purpose::PasskeyRegistration,
+                now,
+                Redemption::AddPasskey { passkey: &stored },
+            )
+            .await?
+        {
+            Redeemed::Done { .. } => {
+                tracing::info!(event = "passkey_added", user_id = %own);
+                Ok(stored.into())
+            }
+            Redeemed::FactorRefused => Err(Error::invalid("credential", PASSKEY_TAKEN)),
+            _ => Err(Error::Unauthorized(NO_CEREMONY)),
+        }
+    }
+
+    async fn passkeys_of(&self, user_id: &str) -> Result<Vec<Passkey>, Error> {
+        self.store
+            .passkeys(user_id)
+            .await?
+            .iter()
+            .map(|p| serde_json::from_str(&p.passkey).map_err(Error::internal))
+            .collect()
+    }
+
+    /// Starts a sign-in with a passkey: for a name, without a password; or as the
+    /// second step of a sign-in, on its challenge (which then names this ceremony too).
+    pub async fn start_passkey_sign_in(&self, by: PasskeySignInFor) -> Result<Ceremony, Error> {
+        let webauthn = self.webauthn()?;
+        match by {
+            PasskeySignInFor::Name(name) => {
+                let lookup = match &name {
+                    LoginName::Username(username) => Lookup::Username(username),
+                    LoginName::Email(email) => Lookup::Email(email),
+                };
+                let user = self.store.user(lookup).await?;
+                let keys = match &user {
+                    Some(user) => self.passkeys_of(&user.id).await?,
+                    None => Vec::new(),
+                };
+                let (Some(user), false) = (user, keys.is_empty()) else {
+                    return Err(Error::invalid("username", NO_PASSKEYS_FOR_NAME));
+                };
+                let (options, state) = webauthn
+                    .start_passkey_authentication(&keys)
+                    .map_err(|e| Error::internal(e.to_string()))?;
+                self.store_ceremony(
+                    &user.id,
+                    Purpose::PasskeySignIn,
+                    &state_json(&state)?,
+                    options_json(options)?,
+                )
+                .await
+            }
+            PasskeySignInFor::SecondStep(challenge) => {
+                let digest = challenge.digest();
+                let now = self.clock.now();
+                let token = self.store.live_token(&digest, now).await?;
+                let Some((token, method)) =
+                    token.and_then(|t| Purpose::second_step(&t.purpose).map(|method| (t, method)))
+                else {
+                    return Err(Error::Unauthorized(NO_CHALLENGE));
+                };
+                let keys = self.passkeys_of(&token.user_id).await?;
+                if keys.is_empty() {
+                    return Err(Error::invalid("challenge_id", NO_PASSKEYS_FOR_NAME));
+                }
+                let (options, state) = webauthn
+                    .start_passkey_authentication(&keys)
+                    .map_err(|e| Error::internal(e.to_string()))?;
+                if !self
+                    .store
+                    .set_token_state(
+                        &digest,
+                        Purpose::SecondStep(method),
+                        &state_json(&state)?,
+                        now,
+                    )
+                    .await?
+                {
+                    return Err(Error::Unauthorized(NO_CHALLENGE));
+                }
+                Ok(Ceremony {
+                    challenge,
+                    expires: now.saturating_add(CHALLENGE_TTL),
+                    options: options_json(options)?,
+                })
+            }
+        }
+    }
+
+    /// Finishes a sign-in with a passkey: the browser's signature for the ceremony. The
+    /// passkey's counter must have moved on since its last use (a clone of it would
+    /// show one that has not), and is stored under compare-and-swap.
+    pub async fn finish_passkey_sign_in(
+        &self,
+        challenge: SecretToken,
+        credential: serde_json::Value,
+        caller: &Requester,
+    ) -> Result<Session, Error> {
+        let webauthn = self.webauthn()?;
+        let credential: PublicKeyCredential = parse_credential(credential)?;
+        let digest = challenge.digest();
+        let now = self.clock.now();
+        let Some(token) = self.store.live_token(&digest, now).await? else {
+            return Err(Error::Unauthorized(NO_CEREMONY));
+        };
+        let (purpose, sign_in) = if token.purpose == Purpose::PasskeySignIn.as_str() {
+            (
+                Purpose::PasskeySignIn,
+                SignIn::one_step(SignInMethod::Passkey),
+            )
+        } else if let Some(method) = Purpose::second_step(&token.purpose) {
+            (
+                Purpose::SecondStep(method),
+                SignIn {
+                    method,
+                    second_factor: Some(SecondFactor::Passkey),
+                },
+            )
+        } else {
+            return Err(Error::Unauthorized(NO_CEREMONY));
+        };
+        let Some(state) = token.state.as_deref() else {
+            return Err(Error::Unauthorized(NO_CEREMONY));
+        };
+        let state: PasskeyAuthentication = serde_json::from_str(state).map_err(Error::internal)?;
+        let user_id = token.user_id;
+        let refused = |reason: String| {
+            tracing::warn!(event = "passkey_sign_in_refused", user_id = %user_id, client = ?caller.ip, reason = %reason);
+            Error::Unauthorized(PASSKEY_REFUSED)
+        };
+        let result = webauthn
+            .finish_passkey_authentication(&credential, &state)
+            .map_err(|e| refused(e.to_string()))?;
+        let used_id = URL_SAFE_NO_PAD.encode(result.cred_id());
+        let stored = self
+            .store
+            .passkeys(&user_id)
+            .await?
+            .into_iter()
+            .find(|p| p.credential_id == used_id)
+            .ok_or_else(|| refused("the passkey was deleted".to_string()))?;
+        let mut passkey: Passkey =
+            serde_json::from_str(&stored.passkey).map_err(Error::internal)?;
+        passkey.update_credential(&result);
+        let new_counter = i64::from(result.counter());
+        let updated = state_json(&passkey)?;
+        let session = SecretToken::generate();
+        let (ip, user_agent) = caller.client();
+        match self
+            .store
+            .redeem_token(
+                &digest,
+                purpose,
+                now,
+                Redemption::SecondStep {
+                    digest: &session.digest(),
+                    expires: now.saturating_add(self.session_ttl),
+                    client: SessionClient {
+                        ip: ip.as_deref(),
+                        user_agent,
+                    },
+                    sign_in,
+                    factor: FactorUse::Passkey {
+                        credential_id: &stored.credential_id,
+                        counter: stored.counter,
+                        new_counter,
+                        passkey: &updated,
+                        now,
+                    },
+                },
+            )
+            .await?
+        {
+            Redeemed::Done { .. } => {
+                tracing::info!(event = "passkey_sign_in", user_id = %user_id);
+                self.read_session(session).await
+            }
+            Redeemed::FactorRefused => Err(refused("the passkey was used meanwhile".to_string())),
+            _ => Err(Error::Unauthorized(NO_CEREMONY)),
+        }
+    }
+
+    /// The user's passkeys.
+    pub async fn list_passkeys(&self, id: &UserId) -> Result<Vec<PasskeyInfo>, Error> {
+        self.read(&AccountKey::Id(id.clone())).await?;
+        Ok(self
+            .store
+            .passkeys(id.as_str())
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    pub async fn rename_passkey(
+        &self,
+        id: &UserId,
+        passkey: &str,
+        name: String,
+    ) -> Result<(), Error> {
+        if self
+            .store
+            .rename_passkey(id.as_str(), passkey, &name)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(Error::NotFound(NO_PASSKEY))
+        }
+    }
+
+    pub async fn delete_passkey(&self, id: &UserId, passkey: &str) -> Result<(), Error> {
+        if self.store.delete_passkey(id.as_str(), passkey).await? {
+            tracing::info!(event = "passkey_deleted", user_id = %id.as_str());
+            Ok(())
+        } else {
+            Err(Error::NotFound(NO_PASSKEY))
+        }
+    }
+}

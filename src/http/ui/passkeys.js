@@ -1,0 +1,40 @@
+/* The hosted pages' passkey buttons, over Micro.js. Without WebAuthn (or without
+ * JavaScript) the buttons stay hidden and the pages work as before. */
+(function () {
+  "use strict";
+  if (!window.PublicKeyCredential || !window.Micro || !navigator.credentials) return;
+  var shown = document.querySelectorAll("[data-passkey]");
+  for (var i = 0; i < shown.length; i++) shown[i].hidden = false;
+
+  function report(error) {
+    var alert = document.getElementById("passkey-error");
+    alert.textContent = error && error.detail ? error.detail : String(error);
+    alert.hidden = false;
+  }
+
+  var signIn = document.getElementById("passkey-sign-in");
+  if (signIn) {
+    signIn.addEventListener("click", function () {
+      var challenge = signIn.getAttribute("data-challenge");
+      var login = document.getElementById("login");
+      var who = challenge ? {challenge_id: challenge} : (login ? login.value : "");
+      if (!challenge && !who) {
+        report({detail: "Enter your username or e-mail first."});
+        return;
+      }
+      Micro.passkeys.signIn(who, function (session) {
+        window.location.href = session.redirect || "/ui/account";
+      }, report, signIn.getAttribute("data-return-to") || "");
+    });
+  }
+
+  var add = document.getElementById("passkey-add");
+  if (add) {
+    add.addEventListener("click", function () {
+      var name = document.getElementById("passkey_name");
+      Micro.passkeys.register(name ? name.value : "", function () {
+        window.location.href = "/ui/account?notice=passkey-added";
+      }, report);
+    });
+  }
+})();

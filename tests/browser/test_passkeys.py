@@ -1,0 +1,141 @@
+"""Passkeys in headless Chromium with the DevTools Protocol's virtual authenticator
+(WebAuthn.addVirtualAuthenticator), on SQLite and on PostgreSQL: registration on the
+account page, sign-in without a password, sign-in as the second step, a cloned
+credential's counter refused, and deletion."""
+
+from __future__ import annotations
+
+import json
+import re
+import os
+import subprocess
+import tempfile
+import time
+
+import pyotp
+from playwright.sync_api import expect
+
+from conftest import account_url, sign_in, submit_sign_in
+
+
+def authenticator(page) -> tuple:
+    """A platform authenticator with user verification (a device's screen lock) for the
+    page's browser; answers the DevTools session and its id."""
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("WebAuthn.enable")
+    added = cdp.send("WebAuthn.addVirtualAuthenticator", {"options": {
+        "protocol": "ctap2", "transport": "internal", "hasResidentKey": True,
+        "hasUserVerification": True, "isUserVerified": True,
+        "automaticPresenceSimulation": True,
+    }})
+    return cdp, added["authenticatorId"]
+
+
+def add_passkey(page, service, name: str) -> None:
+    page.goto(f"{service.url}/ui/account")
+    page.get_by_label("Name of the new passkey").fill(name)
+    page.get_by_role("button", name="Add a passkey").click()
+    expect(page.get_by_role("status")).to_contain_text("Your passkey is added")
+    expect(page.locator("ul.passkeys")).to_contain_text(name)
+
+
+def sign_in_with_passkey(page, service, login: str) -> None:
+    page.goto(f"{service.url}/ui/signin")
+    page.get_by_label("Username or e-mail").fill(login)
+    page.get_by_role("button", name="Sign in with a passkey").click()
+
+
+def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    done = subprocess.run([os.environ["USERS_BIN"], *args], input=stdin, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def moves_with_export_and_import(service, passkey_id: str) -> None:
+    """`export` writes the passkey, and `import` brings it into another database as it
+    was (exported again, the same line)."""
+    exported = run("export", "--database-url", service.database_url).stdout
+    lines = [json.loads(line) for line in exported.splitlines()]
+    [passkey] = [line for line in lines if line["type"] == "passkey" and line["credential_id"] == passkey_id]
+    assert passkey["name"] == "Laptop" and "cred" in passkey["passkey"], passkey
+    with tempfile.TemporaryDirectory() as target:
+        url = f"sqlite://{target}/moved.db"
+        imported = run("import", "--database-url", url, stdin=exported)
+        assert re.search(r"passkeys=[1-9]", imported.stderr), imported.stderr
+        again = [json.loads(line) for line in run("export", "--database-url", url).stdout.splitlines()]
+        assert passkey in again
+
+
+def sessions_of(service, user_id: str) -> list:
+    answer = service.admin("/users/Users/ListSessions", {"user_id": user_id})
+    assert answer.status == 200, answer
+    return answer.body["sessions"]
+
+
+def test_register_sign_in_clone_and_delete(passkey_service, new_context):
+    service = passkey_service
+    user = service.new_user("pk")
+    # The device that registers the passkey.
+    device = new_context().new_page()
+    cdp, device_id = authenticator(device)
+    sign_in(device, service, user.username, user.password)
+    add_passkey(device, service, "Laptop")
+    listed = service.admin("/users/Users/ListPasskeys", {"user_id": user.id})
+    assert [k["name"] for k in listed.body["passkeys"]] == ["Laptop"], listed
+    moves_with_export_and_import(service, listed.body["passkeys"][0]["id"])
+
+    # Signed out, it signs in with the passkey alone.
+    device.get_by_role("button", name="Sign out").click()
+    sign_in_with_passkey(device, service, user.username)
+    device.wait_for_url(account_url(service))
+    assert any(s.get("method") == "passkey" for s in sessions_of(service, user.id))
+
+    # A copy of the credential on another device, with a counter that has not moved on
+    # (as a clone's would not), is refused; the original still works.
+    [credential] = cdp.send("WebAuthn.getCredentials", {"authenticatorId": device_id})["credentials"]
+    assert credential["signCount"] >= 1, credential
+    clone = new_context().new_page()
+    clone_cdp, clone_id = authenticator(clone)
+    copied = dict(credential, signCount=credential["signCount"] - 1)
+    clone_cdp.send("WebAuthn.addCredential", {"authenticatorId": clone_id, "credential": copied})
+    before = len(sessions_of(service, user.id))
+    sign_in_with_passkey(clone, service, user.username)
+    expect(clone.locator("#passkey-error")).to_contain_text("was not accepted")
+    assert len(sessions_of(service, user.id)) == before
+    device.get_by_role("button", name="Sign out").click()
+    sign_in_with_passkey(device, service, user.username)
+    device.wait_for_url(account_url(service))
+
+    # Deleted, it signs in no more.
+    device.locator("ul.passkeys").get_by_role("button", name="Delete the passkey Laptop").click()
+    expect(device.get_by_role("status")).to_contain_text("That passkey is deleted")
+    device.get_by_role("button", name="Sign out").click()
+    sign_in_with_passkey(device, service, user.username)
+    expect(device.locator("#passkey-error")).to_contain_text("no passkey is registered")
+
+
+def test_a_passkey_as_the_second_step(passkey_service, new_context):
+    service = passkey_service
+    user = service.new_user("pk2")
+    page = new_context().new_page()
+    authenticator(page)
+    sign_in(page, service, user.username, user.password)
+    add_passkey(page, service, "Phone")
+    # Two-factor sign-in on, with pyotp as the app.
+    page.get_by_role("button", name="Turn on").click()
+    totp = pyotp.TOTP(page.locator("#totp-secret").inner_text())
+    page.get_by_label("Code from the app").fill(totp.at(time.time() - 30))
+    page.get_by_role("button", name="Turn on").click()
+    expect(page.get_by_role("heading", name="Save your recovery codes")).to_be_visible()
+
+    # The password, then the passkey instead of a code.
+    page.goto(f"{service.url}/ui/account")
+    page.get_by_role("button", name="Sign out").click()
+    page.goto(f"{service.url}/ui/signin")
+    submit_sign_in(page, user.username, user.password)
+    expect(page.get_by_role("heading", name="Enter your code")).to_be_visible()
+    page.get_by_role("button", name="Use a passkey instead").click()
+    page.wait_for_url(account_url(service))
+    kinds = {(s.get("method"), s.get("second_factor")) for s in sessions_of(service, user.id)}
+    assert ("password", "passkey") in kinds, kinds
