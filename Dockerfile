@@ -35,8 +35,12 @@ RUN touch src/lib.rs src/main.rs \
  && cargo build --release --locked
 
 # ---- runtime ----------------------------------------------------------------
-# SQLite is compiled into the binary; it needs nothing beyond the C library.
+# SQLite is compiled into the binary; it needs the C library and OpenSSL (passkeys).
 FROM debian:bookworm-slim
+
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libssl3 \
+ && rm -rf /var/lib/apt/lists/*
 
 RUN groupadd --system --gid 10001 users-service \
  && useradd --system --uid 10001 --gid users-service \

@@ -66,8 +66,8 @@ pub enum Command {
         #[command(flatten)]
         database: DatabaseConfig,
     },
-    /// Write every user (with its password hash) and every live session to standard
-    /// output as JSON lines
+    /// Write every user (with its password hash), every live session, the ids of deleted
+    /// accounts, second factors and passkeys to standard output as JSON lines
     Export {
         #[command(flatten)]
         database: DatabaseConfig,
