@@ -662,6 +662,8 @@ async fn the_passkey_methods_check_their_callers_and_input(app: TestApp) {
     )
     .await;
     assert_error(&answer, "RenamePasskey", 404, "passkey not found");
+    let answer = micro(&app, "RenamePasskey", &session, json!({"passkey": "nope"})).await;
+    assert_error(&answer, "RenamePasskey", 400, "name is required");
     let answer = micro(&app, "ListPasskeys", &other, json!({"user_id": id})).await;
     assert_error(&answer, "ListPasskeys", 403, "its own account");
 }
@@ -678,7 +680,12 @@ async fn passkeys_are_off_without_a_domain_name() {
     .unwrap();
     let (_, session) = user_with_session(&app, "mo").await;
     let answer = micro(&app, "StartPasskeyRegistration", &session, json!({})).await;
-    assert_error(&answer, "StartPasskeyRegistration", 400, "--public-url");
+    assert_error(
+        &answer,
+        "StartPasskeyRegistration",
+        400,
+        "passkeys need --public-url",
+    );
 }
 
 async fn an_unused_session_ends_after_the_idle_timeout(app: TestApp) {

@@ -202,7 +202,7 @@ impl Users {
             {
                 Ok(webauthn) => Some(webauthn),
                 Err(why) => {
-                    tracing::info!("passkeys are off: {why}");
+                    tracing::info!("passkeys are off: they {why}");
                     None
                 }
             },

@@ -510,7 +510,7 @@ method!(ListPasskeys(UserIdRequest) -> Vec<PasskeyInfo>, |users, r, caller| {
 
 method!(RenamePasskey(PasskeyRequest) -> (), |users, r, caller| {
     let id = caller.account_or_own(r.user_id, "user_id")?;
-    let name = passkey_name(r.name)?;
+    let name = passkey_name(Some(crate::domain::required("name", r.name)?))?;
     users.rename_passkey(&id, &passkey_id(r.passkey)?, name).await
 });
 

@@ -277,6 +277,7 @@ pub struct LiveToken {
     pub purpose: String,
     /// The state of a passkey ceremony kept with it.
     pub state: Option<String>,
+    pub expires: i64,
 }
 
 /// A passkey as the store keeps it.

@@ -18,8 +18,9 @@ use super::*;
 use crate::domain::{sha256_hex, SecondFactor};
 use crate::store::{FactorUse, StoredPasskey};
 
+/// Why passkeys are off, after the word "passkeys".
 pub const PASSKEYS_OFF: &str =
-    "passkeys need --public-url to name this service by a domain name (such as https://accounts.example.com, or http://localhost:8080 to try it)";
+    "need --public-url to name this service by a domain name (such as https://accounts.example.com, or http://localhost:8080 to try it)";
 pub const NO_CEREMONY: &str = "challenge not found or expired: start again";
 pub const PASSKEY_REFUSED: &str = "the passkey was not accepted";
 pub const NO_PASSKEY: &str = "passkey not found";
@@ -46,6 +47,7 @@ pub(super) fn relying_party(
     let Some(url::Host::Domain(rp_id)) = origin.host() else {
         return Err(PASSKEYS_OFF.to_string());
     };
+    // (Other failures read "passkeys are off: they <webauthn-rs's reason>".)
     let rp_id = rp_id.to_string();
     let mut builder = WebauthnBuilder::new(&rp_id, &origin)
         .map_err(|e| e.to_string())?
@@ -151,7 +153,7 @@ impl Users {
     fn webauthn(&self) -> Result<&Webauthn, Error> {
         self.webauthn
             .as_ref()
-            .ok_or_else(|| Error::invalid("passkey", PASSKEYS_OFF))
+            .ok_or_else(|| Error::invalid("passkeys", PASSKEYS_OFF))
     }
 
     /// A ceremony's token with its state, stored for the second step.
@@ -340,7 +342,8 @@ impl Users {
                 }
                 Ok(Ceremony {
                     challenge,
-                    expires: now.saturating_add(CHALLENGE_TTL),
+                    // The sign-in's challenge, which keeps its own expiry.
+                    expires: token.expires,
                     options: options_json(options)?,
                 })
             }

@@ -891,7 +891,8 @@ async fn rename_passkey(
     };
     let renamed = async {
         let id = account_of(session)?;
-        let name = crate::core::users::passkey_name(form.name)?;
+        let name =
+            crate::core::users::passkey_name(Some(crate::domain::required("name", form.name)?))?;
         let passkey = crate::domain::required("passkey", form.passkey)?;
         state.users.rename_passkey(&id, &passkey, name).await
     };

@@ -212,8 +212,9 @@ impl TokenStore for SqlStore {
         now: i64,
     ) -> Result<Option<LiveToken>, StoreError> {
         on_pool!(self, pool => {
-            sqlx::query_as::<_, (String, String, Option<String>)>(
-                "SELECT user_id, purpose, state FROM tokens WHERE token_hash = $1 AND expires > $2",
+            sqlx::query_as::<_, (String, String, Option<String>, i64)>(
+                "SELECT user_id, purpose, state, expires FROM tokens \
+                 WHERE token_hash = $1 AND expires > $2",
             )
             .bind(digest.as_str())
             .bind(now)
@@ -221,10 +222,11 @@ impl TokenStore for SqlStore {
             .await
         })
         .map(|row| {
-            row.map(|(user_id, purpose, state)| LiveToken {
+            row.map(|(user_id, purpose, state, expires)| LiveToken {
                 user_id,
                 purpose,
                 state,
+                expires,
             })
         })
         .map_err(classify)
