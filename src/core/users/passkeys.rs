@@ -164,20 +164,8 @@ impl Users {
         state: &str,
         options: serde_json::Value,
     ) -> Result<Ceremony, Error> {
-        let challenge = SecretToken::generate();
-        let now = self.clock.now();
-        let expires = now.saturating_add(CHALLENGE_TTL);
-        self.store
-            .insert_token(
-                NewToken {
-                    digest: &challenge.digest(),
-                    user_id,
-                    purpose,
-                    created: now,
-                    expires,
-                },
-                Some(state),
-            )
+        let (challenge, expires) = self
+            .short_lived_token(user_id, purpose, Some(state))
             .await?;
         Ok(Ceremony {
             challenge,

@@ -61,23 +61,38 @@ impl Users {
         user_id: &str,
         method: SignInMethod,
     ) -> Result<Error, Error> {
-        let challenge = SecretToken::generate();
+        let (challenge, expires) = self
+            .short_lived_token(user_id, Purpose::SecondStep(method), None)
+            .await?;
+        tracing::info!(event = "second_step_asked", user_id = %user_id, method = method.as_str());
+        Ok(Error::SecondFactorRequired { challenge, expires })
+    }
+
+    /// A new token of `purpose` for `user_id` (with a ceremony's `state`) that lives
+    /// [`CHALLENGE_TTL`] seconds, replacing the user's previous one of that purpose; the
+    /// token and its expiry.
+    pub(super) async fn short_lived_token(
+        &self,
+        user_id: &str,
+        purpose: Purpose,
+        state: Option<&str>,
+    ) -> Result<(SecretToken, i64), Error> {
+        let token = SecretToken::generate();
         let now = self.clock.now();
         let expires = now.saturating_add(CHALLENGE_TTL);
         self.store
             .insert_token(
                 NewToken {
-                    digest: &challenge.digest(),
+                    digest: &token.digest(),
                     user_id,
-                    purpose: Purpose::SecondStep(method),
+                    purpose,
                     created: now,
                     expires,
                 },
-                None,
+                state,
             )
             .await?;
-        tracing::info!(event = "second_step_asked", user_id = %user_id, method = method.as_str());
-        Ok(Error::SecondFactorRequired { challenge, expires })
+        Ok((token, expires))
     }
 
     /// The user's second factors.
