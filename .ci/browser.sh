@@ -3,8 +3,11 @@
 # the built binary, through its own pages (/ui/...) and /micro.js on a second origin:
 # the seed's Micro.js snippets, requireLogin, sign-up with e-mail verification,
 # password change and reset, magic links, the session list, CORS with the session
-# cookie, one user's session against another user, axe-core's accessibility checks,
-# and screenshots of the pages into docs/screenshots/. See tests/browser/conftest.py.
+# cookie, one user's session against another user, two-factor sign-in with pyotp as
+# the authenticator app, passkeys with the DevTools virtual authenticator (on SQLite and
+# PostgreSQL: TEST_DATABASE_URL, databases made and dropped with psql), axe-core's
+# accessibility checks, and screenshots of the pages into docs/screenshots/. See
+# tests/browser/conftest.py.
 #
 #   .ci/browser.sh BINARY [PYTEST ARGS...]
 #
@@ -59,6 +62,13 @@ if ! command -v chromium >/dev/null 2>&1; then
   rm -f "$apt_log"
 fi
 echo "== browser: $(chromium --version 2>/dev/null || echo 'chromium: no version')"
+
+# ---- psql, to make and drop the PostgreSQL databases of the tests on both stores ------
+if [ -n "${TEST_DATABASE_URL:-}" ] && ! command -v psql >/dev/null 2>&1; then
+  echo "== browser: installing Debian's postgresql-client"
+  timeout 300 apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq --no-install-recommends postgresql-client
+fi
 
 # ---- Playwright, pytest and aiosmtpd, in a virtualenv of their own ----------------------
 venv="${XDG_CACHE_HOME:-$HOME/.cache}/users-service-ci/browser-venv"
