@@ -41,7 +41,9 @@ pub enum Error {
     /// LoginMfa with this challenge (short-lived, single-use) and a code opens the session.
     #[error("mfa_required: this account has two-factor sign-in; send a code from the authenticator app (or a recovery code) to LoginMfa with challenge_id")]
     SecondFactorRequired {
-        challenge: crate::domain::SecretToken,
+        /// The challenge id (a secret token; kept as a secret so that it is never
+        /// printed with the error).
+        challenge: secrecy::SecretString,
         expires: i64,
     },
     /// The caller is known but may not do this (a session acting on another account).

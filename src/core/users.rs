@@ -805,7 +805,7 @@ impl Users {
             Redeemed::SecondStepNeeded { user_id } => {
                 tracing::info!(event = "second_step_asked", user_id = %user_id, method = "magic_link");
                 Err(Error::SecondFactorRequired {
-                    challenge,
+                    challenge: challenge.into_secret(),
                     expires: challenge_expires,
                 })
             }

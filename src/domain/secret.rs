@@ -48,6 +48,11 @@ impl SecretToken {
         TokenDigest::of(self.0.expose_secret().as_bytes())
     }
 
+    /// The token as a secret string, for a layer that knows no domain types.
+    pub fn into_secret(self) -> SecretString {
+        self.0
+    }
+
     /// The token itself, for the one response that hands it to its holder.
     pub fn expose(&self) -> &str {
         self.0.expose_secret()

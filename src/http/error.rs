@@ -91,7 +91,8 @@ impl WireError {
                 .headers
                 .push((header::RETRY_AFTER, HeaderValue::from(retry_after.max(1)))),
             Error::SecondFactorRequired { challenge, expires } => {
-                micro.challenge_id = Some(challenge.expose().to_owned());
+                micro.challenge_id =
+                    Some(secrecy::ExposeSecret::expose_secret(&challenge).to_owned());
                 micro.challenge_expires = Some(super::json::Int64(expires));
             }
             _ => {}

@@ -65,7 +65,10 @@ impl Users {
             .short_lived_token(user_id, Purpose::SecondStep(method), None)
             .await?;
         tracing::info!(event = "second_step_asked", user_id = %user_id, method = method.as_str());
-        Ok(Error::SecondFactorRequired { challenge, expires })
+        Ok(Error::SecondFactorRequired {
+            challenge: challenge.into_secret(),
+            expires,
+        })
     }
 
     /// A new token of `purpose` for `user_id` (with a ceremony's `state`) that lives

@@ -465,7 +465,7 @@ async fn sign_in_passkey(
 fn second_step_or(state: &AppState, page: Page, err: Error, return_to: Option<&str>) -> Response {
     match err {
         Error::SecondFactorRequired { challenge, .. } => {
-            Page::second_step(challenge.expose(), return_to)
+            Page::second_step(secrecy::ExposeSecret::expose_secret(&challenge), return_to)
                 .render(&state.ui)
                 .into_response()
         }
