@@ -7,9 +7,9 @@
 
 mod common;
 
-use common::{assert_error, totp, TestApp, PASSWORD};
+use common::{assert_error, micro, totp, TestApp, PASSWORD};
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::json;
 use users_service::config::ServeConfig;
 
 const KEY: &str = "s3cret-admin-key";
@@ -72,17 +72,6 @@ fn the_tests_authenticator_follows_rfc_6238() {
     ] {
         assert_eq!(totp::code(secret, at), expected, "T = {at}");
     }
-}
-
-async fn call_as(app: &TestApp, path: &str, auth: &str, body: Value) -> (StatusCode, Value) {
-    let (status, _, body) = app
-        .send_to(path, body, &[("authorization", &format!("Bearer {auth}"))])
-        .await;
-    (status, body)
-}
-
-async fn micro(app: &TestApp, method: &str, auth: &str, body: Value) -> (StatusCode, Value) {
-    call_as(app, &format!("/users/Users/{method}"), auth, body).await
 }
 
 /// Creates `name` with the admin key and signs in; returns its id and session id.
@@ -434,7 +423,7 @@ where
 
 async fn totp_is_turned_off_with_a_code_or_the_password_or_by_the_admin(app: TestApp) {
     let (id, session) = user_with_session(&app, "erin").await;
-    let (secret, codes) = enrol(&app, &session).await;
+    let (secret, _) = enrol(&app, &session).await;
 
     // With the password.
     let answer = micro(
@@ -469,7 +458,6 @@ async fn totp_is_turned_off_with_a_code_or_the_password_or_by_the_admin(app: Tes
     let (status, body) = micro(&app, "DisableTotp", &session, json!({"code": code})).await;
     assert_eq!(status, 200, "{body}");
     app.login("erin", PASSWORD).await;
-    let _ = codes;
 
     // By the admin, for a user who lost the device and the codes.
     enrol(&app, &session).await;

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{assert_error, TestApp, PASSWORD};
+use common::{assert_error, call_as, micro, TestApp, PASSWORD};
 use reqwest::header::{HeaderMap, COOKIE, LOCATION, SET_COOKIE};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -110,18 +110,6 @@ fn no_redirects() -> reqwest::Client {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
-}
-
-/// POSTs `body` to `path` with the admin key or a bearer session (`auth`).
-async fn call_as(app: &TestApp, path: &str, auth: &str, body: Value) -> (StatusCode, Value) {
-    let (status, _, body) = app
-        .send_to(path, body, &[("authorization", &format!("Bearer {auth}"))])
-        .await;
-    (status, body)
-}
-
-async fn micro(app: &TestApp, method: &str, auth: &str, body: Value) -> (StatusCode, Value) {
-    call_as(app, &format!("/users/Users/{method}"), auth, body).await
 }
 
 /// Creates two users with the admin key; returns their ids and a session of the first.

@@ -441,6 +441,20 @@ impl TestApp {
     }
 }
 
+/// POSTs `body` to `path` with `Authorization: Bearer <auth>` (the admin key or a
+/// session id).
+pub async fn call_as(app: &TestApp, path: &str, auth: &str, body: Value) -> (StatusCode, Value) {
+    let (status, _, body) = app
+        .send_to(path, body, &[("authorization", &format!("Bearer {auth}"))])
+        .await;
+    (status, body)
+}
+
+/// [`call_as`] to `/users/Users/<method>`.
+pub async fn micro(app: &TestApp, method: &str, auth: &str, body: Value) -> (StatusCode, Value) {
+    call_as(app, &format!("/users/Users/{method}"), auth, body).await
+}
+
 /// A second server on a test's database; it stops when this is dropped.
 pub struct Replica {
     pub addr: SocketAddr,

@@ -15,7 +15,9 @@ use webauthn_rs::prelude::{
 
 use super::second_factor::{NEEDS_OWN_SESSION, NO_CHALLENGE};
 use super::*;
-use crate::domain::{sha256_hex, SecondFactor};
+use sha2::{Digest, Sha256};
+
+use crate::domain::SecondFactor;
 use crate::store::{FactorUse, StoredPasskey};
 
 /// Why passkeys are off, after the word "passkeys".
@@ -124,11 +126,9 @@ fn credential_id(passkey: &Passkey) -> String {
 
 /// The WebAuthn user handle of an account: stable, and revealing nothing of its id.
 fn user_handle(user_id: &str) -> Uuid {
-    let digest = sha256_hex(format!("passkey-user\n{user_id}").as_bytes());
+    let digest = Sha256::digest(format!("passkey-user\n{user_id}").as_bytes());
     let mut bytes = [0u8; 16];
-    for (i, byte) in bytes.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&digest[2 * i..2 * i + 2], 16).unwrap_or(0);
-    }
+    bytes.copy_from_slice(&digest[..16]);
     Uuid::from_bytes(bytes)
 }
 
