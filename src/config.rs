@@ -41,6 +41,7 @@ pub const DEFAULT_REQUEST_TIMEOUT: u64 = 30;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_NEW_CONNECTION_TIMEOUT: u64 = 10;
 pub const DEFAULT_KEEP_ALIVE_TIMEOUT: u64 = 60;
+pub const DEFAULT_DB_WAIT: u64 = 60;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -93,6 +94,18 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub database: DatabaseConfig,
+
+    /// Seconds to keep trying, with backoff, a database that does not answer at start
+    /// (meanwhile /health/ready and the methods answer 503, /health/live 200); 0: give
+    /// up at once
+    #[arg(
+        long,
+        env = "USERS_DB_WAIT",
+        value_name = "SECONDS",
+        default_value_t = DEFAULT_DB_WAIT,
+        value_parser = clap::value_parser!(u64).range(0..=86_400)
+    )]
+    pub db_wait: u64,
 
     /// Lifetime of a session, in seconds
     #[arg(
@@ -528,6 +541,7 @@ impl ServeConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             database: DatabaseConfig::new(database),
+            db_wait: DEFAULT_DB_WAIT,
             session_ttl: DEFAULT_SESSION_TTL,
             session_idle_timeout: 0,
             cors_origins: Vec::new(),

@@ -65,8 +65,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             None => {
-                let shutdown = shutdown_signal().context("cannot listen for signals")?;
-                let server = Server::build(&cli.serve).await?;
+                let mut shutdown =
+                    Box::pin(shutdown_signal().context("cannot listen for signals")?);
+                // A stop asked for while the start waits for the database is a clean one.
+                let server = tokio::select! {
+                    server = Server::build(&cli.serve) => server?,
+                    () = &mut shutdown => return Ok(()),
+                };
                 server.run(shutdown).await?;
             }
             Some(Command::Migrate { database }) => {

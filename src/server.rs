@@ -15,15 +15,18 @@ use secrecy::SecretString;
 use sqlx::migrate::MigrateError;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
+use tower::ServiceExt;
 
 use crate::config::{AccessConfig, DatabaseConfig, ServeConfig, UiConfig};
 use crate::core::clock::{Clock, SystemClock};
 use crate::core::outbox::Outbox;
 use crate::core::password::PasswordHasher;
 use crate::core::users::Users;
+use crate::error::chain;
 use crate::http::access::AccessPolicy;
 use crate::http::connection::{Activity, ConnectionLimits, Full, Timeouts, Watched};
 use crate::http::guard::{Guard, GuardConfig};
+use crate::http::health;
 use crate::http::ui::{Asset, UiSettings};
 use crate::http::{App, AppState};
 use crate::store::{DatabaseUrl, SchemaError, SqlStore, StoreError};
@@ -71,6 +74,86 @@ pub async fn open_store(config: &DatabaseConfig) -> Result<SqlStore, StartError>
     let store = connect_store(config, !config.no_migrate).await?;
     prepare_schema(&store, config).await?;
     Ok(store)
+}
+
+/// The first pause between two attempts to open the database at start, and the longest.
+const DB_RETRY_FIRST: Duration = Duration::from_millis(250);
+const DB_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// As [`open_store`], but a database that does not answer (PostgreSQL down or not yet
+/// up, a SQLite directory not yet mounted) is tried again with backoff for up to
+/// `wait`. Meanwhile `listener` is served by [`health::starting_routes`]: alive, not
+/// ready, 503 for every method. Any other error (a wrong password, a newer schema)
+/// stops the start at once.
+pub async fn open_store_waiting(
+    config: &DatabaseConfig,
+    listener: &TcpListener,
+    wait: Duration,
+) -> Result<SqlStore, StartError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let attempts = async {
+        let mut pause = DB_RETRY_FIRST;
+        loop {
+            match open_store(config).await {
+                Err(StartError::Database { url, source })
+                    if source.outage().is_some()
+                        && tokio::time::Instant::now() + pause < deadline =>
+                {
+                    tracing::warn!(
+                        listen = %listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()),
+                        database = %url,
+                        error = %chain(&source),
+                        retry_in = ?pause,
+                        "the database does not answer yet; /health/ready answers 503 until it does"
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(DB_RETRY_MAX);
+                }
+                other => return other,
+            }
+        }
+    };
+    let graceful = GracefulShutdown::new();
+    let opened = tokio::select! {
+        opened = attempts => opened,
+        never = serve_starting(listener, &graceful) => match never {},
+    };
+    // Connections made while waiting finish the answer they are writing and close.
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+    });
+    opened
+}
+
+/// Answers every connection with [`health::starting_routes`], until dropped.
+async fn serve_starting(
+    listener: &TcpListener,
+    graceful: &GracefulShutdown,
+) -> std::convert::Infallible {
+    let routes = health::starting_routes();
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1.timer(TokioTimer::new()).keep_alive(false);
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let routes = routes.clone();
+        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let routes = routes.clone();
+            async move {
+                let response = match routes.oneshot(request.map(axum::body::Body::new)).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                };
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        });
+        let connection = graceful.watch(http1.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(10), connection).await;
+        });
+    }
 }
 
 /// As [`open_store`], but never creates a database: for reading one (`export`).
@@ -218,8 +301,6 @@ impl Server {
         let hasher = PasswordHasher::new(config.hash_params(), threads)
             .map_err(|e| StartError::Config(e.to_string()))?;
 
-        let store = Arc::new(open_store(&config.database).await?);
-        store.prepare_to_serve().await;
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -227,6 +308,15 @@ impl Server {
                     addr: config.listen,
                     source,
                 })?;
+        let store = Arc::new(
+            open_store_waiting(
+                &config.database,
+                &listener,
+                Duration::from_secs(config.db_wait),
+            )
+            .await?,
+        );
+        store.prepare_to_serve().await;
         if config.mail.public_url.is_none() {
             // The address really bound: the configured port may be 0.
             if let Ok(bound) = listener.local_addr() {

@@ -21,6 +21,7 @@ fn help_lists_every_flag_with_its_environment_variable() {
         ("--cors-origins", "USERS_CORS_ORIGINS"),
         ("--db-max-connections", "USERS_DB_MAX_CONNECTIONS"),
         ("--db-acquire-timeout", "USERS_DB_ACQUIRE_TIMEOUT"),
+        ("--db-wait", "USERS_DB_WAIT"),
         ("--smtp-url", "USERS_SMTP_URL"),
         ("--mail-from", "USERS_MAIL_FROM"),
         ("--public-url", "USERS_PUBLIC_URL"),
@@ -78,7 +79,7 @@ fn bad_configuration_fails_at_start_with_one_clear_line() {
         ),
         (vec!["--listen", &taken_addr], "cannot listen on"),
         (
-            vec!["--database-url", &missing_dir],
+            vec!["--database-url", &missing_dir, "--db-wait", "0"],
             "cannot open the database",
         ),
         (
@@ -87,6 +88,8 @@ fn bad_configuration_fails_at_start_with_one_clear_line() {
                 "postgres://postgres@127.0.0.1:1/users",
                 "--db-acquire-timeout",
                 "1",
+                "--db-wait",
+                "0",
             ],
             "cannot open the database postgres://postgres@127.0.0.1:1/users",
         ),
@@ -567,7 +570,14 @@ fn the_database_password_never_appears_in_help_or_logs() {
     // And a database that cannot be reached is named without it too.
     let unreachable = format!("postgres://{user}:{secret}@127.0.0.1:1/nowhere");
     let output = command(dir.path())
-        .args(["--listen", "127.0.0.1:0", "--db-acquire-timeout", "1"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--db-acquire-timeout",
+            "1",
+            "--db-wait",
+            "1",
+        ])
         .env("DATABASE_URL", &unreachable)
         .output()
         .unwrap();

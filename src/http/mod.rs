@@ -7,6 +7,7 @@ pub mod connection;
 pub mod cookie;
 pub mod error;
 pub mod guard;
+pub mod health;
 pub mod json;
 pub mod m3o;
 pub mod methods;
@@ -25,7 +26,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::BodyExt;
 use serde::Serialize;
-use serde_json::json;
 use tower::ServiceExt;
 use tower_http::cors::{AllowCredentials, AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -370,9 +370,15 @@ pub fn served_routes() -> Vec<(axum::http::Method, String)> {
     };
     let mut routes = rpc(RPC_PREFIX, MICRO_METHODS);
     routes.extend(rpc(M3O_PREFIX, M3O_METHODS));
-    for path in [VERIFY_PATH, "/health", "/openapi.yaml"]
-        .iter()
-        .chain(ui::API_GET_PATHS)
+    for path in [
+        VERIFY_PATH,
+        health::HEALTH_PATH,
+        health::READY_PATH,
+        health::LIVE_PATH,
+        "/openapi.yaml",
+    ]
+    .iter()
+    .chain(ui::API_GET_PATHS)
     {
         routes.push((axum::http::Method::GET, path.to_string()));
     }
@@ -408,7 +414,7 @@ impl App {
         let routes = micro_routes()
             .merge(m3o_routes())
             .route(VERIFY_PATH, get(verify::verify_link))
-            .route("/health", get(health))
+            .merge(health::routes())
             .route("/openapi.yaml", get(openapi))
             .merge(ui::routes())
             .fallback(not_found)
@@ -637,20 +643,6 @@ async fn read_body(
     }
 }
 
-async fn health(State(state): State<AppState>) -> Result<Json<serde_json::Value>, WireError> {
-    match state.users.health().await {
-        Ok(()) => Ok(Json(json!({"status": "ok"}))),
-        // Whatever went wrong, the service is not healthy: 503, never 500.
-        Err(err) => Err(WireError::from_error(
-            "Health",
-            Error::Unavailable {
-                outage: err.outage().unwrap_or(crate::error::Outage::Unreachable),
-                source: Box::new(err),
-            },
-        )),
-    }
-}
-
 async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI_YAML)
 }
@@ -699,9 +691,8 @@ async fn method_not_allowed(uri: Uri) -> WireError {
         .with_header(header::ALLOW, "POST"),
         (path, None) => {
             let name = match path {
-                "/health" => "Health",
                 "/openapi.yaml" => "OpenApi",
-                _ => "Unknown",
+                _ => health::route_name(path).unwrap_or("Unknown"),
             };
             WireError::method_not_allowed(name, "GET")
         }

@@ -697,9 +697,12 @@ fn classify(err: sqlx::Error) -> StoreError {
             Some(kind) => StoreError::Unavailable(kind, err),
             None => StoreError::Other(err),
         },
+        // A connection closed in the middle of the protocol (a proxy in front of a
+        // server that is not up yet) is the database not answering, too.
         sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::Io(_)
+        | sqlx::Error::Protocol(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::WorkerCrashed => StoreError::Unavailable(Outage::Unreachable, err),
         _ => StoreError::Other(err),
