@@ -58,6 +58,25 @@ pub struct Cli {
 
     #[command(flatten)]
     pub serve: ServeConfig,
+
+    /// How log lines are written to standard error: `text` for people, or `json`, one
+    /// object per line with stable field names (docs/operations.md)
+    #[arg(
+        long,
+        global = true,
+        env = "USERS_LOG_FORMAT",
+        value_name = "FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
+}
+
+/// The format of the log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

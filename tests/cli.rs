@@ -22,6 +22,7 @@ fn help_lists_every_flag_with_its_environment_variable() {
         ("--db-max-connections", "USERS_DB_MAX_CONNECTIONS"),
         ("--db-acquire-timeout", "USERS_DB_ACQUIRE_TIMEOUT"),
         ("--db-wait", "USERS_DB_WAIT"),
+        ("--log-format", "USERS_LOG_FORMAT"),
         ("--smtp-url", "USERS_SMTP_URL"),
         ("--mail-from", "USERS_MAIL_FROM"),
         ("--public-url", "USERS_PUBLIC_URL"),
@@ -180,7 +181,7 @@ fn logs_one_line_per_request_and_no_secrets() {
         "{login}"
     );
     assert!(
-        login.contains("status=200") && login.contains("latency="),
+        login.contains("status=200") && login.contains("latency_ms="),
         "{login}"
     );
     assert!(request_lines[3].contains("status=401"));

@@ -217,3 +217,147 @@ async fn live_and_ready_answer_while_serving_on_both_stores() {
         assert_eq!(response.status(), 200);
     }
 }
+
+/// `X-Request-Id` is kept when acceptable, made otherwise, echoed in the answer and
+/// named in the request's log lines; `--log-format json` writes one JSON object per
+/// line with stable field names.
+#[test]
+fn request_ids_are_echoed_and_logged_in_json_lines_on_both_stores() {
+    let test = "request_ids_are_echoed_and_logged_in_json_lines";
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let Some(db) = runtime.block_on(common::TestDatabase::create(backend, test)) else {
+            continue;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = command(dir.path());
+        cmd.args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .env("DATABASE_URL", &db.raw_url);
+        let mut service = Service::start(cmd);
+
+        let chosen = "edge-7f3a 2026/12/04";
+        let create =
+            r#"{"username":"traced","email":"traced@example.com","password":"correct-horse-1"}"#;
+        let (status, headers, body) =
+            request(&service, "/users/Users/Create", create, Some(chosen));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(header(&headers, "x-request-id"), Some(chosen.to_string()));
+
+        // None, or one that is too long: a new id, 32 hexadecimal digits.
+        let too_long = "r".repeat(129);
+        let mut made = Vec::new();
+        for sent in [None, Some(too_long.as_str())] {
+            let (status, headers, _) = request(&service, "/health/ready", "", sent);
+            assert_eq!(status, 200);
+            let id = header(&headers, "x-request-id").unwrap();
+            assert_eq!(id.len(), 32, "{id}");
+            assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+            made.push(id);
+        }
+        assert_ne!(made[0], made[1]);
+        // Refused by the origin rules, before any route: still with an id.
+        let (status, headers, _) = request_with(
+            &service,
+            "/users/Users/Read",
+            "{}",
+            &[("Origin", "https://evil.example")],
+        );
+        assert_eq!(status, 403);
+        let refused = header(&headers, "x-request-id").unwrap();
+
+        let (exit, logs) = service.terminate();
+        assert!(exit.success(), "{logs:#?}");
+        let lines: Vec<serde_json::Value> = logs
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        for line in &lines {
+            for field in ["timestamp", "level", "target"] {
+                assert!(line.get(field).is_some(), "{field} in {line}");
+            }
+            // What happened: a sentence, or a security event's name, or both.
+            assert!(
+                line.get("message").is_some() || line.get("event").is_some(),
+                "{line}"
+            );
+        }
+        let of_request = |id: &str| -> Vec<&serde_json::Value> {
+            lines
+                .iter()
+                .filter(|l| l["span"]["request_id"] == id)
+                .collect()
+        };
+        let created = of_request(chosen);
+        let done = created
+            .iter()
+            .find(|l| l["message"] == "request")
+            .unwrap_or_else(|| panic!("the request line of {chosen}: {created:#?}"));
+        assert_eq!(done["status"], 200);
+        assert_eq!(done["span"]["method"], "POST");
+        assert_eq!(done["span"]["path"], "/users/Users/Create");
+        assert!(done["latency_ms"].as_f64().unwrap() > 0.0);
+        for id in &made {
+            assert_eq!(of_request(id).len(), 1, "{id}");
+        }
+        assert!(
+            of_request(&refused)
+                .iter()
+                .any(|l| l["event"] == "request_refused"),
+            "{lines:#?}"
+        );
+        let text = logs.join("\n");
+        assert!(!text.contains("correct-horse-1"));
+    }
+}
+
+fn request(
+    service: &Service,
+    path: &str,
+    body: &str,
+    id: Option<&str>,
+) -> (u16, Vec<(String, String)>, String) {
+    let headers: Vec<(&str, &str)> = id.map(|id| ("X-Request-Id", id)).into_iter().collect();
+    request_with(service, path, body, &headers)
+}
+
+/// One request (GET without a body, POST with one); the status, headers and body.
+fn request_with(
+    service: &Service,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Vec<(String, String)>, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(service.addr).unwrap();
+    stream
+        .set_read_timeout(Some(common::process::DEADLINE))
+        .unwrap();
+    let method = if body.is_empty() { "GET" } else { "POST" };
+    let extra: String = headers
+        .iter()
+        .map(|(n, v)| format!("{n}: {v}\r\n"))
+        .collect();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap()[9..12].parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body.to_string())
+}
+
+fn header(headers: &[(String, String)], name: &str) -> Option<String> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.clone())
+}

@@ -103,6 +103,8 @@ pub struct Requester {
     pub session: Option<TokenDigest>,
     /// The `User-Agent` it sent, kept with the sessions it opens.
     pub user_agent: Option<String>,
+    /// The request's id (`X-Request-Id`), recorded with what it changes.
+    pub request_id: Option<std::sync::Arc<str>>,
 }
 
 impl Requester {

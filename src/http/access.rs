@@ -121,6 +121,8 @@ pub struct Caller {
     /// Its `User-Agent` (a cheap copy of the header; made text only when a session is
     /// opened).
     pub user_agent: Option<HeaderValue>,
+    /// The request's id, made by [`super::App::handle`].
+    pub request_id: Option<std::sync::Arc<str>>,
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -155,6 +157,10 @@ impl FromRequestParts<AppState> for Caller {
             admin,
             session,
             user_agent: parts.headers.get(header::USER_AGENT).cloned(),
+            request_id: parts
+                .extensions
+                .get::<super::request_id::RequestId>()
+                .map(super::request_id::RequestId::shared),
         })
     }
 }
@@ -245,12 +251,14 @@ mod tests {
             admin: false,
             session: None,
             user_agent: None,
+            request_id: None,
         };
         let admin = Caller {
             ip: None,
             admin: true,
             session: None,
             user_agent: None,
+            request_id: None,
         };
         assert!(policy.allows("Login", anonymous.admin));
         assert!(!policy.allows("Create", anonymous.admin), "sign-up closed");

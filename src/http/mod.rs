@@ -12,6 +12,7 @@ pub mod json;
 pub mod m3o;
 pub mod methods;
 pub mod micro;
+pub mod request_id;
 pub mod ui;
 pub mod verify;
 
@@ -25,12 +26,13 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::BodyExt;
+use request_id::RequestId;
 use serde::Serialize;
 use tower::ServiceExt;
 use tower_http::cors::{AllowCredentials, AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
-use tracing::{Level, Span};
+use tracing::{Instrument, Level, Span};
 
 use crate::core::users::{Requester, Users};
 use crate::error::Error;
@@ -431,8 +433,35 @@ impl App {
     /// Answers one request: refused by the guard before any work, or routed. Every
     /// answer is marked not to be cached (it may hold a session or an account) and not
     /// to be sniffed as another content type.
-    pub async fn handle(&self, request: Request<Body>) -> Response<Body> {
-        let mut response = match self.guard.check(request.headers()) {
+    pub async fn handle(&self, mut request: Request<Body>) -> Response<Body> {
+        let id = RequestId::of(request.headers());
+        // The path only: a query string could carry something secret.
+        let span = tracing::info_span!(
+            "http",
+            request_id = %id,
+            method = %request.method(),
+            path = %loggable_path(request.uri().path()),
+        );
+        request.extensions_mut().insert(id.clone());
+        let mut response = self.route(request).instrument(span).await;
+        let headers = response.headers_mut();
+        // Static files (micro.js, the pages' stylesheet) set their own: revalidate.
+        if !headers.contains_key(header::CACHE_CONTROL) {
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        }
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        if let Some(value) = id.header_value() {
+            headers.insert(request_id::REQUEST_ID, value);
+        }
+        response
+    }
+
+    /// Refused by the guard before any work, or routed.
+    async fn route(&self, request: Request<Body>) -> Response<Body> {
+        match self.guard.check(request.headers()) {
             Ok(()) => {
                 let router = self.router_for(&request).clone();
                 match router.oneshot(request).await {
@@ -448,17 +477,7 @@ impl App {
                 tracing::warn!(event = "request_refused", reason = ?refusal, "refused by the origin or host rules");
                 refusal.into_error(service, method).into_response()
             }
-        };
-        let headers = response.headers_mut();
-        // Static files (micro.js, the pages' stylesheet) set their own: revalidate.
-        if !headers.contains_key(header::CACHE_CONTROL) {
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         }
-        headers.insert(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        );
-        response
     }
 
     /// The router that answers `request`.
@@ -489,19 +508,13 @@ fn traced(routes: Router<AppState>) -> Router<AppState> {
     }
     routes.layer(
         TraceLayer::new_for_http()
-            .make_span_with(|request: &Request<_>| {
-                // The path only: a query string could carry something secret.
-                tracing::info_span!(
-                    "http",
-                    method = %request.method(),
-                    path = %loggable_path(request.uri().path()),
-                )
-            })
+            // The request's span is made by [`App::handle`], around the guard too.
+            .make_span_with(|_: &Request<_>| Span::none())
             .on_request(())
             .on_response(|response: &Response<_>, latency: Duration, _: &Span| {
                 tracing::info!(
                     status = response.status().as_u16(),
-                    latency = ?latency,
+                    latency_ms = latency.as_secs_f64() * 1e3,
                     "request"
                 );
             })
@@ -582,6 +595,7 @@ async fn requester(
         admin,
         session,
         user_agent,
+        request_id,
     } = caller;
     let mut requester = Requester {
         ip,
@@ -589,6 +603,7 @@ async fn requester(
         session_user: None,
         session: None,
         user_agent: user_agent.and_then(|v| v.to_str().ok().map(str::to_owned)),
+        request_id,
     };
     if admin {
         return Ok(Some(requester));

@@ -197,6 +197,8 @@ impl Drop for TestDatabase {
 /// With `USERS_TEST_LOG_DIR` set, everything the in-process servers of this test binary
 /// log, at the most verbose level, goes to a file there. CI scans those files for
 /// secrets after the whole suite has run.
+const JSON_LOG_SUITES: &[&str] = &["api", "mail", "second_factor", "operations"];
+
 fn capture_logs() {
     static INSTALLED: std::sync::Once = std::sync::Once::new();
     INSTALLED.call_once(|| {
@@ -211,13 +213,24 @@ fn capture_logs() {
             .unwrap_or("tests");
         let path = std::path::Path::new(&dir).join(format!("{name}-{}.log", std::process::id()));
         let file = std::fs::File::create(&path).expect("log file");
-        let _ = tracing_subscriber::fmt()
+        let logs = tracing_subscriber::fmt()
             // rustls's trace lines print each TLS handshake's public random values (of
             // the PostgreSQL connections), which look like the digests the scan looks for.
             .with_env_filter(tracing_subscriber::EnvFilter::new("trace,rustls=debug"))
             .with_ansi(false)
-            .with_writer(std::sync::Mutex::new(file))
-            .try_init();
+            .with_writer(std::sync::Mutex::new(file));
+        // Some suites log in the JSON format (`--log-format json`), so that the scan
+        // covers both formats.
+        let suite = name.rsplit_once('-').map_or(name, |(suite, _hash)| suite);
+        if JSON_LOG_SUITES.contains(&suite) {
+            let _ = logs
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .try_init();
+        } else {
+            let _ = logs.try_init();
+        }
     });
 }
 

@@ -51,8 +51,12 @@ impl Service {
                 .recv_timeout(DEADLINE)
                 .unwrap_or_else(|_| panic!("no ready line; stderr so far: {seen:#?}"));
             seen.push(line.clone());
+            // `listen=ADDR` in text logs, `"listen":"ADDR"` in JSON ones.
             if let Some(rest) = line.split("listen=").nth(1) {
                 break rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+            if let Some(rest) = line.split(r#""listen":""#).nth(1) {
+                break rest.split('"').next().unwrap().parse().unwrap();
             }
         };
         Service {

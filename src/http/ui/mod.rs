@@ -272,6 +272,7 @@ impl FromRequestParts<AppState> for FormPost {
                 user_agent: caller
                     .user_agent
                     .and_then(|v| v.to_str().ok().map(str::to_owned)),
+                request_id: caller.request_id,
             },
             session,
         })
