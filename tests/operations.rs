@@ -233,7 +233,7 @@ fn request_ids_are_echoed_and_logged_in_json_lines_on_both_stores() {
         let mut cmd = command(dir.path());
         cmd.args(["--listen", "127.0.0.1:0", "--log-format", "json"])
             .env("DATABASE_URL", &db.raw_url);
-        let mut service = Service::start(cmd);
+        let service = Service::start(cmd);
 
         let chosen = "edge-7f3a 2026/12/04";
         let create =
