@@ -111,6 +111,11 @@ pub struct ServeConfig {
     #[arg(long, env = "USERS_LISTEN", value_name = "ADDR", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
 
+    /// Serve `GET /metrics` (Prometheus) on this address (IP:PORT) instead, without the
+    /// admin key; otherwise it is served on --listen, behind the admin key when one is set
+    #[arg(long, env = "USERS_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
     #[command(flatten)]
     pub database: DatabaseConfig,
 
@@ -559,6 +564,7 @@ impl ServeConfig {
     pub fn new(database: DatabaseUrl) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics_listen: None,
             database: DatabaseConfig::new(database),
             db_wait: DEFAULT_DB_WAIT,
             session_ttl: DEFAULT_SESSION_TTL,

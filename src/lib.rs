@@ -5,6 +5,7 @@
 //! The layers, each depending only on the ones listed before it:
 //!
 //! * [`error`]: the outcomes a client can act on, one kind each.
+//! * [`metrics`]: the counters and gauges every layer updates, served as `GET /metrics`.
 //! * [`domain`]: validated types (parse, don't validate), the records the core returns,
 //!   and the secrets it hands out (session and e-mail tokens, reset codes).
 //! * [`store`]: persistence, as traits by concern (accounts, sessions, one-time tokens
@@ -22,6 +23,7 @@ pub mod core;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod server;
 pub mod store;
 

@@ -29,6 +29,7 @@ use crate::http::guard::{Guard, GuardConfig};
 use crate::http::health;
 use crate::http::ui::{Asset, UiSettings};
 use crate::http::{App, AppState};
+use crate::metrics::Metrics;
 use crate::store::{DatabaseUrl, SchemaError, SqlStore, StoreError};
 
 /// How often expired sessions are deleted.
@@ -192,6 +193,9 @@ pub async fn connect_store(config: &DatabaseConfig, create: bool) -> Result<SqlS
 
 pub struct Server {
     listener: TcpListener,
+    /// `--metrics-listen`: `/metrics` alone, without the admin key.
+    metrics_listener: Option<TcpListener>,
+    metrics: Arc<Metrics>,
     app: Arc<App>,
     users: Arc<Users>,
     store: Arc<SqlStore>,
@@ -317,6 +321,18 @@ impl Server {
             .await?,
         );
         store.prepare_to_serve().await;
+        let pool: Arc<dyn crate::metrics::PoolGauge> = store.clone();
+        let metrics = Arc::new(Metrics::new(Arc::downgrade(&pool)));
+        store.attach_metrics(metrics.clone());
+        let hasher = hasher.with_metrics(metrics.argon2.clone());
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         if config.mail.public_url.is_none() {
             // The address really bound: the configured port may be 0.
             if let Ok(bound) = listener.local_addr() {
@@ -337,14 +353,19 @@ impl Server {
             );
         }
         let public_url = url::Url::parse(&settings.links.public_url).ok();
-        let outbox = Arc::new(Outbox::new(
-            store.clone(),
-            mailer,
-            clock.clone(),
-            config.outbox_config(),
-        ));
+        let outbox = Arc::new(
+            Outbox::new(store.clone(), mailer, clock.clone(), config.outbox_config())
+                .with_metrics(metrics.mail.clone()),
+        );
         let redirect_allowlist = settings.links.redirect_allowlist.clone();
-        let users = Arc::new(Users::new(store.clone(), hasher, clock, settings, outbox));
+        let users = Arc::new(Users::new(
+            store.clone(),
+            hasher,
+            clock,
+            settings,
+            outbox,
+            metrics.clone(),
+        ));
         let request_timeout = Duration::from_secs(config.request_timeout);
         let guard = Guard::new(GuardConfig {
             cors_origins: &config.cors_origins,
@@ -367,6 +388,8 @@ impl Server {
             request_timeout,
             guard: Arc::new(guard),
             ui: Arc::new(ui),
+            metrics: metrics.clone(),
+            metrics_on_main: metrics_listener.is_none(),
         }));
         if !access.has_key() {
             tracing::warn!(
@@ -379,8 +402,16 @@ impl Server {
             database = %config.database.url,
             "users-service ready"
         );
+        if let Some(listener) = &metrics_listener {
+            tracing::info!(
+                metrics_listen = %listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()),
+                "metrics are served at /metrics on their own address"
+            );
+        }
         Ok(Self {
             listener,
+            metrics_listener,
+            metrics,
             app,
             users,
             store,
@@ -408,6 +439,13 @@ impl Server {
         self.users.clone()
     }
 
+    /// The address `/metrics` is served on alone, with `--metrics-listen`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     /// The store, for embedding programs and tests.
     pub fn store(&self) -> Arc<SqlStore> {
         self.store.clone()
@@ -422,6 +460,15 @@ impl Server {
     /// `http::connection`).
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> io::Result<()> {
         let sweeper = tokio::spawn(sweep(self.users.clone()));
+        let metrics = self.metrics.clone();
+        let metrics_server = self.metrics_listener.map(|listener| {
+            tokio::spawn(async move {
+                let routes = crate::http::metrics_routes(metrics);
+                if let Err(err) = axum::serve(listener, routes).await {
+                    tracing::warn!(error = %err, "the metrics listener stopped");
+                }
+            })
+        });
         let sender = tokio::spawn(self.users.outbox().clone().run());
         let graceful = GracefulShutdown::new();
         let mut http1 = hyper::server::conn::http1::Builder::new();
@@ -482,6 +529,9 @@ impl Server {
             tracing::warn!("some connections were still busy at the shutdown deadline");
         }
         sweeper.abort();
+        if let Some(server) = metrics_server {
+            server.abort();
+        }
         // The sender finishes the messages it is sending (each within the SMTP
         // timeout). One still unfinished at the deadline stays claimed until its lease
         // ends; then another sender, or this one after a restart, sends it.

@@ -361,3 +361,268 @@ fn header(headers: &[(String, String)], name: &str) -> Option<String> {
         .find(|(n, _)| n == name)
         .map(|(_, v)| v.clone())
 }
+
+/// Scrapes `/metrics` as Prometheus does, and parses it with a Prometheus text parser.
+async fn scrape(app: &common::TestApp, key: Option<&str>) -> prometheus_parse::Scrape {
+    let mut request = app.client.get(app.url("/metrics"));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = response.text().await.unwrap();
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap()
+}
+
+/// The value of the sample `name` with these labels; a histogram's count.
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let found = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .unwrap_or_else(|| panic!("no sample {name} {labels:?}"));
+    match &found.value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => *v,
+        prometheus_parse::Value::Histogram(buckets) => {
+            buckets.iter().map(|b| b.count).fold(0.0, f64::max)
+        }
+        prometheus_parse::Value::Summary(_) => panic!("{name} is a summary"),
+    }
+}
+
+/// Requests, password hashing, the database pool, limits and lockouts, sessions by
+/// method and by cause, the outbox, and the build: each counted as it happens.
+#[tokio::test]
+async fn metrics_count_what_happens_on_both_stores() {
+    use serde_json::json;
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let sink = common::smtp::SmtpSink::start().await;
+        let url = sink.url();
+        let Some(app) = common::TestApp::spawn_with(backend, "metrics_count_what_happens", |c| {
+            c.mail.smtp_url = Some(url);
+        })
+        .await
+        else {
+            continue;
+        };
+        let before = scrape(&app, None).await;
+        for name in [
+            "users_sessions_created_total",
+            "users_sessions_ended_total",
+            "users_rate_limited_total",
+            "users_lockouts_total",
+        ] {
+            assert!(
+                before.samples.iter().any(|s| s.metric == name),
+                "{name} is there from the start"
+            );
+        }
+        assert_eq!(sample(&before, "users_build_info", &[]), 1.0);
+        assert_eq!(
+            sample(
+                &before,
+                "users_sessions_created_total",
+                &[("method", "password")]
+            ),
+            0.0
+        );
+
+        let user = app.create_user("metered").await;
+        let id = user["id"].as_str().unwrap().to_owned();
+        let first = app.login("metered", common::PASSWORD).await;
+        let (status, _) = app.call("Logout", json!({"session_id": first["id"]})).await;
+        assert_eq!(status, 200);
+        for _ in 0..2 {
+            app.login("metered", common::PASSWORD).await;
+        }
+        let (status, _) = app.call("LogoutAll", json!({"user_id": id})).await;
+        assert_eq!(status, 200);
+        app.login("metered", common::PASSWORD).await;
+        let (status, body) = app
+            .call(
+                "UpdatePassword",
+                json!({"user_id": id, "old_password": common::PASSWORD,
+                       "new_password": "newpassword1", "confirm_password": "newpassword1"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        // An account deleted with a session open.
+        let other = app.create_user("deleted").await;
+        app.login("deleted", common::PASSWORD).await;
+        let (status, _) = app.call("Delete", json!({"id": other["id"]})).await;
+        assert_eq!(status, 200);
+        // Five wrong passwords lock the account out; the sixth try is refused (429).
+        for _ in 0..5 {
+            let (status, _) = app
+                .call(
+                    "Login",
+                    json!({"username": "metered", "password": "wrong-password"}),
+                )
+                .await;
+            assert_eq!(status, 401);
+        }
+        let (status, _) = app
+            .call(
+                "Login",
+                json!({"username": "metered", "password": "wrong-password"}),
+            )
+            .await;
+        assert_eq!(status, 429);
+        let (status, body) = app
+            .m3o(
+                "SendVerificationEmail",
+                json!({"email": "metered@example.com", "subject": "Confirm",
+                       "text_content": "Open $micro_verification_link",
+                       "redirect_url": "http://localhost/done",
+                       "failure_redirect_url": "http://localhost/failed"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        sink.next_mail("metered@example.com").await;
+        let mut stats = app.users.outbox().stats();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            stats.wait_for(|s| s.sent >= 1),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        // Its sessions ended with the new password: none is left for the deletion.
+        let (status, _) = app.call("Delete", json!({"id": id})).await;
+        assert_eq!(status, 200);
+
+        let after = scrape(&app, None).await;
+        let requests = |method: &str, status: &str| {
+            sample(
+                &after,
+                "users_http_requests_total",
+                &[("family", "micro"), ("method", method), ("status", status)],
+            )
+        };
+        assert_eq!(requests("Login", "200"), 5.0);
+        assert_eq!(requests("Login", "401"), 5.0);
+        assert_eq!(requests("Login", "429"), 1.0);
+        assert_eq!(requests("Create", "200"), 2.0);
+        assert_eq!(
+            sample(
+                &after,
+                "users_http_request_duration_seconds",
+                &[("family", "micro"), ("method", "Login")]
+            ),
+            11.0
+        );
+        let created = sample(
+            &after,
+            "users_sessions_created_total",
+            &[("method", "password")],
+        );
+        assert_eq!(created, 5.0);
+        let ended = |cause| sample(&after, "users_sessions_ended_total", &[("cause", cause)]);
+        assert_eq!(ended("logout"), 1.0);
+        assert_eq!(ended("logout_all"), 2.0);
+        assert_eq!(ended("password_changed"), 1.0);
+        assert_eq!(ended("user_deleted"), 1.0);
+        // The account and the address (all of this came from one) were locked out.
+        for limit in ["login_account", "login_address"] {
+            assert_eq!(
+                sample(&after, "users_lockouts_total", &[("limit", limit)]),
+                1.0
+            );
+        }
+        assert_eq!(
+            sample(
+                &after,
+                "users_rate_limited_total",
+                &[("limit", "login_account")]
+            ),
+            1.0
+        );
+        assert_eq!(sample(&after, "users_mail_sent_total", &[]), 1.0);
+        // 5 good and 5 wrong passwords, 2 accounts made and 1 password changed: each
+        // waited for a hashing thread, and none is waiting or running now.
+        assert!(sample(&after, "users_argon2_wait_seconds", &[]) >= 13.0);
+        assert_eq!(sample(&after, "users_argon2_waiting", &[]), 0.0);
+        assert_eq!(sample(&after, "users_argon2_running", &[]), 0.0);
+        assert!(sample(&after, "users_db_acquire_wait_seconds", &[]) >= 1.0);
+        let idle = sample(&after, "users_db_connections", &[("state", "idle")]);
+        let in_use = sample(&after, "users_db_connections", &[("state", "in_use")]);
+        assert!(idle + in_use >= 1.0, "{idle} {in_use}");
+        // The scrape itself is counted, under its own family.
+        assert_eq!(
+            sample(
+                &after,
+                "users_http_requests_total",
+                &[("family", "metrics"), ("method", "GET"), ("status", "200")]
+            ),
+            1.0
+        );
+    }
+}
+
+/// With an admin key, `/metrics` needs it; `--metrics-listen` serves it alone on its
+/// own address, without the key, and the main listener no longer does.
+#[tokio::test]
+async fn metrics_need_the_admin_key_or_their_own_address_on_both_stores() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let Some(app) = common::TestApp::spawn_with(backend, "metrics_need_the_admin_key", |c| {
+            c.access.api_key = Some("s3cret-admin-key".into());
+        })
+        .await
+        else {
+            continue;
+        };
+        let refused = app.client.get(app.url("/metrics")).send().await.unwrap();
+        assert_eq!(refused.status(), 401);
+        assert_eq!(refused.headers()["www-authenticate"], "Bearer");
+        let error: serde_json::Value = refused.json().await.unwrap();
+        assert_eq!(error["id"], "users.Metrics");
+        let wrong = app
+            .client
+            .get(app.url("/metrics"))
+            .bearer_auth("not-the-key")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401);
+        let scraped = scrape(&app, Some("s3cret-admin-key")).await;
+        assert_eq!(
+            sample(
+                &scraped,
+                "users_http_requests_total",
+                &[("family", "metrics"), ("method", "GET"), ("status", "401")]
+            ),
+            2.0
+        );
+        let db = app.into_database().await;
+
+        let app = common::TestApp::spawn_on(db, |c| {
+            c.access.api_key = Some("s3cret-admin-key".into());
+            c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        })
+        .await;
+        let metrics_addr = app.metrics_addr.unwrap();
+        let own = app
+            .client
+            .get(format!("http://{metrics_addr}/metrics"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(own.status(), 200);
+        let text = own.text().await.unwrap();
+        assert!(text.contains("users_build_info"), "{text}");
+        let main = app
+            .client
+            .get(app.url("/metrics"))
+            .bearer_auth("s3cret-admin-key")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(main.status(), 404);
+    }
+}

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use crate::domain::sha256_hex;
 use crate::domain::LoginName;
 use crate::error::Error;
+use crate::metrics::{LimitName, Metrics};
 use crate::store::{AttemptLimit, Counter, CounterStore, Reservation};
 
 /// The longest lockout, however many times a key was locked before.
@@ -120,6 +121,7 @@ pub fn address_group(ip: IpAddr) -> String {
 pub struct Limiter {
     store: Arc<dyn CounterStore>,
     config: LimitConfig,
+    metrics: Arc<Metrics>,
 }
 
 /// What a reserved attempt is counted under.
@@ -140,14 +142,19 @@ struct Reserved {
 pub struct Attempt {
     store: Arc<dyn CounterStore>,
     config: LimitConfig,
+    metrics: Arc<Metrics>,
     reserved: Option<Reserved>,
     /// When it was reserved: the time an abandoned attempt is counted at.
     at: i64,
 }
 
 impl Limiter {
-    pub fn new(store: Arc<dyn CounterStore>, config: LimitConfig) -> Self {
-        Self { store, config }
+    pub fn new(store: Arc<dyn CounterStore>, config: LimitConfig, metrics: Arc<Metrics>) -> Self {
+        Self {
+            store,
+            config,
+            metrics,
+        }
     }
 
     /// Reserves one password or code check against `subject` (an identifier; `None`
@@ -164,17 +171,20 @@ impl Limiter {
             .filter(|_| self.config.login_max_failures_per_ip > 0)
             .map(LimitKey::client);
         let mut limits = Vec::with_capacity(2);
+        let mut names = Vec::with_capacity(2);
         if let Some(key) = subject {
             limits.push(AttemptLimit {
                 key: key.as_str(),
                 max: self.config.login_max_failures,
             });
+            names.push(LimitName::login_account);
         }
         if let Some(key) = &client_key {
             limits.push(AttemptLimit {
                 key: key.as_str(),
                 max: self.config.login_max_failures_per_ip,
             });
+            names.push(LimitName::login_address);
         }
         let reserved = if limits.is_empty() {
             Reserved {
@@ -192,16 +202,20 @@ impl Limiter {
                     client: client_key
                         .map(|key| (key, window_starts.last().copied().unwrap_or(now))),
                 },
-                Reservation::Refused(counter) => {
+                Reservation::Refused { limit, counter } => {
+                    if let Some(name) = names.get(limit) {
+                        self.metrics.limited(*name);
+                    }
                     return Err(Error::TooManyRequests {
                         retry_after: self.retry_after(&counter, now),
-                    })
+                    });
                 }
             }
         };
         Ok(Attempt {
             store: self.store.clone(),
             config: self.config,
+            metrics: self.metrics.clone(),
             reserved: Some(reserved),
             at: now,
         })
@@ -239,6 +253,7 @@ impl Limiter {
             .hourly(&LimitKey::signup(ip), self.config.create_per_hour, now)
             .await;
         if limited.is_err() {
+            self.metrics.limited(LimitName::signup);
             tracing::warn!(event = "signup_limited", client = %ip, "too many sign-ups from one address");
         }
         limited
@@ -286,7 +301,9 @@ impl Attempt {
     /// it locked already and add nothing).
     pub async fn failed(mut self, now: i64) -> Result<(), Error> {
         match self.reserved.take() {
-            Some(reserved) => record_failure(&*self.store, &self.config, &reserved, now).await,
+            Some(reserved) => {
+                record_failure(&*self.store, &self.config, &self.metrics, &reserved, now).await
+            }
             None => Ok(()),
         }
     }
@@ -325,9 +342,10 @@ impl Drop for Attempt {
         };
         let store = self.store.clone();
         let config = self.config;
+        let metrics = self.metrics.clone();
         let now = self.at;
         runtime.spawn(async move {
-            if let Err(err) = record_failure(&*store, &config, &reserved, now).await {
+            if let Err(err) = record_failure(&*store, &config, &metrics, &reserved, now).await {
                 tracing::warn!(error = %crate::error::chain(&err), "an abandoned attempt could not be counted");
             }
         });
@@ -337,20 +355,22 @@ impl Drop for Attempt {
 async fn record_failure(
     store: &dyn CounterStore,
     config: &LimitConfig,
+    metrics: &Metrics,
     reserved: &Reserved,
     now: i64,
 ) -> Result<(), Error> {
     let keys = reserved
         .subject
         .iter()
-        .map(|key| (key, config.login_max_failures))
-        .chain(
-            reserved
-                .client
-                .iter()
-                .map(|(key, _)| (key, config.login_max_failures_per_ip)),
-        );
-    for (key, max) in keys {
+        .map(|key| (key, config.login_max_failures, LimitName::login_account))
+        .chain(reserved.client.iter().map(|(key, _)| {
+            (
+                key,
+                config.login_max_failures_per_ip,
+                LimitName::login_address,
+            )
+        }));
+    for (key, max, name) in keys {
         let Some(counter) = store.counter(key.as_str()).await? else {
             continue;
         };
@@ -367,6 +387,7 @@ async fn record_failure(
             )
             .await?
         {
+            metrics.locked_out(name);
             tracing::warn!(
                 event = "lockout",
                 lockout_seconds = lockout,

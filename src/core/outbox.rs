@@ -6,6 +6,7 @@
 //! `max_attempts` attempts it is given up, and its token withdrawn. Queued messages
 //! survive restarts: they are in the database.
 
+use crate::metrics::MailMetrics;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,7 +57,11 @@ pub struct Outbox {
     wake: Notify,
     stats: watch::Sender<OutboxStats>,
     stopping: watch::Sender<bool>,
+    metrics: MailMetrics,
 }
+
+/// How often the sender counts the queued messages for the metrics.
+const COUNT_QUEUED: Duration = Duration::from_secs(5);
 
 impl Outbox {
     pub fn new(
@@ -73,7 +78,14 @@ impl Outbox {
             wake: Notify::new(),
             stats: watch::Sender::new(OutboxStats::default()),
             stopping: watch::Sender::new(false),
+            metrics: MailMetrics::default(),
         }
+    }
+
+    /// Reports what it sends, and the queue's length, to `metrics`.
+    pub fn with_metrics(mut self, metrics: MailMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Whether messages really leave (an SMTP server is configured).
@@ -95,9 +107,18 @@ impl Outbox {
     /// is sending and returns.
     pub async fn run(self: Arc<Self>) {
         let mut stopping = self.stopping.subscribe();
+        let mut counted: Option<tokio::time::Instant> = None;
         while !*stopping.borrow_and_update() {
             if let Err(err) = self.deliver_due().await {
                 tracing::warn!(error = %chain(&err), "the mail sender could not reach the database");
+            }
+            if counted.is_none_or(|at| at.elapsed() >= COUNT_QUEUED) {
+                if let Ok(queued) = self.store.queued_mail().await {
+                    self.metrics
+                        .queued
+                        .set(i64::try_from(queued).unwrap_or(i64::MAX));
+                }
+                counted = Some(tokio::time::Instant::now());
             }
             tokio::select! {
                 () = self.wake.notified() => {}
@@ -167,6 +188,7 @@ impl Outbox {
             (Ok(()), _) => {
                 if self.mailer.sends() {
                     tracing::info!(event = "mail_sent", kind = %mail.kind, user_id = %mail.user_id, attempts);
+                    self.metrics.sent.inc();
                 }
                 self.stats.send_modify(|s| s.sent += 1);
             }
@@ -179,6 +201,7 @@ impl Outbox {
                     error = %chain(err),
                     "an e-mail could not be sent and is given up; its link or code was withdrawn"
                 );
+                self.metrics.dead.inc();
                 self.stats.send_modify(|s| s.dead += 1);
             }
             (Err(err), _) => {
@@ -190,6 +213,7 @@ impl Outbox {
                     error = %chain(err),
                     "an e-mail could not be sent; it will be tried again"
                 );
+                self.metrics.failed.inc();
                 self.stats.send_modify(|s| s.failed += 1);
             }
         }

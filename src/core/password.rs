@@ -14,6 +14,8 @@ use std::cell::RefCell;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{Output, ParamsString, PasswordHash, Salt, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
+
+use crate::metrics::Argon2Metrics;
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::domain::Password;
@@ -64,6 +66,8 @@ pub struct PasswordHasher {
     dummy: String,
     /// argon2 computations so far (hashes and verifications).
     runs: Arc<AtomicU64>,
+    /// Computations waiting and running, and their waits.
+    metrics: Argon2Metrics,
 }
 
 impl PasswordHasher {
@@ -97,7 +101,14 @@ impl PasswordHasher {
             slots: Arc::new(Semaphore::new(threads)),
             dummy,
             runs,
+            metrics: Argon2Metrics::default(),
         })
+    }
+
+    /// Reports its queue and its waits to `metrics`.
+    pub fn with_metrics(mut self, metrics: Argon2Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// A PHC string (`$argon2id$v=19$m=...,t=...,p=...$salt$hash`) for a new password.
@@ -149,18 +160,40 @@ impl PasswordHasher {
         &self,
         job: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, Error> {
-        let slot = Arc::clone(&self.slots)
-            .acquire_owned()
-            .await
-            .map_err(Error::internal)?;
+        let queued = std::time::Instant::now();
+        // Counted while waiting, even if the request is dropped meanwhile.
+        let waiting = Counted::new(&self.metrics.waiting);
+        let slot = Arc::clone(&self.slots).acquire_owned().await;
+        drop(waiting);
+        let slot = slot.map_err(Error::internal)?;
+        self.metrics.wait.observe(queued.elapsed().as_secs_f64());
         let (tx, rx) = oneshot::channel();
+        let running = Counted::new(&self.metrics.running);
         self.pool.spawn(move || {
             let _slot = slot;
+            // Counted until the job ends, however it ends.
+            let _running = running;
             // The receiver is gone only if the request was dropped; nothing to do then.
             let _ = tx.send(job());
         });
         rx.await
             .map_err(|_| Error::internal("password hashing job failed"))
+    }
+}
+
+/// One more on a gauge, until dropped.
+struct Counted(prometheus_client::metrics::gauge::Gauge);
+
+impl Counted {
+    fn new(gauge: &prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

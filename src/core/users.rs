@@ -16,6 +16,7 @@ use crate::domain::{
 use crate::domain::{Purpose, ResetCode};
 use crate::domain::{SecretToken, SessionHandle, SignIn, SignInMethod, TokenDigest};
 use crate::error::Error;
+use crate::metrics::{LimitName, Metrics};
 use crate::store::{
     CodeCheck, Credentials, EventLimit, HashChange, Liveness, Lookup, NewMail, NewSession,
     NewToken, NewUser, Queued, Redeemed, Redemption, SessionClient, SessionDetails, SessionRecord,
@@ -180,6 +181,7 @@ pub struct Users {
     webauthn: Option<webauthn_rs::Webauthn>,
     outbox: Arc<Outbox>,
     links: LinkSettings,
+    metrics: Arc<Metrics>,
 }
 
 impl Users {
@@ -189,9 +191,11 @@ impl Users {
         clock: Arc<dyn Clock>,
         settings: Settings,
         outbox: Arc<Outbox>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            limiter: Limiter::new(store.clone(), settings.limits),
+            limiter: Limiter::new(store.clone(), settings.limits, metrics.clone()),
+            metrics,
             store,
             hasher,
             clock,
@@ -869,6 +873,7 @@ impl Users {
         };
         match self.store.queue_mail(limit, mail).await? {
             Queued::Limited(counter) => {
+                self.metrics.limited(LimitName::mail);
                 tracing::warn!(
                     event = "mail_limited",
                     kind = purpose.as_str(),

@@ -75,7 +75,7 @@ impl AccessPolicy {
         self.key_digest.is_none() || admin || self.public.contains(&method)
     }
 
-    fn is_admin(&self, headers: &HeaderMap) -> bool {
+    pub fn is_admin(&self, headers: &HeaderMap) -> bool {
         let Some(expected) = &self.key_digest else {
             return false;
         };

@@ -19,6 +19,7 @@ pub mod verify;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::metrics::{Metrics, RouteFamily, RouteLabels};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
@@ -322,6 +323,10 @@ pub struct AppState {
     pub guard: Arc<Guard>,
     /// The hosted pages' settings.
     pub ui: Arc<ui::UiSettings>,
+    pub metrics: Arc<Metrics>,
+    /// Whether `/metrics` is served here (behind the admin key), rather than on its own
+    /// address.
+    pub metrics_on_main: bool,
 }
 
 /// Declares the routes of each surface once: the router and the route lists both come
@@ -377,6 +382,7 @@ pub fn served_routes() -> Vec<(axum::http::Method, String)> {
         health::HEALTH_PATH,
         health::READY_PATH,
         health::LIVE_PATH,
+        METRICS_PATH,
         "/openapi.yaml",
     ]
     .iter()
@@ -406,6 +412,7 @@ pub struct App {
     cors: Router,
     plain: Router,
     guard: Arc<Guard>,
+    metrics: Arc<Metrics>,
 }
 
 impl App {
@@ -413,10 +420,12 @@ impl App {
     /// origin it let in.
     pub fn new(state: AppState) -> Self {
         let guard = state.guard.clone();
+        let metrics = state.metrics.clone();
         let routes = micro_routes()
             .merge(m3o_routes())
             .route(VERIFY_PATH, get(verify::verify_link))
             .merge(health::routes())
+            .route(METRICS_PATH, get(serve_metrics))
             .route("/openapi.yaml", get(openapi))
             .merge(ui::routes())
             .fallback(not_found)
@@ -427,13 +436,20 @@ impl App {
             HeaderValue::from_static(CORS_VARY),
         )))
         .with_state(state);
-        Self { cors, plain, guard }
+        Self {
+            cors,
+            plain,
+            guard,
+            metrics,
+        }
     }
 
     /// Answers one request: refused by the guard before any work, or routed. Every
     /// answer is marked not to be cached (it may hold a session or an account) and not
     /// to be sniffed as another content type.
     pub async fn handle(&self, mut request: Request<Body>) -> Response<Body> {
+        let started = std::time::Instant::now();
+        let route = route_labels(request.method(), request.uri().path());
         let id = RequestId::of(request.headers());
         // The path only: a query string could carry something secret.
         let span = tracing::info_span!(
@@ -456,6 +472,8 @@ impl App {
         if let Some(value) = id.header_value() {
             headers.insert(request_id::REQUEST_ID, value);
         }
+        self.metrics
+            .request(route, response.status().as_u16(), started.elapsed());
         response
     }
 
@@ -656,6 +674,91 @@ async fn read_body(
             "the request body was not received in time",
         )),
     }
+}
+
+/// Where the Prometheus metrics are served.
+pub const METRICS_PATH: &str = "/metrics";
+
+/// `GET /metrics` on the main listener: with the admin key when one is set (the
+/// counters tell how the service is used), unless they are served on their own address.
+async fn serve_metrics(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Response<Body> {
+    if !state.metrics_on_main {
+        return WireError::new(
+            "Metrics",
+            StatusCode::NOT_FOUND,
+            "the metrics are served on --metrics-listen",
+        )
+        .into_response();
+    }
+    if state.access.has_key() && !state.access.is_admin(&headers) {
+        tracing::warn!(event = "api_key_rejected", method = "Metrics");
+        return WireError::new(
+            "Metrics",
+            StatusCode::UNAUTHORIZED,
+            "the metrics need the admin key: Authorization: Bearer <key>",
+        )
+        .with_header(header::WWW_AUTHENTICATE, "Bearer")
+        .into_response();
+    }
+    prometheus_text(&state.metrics)
+}
+
+fn prometheus_text(metrics: &Metrics) -> Response<Body> {
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        metrics.render(),
+    )
+        .into_response()
+}
+
+/// The routes of `--metrics-listen`: `GET /metrics` alone, without a key (bind it to an
+/// address only the scraper reaches).
+pub fn metrics_routes(metrics: Arc<Metrics>) -> Router {
+    Router::new().route(
+        METRICS_PATH,
+        get(move || {
+            let metrics = metrics.clone();
+            async move { prometheus_text(&metrics) }
+        }),
+    )
+}
+
+/// The metrics' labels for a request: its route family and method, from names the
+/// service serves only, so that no request can make a new series.
+fn route_labels(verb: &axum::http::Method, path: &str) -> RouteLabels {
+    let rpc = |names: &[&'static str], name: &str| {
+        names
+            .iter()
+            .find(|known| **known == name)
+            .copied()
+            .unwrap_or("unknown")
+    };
+    let verb = match *verb {
+        axum::http::Method::GET => "GET",
+        axum::http::Method::POST => "POST",
+        axum::http::Method::OPTIONS => "OPTIONS",
+        axum::http::Method::HEAD => "HEAD",
+        _ => "other",
+    };
+    let (family, method) = if let Some(name) = path.strip_prefix(RPC_PREFIX) {
+        (RouteFamily::micro, rpc(MICRO_METHODS, name))
+    } else if path == VERIFY_PATH {
+        (RouteFamily::ui, verb)
+    } else if let Some(name) = path.strip_prefix(M3O_PREFIX) {
+        (RouteFamily::m3o, rpc(M3O_METHODS, name))
+    } else if path == "/ui" || path.starts_with("/ui/") || path == "/micro.js" {
+        (RouteFamily::ui, verb)
+    } else if health::route_name(path).is_some() {
+        (RouteFamily::health, verb)
+    } else if path == METRICS_PATH {
+        (RouteFamily::metrics, verb)
+    } else {
+        (RouteFamily::other, verb)
+    };
+    RouteLabels { family, method }
 }
 
 async fn openapi() -> impl IntoResponse {

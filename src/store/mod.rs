@@ -356,9 +356,9 @@ pub enum Reservation {
     /// One attempt is counted under every limit; the start of each one's window, in
     /// the order the limits were given.
     Granted { window_starts: Vec<i64> },
-    /// Nothing was counted: this limit's key is locked out, or its window holds its
-    /// maximum of attempts already.
-    Refused(Counter),
+    /// Nothing was counted: the limit at `limit` (its place in the order given) has its
+    /// key locked out, or its window holds its maximum of attempts already.
+    Refused { limit: usize, counter: Counter },
 }
 
 /// How checking a reset code went.
@@ -594,6 +594,9 @@ pub trait MailStore: Send + Sync {
         mail: &ClaimedMail,
         outcome: MailOutcome,
     ) -> Result<(), StoreError>;
+
+    /// How many messages wait to be sent (queued, claimed or not).
+    async fn queued_mail(&self) -> Result<u64, StoreError>;
 
     /// Deletes up to `batch` sent or given-up messages created at or before `before`;
     /// returns how many.

@@ -237,6 +237,8 @@ fn capture_logs() {
 /// A running service.
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served alone, with `--metrics-listen`.
+    pub metrics_addr: Option<SocketAddr>,
     pub base: String,
     pub client: reqwest::Client,
     pub clock: Arc<ManualClock>,
@@ -272,6 +274,7 @@ impl TestApp {
             .await
             .expect("server starts");
         let addr = server.local_addr().expect("bound address");
+        let metrics_addr = server.metrics_addr();
         let users = server.users();
         let store = server.store();
         let (tx, rx) = oneshot::channel::<()>();
@@ -280,6 +283,7 @@ impl TestApp {
         }));
         Self {
             addr,
+            metrics_addr,
             base: format!("http://{addr}"),
             client: reqwest::Client::new(),
             clock,

@@ -36,7 +36,7 @@ impl AccountStore for SqlStore {
             .map(|done| done.rows_affected() == 0),
             Backend::Postgres(pool) => {
                 async {
-                    let mut conn = pool.acquire().await?;
+                    let mut conn = acquire!(self, pool);
                     let mut tx = conn.begin_write().await?;
                     sqlx::query(insert!(""))
                         .bind(new.id.as_str())
@@ -149,7 +149,7 @@ impl AccountStore for SqlStore {
         let email = changes.email.as_ref().map(|e| e.as_str());
         let profile = changes.profile.as_ref().map(profile_json);
         let row = on_writer!(self, pool => async {
-            let mut conn = pool.acquire().await?;
+            let mut conn = acquire!(self, pool);
             let mut tx = conn.begin_with(begin).await?;
             let old: Option<(String,)> = sqlx::query_as(old_email)
                 .bind(id.as_str())
@@ -194,11 +194,17 @@ impl AccountStore for SqlStore {
                                  SELECT id, $2 FROM users WHERE id = $1 \
                                  ON CONFLICT (id) DO NOTHING";
         on_writer!(self, pool => async {
-            let mut conn = pool.acquire().await?;
+            let mut conn = acquire!(self, pool);
             let mut tx = conn.begin_write().await?;
-            for sql in ["DELETE FROM sessions WHERE user_id = $1", "DELETE FROM tokens WHERE user_id = $1"] {
-                sqlx::query(sql).bind(id.as_str()).execute(&mut *tx).await?;
-            }
+            let ended = sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            sqlx::query("DELETE FROM tokens WHERE user_id = $1")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
             sqlx::query(TOMBSTONE)
                 .bind(id.as_str())
                 .bind(now)
@@ -210,6 +216,7 @@ impl AccountStore for SqlStore {
                 .await?
                 .rows_affected();
             commit!(tx, conn);
+            self.ended(EndCause::user_deleted, ended);
             Ok::<_, sqlx::Error>(deleted == 1)
         }
         .await)
@@ -264,7 +271,7 @@ impl AccountStore for SqlStore {
         change: HashChange,
     ) -> Result<bool, StoreError> {
         on_writer!(self, pool => async {
-            let mut conn = pool.acquire().await?;
+            let mut conn = acquire!(self, pool);
             let mut tx = conn.begin_write().await?;
             let replaced = match change {
                 HashChange::NewPassword { now } => sqlx::query(
@@ -286,13 +293,16 @@ impl AccountStore for SqlStore {
             .await?
             .rows_affected()
                 == 1;
+            let mut ended = 0;
             if replaced && matches!(change, HashChange::NewPassword { .. }) {
-                sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+                ended = sqlx::query("DELETE FROM sessions WHERE user_id = $1")
                     .bind(id)
                     .execute(&mut *tx)
-                    .await?;
+                    .await?
+                    .rows_affected();
             }
             commit!(tx, conn);
+            self.ended(EndCause::password_changed, ended);
             Ok::<_, sqlx::Error>(replaced)
         }
         .await)

@@ -29,10 +29,10 @@ impl CounterStore for SqlStore {
              WHERE rate_limits.blocked_until <= $2 \
              AND (rate_limits.window_start <= $2 - $3 OR rate_limits.count < $4)";
         on_writer!(self, pool => async {
-            let mut conn = pool.acquire().await?;
+            let mut conn = acquire!(self, pool);
             let mut tx = conn.begin_write().await?;
             let mut window_starts = Vec::with_capacity(limits.len());
-            for limit in limits {
+            for (index, limit) in limits.iter().enumerate() {
                 let counted = sqlx::query(RESERVE)
                     .bind(limit.key)
                     .bind(now)
@@ -54,7 +54,7 @@ impl CounterStore for SqlStore {
                 });
                 if !counted {
                     tx.rollback().await?;
-                    return Ok(Reservation::Refused(counter));
+                    return Ok(Reservation::Refused { limit: index, counter });
                 }
                 window_starts.push(counter.window_start);
             }
@@ -110,7 +110,7 @@ impl CounterStore for SqlStore {
         const GIVE_BACK: &str = "UPDATE rate_limits SET count = count - 1 \
                                  WHERE key = $1 AND window_start = $2 AND count > 0";
         on_writer!(self, pool => async {
-            let mut conn = pool.acquire().await?;
+            let mut conn = acquire!(self, pool);
             let mut tx = conn.begin_write().await?;
             if let Some(key) = forget {
                 sqlx::query(FORGET).bind(key).execute(&mut *tx).await?;

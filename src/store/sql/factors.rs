@@ -55,7 +55,7 @@ impl FactorStore for SqlStore {
         keep: Option<&TokenDigest>,
     ) -> Result<bool, StoreError> {
         on_writer!(self, pool => async {
-            let mut conn = pool.acquire().await?;
+            let mut conn = acquire!(self, pool);
             let mut tx = conn.begin_write().await?;
             let confirmed = sqlx::query(
                 "UPDATE totp SET confirmed = $3, last_step = $4 \
@@ -83,12 +83,14 @@ impl FactorStore for SqlStore {
                 });
                 insert.build().execute(&mut *tx).await?;
             }
-            sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND token_hash <> $2")
+            let ended = sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND token_hash <> $2")
                 .bind(user_id)
                 .bind(keep.map_or("", TokenDigest::as_str))
                 .execute(&mut *tx)
-                .await?;
+                .await?
+                .rows_affected();
             commit!(tx, conn);
+            self.ended(EndCause::second_factor, ended);
             Ok::<_, sqlx::Error>(true)
         }
         .await)
@@ -97,7 +99,7 @@ impl FactorStore for SqlStore {
 
     async fn remove_second_factors(&self, user_id: &str) -> Result<bool, StoreError> {
         on_writer!(self, pool => async {
-            let mut conn = pool.acquire().await?;
+            let mut conn = acquire!(self, pool);
             let mut tx = conn.begin_write().await?;
             let removed = sqlx::query("DELETE FROM totp WHERE user_id = $1")
                 .bind(user_id)
@@ -118,7 +120,7 @@ impl FactorStore for SqlStore {
 
     async fn use_factor(&self, user_id: &str, factor: FactorUse<'_>) -> Result<bool, StoreError> {
         on_writer!(self, pool => async {
-            let mut conn = pool.acquire().await?;
+            let mut conn = acquire!(self, pool);
             Ok::<_, sqlx::Error>(use_factor!(conn, user_id, factor))
         }
         .await)

@@ -16,7 +16,7 @@ impl MailStore for SqlStore {
                                lease_until, created) \
                                VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', 0, $8, 0, $8)";
         on_writer!(self, pool => async {
-            let mut conn = pool.acquire().await?;
+            let mut conn = acquire!(self, pool);
             let mut tx = conn.begin_write().await?;
             sqlx::query(add_event!())
                 .bind(limit.key)
@@ -56,6 +56,16 @@ impl MailStore for SqlStore {
             Ok::<_, sqlx::Error>(outcome)
         }
         .await)
+        .map_err(classify)
+    }
+
+    async fn queued_mail(&self) -> Result<u64, StoreError> {
+        on_pool!(self, pool => {
+            sqlx::query_as::<_, (i64,)>("SELECT COUNT(*) FROM outbox WHERE state = 'queued'")
+                .fetch_one(pool)
+                .await
+        })
+        .map(|(n,)| u64::try_from(n).unwrap_or(0))
         .map_err(classify)
     }
 
@@ -173,7 +183,7 @@ impl MailStore for SqlStore {
                 MailOutcome::GiveUp => {
                     // The message is kept (without its body or token) as a record that
                     // it was given up; the token no one will receive is withdrawn.
-                    let mut conn = pool.acquire().await?;
+                    let mut conn = acquire!(self, pool);
                     let mut tx = conn.begin_write().await?;
                     let token: Option<(Option<String>,)> = sqlx::query_as(
                         "SELECT token_hash FROM outbox \

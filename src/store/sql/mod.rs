@@ -33,7 +33,9 @@ use crate::domain::{
     TokenDigest, User, UserId, UserQuery, RESET_CODE_MAX_WRONG,
 };
 use crate::error::{Outage, Unique};
+use crate::metrics::{EndCause, Metrics, PoolGauge};
 use inline::InlineReader;
+use std::sync::Arc;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -74,6 +76,24 @@ enum Backend {
 
 pub struct SqlStore {
     backend: Backend,
+    /// Where it reports connection waits and ended sessions, once the service has
+    /// attached its metrics.
+    metrics: std::sync::OnceLock<Arc<Metrics>>,
+}
+
+/// Takes a connection for a write transaction from `$pool`, timing the wait.
+macro_rules! acquire {
+    ($store:expr, $pool:ident) => {{
+        let started = std::time::Instant::now();
+        let conn = $pool.acquire().await?;
+        if let Some(metrics) = $store.metrics.get() {
+            metrics
+                .database
+                .acquire_wait
+                .observe(started.elapsed().as_secs_f64());
+        }
+        conn
+    }};
 }
 
 /// Runs `$body`, a read, with `$pool` bound to the store's pool for reading.
@@ -327,6 +347,7 @@ macro_rules! open_session {
         .bind(sign_in.second_factor.map(SecondFactor::as_str))
         .execute(&mut *$conn)
         .await?;
+        sign_in.method
     }};
 }
 
@@ -556,7 +577,29 @@ impl SqlStore {
                 Backend::Postgres(pool)
             }
         };
-        Ok(Self { backend })
+        Ok(Self {
+            backend,
+            metrics: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Reports connection waits and ended sessions to `metrics` from now on.
+    pub fn attach_metrics(&self, metrics: Arc<Metrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    /// Counts a session opened, once it is committed.
+    fn opened(&self, method: SignInMethod) {
+        if let Some(metrics) = self.metrics.get() {
+            metrics.session_created(method.as_str());
+        }
+    }
+
+    /// Counts `count` sessions ended for `cause`, once their deletion is committed.
+    fn ended(&self, cause: EndCause, count: u64) {
+        if let Some(metrics) = self.metrics.get() {
+            metrics.sessions_ended(cause, count);
+        }
     }
 
     /// Whatever the database needs before it serves requests, after its schema is in
@@ -745,6 +788,28 @@ fn outage(db: &dyn DatabaseError) -> Option<Outage> {
         c if c.starts_with("53") => Some(Outage::Busy),
         c if c.starts_with("08") || c.starts_with("57P") => Some(Outage::Unreachable),
         _ => None,
+    }
+}
+
+impl PoolGauge for SqlStore {
+    fn connections(&self) -> (u32, u32) {
+        fn of<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> (u32, u32) {
+            let idle = u32::try_from(pool.num_idle()).unwrap_or(u32::MAX);
+            (pool.size().saturating_sub(idle), idle)
+        }
+        match &self.backend {
+            Backend::Sqlite { reader, writer, .. } => {
+                let (r, w) = (of(reader), of(writer));
+                (r.0 + w.0, r.1 + w.1)
+            }
+            Backend::Postgres(pool) => of(pool),
+        }
+    }
+}
+
+impl std::fmt::Debug for SqlStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlStore").finish_non_exhaustive()
     }
 }
 

@@ -39,7 +39,13 @@ impl SessionStore for SqlStore {
                 .bind(session.sign_in.second_factor.map(SecondFactor::as_str))
                 .execute(pool)
                 .await
-                .map(|done| done.rows_affected() == 1)
+                .map(|done| {
+                    let opened = done.rows_affected() == 1;
+                    if opened {
+                        self.opened(session.sign_in.method);
+                    }
+                    opened
+                })
         })
         .map_err(classify)
     }
@@ -87,7 +93,7 @@ impl SessionStore for SqlStore {
                 .bind(digest.as_str())
                 .execute(pool)
                 .await
-                .map(drop)
+                .map(|done| self.ended(EndCause::logout, done.rows_affected()))
         })
         .map_err(classify)
     }
@@ -145,7 +151,10 @@ impl SessionStore for SqlStore {
             .bind(&upper)
             .execute(pool)
             .await
-            .map(|done| done.rows_affected() > 0)
+            .map(|done| {
+                self.ended(EndCause::logout, done.rows_affected());
+                done.rows_affected() > 0
+            })
         })
         .map_err(classify)
     }
@@ -182,7 +191,10 @@ impl SessionStore for SqlStore {
                 .bind(keep.map_or("", TokenDigest::as_str))
                 .execute(pool)
                 .await
-                .map(|done| done.rows_affected())
+                .map(|done| {
+                    self.ended(EndCause::logout_all, done.rows_affected());
+                    done.rows_affected()
+                })
         })
         .map_err(classify)
     }
@@ -200,7 +212,10 @@ impl SessionStore for SqlStore {
         on_writer!(self, pool => {
             let query = sqlx::query(sql).bind(live.now).bind(i64::from(batch));
             let query = if idle { query.bind(live.seen_since) } else { query };
-            query.execute(pool).await.map(|done| done.rows_affected())
+            query.execute(pool).await.map(|done| {
+                self.ended(EndCause::expired, done.rows_affected());
+                done.rows_affected()
+            })
         })
         .map_err(classify)
     }

@@ -50,7 +50,7 @@ impl TokenStore for SqlStore {
                             WHERE token_hash = $1 AND purpose = $2";
         const CONSUME: &str = "DELETE FROM tokens WHERE token_hash = $1 AND purpose = $2";
         on_writer!(self, pool => async {
-            let mut conn = pool.acquire().await?;
+            let mut conn = acquire!(self, pool);
             let mut tx = conn.begin_write().await?;
             let found: Option<(String, i64, i64)> = sqlx::query_as(FIND)
                 .bind(digest.as_str())
@@ -77,6 +77,8 @@ impl TokenStore for SqlStore {
                 commit!(tx, conn);
                 return Ok(Redeemed::Expired);
             }
+            let mut ended = 0;
+            let mut opened = None;
             match effect {
                 Redemption::VerifyEmail => {
                     sqlx::query(
@@ -95,10 +97,11 @@ impl TokenStore for SqlStore {
                         .bind(now)
                         .execute(&mut *tx)
                         .await?;
-                    sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+                    ended = sqlx::query("DELETE FROM sessions WHERE user_id = $1")
                         .bind(&user_id)
                         .execute(&mut *tx)
-                        .await?;
+                        .await?
+                        .rows_affected();
                 }
                 Redemption::OpenSession {
                     digest,
@@ -114,7 +117,7 @@ impl TokenStore for SqlStore {
                         commit!(tx, conn);
                         return Ok(Redeemed::SecondStepNeeded { user_id });
                     }
-                    open_session!(tx, digest, &user_id, now, expires, client, sign_in);
+                    opened = Some(open_session!(tx, digest, &user_id, now, expires, client, sign_in));
                 }
                 Redemption::AddPasskey { passkey } => {
                     let taken = sqlx::query_as::<_, (String,)>(
@@ -150,10 +153,14 @@ impl TokenStore for SqlStore {
                     if !use_factor!(tx, &user_id, factor) {
                         return Ok(Redeemed::FactorRefused);
                     }
-                    open_session!(tx, digest, &user_id, now, expires, client, sign_in);
+                    opened = Some(open_session!(tx, digest, &user_id, now, expires, client, sign_in));
                 }
             }
             commit!(tx, conn);
+            self.ended(EndCause::password_changed, ended);
+            if let Some(method) = opened {
+                self.opened(method);
+            }
             Ok::<_, sqlx::Error>(Redeemed::Done { user_id })
         }
         .await)
@@ -166,7 +173,7 @@ impl TokenStore for SqlStore {
         state: Option<&str>,
     ) -> Result<(), StoreError> {
         on_writer!(self, pool => async {
-            let mut conn = pool.acquire().await?;
+            let mut conn = acquire!(self, pool);
             let mut tx = conn.begin_write().await?;
             // Not written only for a user deleted meanwhile, whose token is never found.
             let _stored = store_token!(tx, &token);

@@ -1,0 +1,397 @@
+//! The service's metrics, in the Prometheus text format (`GET /metrics`).
+//!
+//! One [`Metrics`] per running service (no process-wide registry), so that two servers
+//! in one process, as in the tests, count apart. Every name starts with `users_` and
+//! follows Prometheus' conventions: counters end in `_total`, durations are in seconds
+//! (`_seconds`). docs/operations.md lists them.
+
+use std::fmt::Write as _;
+use std::sync::Weak;
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Which routes a request went to.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)] // the label values, as they are written
+pub enum RouteFamily {
+    /// `/users/Users/<Method>`
+    micro,
+    /// `/v1/user/<Method>`
+    m3o,
+    /// the hosted pages, micro.js and the verification link
+    ui,
+    /// `/health`, `/health/ready`, `/health/live`
+    health,
+    /// `/metrics`
+    metrics,
+    /// anything else (`/openapi.yaml`, unknown paths)
+    other,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub family: RouteFamily,
+    /// The RPC method (`Login`), `unknown` for a name the service does not serve, or the
+    /// HTTP verb for the other routes: never a raw path, so the series stay few.
+    pub method: &'static str,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub family: RouteFamily,
+    pub method: &'static str,
+}
+
+/// Which limit refused a request (429) or locked a key out.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum LimitName {
+    /// Failed password and code checks, per account.
+    login_account,
+    /// Failed password and code checks, per client address.
+    login_address,
+    /// Sign-ups per address and hour.
+    signup,
+    /// E-mails per address and hour.
+    mail,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub limit: LimitName,
+}
+
+/// The ways a session is opened (`SignInMethod` in the domain).
+pub const SESSION_METHODS: [&str; 3] = ["password", "magic_link", "passkey"];
+
+/// How a session was opened.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SessionLabels {
+    pub method: &'static str,
+}
+
+/// Why sessions ended.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum EndCause {
+    /// Logout, or RevokeSession of one session.
+    logout,
+    /// LogoutAll.
+    logout_all,
+    /// Past their lifetime or idle timeout, swept.
+    expired,
+    /// A new password (UpdatePassword, ResetPassword).
+    password_changed,
+    /// A second factor turned on or reset.
+    second_factor,
+    /// The account was deleted.
+    user_deleted,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndLabels {
+    pub cause: EndCause,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
+}
+
+/// The counters, gauges and histograms the layers update, and the registry that
+/// writes them.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<RouteLabels, Histogram>,
+    pub argon2: Argon2Metrics,
+    pub limited: Family<LimitLabels, Counter>,
+    pub lockouts: Family<LimitLabels, Counter>,
+    pub sessions_created: Family<SessionLabels, Counter>,
+    pub sessions_ended: Family<EndLabels, Counter>,
+    pub mail: MailMetrics,
+    pub database: DatabaseMetrics,
+}
+
+/// The password hashing pool.
+#[derive(Debug, Clone)]
+pub struct Argon2Metrics {
+    /// Computations waiting for a free thread.
+    pub waiting: Gauge,
+    /// Computations running.
+    pub running: Gauge,
+    /// How long computations waited for a thread.
+    pub wait: Histogram,
+}
+
+impl Default for Argon2Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Argon2Metrics {
+    pub fn new() -> Self {
+        Self {
+            waiting: Gauge::default(),
+            running: Gauge::default(),
+            wait: seconds_histogram(),
+        }
+    }
+}
+
+/// The e-mail outbox's sender.
+#[derive(Debug, Clone, Default)]
+pub struct MailMetrics {
+    /// Messages waiting to be sent, counted every few seconds.
+    pub queued: Gauge,
+    pub sent: Counter,
+    /// Attempts that failed and will be retried.
+    pub failed: Counter,
+    /// Messages given up after their last attempt.
+    pub dead: Counter,
+}
+
+/// The database's connections, read from the pool at each scrape.
+#[derive(Debug, Clone)]
+pub struct DatabaseMetrics {
+    pub acquire_wait: Histogram,
+}
+
+/// What the pool reports when scraped: connections in use and idle.
+pub trait PoolGauge: Send + Sync + std::fmt::Debug + 'static {
+    /// (in use, idle)
+    fn connections(&self) -> (u32, u32);
+}
+
+/// Histogram buckets for durations from 100 µs to about 13 s.
+fn seconds_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
+impl Metrics {
+    /// A registry with every metric, the pool's gauges read from `pool` at each scrape.
+    pub fn new(pool: Weak<dyn PoolGauge>) -> Self {
+        let mut registry = Registry::with_prefix("users");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route family, method and status",
+            requests.clone(),
+        );
+        let request_duration = Family::<RouteLabels, Histogram>::new_with_constructor(
+            seconds_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from a request's arrival to its answer, by route family and method",
+            request_duration.clone(),
+        );
+        let argon2 = Argon2Metrics::new();
+        registry.register(
+            "argon2_waiting",
+            "Password hashes and checks waiting for a hashing thread",
+            argon2.waiting.clone(),
+        );
+        registry.register(
+            "argon2_running",
+            "Password hashes and checks running",
+            argon2.running.clone(),
+        );
+        registry.register(
+            "argon2_wait_seconds",
+            "How long password hashes and checks waited for a hashing thread",
+            argon2.wait.clone(),
+        );
+        let database = DatabaseMetrics {
+            acquire_wait: seconds_histogram(),
+        };
+        registry.register(
+            "db_acquire_wait_seconds",
+            "How long write transactions waited for a database connection",
+            database.acquire_wait.clone(),
+        );
+        registry.register_collector(Box::new(PoolCollector(pool)));
+        let limited = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused with 429, by the limit that refused them",
+            limited.clone(),
+        );
+        let lockouts = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "lockouts",
+            "Keys locked out after too many failed password or code checks",
+            lockouts.clone(),
+        );
+        let sessions_created = Family::<SessionLabels, Counter>::default();
+        registry.register(
+            "sessions_created",
+            "Sessions opened, by sign-in method",
+            sessions_created.clone(),
+        );
+        let sessions_ended = Family::<EndLabels, Counter>::default();
+        registry.register(
+            "sessions_ended",
+            "Sessions ended, by cause",
+            sessions_ended.clone(),
+        );
+        let mail = MailMetrics::default();
+        registry.register(
+            "mail_queued",
+            "E-mails waiting in the outbox to be sent",
+            mail.queued.clone(),
+        );
+        registry.register(
+            "mail_sent",
+            "E-mails delivered to the SMTP server",
+            mail.sent.clone(),
+        );
+        registry.register(
+            "mail_failed",
+            "E-mail delivery attempts that failed and will be retried",
+            mail.failed.clone(),
+        );
+        registry.register(
+            "mail_dead",
+            "E-mails given up after their last attempt",
+            mail.dead.clone(),
+        );
+        // Every label value the service can report is there from the start, at 0, so
+        // that rates and alerts work from the first scrape.
+        for limit in [
+            LimitName::login_account,
+            LimitName::login_address,
+            LimitName::signup,
+            LimitName::mail,
+        ] {
+            drop(limited.get_or_create(&LimitLabels { limit }));
+            if matches!(limit, LimitName::login_account | LimitName::login_address) {
+                drop(lockouts.get_or_create(&LimitLabels { limit }));
+            }
+        }
+        for method in SESSION_METHODS {
+            drop(sessions_created.get_or_create(&SessionLabels { method }));
+        }
+        for cause in [
+            EndCause::logout,
+            EndCause::logout_all,
+            EndCause::expired,
+            EndCause::password_changed,
+            EndCause::second_factor,
+            EndCause::user_deleted,
+        ] {
+            drop(sessions_ended.get_or_create(&EndLabels { cause }));
+        }
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("build_info", "The running version (always 1)", build);
+        Self {
+            registry,
+            requests,
+            request_duration,
+            argon2,
+            limited,
+            lockouts,
+            sessions_created,
+            sessions_ended,
+            mail,
+            database,
+        }
+    }
+
+    /// Counts one answered request.
+    pub fn request(&self, route: RouteLabels, status: u16, took: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                family: route.family,
+                method: route.method,
+                status,
+            })
+            .inc();
+        self.request_duration
+            .get_or_create(&route)
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn limited(&self, limit: LimitName) {
+        self.limited.get_or_create(&LimitLabels { limit }).inc();
+    }
+
+    pub fn locked_out(&self, limit: LimitName) {
+        self.lockouts.get_or_create(&LimitLabels { limit }).inc();
+    }
+
+    pub fn session_created(&self, method: &'static str) {
+        self.sessions_created
+            .get_or_create(&SessionLabels { method })
+            .inc();
+    }
+
+    pub fn sessions_ended(&self, cause: EndCause, count: u64) {
+        if count > 0 {
+            self.sessions_ended
+                .get_or_create(&EndLabels { cause })
+                .inc_by(count);
+        }
+    }
+
+    /// Everything, in the Prometheus text format (version 0.0.4).
+    pub fn render(&self) -> String {
+        let mut text = String::with_capacity(16 * 1024);
+        if prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry).is_err()
+        {
+            // Writing to a String cannot fail; say so rather than answer half a page.
+            text.clear();
+            let _ = writeln!(text, "# the metrics could not be written");
+        }
+        text
+    }
+}
+
+/// Reads the pool's connections at each scrape.
+#[derive(Debug)]
+struct PoolCollector(Weak<dyn PoolGauge>);
+
+impl Collector for PoolCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+        struct State {
+            state: &'static str,
+        }
+        let (in_use, idle) = self.0.upgrade().map_or((0, 0), |pool| pool.connections());
+        let family = Family::<State, Gauge>::default();
+        family
+            .get_or_create(&State { state: "in_use" })
+            .set(i64::from(in_use));
+        family
+            .get_or_create(&State { state: "idle" })
+            .set(i64::from(idle));
+        let metric = encoder.encode_descriptor(
+            "db_connections",
+            "Database connections of the pool, in use and idle",
+            None,
+            family.metric_type(),
+        )?;
+        family.encode(metric)
+    }
+}
