@@ -102,6 +102,104 @@ pub enum Command {
         #[arg(long)]
         skip_existing: bool,
     },
+    /// Manage accounts on the database directly, under the service's rules (password
+    /// policy, hashing): for an operator at a shell, with or without the service running
+    User {
+        #[command(subcommand)]
+        action: UserCommand,
+    },
+}
+
+/// `users-service user ...`
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create an account; its password is read from standard input (one line)
+    Create {
+        #[arg(long)]
+        username: String,
+        #[arg(long)]
+        email: String,
+        /// The account's id (default: a new UUID)
+        #[arg(long)]
+        id: Option<String>,
+        #[command(flatten)]
+        common: AdminArgs,
+    },
+    /// Show one account
+    Get {
+        #[command(flatten)]
+        account: AccountArg,
+        #[command(flatten)]
+        common: AdminArgs,
+    },
+    /// List accounts, oldest first
+    List {
+        /// Most accounts to show (1-1000)
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=1000))]
+        limit: i64,
+        /// Accounts to skip
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..))]
+        offset: i64,
+        #[command(flatten)]
+        common: AdminArgs,
+    },
+    /// Delete an account, its sessions and tokens (its id is never issued again)
+    Delete {
+        #[command(flatten)]
+        account: AccountArg,
+        #[command(flatten)]
+        common: AdminArgs,
+    },
+    /// Set an account's password, read from standard input (one line); its sessions end
+    SetPassword {
+        #[command(flatten)]
+        account: AccountArg,
+        #[command(flatten)]
+        common: AdminArgs,
+    },
+    /// Lift a lockout: forget the failed password and code checks counted against the
+    /// account
+    Unlock {
+        #[command(flatten)]
+        account: AccountArg,
+        #[command(flatten)]
+        common: AdminArgs,
+    },
+    /// End every session of an account
+    EndSessions {
+        #[command(flatten)]
+        account: AccountArg,
+        #[command(flatten)]
+        common: AdminArgs,
+    },
+}
+
+/// Which account a `user` command acts on: its id, or its username or e-mail address.
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = false)]
+pub struct AccountArg {
+    /// The account's id
+    pub id: Option<String>,
+    /// The account's username, instead of its id
+    #[arg(long)]
+    pub username: Option<String>,
+    /// The account's e-mail address, instead of its id
+    #[arg(long)]
+    pub email: Option<String>,
+}
+
+/// What every `user` command takes: the database, the password rules, the output.
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+
+    #[command(flatten)]
+    pub passwords: PasswordConfig,
+
+    /// Print the result as JSON (the API's shapes) instead of text
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Settings of the HTTP server.

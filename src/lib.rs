@@ -16,8 +16,9 @@
 //! * [`http`]: the router, the guard in front of it, the two wire surfaces and their
 //!   error shape, all calling the same core.
 //! * [`config`] and [`server`]: the command line and the running process, which put the
-//!   layers together.
+//!   layers together; [`admin`]: the operator's `user` commands on the same core.
 
+pub mod admin;
 pub mod config;
 pub mod core;
 pub mod domain;

@@ -32,9 +32,15 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(err) => {
-            // Bad configuration: one line, naming the flag and what is wrong with it.
+            // Bad configuration: one line, naming the flag and what is wrong with it (and
+            // the arguments missing, which clap lists on the lines below its first).
             let text = err.to_string();
-            let line = text.lines().next().unwrap_or("invalid arguments");
+            let mut lines = text.lines();
+            let mut line = lines.next().unwrap_or("invalid arguments").to_string();
+            for more in lines.take_while(|l| l.starts_with("  ")) {
+                line.push(' ');
+                line.push_str(more.trim());
+            }
             eprintln!("users-service: {line}");
             return ExitCode::from(2);
         }
@@ -113,6 +119,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     passkeys = summary.passkeys,
                     "export done"
                 );
+            }
+            Some(Command::User { action }) => {
+                let mut input = std::io::stdin().lock();
+                let mut out = std::io::stdout().lock();
+                users_service::admin::run(action, &mut input, &mut out).await?;
             }
             Some(Command::Import {
                 database,

@@ -191,6 +191,41 @@ pub async fn connect_store(config: &DatabaseConfig, create: bool) -> Result<SqlS
         })
 }
 
+/// The core on a database, for the admin commands (`users-service user ...`): the
+/// service's rules (password policy and hashing under `config.passwords`, limits)
+/// without HTTP, and without a mail sender.
+pub async fn open_core(
+    database: &DatabaseConfig,
+    passwords: &crate::config::PasswordConfig,
+) -> Result<(Arc<Users>, Arc<SqlStore>), StartError> {
+    let mut config = ServeConfig::new(database.url.clone());
+    config.database = database.clone();
+    config.passwords = passwords.clone();
+    let settings = config.settings().map_err(StartError::Config)?;
+    let hasher = PasswordHasher::new(config.hash_params(), 1)
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    let store = Arc::new(open_store(database).await?);
+    let pool: Arc<dyn crate::metrics::PoolGauge> = store.clone();
+    let metrics = Arc::new(Metrics::new(Arc::downgrade(&pool)));
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let mailer = config.mailer().map_err(StartError::Config)?;
+    let outbox = Arc::new(Outbox::new(
+        store.clone(),
+        mailer,
+        clock.clone(),
+        config.outbox_config(),
+    ));
+    let users = Arc::new(Users::new(
+        store.clone(),
+        hasher,
+        clock,
+        settings,
+        outbox,
+        metrics,
+    ));
+    Ok((users, store))
+}
+
 pub struct Server {
     listener: TcpListener,
     /// `--metrics-listen`: `/metrics` alone, without the admin key.
@@ -345,6 +380,12 @@ impl Server {
                      address, which users' browsers may not reach"
                 );
             }
+        }
+        if let Err(why) = crate::core::users::passkeys::relying_party(
+            &settings.links.public_url,
+            &settings.passkeys,
+        ) {
+            tracing::info!("passkeys are off: they {why}");
         }
         if !mailer.sends() {
             tracing::warn!(

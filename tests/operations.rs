@@ -626,3 +626,248 @@ async fn metrics_need_the_admin_key_or_their_own_address_on_both_stores() {
         assert_eq!(main.status(), 404);
     }
 }
+
+/// Runs `users-service user ARGS` on `db`, with `stdin` as its standard input; the exit
+/// status, standard output and standard error.
+fn user_command(db: &common::TestDatabase, args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = command(dir.path())
+        .arg("user")
+        .args(args)
+        .env("DATABASE_URL", &db.raw_url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+fn json_of(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// `users-service user create|get|list|delete|set-password|unlock|end-sessions`, on the
+/// database of a running service: the same rules as the API, and the service sees each
+/// change at once.
+#[tokio::test]
+async fn the_admin_commands_act_on_accounts_under_the_api_rules_on_both_stores() {
+    use serde_json::json;
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let Some(app) = common::TestApp::spawn_with(backend, "the_admin_commands", |c| {
+            // The lockout below is the account's; the address stays free.
+            c.limits.login_max_failures_per_ip = 0;
+        })
+        .await
+        else {
+            continue;
+        };
+        let db = &app.db;
+
+        // create: the password from standard input, under the policy.
+        let (ok, _, err) = user_command(
+            db,
+            &["create", "--username", "ops", "--email", "ops@example.com"],
+            "short\n",
+        );
+        assert!(!ok);
+        assert!(
+            err.contains("password must be at least 8 characters"),
+            "{err}"
+        );
+        let (ok, out, err) = user_command(
+            db,
+            &[
+                "create",
+                "--username",
+                "ops",
+                "--email",
+                "ops@example.com",
+                "--json",
+            ],
+            "correct-horse-1\n",
+        );
+        assert!(ok, "{err}");
+        let created = json_of(&out);
+        let id = created["user"]["id"].as_str().unwrap().to_owned();
+        assert_eq!(created["user"]["username"], "ops");
+        assert!(!out.contains("correct-horse-1") && !err.contains("correct-horse-1"));
+        let (ok, _, err) = user_command(
+            db,
+            &[
+                "create",
+                "--username",
+                "ops",
+                "--email",
+                "other@example.com",
+            ],
+            "correct-horse-1\n",
+        );
+        assert!(!ok);
+        assert!(err.contains("username is already taken"), "{err}");
+
+        // get, by id, username or e-mail; list.
+        for by in [
+            vec!["get", id.as_str(), "--json"],
+            vec!["get", "--username", "OPS", "--json"],
+            vec!["get", "--email", "ops@example.com", "--json"],
+        ] {
+            let (ok, out, err) = user_command(db, &by, "");
+            assert!(ok, "{by:?}: {err}");
+            assert_eq!(json_of(&out)["user"]["id"], id.as_str(), "{by:?}");
+        }
+        let (ok, out, _) = user_command(db, &["get", "--username", "ops"], "");
+        assert!(ok);
+        assert!(out.contains(&format!("id:        {id}")), "{out}");
+        app.create_user("second").await;
+        let (ok, out, _) = user_command(db, &["list", "--json"], "");
+        assert!(ok);
+        let mut names: Vec<String> = json_of(&out)["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["username"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["ops", "second"]);
+        // One page at a time, as text: a line per account, the pages apart.
+        let page = |offset: &str| {
+            let (ok, out, _) = user_command(db, &["list", "--limit", "1", "--offset", offset], "");
+            assert!(ok);
+            assert_eq!(out.lines().count(), 1, "{out}");
+            out.split('\t').nth(1).unwrap().to_owned()
+        };
+        let mut paged = vec![page("0"), page("1")];
+        paged.sort();
+        assert_eq!(paged, ["ops", "second"]);
+
+        // end-sessions: the service refuses the session at once.
+        let session = app.login("ops", common::PASSWORD).await;
+        let (ok, out, _) = user_command(db, &["end-sessions", "--username", "ops", "--json"], "");
+        assert!(ok);
+        assert_eq!(
+            json_of(&out),
+            json!({"user_id": id, "outcome": "sessions_ended"})
+        );
+        let (status, _) = app
+            .call("ReadSession", json!({"session_id": session["id"]}))
+            .await;
+        assert_eq!(status, 401);
+
+        // unlock: a locked-out account signs in again.
+        for _ in 0..5 {
+            let (status, _) = app
+                .call(
+                    "Login",
+                    json!({"username": "ops", "password": "wrong-password"}),
+                )
+                .await;
+            assert_eq!(status, 401);
+        }
+        let (status, _) = app
+            .call(
+                "Login",
+                json!({"username": "ops", "password": common::PASSWORD}),
+            )
+            .await;
+        assert_eq!(status, 429, "locked out");
+        let (ok, out, _) = user_command(db, &["unlock", &id], "");
+        assert!(ok);
+        assert_eq!(out.trim(), format!("unlocked: {id}"));
+        let session = app.login("ops", common::PASSWORD).await;
+
+        // set-password: the policy holds; a new password ends the sessions.
+        let (ok, _, err) = user_command(db, &["set-password", &id], "ops\n");
+        assert!(!ok);
+        assert!(
+            err.contains("password must be at least 8 characters"),
+            "{err}"
+        );
+        let (ok, out, err) = user_command(
+            db,
+            &["set-password", "--email", "ops@example.com", "--json"],
+            "newpassword1\r\n",
+        );
+        assert!(ok, "{err}");
+        assert_eq!(json_of(&out)["outcome"], "password_set");
+        let (status, _) = app
+            .call("ReadSession", json!({"session_id": session["id"]}))
+            .await;
+        assert_eq!(status, 401);
+        let (status, _) = app
+            .call(
+                "Login",
+                json!({"username": "ops", "password": common::PASSWORD}),
+            )
+            .await;
+        assert_eq!(status, 401);
+        app.login("ops", "newpassword1").await;
+
+        // delete: gone from the service; its id is never issued again.
+        let (ok, out, _) = user_command(db, &["delete", "--username", "ops", "--json"], "");
+        assert!(ok);
+        assert_eq!(json_of(&out)["outcome"], "deleted");
+        let (status, _) = app.call("Read", json!({"id": id})).await;
+        assert_eq!(status, 404);
+        let (ok, _, err) = user_command(db, &["get", &id], "");
+        assert!(!ok);
+        assert_eq!(err.trim(), "users-service: error: user not found");
+        let (ok, _, err) = user_command(
+            db,
+            &[
+                "create",
+                "--id",
+                &id,
+                "--username",
+                "again",
+                "--email",
+                "again@example.com",
+            ],
+            "correct-horse-1\n",
+        );
+        assert!(!ok);
+        assert!(err.contains("id is already taken"), "{err}");
+    }
+}
+
+/// Each `user` command says what it does, and takes `--json`.
+#[test]
+fn every_admin_command_has_help_and_a_json_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = command(dir.path())
+        .args(["user", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(output.stdout).unwrap();
+    for name in [
+        "create",
+        "get",
+        "list",
+        "delete",
+        "set-password",
+        "unlock",
+        "end-sessions",
+    ] {
+        assert!(help.contains(&format!("  {name} ")), "{name} in {help}");
+        let output = command(dir.path())
+            .args(["user", name, "--help"])
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        let help = String::from_utf8(output.stdout).unwrap();
+        assert!(help.contains("--json"), "{name}: {help}");
+        assert!(help.contains("--database-url"), "{name}: {help}");
+    }
+}

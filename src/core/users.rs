@@ -23,7 +23,7 @@ use crate::store::{
     Store, StoreError,
 };
 
-mod passkeys;
+pub mod passkeys;
 mod second_factor;
 pub use passkeys::{passkey_name, Ceremony, PasskeyInfo, PasskeySettings, PasskeySignInFor};
 pub use second_factor::{DisableProof, SecondFactors};
@@ -208,7 +208,8 @@ impl Users {
             {
                 Ok(webauthn) => Some(webauthn),
                 Err(why) => {
-                    tracing::info!("passkeys are off: they {why}");
+                    // Said once by the service as it starts, not by every admin command.
+                    tracing::debug!("passkeys are off: they {why}");
                     None
                 }
             },
@@ -376,6 +377,58 @@ impl Users {
             return Err(Error::Unauthorized(BAD_OLD_PASSWORD));
         }
         tracing::info!(event = "password_changed", user_id = %current.user.id, "sessions revoked");
+        Ok(())
+    }
+
+    /// The operator's password change (`users-service user set-password`): no old
+    /// password, but the same policy, and every session of the user ends. A change that
+    /// lands meanwhile wins; then this one reports a conflict rather than overwrite it.
+    pub async fn set_password(&self, id: &UserId, password: Password) -> Result<(), Error> {
+        let current = self
+            .store
+            .credentials(Lookup::Id(id))
+            .await?
+            .ok_or(Error::NotFound(NO_USER))?;
+        self.policy.check(
+            "password",
+            &password,
+            &current.user.username,
+            &current.user.email,
+        )?;
+        let new_hash = self.hasher.hash(password).await?;
+        let replaced = self
+            .store
+            .replace_password(
+                &current.user.id,
+                &current.password_hash,
+                &new_hash,
+                HashChange::NewPassword {
+                    now: self.clock.now(),
+                },
+            )
+            .await?;
+        if !replaced {
+            return Err(Error::internal(
+                "the password changed meanwhile; run the command again",
+            ));
+        }
+        tracing::info!(event = "password_set", user_id = %current.user.id, "sessions revoked");
+        Ok(())
+    }
+
+    /// Forgets the failed password and code checks counted against the account (by its
+    /// id, username and e-mail address), lockouts included. Per-address counters are
+    /// left alone: they belong to the client, not to the account.
+    pub async fn unlock(&self, id: &UserId) -> Result<(), Error> {
+        let user = self.read(&AccountKey::Id(id.clone())).await?;
+        self.limiter
+            .clear(&[
+                LimitKey::user_id(&user.id),
+                LimitKey::username(&user.username),
+                LimitKey::email(&user.email),
+            ])
+            .await?;
+        tracing::info!(event = "user_unlocked", user_id = %user.id);
         Ok(())
     }
 

@@ -41,10 +41,7 @@ pub struct PasskeySettings {
 
 /// Builds the relying party from the public address (its host is the RP id); None,
 /// with the reason, when that cannot name one (an IP address, say).
-pub(super) fn relying_party(
-    public_url: &str,
-    settings: &PasskeySettings,
-) -> Result<Webauthn, String> {
+pub fn relying_party(public_url: &str, settings: &PasskeySettings) -> Result<Webauthn, String> {
     let origin = Url::parse(public_url).map_err(|e| e.to_string())?;
     let Some(url::Host::Domain(rp_id)) = origin.host() else {
         return Err(PASSKEYS_OFF.to_string());

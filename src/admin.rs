@@ -1,0 +1,192 @@
+//! `users-service user ...`: the operator's commands on accounts, run on the database
+//! directly through the same core as the API, so the same rules hold (password policy,
+//! hashing, the sessions a new password ends, the ids never issued again). Passwords are
+//! read from standard input, never from the command line (which `ps` shows).
+
+use std::io::{BufRead, Write};
+
+use serde_json::json;
+
+use crate::config::{AccountArg, AdminArgs, UserCommand};
+use crate::core::users::{Requester, Users};
+use crate::domain::{AccountKey, NewAccount, Page, Password, User, UserId};
+use crate::error::{chain, Error};
+use crate::http::micro::UserView;
+use crate::server::{open_core, StartError};
+
+/// Why a command failed; each displays as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("{}", describe(.0))]
+    Refused(#[from] Error),
+    #[error("cannot read the password from standard input: {0}")]
+    Input(std::io::Error),
+    #[error("cannot write the output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+fn describe(err: &Error) -> String {
+    match err {
+        Error::Internal(cause) => format!("internal error: {}", chain(cause.as_ref())),
+        other => other.to_string(),
+    }
+}
+
+/// Runs `command`, reading a password from `input` when it needs one and writing its
+/// result to `out`.
+pub async fn run(
+    command: UserCommand,
+    input: &mut impl BufRead,
+    out: &mut impl Write,
+) -> Result<(), AdminError> {
+    let common = common_of(&command).clone();
+    let (users, store) = open_core(&common.database, &common.passwords).await?;
+    let result = execute(&users, command, input, out).await;
+    store.close().await;
+    result
+}
+
+fn common_of(command: &UserCommand) -> &AdminArgs {
+    match command {
+        UserCommand::Create { common, .. }
+        | UserCommand::Get { common, .. }
+        | UserCommand::List { common, .. }
+        | UserCommand::Delete { common, .. }
+        | UserCommand::SetPassword { common, .. }
+        | UserCommand::Unlock { common, .. }
+        | UserCommand::EndSessions { common, .. } => common,
+    }
+}
+
+async fn execute(
+    users: &Users,
+    command: UserCommand,
+    input: &mut impl BufRead,
+    out: &mut impl Write,
+) -> Result<(), AdminError> {
+    match command {
+        UserCommand::Create {
+            username,
+            email,
+            id,
+            common,
+        } => {
+            let password = read_password(input)?;
+            let account = NewAccount::parse(id, Some(username), Some(email), Some(password), None)?;
+            let user = users.create(account, operator()).await?;
+            show_user(out, common.json, user)
+        }
+        UserCommand::Get { account, common } => {
+            let user = find(users, account).await?;
+            show_user(out, common.json, user)
+        }
+        UserCommand::List {
+            limit,
+            offset,
+            common,
+        } => {
+            let page = Page::parse(Some(limit), Some(offset))?;
+            let found = users.list(page).await?;
+            if common.json {
+                let views: Vec<UserView> = found.into_iter().map(UserView::from).collect();
+                writeln!(out, "{}", json!({ "users": views }))?;
+            } else {
+                for user in found {
+                    writeln!(
+                        out,
+                        "{}\t{}\t{}\t{}",
+                        user.id,
+                        user.username,
+                        user.email,
+                        if user.verified {
+                            "verified"
+                        } else {
+                            "unverified"
+                        }
+                    )?;
+                }
+            }
+            Ok(())
+        }
+        UserCommand::Delete { account, common } => {
+            let user = find(users, account).await?;
+            users.delete(&id_of(&user)?).await?;
+            done(out, common.json, &user.id, "deleted")
+        }
+        UserCommand::SetPassword { account, common } => {
+            let user = find(users, account).await?;
+            let password = Password::new_password("password", Some(read_password(input)?))?;
+            users.set_password(&id_of(&user)?, password).await?;
+            done(out, common.json, &user.id, "password_set")
+        }
+        UserCommand::Unlock { account, common } => {
+            let user = find(users, account).await?;
+            users.unlock(&id_of(&user)?).await?;
+            done(out, common.json, &user.id, "unlocked")
+        }
+        UserCommand::EndSessions { account, common } => {
+            let user = find(users, account).await?;
+            users.logout_all(&id_of(&user)?, None).await?;
+            done(out, common.json, &user.id, "sessions_ended")
+        }
+    }
+}
+
+/// The operator, as the core sees it: trusted with everything, from no address.
+fn operator() -> Requester {
+    Requester {
+        ip: None,
+        trusted: true,
+        session_user: None,
+        session: None,
+        user_agent: None,
+        request_id: None,
+    }
+}
+
+async fn find(users: &Users, account: AccountArg) -> Result<User, Error> {
+    let key = AccountKey::parse(account.id, account.username, account.email)?;
+    users.read(&key).await
+}
+
+/// A stored account's id (as stored, it is a valid one).
+fn id_of(user: &User) -> Result<UserId, Error> {
+    UserId::parse("id", Some(user.id.clone()))
+}
+
+/// The first line of `input`, without its line ending.
+fn read_password(input: &mut impl BufRead) -> Result<String, AdminError> {
+    let mut line = String::new();
+    input.read_line(&mut line).map_err(AdminError::Input)?;
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    Ok(password.to_owned())
+}
+
+fn show_user(out: &mut impl Write, json: bool, user: User) -> Result<(), AdminError> {
+    if json {
+        writeln!(out, "{}", json!({ "user": UserView::from(user) }))?;
+        return Ok(());
+    }
+    writeln!(out, "id:        {}", user.id)?;
+    writeln!(out, "username:  {}", user.username)?;
+    writeln!(out, "email:     {}", user.email)?;
+    writeln!(out, "verified:  {}", user.verified)?;
+    writeln!(out, "created:   {}", user.created)?;
+    writeln!(out, "updated:   {}", user.updated)?;
+    for (key, value) in user.profile.into_map() {
+        writeln!(out, "profile.{key}: {value}")?;
+    }
+    Ok(())
+}
+
+fn done(out: &mut impl Write, json: bool, id: &str, outcome: &str) -> Result<(), AdminError> {
+    if json {
+        writeln!(out, "{}", json!({ "user_id": id, "outcome": outcome }))?;
+    } else {
+        writeln!(out, "{outcome}: {id}")?;
+    }
+    Ok(())
+}
