@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::config::{AccountArg, AdminArgs, UserCommand};
 use crate::core::users::{Requester, Users};
-use crate::domain::{AccountKey, NewAccount, Page, Password, User, UserId};
+use crate::domain::{AccountKey, AuditPage, EventQuery, NewAccount, Page, Password, User, UserId};
 use crate::error::{chain, Error};
 use crate::http::micro::UserView;
 use crate::server::{open_core, StartError};
@@ -112,13 +112,15 @@ async fn execute(
         }
         UserCommand::Delete { account, common } => {
             let user = find(users, account).await?;
-            users.delete(&id_of(&user)?).await?;
+            users.delete(&id_of(&user)?, &operator()).await?;
             done(out, common.json, &user.id, "deleted")
         }
         UserCommand::SetPassword { account, common } => {
             let user = find(users, account).await?;
             let password = Password::new_password("password", Some(read_password(input)?))?;
-            users.set_password(&id_of(&user)?, password).await?;
+            users
+                .set_password(&id_of(&user)?, password, &operator())
+                .await?;
             done(out, common.json, &user.id, "password_set")
         }
         UserCommand::Unlock { account, common } => {
@@ -128,7 +130,7 @@ async fn execute(
         }
         UserCommand::EndSessions { account, common } => {
             let user = find(users, account).await?;
-            users.logout_all(&id_of(&user)?, None).await?;
+            users.logout_all(&id_of(&user)?, None, &operator()).await?;
             done(out, common.json, &user.id, "sessions_ended")
         }
     }
@@ -143,6 +145,7 @@ fn operator() -> Requester {
         session: None,
         user_agent: None,
         request_id: None,
+        admin: true,
     }
 }
 
@@ -187,6 +190,62 @@ fn done(out: &mut impl Write, json: bool, id: &str, outcome: &str) -> Result<(),
         writeln!(out, "{}", json!({ "user_id": id, "outcome": outcome }))?;
     } else {
         writeln!(out, "{outcome}: {id}")?;
+    }
+    Ok(())
+}
+
+/// What `users-service audit` was asked for.
+pub struct AuditArgs {
+    pub user_id: Option<String>,
+    pub kind: Option<String>,
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    pub before: Option<i64>,
+    pub limit: i64,
+    pub json: bool,
+}
+
+/// `users-service audit`: a page of the audit trail, newest first; the next page's
+/// `--before` ends the text output, or is the JSON's `next`.
+pub async fn audit(
+    database: &crate::config::DatabaseConfig,
+    args: AuditArgs,
+    out: &mut impl Write,
+) -> Result<(), AdminError> {
+    let query = EventQuery::parse(
+        args.user_id,
+        args.kind,
+        args.since,
+        args.until,
+        args.before,
+        Some(args.limit),
+    )?;
+    let store = crate::server::open_existing_store(database).await?;
+    let events = crate::store::AuditStore::events(&store, &query).await;
+    store.close().await;
+    let page = AuditPage::of(events.map_err(Error::internal)?, &query);
+    let next = page.next;
+    if args.json {
+        let page = crate::http::AuditEventsResponse::from(page);
+        writeln!(out, "{}", json!(page))?;
+        return Ok(());
+    }
+    for e in &page.events {
+        writeln!(
+            out,
+            "{}\t{}\t{}\t{}\t{}\tuser={}\tclient={}\trequest={}",
+            e.id,
+            e.at,
+            e.kind,
+            e.outcome,
+            e.actor,
+            e.user_id.as_deref().unwrap_or("-"),
+            e.client_ip.as_deref().unwrap_or("-"),
+            e.request_id.as_deref().unwrap_or("-"),
+        )?;
+    }
+    if let Some(next) = next {
+        writeln!(out, "# more: --before {next}")?;
     }
     Ok(())
 }

@@ -42,6 +42,7 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_NEW_CONNECTION_TIMEOUT: u64 = 10;
 pub const DEFAULT_KEEP_ALIVE_TIMEOUT: u64 = 60;
 pub const DEFAULT_DB_WAIT: u64 = 60;
+pub const DEFAULT_AUDIT_RETENTION_DAYS: u64 = 90;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -101,6 +102,32 @@ pub enum Command {
         /// Skip users and sessions whose id already exists instead of refusing the import
         #[arg(long)]
         skip_existing: bool,
+    },
+    /// Show the audit trail's events, newest first
+    Audit {
+        /// Only this user's events
+        #[arg(long)]
+        user_id: Option<String>,
+        /// Only events of this kind (account.created, login.failed, ...)
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only events at or after this time (seconds since the epoch)
+        #[arg(long, value_name = "SECONDS")]
+        since: Option<i64>,
+        /// Only events before this time (seconds since the epoch)
+        #[arg(long, value_name = "SECONDS")]
+        until: Option<i64>,
+        /// Only events older than this event id: the `next` of the previous page
+        #[arg(long, value_name = "ID")]
+        before: Option<i64>,
+        /// Most events to show (1-1000)
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=1000))]
+        limit: i64,
+        /// Print the events as JSON (ListAuditEvents' answer) instead of text
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        database: DatabaseConfig,
     },
     /// Manage accounts on the database directly, under the service's rules (password
     /// policy, hashing): for an operator at a shell, with or without the service running
@@ -228,6 +255,16 @@ pub struct ServeConfig {
         value_parser = clap::value_parser!(u64).range(0..=86_400)
     )]
     pub db_wait: u64,
+
+    /// Days the audit trail keeps an event before the sweeper deletes it (0: for ever)
+    #[arg(
+        long,
+        env = "USERS_AUDIT_RETENTION_DAYS",
+        value_name = "DAYS",
+        default_value_t = DEFAULT_AUDIT_RETENTION_DAYS,
+        value_parser = clap::value_parser!(u64).range(0..=36_500)
+    )]
+    pub audit_retention_days: u64,
 
     /// Lifetime of a session, in seconds
     #[arg(
@@ -665,6 +702,7 @@ impl ServeConfig {
             metrics_listen: None,
             database: DatabaseConfig::new(database),
             db_wait: DEFAULT_DB_WAIT,
+            audit_retention_days: DEFAULT_AUDIT_RETENTION_DAYS,
             session_ttl: DEFAULT_SESSION_TTL,
             session_idle_timeout: 0,
             cors_origins: Vec::new(),
@@ -816,6 +854,7 @@ impl ServeConfig {
                 mails_per_hour: limits.mails_per_hour,
             },
             links: self.links()?,
+            audit_retention_days: self.audit_retention_days,
         })
     }
 }

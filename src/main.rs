@@ -120,6 +120,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "export done"
                 );
             }
+            Some(Command::Audit {
+                user_id,
+                kind,
+                since,
+                until,
+                before,
+                limit,
+                json,
+                database,
+            }) => {
+                let args = users_service::admin::AuditArgs {
+                    user_id,
+                    kind,
+                    since,
+                    until,
+                    before,
+                    limit,
+                    json,
+                };
+                let mut out = std::io::stdout().lock();
+                users_service::admin::audit(&database, args, &mut out).await?;
+            }
             Some(Command::User { action }) => {
                 let mut input = std::io::stdin().lock();
                 let mut out = std::io::stdout().lock();

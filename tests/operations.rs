@@ -871,3 +871,363 @@ fn every_admin_command_has_help_and_a_json_option() {
         assert!(help.contains("--database-url"), "{name}: {help}");
     }
 }
+
+const KEY: &str = "s3cret-admin-key";
+
+/// ListAuditEvents with the admin key; the events' kinds, and the whole answer.
+async fn audit_kinds(
+    app: &common::TestApp,
+    query: serde_json::Value,
+) -> (Vec<String>, serde_json::Value) {
+    let (status, body) = common::micro(app, "ListAuditEvents", KEY, query).await;
+    assert_eq!(status, 200, "{body}");
+    let kinds = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_owned())
+        .collect();
+    (kinds, body)
+}
+
+/// Each change is recorded with its kind, the user, the client's address, the request's
+/// id, the outcome and the actor; a refused change records nothing; the trail is read
+/// by user, kind and time, a page at a time, through the API and the command line; and
+/// the sweeper forgets events past their retention.
+#[tokio::test]
+async fn the_audit_trail_records_who_did_what_from_where_on_both_stores() {
+    use serde_json::json;
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let Some(app) = common::TestApp::spawn_with(backend, "the_audit_trail_records", |c| {
+            c.access.api_key = Some(KEY.into());
+            c.audit_retention_days = 1;
+        })
+        .await
+        else {
+            continue;
+        };
+        let (status, _, created) = app
+            .send_to(
+                "/users/Users/Create",
+                json!({"username": "audited", "email": "audited@example.com", "password": common::PASSWORD}),
+                &[("x-request-id", "req-create-1")],
+            )
+            .await;
+        assert_eq!(status, 200);
+        let id = created["user"]["id"].as_str().unwrap().to_owned();
+        // Refused changes record nothing: a taken username, an unknown account.
+        let (status, _) = app
+            .call("Create", json!({"username": "audited", "email": "x@example.com", "password": common::PASSWORD}))
+            .await;
+        assert_eq!(status, 409);
+        let (status, _) = common::micro(
+            &app,
+            "Update",
+            KEY,
+            json!({"id": "nobody", "username": "n"}),
+        )
+        .await;
+        assert_eq!(status, 404);
+
+        let (status, _) = app
+            .call(
+                "Login",
+                json!({"username": "audited", "password": "wrong-password"}),
+            )
+            .await;
+        assert_eq!(status, 401);
+        let session = app.login("audited", common::PASSWORD).await;
+        let session_id = session["id"].as_str().unwrap().to_owned();
+        let (status, _) = common::micro(
+            &app,
+            "Update",
+            KEY,
+            json!({"id": id, "profile": {"plan": "pro"}}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        // A session signs its own UpdatePassword: the actor is the user.
+        let (status, body) = common::micro(
+            &app,
+            "UpdatePassword",
+            &session_id,
+            json!({"user_id": id, "old_password": common::PASSWORD,
+                   "new_password": "newpassword1", "confirm_password": "newpassword1"}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let session = app.login("audited", "newpassword1").await;
+        let (status, _) = app
+            .call("Logout", json!({"session_id": session["id"]}))
+            .await;
+        assert_eq!(status, 200);
+        // No key: refused, and recorded.
+        let (status, _) = app.call("Read", json!({"id": id})).await;
+        assert_eq!(status, 401);
+
+        let (kinds, page) = audit_kinds(&app, json!({"user_id": id})).await;
+        assert_eq!(
+            kinds,
+            [
+                "session.ended",
+                "login.succeeded",
+                "password.changed",
+                "account.updated",
+                "login.succeeded",
+                "login.failed",
+                "account.created",
+            ]
+        );
+        assert!(page.get("next").is_none(), "one page: {page}");
+        let events = page["events"].as_array().unwrap();
+        let created = &events[6];
+        assert_eq!(created["request_id"], "req-create-1");
+        assert_eq!(created["client_ip"], "127.0.0.1");
+        assert_eq!(created["actor"], "self");
+        assert_eq!(created["outcome"], "success");
+        assert_eq!(created["user_id"], id.as_str());
+        assert!(created["at"].as_str().unwrap().parse::<i64>().unwrap() > 0);
+        assert_eq!(events[5]["outcome"], "failure");
+        assert_eq!(events[3]["actor"], "admin", "Update with the key");
+        assert_eq!(
+            events[2]["actor"], "self",
+            "UpdatePassword with the session"
+        );
+        // Each request's id is its own.
+        let ids: std::collections::HashSet<&str> = events
+            .iter()
+            .map(|e| e["request_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids.len(), 7);
+        let text = page.to_string();
+        assert!(!text.contains(common::PASSWORD) && !text.contains("newpassword1"));
+        assert!(!text.contains(&session_id));
+
+        // By kind, across users: the refused key.
+        let (kinds, page) = audit_kinds(&app, json!({"kind": "admin_key.refused"})).await;
+        assert_eq!(kinds, ["admin_key.refused"]);
+        assert_eq!(page["events"][0]["outcome"], "failure");
+        assert!(page["events"][0].get("user_id").is_none());
+        let (status, body) =
+            common::micro(&app, "ListAuditEvents", KEY, json!({"kind": "nonsense"})).await;
+        common::assert_error(&(status, body), "ListAuditEvents", 400, "kind");
+        // Without the key, no one reads it.
+        let (status, _) = app.call("ListAuditEvents", json!({})).await;
+        assert_eq!(status, 401);
+
+        // Keyset paging: three pages of at most 3, newest first, nothing twice.
+        let mut seen = Vec::new();
+        let mut before = None;
+        for _ in 0..10 {
+            let mut query = json!({"user_id": id, "limit": 3});
+            if let Some(b) = &before {
+                query["before"] = json!(b);
+            }
+            let (kinds, page) = audit_kinds(&app, query).await;
+            seen.extend(kinds);
+            before = page.get("next").cloned();
+            if before.is_none() {
+                break;
+            }
+        }
+        assert_eq!(seen.len(), 7, "{seen:?}");
+
+        // By time: nothing before the first event, all of them from it.
+        let now = app.clock_now();
+        let (kinds, _) = audit_kinds(&app, json!({"user_id": id, "until": now - 3600})).await;
+        assert!(kinds.is_empty());
+        let (kinds, _) = audit_kinds(
+            &app,
+            json!({"user_id": id, "since": now - 3600, "until": now + 1}),
+        )
+        .await;
+        assert_eq!(kinds.len(), 7);
+
+        // The command line reads the same trail.
+        let dir = tempfile::tempdir().unwrap();
+        let output = command(dir.path())
+            .args([
+                "audit",
+                "--user-id",
+                &id,
+                "--kind",
+                "account.created",
+                "--json",
+            ])
+            .env("DATABASE_URL", &app.db.raw_url)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let cli = json_of(&String::from_utf8(output.stdout).unwrap());
+        assert_eq!(cli["events"][0]["request_id"], "req-create-1");
+        assert_eq!(cli["events"].as_array().unwrap().len(), 1);
+
+        // Retention: a day; the sweeper forgets what is older.
+        let (status, _) = common::micro(&app, "Delete", KEY, json!({"id": id})).await;
+        assert_eq!(status, 200);
+        let (kinds, _) = audit_kinds(&app, json!({"kind": "account.deleted"})).await;
+        assert_eq!(kinds, ["account.deleted"]);
+        app.clock.advance(2 * 86_400);
+        let (status, _) = app.call("Create", json!({"username": "later", "email": "later@example.com", "password": common::PASSWORD})).await;
+        assert_eq!(status, 200);
+        app.users.sweep().await.unwrap();
+        let (kinds, _) = audit_kinds(&app, json!({})).await;
+        assert_eq!(
+            kinds,
+            ["account.created"],
+            "only the event newer than a day is left"
+        );
+    }
+}
+
+/// The events of the e-mail flows, the lockout and the second factors: each recorded
+/// with its account, on both stores.
+#[tokio::test]
+async fn lockouts_resets_verification_and_second_factors_are_audited_on_both_stores() {
+    use serde_json::json;
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let sink = common::smtp::SmtpSink::start().await;
+        let url = sink.url();
+        let Some(app) = common::TestApp::spawn_with(backend, "lockouts_resets_verification", |c| {
+            c.access.api_key = Some(KEY.into());
+            c.mail.smtp_url = Some(url);
+            c.limits.login_max_failures_per_ip = 0;
+        })
+        .await
+        else {
+            continue;
+        };
+        let user = app.create_user("flows").await;
+        let id = user["id"].as_str().unwrap().to_owned();
+        let email = "flows@example.com";
+
+        // E-mail verification.
+        // (The e-mails are sent by the application's backend, with the key.)
+        let (status, _) = common::call_as(
+            &app,
+            "/v1/user/SendVerificationEmail",
+            KEY,
+            json!({"email": email, "subject": "Confirm", "text_content": "Open $micro_verification_link",
+                   "redirect_url": "http://localhost/done", "failure_redirect_url": "http://localhost/failed"}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let mail = sink.next_mail(email).await;
+        let link = mail
+            .body
+            .split_whitespace()
+            .find(|w| w.starts_with("http"))
+            .unwrap()
+            .to_owned();
+        let token = reqwest::Url::parse(&link)
+            .unwrap()
+            .query_pairs()
+            .find(|(k, _)| k == "token")
+            .unwrap()
+            .1
+            .into_owned();
+        let (status, _) = app.m3o("VerifyEmail", json!({"token": token})).await;
+        assert_eq!(status, 200);
+
+        // A lockout, by five wrong passwords for the account's name.
+        for _ in 0..5 {
+            let (status, _) = app
+                .call("Login", json!({"username": "flows", "password": "wrong-password"}))
+                .await;
+            assert_eq!(status, 401);
+        }
+        let (status, _) = app
+            .call("Login", json!({"username": "flows", "password": common::PASSWORD}))
+            .await;
+        assert_eq!(status, 429);
+
+        // A password reset (which also clears the lockout).
+        let (status, _) = common::call_as(
+            &app,
+            "/v1/user/SendPasswordResetEmail",
+            KEY,
+            json!({"email": email, "text_content": "Your code is $code."}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let mail = sink.next_mail(email).await;
+        let code = mail
+            .body
+            .strip_prefix("Your code is ")
+            .and_then(|r| r.strip_suffix('.'))
+            .unwrap()
+            .to_owned();
+        let (status, body) = app
+            .m3o(
+                "ResetPassword",
+                json!({"email": email, "code": code, "new_password": "newpassword1", "confirm_password": "newpassword1"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+
+        // TOTP on, a sign-in with its second step, then the admin's reset.
+        let session = app.login("flows", "newpassword1").await;
+        let session_id = session["id"].as_str().unwrap().to_owned();
+        let (status, started) = common::micro(&app, "StartTotp", &session_id, json!({})).await;
+        assert_eq!(status, 200);
+        let secret = started["secret"].as_str().unwrap().to_owned();
+        let (status, _) = common::micro(
+            &app,
+            "ConfirmTotp",
+            &session_id,
+            json!({"code": common::totp::code(&secret, app.clock_now())}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let (status, challenge) = app
+            .call("Login", json!({"username": "flows", "password": "newpassword1"}))
+            .await;
+        assert_eq!(status, 401);
+        app.clock.advance(30);
+        let (status, body) = app
+            .call(
+                "LoginMfa",
+                json!({"challenge_id": challenge["challenge_id"],
+                       "code": common::totp::code(&secret, app.clock_now())}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (status, _) = common::micro(&app, "ResetSecondFactors", KEY, json!({"user_id": id})).await;
+        assert_eq!(status, 200);
+
+        let (kinds, page) = audit_kinds(&app, json!({"user_id": id})).await;
+        assert_eq!(
+            kinds,
+            [
+                "second_factor.changed",
+                "login.succeeded",
+                "second_factor.changed",
+                "login.succeeded",
+                "password.reset",
+                // The fifth failure locks the account as it is counted, before its
+                // own event is written.
+                "login.failed",
+                "lockout",
+                "login.failed",
+                "login.failed",
+                "login.failed",
+                "login.failed",
+                "email.verified",
+                "account.created",
+            ]
+        );
+        let events = page["events"].as_array().unwrap();
+        assert_eq!(events[0]["actor"], "admin", "the admin's reset");
+        assert_eq!(events[2]["actor"], "self", "TOTP turned on by its user");
+        assert_eq!(events[6]["actor"], "system", "the service locked the account");
+        assert_eq!(events[6]["client_ip"], "127.0.0.1");
+        let text = page.to_string();
+        for secret_text in [secret.as_str(), code.as_str(), token.as_str(), session_id.as_str()] {
+            assert!(!text.contains(secret_text));
+        }
+    }
+}

@@ -21,6 +21,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::domain::sha256_hex;
+use crate::domain::Audit;
 use crate::domain::LoginName;
 use crate::error::Error;
 use crate::metrics::{LimitName, Metrics};
@@ -146,6 +147,10 @@ pub struct Attempt {
     reserved: Option<Reserved>,
     /// When it was reserved: the time an abandoned attempt is counted at.
     at: i64,
+    /// Who made it, and the account it turned out to be about: a lockout it causes is
+    /// recorded in the audit trail with them.
+    audit: Audit,
+    user_id: Option<String>,
 }
 
 impl Limiter {
@@ -164,8 +169,9 @@ impl Limiter {
         &self,
         subject: Option<&LimitKey>,
         client: Option<IpAddr>,
-        now: i64,
+        audit: Audit,
     ) -> Result<Attempt, Error> {
+        let now = audit.at;
         let subject = subject.filter(|_| self.config.login_max_failures > 0);
         let client_key = client
             .filter(|_| self.config.login_max_failures_per_ip > 0)
@@ -218,6 +224,8 @@ impl Limiter {
             metrics: self.metrics.clone(),
             reserved: Some(reserved),
             at: now,
+            audit,
+            user_id: None,
         })
     }
 
@@ -296,13 +304,29 @@ pub fn hourly_verdict(counter: &Counter, max: u32, now: i64) -> Result<(), Error
 }
 
 impl Attempt {
+    /// The attempt turned out to be about this account (a name that has one): a
+    /// lockout it causes is recorded with it.
+    pub fn concerns(&mut self, user_id: &str) {
+        self.user_id = Some(user_id.to_owned());
+    }
+
     /// The check failed: the reservations stay counted, and a key whose window is now
     /// full of failures is locked out (once: the other failures of the same burst find
     /// it locked already and add nothing).
     pub async fn failed(mut self, now: i64) -> Result<(), Error> {
         match self.reserved.take() {
             Some(reserved) => {
-                record_failure(&*self.store, &self.config, &self.metrics, &reserved, now).await
+                let audit = self.audit.by_the_service();
+                let event = (&audit, self.user_id.as_deref());
+                record_failure(
+                    &*self.store,
+                    &self.config,
+                    &self.metrics,
+                    &reserved,
+                    now,
+                    event,
+                )
+                .await
             }
             None => Ok(()),
         }
@@ -344,8 +368,13 @@ impl Drop for Attempt {
         let config = self.config;
         let metrics = self.metrics.clone();
         let now = self.at;
+        let audit = self.audit.by_the_service();
+        let user_id = self.user_id.take();
         runtime.spawn(async move {
-            if let Err(err) = record_failure(&*store, &config, &metrics, &reserved, now).await {
+            let event = (&audit, user_id.as_deref());
+            if let Err(err) =
+                record_failure(&*store, &config, &metrics, &reserved, now, event).await
+            {
                 tracing::warn!(error = %crate::error::chain(&err), "an abandoned attempt could not be counted");
             }
         });
@@ -358,6 +387,7 @@ async fn record_failure(
     metrics: &Metrics,
     reserved: &Reserved,
     now: i64,
+    event: (&Audit, Option<&str>),
 ) -> Result<(), Error> {
     let keys = reserved
         .subject
@@ -384,6 +414,7 @@ async fn record_failure(
                 now,
                 now.saturating_add(lockout),
                 counter.strikes,
+                event,
             )
             .await?
         {

@@ -13,6 +13,7 @@ use crate::domain::{
     AccountChanges, AccountKey, Email, LoginName, MagicLinkTarget, MailText, NewAccount, Page,
     Password, PasswordChange, PasswordReset, RedirectUrl, Session, User, UserId, UserQuery,
 };
+use crate::domain::{Actor, Audit, AuditPage, EventKind, EventQuery};
 use crate::domain::{Purpose, ResetCode};
 use crate::domain::{SecretToken, SessionHandle, SignIn, SignInMethod, TokenDigest};
 use crate::error::Error;
@@ -76,6 +77,8 @@ pub struct Settings {
     pub password_policy: PasswordPolicy,
     pub limits: LimitConfig,
     pub links: LinkSettings,
+    /// Days the audit trail keeps an event (0: for ever).
+    pub audit_retention_days: u64,
 }
 
 /// What the e-mailed links are built from.
@@ -106,9 +109,26 @@ pub struct Requester {
     pub user_agent: Option<String>,
     /// The request's id (`X-Request-Id`), recorded with what it changes.
     pub request_id: Option<std::sync::Arc<str>>,
+    /// Presented the admin key (or is the operator at the command line): the audit
+    /// trail's `admin`, rather than `self`.
+    pub admin: bool,
 }
 
 impl Requester {
+    /// Who the audit trail records as acting, at `at`.
+    pub fn audit(&self, at: i64) -> Audit {
+        Audit {
+            actor: if self.admin {
+                Actor::Admin
+            } else {
+                Actor::User
+            },
+            client_ip: self.ip.map(|ip| ip.to_string()),
+            request_id: self.request_id.clone(),
+            at,
+        }
+    }
+
     /// The one rule of self-service: a caller signed by a session acts on its own
     /// account and no other; any other caller that reached the method may name any.
     pub fn may_act_on(&self, user_id: &str) -> Result<(), Error> {
@@ -182,6 +202,8 @@ pub struct Users {
     outbox: Arc<Outbox>,
     links: LinkSettings,
     metrics: Arc<Metrics>,
+    /// Seconds the audit trail keeps an event; None: for ever.
+    audit_retention: Option<i64>,
 }
 
 impl Users {
@@ -195,6 +217,11 @@ impl Users {
     ) -> Self {
         Self {
             limiter: Limiter::new(store.clone(), settings.limits, metrics.clone()),
+            audit_retention: (settings.audit_retention_days > 0).then(|| {
+                i64::try_from(settings.audit_retention_days)
+                    .unwrap_or(i64::MAX / 86_400)
+                    .saturating_mul(86_400)
+            }),
             metrics,
             store,
             hasher,
@@ -247,14 +274,17 @@ impl Users {
         let password_hash = self.hasher.hash(password).await?;
         let user = self
             .store
-            .insert_user(NewUser {
-                id: &id,
-                username: &username,
-                email: &email,
-                password_hash: &password_hash,
-                profile: &profile,
-                now: self.clock.now(),
-            })
+            .insert_user(
+                NewUser {
+                    id: &id,
+                    username: &username,
+                    email: &email,
+                    password_hash: &password_hash,
+                    profile: &profile,
+                    now: self.clock.now(),
+                },
+                &caller.audit(self.clock.now()),
+            )
             .await?;
         tracing::info!(event = "user_created", user_id = %user.id);
         Ok(user)
@@ -278,18 +308,27 @@ impl Users {
     }
 
     /// Changes the fields given; with none given, answers the user unchanged.
-    pub async fn update(&self, id: &UserId, changes: AccountChanges) -> Result<User, Error> {
+    pub async fn update(
+        &self,
+        id: &UserId,
+        changes: AccountChanges,
+        caller: &Requester,
+    ) -> Result<User, Error> {
         if changes.is_empty() {
             return self.read(&AccountKey::Id(id.clone())).await;
         }
         self.store
-            .update_user(id, &changes, self.clock.now())
+            .update_user(id, &changes, &caller.audit(self.clock.now()))
             .await?
             .ok_or(Error::NotFound(NO_USER))
     }
 
-    pub async fn delete(&self, id: &UserId) -> Result<(), Error> {
-        if self.store.delete_user(id, self.clock.now()).await? {
+    pub async fn delete(&self, id: &UserId, caller: &Requester) -> Result<(), Error> {
+        if self
+            .store
+            .delete_user(id, &caller.audit(self.clock.now()))
+            .await?
+        {
             tracing::info!(event = "user_deleted", user_id = %id.as_str());
             Ok(())
         } else {
@@ -329,18 +368,20 @@ impl Users {
     pub async fn update_password(
         &self,
         change: PasswordChange,
-        client: Option<IpAddr>,
+        caller: &Requester,
     ) -> Result<(), Error> {
+        let client = caller.ip;
         let PasswordChange {
             user_id,
             old_password,
             new_password,
         } = change;
         let key = LimitKey::user_id(user_id.as_str());
-        let attempt = self
+        let mut attempt = self
             .limiter
-            .reserve(Some(&key), client, self.clock.now())
+            .reserve(Some(&key), client, caller.audit(self.clock.now()))
             .await?;
+        attempt.concerns(user_id.as_str());
         let Some(current) = self.store.credentials(Lookup::Id(&user_id)).await? else {
             // Probing ids costs an attempt, like a wrong password.
             attempt.failed(self.clock.now()).await?;
@@ -371,6 +412,7 @@ impl Users {
                 HashChange::NewPassword {
                     now: self.clock.now(),
                 },
+                &caller.audit(self.clock.now()),
             )
             .await?;
         if !replaced {
@@ -383,7 +425,12 @@ impl Users {
     /// The operator's password change (`users-service user set-password`): no old
     /// password, but the same policy, and every session of the user ends. A change that
     /// lands meanwhile wins; then this one reports a conflict rather than overwrite it.
-    pub async fn set_password(&self, id: &UserId, password: Password) -> Result<(), Error> {
+    pub async fn set_password(
+        &self,
+        id: &UserId,
+        password: Password,
+        caller: &Requester,
+    ) -> Result<(), Error> {
         let current = self
             .store
             .credentials(Lookup::Id(id))
@@ -405,6 +452,7 @@ impl Users {
                 HashChange::NewPassword {
                     now: self.clock.now(),
                 },
+                &caller.audit(self.clock.now()),
             )
             .await?;
         if !replaced {
@@ -446,16 +494,25 @@ impl Users {
             LoginName::Email(email) => Lookup::Email(email),
         };
         // Counted under the name as typed, whether or not it has an account.
-        let attempt = self
+        let mut attempt = self
             .limiter
-            .reserve(Some(&LimitKey::login_name(&name)), client, self.clock.now())
+            .reserve(
+                Some(&LimitKey::login_name(&name)),
+                client,
+                caller.audit(self.clock.now()),
+            )
             .await?;
         let found = self.store.credentials(lookup).await?;
         let known_id = found.as_ref().map(|c| c.user.id.clone());
+        if let Some(id) = &known_id {
+            attempt.concerns(id);
+        }
         let Some((mut credentials, rehashed)) =
             self.check_password(attempt, found, password).await?
         else {
             tracing::warn!(event = "login_failed", user_id = ?known_id, client = ?client);
+            self.record(caller, EventKind::LoginFailed, known_id.as_deref())
+                .await?;
             return Err(Error::Unauthorized(BAD_CREDENTIALS));
         };
         if let Some(new_hash) = rehashed {
@@ -468,6 +525,7 @@ impl Users {
                     &credentials.password_hash,
                     &new_hash,
                     HashChange::Rehash,
+                    &caller.audit(self.clock.now()),
                 )
                 .await?
             {
@@ -502,6 +560,7 @@ impl Users {
                     sign_in: SignIn::one_step(SignInMethod::Password),
                 },
                 &credentials.password_hash,
+                &caller.audit(created),
             )
             .await?;
         if !opened {
@@ -525,8 +584,11 @@ impl Users {
     }
 
     /// Ends a session. Unknown sessions are fine: logging out twice is not an error.
-    pub async fn logout(&self, token: &SecretToken) -> Result<(), Error> {
-        Ok(self.store.delete_session(&token.digest()).await?)
+    pub async fn logout(&self, token: &SecretToken, caller: &Requester) -> Result<(), Error> {
+        Ok(self
+            .store
+            .delete_session(&token.digest(), &caller.audit(self.clock.now()))
+            .await?)
     }
 
     pub async fn read_session(&self, token: SecretToken) -> Result<Session, Error> {
@@ -598,8 +660,17 @@ impl Users {
     }
 
     /// Ends one of the user's sessions, named by its handle.
-    pub async fn revoke_session(&self, id: &UserId, handle: &SessionHandle) -> Result<(), Error> {
-        if self.store.revoke_session(id.as_str(), handle).await? {
+    pub async fn revoke_session(
+        &self,
+        id: &UserId,
+        handle: &SessionHandle,
+        caller: &Requester,
+    ) -> Result<(), Error> {
+        if self
+            .store
+            .revoke_session(id.as_str(), handle, &caller.audit(self.clock.now()))
+            .await?
+        {
             tracing::info!(event = "session_revoked", user_id = %id.as_str());
             Ok(())
         } else {
@@ -608,10 +679,18 @@ impl Users {
     }
 
     /// Ends every session of the user, or every one but `keep`.
-    pub async fn logout_all(&self, id: &UserId, keep: Option<&TokenDigest>) -> Result<(), Error> {
+    pub async fn logout_all(
+        &self,
+        id: &UserId,
+        keep: Option<&TokenDigest>,
+        caller: &Requester,
+    ) -> Result<(), Error> {
         // Checked first so an unknown user is a 404, as for the other per-user methods.
         self.read(&AccountKey::Id(id.clone())).await?;
-        let ended = self.store.delete_sessions(id.as_str(), keep).await?;
+        let ended = self
+            .store
+            .delete_sessions(id.as_str(), keep, &caller.audit(self.clock.now()))
+            .await?;
         tracing::info!(event = "logged_out_everywhere", user_id = %id.as_str(), sessions = ended);
         Ok(())
     }
@@ -681,13 +760,13 @@ impl Users {
     }
 
     /// Uses a verification token: marks the address verified.
-    pub async fn verify_email(&self, token: SecretToken) -> Result<(), Error> {
+    pub async fn verify_email(&self, token: SecretToken, caller: &Requester) -> Result<(), Error> {
         match self
             .store
             .redeem_token(
                 &token.digest(),
                 Purpose::VerifyEmail,
-                self.clock.now(),
+                &caller.audit(self.clock.now()),
                 Redemption::VerifyEmail,
             )
             .await?
@@ -733,8 +812,9 @@ impl Users {
     pub async fn reset_password(
         &self,
         reset: PasswordReset,
-        client: Option<IpAddr>,
+        caller: &Requester,
     ) -> Result<(), Error> {
+        let client = caller.ip;
         const BAD_CODE: &str = "is wrong, already used or expired";
         let PasswordReset {
             email,
@@ -742,7 +822,10 @@ impl Users {
             new_password,
         } = reset;
         let now = self.clock.now();
-        let attempt = self.limiter.reserve(None, client, now).await?;
+        let attempt = self
+            .limiter
+            .reserve(None, client, caller.audit(now))
+            .await?;
         let Some(account) = self.store.credentials(Lookup::Email(&email)).await? else {
             attempt.failed(now).await?;
             return Err(Error::invalid("code", BAD_CODE));
@@ -772,7 +855,7 @@ impl Users {
             .redeem_token(
                 &digest,
                 Purpose::ResetPassword,
-                self.clock.now(),
+                &caller.audit(self.clock.now()),
                 Redemption::NewPassword { hash: &hash },
             )
             .await?
@@ -836,7 +919,7 @@ impl Users {
             .redeem_token(
                 &token.digest(),
                 Purpose::MagicLink,
-                now,
+                &caller.audit(now),
                 Redemption::OpenSession {
                     digest: &session.digest(),
                     expires,
@@ -971,7 +1054,32 @@ impl Users {
         let old_mail = now.saturating_sub(MAIL_RETENTION);
         while self.store.delete_old_mail(old_mail, SWEEP_BATCH).await? >= u64::from(SWEEP_BATCH) {}
         self.limiter.sweep(now).await?;
+        if let Some(retention) = self.audit_retention {
+            let before = now.saturating_sub(retention);
+            while self.store.delete_old_events(before, SWEEP_BATCH).await? >= u64::from(SWEEP_BATCH)
+            {
+            }
+        }
         Ok(total)
+    }
+
+    /// Records an event that changed nothing (so it has no transaction to go with): a
+    /// failed login, a refused admin key. Its outcome is `failure`.
+    pub async fn record(
+        &self,
+        caller: &Requester,
+        kind: EventKind,
+        user_id: Option<&str>,
+    ) -> Result<(), Error> {
+        Ok(self
+            .store
+            .record_event(&caller.audit(self.clock.now()), kind, user_id, "failure")
+            .await?)
+    }
+
+    /// The audit trail's events that match `query`, newest first.
+    pub async fn audit_events(&self, query: &EventQuery) -> Result<AuditPage, Error> {
+        Ok(AuditPage::of(self.store.events(query).await?, query))
     }
 
     /// The e-mail sender, which the server runs.

@@ -2,10 +2,12 @@
 //! before the core sees it, so a rule such as "a username is 1-64 characters of ..."
 //! is written exactly once, here.
 
+mod audit;
 mod factors;
 mod one_time;
 mod secret;
 
+pub use audit::{Actor, Audit, AuditEvent, AuditPage, EventKind, EventQuery};
 pub use factors::{
     RecoveryCode, SecondFactor, SecondStep, SignIn, SignInMethod, TotpCode, RECOVERY_CODES,
     TOTP_DIGITS,

@@ -125,6 +125,18 @@ pub struct Caller {
     pub request_id: Option<std::sync::Arc<str>>,
 }
 
+impl Caller {
+    /// The caller as the core sees one that nothing signs (a link opened in a browser):
+    /// its address and request only.
+    pub fn anonymous(&self) -> crate::core::users::Requester {
+        crate::core::users::Requester {
+            ip: self.ip,
+            request_id: self.request_id.clone(),
+            ..Default::default()
+        }
+    }
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = std::convert::Infallible;
 

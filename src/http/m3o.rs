@@ -82,6 +82,7 @@ answers!(M3o {
     SendMagicLink => Empty,
     VerifyToken => VerifyTokenResponse<SessionView>,
     ListSessions => SessionsResponse,
+    ListAuditEvents => super::AuditEventsResponse,
     RevokeSession => Empty,
     LoginMfa => SessionResponse<SessionView>,
     ReadSecondFactors => SecondFactorsResponse,

@@ -25,6 +25,7 @@ use crate::domain::{
     NewAccount, Page, Password, PasswordChange, PasswordReset, RedirectUrl, Session, User, UserId,
     UserQuery,
 };
+use crate::domain::{AuditPage, EventQuery};
 use crate::domain::{RecoveryCode, SecondStep, SecretToken, SessionHandle, TotpCode};
 use crate::error::Error;
 use crate::store::SessionDetails;
@@ -126,6 +127,23 @@ pub struct ListRequest {
     limit: Option<i64>,
     #[serde(default, deserialize_with = "int_or_string")]
     offset: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(expecting = "a JSON object")]
+pub struct ListAuditEventsRequest {
+    #[serde(alias = "userId")]
+    user_id: Option<String>,
+    kind: Option<String>,
+    #[serde(default, deserialize_with = "int_or_string")]
+    since: Option<i64>,
+    #[serde(default, deserialize_with = "int_or_string")]
+    until: Option<i64>,
+    /// The `next` of the previous page.
+    #[serde(default, deserialize_with = "int_or_string")]
+    before: Option<i64>,
+    #[serde(default, deserialize_with = "int_or_string")]
+    limit: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -337,13 +355,13 @@ method!(Update(UpdateRequest) -> User, max_body = PROFILE_BODY_BYTES, |users, r,
     let id = UserId::parse("id", r.id)?;
     caller.may_act_on(id.as_str())?;
     let changes = AccountChanges::parse(r.username, r.email, r.profile)?;
-    users.update(&id, changes).await
+    users.update(&id, changes, &caller).await
 });
 
 method!(Delete(IdRequest) -> (), |users, r, caller| {
     let id = UserId::parse("id", r.id)?;
     caller.may_act_on(id.as_str())?;
-    users.delete(&id).await
+    users.delete(&id, &caller).await
 });
 
 method!(Search(SearchRequest) -> Vec<User>, |users, r, caller| {
@@ -358,7 +376,7 @@ method!(UpdatePassword(UpdatePasswordRequest) -> (), |users, r, caller| {
     let change =
         PasswordChange::parse(r.user_id, r.old_password, r.new_password, r.confirm_password)?;
     caller.may_act_on(change.user_id.as_str())?;
-    users.update_password(change, caller.ip).await
+    users.update_password(change, &caller).await
 });
 
 method!(Login(LoginRequest) -> Session, |users, r, caller| {
@@ -368,7 +386,9 @@ method!(Login(LoginRequest) -> Session, |users, r, caller| {
 });
 
 method!(Logout(SessionRequest) -> (), |users, r, caller| {
-    users.logout(&SecretToken::parse("session_id", r.session_id)?).await
+    users
+        .logout(&SecretToken::parse("session_id", r.session_id)?, &caller)
+        .await
 });
 
 method!(LogoutAll(LogoutAllRequest) -> (), |users, r, caller| {
@@ -383,8 +403,17 @@ method!(LogoutAll(LogoutAllRequest) -> (), |users, r, caller| {
             ))
         }
     };
-    users.logout_all(&id, keep).await
+    users.logout_all(&id, keep, &caller).await
 });
+
+method!(ListAuditEvents(ListAuditEventsRequest) -> AuditPage, |users, r, caller| {
+    users.audit_events(&audit_query(r)?).await
+});
+
+/// A page of the audit trail, from what ListAuditEvents was sent.
+fn audit_query(r: ListAuditEventsRequest) -> Result<EventQuery, Error> {
+    EventQuery::parse(r.user_id, r.kind, r.since, r.until, r.before, r.limit)
+}
 
 method!(ListSessions(UserIdRequest) -> Vec<SessionDetails>, |users, r, caller| {
     users.list_sessions(&caller.account_or_own(r.user_id, "user_id")?).await
@@ -392,7 +421,9 @@ method!(ListSessions(UserIdRequest) -> Vec<SessionDetails>, |users, r, caller| {
 
 method!(RevokeSession(RevokeSessionRequest) -> (), |users, r, caller| {
     let id = caller.account_or_own(r.user_id, "user_id")?;
-    users.revoke_session(&id, &SessionHandle::parse("session", r.session)?).await
+    users
+        .revoke_session(&id, &SessionHandle::parse("session", r.session)?, &caller)
+        .await
 });
 
 method!(ReadSession(SessionRequest) -> Session, |users, r, caller| {
@@ -408,7 +439,9 @@ method!(SendVerificationEmail(SendVerificationEmailRequest) -> (), |users, r, ca
 });
 
 method!(VerifyEmail(TokenRequest) -> (), |users, r, caller| {
-    users.verify_email(SecretToken::parse("token", r.token)?).await
+    users
+        .verify_email(SecretToken::parse("token", r.token)?, &caller)
+        .await
 });
 
 method!(SendPasswordResetEmail(SendPasswordResetEmailRequest) -> (), |users, r, caller| {
@@ -420,7 +453,7 @@ method!(SendPasswordResetEmail(SendPasswordResetEmailRequest) -> (), |users, r, 
 
 method!(ResetPassword(ResetPasswordRequest) -> (), |users, r, caller| {
     let reset = PasswordReset::parse(r.email, r.code, r.new_password, r.confirm_password)?;
-    users.reset_password(reset, caller.ip).await
+    users.reset_password(reset, &caller).await
 });
 
 method!(SendMagicLink(SendMagicLinkRequest) -> (), |users, r, caller| {
@@ -472,7 +505,9 @@ method!(DisableTotp(DisableTotpRequest) -> (), |users, r, caller| {
 });
 
 method!(ResetSecondFactors(UserIdRequest) -> (), |users, r, caller| {
-    users.reset_second_factors(&UserId::parse("user_id", r.user_id)?).await
+    users
+        .reset_second_factors(&UserId::parse("user_id", r.user_id)?, &caller)
+        .await
 });
 
 method!(StartPasskeyRegistration(EmptyRequest) -> Ceremony, |users, r, caller| {
@@ -516,5 +551,7 @@ method!(RenamePasskey(PasskeyRequest) -> (), |users, r, caller| {
 
 method!(DeletePasskey(PasskeyRequest) -> (), |users, r, caller| {
     let id = caller.account_or_own(r.user_id, "user_id")?;
-    users.delete_passkey(&id, &passkey_id(r.passkey)?).await
+    users
+        .delete_passkey(&id, &passkey_id(r.passkey)?, &caller)
+        .await
 });

@@ -117,6 +117,7 @@ answers!(Micro {
     SendMagicLink => Empty,
     VerifyToken => VerifyTokenResponse<SessionView>,
     ListSessions => SessionsResponse,
+    ListAuditEvents => super::AuditEventsResponse,
     RevokeSession => Empty,
     LoginMfa => SessionResponse<SessionView>,
     ReadSecondFactors => SecondFactorsResponse,

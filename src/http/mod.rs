@@ -19,6 +19,7 @@ pub mod verify;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::domain::EventKind;
 use crate::metrics::{Metrics, RouteFamily, RouteLabels};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -126,6 +127,54 @@ impl<V: From<crate::domain::Session>> From<crate::core::users::TokenCheck>
                 session: None,
                 message: why.to_string(),
             },
+        }
+    }
+}
+
+/// ListAuditEvents' answer on both surfaces: newest first; `next` is the `before` of
+/// the next page, absent on the last one.
+#[derive(Serialize)]
+pub struct AuditEventsResponse {
+    pub events: Vec<AuditEventView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<json::Int64>,
+}
+
+#[derive(Serialize)]
+pub struct AuditEventView {
+    pub id: json::Int64,
+    pub at: json::Int64,
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    pub outcome: String,
+    pub actor: String,
+}
+
+impl From<crate::domain::AuditEvent> for AuditEventView {
+    fn from(e: crate::domain::AuditEvent) -> Self {
+        Self {
+            id: json::Int64(e.id),
+            at: json::Int64(e.at),
+            kind: e.kind,
+            user_id: e.user_id,
+            client_ip: e.client_ip,
+            request_id: e.request_id,
+            outcome: e.outcome,
+            actor: e.actor,
+        }
+    }
+}
+
+impl From<crate::domain::AuditPage> for AuditEventsResponse {
+    fn from(page: crate::domain::AuditPage) -> Self {
+        Self {
+            events: page.events.into_iter().map(Into::into).collect(),
+            next: page.next.map(json::Int64),
         }
     }
 }
@@ -352,7 +401,7 @@ surface_routes!(Micro, MICRO_METHODS, micro_routes:
     ResetPassword, SendMagicLink, VerifyToken, ListSessions, RevokeSession, LoginMfa,
     ReadSecondFactors, StartTotp, ConfirmTotp, DisableTotp, ResetSecondFactors,
     StartPasskeyRegistration, FinishPasskeyRegistration, StartPasskeyLogin,
-    FinishPasskeyLogin, ListPasskeys, RenamePasskey, DeletePasskey,
+    FinishPasskeyLogin, ListPasskeys, RenamePasskey, DeletePasskey, ListAuditEvents,
 );
 
 surface_routes!(M3o, M3O_METHODS, m3o_routes:
@@ -361,7 +410,7 @@ surface_routes!(M3o, M3O_METHODS, m3o_routes:
     ResetPassword, SendMagicLink, VerifyToken, ListSessions, RevokeSession, LoginMfa,
     ReadSecondFactors, StartTotp, ConfirmTotp, DisableTotp, ResetSecondFactors,
     StartPasskeyRegistration, FinishPasskeyRegistration, StartPasskeyLogin,
-    FinishPasskeyLogin, ListPasskeys, RenamePasskey, DeletePasskey,
+    FinishPasskeyLogin, ListPasskeys, RenamePasskey, DeletePasskey, ListAuditEvents,
 );
 
 /// Every RPC method name, on either surface: what the public-method setting may name.
@@ -622,6 +671,7 @@ async fn requester(
         session: None,
         user_agent: user_agent.and_then(|v| v.to_str().ok().map(str::to_owned)),
         request_id,
+        admin,
     };
     if admin {
         return Ok(Some(requester));
@@ -637,6 +687,13 @@ async fn requester(
     }
     if !state.access.allows(method, admin) {
         tracing::warn!(event = "api_key_rejected", method, client = ?requester.ip);
+        if let Err(err) = state
+            .users
+            .record(&requester, EventKind::AdminKeyRefused, None)
+            .await
+        {
+            tracing::warn!(error = %err, "the refused key could not be recorded in the audit trail");
+        }
         return Ok(None);
     }
     requester.trusted = !state.access.has_key();

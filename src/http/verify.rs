@@ -33,6 +33,7 @@ fn error(err: Error) -> WireError {
 /// allow-list configured no link can make this service redirect elsewhere.
 pub async fn verify_link(
     State(state): State<AppState>,
+    caller: super::access::Caller,
     query: Result<Query<VerifyQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, WireError> {
     let Query(query) =
@@ -48,7 +49,7 @@ pub async fn verify_link(
         .check_redirect("failureRedirectUrl", &failure)
         .map_err(error)?;
     let outcome = match SecretToken::parse("token", query.token) {
-        Ok(token) => users.verify_email(token).await,
+        Ok(token) => users.verify_email(token, &caller.anonymous()).await,
         Err(invalid) => Err(invalid),
     };
     let target = match outcome {

@@ -15,6 +15,7 @@ use async_trait::async_trait;
 
 use crate::domain::Purpose;
 use crate::domain::{AccountChanges, Email, Page, Profile, User, UserId, UserQuery, Username};
+use crate::domain::{Audit, AuditEvent, EventKind, EventQuery};
 use crate::domain::{SessionHandle, SignIn, TokenDigest};
 use crate::error::{FailureKind, Outage, StoreFailure, Unique};
 
@@ -419,7 +420,7 @@ pub trait Importer: Send {
 pub trait AccountStore: Send + Sync {
     /// Inserts a user; `Conflict` names the unique field that was taken, `id` also when
     /// the id belonged to a deleted account.
-    async fn insert_user(&self, user: NewUser<'_>) -> Result<User, StoreError>;
+    async fn insert_user(&self, user: NewUser<'_>, audit: &Audit) -> Result<User, StoreError>;
 
     async fn user(&self, lookup: Lookup<'_>) -> Result<Option<User>, StoreError>;
 
@@ -428,17 +429,18 @@ pub trait AccountStore: Send + Sync {
 
     async fn credentials(&self, lookup: Lookup<'_>) -> Result<Option<Credentials>, StoreError>;
 
-    /// Applies the given changes and bumps `updated`; `None` when the user does not exist.
+    /// Applies the given changes and bumps `updated` (to `audit.at`); `None` when the
+    /// user does not exist.
     async fn update_user(
         &self,
         id: &UserId,
         changes: &AccountChanges,
-        now: i64,
+        audit: &Audit,
     ) -> Result<Option<User>, StoreError>;
 
     /// Deletes the user with its sessions and tokens, and keeps its id as deleted at
-    /// `now`, atomically; false when it did not exist.
-    async fn delete_user(&self, id: &UserId, now: i64) -> Result<bool, StoreError>;
+    /// `audit.at`, atomically; false when it did not exist.
+    async fn delete_user(&self, id: &UserId, audit: &Audit) -> Result<bool, StoreError>;
 
     async fn search_users(&self, query: &UserQuery) -> Result<Vec<User>, StoreError>;
 
@@ -450,6 +452,7 @@ pub trait AccountStore: Send + Sync {
         expected: &str,
         new_hash: &str,
         change: HashChange,
+        audit: &Audit,
     ) -> Result<bool, StoreError>;
 }
 
@@ -463,6 +466,7 @@ pub trait SessionStore: Send + Sync {
         &self,
         session: NewSession<'_>,
         expected_hash: &str,
+        audit: &Audit,
     ) -> Result<bool, StoreError>;
 
     /// The session with this digest, if it is live.
@@ -472,7 +476,7 @@ pub trait SessionStore: Send + Sync {
         live: Liveness,
     ) -> Result<Option<SessionRecord>, StoreError>;
 
-    async fn delete_session(&self, digest: &TokenDigest) -> Result<(), StoreError>;
+    async fn delete_session(&self, digest: &TokenDigest, audit: &Audit) -> Result<(), StoreError>;
 
     /// The user's live sessions, newest first, at most `limit`.
     async fn user_sessions(
@@ -488,6 +492,7 @@ pub trait SessionStore: Send + Sync {
         &self,
         user_id: &str,
         handle: &SessionHandle,
+        audit: &Audit,
     ) -> Result<bool, StoreError>;
 
     /// Records that the session signed a request at `now`, unless it was recorded less
@@ -504,6 +509,7 @@ pub trait SessionStore: Send + Sync {
         &self,
         user_id: &str,
         keep: Option<&TokenDigest>,
+        audit: &Audit,
     ) -> Result<u64, StoreError>;
 
     /// Deletes up to `batch` sessions that are no longer live; returns how many.
@@ -524,12 +530,13 @@ pub trait TokenStore: Send + Sync {
     ) -> Result<CodeCheck, StoreError>;
 
     /// Consumes the token (once: of concurrent callers, one gets `Done`) and, if it was
-    /// live, applies `effect` in the same transaction.
+    /// live, applies `effect` in the same transaction (at `audit.at`), with its audit
+    /// event.
     async fn redeem_token(
         &self,
         digest: &TokenDigest,
         purpose: Purpose,
-        now: i64,
+        audit: &Audit,
         effect: Redemption<'_>,
     ) -> Result<Redeemed, StoreError>;
 
@@ -622,8 +629,16 @@ pub trait CounterStore: Send + Sync {
     /// Locks `key` out until `until`, counts a strike and starts a new, empty window at
     /// `now`; only if it is not locked at `now` and still has `strikes` strikes (so of
     /// concurrent callers, one locks it). Whether it did.
-    async fn lock(&self, key: &str, now: i64, until: i64, strikes: i64)
-        -> Result<bool, StoreError>;
+    /// The lockout is recorded in the audit trail with `event`: who caused it, and the
+    /// account it is about, if known.
+    async fn lock(
+        &self,
+        key: &str,
+        now: i64,
+        until: i64,
+        strikes: i64,
+        event: (&Audit, Option<&str>),
+    ) -> Result<bool, StoreError>;
 
     /// A reserved attempt succeeded, in one transaction: forgets the counter of
     /// `forget` (if any), and takes the attempt off the count of `give_back`'s key (if
@@ -663,13 +678,14 @@ pub trait FactorStore: Send + Sync {
         user_id: &str,
         secret: &str,
         step: i64,
-        now: i64,
+        audit: &Audit,
         recovery_codes: &[TokenDigest],
         keep: Option<&TokenDigest>,
     ) -> Result<bool, StoreError>;
 
     /// Removes the user's TOTP secret and recovery codes; false when there was none.
-    async fn remove_second_factors(&self, user_id: &str) -> Result<bool, StoreError>;
+    async fn remove_second_factors(&self, user_id: &str, audit: &Audit)
+        -> Result<bool, StoreError>;
 
     /// Uses up a factor outside a sign-in (to turn TOTP off with a code); false when it
     /// was not accepted.
@@ -695,10 +711,15 @@ pub trait PasskeyStore: Send + Sync {
     ) -> Result<bool, StoreError>;
 
     /// Deletes one of the user's passkeys; false when the user has none such.
-    async fn delete_passkey(&self, user_id: &str, credential_id: &str) -> Result<bool, StoreError>;
+    async fn delete_passkey(
+        &self,
+        user_id: &str,
+        credential_id: &str,
+        audit: &Audit,
+    ) -> Result<bool, StoreError>;
 
     /// Deletes every passkey of the user; how many.
-    async fn delete_passkeys(&self, user_id: &str) -> Result<u64, StoreError>;
+    async fn delete_passkeys(&self, user_id: &str, audit: &Audit) -> Result<u64, StoreError>;
 }
 
 /// Export, a page at a time, and the all-or-nothing import.
@@ -745,6 +766,26 @@ pub trait TransferStore: Send + Sync {
     async fn begin_import(&self, skip_existing: bool) -> Result<Box<dyn Importer>, StoreError>;
 }
 
+/// The audit trail. Changes write their events in their own transactions (the store's
+/// write methods take an [`Audit`]); what changes nothing is recorded here.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Records an event that goes with no change (a failed login, a refused key).
+    async fn record_event(
+        &self,
+        audit: &Audit,
+        kind: EventKind,
+        user_id: Option<&str>,
+        outcome: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Events matching `query`, newest first.
+    async fn events(&self, query: &EventQuery) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// Deletes up to `batch` events recorded before `before`; returns how many.
+    async fn delete_old_events(&self, before: i64, batch: u32) -> Result<u64, StoreError>;
+}
+
 /// All of the store, as the core holds it: each concern's trait, and a health check.
 /// A part of the core that needs one concern only takes that trait.
 #[async_trait]
@@ -757,6 +798,7 @@ pub trait Store:
     + FactorStore
     + PasskeyStore
     + TransferStore
+    + AuditStore
     + 'static
 {
     /// One round trip, for health checks.

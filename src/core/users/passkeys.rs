@@ -245,7 +245,7 @@ impl Users {
             .redeem_token(
                 &digest,
                 Purpose::PasskeyRegistration,
-                now,
+                &caller.audit(now),
                 Redemption::AddPasskey { passkey: &stored },
             )
             .await?
@@ -399,7 +399,7 @@ impl Users {
             .redeem_token(
                 &digest,
                 purpose,
-                now,
+                &caller.audit(now),
                 Redemption::SecondStep {
                     digest: &session.digest(),
                     expires: now.saturating_add(self.session_ttl),
@@ -457,8 +457,17 @@ impl Users {
         }
     }
 
-    pub async fn delete_passkey(&self, id: &UserId, passkey: &str) -> Result<(), Error> {
-        if self.store.delete_passkey(id.as_str(), passkey).await? {
+    pub async fn delete_passkey(
+        &self,
+        id: &UserId,
+        passkey: &str,
+        caller: &Requester,
+    ) -> Result<(), Error> {
+        if self
+            .store
+            .delete_passkey(id.as_str(), passkey, &caller.audit(self.clock.now()))
+            .await?
+        {
             tracing::info!(event = "passkey_deleted", user_id = %id.as_str());
             Ok(())
         } else {

@@ -160,7 +160,7 @@ impl Users {
                 id.as_str(),
                 &pending.secret,
                 step,
-                now,
+                &caller.audit(now),
                 &digests,
                 caller.session.as_ref(),
             )
@@ -187,7 +187,7 @@ impl Users {
                 let account = self.store.credentials(Lookup::Id(id)).await?;
                 // check_password settles the attempt itself.
                 return match self.check_password(attempt, account, password).await? {
-                    Some(_) => self.remove_second_factors(id).await,
+                    Some(_) => self.remove_second_factors(id, caller).await,
                     None => Err(Error::Unauthorized(BAD_CODE_OR_PASSWORD)),
                 };
             }
@@ -216,21 +216,27 @@ impl Users {
             return Err(Error::Unauthorized(BAD_CODE_OR_PASSWORD));
         }
         attempt.succeeded().await?;
-        self.remove_second_factors(id).await
+        self.remove_second_factors(id, caller).await
     }
 
-    async fn remove_second_factors(&self, id: &UserId) -> Result<(), Error> {
-        self.store.remove_second_factors(id.as_str()).await?;
+    async fn remove_second_factors(&self, id: &UserId, caller: &Requester) -> Result<(), Error> {
+        self.store
+            .remove_second_factors(id.as_str(), &caller.audit(self.clock.now()))
+            .await?;
         tracing::info!(event = "second_factors_removed", user_id = %id.as_str());
         Ok(())
     }
 
     /// The admin's reset: removes the user's second factors and passkeys, for a user
     /// who lost them.
-    pub async fn reset_second_factors(&self, id: &UserId) -> Result<(), Error> {
+    pub async fn reset_second_factors(&self, id: &UserId, caller: &Requester) -> Result<(), Error> {
         self.read(&AccountKey::Id(id.clone())).await?;
-        let factors = self.store.remove_second_factors(id.as_str()).await?;
-        let passkeys = self.store.delete_passkeys(id.as_str()).await?;
+        let audit = caller.audit(self.clock.now());
+        let factors = self
+            .store
+            .remove_second_factors(id.as_str(), &audit)
+            .await?;
+        let passkeys = self.store.delete_passkeys(id.as_str(), &audit).await?;
         if factors || passkeys > 0 {
             tracing::info!(event = "second_factors_reset", user_id = %id.as_str());
             Ok(())
@@ -282,7 +288,7 @@ impl Users {
             .redeem_token(
                 &digest,
                 Purpose::SecondStep(method),
-                now,
+                &caller.audit(now),
                 Redemption::SecondStep {
                     digest: &session.digest(),
                     expires,
@@ -325,13 +331,16 @@ impl Users {
         id: &UserId,
         caller: &Requester,
     ) -> Result<Attempt, Error> {
-        self.limiter
+        let mut attempt = self
+            .limiter
             .reserve(
                 Some(&LimitKey::user_id(id.as_str())),
                 caller.ip,
-                self.clock.now(),
+                caller.audit(self.clock.now()),
             )
-            .await
+            .await?;
+        attempt.concerns(id.as_str());
+        Ok(attempt)
     }
 
     /// What a second step would use up: the TOTP step its code is right for now, or

@@ -273,6 +273,7 @@ impl FromRequestParts<AppState> for FormPost {
                     .user_agent
                     .and_then(|v| v.to_str().ok().map(str::to_owned)),
                 request_id: caller.request_id,
+                admin: false,
             },
             session,
         })
@@ -660,7 +661,7 @@ async fn reset(
             form.new_password,
             form.confirm_password,
         )?;
-        state.users.reset_password(reset, post.requester.ip).await
+        state.users.reset_password(reset, &post.requester).await
     };
     match done.await {
         Ok(()) => see_other("/ui/signin?notice=password-reset"),
@@ -814,7 +815,7 @@ async fn update_profile(
         let id = account_of(&session)?;
         post.requester.may_act_on(id.as_str())?;
         let changes = AccountChanges::parse(form.username, form.email, None)?;
-        state.users.update(&id, changes).await
+        state.users.update(&id, changes, &post.requester).await
     };
     match updated.await {
         Ok(_) => see_other("/ui/account?notice=saved"),
@@ -848,10 +849,7 @@ async fn change_password(
             form.confirm_password,
         )?;
         post.requester.may_act_on(change.user_id.as_str())?;
-        state
-            .users
-            .update_password(change, post.requester.ip)
-            .await?;
+        state.users.update_password(change, &post.requester).await?;
         state
             .users
             .login(
@@ -914,7 +912,10 @@ async fn delete_passkey(
     let deleted = async {
         let id = account_of(session)?;
         let passkey = crate::domain::required("passkey", form.passkey)?;
-        state.users.delete_passkey(&id, &passkey).await
+        state
+            .users
+            .delete_passkey(&id, &passkey, &post.requester)
+            .await
     };
     match deleted.await {
         Ok(()) => see_other("/ui/account?notice=passkey-deleted"),
@@ -1027,7 +1028,10 @@ async fn revoke_session(
     let revoked = async {
         let id = account_of(&session)?;
         let handle = SessionHandle::parse("session", form.session)?;
-        state.users.revoke_session(&id, &handle).await?;
+        state
+            .users
+            .revoke_session(&id, &handle, &post.requester)
+            .await?;
         Ok::<_, Error>(handle == session.id.digest().handle())
     };
     match revoked.await {
@@ -1046,7 +1050,7 @@ async fn revoke_all(State(state): State<AppState>, post: FormPost) -> Response {
     };
     let ended = async {
         let id = account_of(&session)?;
-        state.users.logout_all(&id, None).await
+        state.users.logout_all(&id, None, &post.requester).await
     };
     match ended.await {
         Ok(()) => see_other_with_cookie(
@@ -1062,7 +1066,7 @@ async fn revoke_all(State(state): State<AppState>, post: FormPost) -> Response {
 async fn sign_out(State(state): State<AppState>, headers: HeaderMap, post: FormPost) -> Response {
     let wants_json = wants_json(&headers);
     if let Some(session) = &post.session {
-        if let Err(err) = state.users.logout(&session.id).await {
+        if let Err(err) = state.users.logout(&session.id, &post.requester).await {
             return failure(&state, &headers, err);
         }
     }

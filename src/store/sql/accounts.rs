@@ -4,7 +4,7 @@ use super::*;
 
 #[async_trait]
 impl AccountStore for SqlStore {
-    async fn insert_user(&self, new: NewUser<'_>) -> Result<User, StoreError> {
+    async fn insert_user(&self, new: NewUser<'_>, audit: &Audit) -> Result<User, StoreError> {
         // Nothing is inserted under the id of a deleted account. On SQLite one statement
         // decides that under the write lock. On PostgreSQL the deleted ids are looked at
         // after the insert, in the same transaction: an insert that waited for a
@@ -22,18 +22,33 @@ impl AccountStore for SqlStore {
         const DELETED: &str = "SELECT COUNT(*) FROM deleted_users WHERE id = $1";
         let profile = profile_json(new.profile);
         let deleted_id = match &self.backend {
-            Backend::Sqlite { writer, .. } => sqlx::query(insert!(
-                " WHERE NOT EXISTS (SELECT 1 FROM deleted_users WHERE id = $1)"
-            ))
-            .bind(new.id.as_str())
-            .bind(new.username.as_str())
-            .bind(new.email.as_str())
-            .bind(new.password_hash)
-            .bind(new.now)
-            .bind(&profile)
-            .execute(writer)
-            .await
-            .map(|done| done.rows_affected() == 0),
+            Backend::Sqlite { writer: pool, .. } => {
+                async {
+                    let mut conn = acquire!(self, pool);
+                    let mut tx = conn.begin_write().await?;
+                    let inserted = sqlx::query(insert!(
+                        " WHERE NOT EXISTS (SELECT 1 FROM deleted_users WHERE id = $1)"
+                    ))
+                    .bind(new.id.as_str())
+                    .bind(new.username.as_str())
+                    .bind(new.email.as_str())
+                    .bind(new.password_hash)
+                    .bind(new.now)
+                    .bind(&profile)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                        == 1;
+                    if !inserted {
+                        tx.rollback().await?;
+                        return Ok(true);
+                    }
+                    audit!(tx, audit, EventKind::AccountCreated, Some(new.id.as_str()));
+                    commit!(tx, conn);
+                    Ok::<_, sqlx::Error>(false)
+                }
+                .await
+            }
             Backend::Postgres(pool) => {
                 async {
                     let mut conn = acquire!(self, pool);
@@ -55,6 +70,7 @@ impl AccountStore for SqlStore {
                         tx.rollback().await?;
                         return Ok(true);
                     }
+                    audit!(tx, audit, EventKind::AccountCreated, Some(new.id.as_str()));
                     commit!(tx, conn);
                     Ok::<_, sqlx::Error>(false)
                 }
@@ -127,8 +143,9 @@ impl AccountStore for SqlStore {
         &self,
         id: &UserId,
         changes: &AccountChanges,
-        now: i64,
+        audit: &Audit,
     ) -> Result<Option<User>, StoreError> {
+        let now = audit.at;
         // A new e-mail address is not verified, whatever the old one was: the SET
         // expressions read the row's old values, so `email` there is the old address.
         const UPDATE: &str =
@@ -178,6 +195,7 @@ impl AccountStore for SqlStore {
                 .bind(id.as_str())
                 .fetch_one(&mut *tx)
                 .await?;
+            audit!(tx, audit, EventKind::AccountUpdated, Some(id.as_str()));
             commit!(tx, conn);
             Ok::<_, sqlx::Error>(Some(row))
         }
@@ -186,7 +204,8 @@ impl AccountStore for SqlStore {
         row.map(user).transpose()
     }
 
-    async fn delete_user(&self, id: &UserId, now: i64) -> Result<bool, StoreError> {
+    async fn delete_user(&self, id: &UserId, audit: &Audit) -> Result<bool, StoreError> {
+        let now = audit.at;
         // Sessions and tokens go first in the same transaction; the foreign keys' ON
         // DELETE CASCADE would do the same, this keeps the rule visible here. The id is
         // kept, so that it is never issued again.
@@ -215,6 +234,9 @@ impl AccountStore for SqlStore {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+            if deleted == 1 {
+                audit!(tx, audit, EventKind::AccountDeleted, Some(id.as_str()));
+            }
             commit!(tx, conn);
             self.ended(EndCause::user_deleted, ended);
             Ok::<_, sqlx::Error>(deleted == 1)
@@ -269,6 +291,7 @@ impl AccountStore for SqlStore {
         expected: &str,
         new_hash: &str,
         change: HashChange,
+        audit: &Audit,
     ) -> Result<bool, StoreError> {
         on_writer!(self, pool => async {
             let mut conn = acquire!(self, pool);
@@ -300,6 +323,7 @@ impl AccountStore for SqlStore {
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
+                audit!(tx, audit, EventKind::PasswordChanged, Some(id));
             }
             commit!(tx, conn);
             self.ended(EndCause::password_changed, ended);

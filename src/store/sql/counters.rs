@@ -84,20 +84,31 @@ impl CounterStore for SqlStore {
         now: i64,
         until: i64,
         strikes: i64,
+        event: (&Audit, Option<&str>),
     ) -> Result<bool, StoreError> {
         const SQL: &str = "UPDATE rate_limits SET blocked_until = $3, strikes = strikes + 1, \
                            count = 0, window_start = $2, updated = $2 \
                            WHERE key = $1 AND blocked_until <= $2 AND strikes = $4";
-        on_writer!(self, pool => {
-            sqlx::query(SQL)
+        let (audit, user_id) = event;
+        on_writer!(self, pool => async {
+            let mut conn = acquire!(self, pool);
+            let mut tx = conn.begin_write().await?;
+            let locked = sqlx::query(SQL)
                 .bind(key)
                 .bind(now)
                 .bind(until)
                 .bind(strikes)
-                .execute(pool)
-                .await
-                .map(|done| done.rows_affected() == 1)
-        })
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+            if locked {
+                audit!(tx, audit, EventKind::Lockout, user_id);
+            }
+            commit!(tx, conn);
+            Ok::<_, sqlx::Error>(locked)
+        }
+        .await)
         .map_err(classify)
     }
 

@@ -50,10 +50,11 @@ impl FactorStore for SqlStore {
         user_id: &str,
         secret: &str,
         step: i64,
-        now: i64,
+        audit: &Audit,
         recovery_codes: &[TokenDigest],
         keep: Option<&TokenDigest>,
     ) -> Result<bool, StoreError> {
+        let now = audit.at;
         on_writer!(self, pool => async {
             let mut conn = acquire!(self, pool);
             let mut tx = conn.begin_write().await?;
@@ -89,6 +90,7 @@ impl FactorStore for SqlStore {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+            audit!(tx, audit, EventKind::SecondFactorChanged, Some(user_id));
             commit!(tx, conn);
             self.ended(EndCause::second_factor, ended);
             Ok::<_, sqlx::Error>(true)
@@ -97,7 +99,11 @@ impl FactorStore for SqlStore {
         .map_err(classify)
     }
 
-    async fn remove_second_factors(&self, user_id: &str) -> Result<bool, StoreError> {
+    async fn remove_second_factors(
+        &self,
+        user_id: &str,
+        audit: &Audit,
+    ) -> Result<bool, StoreError> {
         on_writer!(self, pool => async {
             let mut conn = acquire!(self, pool);
             let mut tx = conn.begin_write().await?;
@@ -111,6 +117,9 @@ impl FactorStore for SqlStore {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+            if removed + codes > 0 {
+                audit!(tx, audit, EventKind::SecondFactorChanged, Some(user_id));
+            }
             commit!(tx, conn);
             Ok::<_, sqlx::Error>(removed + codes > 0)
         }

@@ -21,17 +21,18 @@ use sqlx::{Connection, QueryBuilder, Transaction};
 use std::collections::HashSet;
 
 use super::{
-    AccountStore, AttemptLimit, ClaimedMail, CodeCheck, Counter, CounterStore, Credentials,
-    DatabaseUrl, DeletedUser, EventLimit, FactorStore, FactorUse, HashChange, Imported, Importer,
-    LiveToken, Liveness, Lookup, MailOutcome, MailStore, NewMail, NewSession, NewToken, NewUser,
-    PasskeyStore, Queued, Redeemed, Redemption, Reservation, SessionDetails, SessionRecord,
-    SessionStore, Store, StoreError, StoredFactors, StoredPasskey, StoredSession, TokenStore,
-    TotpRecord, TransferStore,
+    AccountStore, AttemptLimit, AuditStore, ClaimedMail, CodeCheck, Counter, CounterStore,
+    Credentials, DatabaseUrl, DeletedUser, EventLimit, FactorStore, FactorUse, HashChange,
+    Imported, Importer, LiveToken, Liveness, Lookup, MailOutcome, MailStore, NewMail, NewSession,
+    NewToken, NewUser, PasskeyStore, Queued, Redeemed, Redemption, Reservation, SessionDetails,
+    SessionRecord, SessionStore, Store, StoreError, StoredFactors, StoredPasskey, StoredSession,
+    TokenStore, TotpRecord, TransferStore,
 };
 use crate::domain::{
     AccountChanges, Page, Profile, Purpose, SecondFactor, SessionHandle, SignIn, SignInMethod,
     TokenDigest, User, UserId, UserQuery, RESET_CODE_MAX_WRONG,
 };
+use crate::domain::{Audit, AuditEvent, EventKind, EventQuery};
 use crate::error::{Outage, Unique};
 use crate::metrics::{EndCause, Metrics, PoolGauge};
 use inline::InlineReader;
@@ -348,6 +349,35 @@ macro_rules! open_session {
         .execute(&mut *$conn)
         .await?;
         sign_in.method
+    }};
+}
+
+/// Writes one audit event.
+const INSERT_EVENT: &str = "INSERT INTO audit_events \
+     (at, kind, user_id, client_ip, request_id, outcome, actor) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+/// Records the event `$kind` about `$user_id` (done by `$audit`'s actor) in the audit
+/// trail, on `$conn`: the transaction of the change it records, so that the event is
+/// there if and only if the change is.
+macro_rules! audit {
+    ($conn:expr, $audit:expr, $kind:expr, $user_id:expr) => {
+        audit!($conn, $audit, $kind, $user_id, "success")
+    };
+    ($conn:expr, $audit:expr, $kind:expr, $user_id:expr, $outcome:expr) => {{
+        let audit: &Audit = $audit;
+        let kind: EventKind = $kind;
+        let user_id: Option<&str> = $user_id;
+        sqlx::query(INSERT_EVENT)
+            .bind(audit.at)
+            .bind(kind.as_str())
+            .bind(user_id)
+            .bind(audit.client_ip.as_deref())
+            .bind(audit.request_id.as_deref())
+            .bind($outcome)
+            .bind(audit.actor.as_str())
+            .execute(&mut *$conn)
+            .await?;
     }};
 }
 
@@ -713,6 +743,7 @@ impl SqlStore {
 }
 
 mod accounts;
+mod audit;
 mod counters;
 mod factors;
 mod inline;

@@ -56,26 +56,49 @@ impl PasskeyStore for SqlStore {
         .map_err(classify)
     }
 
-    async fn delete_passkey(&self, user_id: &str, credential_id: &str) -> Result<bool, StoreError> {
-        on_writer!(self, pool => {
-            sqlx::query("DELETE FROM passkeys WHERE user_id = $1 AND credential_id = $2")
-                .bind(user_id)
-                .bind(credential_id)
-                .execute(pool)
-                .await
-                .map(|done| done.rows_affected() == 1)
-        })
-        .map_err(classify)
+    async fn delete_passkey(
+        &self,
+        user_id: &str,
+        credential_id: &str,
+        audit: &Audit,
+    ) -> Result<bool, StoreError> {
+        self.delete_passkeys_where(user_id, Some(credential_id), audit)
+            .await
+            .map(|deleted| deleted == 1)
     }
 
-    async fn delete_passkeys(&self, user_id: &str) -> Result<u64, StoreError> {
-        on_writer!(self, pool => {
-            sqlx::query("DELETE FROM passkeys WHERE user_id = $1")
-                .bind(user_id)
-                .execute(pool)
-                .await
-                .map(|done| done.rows_affected())
-        })
+    async fn delete_passkeys(&self, user_id: &str, audit: &Audit) -> Result<u64, StoreError> {
+        self.delete_passkeys_where(user_id, None, audit).await
+    }
+}
+
+impl SqlStore {
+    /// Deletes the user's passkey `credential_id`, or all of them, with the audit event.
+    async fn delete_passkeys_where(
+        &self,
+        user_id: &str,
+        credential_id: Option<&str>,
+        audit: &Audit,
+    ) -> Result<u64, StoreError> {
+        on_writer!(self, pool => async {
+            let mut conn = acquire!(self, pool);
+            let mut tx = conn.begin_write().await?;
+            let deleted = match credential_id {
+                Some(id) => sqlx::query("DELETE FROM passkeys WHERE user_id = $1 AND credential_id = $2")
+                    .bind(user_id)
+                    .bind(id),
+                None => sqlx::query("DELETE FROM passkeys WHERE user_id = $1").bind(user_id),
+            }
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if deleted > 0 {
+                audit!(tx, audit, EventKind::SecondFactorChanged, Some(user_id));
+            }
+            commit!(tx, conn);
+            Ok::<_, sqlx::Error>(deleted)
+        }
+        .await)
         .map_err(classify)
     }
 }

@@ -8,6 +8,7 @@ impl SessionStore for SqlStore {
         &self,
         session: NewSession<'_>,
         expected_hash: &str,
+        audit: &Audit,
     ) -> Result<bool, StoreError> {
         // Not for a user with confirmed TOTP: such a sign-in takes a second step.
         macro_rules! insert_if_unchanged {
@@ -26,8 +27,10 @@ impl SessionStore for SqlStore {
             Backend::Sqlite { .. } => insert_if_unchanged!(),
             Backend::Postgres(_) => concat!(insert_if_unchanged!(), " FOR SHARE"),
         };
-        on_writer!(self, pool => {
-            sqlx::query(sql)
+        on_writer!(self, pool => async {
+            let mut conn = acquire!(self, pool);
+            let mut tx = conn.begin_write().await?;
+            let opened = sqlx::query(sql)
                 .bind(session.digest.as_str())
                 .bind(session.user_id)
                 .bind(session.created)
@@ -37,16 +40,20 @@ impl SessionStore for SqlStore {
                 .bind(session.client.user_agent)
                 .bind(session.sign_in.method.as_str())
                 .bind(session.sign_in.second_factor.map(SecondFactor::as_str))
-                .execute(pool)
-                .await
-                .map(|done| {
-                    let opened = done.rows_affected() == 1;
-                    if opened {
-                        self.opened(session.sign_in.method);
-                    }
-                    opened
-                })
-        })
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+            if !opened {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            audit!(tx, audit, EventKind::LoginSucceeded, Some(session.user_id));
+            commit!(tx, conn);
+            self.opened(session.sign_in.method);
+            Ok::<_, sqlx::Error>(true)
+        }
+        .await)
         .map_err(classify)
     }
 
@@ -87,14 +94,29 @@ impl SessionStore for SqlStore {
         .map_err(classify)
     }
 
-    async fn delete_session(&self, digest: &TokenDigest) -> Result<(), StoreError> {
-        on_writer!(self, pool => {
+    async fn delete_session(&self, digest: &TokenDigest, audit: &Audit) -> Result<(), StoreError> {
+        on_writer!(self, pool => async {
+            let mut conn = acquire!(self, pool);
+            let mut tx = conn.begin_write().await?;
+            let owner: Option<(String,)> =
+                sqlx::query_as("SELECT user_id FROM sessions WHERE token_hash = $1")
+                    .bind(digest.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let Some((user_id,)) = owner else {
+                tx.rollback().await?;
+                return Ok(());
+            };
             sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
                 .bind(digest.as_str())
-                .execute(pool)
-                .await
-                .map(|done| self.ended(EndCause::logout, done.rows_affected()))
-        })
+                .execute(&mut *tx)
+                .await?;
+            audit!(tx, audit, EventKind::SessionEnded, Some(user_id.as_str()));
+            commit!(tx, conn);
+            self.ended(EndCause::logout, 1);
+            Ok::<_, sqlx::Error>(())
+        }
+        .await)
         .map_err(classify)
     }
 
@@ -139,23 +161,30 @@ impl SessionStore for SqlStore {
         &self,
         user_id: &str,
         handle: &SessionHandle,
+        audit: &Audit,
     ) -> Result<bool, StoreError> {
         // The handle is a prefix of the digest: a range over the primary key finds it.
         let upper = format!("{}g", handle.as_str());
-        on_writer!(self, pool => {
-            sqlx::query(
+        on_writer!(self, pool => async {
+            let mut conn = acquire!(self, pool);
+            let mut tx = conn.begin_write().await?;
+            let ended = sqlx::query(
                 "DELETE FROM sessions WHERE user_id = $1 AND token_hash >= $2 AND token_hash < $3",
             )
             .bind(user_id)
             .bind(handle.as_str())
             .bind(&upper)
-            .execute(pool)
-            .await
-            .map(|done| {
-                self.ended(EndCause::logout, done.rows_affected());
-                done.rows_affected() > 0
-            })
-        })
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if ended > 0 {
+                audit!(tx, audit, EventKind::SessionEnded, Some(user_id));
+            }
+            commit!(tx, conn);
+            self.ended(EndCause::logout, ended);
+            Ok::<_, sqlx::Error>(ended > 0)
+        }
+        .await)
         .map_err(classify)
     }
 
@@ -184,18 +213,25 @@ impl SessionStore for SqlStore {
         &self,
         user_id: &str,
         keep: Option<&TokenDigest>,
+        audit: &Audit,
     ) -> Result<u64, StoreError> {
-        on_writer!(self, pool => {
-            sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND token_hash <> $2")
+        on_writer!(self, pool => async {
+            let mut conn = acquire!(self, pool);
+            let mut tx = conn.begin_write().await?;
+            let ended = sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND token_hash <> $2")
                 .bind(user_id)
                 .bind(keep.map_or("", TokenDigest::as_str))
-                .execute(pool)
-                .await
-                .map(|done| {
-                    self.ended(EndCause::logout_all, done.rows_affected());
-                    done.rows_affected()
-                })
-        })
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if ended > 0 {
+                audit!(tx, audit, EventKind::SessionEnded, Some(user_id));
+            }
+            commit!(tx, conn);
+            self.ended(EndCause::logout_all, ended);
+            Ok::<_, sqlx::Error>(ended)
+        }
+        .await)
         .map_err(classify)
     }
 

@@ -38,9 +38,10 @@ impl TokenStore for SqlStore {
         &self,
         digest: &TokenDigest,
         purpose: Purpose,
-        now: i64,
+        audit: &Audit,
         effect: Redemption<'_>,
     ) -> Result<Redeemed, StoreError> {
+        let now = audit.at;
         // Deleting the row is what uses the token: of two transactions deleting it, the
         // second deletes nothing (PostgreSQL makes it wait for the first and re-check;
         // SQLite runs one writer at a time) and reports the token not found. A plain
@@ -89,6 +90,7 @@ impl TokenStore for SqlStore {
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
+                    audit!(tx, audit, EventKind::EmailVerified, Some(user_id.as_str()));
                 }
                 Redemption::NewPassword { hash } => {
                     sqlx::query("UPDATE users SET password_hash = $2, updated = $3 WHERE id = $1")
@@ -102,6 +104,7 @@ impl TokenStore for SqlStore {
                         .execute(&mut *tx)
                         .await?
                         .rows_affected();
+                    audit!(tx, audit, EventKind::PasswordReset, Some(user_id.as_str()));
                 }
                 Redemption::OpenSession {
                     digest,
@@ -118,6 +121,7 @@ impl TokenStore for SqlStore {
                         return Ok(Redeemed::SecondStepNeeded { user_id });
                     }
                     opened = Some(open_session!(tx, digest, &user_id, now, expires, client, sign_in));
+                    audit!(tx, audit, EventKind::LoginSucceeded, Some(user_id.as_str()));
                 }
                 Redemption::AddPasskey { passkey } => {
                     let taken = sqlx::query_as::<_, (String,)>(
@@ -142,6 +146,7 @@ impl TokenStore for SqlStore {
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
+                    audit!(tx, audit, EventKind::SecondFactorChanged, Some(user_id.as_str()));
                 }
                 Redemption::SecondStep {
                     digest,
@@ -154,6 +159,7 @@ impl TokenStore for SqlStore {
                         return Ok(Redeemed::FactorRefused);
                     }
                     opened = Some(open_session!(tx, digest, &user_id, now, expires, client, sign_in));
+                    audit!(tx, audit, EventKind::LoginSucceeded, Some(user_id.as_str()));
                 }
             }
             commit!(tx, conn);
