@@ -15,7 +15,8 @@
 # builds nothing. It installs what is missing, quickly when it is all there: the
 # `chromium` package (apt-get, as root), a Python virtualenv in the cache with the
 # pinned Playwright, pytest, pytest-timeout, aiosmtpd and pyotp (the authenticator app of
-# the two-factor tests), prometheus-client (whose parser reads /metrics), and axe-core as pinned in
+# the two-factor tests), prometheus-client (whose parser reads /metrics), standardwebhooks (the
+# specification's verifier of the webhooks), and axe-core as pinned in
 # tests/browser/package-lock.json (npm ci). Everything listens on 127.0.0.1. Each test
 # is cut off after 120 seconds, each install and the whole run after their own limits.
 set -euo pipefail
@@ -26,6 +27,7 @@ PYTEST_TIMEOUT_VERSION=2.4.0
 AIOSMTPD_VERSION=1.4.6
 PYOTP_VERSION=2.12.0
 PROMETHEUS_CLIENT_VERSION=0.26.0
+STANDARDWEBHOOKS_VERSION=1.1.0
 
 if [ $# -lt 1 ]; then
   echo "usage: $0 BINARY [PYTEST ARGS...]" >&2
@@ -73,7 +75,7 @@ fi
 
 # ---- Playwright, pytest and aiosmtpd, in a virtualenv of their own ----------------------
 venv="${XDG_CACHE_HOME:-$HOME/.cache}/users-service-ci/browser-venv"
-wanted="playwright==$PLAYWRIGHT_VERSION pytest==$PYTEST_VERSION pytest-timeout==$PYTEST_TIMEOUT_VERSION aiosmtpd==$AIOSMTPD_VERSION pyotp==$PYOTP_VERSION prometheus-client==$PROMETHEUS_CLIENT_VERSION"
+wanted="playwright==$PLAYWRIGHT_VERSION pytest==$PYTEST_VERSION pytest-timeout==$PYTEST_TIMEOUT_VERSION aiosmtpd==$AIOSMTPD_VERSION pyotp==$PYOTP_VERSION prometheus-client==$PROMETHEUS_CLIENT_VERSION standardwebhooks==$STANDARDWEBHOOKS_VERSION"
 installed=$("$venv/bin/python" -m pip freeze --disable-pip-version-check 2>/dev/null || true)
 missing=0
 for requirement in $wanted; do

@@ -15,6 +15,7 @@ use crate::core::outbox::OutboxConfig;
 use crate::core::password::{HashParams, OWASP_MIN_M_KIB, OWASP_MIN_P, OWASP_MIN_T};
 use crate::core::policy::PasswordPolicy;
 use crate::core::users::{LinkSettings, Settings};
+use crate::core::webhooks::WebhookSender;
 use crate::store::{DatabaseUrl, PoolConfig};
 use secrecy::SecretString;
 
@@ -313,6 +314,9 @@ pub struct ServeConfig {
     pub mail: MailConfig,
 
     #[command(flatten)]
+    pub webhooks: WebhookConfig,
+
+    #[command(flatten)]
     pub ui: UiConfig,
 
     /// Seconds a request may take, from its first byte to its answer (slow clients and
@@ -508,6 +512,56 @@ pub struct UiConfig {
     /// instead of the title
     #[arg(long, env = "USERS_UI_LOGO", value_name = "FILE")]
     pub ui_logo: Option<PathBuf>,
+}
+
+/// Webhooks: where events are announced, and the secret that signs them.
+#[derive(Debug, Clone, Args)]
+pub struct WebhookConfig {
+    /// Endpoints (comma-separated URLs) that receive the events (user.created,
+    /// user.updated, user.deleted, user.verified, session.created, session.ended,
+    /// password.changed), signed as Standard Webhooks says
+    #[arg(
+        long = "webhook-urls",
+        env = "USERS_WEBHOOK_URLS",
+        value_name = "URLS",
+        value_delimiter = ','
+    )]
+    pub webhook_urls: Vec<String>,
+
+    /// The secret that signs them: `whsec_` and base64, as Standard Webhooks writes it
+    /// (never printed)
+    #[arg(
+        long,
+        env = "USERS_WEBHOOK_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub webhook_secret: Option<String>,
+
+    /// A file whose first line is the webhook secret (instead of --webhook-secret)
+    #[arg(long, env = "USERS_WEBHOOK_SECRET_FILE", value_name = "FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
+
+    /// Attempts at a delivery before it is given up
+    #[arg(
+        long,
+        env = "USERS_WEBHOOK_MAX_ATTEMPTS",
+        value_name = "N",
+        default_value_t = DEFAULT_MAIL_MAX_ATTEMPTS,
+        value_parser = clap::value_parser!(u32).range(1..=100)
+    )]
+    pub webhook_max_attempts: u32,
+
+    /// Seconds before a failed delivery is tried again; each further retry waits twice
+    /// as long, up to an hour
+    #[arg(
+        long,
+        env = "USERS_WEBHOOK_RETRY_DELAY",
+        value_name = "SECONDS",
+        default_value_t = DEFAULT_MAIL_RETRY_DELAY,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub webhook_retry_delay: u64,
 }
 
 /// E-mail delivery and the links the e-mails carry.
@@ -735,6 +789,13 @@ impl ServeConfig {
                 mail_max_attempts: DEFAULT_MAIL_MAX_ATTEMPTS,
                 mail_retry_delay: DEFAULT_MAIL_RETRY_DELAY,
             },
+            webhooks: WebhookConfig {
+                webhook_urls: Vec::new(),
+                webhook_secret: None,
+                webhook_secret_file: None,
+                webhook_max_attempts: DEFAULT_MAIL_MAX_ATTEMPTS,
+                webhook_retry_delay: DEFAULT_MAIL_RETRY_DELAY,
+            },
             ui: UiConfig {
                 ui_title: DEFAULT_UI_TITLE.to_string(),
                 ui_stylesheet: None,
@@ -816,6 +877,51 @@ impl ServeConfig {
             max_attempts: self.mail.mail_max_attempts,
             retry_delay: i64::try_from(self.mail.mail_retry_delay).unwrap_or(i64::MAX),
         }
+    }
+
+    /// The webhook endpoints and their sender, when any endpoint is configured.
+    pub fn webhooks(&self) -> Result<Option<(Vec<String>, WebhookSender, OutboxConfig)>, String> {
+        let w = &self.webhooks;
+        let urls: Vec<String> = w
+            .webhook_urls
+            .iter()
+            .map(|u| u.trim().to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if urls.is_empty() {
+            return Ok(None);
+        }
+        for u in &urls {
+            match url::Url::parse(u) {
+                Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
+                _ => {
+                    return Err(format!(
+                        "invalid webhook URL {u:?}: expected http(s)://host/path"
+                    ))
+                }
+            }
+        }
+        let secret = match (&w.webhook_secret, &w.webhook_secret_file) {
+            (_, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read the webhook secret file {}: {e}", path.display()))?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string(),
+            (Some(secret), None) => secret.clone(),
+            (None, None) => {
+                return Err(
+                    "USERS_WEBHOOK_URLS needs a secret to sign with: USERS_WEBHOOK_SECRET or --webhook-secret-file"
+                        .into(),
+                )
+            }
+        };
+        let sender = WebhookSender::new(&secret).map_err(|e| e.to_string())?;
+        let config = OutboxConfig {
+            max_attempts: w.webhook_max_attempts,
+            retry_delay: i64::try_from(w.webhook_retry_delay).unwrap_or(i64::MAX),
+        };
+        Ok(Some((urls, sender, config)))
     }
 
     /// The mailer the settings describe.

@@ -121,6 +121,7 @@ pub struct Metrics {
     pub sessions_created: Family<SessionLabels, Counter>,
     pub sessions_ended: Family<EndLabels, Counter>,
     pub mail: MailMetrics,
+    pub webhooks: MailMetrics,
     pub database: DatabaseMetrics,
 }
 
@@ -161,6 +162,35 @@ pub struct MailMetrics {
     pub failed: Counter,
     /// Messages given up after their last attempt.
     pub dead: Counter,
+}
+
+impl MailMetrics {
+    /// Registers an outbox channel's metrics as `users_<name>_queued`, `_sent_total`,
+    /// `_failed_total` and `_dead_total`.
+    fn register(registry: &mut Registry, name: &str, what: &str, to: &str) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            format!("{name}_queued"),
+            format!("{what} waiting in the outbox to be sent"),
+            metrics.queued.clone(),
+        );
+        registry.register(
+            format!("{name}_sent"),
+            format!("{what} accepted by {to}"),
+            metrics.sent.clone(),
+        );
+        registry.register(
+            format!("{name}_failed"),
+            format!("{what}: attempts that failed and will be retried"),
+            metrics.failed.clone(),
+        );
+        registry.register(
+            format!("{name}_dead"),
+            format!("{what} given up after their last attempt"),
+            metrics.dead.clone(),
+        );
+        metrics
+    }
 }
 
 /// The database's connections, read from the pool at each scrape.
@@ -247,26 +277,12 @@ impl Metrics {
             "Sessions ended, by cause",
             sessions_ended.clone(),
         );
-        let mail = MailMetrics::default();
-        registry.register(
-            "mail_queued",
-            "E-mails waiting in the outbox to be sent",
-            mail.queued.clone(),
-        );
-        registry.register(
-            "mail_sent",
-            "E-mails delivered to the SMTP server",
-            mail.sent.clone(),
-        );
-        registry.register(
-            "mail_failed",
-            "E-mail delivery attempts that failed and will be retried",
-            mail.failed.clone(),
-        );
-        registry.register(
-            "mail_dead",
-            "E-mails given up after their last attempt",
-            mail.dead.clone(),
+        let mail = MailMetrics::register(&mut registry, "mail", "E-mails", "the SMTP server");
+        let webhooks = MailMetrics::register(
+            &mut registry,
+            "webhooks",
+            "Webhook deliveries",
+            "their endpoints",
         );
         // Every label value the service can report is there from the start, at 0, so
         // that rates and alerts work from the first scrape.
@@ -311,6 +327,7 @@ impl Metrics {
             sessions_created,
             sessions_ended,
             mail,
+            webhooks,
             database,
         }
     }

@@ -19,7 +19,7 @@ use tower::ServiceExt;
 
 use crate::config::{AccessConfig, DatabaseConfig, ServeConfig, UiConfig};
 use crate::core::clock::{Clock, SystemClock};
-use crate::core::outbox::Outbox;
+use crate::core::outbox::{Outbox, Transport};
 use crate::core::password::PasswordHasher;
 use crate::core::users::Users;
 use crate::error::chain;
@@ -211,7 +211,7 @@ pub async fn open_core(
     let mailer = config.mailer().map_err(StartError::Config)?;
     let outbox = Arc::new(Outbox::new(
         store.clone(),
-        mailer,
+        Transport::Mail(mailer),
         clock.clone(),
         config.outbox_config(),
     ));
@@ -228,6 +228,8 @@ pub async fn open_core(
 
 pub struct Server {
     listener: TcpListener,
+    /// The webhook sender, when endpoints are configured.
+    webhooks: Option<Arc<Outbox>>,
     /// `--metrics-listen`: `/metrics` alone, without the admin key.
     metrics_listener: Option<TcpListener>,
     metrics: Arc<Metrics>,
@@ -395,9 +397,33 @@ impl Server {
         }
         let public_url = url::Url::parse(&settings.links.public_url).ok();
         let outbox = Arc::new(
-            Outbox::new(store.clone(), mailer, clock.clone(), config.outbox_config())
-                .with_metrics(metrics.mail.clone()),
+            Outbox::new(
+                store.clone(),
+                Transport::Mail(mailer),
+                clock.clone(),
+                config.outbox_config(),
+            )
+            .with_metrics(metrics.mail.clone()),
         );
+        let webhooks = match config.webhooks().map_err(StartError::Config)? {
+            Some((endpoints, sender, outbox_config)) => {
+                tracing::info!(
+                    endpoints = endpoints.len(),
+                    "changes are announced to webhooks"
+                );
+                store.attach_webhooks(endpoints);
+                Some(Arc::new(
+                    Outbox::new(
+                        store.clone(),
+                        Transport::Webhook(sender),
+                        clock.clone(),
+                        outbox_config,
+                    )
+                    .with_metrics(metrics.webhooks.clone()),
+                ))
+            }
+            None => None,
+        };
         let redirect_allowlist = settings.links.redirect_allowlist.clone();
         let users = Arc::new(Users::new(
             store.clone(),
@@ -451,6 +477,7 @@ impl Server {
         }
         Ok(Self {
             listener,
+            webhooks,
             metrics_listener,
             metrics,
             app,
@@ -511,6 +538,10 @@ impl Server {
             })
         });
         let sender = tokio::spawn(self.users.outbox().clone().run());
+        let webhook_sender = self
+            .webhooks
+            .clone()
+            .map(|outbox| tokio::spawn(outbox.run()));
         let graceful = GracefulShutdown::new();
         let mut http1 = hyper::server::conn::http1::Builder::new();
         // The connection's own timers (`Watched`) replace hyper's header timeout, which
@@ -582,6 +613,15 @@ impl Server {
             .is_err()
         {
             tracing::warn!("some e-mails were still being sent at the shutdown deadline");
+        }
+        if let (Some(outbox), Some(sender)) = (&self.webhooks, webhook_sender) {
+            outbox.stop();
+            if tokio::time::timeout(self.request_timeout, sender)
+                .await
+                .is_err()
+            {
+                tracing::warn!("some webhooks were still being delivered at the shutdown deadline");
+            }
         }
         self.store.close().await;
         tracing::info!("users-service stopped");

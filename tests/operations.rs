@@ -1136,12 +1136,18 @@ async fn lockouts_resets_verification_and_second_factors_are_audited_on_both_sto
         // A lockout, by five wrong passwords for the account's name.
         for _ in 0..5 {
             let (status, _) = app
-                .call("Login", json!({"username": "flows", "password": "wrong-password"}))
+                .call(
+                    "Login",
+                    json!({"username": "flows", "password": "wrong-password"}),
+                )
                 .await;
             assert_eq!(status, 401);
         }
         let (status, _) = app
-            .call("Login", json!({"username": "flows", "password": common::PASSWORD}))
+            .call(
+                "Login",
+                json!({"username": "flows", "password": common::PASSWORD}),
+            )
             .await;
         assert_eq!(status, 429);
 
@@ -1184,7 +1190,10 @@ async fn lockouts_resets_verification_and_second_factors_are_audited_on_both_sto
         .await;
         assert_eq!(status, 200);
         let (status, challenge) = app
-            .call("Login", json!({"username": "flows", "password": "newpassword1"}))
+            .call(
+                "Login",
+                json!({"username": "flows", "password": "newpassword1"}),
+            )
             .await;
         assert_eq!(status, 401);
         app.clock.advance(30);
@@ -1196,7 +1205,8 @@ async fn lockouts_resets_verification_and_second_factors_are_audited_on_both_sto
             )
             .await;
         assert_eq!(status, 200, "{body}");
-        let (status, _) = common::micro(&app, "ResetSecondFactors", KEY, json!({"user_id": id})).await;
+        let (status, _) =
+            common::micro(&app, "ResetSecondFactors", KEY, json!({"user_id": id})).await;
         assert_eq!(status, 200);
 
         let (kinds, page) = audit_kinds(&app, json!({"user_id": id})).await;
@@ -1223,11 +1233,127 @@ async fn lockouts_resets_verification_and_second_factors_are_audited_on_both_sto
         let events = page["events"].as_array().unwrap();
         assert_eq!(events[0]["actor"], "admin", "the admin's reset");
         assert_eq!(events[2]["actor"], "self", "TOTP turned on by its user");
-        assert_eq!(events[6]["actor"], "system", "the service locked the account");
+        assert_eq!(
+            events[6]["actor"], "system",
+            "the service locked the account"
+        );
         assert_eq!(events[6]["client_ip"], "127.0.0.1");
         let text = page.to_string();
-        for secret_text in [secret.as_str(), code.as_str(), token.as_str(), session_id.as_str()] {
+        for secret_text in [
+            secret.as_str(),
+            code.as_str(),
+            token.as_str(),
+            session_id.as_str(),
+        ] {
             assert!(!text.contains(secret_text));
+        }
+    }
+}
+
+/// Webhooks are queued with the change they announce (a refused change queues none),
+/// given up after `--webhook-max-attempts`, and counted in the metrics; a start with an
+/// endpoint but no usable secret is refused.
+#[tokio::test]
+async fn webhooks_are_queued_with_their_change_and_given_up_after_their_attempts_on_both_stores() {
+    use serde_json::json;
+    use std::sync::atomic::AtomicUsize;
+    // An endpoint that is always down (500), counting the deliveries it refuses.
+    let refused = Arc::new(AtomicUsize::new(0));
+    let counter = refused.clone();
+    let routes = axum::Router::new().route(
+        "/hooks",
+        axum::routing::post(move || {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}/hooks", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, routes).await });
+
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let hook = endpoint.clone();
+        let Some(app) = common::TestApp::spawn_with(backend, "webhooks_are_queued", move |c| {
+            c.webhooks.webhook_urls = vec![hook];
+            c.webhooks.webhook_secret = Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into());
+            c.webhooks.webhook_max_attempts = 2;
+            c.webhooks.webhook_retry_delay = 1;
+        })
+        .await
+        else {
+            continue;
+        };
+        let before = refused.load(Ordering::SeqCst);
+        app.create_user("announced").await;
+        let (status, _) = app
+            .call("Create", json!({"username": "announced", "email": "other@example.com", "password": common::PASSWORD}))
+            .await;
+        assert_eq!(status, 409);
+        let queued = app.db.count_rows("outbox WHERE channel = 'webhook'").await;
+        assert_eq!(
+            queued, 1,
+            "one user.created; the refused Create queued nothing"
+        );
+
+        // The first attempt is refused; the retry is due a second later (on the test's
+        // clock), is refused too, and the delivery is given up.
+        wait_for_metric(&app, "users_webhooks_failed_total", 1.0).await;
+        app.clock.advance(5);
+        wait_for_metric(&app, "users_webhooks_dead_total", 1.0).await;
+        assert_eq!(refused.load(Ordering::SeqCst) - before, 2);
+        let dead = app
+            .db
+            .count_rows("outbox WHERE channel = 'webhook' AND state = 'dead'")
+            .await;
+        assert_eq!(dead, 1);
+        let scraped = scrape(&app, None).await;
+        assert_eq!(sample(&scraped, "users_webhooks_sent_total", &[]), 0.0);
+    }
+}
+
+/// Waits (at most 30 s) until the metric `name` reaches `value`.
+async fn wait_for_metric(app: &common::TestApp, name: &str, value: f64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let now = sample(&scrape(app, None).await, name, &[]);
+        if now >= value {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} stayed at {now}, below {value}"
+        );
+        // Not a synchronisation sleep: the pause between bounded polls of /metrics.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn webhook_urls_need_a_usable_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    for (secret, expected) in [
+        (None, "needs a secret"),
+        (Some("not-a-whsec-secret"), "whsec_"),
+    ] {
+        let mut cmd = command(dir.path());
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--webhook-urls",
+            "http://127.0.0.1:9/hooks",
+        ]);
+        if let Some(secret) = secret {
+            cmd.env("USERS_WEBHOOK_SECRET", secret);
+        }
+        let output = cmd.output().unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{stderr}");
+        if let Some(secret) = secret {
+            assert!(!stderr.contains(secret), "{stderr}");
         }
     }
 }

@@ -20,3 +20,4 @@ pub mod policy;
 pub mod totp;
 pub mod transfer;
 pub mod users;
+pub mod webhooks;

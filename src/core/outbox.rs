@@ -1,6 +1,7 @@
-//! The e-mail sender. The Send methods queue their messages in the store (in the
-//! transaction that stores the token a message carries) and answer at once; a sender
-//! in every replica delivers them. Each message is claimed by one sender at a time, for
+//! The outbox's senders: e-mails, and webhook deliveries. The Send methods queue their
+//! messages in the store (in the transaction that stores the token a message carries),
+//! as do the changes that webhooks announce, and answer at once; a sender of each
+//! channel in every replica delivers them. Each message is claimed by one sender at a time, for
 //! a lease longer than any delivery can take, so several replicas never send it twice;
 //! one that fails is tried again after a delay that doubles each time, and after
 //! `max_attempts` attempts it is given up, and its token withdrawn. Queued messages
@@ -15,8 +16,24 @@ use tokio::task::JoinSet;
 
 use crate::core::clock::Clock;
 use crate::core::mail::{Mailer, Outgoing};
+use crate::core::webhooks::{message_id, WebhookSender};
 use crate::error::chain;
-use crate::store::{ClaimedMail, MailOutcome, MailStore, StoreError};
+use crate::store::{Channel, ClaimedMail, MailOutcome, MailStore, StoreError};
+
+/// What carries an outbox's messages.
+pub enum Transport {
+    Mail(Mailer),
+    Webhook(WebhookSender),
+}
+
+impl Transport {
+    pub fn channel(&self) -> Channel {
+        match self {
+            Self::Mail(_) => Channel::Mail,
+            Self::Webhook(_) => Channel::Webhook,
+        }
+    }
+}
 
 /// How long a sender holds a message it claimed: far longer than a delivery may take
 /// (the SMTP timeout), so that no other sender takes it meanwhile.
@@ -51,7 +68,7 @@ pub struct OutboxStats {
 
 pub struct Outbox {
     store: Arc<dyn MailStore>,
-    mailer: Mailer,
+    transport: Transport,
     clock: Arc<dyn Clock>,
     config: OutboxConfig,
     wake: Notify,
@@ -66,13 +83,13 @@ const COUNT_QUEUED: Duration = Duration::from_secs(5);
 impl Outbox {
     pub fn new(
         store: Arc<dyn MailStore>,
-        mailer: Mailer,
+        transport: Transport,
         clock: Arc<dyn Clock>,
         config: OutboxConfig,
     ) -> Self {
         Self {
             store,
-            mailer,
+            transport,
             clock,
             config,
             wake: Notify::new(),
@@ -88,9 +105,12 @@ impl Outbox {
         self
     }
 
-    /// Whether messages really leave (an SMTP server is configured).
+    /// Whether messages really leave (an SMTP server is configured; webhooks always).
     pub fn sends(&self) -> bool {
-        self.mailer.sends()
+        match &self.transport {
+            Transport::Mail(mailer) => mailer.sends(),
+            Transport::Webhook(_) => true,
+        }
     }
 
     /// Asks the sender to look for due messages now (one was just queued).
@@ -113,7 +133,7 @@ impl Outbox {
                 tracing::warn!(error = %chain(&err), "the mail sender could not reach the database");
             }
             if counted.is_none_or(|at| at.elapsed() >= COUNT_QUEUED) {
-                if let Ok(queued) = self.store.queued_mail().await {
+                if let Ok(queued) = self.store.queued_mail(self.transport.channel()).await {
                     self.metrics
                         .queued
                         .set(i64::try_from(queued).unwrap_or(i64::MAX));
@@ -141,7 +161,12 @@ impl Outbox {
             let now = self.clock.now();
             let claimed = self
                 .store
-                .claim_mail(now, now.saturating_add(LEASE), BATCH)
+                .claim_mail(
+                    now,
+                    now.saturating_add(LEASE),
+                    BATCH,
+                    self.transport.channel(),
+                )
                 .await?;
             if claimed.is_empty() {
                 return Ok(());
@@ -163,15 +188,28 @@ impl Outbox {
 
     /// One attempt at a claimed message, and its outcome recorded.
     async fn deliver(&self, mut mail: ClaimedMail) -> Result<(), StoreError> {
-        let sent = self
-            .mailer
-            .send(Outgoing {
-                to: &mail.recipient,
-                from_name: mail.from_name.as_deref(),
-                subject: &mail.subject,
-                body: std::mem::take(&mut mail.body),
-            })
-            .await;
+        let body = std::mem::take(&mut mail.body);
+        let sent: Result<(), Box<dyn std::error::Error + Send + Sync>> = match &self.transport {
+            Transport::Mail(mailer) => mailer
+                .send(Outgoing {
+                    to: &mail.recipient,
+                    from_name: mail.from_name.as_deref(),
+                    subject: &mail.subject,
+                    body,
+                })
+                .await
+                .map_err(Into::into),
+            Transport::Webhook(sender) => sender
+                .send(
+                    &mail.recipient,
+                    &message_id(mail.id),
+                    self.clock.now(),
+                    body,
+                )
+                .await
+                .map_err(Into::into),
+        };
+        let channel = self.transport.channel().as_str();
         let attempts = u32::try_from(mail.attempts).unwrap_or(u32::MAX);
         let outcome = match &sent {
             Ok(()) => MailOutcome::Sent,
@@ -186,8 +224,8 @@ impl Outbox {
         self.store.mail_attempted(&mail, outcome).await?;
         match (&sent, outcome) {
             (Ok(()), _) => {
-                if self.mailer.sends() {
-                    tracing::info!(event = "mail_sent", kind = %mail.kind, user_id = %mail.user_id, attempts);
+                if self.sends() {
+                    tracing::info!(event = "mail_sent", channel, kind = %mail.kind, user_id = %mail.user_id, attempts);
                     self.metrics.sent.inc();
                 }
                 self.stats.send_modify(|s| s.sent += 1);
@@ -195,10 +233,11 @@ impl Outbox {
             (Err(err), MailOutcome::GiveUp) => {
                 tracing::error!(
                     event = "mail_given_up",
+                    channel,
                     kind = %mail.kind,
                     user_id = %mail.user_id,
                     attempts,
-                    error = %chain(err),
+                    error = %chain(err.as_ref()),
                     "an e-mail could not be sent and is given up; its link or code was withdrawn"
                 );
                 self.metrics.dead.inc();
@@ -207,10 +246,11 @@ impl Outbox {
             (Err(err), _) => {
                 tracing::warn!(
                     event = "mail_failed",
+                    channel,
                     kind = %mail.kind,
                     user_id = %mail.user_id,
                     attempts,
-                    error = %chain(err),
+                    error = %chain(err.as_ref()),
                     "an e-mail could not be sent; it will be tried again"
                 );
                 self.metrics.failed.inc();

@@ -56,6 +56,66 @@ impl EventKind {
     pub fn parse(text: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.as_str() == text)
     }
+
+    /// The webhook event that announces this kind, if one does.
+    pub fn webhook_type(self) -> Option<&'static str> {
+        match self {
+            Self::AccountCreated => Some("user.created"),
+            Self::AccountUpdated => Some("user.updated"),
+            Self::AccountDeleted => Some("user.deleted"),
+            Self::EmailVerified => Some("user.verified"),
+            Self::LoginSucceeded => Some("session.created"),
+            Self::SessionEnded => Some("session.ended"),
+            Self::PasswordChanged | Self::PasswordReset => Some("password.changed"),
+            Self::LoginFailed
+            | Self::Lockout
+            | Self::SecondFactorChanged
+            | Self::AdminKeyRefused => None,
+        }
+    }
+
+    /// Whether its webhook payload carries the account as it is after the change.
+    pub fn announces_account(self) -> bool {
+        matches!(
+            self,
+            Self::AccountCreated | Self::AccountUpdated | Self::EmailVerified
+        )
+    }
+}
+
+/// `secs` (since the epoch, UTC) as RFC 3339: `2026-12-04T02:31:51Z`.
+pub fn rfc3339(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_writes_utc_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_614_265_330), "2021-02-25T15:02:10Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_796_351_511), "2026-12-04T02:31:51Z");
+    }
 }
 
 /// Who made a change: the user themself (their session, or their own credentials), the

@@ -7,7 +7,7 @@ mod factors;
 mod one_time;
 mod secret;
 
-pub use audit::{Actor, Audit, AuditEvent, AuditPage, EventKind, EventQuery};
+pub use audit::{rfc3339, Actor, Audit, AuditEvent, AuditPage, EventKind, EventQuery};
 pub use factors::{
     RecoveryCode, SecondFactor, SecondStep, SignIn, SignInMethod, TotpCode, RECOVERY_CODES,
     TOTP_DIGITS,
@@ -324,6 +324,10 @@ impl Profile {
 
     pub fn into_map(self) -> BTreeMap<String, String> {
         self.0
+    }
+
+    pub fn as_map(&self) -> &BTreeMap<String, String> {
+        &self.0
     }
 }
 

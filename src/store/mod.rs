@@ -210,6 +210,23 @@ pub struct ClaimedMail {
     pub lease_until: i64,
 }
 
+/// Which sender takes an outbox message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    Mail,
+    /// `recipient` is the endpoint's URL, `subject` the event type, `body` the payload.
+    Webhook,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mail => "mail",
+            Self::Webhook => "webhook",
+        }
+    }
+}
+
 /// How an attempt to send a message ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MailOutcome {
@@ -592,6 +609,7 @@ pub trait MailStore: Send + Sync {
         now: i64,
         lease_until: i64,
         limit: u32,
+        channel: Channel,
     ) -> Result<Vec<ClaimedMail>, StoreError>;
 
     /// Records how the attempt at a claimed message ended, if the message is still
@@ -602,8 +620,8 @@ pub trait MailStore: Send + Sync {
         outcome: MailOutcome,
     ) -> Result<(), StoreError>;
 
-    /// How many messages wait to be sent (queued, claimed or not).
-    async fn queued_mail(&self) -> Result<u64, StoreError>;
+    /// How many messages of `channel` wait to be sent (queued, claimed or not).
+    async fn queued_mail(&self, channel: Channel) -> Result<u64, StoreError>;
 
     /// Deletes up to `batch` sent or given-up messages created at or before `before`;
     /// returns how many.

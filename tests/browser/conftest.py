@@ -285,9 +285,11 @@ def smtp():
     sink.controller.stop()
 
 
-def _start_service(work_dir: Path, smtp: SmtpSink, database_url: str, name: str, host: str = "127.0.0.1"):
+def _start_service(work_dir: Path, smtp: SmtpSink, database_url: str, name: str, host: str = "127.0.0.1",
+                   extra_env: Optional[dict] = None):
     """Starts the binary on `database_url`, its public address on `host` (passkeys need
-    a domain name: `localhost`); yields its Service, and stops it."""
+    a domain name: `localhost`), with `extra_env` added to its settings; yields its
+    Service, and stops it."""
     binary = os.environ.get("USERS_BIN")
     if not binary or not os.access(binary, os.X_OK):
         pytest.exit("USERS_BIN must name the built users-service (run .ci/browser.sh BIN)", 2)
@@ -314,6 +316,7 @@ def _start_service(work_dir: Path, smtp: SmtpSink, database_url: str, name: str,
         # Every request comes from 127.0.0.1: no per-address limits on checks or sign-ups.
         "USERS_LOGIN_MAX_FAILURES_PER_IP": "0",
         "USERS_CREATE_PER_HOUR": "0",
+        **(extra_env or {}),
     }
     with open(log, "wb") as log_file:
         process = subprocess.Popen(

@@ -73,3 +73,112 @@ def test_metrics_need_the_admin_key(service: Service):
     except urllib.error.HTTPError as error:
         assert error.code == 401
         assert error.headers["WWW-Authenticate"] == "Bearer"
+
+
+# ---- Webhooks, verified with the Standard Webhooks library --------------------------------
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from conftest import _postgres_database, _start_service
+
+SECRET = "whsec_" + __import__("base64").b64encode(b"a webhook secret of 32 bytes!!!!").decode()
+
+
+class Receiver:
+    """An endpoint that refuses each message's first two deliveries (500) and takes the
+    third; it keeps every attempt."""
+
+    def __init__(self) -> None:
+        self.attempts = []  # (headers, body, status)
+        self.changed = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                with receiver.changed:
+                    tries = sum(1 for h, _, _ in receiver.attempts if h["webhook-id"] == headers["webhook-id"])
+                    status = 500 if tries < 2 else 204
+                    receiver.attempts.append((headers, body, status))
+                    receiver.changed.notify_all()
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+
+    def delivered(self, event_type: str, user_id: str, timeout: float = 60):
+        """Waits for the accepted delivery of `event_type` about `user_id`; returns every
+        attempt at that message."""
+        def find():
+            for headers, body, status in self.attempts:
+                payload = json.loads(body)
+                if status == 204 and payload["type"] == event_type and payload["data"]["user_id"] == user_id:
+                    return [a for a in self.attempts if a[0]["webhook-id"] == headers["webhook-id"]]
+            return None
+        with self.changed:
+            found = self.changed.wait_for(find, timeout=timeout)
+        assert found, f"no accepted {event_type} for {user_id}: {self.attempts}"
+        return found
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def webhooks(request, work_dir, smtp):
+    """The service, on each store, announcing its changes to a Receiver."""
+    receiver = Receiver()
+    env = {
+        "USERS_WEBHOOK_URLS": receiver.url,
+        "USERS_WEBHOOK_SECRET": SECRET,
+        "USERS_WEBHOOK_RETRY_DELAY": "1",
+    }
+    name = f"webhooks-{request.param}"
+    try:
+        if request.param == "sqlite":
+            for service in _start_service(work_dir, smtp, f"sqlite://{work_dir}/webhooks.db", name, extra_env=env):
+                yield service, receiver
+        else:
+            for url in _postgres_database("webhooks"):
+                for service in _start_service(work_dir, smtp, url, name, extra_env=env):
+                    yield service, receiver
+    finally:
+        receiver.server.shutdown()
+
+
+def test_webhooks_are_signed_retried_with_the_same_id_and_verified_by_the_standard_library(webhooks):
+    service, receiver = webhooks
+    verifier = Webhook(SECRET)
+    user = service.new_user("hooked")
+    session = service.login(user)
+    assert service.post("/users/Users/Logout", {"session_id": session}).status == 200
+    assert service.admin("/users/Users/Delete", {"id": user.id}).status == 200
+
+    for event_type in ["user.created", "session.created", "session.ended", "user.deleted"]:
+        attempts = receiver.delivered(event_type, user.id)
+        # Refused twice, accepted the third time, always as the same message.
+        assert [status for _, _, status in attempts] == [500, 500, 204], event_type
+        assert len({h["webhook-id"] for h, _, _ in attempts}) == 1
+        for headers, body, _ in attempts:
+            payload = verifier.verify(body, headers)
+            assert payload["type"] == event_type
+            assert payload["data"]["user_id"] == user.id
+        # A body altered on the way fails the check.
+        headers, body, _ = attempts[-1]
+        with pytest.raises(Exception):
+            verifier.verify(body.replace(user.id, "someone-else"), headers)
+
+    created = json.loads(receiver.delivered("user.created", user.id)[-1][1])
+    assert created["data"]["user"]["username"] == user.username
+    assert created["data"]["actor"] == "self"
+    assert "password" not in json.dumps(created)
+    deleted = json.loads(receiver.delivered("user.deleted", user.id)[-1][1])
+    assert deleted["data"]["actor"] == "admin"

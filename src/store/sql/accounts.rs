@@ -43,7 +43,13 @@ impl AccountStore for SqlStore {
                         tx.rollback().await?;
                         return Ok(true);
                     }
-                    audit!(tx, audit, EventKind::AccountCreated, Some(new.id.as_str()));
+                    audit!(
+                        self,
+                        tx,
+                        audit,
+                        EventKind::AccountCreated,
+                        Some(new.id.as_str())
+                    );
                     commit!(tx, conn);
                     Ok::<_, sqlx::Error>(false)
                 }
@@ -70,7 +76,13 @@ impl AccountStore for SqlStore {
                         tx.rollback().await?;
                         return Ok(true);
                     }
-                    audit!(tx, audit, EventKind::AccountCreated, Some(new.id.as_str()));
+                    audit!(
+                        self,
+                        tx,
+                        audit,
+                        EventKind::AccountCreated,
+                        Some(new.id.as_str())
+                    );
                     commit!(tx, conn);
                     Ok::<_, sqlx::Error>(false)
                 }
@@ -195,7 +207,7 @@ impl AccountStore for SqlStore {
                 .bind(id.as_str())
                 .fetch_one(&mut *tx)
                 .await?;
-            audit!(tx, audit, EventKind::AccountUpdated, Some(id.as_str()));
+            audit!(self, tx, audit, EventKind::AccountUpdated, Some(id.as_str()));
             commit!(tx, conn);
             Ok::<_, sqlx::Error>(Some(row))
         }
@@ -235,7 +247,7 @@ impl AccountStore for SqlStore {
                 .await?
                 .rows_affected();
             if deleted == 1 {
-                audit!(tx, audit, EventKind::AccountDeleted, Some(id.as_str()));
+                audit!(self, tx, audit, EventKind::AccountDeleted, Some(id.as_str()));
             }
             commit!(tx, conn);
             self.ended(EndCause::user_deleted, ended);
@@ -323,7 +335,7 @@ impl AccountStore for SqlStore {
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
-                audit!(tx, audit, EventKind::PasswordChanged, Some(id));
+                audit!(self, tx, audit, EventKind::PasswordChanged, Some(id));
             }
             commit!(tx, conn);
             self.ended(EndCause::password_changed, ended);

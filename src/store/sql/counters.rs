@@ -103,7 +103,7 @@ impl CounterStore for SqlStore {
                 .rows_affected()
                 == 1;
             if locked {
-                audit!(tx, audit, EventKind::Lockout, user_id);
+                audit!(self, tx, audit, EventKind::Lockout, user_id);
             }
             commit!(tx, conn);
             Ok::<_, sqlx::Error>(locked)

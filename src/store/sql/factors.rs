@@ -90,7 +90,7 @@ impl FactorStore for SqlStore {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-            audit!(tx, audit, EventKind::SecondFactorChanged, Some(user_id));
+            audit!(self, tx, audit, EventKind::SecondFactorChanged, Some(user_id));
             commit!(tx, conn);
             self.ended(EndCause::second_factor, ended);
             Ok::<_, sqlx::Error>(true)
@@ -118,7 +118,7 @@ impl FactorStore for SqlStore {
                 .await?
                 .rows_affected();
             if removed + codes > 0 {
-                audit!(tx, audit, EventKind::SecondFactorChanged, Some(user_id));
+                audit!(self, tx, audit, EventKind::SecondFactorChanged, Some(user_id));
             }
             commit!(tx, conn);
             Ok::<_, sqlx::Error>(removed + codes > 0)

@@ -59,11 +59,14 @@ impl MailStore for SqlStore {
         .map_err(classify)
     }
 
-    async fn queued_mail(&self) -> Result<u64, StoreError> {
+    async fn queued_mail(&self, channel: Channel) -> Result<u64, StoreError> {
         on_pool!(self, pool => {
-            sqlx::query_as::<_, (i64,)>("SELECT COUNT(*) FROM outbox WHERE state = 'queued'")
-                .fetch_one(pool)
-                .await
+            sqlx::query_as::<_, (i64,)>(
+                "SELECT COUNT(*) FROM outbox WHERE channel = $1 AND state = 'queued'",
+            )
+            .bind(channel.as_str())
+            .fetch_one(pool)
+            .await
         })
         .map(|(n,)| u64::try_from(n).unwrap_or(0))
         .map_err(classify)
@@ -74,13 +77,15 @@ impl MailStore for SqlStore {
         now: i64,
         lease_until: i64,
         limit: u32,
+        channel: Channel,
     ) -> Result<Vec<ClaimedMail>, StoreError> {
         macro_rules! claim {
             ($lock:literal) => {
                 concat!(
                     "UPDATE outbox SET attempts = attempts + 1, lease_until = $2 \
                      WHERE lease_until <= $1 AND id IN (SELECT id FROM outbox \
-                     WHERE state = 'queued' AND next_attempt <= $1 AND lease_until <= $1 \
+                     WHERE channel = $4 AND state = 'queued' AND next_attempt <= $1 \
+                     AND lease_until <= $1 \
                      AND (token_hash IS NULL OR EXISTS (SELECT 1 FROM tokens t \
                      WHERE t.token_hash = outbox.token_hash AND t.expires > $1)) \
                      ORDER BY next_attempt, id LIMIT $3",
@@ -112,6 +117,7 @@ impl MailStore for SqlStore {
                 .bind(now)
                 .bind(lease_until)
                 .bind(i64::from(limit))
+                .bind(channel.as_str())
                 .fetch_all(pool)
                 .await
         })

@@ -21,7 +21,7 @@ use sqlx::{Connection, QueryBuilder, Transaction};
 use std::collections::HashSet;
 
 use super::{
-    AccountStore, AttemptLimit, AuditStore, ClaimedMail, CodeCheck, Counter, CounterStore,
+    AccountStore, AttemptLimit, AuditStore, Channel, ClaimedMail, CodeCheck, Counter, CounterStore,
     Credentials, DatabaseUrl, DeletedUser, EventLimit, FactorStore, FactorUse, HashChange,
     Imported, Importer, LiveToken, Liveness, Lookup, MailOutcome, MailStore, NewMail, NewSession,
     NewToken, NewUser, PasskeyStore, Queued, Redeemed, Redemption, Reservation, SessionDetails,
@@ -80,6 +80,9 @@ pub struct SqlStore {
     /// Where it reports connection waits and ended sessions, once the service has
     /// attached its metrics.
     metrics: std::sync::OnceLock<Arc<Metrics>>,
+    /// The webhook endpoints that changes are announced to, once the service has set
+    /// them.
+    webhooks: std::sync::OnceLock<Vec<String>>,
 }
 
 /// Takes a connection for a write transaction from `$pool`, timing the wait.
@@ -360,11 +363,12 @@ const INSERT_EVENT: &str = "INSERT INTO audit_events \
 /// Records the event `$kind` about `$user_id` (done by `$audit`'s actor) in the audit
 /// trail, on `$conn`: the transaction of the change it records, so that the event is
 /// there if and only if the change is.
+///
+/// With webhooks configured, the event's webhook (if its kind has one) is queued in the
+/// outbox for each endpoint in the same transaction: announced if and only if it
+/// happened.
 macro_rules! audit {
-    ($conn:expr, $audit:expr, $kind:expr, $user_id:expr) => {
-        audit!($conn, $audit, $kind, $user_id, "success")
-    };
-    ($conn:expr, $audit:expr, $kind:expr, $user_id:expr, $outcome:expr) => {{
+    ($store:expr, $conn:expr, $audit:expr, $kind:expr, $user_id:expr) => {{
         let audit: &Audit = $audit;
         let kind: EventKind = $kind;
         let user_id: Option<&str> = $user_id;
@@ -374,11 +378,78 @@ macro_rules! audit {
             .bind(user_id)
             .bind(audit.client_ip.as_deref())
             .bind(audit.request_id.as_deref())
-            .bind($outcome)
+            .bind("success")
             .bind(audit.actor.as_str())
             .execute(&mut *$conn)
             .await?;
+        if let (Some(endpoints), Some(event_type)) = ($store.webhooks.get(), kind.webhook_type()) {
+            let account = if kind.announces_account() {
+                match user_id {
+                    Some(id) => sqlx::query_as::<_, UserRow>(concat!(
+                        "SELECT ",
+                        user_columns!(),
+                        " FROM users WHERE id = $1"
+                    ))
+                    .bind(id)
+                    .fetch_optional(&mut *$conn)
+                    .await?
+                    .and_then(|row| user(row).ok()),
+                    None => None,
+                }
+            } else {
+                None
+            };
+            let body = webhook_payload(event_type, audit, user_id, account.as_ref());
+            for endpoint in endpoints {
+                sqlx::query(INSERT_WEBHOOK)
+                    .bind(user_id.unwrap_or(""))
+                    .bind(event_type)
+                    .bind(endpoint.as_str())
+                    .bind(&body)
+                    .bind(audit.at)
+                    .execute(&mut *$conn)
+                    .await?;
+            }
+        }
     }};
+}
+
+/// Queues one webhook delivery.
+const INSERT_WEBHOOK: &str = "INSERT INTO outbox (token_hash, user_id, kind, recipient, \
+     from_name, subject, body, state, attempts, next_attempt, lease_until, created, channel) \
+     VALUES (NULL, $1, $2, $3, NULL, $2, $4, 'queued', 0, $5, 0, $5, 'webhook')";
+
+/// A webhook's JSON payload, as Standard Webhooks shapes it: `type`, `timestamp` and
+/// `data` (the account, who acted and in which request; the account as it is now, for
+/// the events that change it).
+fn webhook_payload(
+    event_type: &str,
+    audit: &Audit,
+    user_id: Option<&str>,
+    account: Option<&User>,
+) -> String {
+    let mut data = serde_json::json!({
+        "user_id": user_id,
+        "actor": audit.actor.as_str(),
+        "request_id": audit.request_id.as_deref(),
+    });
+    if let Some(user) = account {
+        data["user"] = serde_json::json!({
+            "id": user.id,
+            "username": user.username,
+            "email": user.email,
+            "verified": user.verified,
+            "created": user.created,
+            "updated": user.updated,
+            "profile": user.profile.as_map(),
+        });
+    }
+    serde_json::json!({
+        "type": event_type,
+        "timestamp": crate::domain::rfc3339(audit.at),
+        "data": data,
+    })
+    .to_string()
 }
 
 type UserRow = (String, String, String, i64, i64, bool, i64, String);
@@ -610,7 +681,14 @@ impl SqlStore {
         Ok(Self {
             backend,
             metrics: std::sync::OnceLock::new(),
+            webhooks: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Queues a webhook delivery to each of `endpoints` with every change that has one,
+    /// from now on.
+    pub fn attach_webhooks(&self, endpoints: Vec<String>) {
+        let _ = self.webhooks.set(endpoints);
     }
 
     /// Reports connection waits and ended sessions to `metrics` from now on.

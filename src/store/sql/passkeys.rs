@@ -93,7 +93,7 @@ impl SqlStore {
             .await?
             .rows_affected();
             if deleted > 0 {
-                audit!(tx, audit, EventKind::SecondFactorChanged, Some(user_id));
+                audit!(self, tx, audit, EventKind::SecondFactorChanged, Some(user_id));
             }
             commit!(tx, conn);
             Ok::<_, sqlx::Error>(deleted)

@@ -48,7 +48,7 @@ impl SessionStore for SqlStore {
                 tx.rollback().await?;
                 return Ok(false);
             }
-            audit!(tx, audit, EventKind::LoginSucceeded, Some(session.user_id));
+            audit!(self, tx, audit, EventKind::LoginSucceeded, Some(session.user_id));
             commit!(tx, conn);
             self.opened(session.sign_in.method);
             Ok::<_, sqlx::Error>(true)
@@ -111,7 +111,7 @@ impl SessionStore for SqlStore {
                 .bind(digest.as_str())
                 .execute(&mut *tx)
                 .await?;
-            audit!(tx, audit, EventKind::SessionEnded, Some(user_id.as_str()));
+            audit!(self, tx, audit, EventKind::SessionEnded, Some(user_id.as_str()));
             commit!(tx, conn);
             self.ended(EndCause::logout, 1);
             Ok::<_, sqlx::Error>(())
@@ -178,7 +178,7 @@ impl SessionStore for SqlStore {
             .await?
             .rows_affected();
             if ended > 0 {
-                audit!(tx, audit, EventKind::SessionEnded, Some(user_id));
+                audit!(self, tx, audit, EventKind::SessionEnded, Some(user_id));
             }
             commit!(tx, conn);
             self.ended(EndCause::logout, ended);
@@ -225,7 +225,7 @@ impl SessionStore for SqlStore {
                 .await?
                 .rows_affected();
             if ended > 0 {
-                audit!(tx, audit, EventKind::SessionEnded, Some(user_id));
+                audit!(self, tx, audit, EventKind::SessionEnded, Some(user_id));
             }
             commit!(tx, conn);
             self.ended(EndCause::logout_all, ended);

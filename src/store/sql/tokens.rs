@@ -90,7 +90,7 @@ impl TokenStore for SqlStore {
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
-                    audit!(tx, audit, EventKind::EmailVerified, Some(user_id.as_str()));
+                    audit!(self, tx, audit, EventKind::EmailVerified, Some(user_id.as_str()));
                 }
                 Redemption::NewPassword { hash } => {
                     sqlx::query("UPDATE users SET password_hash = $2, updated = $3 WHERE id = $1")
@@ -104,7 +104,7 @@ impl TokenStore for SqlStore {
                         .execute(&mut *tx)
                         .await?
                         .rows_affected();
-                    audit!(tx, audit, EventKind::PasswordReset, Some(user_id.as_str()));
+                    audit!(self, tx, audit, EventKind::PasswordReset, Some(user_id.as_str()));
                 }
                 Redemption::OpenSession {
                     digest,
@@ -121,7 +121,7 @@ impl TokenStore for SqlStore {
                         return Ok(Redeemed::SecondStepNeeded { user_id });
                     }
                     opened = Some(open_session!(tx, digest, &user_id, now, expires, client, sign_in));
-                    audit!(tx, audit, EventKind::LoginSucceeded, Some(user_id.as_str()));
+                    audit!(self, tx, audit, EventKind::LoginSucceeded, Some(user_id.as_str()));
                 }
                 Redemption::AddPasskey { passkey } => {
                     let taken = sqlx::query_as::<_, (String,)>(
@@ -146,7 +146,7 @@ impl TokenStore for SqlStore {
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
-                    audit!(tx, audit, EventKind::SecondFactorChanged, Some(user_id.as_str()));
+                    audit!(self, tx, audit, EventKind::SecondFactorChanged, Some(user_id.as_str()));
                 }
                 Redemption::SecondStep {
                     digest,
@@ -159,7 +159,7 @@ impl TokenStore for SqlStore {
                         return Ok(Redeemed::FactorRefused);
                     }
                     opened = Some(open_session!(tx, digest, &user_id, now, expires, client, sign_in));
-                    audit!(tx, audit, EventKind::LoginSucceeded, Some(user_id.as_str()));
+                    audit!(self, tx, audit, EventKind::LoginSucceeded, Some(user_id.as_str()));
                 }
             }
             commit!(tx, conn);
