@@ -327,32 +327,8 @@ fn request_with(
     body: &str,
     headers: &[(&str, &str)],
 ) -> (u16, Vec<(String, String)>, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(service.addr).unwrap();
-    stream
-        .set_read_timeout(Some(common::process::DEADLINE))
-        .unwrap();
     let method = if body.is_empty() { "GET" } else { "POST" };
-    let extra: String = headers
-        .iter()
-        .map(|(n, v)| format!("{n}: {v}\r\n"))
-        .collect();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let mut lines = head.lines();
-    let status = lines.next().unwrap()[9..12].parse().unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    (status, headers, body.to_string())
+    common::process::http_exchange(service.addr, method, path, body, headers)
 }
 
 fn header(headers: &[(String, String)], name: &str) -> Option<String> {
@@ -767,22 +743,7 @@ async fn the_admin_commands_act_on_accounts_under_the_api_rules_on_both_stores()
         assert_eq!(status, 401);
 
         // unlock: a locked-out account signs in again.
-        for _ in 0..5 {
-            let (status, _) = app
-                .call(
-                    "Login",
-                    json!({"username": "ops", "password": "wrong-password"}),
-                )
-                .await;
-            assert_eq!(status, 401);
-        }
-        let (status, _) = app
-            .call(
-                "Login",
-                json!({"username": "ops", "password": common::PASSWORD}),
-            )
-            .await;
-        assert_eq!(status, 429, "locked out");
+        lock_out(&app, "ops").await;
         let (ok, out, _) = user_command(db, &["unlock", &id], "");
         assert!(ok);
         assert_eq!(out.trim(), format!("unlocked: {id}"));
@@ -1134,22 +1095,7 @@ async fn lockouts_resets_verification_and_second_factors_are_audited_on_both_sto
         assert_eq!(status, 200);
 
         // A lockout, by five wrong passwords for the account's name.
-        for _ in 0..5 {
-            let (status, _) = app
-                .call(
-                    "Login",
-                    json!({"username": "flows", "password": "wrong-password"}),
-                )
-                .await;
-            assert_eq!(status, 401);
-        }
-        let (status, _) = app
-            .call(
-                "Login",
-                json!({"username": "flows", "password": common::PASSWORD}),
-            )
-            .await;
-        assert_eq!(status, 429);
+        lock_out(&app, "flows").await;
 
         // A password reset (which also clears the lockout).
         let (status, _) = common::call_as(
@@ -1356,4 +1302,26 @@ fn webhook_urls_need_a_usable_secret() {
             assert!(!stderr.contains(secret), "{stderr}");
         }
     }
+}
+
+/// Five wrong passwords for `username`: its account is locked out, and even the right
+/// password is then refused (429).
+async fn lock_out(app: &common::TestApp, username: &str) {
+    use serde_json::json;
+    for _ in 0..5 {
+        let (status, _) = app
+            .call(
+                "Login",
+                json!({"username": username, "password": "wrong-password"}),
+            )
+            .await;
+        assert_eq!(status, 401);
+    }
+    let (status, _) = app
+        .call(
+            "Login",
+            json!({"username": username, "password": common::PASSWORD}),
+        )
+        .await;
+    assert_eq!(status, 429, "locked out");
 }

@@ -394,16 +394,36 @@ impl Users {
             tracing::warn!(event = "password_change_refused", user_id = %user_id.as_str(), client = ?client);
             return Err(Error::Unauthorized(BAD_OLD_PASSWORD));
         };
+        // Compare-and-swap on the hash we verified: if another change won the race, the
+        // old password this request proved is no longer the current one.
+        if !self
+            .replace_password(&current, "new_password", new_password, caller)
+            .await?
+        {
+            return Err(Error::Unauthorized(BAD_OLD_PASSWORD));
+        }
+        tracing::info!(event = "password_changed", user_id = %current.user.id, "sessions revoked");
+        Ok(())
+    }
+
+    /// Checks `password` against the policy (as the field `field`) and stores its hash
+    /// in place of `current`'s, if that is still the stored one; every session of the
+    /// user ends with it. False when the hash changed meanwhile.
+    async fn replace_password(
+        &self,
+        current: &Credentials,
+        field: &'static str,
+        password: Password,
+        caller: &Requester,
+    ) -> Result<bool, Error> {
         self.policy.check(
-            "new_password",
-            &new_password,
+            field,
+            &password,
             &current.user.username,
             &current.user.email,
         )?;
-        let new_hash = self.hasher.hash(new_password).await?;
-        // Compare-and-swap on the hash we verified: if another change won the race, the
-        // old password this request proved is no longer the current one.
-        let replaced = self
+        let new_hash = self.hasher.hash(password).await?;
+        Ok(self
             .store
             .replace_password(
                 &current.user.id,
@@ -414,12 +434,7 @@ impl Users {
                 },
                 &caller.audit(self.clock.now()),
             )
-            .await?;
-        if !replaced {
-            return Err(Error::Unauthorized(BAD_OLD_PASSWORD));
-        }
-        tracing::info!(event = "password_changed", user_id = %current.user.id, "sessions revoked");
-        Ok(())
+            .await?)
     }
 
     /// The operator's password change (`users-service user set-password`): no old
@@ -436,26 +451,10 @@ impl Users {
             .credentials(Lookup::Id(id))
             .await?
             .ok_or(Error::NotFound(NO_USER))?;
-        self.policy.check(
-            "password",
-            &password,
-            &current.user.username,
-            &current.user.email,
-        )?;
-        let new_hash = self.hasher.hash(password).await?;
-        let replaced = self
-            .store
-            .replace_password(
-                &current.user.id,
-                &current.password_hash,
-                &new_hash,
-                HashChange::NewPassword {
-                    now: self.clock.now(),
-                },
-                &caller.audit(self.clock.now()),
-            )
-            .await?;
-        if !replaced {
+        if !self
+            .replace_password(&current, "password", password, caller)
+            .await?
+        {
             return Err(Error::internal(
                 "the password changed meanwhile; run the command again",
             ));
