@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, Parser, Subcommand};
 use ipnet::IpNet;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::core::limits::LimitConfig;
 use crate::core::mail::Mailer;
@@ -17,7 +18,6 @@ use crate::core::policy::PasswordPolicy;
 use crate::core::users::{LinkSettings, Settings};
 use crate::core::webhooks::WebhookSender;
 use crate::store::{DatabaseUrl, PoolConfig};
-use secrecy::SecretString;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://users.db";
@@ -514,6 +514,11 @@ pub struct UiConfig {
     pub ui_logo: Option<PathBuf>,
 }
 
+/// A value that is a secret: kept out of `Debug` output.
+fn secret_value(value: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(value))
+}
+
 /// Webhooks: where events are announced, and the secret that signs them.
 #[derive(Debug, Clone, Args)]
 pub struct WebhookConfig {
@@ -534,9 +539,10 @@ pub struct WebhookConfig {
         long,
         env = "USERS_WEBHOOK_SECRET",
         value_name = "SECRET",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = secret_value
     )]
-    pub webhook_secret: Option<String>,
+    pub webhook_secret: Option<SecretString>,
 
     /// A file whose first line is the webhook secret (instead of --webhook-secret)
     #[arg(long, env = "USERS_WEBHOOK_SECRET_FILE", value_name = "FILE")]
@@ -908,7 +914,7 @@ impl ServeConfig {
                 .next()
                 .unwrap_or("")
                 .to_string(),
-            (Some(secret), None) => secret.clone(),
+            (Some(secret), None) => secret.expose_secret().to_owned(),
             (None, None) => {
                 return Err(
                     "USERS_WEBHOOK_URLS needs a secret to sign with: USERS_WEBHOOK_SECRET or --webhook-secret-file"

@@ -575,6 +575,20 @@ async fn metrics_need_the_admin_key_or_their_own_address_on_both_stores() {
             ),
             2.0
         );
+        // Both refusals are in the audit trail.
+        let (status, refusals) = common::micro(
+            &app,
+            "ListAuditEvents",
+            "s3cret-admin-key",
+            serde_json::json!({"kind": "admin_key.refused"}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            refusals["events"].as_array().unwrap().len(),
+            2,
+            "{refusals}"
+        );
         let db = app.into_database().await;
 
         let app = common::TestApp::spawn_on(db, |c| {

@@ -740,6 +740,7 @@ pub const METRICS_PATH: &str = "/metrics";
 /// counters tell how the service is used), unless they are served on their own address.
 async fn serve_metrics(
     State(state): State<AppState>,
+    caller: Caller,
     headers: axum::http::HeaderMap,
 ) -> Response<Body> {
     if !state.metrics_on_main {
@@ -751,7 +752,14 @@ async fn serve_metrics(
         .into_response();
     }
     if state.access.has_key() && !state.access.is_admin(&headers) {
-        tracing::warn!(event = "api_key_rejected", method = "Metrics");
+        tracing::warn!(event = "api_key_rejected", method = "Metrics", client = ?caller.ip);
+        if let Err(err) = state
+            .users
+            .record(&caller.anonymous(), EventKind::AdminKeyRefused, None)
+            .await
+        {
+            tracing::warn!(error = %err, "the refused key could not be recorded in the audit trail");
+        }
         return WireError::new(
             "Metrics",
             StatusCode::UNAUTHORIZED,
