@@ -434,22 +434,7 @@ async fn metrics_count_what_happens_on_both_stores() {
         let (status, _) = app.call("Delete", json!({"id": other["id"]})).await;
         assert_eq!(status, 200);
         // Five wrong passwords lock the account out; the sixth try is refused (429).
-        for _ in 0..5 {
-            let (status, _) = app
-                .call(
-                    "Login",
-                    json!({"username": "metered", "password": "wrong-password"}),
-                )
-                .await;
-            assert_eq!(status, 401);
-        }
-        let (status, _) = app
-            .call(
-                "Login",
-                json!({"username": "metered", "password": "wrong-password"}),
-            )
-            .await;
-        assert_eq!(status, 429);
+        lock_out(&app, "metered").await;
         let (status, body) = app
             .m3o(
                 "SendVerificationEmail",

@@ -37,14 +37,7 @@ impl AuditStore for SqlStore {
         outcome: &str,
     ) -> Result<(), StoreError> {
         on_writer!(self, pool => {
-            sqlx::query(INSERT_EVENT)
-                .bind(audit.at)
-                .bind(kind.as_str())
-                .bind(user_id)
-                .bind(audit.client_ip.as_deref())
-                .bind(audit.request_id.as_deref())
-                .bind(outcome)
-                .bind(audit.actor.as_str())
+            event_insert(audit, kind, user_id, outcome)
                 .execute(pool)
                 .await
                 .map(drop)

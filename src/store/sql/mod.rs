@@ -372,14 +372,7 @@ macro_rules! audit {
         let audit: &Audit = $audit;
         let kind: EventKind = $kind;
         let user_id: Option<&str> = $user_id;
-        sqlx::query(INSERT_EVENT)
-            .bind(audit.at)
-            .bind(kind.as_str())
-            .bind(user_id)
-            .bind(audit.client_ip.as_deref())
-            .bind(audit.request_id.as_deref())
-            .bind("success")
-            .bind(audit.actor.as_str())
+        event_insert(audit, kind, user_id, "success")
             .execute(&mut *$conn)
             .await?;
         if let (Some(endpoints), Some(event_type)) = ($store.webhooks.get(), kind.webhook_type()) {
@@ -412,6 +405,28 @@ macro_rules! audit {
             }
         }
     }};
+}
+
+/// The statement that writes one audit event, for any database.
+fn event_insert<'q, DB: sqlx::Database>(
+    audit: &'q Audit,
+    kind: EventKind,
+    user_id: Option<&'q str>,
+    outcome: &'q str,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    sqlx::query(INSERT_EVENT)
+        .bind(audit.at)
+        .bind(kind.as_str())
+        .bind(user_id)
+        .bind(audit.client_ip.as_deref())
+        .bind(audit.request_id.as_deref())
+        .bind(outcome)
+        .bind(audit.actor.as_str())
 }
 
 /// Queues one webhook delivery.
