@@ -102,6 +102,18 @@ impl LimitKey {
     }
 }
 
+/// What an account's counters say: the console's "lockout" line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LockoutState {
+    /// Locked out until then (Unix seconds); None when not locked now.
+    pub locked_until: Option<i64>,
+    /// Password or code checks counted in the current window, by the busiest of the
+    /// account's identifiers (failed ones, and ones still being checked).
+    pub attempts: i64,
+    /// Lockouts before: the next one lasts longer.
+    pub strikes: i64,
+}
+
 /// What the per-address limits count a client address as: an IPv4 address (IPv4
 /// written as IPv6, `::ffff:a.b.c.d`, included), or the /64 network of an IPv6 address,
 /// since one subscriber is usually given a whole /64.
@@ -281,6 +293,29 @@ impl Limiter {
         }
         let counter = self.store.count_event(key.as_str(), now, HOUR).await?;
         hourly_verdict(&counter, max, now)
+    }
+
+    /// What the counters of `keys` (an account's) say at `now`: locked out until when,
+    /// and the checks counted in their current windows.
+    pub async fn state(&self, keys: &[LimitKey], now: i64) -> Result<LockoutState, Error> {
+        let mut state = LockoutState::default();
+        for key in keys {
+            let Some(counter) = self.store.counter(key.as_str()).await? else {
+                continue;
+            };
+            if counter.blocked_until > now {
+                state.locked_until = state.locked_until.max(Some(counter.blocked_until));
+            }
+            if counter
+                .window_start
+                .saturating_add(self.config.login_window)
+                > now
+            {
+                state.attempts = state.attempts.max(counter.count);
+            }
+            state.strikes = state.strikes.max(counter.strikes);
+        }
+        Ok(state)
     }
 
     /// Forgets counters that have been quiet for a day.

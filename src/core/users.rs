@@ -5,7 +5,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::core::clock::Clock;
-use crate::core::limits::{hourly_verdict, Attempt, LimitConfig, LimitKey, Limiter, HOUR};
+use crate::core::limits::{
+    hourly_verdict, Attempt, LimitConfig, LimitKey, Limiter, LockoutState, HOUR,
+};
 use crate::core::outbox::Outbox;
 use crate::core::password::{PasswordHasher, Verification};
 use crate::core::policy::PasswordPolicy;
@@ -160,6 +162,16 @@ impl Requester {
         let agent = self.user_agent.as_deref().map(bounded_user_agent);
         (self.ip.map(|ip| ip.to_string()), agent)
     }
+}
+
+/// The counters an account's password and code checks count against: its id,
+/// username and e-mail address.
+fn account_limit_keys(user: &User) -> [LimitKey; 3] {
+    [
+        LimitKey::user_id(&user.id),
+        LimitKey::username(&user.username),
+        LimitKey::email(&user.email),
+    ]
 }
 
 /// A `User-Agent` as a session keeps it: its first [`MAX_USER_AGENT`] bytes, cut at a
@@ -468,15 +480,23 @@ impl Users {
     /// left alone: they belong to the client, not to the account.
     pub async fn unlock(&self, id: &UserId) -> Result<(), Error> {
         let user = self.read(&AccountKey::Id(id.clone())).await?;
-        self.limiter
-            .clear(&[
-                LimitKey::user_id(&user.id),
-                LimitKey::username(&user.username),
-                LimitKey::email(&user.email),
-            ])
-            .await?;
+        self.limiter.clear(&account_limit_keys(&user)).await?;
         tracing::info!(event = "user_unlocked", user_id = %user.id);
         Ok(())
+    }
+
+    /// Whether the account is locked out, and how many checks its identifiers have
+    /// counted in their current windows.
+    pub async fn lockout(&self, id: &UserId) -> Result<LockoutState, Error> {
+        let user = self.read(&AccountKey::Id(id.clone())).await?;
+        self.limiter
+            .state(&account_limit_keys(&user), self.clock.now())
+            .await
+    }
+
+    /// The core's clock, in Unix seconds.
+    pub fn now(&self) -> i64 {
+        self.clock.now()
     }
 
     /// Verifies the password and opens a session. An unknown account costs the same hash

@@ -76,14 +76,28 @@ impl AccessPolicy {
     }
 
     pub fn is_admin(&self, headers: &HeaderMap) -> bool {
+        bearer(headers).is_some_and(|presented| self.key_matches(presented))
+    }
+
+    /// Whether `presented` is the admin key (false when none is set).
+    pub fn key_matches(&self, presented: &str) -> bool {
         let Some(expected) = &self.key_digest else {
-            return false;
-        };
-        let Some(presented) = bearer(headers) else {
             return false;
         };
         let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
         digest.ct_eq(expected).into()
+    }
+
+    /// HMAC-SHA256 of `message` under the admin key (None when none is set): what
+    /// proves, without holding the key, that its holder signed the message. Every
+    /// replica with the same key makes and accepts the same MACs; a new key voids them.
+    pub fn mac(&self, message: &[u8]) -> Option<[u8; 32]> {
+        use hmac::Mac;
+        let key = self.key_digest.as_ref()?;
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key).ok()?;
+        mac.update(b"users-service admin key MAC\0");
+        mac.update(message);
+        Some(mac.finalize().into_bytes().into())
     }
 }
 

@@ -9,41 +9,97 @@ use crate::domain::SecretToken;
 /// The cookie's name.
 pub const SESSION_COOKIE: &str = "users_session";
 
-/// The session id a request's `Cookie` header carries, if it carries a well-formed one.
-/// Whether it may sign the request is the guard's call (`Guard::cookie_allowed`).
-pub fn session_cookie(headers: &HeaderMap) -> Option<SecretToken> {
+/// The console's cookie: proof that this browser was given the admin key.
+pub const CONSOLE_COOKIE: &str = "users_console";
+/// Where the console's cookie is sent: the console's own pages only.
+pub const CONSOLE_PATH: &str = "/admin";
+
+/// The value of the cookie `name` among the request's cookies, if it has one.
+fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
-        .flat_map(Cookie::split_parse)
-        .filter_map(Result::ok)
-        .find(|cookie| cookie.name() == SESSION_COOKIE)
-        .and_then(|cookie| SecretToken::parse("cookie", Some(cookie.value().to_owned())).ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+}
+
+/// The session id a request's `Cookie` header carries, if it carries a well-formed one.
+/// Whether it may sign the request is the guard's call (`Guard::cookie_allowed`).
+pub fn session_cookie(headers: &HeaderMap) -> Option<SecretToken> {
+    cookie_value(headers, SESSION_COOKIE)
+        .and_then(|value| SecretToken::parse("cookie", Some(value.to_owned())).ok())
+}
+
+/// The console's cookie, as sent.
+pub fn console_cookie(headers: &HeaderMap) -> Option<&str> {
+    cookie_value(headers, CONSOLE_COOKIE)
+}
+
+/// `Set-Cookie` of an `HttpOnly` cookie, for `max_age` seconds (0 forgets it), and
+/// `Secure` when the service's public address is https.
+fn set_cookie(
+    name: &'static str,
+    value: &str,
+    same_site: SameSite,
+    path: &'static str,
+    max_age: i64,
+    secure: bool,
+) -> Option<HeaderValue> {
+    let cookie = Cookie::build((name, value))
+        .http_only(true)
+        .same_site(same_site)
+        .secure(secure)
+        .path(path)
+        .max_age(cookie::time::Duration::seconds(max_age.max(0)));
+    HeaderValue::from_str(&cookie.to_string()).ok()
 }
 
 /// `Set-Cookie` for a new session: `HttpOnly`, `SameSite=Lax`, `Path=/`, for as long as
 /// the session lives, and `Secure` when the service's public address is https.
 pub fn set_session(token: &SecretToken, max_age: i64, secure: bool) -> Option<HeaderValue> {
-    let cookie = Cookie::build((SESSION_COOKIE, token.expose().to_owned()))
-        .http_only(true)
-        .same_site(SameSite::Lax)
-        .secure(secure)
-        .path("/")
-        .max_age(cookie::time::Duration::seconds(max_age.max(0)));
-    HeaderValue::from_str(&cookie.to_string()).ok()
+    set_cookie(
+        SESSION_COOKIE,
+        token.expose(),
+        SameSite::Lax,
+        "/",
+        max_age,
+        secure,
+    )
 }
 
 /// `Set-Cookie` that makes the browser forget the session.
 pub fn clear_session(secure: bool) -> HeaderValue {
-    let cookie = Cookie::build((SESSION_COOKIE, ""))
-        .http_only(true)
-        .same_site(SameSite::Lax)
-        .secure(secure)
-        .path("/")
-        .max_age(cookie::time::Duration::ZERO);
-    HeaderValue::from_str(&cookie.to_string())
-        .unwrap_or_else(|_| HeaderValue::from_static("users_session=; Max-Age=0; Path=/"))
+    set_cookie(SESSION_COOKIE, "", SameSite::Lax, "/", 0, secure)
+        .unwrap_or_else(|| HeaderValue::from_static("users_session=; Max-Age=0; Path=/"))
+}
+
+/// `Set-Cookie` for the console: `HttpOnly`, `SameSite=Strict` (no other site's link or
+/// form brings it along), sent to `/admin` only.
+pub fn set_console(value: &str, max_age: i64, secure: bool) -> Option<HeaderValue> {
+    set_cookie(
+        CONSOLE_COOKIE,
+        value,
+        SameSite::Strict,
+        CONSOLE_PATH,
+        max_age,
+        secure,
+    )
+}
+
+/// `Set-Cookie` that signs the console out of this browser.
+pub fn clear_console(secure: bool) -> HeaderValue {
+    set_cookie(
+        CONSOLE_COOKIE,
+        "",
+        SameSite::Strict,
+        CONSOLE_PATH,
+        0,
+        secure,
+    )
+    .unwrap_or_else(|| HeaderValue::from_static("users_console=; Max-Age=0; Path=/admin"))
 }
 
 #[cfg(test)]
@@ -84,5 +140,21 @@ mod tests {
         );
         headers.insert(header::COOKIE, HeaderValue::from_static("users_session="));
         assert!(session_cookie(&headers).is_none());
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("users_session_x=1; users_console=abc.def"),
+        );
+        assert!(session_cookie(&headers).is_none());
+        assert_eq!(console_cookie(&headers), Some("abc.def"));
+    }
+
+    #[test]
+    fn the_console_cookie_is_strict_and_only_for_the_console() {
+        let value = set_console("v", 600, false).unwrap();
+        let text = value.to_str().unwrap();
+        for part in ["HttpOnly", "SameSite=Strict", "Path=/admin", "Max-Age=600"] {
+            assert!(text.contains(part), "{part} missing from {text}");
+        }
+        assert!(clear_console(true).to_str().unwrap().contains("Max-Age=0"));
     }
 }

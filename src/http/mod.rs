@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod connection;
+pub mod console;
 pub mod cookie;
 pub mod error;
 pub mod guard;
@@ -477,6 +478,7 @@ impl App {
             .route(METRICS_PATH, get(serve_metrics))
             .route("/openapi.yaml", get(openapi))
             .merge(ui::routes())
+            .merge(console::routes())
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed);
         let cors = traced(routes.clone().layer(cors(guard.clone()))).with_state(state.clone());

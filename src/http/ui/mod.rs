@@ -33,6 +33,7 @@ use crate::domain::{
     SecretToken, Session, SessionHandle, TotpCode, UserId,
 };
 use crate::error::Error;
+pub(crate) use pages::{document, field, when, Frame};
 use pages::{Notice, Page};
 
 /// Where magic links point: `<public URL>/ui/magic/<token>`.
@@ -91,9 +92,14 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/sessions", get(sessions_page))
         .route("/ui/sessions/revoke", post(revoke_session))
         .route("/ui/sessions/revoke-all", post(revoke_all));
-    // No page may be framed by another (clickjacking), load from another host, run a
-    // script of another host or an inline one, or tell another site where the user was (a magic link's page holds its
-    // token in its address).
+    page_headers(pages).route("/micro.js", get(micro_js))
+}
+
+/// The headers of every page, the console's included: no page may be framed by another
+/// (clickjacking), load from another host, run a script of another host or an inline
+/// one, or tell another site where the user was (a magic link's page holds its token in
+/// its address).
+pub(crate) fn page_headers(pages: Router<AppState>) -> Router<AppState> {
     pages
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CONTENT_SECURITY_POLICY,
@@ -112,7 +118,6 @@ pub fn routes() -> Router<AppState> {
             // own form posts, which the guard must then refuse.
             HeaderValue::from_static("same-origin"),
         ))
-        .route("/micro.js", get(micro_js))
 }
 
 /// The browser side's routes that scripts call, which `openapi.yaml` documents (the
@@ -574,13 +579,16 @@ async fn sign_up(
         Ok(done) => done,
         Err(err) => return with_error(&state, page, &err),
     };
-    send_verification(&state, &user.email).await;
+    // A failure is logged: the account page offers to send it again.
+    if let Err(err) = send_verification(&state, &user.email).await {
+        tracing::warn!(error = %err, "the verification e-mail of a sign-up was not queued");
+    }
     signed_in(&state, &session, "/ui/account?notice=welcome")
 }
 
-/// E-mails a verification link that lands on `/ui/verified`. A failure is logged: the
-/// account page offers to send it again.
-async fn send_verification(state: &AppState, email: &str) {
+/// E-mails a verification link that lands on `/ui/verified` (after a sign-up, and from
+/// the console).
+pub(crate) async fn send_verification(state: &AppState, email: &str) -> Result<(), Error> {
     let base = state.users.public_url().trim_end_matches('/').to_string();
     let sent = async {
         let email = Email::parse(Some(email.to_string()))?;
@@ -595,9 +603,7 @@ async fn send_verification(state: &AppState, email: &str) {
             .send_verification_email(email, text, redirect, failure)
             .await
     };
-    if let Err(err) = sent.await {
-        tracing::warn!(error = %err, "the verification e-mail of a sign-up was not queued");
-    }
+    sent.await
 }
 
 async fn forgot_page(State(state): State<AppState>) -> Response {

@@ -111,45 +111,22 @@ impl Page {
     }
 
     pub fn render(self, ui: &UiSettings) -> Html<String> {
-        let markup = html! {
-            (DOCTYPE)
-            html lang="en" {
-                head {
-                    meta charset="utf-8";
-                    meta name="viewport" content="width=device-width, initial-scale=1";
-                    title { (self.title) " · " (ui.title) }
-                    link rel="stylesheet" href="/ui/style.css";
-                    @if ui.stylesheet.is_some() {
-                        link rel="stylesheet" href="/ui/brand.css";
-                    }
-                    @if self.passkeys {
-                        script src="/micro.js" defer {}
-                        script src="/ui/passkeys.js" defer {}
-                    }
-                }
-                body {
-                    a.skip href="#main" { "Skip to the content" }
-                    header {
-                        @if ui.logo.is_some() {
-                            img.logo src="/ui/logo" alt=(ui.title);
-                        } @else {
-                            p.site { (ui.title) }
-                        }
-                    }
-                    main #main {
-                        h1 { (self.title) }
-                        @if let Some(error) = &self.error {
-                            p.error role="alert" { (error) }
-                        }
-                        @if let Some(notice) = self.notice {
-                            p.notice role="status" { (notice.text()) }
-                        }
-                        (self.body)
-                    }
-                }
-            }
+        let scripts: &[&str] = if self.passkeys {
+            &["/micro.js", "/ui/passkeys.js"]
+        } else {
+            &[]
         };
-        Html(markup.into_string())
+        document(
+            ui,
+            &Frame {
+                title: self.title,
+                error: self.error.as_deref(),
+                notice: self.notice.map(Notice::text),
+                scripts,
+                nav: None,
+            },
+            self.body,
+        )
     }
 
     pub fn sign_in(return_to: Option<&str>, login: Option<&str>) -> Self {
@@ -469,6 +446,61 @@ impl Page {
     }
 }
 
+/// What frames a page's body: its title, the error or notice above it, its scripts,
+/// and the navigation beside the site's name (the console's).
+pub struct Frame<'a> {
+    pub title: &'a str,
+    pub error: Option<&'a str>,
+    pub notice: Option<&'a str>,
+    pub scripts: &'a [&'a str],
+    pub nav: Option<Markup>,
+}
+
+/// A whole page: every hosted page and the console's share it and its stylesheet.
+pub fn document(ui: &UiSettings, frame: &Frame<'_>, body: Markup) -> Html<String> {
+    let markup = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (frame.title) " · " (ui.title) }
+                link rel="stylesheet" href="/ui/style.css";
+                @if ui.stylesheet.is_some() {
+                    link rel="stylesheet" href="/ui/brand.css";
+                }
+                @for script in frame.scripts {
+                    script src=(script) defer {}
+                }
+            }
+            body.wide[frame.nav.is_some()] {
+                a.skip href="#main" { "Skip to the content" }
+                header {
+                    @if ui.logo.is_some() {
+                        img.logo src="/ui/logo" alt=(ui.title);
+                    } @else {
+                        p.site { (ui.title) }
+                    }
+                    @if let Some(nav) = &frame.nav {
+                        (nav)
+                    }
+                }
+                main #main {
+                    h1 { (frame.title) }
+                    @if let Some(error) = frame.error {
+                        p.error role="alert" { (error) }
+                    }
+                    @if let Some(notice) = frame.notice {
+                        p.notice role="status" { (notice) }
+                    }
+                    (body)
+                }
+            }
+        }
+    };
+    Html(markup.into_string())
+}
+
 /// The "Sign in with a passkey" button (shown by its script where WebAuthn works): for
 /// the name typed in the sign-in form, or for a sign-in's second step.
 fn passkey_button(challenge: Option<&str>, return_to: Option<&str>) -> Markup {
@@ -483,7 +515,7 @@ fn passkey_button(challenge: Option<&str>, return_to: Option<&str>) -> Markup {
 }
 
 /// A labelled input.
-fn field(
+pub fn field(
     name: &str,
     label: &str,
     kind: &str,
@@ -501,7 +533,7 @@ fn field(
 }
 
 /// A Unix time as `2026-12-03 21:05 UTC`.
-fn when(unix: i64) -> String {
+pub fn when(unix: i64) -> String {
     match cookie::time::OffsetDateTime::from_unix_timestamp(unix) {
         Ok(t) => format!(
             "{:04}-{:02}-{:02} {:02}:{:02} UTC",
