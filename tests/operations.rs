@@ -1324,3 +1324,372 @@ async fn lock_out(app: &common::TestApp, username: &str) {
         .await;
     assert_eq!(status, 429, "locked out");
 }
+
+/// A browser of the console, by hand: no redirects followed, the console's cookie kept
+/// once given, and the page's `Origin` sent with every form post unless told otherwise.
+struct Console {
+    client: reqwest::Client,
+    base: String,
+    cookie: Option<String>,
+}
+
+/// A console answer: status, `Location` and `Set-Cookie`, and the page.
+struct Shown {
+    status: u16,
+    location: Option<String>,
+    set_cookie: Option<String>,
+    page: String,
+}
+
+impl Console {
+    fn new(app: &common::TestApp) -> Self {
+        Self {
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            base: app.base.clone(),
+            cookie: None,
+        }
+    }
+
+    async fn shown(response: reqwest::Response) -> Shown {
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .map(|v: &reqwest::header::HeaderValue| v.to_str().unwrap().to_owned())
+        };
+        let (status, location, set_cookie) = (
+            response.status().as_u16(),
+            header(reqwest::header::LOCATION),
+            header(reqwest::header::SET_COOKIE),
+        );
+        Shown {
+            status,
+            location,
+            set_cookie,
+            page: response.text().await.unwrap(),
+        }
+    }
+
+    async fn get(&self, path: &str) -> Shown {
+        let mut request = self.client.get(format!("{}{path}", self.base));
+        if let Some(cookie) = &self.cookie {
+            request = request.header("cookie", format!("users_console={cookie}"));
+        }
+        Self::shown(request.send().await.unwrap()).await
+    }
+
+    async fn post_from(&self, origin: Option<&str>, path: &str, form: &[(&str, &str)]) -> Shown {
+        let mut request = self.client.post(format!("{}{path}", self.base)).form(form);
+        if let Some(cookie) = &self.cookie {
+            request = request.header("cookie", format!("users_console={cookie}"));
+        }
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        Self::shown(request.send().await.unwrap()).await
+    }
+
+    async fn post(&self, path: &str, form: &[(&str, &str)]) -> Shown {
+        self.post_from(Some(&self.base.clone()), path, form).await
+    }
+
+    /// Signs in with `key`; keeps the cookie it is given.
+    async fn sign_in(&mut self, key: &str) -> Shown {
+        let shown = self.post("/admin/signin", &[("key", key)]).await;
+        if let Some(cookie) = &shown.set_cookie {
+            let value = cookie
+                .strip_prefix("users_console=")
+                .and_then(|rest| rest.split(';').next())
+                .unwrap();
+            self.cookie = Some(value.to_owned());
+        }
+        shown
+    }
+}
+
+/// The value of the first hidden `session` input of a page.
+fn first_session_handle(page: &str) -> String {
+    let at = page.find(r#"name="session" value=""#).unwrap() + r#"name="session" value=""#.len();
+    page[at..at + 16].to_owned()
+}
+
+#[tokio::test]
+async fn the_admin_console_acts_as_the_admin_key_from_its_own_pages_only_on_both_stores() {
+    use serde_json::json;
+    for postgres in [false, true] {
+        let backend = || {
+            if postgres {
+                Backend::Postgres
+            } else {
+                Backend::Sqlite
+            }
+        };
+        // Without an admin key, there is no console.
+        let Some(open) = common::TestApp::spawn(backend(), "admin_console_off").await else {
+            continue;
+        };
+        let console = Console::new(&open);
+        assert_eq!(console.get("/admin").await.status, 404);
+        assert_eq!(console.get("/admin/users").await.status, 404);
+        let shown = console.post("/admin/signin", &[("key", "anything")]).await;
+        assert_eq!(shown.status, 404);
+        assert!(shown.set_cookie.is_none());
+        drop(open);
+
+        let sink = common::smtp::SmtpSink::start().await;
+        let url = sink.url();
+        let app = common::TestApp::spawn_with(backend(), "admin_console", |c| {
+            c.access.api_key = Some(KEY.into());
+            c.mail.smtp_url = Some(url);
+            c.limits.login_max_failures_per_ip = 0;
+        })
+        .await
+        .unwrap();
+        let mut console = Console::new(&app);
+
+        // Signed out, every page leads to the sign-in form; a post is refused.
+        let shown = console.get("/admin").await;
+        assert_eq!(shown.status, 200);
+        assert!(shown.page.contains(r#"action="/admin/signin""#));
+        assert_eq!(
+            console.get("/admin/users").await.location.as_deref(),
+            Some("/admin")
+        );
+        let user = app.create_user("ops").await;
+        let id = user["id"].as_str().unwrap().to_owned();
+        let page = format!("/admin/users/{id}");
+        assert_eq!(console.get(&page).await.location.as_deref(), Some("/admin"));
+        assert_eq!(
+            console.post(&format!("{page}/unlock"), &[]).await.status,
+            401
+        );
+
+        // A wrong key is refused and recorded; the right one from another site, or
+        // without the page's Origin, is refused too.
+        let shown = console.sign_in("not-the-key").await;
+        assert_eq!(shown.status, 401);
+        assert!(shown.set_cookie.is_none());
+        assert!(shown.page.contains("That is not the admin key."));
+        let (kinds, _) = audit_kinds(&app, json!({"kind": "admin_key.refused"})).await;
+        assert_eq!(kinds, ["admin_key.refused"]);
+        for origin in [Some("http://evil.example"), None] {
+            let shown = console
+                .post_from(origin, "/admin/signin", &[("key", KEY)])
+                .await;
+            assert_eq!(shown.status, 403, "{origin:?}");
+            assert!(shown.set_cookie.is_none());
+        }
+
+        // The right key: a Strict, HttpOnly cookie for /admin that does not hold it.
+        let shown = console.sign_in(KEY).await;
+        assert_eq!(shown.status, 303);
+        assert_eq!(shown.location.as_deref(), Some("/admin/users"));
+        let cookie = shown.set_cookie.unwrap();
+        for part in [
+            "HttpOnly",
+            "SameSite=Strict",
+            "Path=/admin",
+            "Max-Age=28800",
+        ] {
+            assert!(cookie.contains(part), "{part} missing from {cookie}");
+        }
+        assert!(!cookie.contains(KEY));
+        assert_eq!(
+            console.get("/admin").await.location.as_deref(),
+            Some("/admin/users")
+        );
+
+        // A made-up cookie signs nothing.
+        let real = console.cookie.clone();
+        console.cookie = Some(format!("{}.AAAA", app.clock_now() + 60));
+        assert_eq!(console.get("/admin/users").await.status, 303);
+        console.cookie = real;
+
+        // The list and the search.
+        app.create_user("bystander").await;
+        let shown = console.get("/admin/users").await;
+        assert_eq!(shown.status, 200);
+        assert!(shown.page.contains(">ops<") && shown.page.contains(">bystander<"));
+        for q in ["ops", "ops@example.com", id.as_str()] {
+            let shown = console
+                .get(&format!("/admin/users?q={}", q.replace('@', "%40")))
+                .await;
+            assert!(shown.page.contains(">ops<"), "{q}");
+            assert!(!shown.page.contains(">bystander<"), "{q}");
+        }
+        let shown = console.get("/admin/users?q=nobody").await;
+        assert!(shown.page.contains("No user has this"));
+
+        // The user's page: two sessions, a lockout.
+        let first = app.login("ops", common::PASSWORD).await;
+        let second = app.login("ops", common::PASSWORD).await;
+        lock_out(&app, "ops").await;
+        let shown = console.get(&page).await;
+        assert_eq!(shown.status, 200);
+        assert!(shown.page.contains("Locked out until"), "{}", shown.page);
+        assert!(shown.page.contains("login.failed") && shown.page.contains("account.created"));
+        assert!(!shown.page.contains(first["id"].as_str().unwrap()));
+
+        // A post from another site is refused, even with the cookie, and changes nothing.
+        let shown = console
+            .post_from(Some("http://evil.example"), &format!("{page}/unlock"), &[])
+            .await;
+        assert_eq!(shown.status, 403);
+        let (status, _) = app
+            .call(
+                "Login",
+                json!({"username": "ops", "password": common::PASSWORD}),
+            )
+            .await;
+        assert_eq!(status, 429, "still locked out");
+
+        // Unlock.
+        let shown = console.post(&format!("{page}/unlock"), &[]).await;
+        assert_eq!(
+            shown.location.as_deref(),
+            Some(format!("{page}?notice=unlocked").as_str())
+        );
+        let third = app.login("ops", common::PASSWORD).await;
+        assert!(console.get(&page).await.page.contains("Not locked out."));
+
+        // End one session, then every one.
+        let shown = console.get(&page).await;
+        let handle = first_session_handle(&shown.page);
+        let shown = console
+            .post(&format!("{page}/sessions/end"), &[("session", &handle)])
+            .await;
+        assert_eq!(shown.status, 303);
+        let live = |session: &serde_json::Value| {
+            let id = session["id"].as_str().unwrap().to_owned();
+            let app = &app;
+            async move { app.call("ReadSession", json!({"session_id": id})).await.0 }
+        };
+        let statuses = [live(&first).await, live(&second).await, live(&third).await];
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 401).count(),
+            1,
+            "one session ended: {statuses:?}"
+        );
+        let shown = console.post(&format!("{page}/sessions/end-all"), &[]).await;
+        assert_eq!(shown.status, 303);
+        for session in [&first, &second, &third] {
+            assert_eq!(live(session).await, 401);
+        }
+        assert!(console.get(&page).await.page.contains("No live session."));
+
+        // The profile.
+        let shown = console
+            .post(
+                &format!("{page}/profile"),
+                &[
+                    ("username", "ops2"),
+                    ("email", "ops2@example.com"),
+                    ("profile", "team = blue\n\nrole=on-call"),
+                ],
+            )
+            .await;
+        assert_eq!(shown.status, 303, "{}", shown.page);
+        let (status, read) = common::micro(&app, "Read", KEY, json!({"id": id})).await;
+        assert_eq!(status, 200);
+        assert_eq!(read["user"]["username"], "ops2");
+        assert_eq!(read["user"]["email"], "ops2@example.com");
+        assert_eq!(
+            read["user"]["profile"],
+            json!({"team": "blue", "role": "on-call"})
+        );
+        // A bad change is shown on the page and changes nothing.
+        let shown = console
+            .post(
+                &format!("{page}/profile"),
+                &[("username", "bystander"), ("email", "ops2@example.com")],
+            )
+            .await;
+        assert_eq!(shown.status, 409);
+        assert!(shown.page.contains("already taken"), "{}", shown.page);
+        let shown = console
+            .post(
+                &format!("{page}/profile"),
+                &[
+                    ("username", "ops2"),
+                    ("email", "ops2@example.com"),
+                    ("profile", "no equals sign"),
+                ],
+            )
+            .await;
+        assert_eq!(shown.status, 400);
+        let (_, read) = common::micro(&app, "Read", KEY, json!({"id": id})).await;
+        assert_eq!(read["user"]["username"], "ops2");
+
+        // The verification e-mail, again.
+        let shown = console.post(&format!("{page}/verification"), &[]).await;
+        assert_eq!(shown.status, 303, "{}", shown.page);
+        let mail = sink.next_mail("ops2@example.com").await;
+        assert!(
+            mail.body.contains("/v1/user/verify?token="),
+            "{}",
+            mail.body
+        );
+
+        // Second factors: none to remove, then TOTP removed.
+        let shown = console.post(&format!("{page}/factors/reset"), &[]).await;
+        assert_eq!(shown.status, 404);
+        let session = app.login("ops2", common::PASSWORD).await;
+        let session_id = session["id"].as_str().unwrap().to_owned();
+        let (_, started) = common::micro(&app, "StartTotp", &session_id, json!({})).await;
+        let secret = started["secret"].as_str().unwrap().to_owned();
+        let code = common::totp::code(&secret, app.clock_now());
+        let (status, _) =
+            common::micro(&app, "ConfirmTotp", &session_id, json!({"code": code})).await;
+        assert_eq!(status, 200);
+        assert!(console.get(&page).await.page.contains("on since"));
+        let shown = console.post(&format!("{page}/factors/reset"), &[]).await;
+        assert_eq!(shown.status, 303);
+        let (_, factors) =
+            common::micro(&app, "ReadSecondFactors", KEY, json!({"user_id": id})).await;
+        assert_eq!(factors["totp"], false, "{factors}");
+
+        // Every change is the admin's in the audit trail, with the console's request id.
+        let (kinds, events) =
+            audit_kinds(&app, json!({"user_id": id, "kind": "account.updated"})).await;
+        assert_eq!(kinds, ["account.updated"]);
+        assert_eq!(events["events"][0]["actor"], "admin");
+        assert_eq!(events["events"][0]["client_ip"], "127.0.0.1");
+
+        // Delete: a wrong confirmation changes nothing; the username deletes.
+        let shown = console.get(&format!("{page}/delete")).await;
+        assert!(shown.page.contains("Type the username to confirm"));
+        let shown = console
+            .post(&format!("{page}/delete"), &[("confirm", "ops")])
+            .await;
+        assert_eq!(shown.status, 400);
+        let (status, _) = common::micro(&app, "Read", KEY, json!({"id": id})).await;
+        assert_eq!(status, 200);
+        let shown = console
+            .post(&format!("{page}/delete"), &[("confirm", "ops2")])
+            .await;
+        assert_eq!(
+            shown.location.as_deref(),
+            Some("/admin/users?notice=deleted")
+        );
+        let (status, _) = common::micro(&app, "Read", KEY, json!({"id": id})).await;
+        assert_eq!(status, 404);
+        assert_eq!(console.get(&page).await.status, 404);
+
+        // Signing out forgets the cookie; the sign-in lasts its hours and no more.
+        let shown = console.post("/admin/signout", &[]).await;
+        assert!(shown.set_cookie.unwrap().contains("Max-Age=0"));
+        assert_eq!(
+            console.get("/admin/users").await.status,
+            200,
+            "the cookie itself is still valid until it expires"
+        );
+        app.clock.advance(8 * 3600);
+        assert_eq!(
+            console.get("/admin/users").await.location.as_deref(),
+            Some("/admin")
+        );
+    }
+}
