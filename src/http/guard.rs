@@ -46,6 +46,9 @@ pub struct Guard {
     /// credentialed requests: those listed in `--cors-origins` and the service's own
     /// public address. Never "any origin", and not loopback pages by default.
     credentialed: Vec<String>,
+    /// The origin of `--public-url`, if set: the service's own pages, as browsers
+    /// behind a proxy see them.
+    own: Option<String>,
 }
 
 /// What the guard is built from.
@@ -95,7 +98,8 @@ impl Guard {
             Origins::Listed(list) => list.clone(),
             Origins::Any | Origins::Loopback => Vec::new(),
         };
-        credentialed.extend(config.public_url.and_then(|u| normalise_origin(u.as_str())));
+        let own = config.public_url.and_then(|u| normalise_origin(u.as_str()));
+        credentialed.extend(own.clone());
         let mut names = vec!["localhost".to_string()];
         let listen_ip = config.listen.ip();
         if !listen_ip.is_unspecified() {
@@ -135,6 +139,7 @@ impl Guard {
                 any_ip: listen_ip.is_unspecified(),
             },
             credentialed,
+            own,
         })
     }
 
@@ -152,6 +157,18 @@ impl Guard {
             return false;
         };
         self.credentialed.contains(&origin) || same_origin(&origin, headers)
+    }
+
+    /// Whether a form post comes from one of the service's own pages, and from no other
+    /// origin, however trusted: what the admin console's forms must be sent from.
+    pub fn own_page(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get(header::ORIGIN)
+            .and_then(|o| o.to_str().ok())
+            .and_then(normalise_origin)
+            .is_some_and(|origin| {
+                self.own.as_deref() == Some(origin.as_str()) || same_origin(&origin, headers)
+            })
     }
 
     /// The origins whose pages may act with the cookie.
@@ -359,6 +376,27 @@ mod tests {
         let g = guard(&["*"], true, "127.0.0.1:8080", None, &[]);
         assert!(!g.cookie_allowed(&with("127.0.0.1:8080", Some("http://evil.example"))));
         assert!(!g.credentials_for("http://evil.example"));
+    }
+
+    #[test]
+    fn the_console_takes_posts_from_the_service_own_pages_only() {
+        let g = guard(
+            &["http://127.0.0.1:3000"],
+            true,
+            "127.0.0.1:8080",
+            Some("https://id.example.com"),
+            &[],
+        );
+        let own = |origin: Option<&str>| g.own_page(&request(Some("127.0.0.1:8080"), origin));
+        assert!(own(Some("http://127.0.0.1:8080")));
+        assert!(own(Some("https://id.example.com")), "the public address");
+        assert!(
+            !own(Some("http://127.0.0.1:3000")),
+            "a credentialed app page"
+        );
+        assert!(!own(Some("http://evil.example")));
+        assert!(!own(Some("null")));
+        assert!(!own(None), "no Origin");
     }
 
     #[test]

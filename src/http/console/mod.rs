@@ -7,8 +7,9 @@
 //! ([`AccessPolicy::mac`](super::access::AccessPolicy::mac)), `HttpOnly`,
 //! `SameSite=Strict`, sent to `/admin` only. Every replica with the same key accepts
 //! it; a new key signs every console out. Every form post must also come from the
-//! service's own pages (`Guard::cookie_allowed`), so no other site can drive the
-//! console. Without an admin key the console is off.
+//! service's own pages (`Guard::own_page`), not even from the app origins trusted with
+//! users' session cookies, so no other site can drive the console. Without an admin
+//! key the console is off.
 
 mod pages;
 
@@ -158,10 +159,10 @@ impl FromRequestParts<AppState> for Operator {
     }
 }
 
-/// The refusal of a form post that did not come from the service's own pages; None
-/// for one that did.
+/// The refusal of a form post that did not come from the service's own pages (the
+/// origins trusted with users' session cookies included); None for one that did.
 fn foreign_post(headers: &HeaderMap, state: &AppState) -> Option<Response> {
-    if state.guard.cookie_allowed(headers) {
+    if state.guard.own_page(headers) {
         return None;
     }
     tracing::warn!(
