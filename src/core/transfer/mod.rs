@@ -28,13 +28,18 @@
 //! they existed): they default to false, 0 and `{}`. One-time e-mail tokens are not
 //! exported; they live minutes to a day and can be sent again.
 
+pub mod sources;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use argon2::password_hash::PasswordHash;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
 
+use crate::core::password::formats::FirebaseProject;
+use sources::Source;
+
+use crate::core::password::{CostLimits, StoredHash};
 use crate::core::users::bounded_user_agent;
 use crate::domain::{Email, Profile, User, UserId, Username};
 use crate::domain::{SecondFactor, SignIn, SignInMethod, TokenDigest};
@@ -123,6 +128,18 @@ struct UserLine {
     verification_date: i64,
     #[serde(default)]
     profile: BTreeMap<String, String>,
+}
+
+/// How an import treats what it reads.
+#[derive(Debug, Clone, Default)]
+pub struct ImportOptions {
+    /// Skip users and sessions whose id already exists instead of refusing the import.
+    pub skip_existing: bool,
+    /// The most a password hash may cost to check.
+    pub limits: CostLimits,
+    /// The input is another system's export, converted ([`sources`]): problems are
+    /// reported by record rather than by line.
+    pub converted: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -323,11 +340,16 @@ impl Report {
         self.problems.truncate(MAX_LISTED);
     }
 
-    fn into_listed(mut self) -> Vec<String> {
+    /// The problems listed, by line; or, for an export of another system converted
+    /// to this format, by record (the header is line 1, its first record line 2).
+    fn into_listed(mut self, converted: bool) -> Vec<String> {
         self.keep_first();
         self.problems
             .into_iter()
-            .map(|(line, problem)| format!("line {line}: {problem}"))
+            .map(|(line, problem)| match converted {
+                false => format!("line {line}: {problem}"),
+                true => format!("record {}: {problem}", line.saturating_sub(1).max(1)),
+            })
             .collect()
     }
 }
@@ -483,6 +505,31 @@ async fn flush_deleted_users(
     Ok(())
 }
 
+/// Reads an export of `source` (this service's, or another system's, converted first;
+/// see [`sources`]) and imports it as [`import`] does.
+pub async fn import_from(
+    store: &dyn TransferStore,
+    now: i64,
+    source: Source,
+    mut input: impl AsyncBufRead + Unpin,
+    firebase: Option<&FirebaseProject>,
+    mut options: ImportOptions,
+) -> Result<Summary, TransferError> {
+    if source == Source::UsersService {
+        return import(store, now, input, &options).await;
+    }
+    let mut text = String::new();
+    input.read_to_string(&mut text).await?;
+    let converted = sources::convert(source, &text, firebase, now).map_err(|problem| {
+        TransferError::Refused {
+            problems: vec![problem],
+            total: 1,
+        }
+    })?;
+    options.converted = true;
+    import(store, now, converted.as_bytes(), &options).await
+}
+
 /// Reads an export and adds it to `store` in one transaction. Every line is checked
 /// (format, validation, conflicts) before anything is committed; any problem refuses
 /// the whole import with a report of each one. Records are written in batches.
@@ -490,9 +537,9 @@ pub async fn import(
     store: &dyn TransferStore,
     now: i64,
     input: impl AsyncBufRead + Unpin,
-    skip_existing: bool,
+    options: &ImportOptions,
 ) -> Result<Summary, TransferError> {
-    let mut importer = store.begin_import(skip_existing).await?;
+    let mut importer = store.begin_import(options.skip_existing).await?;
     let mut summary = Summary::default();
     let mut report = Report::default();
     let mut users = Batch::new();
@@ -529,7 +576,7 @@ pub async fn import(
                 );
                 saw_header = true;
             }
-            Line::User(line) => match check_user(line) {
+            Line::User(line) => match check_user(line, &options.limits) {
                 Ok(credentials) => {
                     users.push(number, credentials);
                     if users.is_full() {
@@ -667,7 +714,7 @@ pub async fn import(
         drop(importer);
         let total = report.total;
         return Err(TransferError::Refused {
-            problems: report.into_listed(),
+            problems: report.into_listed(options.converted),
             total,
         });
     }
@@ -677,7 +724,7 @@ pub async fn import(
 
 /// The same rules as Create, so an import cannot bring in what the API would refuse;
 /// usernames and e-mails are normalised the same way.
-fn check_user(line: UserLine) -> Result<Credentials, String> {
+fn check_user(line: UserLine, limits: &CostLimits) -> Result<Credentials, String> {
     let UserLine {
         id,
         username,
@@ -693,14 +740,9 @@ fn check_user(line: UserLine) -> Result<Credentials, String> {
     let username = Username::parse(Some(username)).map_err(|e| e.to_string())?;
     let email = Email::parse(Some(email)).map_err(|e| e.to_string())?;
     let profile = Profile::parse(profile).map_err(|e| e.to_string())?;
-    let hash = PasswordHash::new(&password_hash)
-        .map_err(|e| format!("password_hash is not a PHC string: {e}"))?;
-    if !hash.algorithm.as_str().starts_with("argon2") {
-        return Err(format!(
-            "password_hash uses {}, but only argon2 hashes can be verified",
-            hash.algorithm
-        ));
-    }
+    let hash = StoredHash::parse(&password_hash).map_err(|e| format!("password_hash: {e}"))?;
+    hash.check_cost(limits)
+        .map_err(|e| format!("password_hash: {e}"))?;
     if created < 0 || updated < created {
         return Err("created must be >= 0 and updated >= created".into());
     }

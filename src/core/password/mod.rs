@@ -1,4 +1,5 @@
-//! Password hashing with argon2id.
+//! Password hashing with argon2id, and checking the hashes other systems made
+//! ([`formats`]) until a sign-in replaces them.
 //!
 //! Hashing is deliberately slow, so it never runs on the async workers: jobs go to a
 //! fixed pool of one thread per core, and at most that many are admitted at once. Waiting
@@ -14,6 +15,10 @@ use std::cell::RefCell;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{Output, ParamsString, PasswordHash, Salt, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
+
+pub mod formats;
+
+pub use formats::{CostLimits, StoredHash};
 
 use crate::metrics::Argon2Metrics;
 use tokio::sync::{oneshot, Semaphore};
@@ -131,15 +136,25 @@ impl PasswordHasher {
         let argon2 = self.argon2.clone();
         let runs = self.runs.clone();
         self.run(move || {
-            let parsed = PasswordHash::new(&phc)
-                .map_err(|e| Error::internal(format!("stored password hash is unreadable: {e}")))?;
+            let unreadable =
+                |e: String| Error::internal(format!("stored password hash is unreadable: {e}"));
+            let stored = StoredHash::parse(&phc).map_err(unreadable)?;
             let secret = password.expose().as_bytes();
             // Always verify, known account or not: the time must not tell them apart.
-            let matched = verify_with(secret, &parsed, argon2.params(), &runs)?;
+            let (matched, weaker) = match &stored {
+                StoredHash::Argon2 { hash, django } => (
+                    verify_with(secret, hash, argon2.params(), &runs)?,
+                    *django || is_weaker(hash, argon2.params()),
+                ),
+                // Another system's hash: replaced at the first sign-in.
+                StoredHash::Foreign(foreign) => {
+                    (foreign.verify(password.expose()).map_err(unreadable)?, true)
+                }
+            };
             if !(matched && known) {
                 return Ok(Verification::Mismatch);
             }
-            let rehashed = if is_weaker(&parsed, argon2.params()) {
+            let rehashed = if weaker {
                 Some(hash_with(&argon2, secret, &runs)?)
             } else {
                 None
@@ -341,6 +356,30 @@ mod tests {
         assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
         let other = hasher.hash(pw("correct horse")).await.unwrap();
         assert_ne!(phc, other, "every hash has its own salt");
+    }
+
+    #[tokio::test]
+    async fn a_foreign_hash_that_matches_comes_with_an_argon2id_replacement() {
+        let hasher = PasswordHasher::new(HashParams::default(), 1).unwrap();
+        let bcrypt = bcrypt::hash("correct horse", 4).unwrap();
+        let verdict = hasher
+            .verify(pw("correct horse"), Some(bcrypt.clone()))
+            .await
+            .unwrap();
+        let Verification::Match {
+            rehashed: Some(new_hash),
+        } = verdict
+        else {
+            panic!("expected a match with a new hash, got {verdict:?}");
+        };
+        assert!(new_hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+        assert_eq!(
+            hasher
+                .verify(pw("correct horsf"), Some(bcrypt))
+                .await
+                .unwrap(),
+            Verification::Mismatch
+        );
     }
 
     #[tokio::test]
