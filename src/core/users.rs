@@ -374,6 +374,30 @@ impl Users {
         }
     }
 
+    /// Replaces a verified hash with `new_hash`, a stronger hash of the same password,
+    /// unless the password changed since it was verified.
+    async fn rehash(
+        &self,
+        credentials: &Credentials,
+        new_hash: &str,
+        caller: &Requester,
+    ) -> Result<(), Error> {
+        if self
+            .store
+            .replace_password(
+                &credentials.user.id,
+                &credentials.password_hash,
+                new_hash,
+                HashChange::Rehash,
+                &caller.audit(self.clock.now()),
+            )
+            .await?
+        {
+            tracing::info!(event = "password_rehashed", user_id = %credentials.user.id);
+        }
+        Ok(())
+    }
+
     /// Checks the old password, stores the new one and revokes every session of the user.
     /// In that order: the limits first, then the old password, then the new password's
     /// rules, so that nothing is learnt about the account without a guess being counted.
@@ -526,33 +550,21 @@ impl Users {
         if let Some(id) = &known_id {
             attempt.concerns(id);
         }
-        let Some((mut credentials, rehashed)) =
-            self.check_password(attempt, found, password).await?
+        let Some((credentials, rehashed)) = self.check_password(attempt, found, password).await?
         else {
             tracing::warn!(event = "login_failed", user_id = ?known_id, client = ?client);
             self.record(caller, EventKind::LoginFailed, known_id.as_deref())
                 .await?;
             return Err(Error::Unauthorized(BAD_CREDENTIALS));
         };
-        if let Some(new_hash) = rehashed {
-            // Stronger parameters are configured than this hash was made with: store the
-            // new hash if nothing changed the password meanwhile.
-            if self
-                .store
-                .replace_password(
-                    &credentials.user.id,
-                    &credentials.password_hash,
-                    &new_hash,
-                    HashChange::Rehash,
-                    &caller.audit(self.clock.now()),
-                )
-                .await?
-            {
-                tracing::info!(event = "password_rehashed", user_id = %credentials.user.id);
-                credentials.password_hash = new_hash;
-            }
-        }
+        // `rehashed`: the hash was made with weaker parameters than configured, or by
+        // another system. The new one is stored with the session, in its transaction.
         if self.has_second_factor(&credentials.user.id).await? {
+            // No session yet: the second step does not see the password, so store the
+            // new hash now (if nothing changed the password meanwhile).
+            if let Some(new_hash) = &rehashed {
+                self.rehash(&credentials, new_hash, caller).await?;
+            }
             return Err(self
                 .challenge(&credentials.user.id, SignInMethod::Password)
                 .await?);
@@ -579,9 +591,13 @@ impl Users {
                     sign_in: SignIn::one_step(SignInMethod::Password),
                 },
                 &credentials.password_hash,
+                rehashed.as_deref(),
                 &caller.audit(created),
             )
             .await?;
+        if opened && rehashed.is_some() {
+            tracing::info!(event = "password_rehashed", user_id = %credentials.user.id);
+        }
         if !opened {
             // TOTP was confirmed since the check above, or the password changed.
             if self.has_second_factor(&credentials.user.id).await? {

@@ -478,11 +478,14 @@ pub trait AccountStore: Send + Sync {
 pub trait SessionStore: Send + Sync {
     /// Creates a session if the user's password hash is still `expected_hash` (the one the
     /// password was verified against) and the user has no second factor. False when the
-    /// password changed meanwhile, the user was deleted or has confirmed TOTP.
+    /// password changed meanwhile, the user was deleted or has confirmed TOTP. With
+    /// `rehash`, the same transaction also replaces the hash with that one (a stronger
+    /// hash of the same password): both happen, or neither.
     async fn insert_session(
         &self,
         session: NewSession<'_>,
         expected_hash: &str,
+        rehash: Option<&str>,
         audit: &Audit,
     ) -> Result<bool, StoreError>;
 

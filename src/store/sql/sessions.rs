@@ -8,6 +8,7 @@ impl SessionStore for SqlStore {
         &self,
         session: NewSession<'_>,
         expected_hash: &str,
+        rehash: Option<&str>,
         audit: &Audit,
     ) -> Result<bool, StoreError> {
         // Not for a user with confirmed TOTP: such a sign-in takes a second step.
@@ -30,12 +31,32 @@ impl SessionStore for SqlStore {
         on_writer!(self, pool => async {
             let mut conn = acquire!(self, pool);
             let mut tx = conn.begin_write().await?;
+            // The rehash first: on PostgreSQL its row lock holds off a password change
+            // until this commits, and the session is then opened under the new hash.
+            let mut current = expected_hash;
+            if let Some(new_hash) = rehash {
+                let replaced = sqlx::query(
+                    "UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2",
+                )
+                .bind(session.user_id)
+                .bind(expected_hash)
+                .bind(new_hash)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                if !replaced {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                current = new_hash;
+            }
             let opened = sqlx::query(sql)
                 .bind(session.digest.as_str())
                 .bind(session.user_id)
                 .bind(session.created)
                 .bind(session.expires)
-                .bind(expected_hash)
+                .bind(current)
                 .bind(session.client.ip)
                 .bind(session.client.user_agent)
                 .bind(session.sign_in.method.as_str())
