@@ -691,9 +691,13 @@ pub struct PasswordConfig {
         value_parser = clap::value_parser!(u32).range(i64::from(OWASP_MIN_P)..=64)
     )]
     pub argon2_p: u32,
+
+    #[command(flatten)]
+    pub import_limits: HashLimitsConfig,
 }
 
-/// The most a password hash brought in from another system may cost to check.
+/// The most a password hash brought in from another system (by `import`, or by Create
+/// with `password_hash`) may cost to check.
 #[derive(Debug, Clone, Args)]
 pub struct HashLimitsConfig {
     /// Highest bcrypt cost accepted in an imported hash
@@ -721,6 +725,19 @@ pub struct HashLimitsConfig {
     #[arg(long = "import-max-argon2-t", env = "USERS_IMPORT_MAX_ARGON2_T", value_name = "N", default_value_t = CostLimits::default().argon2_t,
         value_parser = clap::value_parser!(u32).range(1..=100))]
     pub import_max_argon2_t: u32,
+}
+
+impl Default for HashLimitsConfig {
+    fn default() -> Self {
+        let limits = CostLimits::default();
+        Self {
+            import_max_bcrypt_cost: limits.bcrypt_cost,
+            import_max_scrypt_log_n: limits.scrypt_log_n,
+            import_max_pbkdf2_iterations: limits.pbkdf2_iterations,
+            import_max_argon2_m_kib: limits.argon2_m_kib,
+            import_max_argon2_t: limits.argon2_t,
+        }
+    }
 }
 
 impl HashLimitsConfig {
@@ -916,6 +933,7 @@ impl ServeConfig {
                 argon2_m_kib: OWASP_MIN_M_KIB,
                 argon2_t: OWASP_MIN_T,
                 argon2_p: OWASP_MIN_P,
+                import_limits: HashLimitsConfig::default(),
             },
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -1066,6 +1084,7 @@ impl ServeConfig {
             },
             links: self.links()?,
             audit_retention_days: self.audit_retention_days,
+            hash_limits: self.passwords.import_limits.limits(),
         })
     }
 }

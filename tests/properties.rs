@@ -10,8 +10,8 @@ use serde_json::{json, Map, Value};
 use unicode_normalization::UnicodeNormalization;
 
 use users_service::domain::{
-    Email, LoginName, NewAccount, Page, Password, UserId, Username, DEFAULT_LIMIT, EMAIL_MAX_LEN,
-    ID_MAX_LEN, MAX_LIMIT, PASSWORD_MAX_LEN, PASSWORD_MIN_LEN, USERNAME_MAX_LEN,
+    Email, LoginName, NewAccount, NewSecret, Page, Password, UserId, Username, DEFAULT_LIMIT,
+    EMAIL_MAX_LEN, ID_MAX_LEN, MAX_LIMIT, PASSWORD_MAX_LEN, PASSWORD_MIN_LEN, USERNAME_MAX_LEN,
 };
 use users_service::http::json::{decode, MAX_DEPTH};
 use users_service::http::methods::{
@@ -750,7 +750,12 @@ proptest! {
                 prop_assert_eq!(&account.id, &expected_id.unwrap());
                 prop_assert_eq!(&account.username, &Username::parse(username).unwrap());
                 prop_assert_eq!(&account.email, &Email::parse(email).unwrap());
-                prop_assert_eq!(account.password.expose(), password.as_deref().unwrap());
+                match &account.secret {
+                    NewSecret::Password(given) => {
+                        prop_assert_eq!(given.expose(), password.as_deref().unwrap())
+                    }
+                    NewSecret::Hash(_) => prop_assert!(false, "a password was given, not a hash"),
+                }
             }
             (Err(got), Some(want)) => prop_assert_eq!(got.to_string(), want),
             (got, want) => prop_assert!(false, "{:?} but expected {:?}", got.map(|a| a.id), want),

@@ -9,11 +9,11 @@ use crate::core::limits::{
     hourly_verdict, Attempt, LimitConfig, LimitKey, Limiter, LockoutState, HOUR,
 };
 use crate::core::outbox::Outbox;
-use crate::core::password::{PasswordHasher, Verification};
+use crate::core::password::{CostLimits, PasswordHasher, StoredHash, Verification};
 use crate::core::policy::PasswordPolicy;
 use crate::domain::{
-    AccountChanges, AccountKey, Email, LoginName, MagicLinkTarget, MailText, NewAccount, Page,
-    Password, PasswordChange, PasswordReset, RedirectUrl, Session, User, UserId, UserQuery,
+    AccountChanges, AccountKey, Email, LoginName, MagicLinkTarget, MailText, NewAccount, NewSecret,
+    Page, Password, PasswordChange, PasswordReset, RedirectUrl, Session, User, UserId, UserQuery,
 };
 use crate::domain::{Actor, Audit, AuditPage, EventKind, EventQuery};
 use crate::domain::{Purpose, ResetCode};
@@ -81,6 +81,8 @@ pub struct Settings {
     pub links: LinkSettings,
     /// Days the audit trail keeps an event (0: for ever).
     pub audit_retention_days: u64,
+    /// The most a password hash given to Create may cost to check.
+    pub hash_limits: CostLimits,
 }
 
 /// What the e-mailed links are built from.
@@ -216,6 +218,8 @@ pub struct Users {
     metrics: Arc<Metrics>,
     /// Seconds the audit trail keeps an event; None: for ever.
     audit_retention: Option<i64>,
+    /// The most a password hash given to Create may cost to check.
+    hash_limits: CostLimits,
 }
 
 impl Users {
@@ -234,6 +238,7 @@ impl Users {
                     .unwrap_or(i64::MAX / 86_400)
                     .saturating_mul(86_400)
             }),
+            hash_limits: settings.hash_limits,
             metrics,
             store,
             hasher,
@@ -266,7 +271,7 @@ impl Users {
             id,
             username,
             email,
-            password,
+            secret,
             profile,
         } = account;
         let id = match id {
@@ -279,11 +284,30 @@ impl Users {
             Some(id) => id,
             None => UserId::generate(),
         };
-        self.policy
-            .check("password", &password, username.as_str(), email.as_str())?;
-        // Before the hash: a flood of sign-ups costs no CPU once limited.
-        self.limiter.signup(caller.ip, self.clock.now()).await?;
-        let password_hash = self.hasher.hash(password).await?;
+        let password_hash = match secret {
+            NewSecret::Password(password) => {
+                self.policy
+                    .check("password", &password, username.as_str(), email.as_str())?;
+                // Before the hash: a flood of sign-ups costs no CPU once limited.
+                self.limiter.signup(caller.ip, self.clock.now()).await?;
+                self.hasher.hash(password).await?
+            }
+            NewSecret::Hash(hash) => {
+                // Moving a user in from another system, as `import` does: the hash is
+                // kept until their first sign-in replaces it with argon2id.
+                if !caller.trusted {
+                    return Err(Error::invalid(
+                        "password_hash",
+                        "needs the admin key (give a password instead)",
+                    ));
+                }
+                StoredHash::parse(&hash)
+                    .and_then(|parsed| parsed.check_cost(&self.hash_limits))
+                    .map_err(|e| Error::invalid("password_hash", e))?;
+                self.limiter.signup(caller.ip, self.clock.now()).await?;
+                hash
+            }
+        };
         let user = self
             .store
             .insert_user(

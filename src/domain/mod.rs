@@ -234,8 +234,17 @@ pub struct NewAccount {
     pub id: Option<UserId>,
     pub username: Username,
     pub email: Email,
-    pub password: Password,
+    pub secret: NewSecret,
     pub profile: Profile,
+}
+
+/// How a new account will prove its password.
+#[derive(Debug)]
+pub enum NewSecret {
+    /// The password, to be hashed.
+    Password(Password),
+    /// A hash of it made by another system (the core checks its format and cost).
+    Hash(String),
 }
 
 impl NewAccount {
@@ -246,18 +255,53 @@ impl NewAccount {
         password: Option<String>,
         profile: Option<BTreeMap<String, String>>,
     ) -> Result<Self, Error> {
+        Self::parse_moving_in(id, username, email, password, None, profile)
+    }
+
+    /// As [`NewAccount::parse`], with the password given either in the clear or as
+    /// `password_hash`, a hash another system made of it: one of the two.
+    pub fn parse_moving_in(
+        id: Option<String>,
+        username: Option<String>,
+        email: Option<String>,
+        password: Option<String>,
+        password_hash: Option<String>,
+        profile: Option<BTreeMap<String, String>>,
+    ) -> Result<Self, Error> {
         let id = optional(id)
             .map(|id| UserId::parse("id", Some(id)))
             .transpose()?;
+        let username = Username::parse(username)?;
+        let email = Email::parse(email)?;
+        let secret = match (optional(password), optional(password_hash)) {
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid(
+                    "password_hash",
+                    "give a password or a password_hash, not both",
+                ))
+            }
+            (None, Some(hash)) if hash.len() > PASSWORD_HASH_MAX_LEN => {
+                return Err(Error::invalid(
+                    "password_hash",
+                    format!("must be at most {PASSWORD_HASH_MAX_LEN} characters"),
+                ))
+            }
+            (None, Some(hash)) => NewSecret::Hash(hash),
+            (password, None) => NewSecret::Password(Password::new_password("password", password)?),
+        };
         Ok(Self {
             id,
-            username: Username::parse(username)?,
-            email: Email::parse(email)?,
-            password: Password::new_password("password", password)?,
+            username,
+            email,
+            secret,
             profile: Profile::parse(profile.unwrap_or_default())?,
         })
     }
 }
+
+/// The longest password hash Create takes (a Firebase hash with its project's key is
+/// about 250 characters).
+pub const PASSWORD_HASH_MAX_LEN: usize = 512;
 
 /// Update's input: only the fields given non-empty change.
 #[derive(Debug)]

@@ -56,6 +56,8 @@ pub struct CreateRequest {
     username: Option<String>,
     email: Option<String>,
     password: Option<String>,
+    /// With the admin key: another system's hash of the password, instead of it.
+    password_hash: Option<String>,
     profile: Profile,
 }
 
@@ -337,7 +339,8 @@ macro_rules! method {
 
 // Create and Update carry profiles: up to 64 values of 4 KiB each need a larger body.
 method!(Create(CreateRequest) -> User, max_body = PROFILE_BODY_BYTES, |users, r, caller| {
-    let account = NewAccount::parse(r.id, r.username, r.email, r.password, r.profile)?;
+    let account =
+        NewAccount::parse_moving_in(r.id, r.username, r.email, r.password, r.password_hash, r.profile)?;
     users.create(account, caller).await
 });
 

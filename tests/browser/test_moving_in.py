@@ -364,3 +364,35 @@ def test_hashes_that_cost_too_much_or_are_unknown_refuse_the_whole_import(any_se
     slow = bcrypt_hash("pass-word-1", 15)
     done = users_service(any_service, "import", stdin=f"{HEADER}\n{user_line(unique('slow'), slow)}\n")
     assert done.returncode != 0 and "bcrypt cost 15 costs more than allowed (<= 14)" in done.stderr
+
+
+# ---- Create with the admin key, given another system's hash -------------------------------
+
+
+def test_the_admin_key_creates_a_user_from_another_systems_hash(any_service: Service):
+    password = "created-with-hash-1"
+    hashes = foreign_hashes(password)
+    for route in ("/users/Users/Create", "/v1/user/Create"):
+        username = unique("hashed")
+        body = {"username": username, "email": f"{username}@example.com", "password_hash": hashes["bcrypt-2a"]}
+        # Without the key, a hash is refused: it would skip the password rules.
+        refused = any_service.post(route, body)
+        assert refused.status == 400 and "password_hash" in refused.body["detail"], refused.body
+        both = any_service.admin(route, {**body, "password": password})
+        assert both.status == 400 and "not both" in both.body["detail"], both.body
+        created = any_service.admin(route, body)
+        assert created.status == 200, created.body
+        user_id = created.body["user" if route.startswith("/users") else "account"]["id"]
+        assert "password_hash" not in json.dumps(created.body), "a hash is never answered"
+        signs_in_and_is_upgraded(any_service, user_id, username, password, "$2a$10$")
+    # A hash that costs too much, or that nothing can read, is refused; nothing is made.
+    from argon2.low_level import Type, hash_secret
+
+    costly = hash_secret(b"pass", os.urandom(16), time_cost=11, memory_cost=8, parallelism=1,
+                         hash_len=32, type=Type.ID).decode()
+    for bad, reason in [(costly, "costs more than allowed"), ("md5$x$y", "not a password hash format")]:
+        username = unique("refused")
+        answer = any_service.admin("/users/Users/Create", {
+            "username": username, "email": f"{username}@example.com", "password_hash": bad})
+        assert answer.status == 400 and reason in answer.body["detail"], answer.body
+        assert any_service.admin("/users/Users/Read", {"username": username}).status == 404
