@@ -153,36 +153,37 @@ fn argon2(phc: &str) -> Result<PasswordHash<'_>, String> {
 }
 
 fn foreign(stored: &str) -> Result<Foreign, String> {
-    if let Some(rest) = ["$2a$", "$2b$", "$2y$"]
+    if ["$2a$", "$2b$", "$2y$"]
         .iter()
-        .find_map(|prefix| stored.strip_prefix(prefix))
+        .any(|prefix| stored.starts_with(prefix))
     {
-        // $2b$12$ + 22 characters of salt + 31 of hash.
-        let cost = rest
-            .get(..2)
-            .and_then(|c| c.parse::<u32>().ok())
-            .filter(|_| rest.as_bytes().get(2) == Some(&b'$') && rest.len() == 3 + 53)
-            .ok_or("not a readable bcrypt hash")?;
+        // $2b$12$ + 22 characters of salt + 31 of hash, read as the checker reads it.
+        let parts = stored
+            .parse::<bcrypt::HashParts>()
+            .map_err(|e| format!("not a readable bcrypt hash: {e}"))?;
         return Ok(Foreign::Bcrypt {
             hash: stored.to_string(),
-            cost,
+            cost: parts.get_cost(),
         });
     }
     if let Some(rest) = stored.strip_prefix("$scrypt$") {
         let [params, salt, hash] = fields(rest, "scrypt")?;
         let (log_n, r, p) = scrypt_params(params)?;
+        let hash = key(b64(hash, "hash")?)?;
+        usable_scrypt(log_n, r, p, hash.len())?;
         return Ok(Foreign::Scrypt {
             log_n,
             r,
             p,
             salt: b64(salt, "salt")?,
-            hash: key(b64(hash, "hash")?)?,
+            hash,
             nfkc: false,
         });
     }
     if let Some(rest) = stored.strip_prefix("$firescrypt$") {
         let [params, salt, hash, separator, signer] = fields(rest, "firescrypt")?;
         let (log_n, r, p) = scrypt_params(params)?;
+        usable_scrypt(log_n, r, p, 32)?;
         let mut salt = b64(salt, "salt")?;
         salt.extend(b64(separator, "salt separator")?);
         let signer_key = b64(signer, "signer key")?;
@@ -284,6 +285,13 @@ fn scrypt_params(params: &str) -> Result<(u8, u32, u32), String> {
         (Some(log_n @ 1..=63), Some(r @ 1..), Some(p @ 1..)) => Ok((log_n, r, p)),
         _ => Err("scrypt needs ln, r and p, each at least 1".into()),
     }
+}
+
+/// Refuses scrypt parameters the checker would refuse.
+fn usable_scrypt(log_n: u8, r: u32, p: u32, len: usize) -> Result<(), String> {
+    scrypt::Params::new(log_n, r, p, len)
+        .map(|_| ())
+        .map_err(|e| format!("scrypt parameters are unusable: {e}"))
 }
 
 /// Base64 as the formats write it: standard or with `.` for `+` (passlib's), padded or
@@ -503,6 +511,7 @@ mod tests {
             "",
             "plain-text",
             "$2b$12$short",
+            "$2b$10$abcdefghijklmnopqrstuvabcdefghijklmnopqrstuvwxyz01234",
             "$scrypt$ln=14,r=8$c2FsdA$aGFzaA",
             "$scrypt$ln=14,r=8,p=1$c2FsdA$aGFzaA",
             "pbkdf2_sha256$many$salt$aGFzaGhhc2hoYXNoaGFzaA==",
@@ -517,10 +526,10 @@ mod tests {
     fn costs_above_the_limits_are_refused() {
         let limits = CostLimits::default();
         let cost = |stored: &str| StoredHash::parse(stored).unwrap().check_cost(&limits);
-        let salt22 = "abcdefghijklmnopqrstuv";
-        let hash31 = "abcdefghijklmnopqrstuvwxyz01234";
-        assert!(cost(&format!("$2b$14${salt22}{hash31}")).is_ok());
-        assert!(cost(&format!("$2b$15${salt22}{hash31}")).is_err());
+        // A real hash's salt and output, under other costs.
+        let salt_and_hash = "N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy";
+        assert!(cost(&format!("$2b$14${salt_and_hash}")).is_ok());
+        assert!(cost(&format!("$2y$15${salt_and_hash}")).is_err());
         let h = "aGFzaGhhc2hoYXNoaGFzaA";
         assert!(cost(&format!("$scrypt$ln=17,r=8,p=1$c2FsdA${h}")).is_ok());
         assert!(cost(&format!("$scrypt$ln=18,r=8,p=1$c2FsdA${h}")).is_err());
