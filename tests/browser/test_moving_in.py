@@ -178,6 +178,10 @@ def test_supabase_and_auth0_users_move_in_with_their_bcrypt_hashes(any_service: 
         "raw_app_meta_data": {"provider": "email", "providers": ["email"]},
     }]
     imported(any_service, "supabase", json.dumps(supabase))
+    # The same export again: refused as a whole, naming the record, unless told to skip.
+    again = users_service(any_service, "import", "--from", "supabase", stdin=json.dumps(supabase))
+    assert again.returncode != 0 and "record 1: " in again.stderr, again.stderr
+    imported(any_service, "supabase", json.dumps(supabase), "--skip-existing")
     user = any_service.read(supabase_id).body["user"]
     assert user["verified"] is True and user["created"] == "1740823140"
     assert user["profile"] == {"full_name": "Grace Hopper"}
