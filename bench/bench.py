@@ -84,6 +84,9 @@ PROFILES = {
 # Concurrency of every scenario (wrk connections and threads).
 CONCURRENCY = 32
 THREADS = 2
+# The service's database pool (--db-max-connections, default 10): the PostgreSQL
+# ceiling runs pgbench with as many clients.
+PG_POOL = 10
 
 
 class BenchError(Exception):
@@ -464,6 +467,40 @@ class Bench:
             "note": "median of " + ", ".join(f"{f['rps']:,.0f}" for f in samples)})
         return rps
 
+    def pgbench_row(self, db_url):
+        """PostgreSQL's own ceiling, in the same run: `pgbench -S -M prepared` (single-row
+        primary-key reads over prepared statements, one per transaction) with as many
+        clients as the service's pool has connections, on a pgbench table of its own in
+        the scratch database. The service's reads go through that many connections at
+        most, so this is what the database answers them at, with nothing in between."""
+        pgbench = shutil.which("pgbench")
+        if not pgbench:
+            log("postgres: pgbench is not installed (Debian's postgresql-client has it); "
+                "no PostgreSQL ceiling")
+            return {"run": False, "reason": "pgbench is not installed"}
+        duration = self.profile["duration"]
+        clients = PG_POOL
+        log(f"postgres: ceiling: pgbench -S -M prepared -c {clients} -j {THREADS} "
+            f"-T {duration} (scale 10)")
+        subprocess.run([pgbench, "-i", "-q", "-s", "10", db_url], check=True,
+                       capture_output=True, timeout=300)
+        argv = [pgbench, "-n", "-S", "-M", "prepared", "-c", str(clients), "-j", str(THREADS),
+                "-T", str(int(duration)), db_url]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+        found = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", done.stdout)
+        if done.returncode != 0 or not found:
+            raise BenchError(f"pgbench failed: {done.stdout[-500:]} {done.stderr[-500:]}")
+        tps = float(found.group(1))
+        latency = re.search(r"latency average = ([0-9.]+) ms", done.stdout)
+        self.rows.append({
+            "backend": "postgres", "scenario": "ceiling: pgbench -S -M prepared",
+            "dataset": "scale 10", "concurrency": clients, "rps": round(tps, 1),
+            "p50_ms": float(latency.group(1)) if latency else None, "p99_ms": None,
+            "errors": 0, "peak_rss_mib": None,
+            "note": f"PostgreSQL's own rate at the service's {clients} pool connections "
+                    "(latency: average)"})
+        return {"run": True, "tps": round(tps, 1), "clients": clients, "duration_s": duration}
+
     def argon2_sample(self, when):
         """Ceiling (b): cores / the single-threaded time of one hash, once per round of
         Login and Create on SQLite (`in_rounds`); the ceiling is the median of the
@@ -682,6 +719,7 @@ class Bench:
             try:
                 scratch.create()
                 results["postgres"] = self.small("postgres", scratch.url, data)
+                results["postgres"]["ceiling"] = self.pgbench_row(scratch.url)
             finally:
                 scratch.drop()
         if self.args.skip_peers:
@@ -1296,6 +1334,15 @@ def targets(results):
               + f"; median rates {sq[name]['rps']:{spec}} of {ceiling_rps:{spec}} /s)"
               + (f", {errs} errors" if errs else ""),
               f">= {share:.0%}")
+    pg = results.get("postgres")
+    if pg and pg.get("ceiling", {}).get("run"):
+        tps = pg["ceiling"]["tps"]
+        read = pg["rows"]["ReadSession"]["rps"]
+        errs = sum(f["errors"] for f in pg["rows"]["ReadSession"]["rounds"])
+        check(f"ReadSession on PostgreSQL >= 70% of pgbench -S -M prepared "
+              f"(c{pg['ceiling']['clients']})",
+              read >= 0.7 * tps and errs == 0,
+              f"{read:,.0f} of {tps:,.0f} /s = {100 * read / tps:.1f}%", ">= 70%")
     m = sq["mixed"]
     loaded, alone = m["loaded"], m["alone"]
     check("Isolation: ReadSession p99 < 10 ms while 64 clients hammer Login",
