@@ -125,7 +125,7 @@ async fn execute(
         }
         UserCommand::Unlock { account, common } => {
             let user = find(users, account).await?;
-            users.unlock(&id_of(&user)?).await?;
+            users.unlock(&id_of(&user)?, &operator()).await?;
             done(out, common.json, &user.id, "unlocked")
         }
         UserCommand::EndSessions { account, common } => {

@@ -746,6 +746,12 @@ async fn the_admin_commands_act_on_accounts_under_the_api_rules_on_both_stores()
         let (ok, out, _) = user_command(db, &["unlock", &id], "");
         assert!(ok);
         assert_eq!(out.trim(), format!("unlocked: {id}"));
+        let (kinds, _) = audit_kinds(&app, json!({"user_id": id, "kind": "lockout.lifted"})).await;
+        assert_eq!(
+            kinds,
+            ["lockout.lifted"],
+            "the command line's unlock is recorded"
+        );
         let session = app.login("ops", common::PASSWORD).await;
 
         // set-password: the policy holds; a new password ends the sessions.
@@ -1554,6 +1560,10 @@ async fn the_admin_console_acts_as_the_admin_key_from_its_own_pages_only_on_both
         );
         let third = app.login("ops", common::PASSWORD).await;
         assert!(console.get(&page).await.page.contains("Not locked out."));
+        let (kinds, lifted) =
+            audit_kinds(&app, json!({"user_id": id, "kind": "lockout.lifted"})).await;
+        assert_eq!(kinds, ["lockout.lifted"], "{lifted}");
+        assert_eq!(lifted["events"][0]["actor"], "admin");
 
         // End one session, then every one.
         let shown = console.get(&page).await;

@@ -261,7 +261,17 @@ impl Limiter {
     /// proved the account's owner.
     pub async fn clear(&self, keys: &[LimitKey]) -> Result<(), Error> {
         let keys: Vec<&str> = keys.iter().map(LimitKey::as_str).collect();
-        Ok(self.store.forget_counters(&keys).await?)
+        Ok(self.store.forget_counters(&keys, None).await?)
+    }
+
+    /// Forgets the counters of an account's `keys` at an operator's request, recording
+    /// `lockout.lifted` for `user_id` with them.
+    pub async fn lift(&self, keys: &[LimitKey], audit: &Audit, user_id: &str) -> Result<(), Error> {
+        let keys: Vec<&str> = keys.iter().map(LimitKey::as_str).collect();
+        Ok(self
+            .store
+            .forget_counters(&keys, Some((audit, user_id)))
+            .await?)
     }
 
     /// Counts a sign-up from `client`; 429 once the hourly maximum is passed.

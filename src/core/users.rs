@@ -524,11 +524,18 @@ impl Users {
     }
 
     /// Forgets the failed password and code checks counted against the account (by its
-    /// id, username and e-mail address), lockouts included. Per-address counters are
-    /// left alone: they belong to the client, not to the account.
-    pub async fn unlock(&self, id: &UserId) -> Result<(), Error> {
+    /// id, username and e-mail address), lockouts included, and records it
+    /// (`lockout.lifted`). Per-address counters are left alone: they belong to the
+    /// client, not to the account.
+    pub async fn unlock(&self, id: &UserId, caller: &Requester) -> Result<(), Error> {
         let user = self.read(&AccountKey::Id(id.clone())).await?;
-        self.limiter.clear(&account_limit_keys(&user)).await?;
+        self.limiter
+            .lift(
+                &account_limit_keys(&user),
+                &caller.audit(self.clock.now()),
+                &user.id,
+            )
+            .await?;
         tracing::info!(event = "user_unlocked", user_id = %user.id);
         Ok(())
     }

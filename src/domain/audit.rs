@@ -12,6 +12,7 @@ pub enum EventKind {
     LoginSucceeded,
     LoginFailed,
     Lockout,
+    LockoutLifted,
     PasswordChanged,
     PasswordReset,
     EmailVerified,
@@ -21,13 +22,14 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 12] = [
+    pub const ALL: [EventKind; 13] = [
         Self::AccountCreated,
         Self::AccountUpdated,
         Self::AccountDeleted,
         Self::LoginSucceeded,
         Self::LoginFailed,
         Self::Lockout,
+        Self::LockoutLifted,
         Self::PasswordChanged,
         Self::PasswordReset,
         Self::EmailVerified,
@@ -44,6 +46,7 @@ impl EventKind {
             Self::LoginSucceeded => "login.succeeded",
             Self::LoginFailed => "login.failed",
             Self::Lockout => "lockout",
+            Self::LockoutLifted => "lockout.lifted",
             Self::PasswordChanged => "password.changed",
             Self::PasswordReset => "password.reset",
             Self::EmailVerified => "email.verified",
@@ -69,6 +72,7 @@ impl EventKind {
             Self::PasswordChanged | Self::PasswordReset => Some("password.changed"),
             Self::LoginFailed
             | Self::Lockout
+            | Self::LockoutLifted
             | Self::SecondFactorChanged
             | Self::AdminKeyRefused => None,
         }

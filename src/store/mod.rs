@@ -670,8 +670,14 @@ pub trait CounterStore: Send + Sync {
         give_back: Option<(&str, i64)>,
     ) -> Result<(), StoreError>;
 
-    /// Forgets the counters of `keys` (their counts, lockouts and strikes).
-    async fn forget_counters(&self, keys: &[&str]) -> Result<(), StoreError>;
+    /// Forgets the counters of `keys` (their counts, lockouts and strikes). With
+    /// `lifted` (who acted, and the account), records a `lockout.lifted` event in the
+    /// same transaction.
+    async fn forget_counters(
+        &self,
+        keys: &[&str],
+        lifted: Option<(&Audit, &str)>,
+    ) -> Result<(), StoreError>;
 
     /// Adds one event to `key`, starting a new window when the current one (of
     /// `window` seconds) is over.

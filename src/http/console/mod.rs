@@ -461,10 +461,10 @@ async fn resend_verification(
 
 async fn unlock(
     State(state): State<AppState>,
-    Operator(_): Operator,
+    Operator(caller): Operator,
     Path(id): Path<String>,
 ) -> Response {
-    let outcome = async { state.users.unlock(&user_id(&id)?).await };
+    let outcome = async { state.users.unlock(&user_id(&id)?, &caller).await };
     after(&state, &id, outcome.await, ConsoleNotice::Unlocked).await
 }
 

@@ -140,16 +140,30 @@ impl CounterStore for SqlStore {
         .map_err(classify)
     }
 
-    async fn forget_counters(&self, keys: &[&str]) -> Result<(), StoreError> {
-        if keys.is_empty() {
+    async fn forget_counters(
+        &self,
+        keys: &[&str],
+        lifted: Option<(&Audit, &str)>,
+    ) -> Result<(), StoreError> {
+        if keys.is_empty() && lifted.is_none() {
             return Ok(());
         }
-        on_writer!(self, pool => {
-            let mut query = QueryBuilder::new("DELETE FROM rate_limits WHERE key IN (");
-            push_list!(query, keys.iter().copied());
-            query.push(")");
-            query.build().execute(pool).await.map(drop)
-        })
+        on_writer!(self, pool => async {
+            let mut conn = acquire!(self, pool);
+            let mut tx = conn.begin_write().await?;
+            if !keys.is_empty() {
+                let mut query = QueryBuilder::new("DELETE FROM rate_limits WHERE key IN (");
+                push_list!(query, keys.iter().copied());
+                query.push(")");
+                query.build().execute(&mut *tx).await?;
+            }
+            if let Some((audit, user_id)) = lifted {
+                audit!(self, tx, audit, EventKind::LockoutLifted, Some(user_id));
+            }
+            commit!(tx, conn);
+            Ok::<_, sqlx::Error>(())
+        }
+        .await)
         .map_err(classify)
     }
 
