@@ -1454,6 +1454,21 @@ def fmt(value, spec):
     return format(value, spec)
 
 
+def markdown_table(head, lines, right):
+    """A Markdown table of `lines` (lists of cells) under `head`, padded to line up, the
+    columns numbered in `right` aligned right."""
+    widths = [max(len(head[i]), *(len(l[i]) for l in lines)) for i in range(len(head))]
+
+    def render(cells):
+        return "| " + " | ".join(
+            c.rjust(widths[i]) if i in right else c.ljust(widths[i])
+            for i, c in enumerate(cells)) + " |"
+
+    sep = "|" + "|".join(("-" * (w + 1) + ":") if i in right else ("-" * (w + 2))
+                         for i, w in enumerate(widths)) + "|"
+    return "\n".join([render(head), sep] + [render(l) for l in lines])
+
+
 def table(results):
     head = ["backend", "scenario", "dataset", "conc", "req/s", "p50 ms", "p99 ms", "errors",
             "peak RSS MiB", "anon MiB"]
@@ -1465,17 +1480,7 @@ def table(results):
             str(r.get("errors", 0)), fmt(r.get("peak_rss_mib"), ".1f"),
             fmt(r.get("anon_after_mib"), ".1f"),
         ])
-    widths = [max(len(head[i]), *(len(l[i]) for l in lines)) for i in range(len(head))]
-    right = {3, 4, 5, 6, 7, 8, 9}
-
-    def render(cells):
-        return "| " + " | ".join(
-            c.rjust(widths[i]) if i in right else c.ljust(widths[i])
-            for i, c in enumerate(cells)) + " |"
-
-    sep = "|" + "|".join(("-" * (w + 1) + ":") if i in right else ("-" * (w + 2))
-                         for i, w in enumerate(widths)) + "|"
-    return "\n".join([render(head), sep] + [render(l) for l in lines])
+    return markdown_table(head, lines, right={3, 4, 5, 6, 7, 8, 9})
 
 
 def target_lines(results):
@@ -1499,17 +1504,7 @@ def peer_table(rows):
             str(r.get("errors", "-")), fmt(r.get("cpu_ms_per_request"), ".3f"),
             fmt(r.get("rss_mib"), ".1f"),
         ])
-    widths = [max(len(head[i]), *(len(l[i]) for l in lines)) for i in range(len(head))]
-    right = {4, 5, 6, 7, 8, 9}
-
-    def render(cells):
-        return "| " + " | ".join(
-            c.rjust(widths[i]) if i in right else c.ljust(widths[i])
-            for i, c in enumerate(cells)) + " |"
-
-    sep = "|" + "|".join(("-" * (w + 1) + ":") if i in right else ("-" * (w + 2))
-                         for i, w in enumerate(widths)) + "|"
-    return "\n".join([render(head), sep] + [render(l) for l in lines])
+    return markdown_table(head, lines, right={4, 5, 6, 7, 8, 9})
 
 
 def peer_report(results):
