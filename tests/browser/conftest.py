@@ -505,6 +505,30 @@ def session_cookie(context: BrowserContext, service: Service) -> str:
     raise AssertionError("no users_session cookie for the service")
 
 
+def assert_accessible(page: Page, label: str = "") -> None:
+    """axe-core finds no serious or critical violation on the page as it is now. The
+    page's context needs `bypass_csp=True`: the service's Content-Security-Policy would
+    rightly refuse the injected script."""
+    assert AXE.exists(), f"{AXE} is missing: npm ci in tests/browser"
+    page.add_script_tag(path=str(AXE))
+    results = page.evaluate("() => axe.run(document, {resultTypes: ['violations']})")
+    serious = [v for v in results["violations"] if v.get("impact") in ("serious", "critical")]
+    report = "\n".join(
+        f"{v['impact']}: {v['id']}: {v['help']} ({v['helpUrl']})\n"
+        + "\n".join(f"    {node['target']}: {node.get('failureSummary', '')}" for node in v["nodes"])
+        for v in serious
+    )
+    assert not serious, f"{label or page.url}:\n{report}"
+
+
+def save_screenshot(page: Page, name: str) -> None:
+    """The whole page as docs/screenshots/NAME.png."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    target = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(target), full_page=True, animations="disabled", caret="hide")
+    assert target.stat().st_size > 0
+
+
 def ui_session(context: BrowserContext, service: Service) -> Answer:
     """GET /ui/session with the context's cookies (as Micro.session does)."""
     response = context.request.get(f"{service.url}/ui/session", fail_on_status_code=False)

@@ -10,7 +10,7 @@ import re
 import pytest
 from playwright.sync_api import BrowserContext, Locator, Page, expect
 
-from conftest import AXE, SCREENSHOTS, Service, signed_in_context, ui_session
+from conftest import Service, assert_accessible, save_screenshot, signed_in_context, ui_session
 
 
 def console(new_context, service: Service, **options) -> tuple[BrowserContext, Page, list]:
@@ -190,25 +190,13 @@ def open_console_page(name, service, new_context, username=None, **options) -> P
 
 @pytest.mark.parametrize("name", list(PAGES))
 def test_console_accessibility(name, service, new_context):
-    assert AXE.exists(), f"{AXE} is missing: npm ci in tests/browser"
     # The console's Content-Security-Policy would rightly refuse the injected axe-core.
     page = open_console_page(name, service, new_context, bypass_csp=True)
-    page.add_script_tag(path=str(AXE))
-    results = page.evaluate("() => axe.run(document, {resultTypes: ['violations']})")
-    serious = [v for v in results["violations"] if v.get("impact") in ("serious", "critical")]
-    report = "\n".join(
-        f"{v['impact']}: {v['id']}: {v['help']} ({v['helpUrl']})\n"
-        + "\n".join(f"    {node['target']}: {node.get('failureSummary', '')}" for node in v["nodes"])
-        for v in serious
-    )
-    assert not serious, f"{PAGES[name]}:\n{report}"
+    assert_accessible(page, PAGES[name])
 
 
 @pytest.mark.parametrize("name", ["search", "user"])
 def test_console_screenshot(name, service, new_context):
     # A fixed name, so that the pictures change only when the pages (or the dates) do.
     page = open_console_page(name, service, new_context, username=f"grace-{name}")
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    target = SCREENSHOTS / f"console-{name}.png"
-    page.screenshot(path=str(target), full_page=True, animations="disabled", caret="hide")
-    assert target.stat().st_size > 0
+    save_screenshot(page, f"console-{name}")

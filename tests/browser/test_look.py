@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import AXE, SCREENSHOTS, signed_in_context
+from conftest import assert_accessible, save_screenshot, signed_in_context
 
 # name -> (path, needs a signed-in browser)
 PAGES = {
@@ -34,25 +34,13 @@ def open_page(name, service, new_context, username=None, **options):
 
 @pytest.mark.parametrize("name", list(PAGES))
 def test_accessibility(name, service, new_context):
-    assert AXE.exists(), f"{AXE} is missing: npm ci in tests/browser"
     # The pages' Content-Security-Policy would rightly refuse the injected axe-core.
     page = open_page(name, service, new_context, bypass_csp=True)
-    page.add_script_tag(path=str(AXE))
-    results = page.evaluate("() => axe.run(document, {resultTypes: ['violations']})")
-    serious = [v for v in results["violations"] if v.get("impact") in ("serious", "critical")]
-    report = "\n".join(
-        f"{v['impact']}: {v['id']}: {v['help']} ({v['helpUrl']})\n"
-        + "\n".join(f"    {node['target']}: {node.get('failureSummary', '')}" for node in v["nodes"])
-        for v in serious
-    )
-    assert not serious, f"{PAGES[name][0]}:\n{report}"
+    assert_accessible(page, PAGES[name][0])
 
 
 @pytest.mark.parametrize("name", ["signin", "signup", "account", "sessions"])
 def test_screenshot(name, service, new_context):
     # A fixed name, so that the pictures change only when the pages do.
     page = open_page(name, service, new_context, username=f"ada-{name}")
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    target = SCREENSHOTS / f"{name}.png"
-    page.screenshot(path=str(target), full_page=True, animations="disabled", caret="hide")
-    assert target.stat().st_size > 0
+    save_screenshot(page, name)

@@ -10,15 +10,7 @@ import time
 import pyotp
 from playwright.sync_api import expect
 
-from conftest import AXE, User, account_url, submit_sign_in, signed_in_context
-
-
-def expect_accessible(page) -> None:
-    """axe-core finds no serious or critical violation on the page as it is now."""
-    page.add_script_tag(path=str(AXE))
-    results = page.evaluate("() => axe.run(document, {resultTypes: ['violations']})")
-    serious = [f"{v['id']}: {v['help']}" for v in results["violations"] if v.get("impact") in ("serious", "critical")]
-    assert not serious, f"{page.url}: {serious}"
+from conftest import User, assert_accessible, account_url, submit_sign_in, signed_in_context
 
 
 def previous_code(totp: pyotp.TOTP) -> str:
@@ -40,12 +32,12 @@ def test_turn_on_sign_in_with_a_code_and_a_recovery_code_turn_off(service, new_c
     expect(page.get_by_role("heading", name="Turn on two-factor sign-in")).to_be_visible()
     expect(page.get_by_role("img", name=re.compile("QR code"))).to_be_visible()
     assert page.locator("figure.qr svg").count() == 1
-    expect_accessible(page)
+    assert_accessible(page)
     totp = pyotp.TOTP(page.locator("#totp-secret").inner_text())
     page.get_by_label("Code from the app").fill(previous_code(totp))
     page.get_by_role("button", name="Turn on").click()
     expect(page.get_by_role("heading", name="Save your recovery codes")).to_be_visible()
-    expect_accessible(page)
+    assert_accessible(page)
     codes = page.locator("#recovery-codes li").all_inner_texts()
     assert len(codes) == 10 and all(re.fullmatch(r"[A-Z2-9]{5}-[A-Z2-9]{5}", c) for c in codes), codes
     page.get_by_role("link", name="Done").click()
@@ -56,7 +48,7 @@ def test_turn_on_sign_in_with_a_code_and_a_recovery_code_turn_off(service, new_c
     other.goto(f"{service.url}/ui/signin")
     submit_sign_in(other, user.username, user.password)
     expect(other.get_by_role("heading", name="Enter your code")).to_be_visible()
-    expect_accessible(other)
+    assert_accessible(other)
     other.get_by_label("Code").fill("000000" if totp.now() != "000000" else "111111")
     other.get_by_role("button", name="Continue").click()
     expect(other.get_by_role("alert")).to_contain_text("code is incorrect")
