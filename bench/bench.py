@@ -1165,16 +1165,7 @@ class Peers:
             "read user by id": ("pb-read", "GET /api/collections/users/records/{id}",
                                 f["id_tokens"], f["id_tokens"], 10, None),
         }
-        lua_call, endpoint, warm, main, timeout_s, password = calls[call]
-
-        def run():
-            with pb["server"](lua_call).start() as server:
-                return self.measure(
-                    server, lambda data, duration: peer_wrk_command(
-                        server.url, lua_call, data, duration, timeout_s, password),
-                    warm, main, timeout_s, self.duration(call))
-
-        return self.attempt(call, "PocketBase", endpoint, pb["hash"], run)
+        return self.peer_call(call, "PocketBase", pb, calls[call], ready_within=20.0)
 
     # better-auth
 
@@ -1252,16 +1243,21 @@ class Peers:
             "session check": ("ba-session", "GET /api/auth/get-session", f["cookies"],
                               f["cookies"], 10, None),
         }
-        lua_call, endpoint, warm, main, timeout_s, password = calls[call]
+        return self.peer_call(call, "better-auth", ba, calls[call], ready_within=60.0)
+
+    def peer_call(self, call, system, peer, spec, ready_within):
+        """Measures one call of a peer on a freshly started server of it; `spec` is
+        (the peer.lua call, the endpoint, warm-up data, measured data, timeout, password)."""
+        lua_call, endpoint, warm, main, timeout_s, password = spec
 
         def run():
-            with ba["server"](lua_call).start(ready_within=60.0) as server:
+            with peer["server"](lua_call).start(ready_within=ready_within) as server:
                 return self.measure(
                     server, lambda data, duration: peer_wrk_command(
                         server.url, lua_call, data, duration, timeout_s, password),
                     warm, main, timeout_s, self.duration(call))
 
-        return self.attempt(call, "better-auth", endpoint, ba["hash"], run)
+        return self.attempt(call, system, endpoint, peer["hash"], run)
 
     # the whole part
 
