@@ -158,7 +158,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let options = transfer::ImportOptions {
                     skip_existing,
                     limits: limits.limits(),
-                    converted: false,
                 };
                 let store = open_store(&database).await?;
                 let input = tokio::io::BufReader::new(tokio::io::stdin());

@@ -137,9 +137,6 @@ pub struct ImportOptions {
     pub skip_existing: bool,
     /// The most a password hash may cost to check.
     pub limits: CostLimits,
-    /// The input is another system's export, converted ([`sources`]): problems are
-    /// reported by record rather than by line.
-    pub converted: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -513,7 +510,7 @@ pub async fn import_from(
     source: Source,
     mut input: impl AsyncBufRead + Unpin,
     firebase: Option<&FirebaseProject>,
-    mut options: ImportOptions,
+    options: ImportOptions,
 ) -> Result<Summary, TransferError> {
     if source == Source::UsersService {
         return import(store, now, input, &options).await;
@@ -526,8 +523,7 @@ pub async fn import_from(
             total: 1,
         }
     })?;
-    options.converted = true;
-    import(store, now, converted.as_bytes(), &options).await
+    import_lines(store, now, converted.as_bytes(), &options, true).await
 }
 
 /// Reads an export and adds it to `store` in one transaction. Every line is checked
@@ -538,6 +534,18 @@ pub async fn import(
     now: i64,
     input: impl AsyncBufRead + Unpin,
     options: &ImportOptions,
+) -> Result<Summary, TransferError> {
+    import_lines(store, now, input, options, false).await
+}
+
+/// [`import`]; `converted`: the lines are another system's export converted
+/// ([`sources`]), so problems are reported by record rather than by line.
+async fn import_lines(
+    store: &dyn TransferStore,
+    now: i64,
+    input: impl AsyncBufRead + Unpin,
+    options: &ImportOptions,
+    converted: bool,
 ) -> Result<Summary, TransferError> {
     let mut importer = store.begin_import(options.skip_existing).await?;
     let mut summary = Summary::default();
@@ -714,7 +722,7 @@ pub async fn import(
         drop(importer);
         let total = report.total;
         return Err(TransferError::Refused {
-            problems: report.into_listed(options.converted),
+            problems: report.into_listed(converted),
             total,
         });
     }
