@@ -121,7 +121,7 @@ pub struct Activity {
     serving: AtomicBool,
     /// Requests answered so far.
     answered: AtomicU64,
-    /// The connection's task, as it last waited to read during an answer: woken when
+    /// The connection's task, as it last waited on its I/O: woken when
     /// the answer is ready, so that the keep-alive wait starts its timer. (hyper does
     /// not read again after an answer until the socket wakes it.)
     reader: AtomicWaker,
@@ -203,9 +203,13 @@ impl<S> Watched<S> {
     }
 
     /// The I/O has to wait: an error once the current stage's deadline has passed.
+    ///
+    /// The task is woken when an answer is ready whatever the stage: an answer can be
+    /// made within the very poll that read its request, before this I/O ever saw the
+    /// service serving, and hyper does not read again until something wakes it.
     fn expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        self.activity.reader.register(cx.waker());
         if self.stage == Stage::Serving {
-            self.activity.reader.register(cx.waker());
             return None;
         }
         self.timer.as_mut().poll(cx).is_ready().then(|| {
@@ -298,6 +302,61 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A waker that records that it was woken.
+    struct Flag(AtomicBool);
+
+    impl std::task::Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+
+    /// An answer made in the same poll that read its request (before the I/O saw the
+    /// service serving) still wakes the waiting read, which then waits for the next
+    /// request no longer than the keep-alive time, not the headers' time.
+    #[tokio::test]
+    async fn an_answer_made_at_once_starts_the_keep_alive_wait() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, server) = tokio::io::duplex(1024);
+        let activity = Arc::new(Activity::default());
+        let mut watched = Watched::new(
+            server,
+            activity.clone(),
+            Timeouts {
+                first_request: Duration::from_secs(3600),
+                keep_alive: Duration::from_millis(50),
+                headers: Duration::from_secs(3600),
+            },
+        );
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        let waker = std::task::Waker::from(flag.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut bytes = [0u8; 64];
+        let mut buf = ReadBuf::new(&mut bytes);
+        let read = Pin::new(&mut watched).poll_read(&mut cx, &mut buf);
+        assert!(matches!(read, Poll::Ready(Ok(()))) && !buf.filled().is_empty());
+        let mut buf = ReadBuf::new(&mut bytes);
+        assert!(Pin::new(&mut watched)
+            .poll_read(&mut cx, &mut buf)
+            .is_pending());
+        activity.serve(async {}).await;
+        assert!(
+            flag.0.load(Ordering::Acquire),
+            "the waiting read was not woken"
+        );
+        let closed = tokio::time::timeout(
+            Duration::from_secs(60),
+            std::future::poll_fn(|cx| {
+                let mut buf = ReadBuf::new(&mut bytes);
+                Pin::new(&mut watched).poll_read(cx, &mut buf)
+            }),
+        )
+        .await
+        .expect("the keep-alive wait did not end the connection");
+        assert_eq!(closed.unwrap_err().kind(), io::ErrorKind::TimedOut);
+    }
 
     #[test]
     fn one_address_holds_at_most_its_share() {
