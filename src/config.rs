@@ -19,7 +19,8 @@ use crate::core::policy::PasswordPolicy;
 use crate::core::transfer::sources::Source;
 use crate::core::users::{LinkSettings, Settings};
 use crate::core::webhooks::WebhookSender;
-use crate::store::{DatabaseUrl, PoolConfig};
+use crate::domain::TenantName;
+use crate::store::{tenant_schema, DatabaseUrl, PoolConfig};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://users.db";
@@ -332,6 +333,9 @@ pub struct ServeConfig {
     #[command(flatten)]
     pub ui: UiConfig,
 
+    #[command(flatten)]
+    pub tenancy: TenancyConfig,
+
     /// Seconds a request may take, from its first byte to its answer (slow clients and
     /// slow requests are cut off)
     #[arg(
@@ -502,6 +506,62 @@ pub struct LimitsConfig {
     /// address per hour
     #[arg(long, env = "USERS_MAILS_PER_HOUR", value_name = "N", default_value_t = DEFAULT_MAILS_PER_HOUR)]
     pub mails_per_hour: u32,
+}
+
+/// Whether one service holds several isolated user pools (docs/tenancy.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Tenancy {
+    /// One pool: the `Micro-Namespace` header is ignored
+    Off,
+    /// One pool per tenant, chosen by the `Micro-Namespace` header or the admin key
+    Namespace,
+}
+
+/// Tenants (docs/tenancy.md).
+#[derive(Debug, Clone, Args)]
+pub struct TenancyConfig {
+    /// off: one user pool; namespace: one isolated pool per tenant of --tenants, chosen
+    /// per request by the Micro-Namespace header (or by a tenant's admin key)
+    #[arg(
+        long,
+        env = "USERS_TENANCY",
+        value_name = "MODE",
+        value_enum,
+        default_value_t = Tenancy::Off
+    )]
+    pub tenancy: Tenancy,
+
+    /// The tenants, comma-separated (names of 1-32 characters: a-z first, then a-z, 0-9
+    /// and _); a namespace not listed is refused, never created
+    #[arg(
+        long,
+        env = "USERS_TENANTS",
+        value_name = "NAMES",
+        value_delimiter = ','
+    )]
+    pub tenants: Vec<TenantName>,
+
+    /// The tenant that requests naming none are served by (the hosted pages and the
+    /// admin console among them); without it such requests are refused with 400
+    #[arg(long, env = "USERS_DEFAULT_TENANT", value_name = "NAME")]
+    pub default_tenant: Option<TenantName>,
+
+    /// A file of tenants' own admin keys, one "TENANT KEY" pair per line (# starts a
+    /// comment): such a key is the admin key of its tenant only, and selects that
+    /// tenant when no Micro-Namespace header does. The --api-key stays every tenant's.
+    #[arg(long, env = "USERS_TENANT_KEYS_FILE", value_name = "PATH")]
+    pub tenant_keys_file: Option<PathBuf>,
+}
+
+impl Default for TenancyConfig {
+    fn default() -> Self {
+        Self {
+            tenancy: Tenancy::Off,
+            tenants: Vec::new(),
+            default_tenant: None,
+            tenant_keys_file: None,
+        }
+    }
 }
 
 /// The hosted pages under /ui/.
@@ -853,6 +913,12 @@ pub struct DatabaseConfig {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub no_migrate: bool,
+
+    /// With tenancy: the tenant whose pool the command works on (on SQLite the file
+    /// beside the database named after it, on PostgreSQL its schema); not for `serve`,
+    /// which takes --tenancy and --tenants
+    #[arg(long, env = "USERS_TENANT", value_name = "NAME")]
+    pub tenant: Option<TenantName>,
 }
 
 impl DatabaseConfig {
@@ -863,6 +929,23 @@ impl DatabaseConfig {
             max_connections: DEFAULT_DB_MAX_CONNECTIONS,
             acquire_timeout: DEFAULT_DB_ACQUIRE_TIMEOUT,
             no_migrate: false,
+            tenant: None,
+        }
+    }
+
+    /// The same settings, on `tenant`'s pool.
+    pub fn for_tenant(&self, tenant: Option<&TenantName>) -> Self {
+        Self {
+            tenant: tenant.cloned(),
+            ..self.clone()
+        }
+    }
+
+    /// Where the pool is, as logs show it: the URL, and the tenant if any.
+    pub fn place(&self) -> String {
+        match &self.tenant {
+            Some(tenant) => format!("{} (tenant {tenant})", self.url.for_tenant(Some(tenant))),
+            None => self.url.to_string(),
         }
     }
 
@@ -870,6 +953,7 @@ impl DatabaseConfig {
         PoolConfig {
             max_connections: self.max_connections,
             acquire_timeout: Duration::from_secs(self.acquire_timeout),
+            schema: self.tenant.as_ref().map(tenant_schema),
         }
     }
 }
@@ -935,6 +1019,7 @@ impl ServeConfig {
                 argon2_p: OWASP_MIN_P,
                 import_limits: HashLimitsConfig::default(),
             },
+            tenancy: TenancyConfig::default(),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_ip: None,

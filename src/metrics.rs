@@ -6,7 +6,9 @@
 //! (`_seconds`). docs/operations.md lists them.
 
 use std::fmt::Write as _;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
+
+use crate::domain::TenantName;
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -210,10 +212,53 @@ fn seconds_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 18))
 }
 
+/// Which of the service's metrics one [`Metrics`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// All of them: a service without tenants.
+    Whole,
+    /// The process's own (hashing threads, version) and requests no tenant was found
+    /// for: a service with tenants.
+    Process,
+    /// A tenant's (its requests, limits, sessions, outboxes and database), each series
+    /// labelled `tenant`.
+    Tenant,
+}
+
 impl Metrics {
     /// A registry with every metric, the pool's gauges read from `pool` at each scrape.
     pub fn new(pool: Weak<dyn PoolGauge>) -> Self {
-        let mut registry = Registry::with_prefix("users");
+        Self::build(Registry::with_prefix("users"), Some(pool), Part::Whole)
+    }
+
+    /// With tenants: the process's own metrics, beside the tenants' ([`Scrape`]).
+    pub fn process() -> Self {
+        Self::build(Registry::with_prefix("users"), None, Part::Process)
+    }
+
+    /// With tenants: `tenant`'s metrics, every series labelled `tenant="<name>"`.
+    pub fn for_tenant(pool: Weak<dyn PoolGauge>, tenant: &TenantName) -> Self {
+        let labels = std::iter::once((
+            std::borrow::Cow::Borrowed("tenant"),
+            std::borrow::Cow::Owned(tenant.to_string()),
+        ));
+        Self::build(
+            Registry::with_prefix_and_labels("users", labels),
+            Some(pool),
+            Part::Tenant,
+        )
+    }
+
+    fn build(registry: Registry, pool: Option<Weak<dyn PoolGauge>>, part: Part) -> Self {
+        let mut whole = registry;
+        // What this part does not hold goes to a registry that is never written.
+        let mut unused = Registry::default();
+        let (process, tenant) = match part {
+            Part::Whole => (true, true),
+            Part::Process => (true, false),
+            Part::Tenant => (false, true),
+        };
+        let mut registry = &mut whole;
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "http_requests",
@@ -229,6 +274,7 @@ impl Metrics {
             request_duration.clone(),
         );
         let argon2 = Argon2Metrics::new();
+        registry = if process { &mut whole } else { &mut unused };
         registry.register(
             "argon2_waiting",
             "Password hashes and checks waiting for a hashing thread",
@@ -244,6 +290,7 @@ impl Metrics {
             "How long password hashes and checks waited for a hashing thread",
             argon2.wait.clone(),
         );
+        registry = if tenant { &mut whole } else { &mut unused };
         let database = DatabaseMetrics {
             acquire_wait: seconds_histogram(),
         };
@@ -252,7 +299,9 @@ impl Metrics {
             "How long write transactions waited for a database connection",
             database.acquire_wait.clone(),
         );
-        registry.register_collector(Box::new(PoolCollector(pool)));
+        if let Some(pool) = pool {
+            registry.register_collector(Box::new(PoolCollector(pool)));
+        }
         let limited = Family::<LimitLabels, Counter>::default();
         registry.register(
             "rate_limited",
@@ -277,9 +326,9 @@ impl Metrics {
             "Sessions ended, by cause",
             sessions_ended.clone(),
         );
-        let mail = MailMetrics::register(&mut registry, "mail", "E-mails", "the SMTP server");
+        let mail = MailMetrics::register(registry, "mail", "E-mails", "the SMTP server");
         let webhooks = MailMetrics::register(
-            &mut registry,
+            registry,
             "webhooks",
             "Webhook deliveries",
             "their endpoints",
@@ -316,9 +365,10 @@ impl Metrics {
                 version: env!("CARGO_PKG_VERSION"),
             })
             .set(1);
+        registry = if process { &mut whole } else { &mut unused };
         registry.register("build_info", "The running version (always 1)", build);
         Self {
-            registry,
+            registry: whole,
             requests,
             request_duration,
             argon2,
@@ -379,6 +429,79 @@ impl Metrics {
         }
         text
     }
+}
+
+/// What `GET /metrics` writes: one [`Metrics`], or with tenants the process's and every
+/// tenant's, each family written once with the series of all.
+#[derive(Debug, Clone)]
+pub struct Scrape(Vec<Arc<Metrics>>);
+
+impl Scrape {
+    pub fn new(parts: Vec<Arc<Metrics>>) -> Self {
+        Self(parts)
+    }
+
+    /// Everything, in the Prometheus text format (version 0.0.4).
+    pub fn render(&self) -> String {
+        match self.0.as_slice() {
+            [one] => one.render(),
+            parts => merge_families(parts.iter().map(|m| m.render())),
+        }
+    }
+}
+
+/// Joins texts written by the encoder (`# HELP`, `# TYPE`, maybe `# UNIT`, then the
+/// samples, for each family; `# EOF` last): a family found in several is written once,
+/// its header from the first, its samples from all, in order.
+fn merge_families(texts: impl Iterator<Item = String>) -> String {
+    let mut order: Vec<String> = Vec::new();
+    let mut families: std::collections::HashMap<String, (String, String)> =
+        std::collections::HashMap::new();
+    for text in texts {
+        let mut current: Option<String> = None;
+        for line in text.lines() {
+            if line == "# EOF" {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let name = rest.split(' ').next().unwrap_or("").to_string();
+                let fresh = !families.contains_key(&name);
+                if fresh {
+                    order.push(name.clone());
+                }
+                let entry = families.entry(name.clone()).or_default();
+                if fresh {
+                    entry.0.push_str(line);
+                    entry.0.push('\n');
+                }
+                current = Some(name);
+                continue;
+            }
+            let Some(name) = &current else { continue };
+            let Some(entry) = families.get_mut(name) else {
+                continue;
+            };
+            let header = line.starts_with("# TYPE ") || line.starts_with("# UNIT ");
+            if header {
+                if !entry.0.contains(line) {
+                    entry.0.push_str(line);
+                    entry.0.push('\n');
+                }
+            } else {
+                entry.1.push_str(line);
+                entry.1.push('\n');
+            }
+        }
+    }
+    let mut out = String::with_capacity(32 * 1024);
+    for name in order {
+        if let Some((header, samples)) = families.get(&name) {
+            out.push_str(header);
+            out.push_str(samples);
+        }
+    }
+    out.push_str("# EOF\n");
+    out
 }
 
 /// Reads the pool's connections at each scrape.

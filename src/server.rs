@@ -11,25 +11,27 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use sqlx::migrate::MigrateError;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
-use crate::config::{AccessConfig, DatabaseConfig, ServeConfig, UiConfig};
+use crate::config::{AccessConfig, DatabaseConfig, ServeConfig, Tenancy, UiConfig};
 use crate::core::clock::{Clock, SystemClock};
 use crate::core::outbox::{Outbox, Transport};
 use crate::core::password::PasswordHasher;
 use crate::core::users::Users;
+use crate::domain::TenantName;
 use crate::error::chain;
-use crate::http::access::AccessPolicy;
+use crate::http::access::{key_digest, AccessPolicy};
 use crate::http::connection::{Activity, ConnectionLimits, Full, Timeouts, Watched};
 use crate::http::guard::{Guard, GuardConfig};
 use crate::http::health;
+use crate::http::tenants::TenantSelection;
 use crate::http::ui::{Asset, UiSettings};
 use crate::http::{App, AppState};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Scrape};
 use crate::store::{DatabaseUrl, SchemaError, SqlStore, StoreError};
 
 /// How often expired sessions are deleted.
@@ -175,7 +177,8 @@ async fn prepare_schema(store: &SqlStore, config: &DatabaseConfig) -> Result<(),
 
 /// Opens the configured store without touching its schema.
 pub async fn connect_store(config: &DatabaseConfig, create: bool) -> Result<SqlStore, StartError> {
-    if let DatabaseUrl::Sqlite(path) = &config.url {
+    let url = config.url.for_tenant(config.tenant.as_ref());
+    if let DatabaseUrl::Sqlite(path) = &url {
         if !create && !path.exists() {
             return Err(StartError::Config(format!(
                 "there is no database file at {}",
@@ -183,12 +186,9 @@ pub async fn connect_store(config: &DatabaseConfig, create: bool) -> Result<SqlS
             )));
         }
     }
-    SqlStore::connect(&config.url, &config.pool(), create)
+    SqlStore::connect(&url, &config.pool(), create)
         .await
-        .map_err(|source| StartError::Database {
-            url: config.url.clone(),
-            source,
-        })
+        .map_err(|source| StartError::Database { url, source })
 }
 
 /// The core on a database, for the admin commands (`users-service user ...`): the
@@ -217,7 +217,7 @@ pub async fn open_core(
     ));
     let users = Arc::new(Users::new(
         store.clone(),
-        hasher,
+        Arc::new(hasher),
         clock,
         settings,
         outbox,
@@ -228,17 +228,136 @@ pub async fn open_core(
 
 pub struct Server {
     listener: TcpListener,
-    /// The webhook sender, when endpoints are configured.
-    webhooks: Option<Arc<Outbox>>,
     /// `--metrics-listen`: `/metrics` alone, without the admin key.
     metrics_listener: Option<TcpListener>,
-    metrics: Arc<Metrics>,
+    scrape: Arc<Scrape>,
     app: Arc<App>,
-    users: Arc<Users>,
-    store: Arc<SqlStore>,
+    /// One without tenants; with tenants, one per tenant, in the order of --tenants.
+    pools: Vec<PoolParts>,
     request_timeout: Duration,
     connections: Arc<ConnectionLimits>,
     timeouts: Timeouts,
+}
+
+/// What serves one user pool: the service's only one, or a tenant's.
+struct PoolParts {
+    tenant: Option<TenantName>,
+    users: Arc<Users>,
+    store: Arc<SqlStore>,
+    /// The webhook sender, when endpoints are configured.
+    webhooks: Option<Arc<Outbox>>,
+    metrics: Arc<Metrics>,
+}
+
+/// The pools `serve` opens, from `--tenancy`, `--tenants` and the tenants' key file.
+struct TenancyPlan {
+    on: bool,
+    /// `[None]` without tenants; each tenant otherwise.
+    pools: Vec<Option<TenantName>>,
+    /// Each tenant's own admin keys (SHA-256).
+    keys: Vec<([u8; 32], TenantName)>,
+}
+
+impl TenancyPlan {
+    fn new(config: &ServeConfig) -> Result<Self, StartError> {
+        let tenancy = &config.tenancy;
+        let refuse = |why: String| Err(StartError::Config(why));
+        if config.database.tenant.is_some() {
+            return refuse(
+                "--tenant names the pool of an admin command; serve takes --tenancy \
+                 namespace and --tenants"
+                    .into(),
+            );
+        }
+        if tenancy.tenancy == Tenancy::Off {
+            if !tenancy.tenants.is_empty()
+                || tenancy.default_tenant.is_some()
+                || tenancy.tenant_keys_file.is_some()
+            {
+                return refuse(
+                    "--tenants, --default-tenant and --tenant-keys-file need --tenancy namespace"
+                        .into(),
+                );
+            }
+            return Ok(Self {
+                on: false,
+                pools: vec![None],
+                keys: Vec::new(),
+            });
+        }
+        if tenancy.tenants.is_empty() {
+            return refuse("--tenancy namespace needs the tenants: --tenants NAME,NAME".into());
+        }
+        let mut pools: Vec<Option<TenantName>> = Vec::new();
+        for tenant in &tenancy.tenants {
+            if pools.iter().flatten().any(|t| t == tenant) {
+                return refuse(format!("the tenant {tenant} is listed twice in --tenants"));
+            }
+            pools.push(Some(tenant.clone()));
+        }
+        let listed = |tenant: &TenantName| tenancy.tenants.contains(tenant);
+        if let Some(default) = &tenancy.default_tenant {
+            if !listed(default) {
+                return refuse(format!("--default-tenant {default} is not in --tenants"));
+            }
+        }
+        let mut keys = Vec::new();
+        if let Some(path) = &tenancy.tenant_keys_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                StartError::Config(format!(
+                    "cannot read the tenant keys file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            for (number, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let at = || format!("{}:{}", path.display(), number + 1);
+                let (name, key) = line
+                    .split_once(char::is_whitespace)
+                    .map(|(n, k)| (n, k.trim()))
+                    .filter(|(_, k)| !k.is_empty())
+                    .ok_or_else(|| {
+                        StartError::Config(format!("{}: expected \"TENANT KEY\"", at()))
+                    })?;
+                let tenant: TenantName = name
+                    .parse()
+                    .map_err(|why| StartError::Config(format!("{}: {why}", at())))?;
+                if !listed(&tenant) {
+                    return refuse(format!("{}: the tenant {tenant} is not in --tenants", at()));
+                }
+                let digest = key_digest(key);
+                if keys.iter().any(|(d, _)| *d == digest) {
+                    return refuse(format!("{}: this key is given twice", at()));
+                }
+                keys.push((digest, tenant));
+            }
+        }
+        if let Some(global) = admin_key(&config.access)? {
+            let global = key_digest(global.expose_secret());
+            if keys.iter().any(|(d, _)| *d == global) {
+                return refuse(
+                    "a tenant's key in --tenant-keys-file is the service's admin key".into(),
+                );
+            }
+        }
+        Ok(Self {
+            on: true,
+            pools,
+            keys,
+        })
+    }
+
+    /// `tenant`'s own admin keys.
+    fn keys_of(&self, tenant: &TenantName) -> Vec<[u8; 32]> {
+        self.keys
+            .iter()
+            .filter(|(_, t)| t == tenant)
+            .map(|(digest, _)| *digest)
+            .collect()
+    }
 }
 
 /// The admin key from the environment or from a file, if any.
@@ -318,26 +437,37 @@ impl Server {
         config: &ServeConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StartError> {
-        let access = Arc::new(
-            AccessPolicy::new(
-                admin_key(&config.access)?,
-                &config.access.public_methods,
-                config.access.open_signup,
-            )
-            .map_err(StartError::Config)?,
-        );
-        if !access.has_key()
-            && !config.listen.ip().is_loopback()
-            && !config.access.allow_unauthenticated
-        {
-            return Err(StartError::Config(format!(
-                "refusing to listen on {} without an admin key: set USERS_API_KEY or \
-                 --api-key-file, or pass --allow-unauthenticated",
-                config.listen
-            )));
+        let access = AccessPolicy::new(
+            admin_key(&config.access)?,
+            &config.access.public_methods,
+            config.access.open_signup,
+        )
+        .map_err(StartError::Config)?;
+        let tenancy = TenancyPlan::new(config)?;
+        let policies: Vec<AccessPolicy> = tenancy
+            .pools
+            .iter()
+            .map(|tenant| match tenant {
+                Some(tenant) => access.for_tenant(tenant, &tenancy.keys_of(tenant)),
+                None => access.clone(),
+            })
+            .collect();
+        for (tenant, policy) in tenancy.pools.iter().zip(&policies) {
+            if !policy.has_key()
+                && !config.listen.ip().is_loopback()
+                && !config.access.allow_unauthenticated
+            {
+                let whose = tenant
+                    .as_ref()
+                    .map_or_else(String::new, |t| format!(" (tenant {t} has none)"));
+                return Err(StartError::Config(format!(
+                    "refusing to listen on {} without an admin key{whose}: set \
+                     USERS_API_KEY or --api-key-file, or pass --allow-unauthenticated",
+                    config.listen
+                )));
+            }
         }
         let mut settings = config.settings().map_err(StartError::Config)?;
-        let mailer = config.mailer().map_err(StartError::Config)?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let hasher = PasswordHasher::new(config.hash_params(), threads)
             .map_err(|e| StartError::Config(e.to_string()))?;
@@ -349,19 +479,6 @@ impl Server {
                     addr: config.listen,
                     source,
                 })?;
-        let store = Arc::new(
-            open_store_waiting(
-                &config.database,
-                &listener,
-                Duration::from_secs(config.db_wait),
-            )
-            .await?,
-        );
-        store.prepare_to_serve().await;
-        let pool: Arc<dyn crate::metrics::PoolGauge> = store.clone();
-        let metrics = Arc::new(Metrics::new(Arc::downgrade(&pool)));
-        store.attach_metrics(metrics.clone());
-        let hasher = hasher.with_metrics(metrics.argon2.clone());
         let metrics_listener = match config.metrics_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -389,75 +506,159 @@ impl Server {
         ) {
             tracing::info!("passkeys are off: they {why}");
         }
-        if !mailer.sends() {
-            tracing::warn!(
-                "no SMTP server is set (USERS_SMTP_URL): e-mails are written to the log, \
-                 not sent"
-            );
-        }
         let public_url = url::Url::parse(&settings.links.public_url).ok();
-        let outbox = Arc::new(
-            Outbox::new(
-                store.clone(),
-                Transport::Mail(mailer),
-                clock.clone(),
-                config.outbox_config(),
-            )
-            .with_metrics(metrics.mail.clone()),
-        );
-        let webhooks = match config.webhooks().map_err(StartError::Config)? {
-            Some((endpoints, sender, outbox_config)) => {
-                tracing::info!(
-                    endpoints = endpoints.len(),
-                    "changes are announced to webhooks"
-                );
-                store.attach_webhooks(endpoints);
-                Some(Arc::new(
-                    Outbox::new(
-                        store.clone(),
-                        Transport::Webhook(sender),
-                        clock.clone(),
-                        outbox_config,
-                    )
-                    .with_metrics(metrics.webhooks.clone()),
-                ))
-            }
-            None => None,
-        };
         let redirect_allowlist = settings.links.redirect_allowlist.clone();
-        let users = Arc::new(Users::new(
-            store.clone(),
-            hasher,
-            clock,
-            settings,
-            outbox,
-            metrics.clone(),
+
+        // With tenants, one hashing pool serves them all and reports as the process.
+        let process_metrics = tenancy.on.then(|| Arc::new(Metrics::process()));
+        let mut unshared = None;
+        let shared = match &process_metrics {
+            Some(process) => Some(Arc::new(hasher.with_metrics(process.argon2.clone()))),
+            None => {
+                unshared = Some(hasher);
+                None
+            }
+        };
+        let mut pools = Vec::with_capacity(tenancy.pools.len());
+        for tenant in &tenancy.pools {
+            let database = config.database.for_tenant(tenant.as_ref());
+            let store = Arc::new(
+                open_store_waiting(&database, &listener, Duration::from_secs(config.db_wait))
+                    .await?,
+            );
+            store.prepare_to_serve().await;
+            let gauge: Arc<dyn crate::metrics::PoolGauge> = store.clone();
+            let metrics = Arc::new(match tenant {
+                Some(tenant) => Metrics::for_tenant(Arc::downgrade(&gauge), tenant),
+                None => Metrics::new(Arc::downgrade(&gauge)),
+            });
+            store.attach_metrics(metrics.clone());
+            let hasher = match (&shared, unshared.take()) {
+                (Some(shared), _) => shared.clone(),
+                (None, Some(hasher)) => Arc::new(hasher.with_metrics(metrics.argon2.clone())),
+                (None, None) => {
+                    return Err(StartError::Config(
+                        "one pool without tenants, or tenants each with a pool".into(),
+                    ))
+                }
+            };
+            let mailer = config.mailer().map_err(StartError::Config)?;
+            if !mailer.sends() && pools.is_empty() {
+                tracing::warn!(
+                    "no SMTP server is set (USERS_SMTP_URL): e-mails are written to the log, \
+                     not sent"
+                );
+            }
+            let outbox = Arc::new(
+                Outbox::new(
+                    store.clone(),
+                    Transport::Mail(mailer),
+                    clock.clone(),
+                    config.outbox_config(),
+                )
+                .with_metrics(metrics.mail.clone()),
+            );
+            let webhooks = match config.webhooks().map_err(StartError::Config)? {
+                Some((endpoints, sender, outbox_config)) => {
+                    if pools.is_empty() {
+                        tracing::info!(
+                            endpoints = endpoints.len(),
+                            "changes are announced to webhooks"
+                        );
+                    }
+                    store.attach_webhooks(endpoints);
+                    Some(Arc::new(
+                        Outbox::new(
+                            store.clone(),
+                            Transport::Webhook(sender),
+                            clock.clone(),
+                            outbox_config,
+                        )
+                        .with_metrics(metrics.webhooks.clone()),
+                    ))
+                }
+                None => None,
+            };
+            let users = Arc::new(Users::new(
+                store.clone(),
+                hasher,
+                clock.clone(),
+                settings.clone(),
+                outbox,
+                metrics.clone(),
+            ));
+            pools.push(PoolParts {
+                tenant: tenant.clone(),
+                users,
+                store,
+                webhooks,
+                metrics,
+            });
+        }
+        let scrape = Arc::new(Scrape::new(
+            process_metrics
+                .iter()
+                .cloned()
+                .chain(pools.iter().map(|pool| pool.metrics.clone()))
+                .collect(),
         ));
+        let everyone = Arc::new(pools.iter().map(|pool| pool.users.clone()).collect());
+
         let request_timeout = Duration::from_secs(config.request_timeout);
-        let guard = Guard::new(GuardConfig {
-            cors_origins: &config.cors_origins,
-            has_admin_key: access.has_key(),
-            listen: listener.local_addr().unwrap_or(config.listen),
-            public_url: public_url.as_ref(),
-            allowed_hosts: &config.access.allowed_hosts,
-        })
-        .map_err(StartError::Config)?;
-        let ui = ui_settings(
+        let guard = Arc::new(
+            Guard::new(GuardConfig {
+                cors_origins: &config.cors_origins,
+                has_admin_key: policies.iter().any(AccessPolicy::has_key),
+                listen: listener.local_addr().unwrap_or(config.listen),
+                public_url: public_url.as_ref(),
+                allowed_hosts: &config.access.allowed_hosts,
+            })
+            .map_err(StartError::Config)?,
+        );
+        let ui = Arc::new(ui_settings(
             &config.ui,
             public_url.as_ref(),
             &redirect_allowlist,
             guard.credentialed_origins(),
-        )?;
-        let app = Arc::new(App::new(AppState {
-            users: users.clone(),
-            access: access.clone(),
-            trusted_proxies: Arc::new(config.access.trusted_proxies.clone()),
-            request_timeout,
-            guard: Arc::new(guard),
-            ui: Arc::new(ui),
-            metrics: metrics.clone(),
-            metrics_on_main: metrics_listener.is_none(),
-        }));
+        )?);
+        let trusted_proxies = Arc::new(config.access.trusted_proxies.clone());
+        let mut states: Vec<(Option<TenantName>, AppState)> = pools
+            .iter()
+            .zip(policies)
+            .map(|(pool, policy)| {
+                let state = AppState {
+                    users: pool.users.clone(),
+                    access: Arc::new(policy),
+                    trusted_proxies: trusted_proxies.clone(),
+                    request_timeout,
+                    guard: guard.clone(),
+                    ui: ui.clone(),
+                    metrics: pool.metrics.clone(),
+                    scrape: scrape.clone(),
+                    metrics_on_main: metrics_listener.is_none(),
+                    everyone: Arc::clone(&everyone),
+                };
+                (pool.tenant.clone(), state)
+            })
+            .collect();
+        let app = match process_metrics {
+            Some(process) => App::with_tenants(
+                states
+                    .into_iter()
+                    .filter_map(|(tenant, state)| Some((tenant?, state)))
+                    .collect(),
+                TenantSelection {
+                    keys: tenancy.keys,
+                    default: config.tenancy.default_tenant.clone(),
+                },
+                guard,
+                process,
+            ),
+            None => match states.pop() {
+                Some((_, state)) => App::new(state),
+                None => return Err(StartError::Config("no user pool to serve".into())),
+            },
+        };
         if !access.has_key() {
             tracing::warn!(
                 "no admin key is set: every method, Delete and Search included, is open to \
@@ -467,6 +668,7 @@ impl Server {
         tracing::info!(
             listen = %listener.local_addr().unwrap_or(config.listen),
             database = %config.database.url,
+            tenants = pools.iter().filter_map(|p| p.tenant.as_ref().map(ToString::to_string)).collect::<Vec<_>>().join(","),
             "users-service ready"
         );
         if let Some(listener) = &metrics_listener {
@@ -477,12 +679,10 @@ impl Server {
         }
         Ok(Self {
             listener,
-            webhooks,
             metrics_listener,
-            metrics,
-            app,
-            users,
-            store,
+            scrape,
+            app: Arc::new(app),
+            pools,
             request_timeout,
             connections: ConnectionLimits::new(
                 config.max_connections,
@@ -502,9 +702,17 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// The core, for embedding programs and tests.
+    /// The core (with tenants, the first tenant's), for embedding programs and tests.
     pub fn users(&self) -> Arc<Users> {
-        self.users.clone()
+        self.pools[0].users.clone()
+    }
+
+    /// `tenant`'s core, for embedding programs and tests.
+    pub fn tenant_users(&self, tenant: &TenantName) -> Option<Arc<Users>> {
+        self.pools
+            .iter()
+            .find(|pool| pool.tenant.as_ref() == Some(tenant))
+            .map(|pool| pool.users.clone())
     }
 
     /// The address `/metrics` is served on alone, with `--metrics-listen`.
@@ -514,9 +722,9 @@ impl Server {
             .and_then(|l| l.local_addr().ok())
     }
 
-    /// The store, for embedding programs and tests.
+    /// The store (with tenants, the first tenant's), for embedding programs and tests.
     pub fn store(&self) -> Arc<SqlStore> {
-        self.store.clone()
+        self.pools[0].store.clone()
     }
 
     /// Serves until `shutdown` completes, then finishes the requests in flight.
@@ -527,8 +735,12 @@ impl Server {
     /// request in time, or whose request headers do not arrive in time, is closed (see
     /// `http::connection`).
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> io::Result<()> {
-        let sweeper = tokio::spawn(sweep(self.users.clone()));
-        let metrics = self.metrics.clone();
+        let sweepers: Vec<_> = self
+            .pools
+            .iter()
+            .map(|pool| tokio::spawn(sweep(pool.users.clone())))
+            .collect();
+        let metrics = self.scrape.clone();
         let metrics_server = self.metrics_listener.map(|listener| {
             tokio::spawn(async move {
                 let routes = crate::http::metrics_routes(metrics);
@@ -537,11 +749,17 @@ impl Server {
                 }
             })
         });
-        let sender = tokio::spawn(self.users.outbox().clone().run());
-        let webhook_sender = self
-            .webhooks
-            .clone()
-            .map(|outbox| tokio::spawn(outbox.run()));
+        let senders: Vec<_> = self
+            .pools
+            .iter()
+            .map(|pool| tokio::spawn(pool.users.outbox().clone().run()))
+            .collect();
+        let webhook_senders: Vec<_> = self
+            .pools
+            .iter()
+            .filter_map(|pool| pool.webhooks.clone())
+            .map(|outbox| (outbox.clone(), tokio::spawn(outbox.run())))
+            .collect();
         let graceful = GracefulShutdown::new();
         let mut http1 = hyper::server::conn::http1::Builder::new();
         // The connection's own timers (`Watched`) replace hyper's header timeout, which
@@ -600,30 +818,35 @@ impl Server {
         {
             tracing::warn!("some connections were still busy at the shutdown deadline");
         }
-        sweeper.abort();
+        for sweeper in sweepers {
+            sweeper.abort();
+        }
         if let Some(server) = metrics_server {
             server.abort();
         }
-        // The sender finishes the messages it is sending (each within the SMTP
+        // The senders finish the messages they are sending (each within the SMTP
         // timeout). One still unfinished at the deadline stays claimed until its lease
         // ends; then another sender, or this one after a restart, sends it.
-        self.users.outbox().stop();
-        if tokio::time::timeout(self.request_timeout, sender)
-            .await
-            .is_err()
-        {
-            tracing::warn!("some e-mails were still being sent at the shutdown deadline");
+        for pool in &self.pools {
+            pool.users.outbox().stop();
         }
-        if let (Some(outbox), Some(sender)) = (&self.webhooks, webhook_sender) {
+        for (outbox, _) in &webhook_senders {
             outbox.stop();
-            if tokio::time::timeout(self.request_timeout, sender)
-                .await
-                .is_err()
-            {
+        }
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        for sender in senders {
+            if tokio::time::timeout_at(deadline, sender).await.is_err() {
+                tracing::warn!("some e-mails were still being sent at the shutdown deadline");
+            }
+        }
+        for (_, sender) in webhook_senders {
+            if tokio::time::timeout_at(deadline, sender).await.is_err() {
                 tracing::warn!("some webhooks were still being delivered at the shutdown deadline");
             }
         }
-        self.store.close().await;
+        for pool in &self.pools {
+            pool.store.close().await;
+        }
         tracing::info!("users-service stopped");
         Ok(())
     }

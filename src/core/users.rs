@@ -203,7 +203,8 @@ pub enum TokenCheck {
 
 pub struct Users {
     store: Arc<dyn Store>,
-    hasher: PasswordHasher,
+    /// Shared by every tenant's core.
+    hasher: Arc<PasswordHasher>,
     clock: Arc<dyn Clock>,
     limiter: Limiter,
     policy: PasswordPolicy,
@@ -225,7 +226,7 @@ pub struct Users {
 impl Users {
     pub fn new(
         store: Arc<dyn Store>,
-        hasher: PasswordHasher,
+        hasher: Arc<PasswordHasher>,
         clock: Arc<dyn Clock>,
         settings: Settings,
         outbox: Arc<Outbox>,

@@ -6,6 +6,7 @@ mod audit;
 mod factors;
 mod one_time;
 mod secret;
+mod tenant;
 
 pub use audit::{rfc3339, Actor, Audit, AuditEvent, AuditPage, EventKind, EventQuery};
 pub use factors::{
@@ -14,6 +15,7 @@ pub use factors::{
 };
 pub use one_time::{Purpose, ResetCode, RESET_CODE_MAX_WRONG};
 pub use secret::{sha256_hex, SecretToken, SessionHandle, TokenDigest};
+pub use tenant::{TenantName, TENANT_MAX_LEN};
 
 use std::collections::BTreeMap;
 use std::fmt;

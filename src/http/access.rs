@@ -12,14 +12,23 @@ use subtle::ConstantTimeEq;
 
 use super::cookie::session_cookie;
 use super::{AppState, RPC_METHODS};
-use crate::domain::SecretToken;
+use crate::domain::{SecretToken, TenantName};
 
-/// The admin key and the methods that do not need it.
+/// The admin keys and the methods that do not need one.
+#[derive(Clone)]
 pub struct AccessPolicy {
-    /// SHA-256 of the admin key; comparing digests in constant time hides both the key's
-    /// content and its length.
-    key_digest: Option<[u8; 32]>,
+    /// SHA-256 of each admin key: the service's, then (with tenants) the tenant's own.
+    /// Comparing digests in constant time hides both a key's content and its length.
+    key_digests: Vec<[u8; 32]>,
+    /// The tenant this policy is for ("" without tenants): part of every MAC, so that
+    /// what one tenant's console signed is void in another's.
+    scope: String,
     public: Vec<&'static str>,
+}
+
+/// SHA-256 of an admin key, as [`AccessPolicy`] keeps it.
+pub fn key_digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.trim().as_bytes()).into()
 }
 
 impl AccessPolicy {
@@ -55,37 +64,52 @@ impl AccessPolicy {
                 }
             }
         }
-        let key_digest = match key {
+        let key_digests = match key {
             Some(key) if key.expose_secret().trim().is_empty() => {
                 return Err("the admin key is empty".to_string())
             }
-            Some(key) => Some(Sha256::digest(key.expose_secret().trim().as_bytes()).into()),
-            None => None,
+            Some(key) => vec![key_digest(key.expose_secret())],
+            None => Vec::new(),
         };
-        Ok(Self { key_digest, public })
+        Ok(Self {
+            key_digests,
+            scope: String::new(),
+            public,
+        })
+    }
+
+    /// The same policy for `tenant`, whose own admin keys (digests) are admitted beside
+    /// the service's.
+    pub fn for_tenant(&self, tenant: &TenantName, keys: &[[u8; 32]]) -> Self {
+        let mut policy = self.clone();
+        policy.key_digests.extend_from_slice(keys);
+        policy.scope = tenant.to_string();
+        policy
     }
 
     pub fn has_key(&self) -> bool {
-        self.key_digest.is_some()
+        !self.key_digests.is_empty()
     }
 
     /// Whether a caller that did (`admin`) or did not present the admin key may call
     /// `method` without a session.
     pub fn allows(&self, method: &str, admin: bool) -> bool {
-        self.key_digest.is_none() || admin || self.public.contains(&method)
+        self.key_digests.is_empty() || admin || self.public.contains(&method)
     }
 
     pub fn is_admin(&self, headers: &HeaderMap) -> bool {
         bearer(headers).is_some_and(|presented| self.key_matches(presented))
     }
 
-    /// Whether `presented` is the admin key (false when none is set).
+    /// Whether `presented` is an admin key (false when none is set). Every key is
+    /// compared, whichever matches.
     pub fn key_matches(&self, presented: &str) -> bool {
-        let Some(expected) = &self.key_digest else {
-            return false;
-        };
-        let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
-        digest.ct_eq(expected).into()
+        let digest = key_digest(presented);
+        let mut found = subtle::Choice::from(0);
+        for expected in &self.key_digests {
+            found |= digest.ct_eq(expected);
+        }
+        found.into()
     }
 
     /// HMAC-SHA256 of `message` under the admin key (None when none is set): what
@@ -93,9 +117,14 @@ impl AccessPolicy {
     /// replica with the same key makes and accepts the same MACs; a new key voids them.
     pub fn mac(&self, message: &[u8]) -> Option<[u8; 32]> {
         use hmac::Mac;
-        let key = self.key_digest.as_ref()?;
+        let key = self.key_digests.first()?;
         let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key).ok()?;
         mac.update(b"users-service admin key MAC\0");
+        if !self.scope.is_empty() {
+            mac.update(b"tenant\0");
+            mac.update(self.scope.as_bytes());
+            mac.update(b"\0");
+        }
         mac.update(message);
         Some(mac.finalize().into_bytes().into())
     }

@@ -43,7 +43,14 @@ async fn live() -> Json<serde_json::Value> {
 }
 
 async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, WireError> {
-    match state.users.health().await {
+    let mut health = Ok(());
+    for users in state.everyone.iter() {
+        health = users.health().await;
+        if health.is_err() {
+            break;
+        }
+    }
+    match health {
         Ok(()) => Ok(Json(json!({"status": "ok"}))),
         // Whatever went wrong, the service is not healthy: 503, never 500.
         Err(err) => Err(WireError::from_error(

@@ -14,6 +14,7 @@ pub mod m3o;
 pub mod methods;
 pub mod micro;
 pub mod request_id;
+pub mod tenants;
 pub mod ui;
 pub mod verify;
 
@@ -21,7 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::domain::EventKind;
-use crate::metrics::{Metrics, RouteFamily, RouteLabels};
+use crate::domain::TenantName;
+use crate::metrics::{Metrics, RouteFamily, RouteLabels, Scrape};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
@@ -31,6 +33,8 @@ use axum::{Json, Router};
 use http_body_util::BodyExt;
 use request_id::RequestId;
 use serde::Serialize;
+use std::collections::HashMap;
+use tenants::{NoTenant, TenantSelection};
 use tower::ServiceExt;
 use tower_http::cors::{AllowCredentials, AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -373,10 +377,15 @@ pub struct AppState {
     pub guard: Arc<Guard>,
     /// The hosted pages' settings.
     pub ui: Arc<ui::UiSettings>,
+    /// The metrics this pool's core counts in.
     pub metrics: Arc<Metrics>,
+    /// What `GET /metrics` writes: the service's whole metrics, every tenant's.
+    pub scrape: Arc<Scrape>,
     /// Whether `/metrics` is served here (behind the admin key), rather than on its own
     /// address.
     pub metrics_on_main: bool,
+    /// Every pool's core (one without tenants): the service is ready when all answer.
+    pub everyone: Arc<Vec<Arc<Users>>>,
 }
 
 /// Declares the routes of each surface once: the router and the route lists both come
@@ -457,18 +466,71 @@ pub fn served_routes() -> Vec<(axum::http::Method, String)> {
 /// (docs/performance/page-cache-allocator-cors.md). Requests without `Origin` skip the layer, and their
 /// answers carry the same `Vary` header the layer sets, so a cache keeps answers for
 /// different origins apart either way.
-#[derive(Clone)]
 pub struct App {
-    cors: Router,
-    plain: Router,
+    pools: Pools,
     guard: Arc<Guard>,
+    /// Where requests that no pool answered are counted.
     metrics: Arc<Metrics>,
 }
 
+/// The routes over one user pool.
+struct Pool {
+    cors: Router,
+    plain: Router,
+    metrics: Arc<Metrics>,
+}
+
+enum Pools {
+    One(Pool),
+    /// `--tenancy namespace`: one pool per tenant; `first` answers the routes of the
+    /// whole service that name no tenant.
+    Tenants {
+        by_name: HashMap<TenantName, Pool>,
+        first: Option<TenantName>,
+        selection: TenantSelection,
+    },
+}
+
 impl App {
-    /// `guard` decides which origins and hosts are let in; the CORS layer answers every
-    /// origin it let in.
+    /// One user pool. `guard` decides which origins and hosts are let in; the CORS
+    /// layer answers every origin it let in.
     pub fn new(state: AppState) -> Self {
+        let guard = state.guard.clone();
+        let metrics = state.metrics.clone();
+        Self {
+            pools: Pools::One(Pool::new(state)),
+            guard,
+            metrics,
+        }
+    }
+
+    /// A pool per tenant, chosen per request by `selection`;
+    /// `metrics` counts the requests no tenant was found for.
+    pub fn with_tenants(
+        tenants: Vec<(TenantName, AppState)>,
+        selection: TenantSelection,
+        guard: Arc<Guard>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let first = tenants.first().map(|(name, _)| name.clone());
+        let by_name: HashMap<TenantName, Pool> = tenants
+            .into_iter()
+            .map(|(name, state)| (name, Pool::new(state)))
+            .collect();
+        Self {
+            pools: Pools::Tenants {
+                by_name,
+                first,
+                selection,
+            },
+            guard,
+            metrics,
+        }
+    }
+}
+
+impl Pool {
+    fn new(state: AppState) -> Self {
         let guard = state.guard.clone();
         let metrics = state.metrics.clone();
         let routes = micro_routes()
@@ -490,11 +552,23 @@ impl App {
         Self {
             cors,
             plain,
-            guard,
             metrics,
         }
     }
 
+    /// The router that answers `request`.
+    fn router_for<B>(&self, request: &Request<B>) -> &Router {
+        if request.headers().contains_key(header::ORIGIN)
+            || request.method() == axum::http::Method::OPTIONS
+        {
+            &self.cors
+        } else {
+            &self.plain
+        }
+    }
+}
+
+impl App {
     /// Answers one request: refused by the guard before any work, or routed. Every
     /// answer is marked not to be cached (it may hold a session or an account) and not
     /// to be sniffed as another content type.
@@ -510,7 +584,7 @@ impl App {
             path = %loggable_path(request.uri().path()),
         );
         request.extensions_mut().insert(id.clone());
-        let mut response = self.route(request).instrument(span).await;
+        let (mut response, metrics) = self.route(request).instrument(span).await;
         let headers = response.headers_mut();
         // Static files (micro.js, the pages' stylesheet) set their own: revalidate.
         if !headers.contains_key(header::CACHE_CONTROL) {
@@ -523,42 +597,55 @@ impl App {
         if let Some(value) = id.header_value() {
             headers.insert(request_id::REQUEST_ID, value);
         }
-        self.metrics
-            .request(route, response.status().as_u16(), started.elapsed());
+        metrics.request(route, response.status().as_u16(), started.elapsed());
         response
     }
 
-    /// Refused by the guard before any work, or routed.
-    async fn route(&self, request: Request<Body>) -> Response<Body> {
-        match self.guard.check(request.headers()) {
-            Ok(()) => {
-                let router = self.router_for(&request).clone();
-                match router.oneshot(request).await {
-                    Ok(response) => response,
-                    Err(never) => match never {},
+    /// Refused by the guard before any work, or by the tenant rules, or routed; with
+    /// the metrics the request counts in.
+    async fn route(&self, request: Request<Body>) -> (Response<Body>, Arc<Metrics>) {
+        let (service, method) = match rpc_method_of(request.uri()) {
+            Some((service, _, method)) => (service, method.to_string()),
+            None => (Micro::SERVICE, "Unknown".to_string()),
+        };
+        if let Err(refusal) = self.guard.check(request.headers()) {
+            tracing::warn!(event = "request_refused", reason = ?refusal, "refused by the origin or host rules");
+            let response = refusal.into_error(service, &method).into_response();
+            return (response, self.metrics.clone());
+        }
+        let pool = match &self.pools {
+            Pools::One(pool) => pool,
+            Pools::Tenants {
+                by_name,
+                first,
+                selection,
+            } => match selection.choose(by_name, request.headers(), request.uri().path()) {
+                Ok(Some(pool)) => pool,
+                Ok(None) => match first.as_ref().and_then(|first| by_name.get(first)) {
+                    Some(pool) => pool,
+                    None => {
+                        let response = no_tenant(service, &method, &NoTenant::Unnamed);
+                        return (response, self.metrics.clone());
+                    }
+                },
+                Err(why) => {
+                    tracing::info!(event = "request_refused", reason = ?why, "no tenant for the request");
+                    return (no_tenant(service, &method, &why), self.metrics.clone());
                 }
-            }
-            Err(refusal) => {
-                let (service, method) = match rpc_method_of(request.uri()) {
-                    Some((service, _, method)) => (service, method),
-                    None => (Micro::SERVICE, "Unknown"),
-                };
-                tracing::warn!(event = "request_refused", reason = ?refusal, "refused by the origin or host rules");
-                refusal.into_error(service, method).into_response()
-            }
-        }
+            },
+        };
+        let router = pool.router_for(&request).clone();
+        let response = match router.oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        (response, pool.metrics.clone())
     }
+}
 
-    /// The router that answers `request`.
-    fn router_for<B>(&self, request: &Request<B>) -> &Router {
-        if request.headers().contains_key(header::ORIGIN)
-            || request.method() == axum::http::Method::OPTIONS
-        {
-            &self.cors
-        } else {
-            &self.plain
-        }
-    }
+/// 400 for a request that names no tenant of this service.
+fn no_tenant(service: &'static str, method: &str, why: &NoTenant) -> Response<Body> {
+    WireError::in_service(service, method, StatusCode::BAD_REQUEST, why.detail()).into_response()
 }
 
 /// The `Vary` header tower-http's CORS layer sets on every answer.
@@ -770,10 +857,10 @@ async fn serve_metrics(
         .with_header(header::WWW_AUTHENTICATE, "Bearer")
         .into_response();
     }
-    prometheus_text(&state.metrics)
+    prometheus_text(&state.scrape)
 }
 
-fn prometheus_text(metrics: &Metrics) -> Response<Body> {
+fn prometheus_text(metrics: &Scrape) -> Response<Body> {
     (
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         metrics.render(),
@@ -783,7 +870,7 @@ fn prometheus_text(metrics: &Metrics) -> Response<Body> {
 
 /// The routes of `--metrics-listen`: `GET /metrics` alone, without a key (bind it to an
 /// address only the scraper reaches).
-pub fn metrics_routes(metrics: Arc<Metrics>) -> Router {
+pub fn metrics_routes(metrics: Arc<Scrape>) -> Router {
     Router::new().route(
         METRICS_PATH,
         get(move || {

@@ -9,7 +9,7 @@ mod sql;
 mod url;
 
 pub use sql::{PoolConfig, SchemaError, SqlStore};
-pub use url::DatabaseUrl;
+pub use url::{tenant_schema, DatabaseUrl};
 
 use async_trait::async_trait;
 

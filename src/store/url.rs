@@ -4,6 +4,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use crate::domain::TenantName;
+
 /// `sqlite://PATH` or `postgres://...` (also `postgresql://...`).
 #[derive(Clone, PartialEq, Eq)]
 pub enum DatabaseUrl {
@@ -28,6 +30,33 @@ impl FromStr for DatabaseUrl {
         }
         Err("unsupported database URL: use sqlite://PATH or postgres://USER@HOST/DB".to_string())
     }
+}
+
+impl DatabaseUrl {
+    /// Where `tenant`'s pool lives in this database: on SQLite a file of its own beside
+    /// the configured one (`users.db` holds no tenant, `users.acme.db` holds `acme`),
+    /// on PostgreSQL the schema [`tenant_schema`] of the same database (the URL is the
+    /// same; the store sets its `search_path`).
+    pub fn for_tenant(&self, tenant: Option<&TenantName>) -> DatabaseUrl {
+        match (self, tenant) {
+            (Self::Sqlite(path), Some(tenant)) => {
+                let stem = path
+                    .file_stem()
+                    .map_or_else(|| "users".into(), |s| s.to_string_lossy().into_owned());
+                let name = match path.extension() {
+                    Some(ext) => format!("{stem}.{tenant}.{}", ext.to_string_lossy()),
+                    None => format!("{stem}.{tenant}"),
+                };
+                Self::Sqlite(path.with_file_name(name))
+            }
+            _ => self.clone(),
+        }
+    }
+}
+
+/// The PostgreSQL schema that holds `tenant`'s pool.
+pub fn tenant_schema(tenant: &TenantName) -> String {
+    format!("tenant_{tenant}")
 }
 
 /// Shows the URL without its password, so it can be logged.
@@ -90,6 +119,25 @@ mod tests {
         assert!("mysql://x".parse::<DatabaseUrl>().is_err());
         assert!("sqlite::memory:".parse::<DatabaseUrl>().is_err());
         assert!("sqlite://".parse::<DatabaseUrl>().is_err());
+    }
+
+    #[test]
+    fn a_tenant_has_a_file_of_its_own_beside_the_configured_one() {
+        let acme: TenantName = "acme".parse().unwrap();
+        let url: DatabaseUrl = "sqlite:///data/users.db".parse().unwrap();
+        assert_eq!(
+            url.for_tenant(Some(&acme)),
+            DatabaseUrl::Sqlite("/data/users.acme.db".into())
+        );
+        assert_eq!(url.for_tenant(None), url);
+        let bare: DatabaseUrl = "sqlite://users".parse().unwrap();
+        assert_eq!(
+            bare.for_tenant(Some(&acme)),
+            DatabaseUrl::Sqlite("users.acme".into())
+        );
+        let pg: DatabaseUrl = "postgres://u@h/db".parse().unwrap();
+        assert_eq!(pg.for_tenant(Some(&acme)), pg);
+        assert_eq!(tenant_schema(&acme), "tenant_acme");
     }
 
     #[test]

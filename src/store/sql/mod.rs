@@ -50,6 +50,9 @@ pub struct PoolConfig {
     pub max_connections: u32,
     /// How long a request waits for a connection before it is answered 503.
     pub acquire_timeout: Duration,
+    /// On PostgreSQL, the schema the pool works in (a tenant's), created when missing
+    /// if the store may create; `None`: the database's default search path.
+    pub schema: Option<String>,
 }
 
 impl Default for PoolConfig {
@@ -57,6 +60,7 @@ impl Default for PoolConfig {
         Self {
             max_connections: 10,
             acquire_timeout: Duration::from_secs(3),
+            schema: None,
         }
     }
 }
@@ -639,6 +643,32 @@ fn profile_json(profile: &Profile) -> String {
     serde_json::to_string(profile).unwrap_or_else(|_| "{}".to_string())
 }
 
+/// Creates `schema` unless it exists. Two replicas starting at once may both try: the
+/// one that loses finds it made.
+async fn create_schema(options: &PgConnectOptions, schema: &str) -> Result<(), StoreError> {
+    // The name is a checked tenant's (`[a-z][a-z0-9_]*`): nothing to quote.
+    debug_assert!(schema
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
+    let mut conn = sqlx::PgConnection::connect_with(options)
+        .await
+        .map_err(classify)?;
+    let made = sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+        .execute(&mut conn)
+        .await;
+    let _ = conn.close().await;
+    match made {
+        Ok(_) => Ok(()),
+        // 23505 unique_violation and 42P06 duplicate_schema: made meanwhile.
+        Err(sqlx::Error::Database(db))
+            if matches!(db.code().as_deref(), Some("23505" | "42P06")) =>
+        {
+            Ok(())
+        }
+        Err(err) => Err(classify(err)),
+    }
+}
+
 impl SqlStore {
     /// Opens the pool. SQLite runs in WAL mode with full fsync on commit, a busy timeout
     /// and foreign keys on; its file is created when missing if `create` is set.
@@ -683,7 +713,13 @@ impl SqlStore {
                 }
             }
             DatabaseUrl::Postgres(url) => {
-                let options: PgConnectOptions = url.parse().map_err(StoreError::Other)?;
+                let mut options: PgConnectOptions = url.parse().map_err(StoreError::Other)?;
+                if let Some(schema) = &config.schema {
+                    if create {
+                        create_schema(&options, schema).await?;
+                    }
+                    options = options.options([("search_path", schema.as_str())]);
+                }
                 let pool = PgPoolOptions::new()
                     .max_connections(config.max_connections)
                     .acquire_timeout(config.acquire_timeout)

@@ -1,0 +1,587 @@
+//! Tenants (`--tenancy namespace`): isolated user pools in one service, chosen by the
+//! `Micro-Namespace` header or a tenant's own admin key; on SQLite and PostgreSQL, and
+//! across two replicas.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed run
+
+mod common;
+
+use std::io::Write;
+use std::process::Stdio;
+
+use common::process::command;
+use common::{Backend, TestApp, PASSWORD};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use users_service::config::{ServeConfig, Tenancy};
+use users_service::server::Server;
+
+const SERVICE_KEY: &str = "the-service-admin-key";
+const ACME_KEY: &str = "acme-own-admin-key";
+const GLOBEX_KEY: &str = "globex-own-admin-key";
+
+/// Two tenants, the service's admin key, and a key of each tenant in a key file (kept
+/// in `keys`, which must outlive the start).
+fn tenants(config: &mut ServeConfig, keys: &std::path::Path) {
+    std::fs::write(
+        keys,
+        format!("# tenant key\nacme {ACME_KEY}\n\nglobex   {GLOBEX_KEY}\n"),
+    )
+    .unwrap();
+    config.tenancy.tenancy = Tenancy::Namespace;
+    config.tenancy.tenants = vec!["acme".parse().unwrap(), "globex".parse().unwrap()];
+    config.tenancy.tenant_keys_file = Some(keys.to_path_buf());
+    config.access.api_key = Some(SERVICE_KEY.to_string());
+}
+
+/// POSTs to `/users/Users/<method>` at `base` with the namespace and key given.
+async fn call(
+    client: &reqwest::Client,
+    base: &str,
+    namespace: Option<&str>,
+    key: Option<&str>,
+    method: &str,
+    body: Value,
+) -> (StatusCode, Value) {
+    let mut request = client
+        .post(format!("{base}/users/Users/{method}"))
+        .json(&body);
+    if let Some(namespace) = namespace {
+        request = request.header("Micro-Namespace", namespace);
+    }
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap())
+}
+
+fn signup(name: &str, password: &str) -> Value {
+    json!({"username": name, "email": format!("{name}@example.com"), "password": password})
+}
+
+fn login(name: &str, password: &str) -> Value {
+    json!({"username": name, "password": password})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tenants_keep_apart_accounts_sessions_limits_keys_audit_and_metrics_on_both_stores() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("tenant-keys");
+        let Some(app) =
+            TestApp::spawn_with(backend, "tenancy::two_tenants", |c| tenants(c, &keys)).await
+        else {
+            continue;
+        };
+        let (client, base) = (&app.client, app.base.as_str());
+        let acme = Some("acme");
+        let globex = Some("globex");
+
+        // The same username and address in both tenants: two accounts.
+        let (status, a) = call(
+            client,
+            base,
+            acme,
+            None,
+            "Create",
+            signup("alice", PASSWORD),
+        )
+        .await;
+        assert_eq!(status, 200, "{a}");
+        let other_password = "another password entirely";
+        let (status, g) = call(
+            client,
+            base,
+            globex,
+            None,
+            "Create",
+            signup("alice", other_password),
+        )
+        .await;
+        assert_eq!(status, 200, "{g}");
+        let (acme_alice, globex_alice) = (a["user"]["id"].clone(), g["user"]["id"].clone());
+        assert_ne!(acme_alice, globex_alice);
+        // Unique per tenant still: a second alice in acme is refused.
+        let (status, body) = call(
+            client,
+            base,
+            acme,
+            None,
+            "Create",
+            signup("alice", PASSWORD),
+        )
+        .await;
+        assert_eq!(status, 409, "{body}");
+
+        // Each tenant checks its own password.
+        let (status, body) = call(
+            client,
+            base,
+            globex,
+            None,
+            "Login",
+            login("alice", PASSWORD),
+        )
+        .await;
+        assert_eq!(
+            status, 401,
+            "acme's password does not open globex's alice: {body}"
+        );
+        let (status, body) =
+            call(client, base, acme, None, "Login", login("alice", PASSWORD)).await;
+        assert_eq!(status, 200, "{body}");
+        let session = body["session"]["id"].as_str().unwrap().to_string();
+        assert_eq!(body["session"]["user_id"], acme_alice);
+
+        // A session of acme is valid in acme only.
+        let read = json!({"session_id": session});
+        let (status, body) = call(client, base, acme, None, "ReadSession", read.clone()).await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = call(client, base, globex, None, "ReadSession", read.clone()).await;
+        assert!(status == 401 || status == 404, "{status} {body}");
+        let (status, body) = call(
+            client,
+            base,
+            globex,
+            Some(&session),
+            "Read",
+            json!({"id": globex_alice}),
+        )
+        .await;
+        assert_eq!(
+            status, 401,
+            "acme's session signs nothing in globex: {body}"
+        );
+        // Nor does an account of one tenant exist in the other.
+        let (status, _) = call(
+            client,
+            base,
+            globex,
+            Some(SERVICE_KEY),
+            "Read",
+            json!({"id": acme_alice}),
+        )
+        .await;
+        assert_eq!(status, 404);
+
+        // Limits are per tenant: bob locked out in acme still signs in in globex, from
+        // the same address.
+        for (tenant, password) in [(acme, PASSWORD), (globex, PASSWORD)] {
+            let (status, body) = call(
+                client,
+                base,
+                tenant,
+                None,
+                "Create",
+                signup("bob", password),
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+        }
+        let mut refused = 0;
+        for _ in 0..8 {
+            let (status, _) = call(
+                client,
+                base,
+                acme,
+                None,
+                "Login",
+                login("bob", "not the password"),
+            )
+            .await;
+            assert!(status == 401 || status == 429, "{status}");
+            refused += u32::from(status == 429);
+        }
+        assert!(refused > 0, "bob is locked out in acme");
+        let (status, body) = call(client, base, acme, None, "Login", login("bob", PASSWORD)).await;
+        assert_eq!(status, 429, "{body}");
+        let (status, body) =
+            call(client, base, globex, None, "Login", login("bob", PASSWORD)).await;
+        assert_eq!(status, 200, "globex's bob is not locked: {body}");
+
+        // Keys: the service's key is admin everywhere but names no tenant; a tenant's
+        // key is admin of its tenant only, and selects it when no header does.
+        let (status, body) = call(client, base, None, Some(SERVICE_KEY), "List", json!({})).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains("Micro-Namespace"),
+            "{body}"
+        );
+        let (status, body) = call(client, base, None, Some(ACME_KEY), "List", json!({})).await;
+        assert_eq!(status, 200, "{body}");
+        let ids: Vec<&Value> = body["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| &u["id"])
+            .collect();
+        assert!(
+            ids.contains(&&acme_alice) && !ids.contains(&&globex_alice),
+            "{body}"
+        );
+        let (status, body) = call(
+            client,
+            base,
+            None,
+            Some(GLOBEX_KEY),
+            "Read",
+            json!({"id": globex_alice}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = call(client, base, globex, Some(ACME_KEY), "List", json!({})).await;
+        assert_eq!(status, 401, "acme's key is no admin in globex: {body}");
+        let (status, body) = call(client, base, globex, Some(SERVICE_KEY), "List", json!({})).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["users"].as_array().unwrap().len(),
+            2,
+            "globex's alice and bob: {body}"
+        );
+        // The M3O SDKs send their key alone.
+        let response = client
+            .post(format!("{base}/v1/user/Read"))
+            .bearer_auth(ACME_KEY)
+            .json(&json!({"id": acme_alice}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["account"]["id"], acme_alice);
+        // A namespace the service does not hold is refused, never created.
+        for unknown in ["initech", "Acme", "acme; drop"] {
+            let (status, body) = call(
+                client,
+                base,
+                Some(unknown),
+                Some(SERVICE_KEY),
+                "List",
+                json!({}),
+            )
+            .await;
+            assert_eq!(status, 400, "{unknown}: {body}");
+            assert_eq!(body["id"], "users.List");
+        }
+
+        // The audit trail is per tenant.
+        let (status, body) = call(
+            client,
+            base,
+            acme,
+            Some(ACME_KEY),
+            "ListAuditEvents",
+            json!({"kind": "account.created"}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let audited: Vec<&Value> = body["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| &e["user_id"])
+            .collect();
+        assert_eq!(audited.len(), 2, "acme's alice and bob: {body}");
+        assert!(audited.contains(&&acme_alice) && !audited.contains(&&globex_alice));
+
+        // The metrics are labelled by tenant, each family written once.
+        let response = client
+            .get(format!("{base}/metrics"))
+            .bearer_auth(SERVICE_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.unwrap();
+        let types = text
+            .lines()
+            .filter(|l| l.starts_with("# TYPE users_sessions_created_total "))
+            .count();
+        assert_eq!(types, 1, "{text}");
+        let scrape =
+            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+        let sessions = |tenant: &str| {
+            scrape
+                .samples
+                .iter()
+                .filter(|s| {
+                    s.metric == "users_sessions_created_total"
+                        && s.labels.get("tenant") == Some(tenant)
+                        && s.labels.get("method") == Some("password")
+                })
+                .map(|s| match s.value {
+                    prometheus_parse::Value::Counter(v) => v,
+                    _ => panic!("a counter"),
+                })
+                .sum::<f64>()
+        };
+        assert_eq!(sessions("acme"), 1.0, "{text}");
+        assert_eq!(sessions("globex"), 1.0, "{text}");
+        assert!(
+            scrape
+                .samples
+                .iter()
+                .any(|s| s.metric == "users_lockouts_total"
+                    && s.labels.get("tenant") == Some("acme")),
+            "{text}"
+        );
+        assert!(
+            scrape
+                .samples
+                .iter()
+                .any(|s| s.metric == "users_argon2_running" && s.labels.get("tenant").is_none()),
+            "the hashing pool is the process's: {text}"
+        );
+        // The service as a whole is ready when every tenant's pool is.
+        let response = client.get(format!("{base}/health")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+}
+
+/// Two replicas on one PostgreSQL database hold the same tenants: a session and a
+/// lockout of a tenant hold on both, and in that tenant only; concurrent failed
+/// sign-ins across both replicas are counted exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_keep_the_tenants_apart_and_share_each_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("tenant-keys");
+    let Some(app) = TestApp::spawn_with(Backend::Postgres, "tenancy::replicas", |c| {
+        tenants(c, &keys);
+        c.limits.login_max_failures_per_ip = 0;
+    })
+    .await
+    else {
+        return;
+    };
+    let replica = app
+        .replica(|c| {
+            tenants(c, &keys);
+            c.limits.login_max_failures_per_ip = 0;
+        })
+        .await;
+    let client = &app.client;
+    let (one, two) = (app.base.clone(), format!("http://{}", replica.addr));
+    let (status, body) = call(
+        client,
+        &one,
+        Some("acme"),
+        None,
+        "Create",
+        signup("carol", PASSWORD),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = call(
+        client,
+        &two,
+        Some("globex"),
+        None,
+        "Create",
+        signup("carol", PASSWORD),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    let (status, body) = call(
+        client,
+        &one,
+        Some("acme"),
+        None,
+        "Login",
+        login("carol", PASSWORD),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let read = json!({"session_id": body["session"]["id"]});
+    let (status, _) = call(
+        client,
+        &two,
+        Some("acme"),
+        None,
+        "ReadSession",
+        read.clone(),
+    )
+    .await;
+    assert_eq!(status, 200, "the other replica knows acme's session");
+    let (status, _) = call(client, &two, Some("globex"), None, "ReadSession", read).await;
+    assert!(status == 401 || status == 404, "{status}");
+
+    // 12 wrong passwords at once, half on each replica: at most 5 are checked (the
+    // limit), the rest refused; globex's carol is untouched.
+    let attempts = (0..12).map(|i| {
+        let base = if i % 2 == 0 { one.clone() } else { two.clone() };
+        let client = client.clone();
+        tokio::spawn(async move {
+            call(
+                &client,
+                &base,
+                Some("acme"),
+                None,
+                "Login",
+                login("carol", "wrong password"),
+            )
+            .await
+            .0
+        })
+    });
+    let mut checked = 0;
+    for attempt in attempts {
+        let status = attempt.await.unwrap();
+        assert!(status == 401 || status == 429, "{status}");
+        checked += u32::from(status == 401);
+    }
+    assert!(
+        checked <= 5,
+        "{checked} wrong passwords were checked, past the limit of 5"
+    );
+    for base in [&one, &two] {
+        let (status, _) = call(
+            client,
+            base,
+            Some("acme"),
+            None,
+            "Login",
+            login("carol", PASSWORD),
+        )
+        .await;
+        assert_eq!(status, 429, "acme's carol is locked out on both replicas");
+        let (status, body) = call(
+            client,
+            base,
+            Some("globex"),
+            None,
+            "Login",
+            login("carol", PASSWORD),
+        )
+        .await;
+        assert_eq!(status, 200, "globex's carol is not: {body}");
+    }
+}
+
+/// Runs the binary to completion; returns (success, stdout, stderr).
+fn run(args: &[&str], stdin: Option<&[u8]>) -> (bool, Vec<u8>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = command(dir.path())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(bytes) = stdin {
+        input.write_all(bytes).unwrap();
+    }
+    drop(input);
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.success(),
+        output.stdout,
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+/// `export --tenant` and `import --tenant` move one tenant's pool; the others stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_and_import_work_on_one_tenant_on_both_stores() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("tenant-keys");
+        let Some(app) =
+            TestApp::spawn_with(backend, "tenancy::transfer", |c| tenants(c, &keys)).await
+        else {
+            continue;
+        };
+        let (status, body) = call(
+            &app.client,
+            &app.base,
+            Some("acme"),
+            None,
+            "Create",
+            signup("dana", PASSWORD),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let db = app.into_database().await;
+        let url = db.raw_url.as_str();
+
+        let (ok, acme, err) = run(&["export", "--database-url", url, "--tenant", "acme"], None);
+        assert!(ok, "{err}");
+        assert!(String::from_utf8_lossy(&acme).contains("\"dana\""));
+        let (ok, globex, err) = run(
+            &["export", "--database-url", url, "--tenant", "globex"],
+            None,
+        );
+        assert!(ok, "{err}");
+        assert!(!String::from_utf8_lossy(&globex).contains("\"dana\""));
+
+        let (ok, _, err) = run(
+            &["import", "--database-url", url, "--tenant", "globex"],
+            Some(&acme),
+        );
+        assert!(ok, "{err}");
+        let (ok, globex, err) = run(
+            &["export", "--database-url", url, "--tenant", "globex"],
+            None,
+        );
+        assert!(ok, "{err}");
+        assert!(String::from_utf8_lossy(&globex).contains("\"dana\""));
+        let (ok, _, err) = run(&["export", "--database-url", url, "--tenant", "Acme"], None);
+        assert!(!ok && err.contains("not a tenant name"), "{err}");
+
+        // The imported dana signs in in globex with her password.
+        let app = TestApp::spawn_on(db, |c| tenants(c, &keys)).await;
+        let (status, body) = call(
+            &app.client,
+            &app.base,
+            Some("globex"),
+            None,
+            "Login",
+            login("dana", PASSWORD),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
+/// The start refuses a tenancy it cannot serve as asked.
+#[tokio::test]
+async fn the_start_refuses_tenancy_settings_that_do_not_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("users.db").display());
+    let keys = dir.path().join("tenant-keys");
+    let refusal = |configure: &dyn Fn(&mut ServeConfig)| {
+        let mut config = ServeConfig::new(db.parse().unwrap());
+        tenants(&mut config, &keys);
+        configure(&mut config);
+        async move {
+            match Server::build(&config).await {
+                Ok(_) => panic!("the start should have been refused"),
+                Err(err) => err.to_string(),
+            }
+        }
+    };
+    let err = refusal(&|c| c.tenancy.tenants.clear()).await;
+    assert!(err.contains("needs the tenants"), "{err}");
+    let err = refusal(&|c| c.tenancy.default_tenant = Some("initech".parse().unwrap())).await;
+    assert!(err.contains("not in --tenants"), "{err}");
+    let err = refusal(&|c| c.tenancy.tenancy = Tenancy::Off).await;
+    assert!(err.contains("need --tenancy namespace"), "{err}");
+    let err = refusal(&|c| c.database.tenant = Some("acme".parse().unwrap())).await;
+    assert!(err.contains("--tenant names the pool"), "{err}");
+    let err = refusal(&|c| {
+        std::fs::write(c.tenancy.tenant_keys_file.as_ref().unwrap(), "initech k\n").unwrap();
+    })
+    .await;
+    assert!(err.contains("initech is not in --tenants"), "{err}");
+    let err = refusal(&|c| {
+        std::fs::write(
+            c.tenancy.tenant_keys_file.as_ref().unwrap(),
+            format!("acme {SERVICE_KEY}\n"),
+        )
+        .unwrap();
+    })
+    .await;
+    assert!(err.contains("is the service's admin key"), "{err}");
+}
