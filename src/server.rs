@@ -468,6 +468,13 @@ impl Server {
             }
         }
         let mut settings = config.settings().map_err(StartError::Config)?;
+        // Each pool's mail and webhook senders, checked before anything is opened.
+        let mut senders = Vec::with_capacity(tenancy.pools.len());
+        for _ in &tenancy.pools {
+            let mailer = config.mailer().map_err(StartError::Config)?;
+            let webhooks = config.webhooks().map_err(StartError::Config)?;
+            senders.push((mailer, webhooks));
+        }
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let hasher = PasswordHasher::new(config.hash_params(), threads)
             .map_err(|e| StartError::Config(e.to_string()))?;
@@ -500,12 +507,6 @@ impl Server {
                 );
             }
         }
-        if let Err(why) = crate::core::users::passkeys::relying_party(
-            &settings.links.public_url,
-            &settings.passkeys,
-        ) {
-            tracing::info!("passkeys are off: they {why}");
-        }
         let public_url = url::Url::parse(&settings.links.public_url).ok();
         let redirect_allowlist = settings.links.redirect_allowlist.clone();
 
@@ -520,7 +521,7 @@ impl Server {
             }
         };
         let mut pools = Vec::with_capacity(tenancy.pools.len());
-        for tenant in &tenancy.pools {
+        for (tenant, (mailer, webhooks)) in tenancy.pools.iter().zip(senders) {
             let database = config.database.for_tenant(tenant.as_ref());
             let store = Arc::new(
                 open_store_waiting(&database, &listener, Duration::from_secs(config.db_wait))
@@ -542,7 +543,6 @@ impl Server {
                     ))
                 }
             };
-            let mailer = config.mailer().map_err(StartError::Config)?;
             if !mailer.sends() && pools.is_empty() {
                 tracing::warn!(
                     "no SMTP server is set (USERS_SMTP_URL): e-mails are written to the log, \
@@ -558,7 +558,7 @@ impl Server {
                 )
                 .with_metrics(metrics.mail.clone()),
             );
-            let webhooks = match config.webhooks().map_err(StartError::Config)? {
+            let webhooks = match webhooks {
                 Some((endpoints, sender, outbox_config)) => {
                     if pools.is_empty() {
                         tracing::info!(
@@ -594,6 +594,12 @@ impl Server {
                 webhooks,
                 metrics,
             });
+        }
+        if let Err(why) = crate::core::users::passkeys::relying_party(
+            &settings.links.public_url,
+            &settings.passkeys,
+        ) {
+            tracing::info!("passkeys are off: they {why}");
         }
         let scrape = Arc::new(Scrape::new(
             process_metrics
