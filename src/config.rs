@@ -1081,6 +1081,7 @@ impl ServeConfig {
             public_url,
             redirect_allowlist,
             magic_link_ttl: i64::try_from(self.mail.magic_link_ttl).unwrap_or(i64::MAX),
+            tenant: None,
         })
     }
 

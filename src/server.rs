@@ -579,11 +579,13 @@ impl Server {
                 }
                 None => None,
             };
+            let mut pool_settings = settings.clone();
+            pool_settings.links.tenant = tenant.as_ref().map(ToString::to_string);
             let users = Arc::new(Users::new(
                 store.clone(),
                 hasher,
                 clock.clone(),
-                settings.clone(),
+                pool_settings,
                 outbox,
                 metrics.clone(),
             ));

@@ -585,3 +585,83 @@ async fn the_start_refuses_tenancy_settings_that_do_not_hold() {
     .await;
     assert!(err.contains("is the service's admin key"), "{err}");
 }
+
+/// A verification e-mail of a tenant links to that tenant: the browser that opens it
+/// sends no header, and the link verifies the tenant's account, not the default's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verification_link_verifies_in_its_own_tenant_on_both_stores() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let sink = common::smtp::SmtpSink::start().await;
+        let smtp = sink.url();
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("tenant-keys");
+        let Some(app) = TestApp::spawn_with(backend, "tenancy::verification_link", |c| {
+            tenants(c, &keys);
+            c.tenancy.default_tenant = Some("acme".parse().unwrap());
+            c.mail.smtp_url = Some(smtp);
+        })
+        .await
+        else {
+            continue;
+        };
+        let (client, base) = (&app.client, app.base.as_str());
+        for tenant in ["acme", "globex"] {
+            let (status, body) = call(
+                client,
+                base,
+                Some(tenant),
+                None,
+                "Create",
+                signup("erin", PASSWORD),
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+        }
+        let send = json!({
+            "email": "erin@example.com",
+            "text_content": "Open $micro_verification_link",
+            "redirect_url": format!("{base}/done"),
+            "failure_redirect_url": format!("{base}/failed"),
+        });
+        let (status, body) = call(
+            client,
+            base,
+            Some("globex"),
+            Some(SERVICE_KEY),
+            "SendVerificationEmail",
+            send,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let mail = sink.next_mail("erin@example.com").await;
+        let link = mail
+            .body
+            .split_whitespace()
+            .find(|w| w.starts_with("http"))
+            .unwrap()
+            .to_string();
+        assert!(link.contains("namespace=globex"), "{link}");
+        let browser = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let response = browser.get(&link).send().await.unwrap();
+        assert_eq!(response.status(), 302);
+        assert_eq!(response.headers()["location"], format!("{base}/done"));
+        let verified = |tenant: &'static str| async move {
+            let (status, body) = call(
+                client,
+                base,
+                Some(tenant),
+                Some(SERVICE_KEY),
+                "Search",
+                json!({"username": "erin"}),
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+            body["users"][0]["verified"].as_bool().unwrap()
+        };
+        assert!(verified("globex").await, "globex's erin is verified");
+        assert!(!verified("acme").await, "the default tenant's erin is not");
+    }
+}

@@ -95,6 +95,9 @@ pub struct LinkSettings {
     pub redirect_allowlist: Vec<String>,
     /// Seconds a magic link stays valid.
     pub magic_link_ttl: i64,
+    /// With tenants, this core's tenant: verification links name it (`namespace=`), as
+    /// a browser opening them sends no header.
+    pub tenant: Option<String>,
 }
 
 /// Who calls the core, as far as its rules care.
@@ -816,6 +819,9 @@ impl Users {
             .append_pair("token", token.expose())
             .append_pair("redirectUrl", redirect.as_str())
             .append_pair("failureRedirectUrl", failure.as_str());
+        if let Some(tenant) = &self.links.tenant {
+            link.query_pairs_mut().append_pair("namespace", tenant);
+        }
         let body = text.text.replace(LINK_PLACEHOLDER, link.as_str());
         let kind = TokenMail {
             purpose: Purpose::VerifyEmail,

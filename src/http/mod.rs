@@ -619,7 +619,7 @@ impl App {
                 by_name,
                 first,
                 selection,
-            } => match selection.choose(by_name, request.headers(), request.uri().path()) {
+            } => match selection.choose(by_name, request.headers(), request.uri()) {
                 Ok(Some(pool)) => pool,
                 Ok(None) => match first.as_ref().and_then(|first| by_name.get(first)) {
                     Some(pool) => pool,

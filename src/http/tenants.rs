@@ -1,18 +1,19 @@
 //! Which tenant's pool answers a request (`--tenancy namespace`, docs/tenancy.md).
 //!
-//! In order: the `Micro-Namespace` header, which must name a configured tenant; else a
+//! In order: the `Micro-Namespace` header, which must name a configured tenant (or, on
+//! a verification link, which a browser opens without headers, its `namespace=`); else a
 //! tenant's own admin key in `Authorization: Bearer`; else `--default-tenant`. A route
 //! that belongs to no tenant (health, metrics, the OpenAPI document) is answered for
 //! the service as a whole. Anything else names no tenant and is refused.
 
 use std::collections::HashMap;
 
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, Uri};
 use subtle::ConstantTimeEq;
 
 use super::access::key_digest;
 use super::health::{HEALTH_PATH, LIVE_PATH, READY_PATH};
-use super::METRICS_PATH;
+use super::{METRICS_PATH, VERIFY_PATH};
 use crate::domain::TenantName;
 
 /// The header Micro.js and the Micro clients send the namespace in.
@@ -46,6 +47,15 @@ impl NoTenant {
     }
 }
 
+/// The `namespace` of a verification link's query: a browser opening the link sends
+/// no header, so the link names its tenant.
+fn link_namespace(uri: &Uri) -> Option<String> {
+    url::form_urlencoded::parse(uri.query()?.as_bytes())
+        .find(|(name, _)| name == "namespace")
+        .map(|(_, value)| value.into_owned())
+        .filter(|name| !name.is_empty())
+}
+
 /// Whether `path` belongs to the service as a whole rather than to a tenant.
 pub fn serves_every_tenant(path: &str) -> bool {
     matches!(
@@ -61,18 +71,21 @@ impl TenantSelection {
         &self,
         known: &'a HashMap<TenantName, T>,
         headers: &HeaderMap,
-        path: &str,
+        uri: &Uri,
     ) -> Result<Option<&'a T>, NoTenant> {
-        if let Some(value) = headers.get(NAMESPACE_HEADER) {
-            let name = value.to_str().map(str::trim).unwrap_or("");
-            if !name.is_empty() {
-                return name
-                    .parse::<TenantName>()
-                    .ok()
-                    .and_then(|tenant| known.get(&tenant))
-                    .map(Some)
-                    .ok_or(NoTenant::Unknown);
-            }
+        let path = uri.path();
+        let named = headers
+            .get(NAMESPACE_HEADER)
+            .map(|value| value.to_str().map(str::trim).unwrap_or("").to_string())
+            .filter(|name| !name.is_empty())
+            .or_else(|| (path == VERIFY_PATH).then(|| link_namespace(uri)).flatten());
+        if let Some(name) = named {
+            return name
+                .parse::<TenantName>()
+                .ok()
+                .and_then(|tenant| known.get(&tenant))
+                .map(Some)
+                .ok_or(NoTenant::Unknown);
         }
         if let Some(tenant) = self.key_tenant(headers) {
             return known.get(tenant).map(Some).ok_or(NoTenant::Unknown);
@@ -116,6 +129,10 @@ mod tests {
         name.parse().unwrap()
     }
 
+    fn uri(s: &str) -> Uri {
+        s.parse().unwrap()
+    }
+
     #[test]
     fn the_header_then_the_key_then_the_default_choose() {
         let known: HashMap<TenantName, &str> =
@@ -126,28 +143,31 @@ mod tests {
         };
         let mut headers = HeaderMap::new();
         assert_eq!(
-            selection.choose(&known, &headers, "/users/Users/Read"),
+            selection.choose(&known, &headers, &uri("/users/Users/Read")),
             Err(NoTenant::Unnamed)
         );
-        assert_eq!(selection.choose(&known, &headers, "/health"), Ok(None));
+        assert_eq!(
+            selection.choose(&known, &headers, &uri("/health")),
+            Ok(None)
+        );
         headers.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer globex-key"),
         );
         assert_eq!(
-            selection.choose(&known, &headers, "/users/Users/Read"),
+            selection.choose(&known, &headers, &uri("/users/Users/Read")),
             Ok(Some(&"globex"))
         );
         headers.insert(NAMESPACE_HEADER, HeaderValue::from_static("acme"));
         assert_eq!(
-            selection.choose(&known, &headers, "/users/Users/Read"),
+            selection.choose(&known, &headers, &uri("/users/Users/Read")),
             Ok(Some(&"acme")),
             "the header wins over the key"
         );
         for bad in ["initech", "ACME", "../acme"] {
             headers.insert(NAMESPACE_HEADER, HeaderValue::from_static(bad));
             assert_eq!(
-                selection.choose(&known, &headers, "/health"),
+                selection.choose(&known, &headers, &uri("/health")),
                 Err(NoTenant::Unknown)
             );
         }
@@ -156,7 +176,18 @@ mod tests {
             default: Some(tenant("acme")),
         };
         assert_eq!(
-            with_default.choose(&known, &HeaderMap::new(), "/ui/login"),
+            with_default.choose(&known, &HeaderMap::new(), &uri("/ui/login")),
+            Ok(Some(&"acme"))
+        );
+        // A verification link names its tenant in its query; no other route may.
+        let link = uri("/v1/user/verify?token=t&namespace=globex");
+        assert_eq!(
+            with_default.choose(&known, &HeaderMap::new(), &link),
+            Ok(Some(&"globex"))
+        );
+        let elsewhere = uri("/users/Users/Read?namespace=globex");
+        assert_eq!(
+            with_default.choose(&known, &HeaderMap::new(), &elsewhere),
             Ok(Some(&"acme"))
         );
     }
