@@ -2,7 +2,8 @@
 # M3O's own npm SDKs against a running users-service: tests/m3o-node/client.test.mjs
 # drives the M3O User API surface (POST /v1/user/<Method>) with the `m3o` and
 # `@m3o/m3o-node` packages, changing only the base address, as an app written for the
-# hosted platform would.
+# hosted platform would. Then tests/m3o-node/tenants.mjs drives a second server, with
+# two tenants, through the same SDK holding each tenant's own key.
 #
 #   .ci/m3o-node.sh BINARY
 #
@@ -66,12 +67,27 @@ USERS_BASE_URL="$base_url" USERS_API_KEY="$key" \
   timeout --kill-after=10 120 node --test "$tests_dir/" || status=$?
 stop_server
 
+# ---- The same SDK against a service with tenants, each app holding its tenant's key --
+if [ "$status" -eq 0 ]; then
+  acme_key="acme-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+  globex_key="globex-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+  mkdir -p "$work/tenants"
+  printf 'acme %s\nglobex %s\n' "$acme_key" "$globex_key" >"$work/tenants/keys"
+  start_server tenants USERS_API_KEY="$key" USERS_TENANCY=namespace USERS_TENANTS=acme,globex \
+    USERS_TENANT_KEYS_FILE="$work/tenants/keys"
+  echo "== m3o-node: node --test $tests_dir/tenants.mjs against $base_url (tenants)"
+  USERS_BASE_URL="$base_url" USERS_ACME_KEY="$acme_key" USERS_GLOBEX_KEY="$globex_key" \
+    no_proxy="127.0.0.1${no_proxy:+,$no_proxy}" NO_PROXY="127.0.0.1${NO_PROXY:+,$NO_PROXY}" \
+    timeout --kill-after=10 60 node --test "$tests_dir/tenants.mjs" || status=$?
+  stop_server
+fi
+
 if [ "$status" -ne 0 ]; then
   if [ "$status" -eq 124 ]; then
     echo "m3o-node: the tests did not finish within 120 seconds" >&2
   fi
   echo "---- server log" >&2
-  tail -n 100 "$work/m3o/server.log" >&2
+  tail -n 100 "$work/$server_name/server.log" >&2
   echo "== m3o-node FAILED" >&2
   exit 1
 fi

@@ -513,7 +513,7 @@ pub struct LimitsConfig {
 pub enum Tenancy {
     /// One pool: the `Micro-Namespace` header is ignored
     Off,
-    /// One pool per tenant, chosen by the `Micro-Namespace` header or the admin key
+    /// One pool per tenant, chosen by the `Micro-Namespace` header or a tenant's own admin key
     Namespace,
 }
 
