@@ -468,6 +468,8 @@ pub fn served_routes() -> Vec<(axum::http::Method, String)> {
 /// different origins apart either way.
 pub struct App {
     pools: Pools,
+    /// Answers the requests no tenant was found for, through the CORS layer.
+    refusals: Router,
     guard: Arc<Guard>,
     /// Where requests that no pool answered are counted.
     metrics: Arc<Metrics>,
@@ -499,6 +501,7 @@ impl App {
         let metrics = state.metrics.clone();
         Self {
             pools: Pools::One(Pool::new(state)),
+            refusals: refusals(guard.clone()),
             guard,
             metrics,
         }
@@ -523,10 +526,16 @@ impl App {
                 first,
                 selection,
             },
+            refusals: refusals(guard.clone()),
             guard,
             metrics,
         }
     }
+}
+
+/// The router of [`refused`].
+fn refusals(guard: Arc<Guard>) -> Router {
+    Router::new().fallback(refused).layer(cors(guard))
 }
 
 impl Pool {
@@ -613,26 +622,23 @@ impl App {
             let response = refusal.into_error(service, &method).into_response();
             return (response, self.metrics.clone());
         }
-        let pool = match &self.pools {
-            Pools::One(pool) => pool,
-            Pools::Tenants {
-                by_name,
-                first,
-                selection,
-            } => match selection.choose(by_name, request.headers(), request.uri()) {
-                Ok(Some(pool)) => pool,
-                Ok(None) => match first.as_ref().and_then(|first| by_name.get(first)) {
-                    Some(pool) => pool,
-                    None => {
-                        let response = no_tenant(service, &method, &NoTenant::Unnamed);
-                        return (response, self.metrics.clone());
-                    }
-                },
-                Err(why) => {
-                    tracing::info!(event = "request_refused", reason = ?why, "no tenant for the request");
-                    return (no_tenant(service, &method, &why), self.metrics.clone());
-                }
-            },
+        let pool = match self.pool_for(&request) {
+            Ok(pool) => pool,
+            Err(why) => {
+                tracing::info!(event = "request_refused", reason = ?why, "no tenant for the request");
+                // Through the CORS layer, so that a page of an allowed origin reads why.
+                let mut request = request;
+                request.extensions_mut().insert(TenantRefusal {
+                    service,
+                    method,
+                    why,
+                });
+                let response = match self.refusals.clone().oneshot(request).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                };
+                return (response, self.metrics.clone());
+            }
         };
         let router = pool.router_for(&request).clone();
         let response = match router.oneshot(request).await {
@@ -643,9 +649,60 @@ impl App {
     }
 }
 
+impl App {
+    /// The pool that answers `request`.
+    fn pool_for(&self, request: &Request<Body>) -> Result<&Pool, NoTenant> {
+        let (by_name, first, selection) = match &self.pools {
+            Pools::One(pool) => return Ok(pool),
+            Pools::Tenants {
+                by_name,
+                first,
+                selection,
+            } => (by_name, first, selection),
+        };
+        match preflight_or(request, || {
+            selection.choose(by_name, request.headers(), request.uri())
+        })? {
+            Some(pool) => Ok(pool),
+            None => first
+                .as_ref()
+                .and_then(|first| by_name.get(first))
+                .ok_or(NoTenant::Unnamed),
+        }
+    }
+}
+
+/// Why a request was refused for want of a tenant, for [`refused`].
+#[derive(Clone)]
+struct TenantRefusal {
+    service: &'static str,
+    method: String,
+    why: NoTenant,
+}
+
 /// 400 for a request that names no tenant of this service.
-fn no_tenant(service: &'static str, method: &str, why: &NoTenant) -> Response<Body> {
-    WireError::in_service(service, method, StatusCode::BAD_REQUEST, why.detail()).into_response()
+async fn refused(axum::Extension(refusal): axum::Extension<TenantRefusal>) -> Response<Body> {
+    WireError::in_service(
+        refusal.service,
+        &refusal.method,
+        StatusCode::BAD_REQUEST,
+        refusal.why.detail(),
+    )
+    .into_response()
+}
+
+/// A CORS preflight carries no `Micro-Namespace` (it only asks whether the header may
+/// be sent) and is answered by the CORS layer alike for every tenant: it is the whole
+/// service's. Any other request goes to `choose`.
+fn preflight_or<'a, T>(
+    request: &Request<Body>,
+    choose: impl FnOnce() -> Result<Option<&'a T>, NoTenant>,
+) -> Result<Option<&'a T>, NoTenant> {
+    if request.method() == axum::http::Method::OPTIONS {
+        Ok(None)
+    } else {
+        choose()
+    }
 }
 
 /// The `Vary` header tower-http's CORS layer sets on every answer.

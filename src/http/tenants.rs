@@ -56,11 +56,22 @@ fn link_namespace(uri: &Uri) -> Option<String> {
         .filter(|name| !name.is_empty())
 }
 
-/// Whether `path` belongs to the service as a whole rather than to a tenant.
+/// Whether `path` belongs to the service as a whole rather than to a tenant: health,
+/// metrics, the OpenAPI document and the static files (micro.js, which pages of every
+/// tenant load, and the hosted pages' style, logo and script).
 pub fn serves_every_tenant(path: &str) -> bool {
     matches!(
         path,
-        HEALTH_PATH | LIVE_PATH | READY_PATH | METRICS_PATH | "/openapi.yaml"
+        HEALTH_PATH
+            | LIVE_PATH
+            | READY_PATH
+            | METRICS_PATH
+            | "/openapi.yaml"
+            | "/micro.js"
+            | "/ui/style.css"
+            | "/ui/brand.css"
+            | "/ui/logo"
+            | "/ui/passkeys.js"
     )
 }
 
