@@ -5,10 +5,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::Stdio;
-
-use common::process::command;
+use common::process::run;
 use common::{Backend, TestApp, PASSWORD};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -33,27 +30,49 @@ fn tenants(config: &mut ServeConfig, keys: &std::path::Path) {
     config.access.api_key = Some(SERVICE_KEY.to_string());
 }
 
-/// POSTs to `/users/Users/<method>` at `base` with the namespace and key given.
-async fn call(
-    client: &reqwest::Client,
-    base: &str,
-    namespace: Option<&str>,
-    key: Option<&str>,
-    method: &str,
-    body: Value,
-) -> (StatusCode, Value) {
-    let mut request = client
-        .post(format!("{base}/users/Users/{method}"))
-        .json(&body);
-    if let Some(namespace) = namespace {
-        request = request.header("Micro-Namespace", namespace);
+/// Where calls go: a server, the namespace they name and the key they bear.
+#[derive(Clone, Copy)]
+struct At<'a> {
+    client: &'a reqwest::Client,
+    base: &'a str,
+    namespace: Option<&'a str>,
+    key: Option<&'a str>,
+}
+
+impl<'a> At<'a> {
+    fn new(client: &'a reqwest::Client, base: &'a str, namespace: Option<&'a str>) -> Self {
+        Self {
+            client,
+            base,
+            namespace,
+            key: None,
+        }
     }
-    if let Some(key) = key {
-        request = request.bearer_auth(key);
+
+    /// The same, with `Authorization: Bearer <key>`.
+    fn key(self, key: &'a str) -> Self {
+        Self {
+            key: Some(key),
+            ..self
+        }
     }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap())
+
+    /// POSTs `body` to `/users/Users/<method>`.
+    async fn call(self, method: &str, body: Value) -> (StatusCode, Value) {
+        let mut request = self
+            .client
+            .post(format!("{}/users/Users/{method}", self.base))
+            .json(&body);
+        if let Some(namespace) = self.namespace {
+            request = request.header("Micro-Namespace", namespace);
+        }
+        if let Some(key) = self.key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap())
+    }
 }
 
 fn signup(name: &str, password: &str) -> Value {
@@ -75,140 +94,81 @@ async fn two_tenants_keep_apart_accounts_sessions_limits_keys_audit_and_metrics_
             continue;
         };
         let (client, base) = (&app.client, app.base.as_str());
-        let acme = Some("acme");
-        let globex = Some("globex");
+        let acme = At::new(client, base, Some("acme"));
+        let globex = At::new(client, base, Some("globex"));
+        let nobody = At::new(client, base, None);
 
         // The same username and address in both tenants: two accounts.
-        let (status, a) = call(
-            client,
-            base,
-            acme,
-            None,
-            "Create",
-            signup("alice", PASSWORD),
-        )
-        .await;
+        let (status, a) = acme.call("Create", signup("alice", PASSWORD)).await;
         assert_eq!(status, 200, "{a}");
         let other_password = "another password entirely";
-        let (status, g) = call(
-            client,
-            base,
-            globex,
-            None,
-            "Create",
-            signup("alice", other_password),
-        )
-        .await;
+        let (status, g) = globex.call("Create", signup("alice", other_password)).await;
         assert_eq!(status, 200, "{g}");
         let (acme_alice, globex_alice) = (a["user"]["id"].clone(), g["user"]["id"].clone());
         assert_ne!(acme_alice, globex_alice);
         // Unique per tenant still: a second alice in acme is refused.
-        let (status, body) = call(
-            client,
-            base,
-            acme,
-            None,
-            "Create",
-            signup("alice", PASSWORD),
-        )
-        .await;
+        let (status, body) = acme.call("Create", signup("alice", PASSWORD)).await;
         assert_eq!(status, 409, "{body}");
 
         // Each tenant checks its own password.
-        let (status, body) = call(
-            client,
-            base,
-            globex,
-            None,
-            "Login",
-            login("alice", PASSWORD),
-        )
-        .await;
+        let (status, body) = globex.call("Login", login("alice", PASSWORD)).await;
         assert_eq!(
             status, 401,
             "acme's password does not open globex's alice: {body}"
         );
-        let (status, body) =
-            call(client, base, acme, None, "Login", login("alice", PASSWORD)).await;
+        let (status, body) = acme.call("Login", login("alice", PASSWORD)).await;
         assert_eq!(status, 200, "{body}");
         let session = body["session"]["id"].as_str().unwrap().to_string();
         assert_eq!(body["session"]["user_id"], acme_alice);
 
         // A session of acme is valid in acme only.
         let read = json!({"session_id": session});
-        let (status, body) = call(client, base, acme, None, "ReadSession", read.clone()).await;
+        let (status, body) = acme.call("ReadSession", read.clone()).await;
         assert_eq!(status, 200, "{body}");
-        let (status, body) = call(client, base, globex, None, "ReadSession", read.clone()).await;
+        let (status, body) = globex.call("ReadSession", read.clone()).await;
         assert!(status == 401 || status == 404, "{status} {body}");
-        let (status, body) = call(
-            client,
-            base,
-            globex,
-            Some(&session),
-            "Read",
-            json!({"id": globex_alice}),
-        )
-        .await;
+        let (status, body) = globex
+            .key(&session)
+            .call("Read", json!({"id": globex_alice}))
+            .await;
         assert_eq!(
             status, 401,
             "acme's session signs nothing in globex: {body}"
         );
         // Nor does an account of one tenant exist in the other.
-        let (status, _) = call(
-            client,
-            base,
-            globex,
-            Some(SERVICE_KEY),
-            "Read",
-            json!({"id": acme_alice}),
-        )
-        .await;
+        let (status, _) = globex
+            .key(SERVICE_KEY)
+            .call("Read", json!({"id": acme_alice}))
+            .await;
         assert_eq!(status, 404);
 
         // Limits are per tenant: bob locked out in acme still signs in in globex, from
         // the same address.
-        for (tenant, password) in [(acme, PASSWORD), (globex, PASSWORD)] {
-            let (status, body) = call(
-                client,
-                base,
-                tenant,
-                None,
-                "Create",
-                signup("bob", password),
-            )
-            .await;
+        for tenant in [acme, globex] {
+            let (status, body) = tenant.call("Create", signup("bob", PASSWORD)).await;
             assert_eq!(status, 200, "{body}");
         }
         let mut refused = 0;
         for _ in 0..8 {
-            let (status, _) = call(
-                client,
-                base,
-                acme,
-                None,
-                "Login",
-                login("bob", "not the password"),
-            )
-            .await;
+            let (status, _) = acme.call("Login", login("bob", "not the password")).await;
             assert!(status == 401 || status == 429, "{status}");
             refused += u32::from(status == 429);
         }
         assert!(refused > 0, "bob is locked out in acme");
-        let (status, body) = call(client, base, acme, None, "Login", login("bob", PASSWORD)).await;
+        let (status, body) = acme.call("Login", login("bob", PASSWORD)).await;
         assert_eq!(status, 429, "{body}");
-        let (status, body) =
-            call(client, base, globex, None, "Login", login("bob", PASSWORD)).await;
+        let (status, body) = globex.call("Login", login("bob", PASSWORD)).await;
         assert_eq!(status, 200, "globex's bob is not locked: {body}");
 
         // Keys: the service's key is admin everywhere but names no tenant; a tenant's
         // key is admin of its tenant only, and selects it when no header does.
-        let (status, body) = call(client, base, None, Some(SERVICE_KEY), "List", json!({})).await;
+        let (status, body) = nobody.key(SERVICE_KEY).call("List", json!({})).await;
         assert_eq!(status, 400, "{body}");
         assert!(
             body["detail"].as_str().unwrap().contains("Micro-Namespace"),
             "{body}"
         );
-        let (status, body) = call(client, base, None, Some(ACME_KEY), "List", json!({})).await;
+        let (status, body) = nobody.key(ACME_KEY).call("List", json!({})).await;
         assert_eq!(status, 200, "{body}");
         let ids: Vec<&Value> = body["users"]
             .as_array()
@@ -220,19 +180,14 @@ async fn two_tenants_keep_apart_accounts_sessions_limits_keys_audit_and_metrics_
             ids.contains(&&acme_alice) && !ids.contains(&&globex_alice),
             "{body}"
         );
-        let (status, body) = call(
-            client,
-            base,
-            None,
-            Some(GLOBEX_KEY),
-            "Read",
-            json!({"id": globex_alice}),
-        )
-        .await;
+        let (status, body) = nobody
+            .key(GLOBEX_KEY)
+            .call("Read", json!({"id": globex_alice}))
+            .await;
         assert_eq!(status, 200, "{body}");
-        let (status, body) = call(client, base, globex, Some(ACME_KEY), "List", json!({})).await;
+        let (status, body) = globex.key(ACME_KEY).call("List", json!({})).await;
         assert_eq!(status, 401, "acme's key is no admin in globex: {body}");
-        let (status, body) = call(client, base, globex, Some(SERVICE_KEY), "List", json!({})).await;
+        let (status, body) = globex.key(SERVICE_KEY).call("List", json!({})).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(
             body["users"].as_array().unwrap().len(),
@@ -252,29 +207,19 @@ async fn two_tenants_keep_apart_accounts_sessions_limits_keys_audit_and_metrics_
         assert_eq!(body["account"]["id"], acme_alice);
         // A namespace the service does not hold is refused, never created.
         for unknown in ["initech", "Acme", "acme; drop"] {
-            let (status, body) = call(
-                client,
-                base,
-                Some(unknown),
-                Some(SERVICE_KEY),
-                "List",
-                json!({}),
-            )
-            .await;
+            let (status, body) = At::new(client, base, Some(unknown))
+                .key(SERVICE_KEY)
+                .call("List", json!({}))
+                .await;
             assert_eq!(status, 400, "{unknown}: {body}");
             assert_eq!(body["id"], "users.List");
         }
 
         // The audit trail is per tenant.
-        let (status, body) = call(
-            client,
-            base,
-            acme,
-            Some(ACME_KEY),
-            "ListAuditEvents",
-            json!({"kind": "account.created"}),
-        )
-        .await;
+        let (status, body) = acme
+            .key(ACME_KEY)
+            .call("ListAuditEvents", json!({"kind": "account.created"}))
+            .await;
         assert_eq!(status, 200, "{body}");
         let audited: Vec<&Value> = body["events"]
             .as_array()
@@ -362,49 +307,27 @@ async fn two_replicas_keep_the_tenants_apart_and_share_each_tenant() {
         .await;
     let client = &app.client;
     let (one, two) = (app.base.clone(), format!("http://{}", replica.addr));
-    let (status, body) = call(
-        client,
-        &one,
-        Some("acme"),
-        None,
-        "Create",
-        signup("carol", PASSWORD),
-    )
-    .await;
+    let (status, body) = At::new(client, &one, Some("acme"))
+        .call("Create", signup("carol", PASSWORD))
+        .await;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = call(
-        client,
-        &two,
-        Some("globex"),
-        None,
-        "Create",
-        signup("carol", PASSWORD),
-    )
-    .await;
+    let (status, body) = At::new(client, &two, Some("globex"))
+        .call("Create", signup("carol", PASSWORD))
+        .await;
     assert_eq!(status, 200, "{body}");
 
-    let (status, body) = call(
-        client,
-        &one,
-        Some("acme"),
-        None,
-        "Login",
-        login("carol", PASSWORD),
-    )
-    .await;
+    let (status, body) = At::new(client, &one, Some("acme"))
+        .call("Login", login("carol", PASSWORD))
+        .await;
     assert_eq!(status, 200, "{body}");
     let read = json!({"session_id": body["session"]["id"]});
-    let (status, _) = call(
-        client,
-        &two,
-        Some("acme"),
-        None,
-        "ReadSession",
-        read.clone(),
-    )
-    .await;
+    let (status, _) = At::new(client, &two, Some("acme"))
+        .call("ReadSession", read.clone())
+        .await;
     assert_eq!(status, 200, "the other replica knows acme's session");
-    let (status, _) = call(client, &two, Some("globex"), None, "ReadSession", read).await;
+    let (status, _) = At::new(client, &two, Some("globex"))
+        .call("ReadSession", read)
+        .await;
     assert!(status == 401 || status == 404, "{status}");
 
     // 12 wrong passwords at once, half on each replica: at most 5 are checked (the
@@ -413,16 +336,10 @@ async fn two_replicas_keep_the_tenants_apart_and_share_each_tenant() {
         let base = if i % 2 == 0 { one.clone() } else { two.clone() };
         let client = client.clone();
         tokio::spawn(async move {
-            call(
-                &client,
-                &base,
-                Some("acme"),
-                None,
-                "Login",
-                login("carol", "wrong password"),
-            )
-            .await
-            .0
+            At::new(&client, &base, Some("acme"))
+                .call("Login", login("carol", "wrong password"))
+                .await
+                .0
         })
     });
     let mut checked = 0;
@@ -436,50 +353,15 @@ async fn two_replicas_keep_the_tenants_apart_and_share_each_tenant() {
         "{checked} wrong passwords were checked, past the limit of 5"
     );
     for base in [&one, &two] {
-        let (status, _) = call(
-            client,
-            base,
-            Some("acme"),
-            None,
-            "Login",
-            login("carol", PASSWORD),
-        )
-        .await;
+        let (status, _) = At::new(client, base, Some("acme"))
+            .call("Login", login("carol", PASSWORD))
+            .await;
         assert_eq!(status, 429, "acme's carol is locked out on both replicas");
-        let (status, body) = call(
-            client,
-            base,
-            Some("globex"),
-            None,
-            "Login",
-            login("carol", PASSWORD),
-        )
-        .await;
+        let (status, body) = At::new(client, base, Some("globex"))
+            .call("Login", login("carol", PASSWORD))
+            .await;
         assert_eq!(status, 200, "globex's carol is not: {body}");
     }
-}
-
-/// Runs the binary to completion; returns (success, stdout, stderr).
-fn run(args: &[&str], stdin: Option<&[u8]>) -> (bool, Vec<u8>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = command(dir.path())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(bytes) = stdin {
-        input.write_all(bytes).unwrap();
-    }
-    drop(input);
-    let output = child.wait_with_output().unwrap();
-    (
-        output.status.success(),
-        output.stdout,
-        String::from_utf8(output.stderr).unwrap(),
-    )
 }
 
 /// `export --tenant` and `import --tenant` move one tenant's pool; the others stay.
@@ -493,15 +375,9 @@ async fn export_and_import_work_on_one_tenant_on_both_stores() {
         else {
             continue;
         };
-        let (status, body) = call(
-            &app.client,
-            &app.base,
-            Some("acme"),
-            None,
-            "Create",
-            signup("dana", PASSWORD),
-        )
-        .await;
+        let (status, body) = At::new(&app.client, &app.base, Some("acme"))
+            .call("Create", signup("dana", PASSWORD))
+            .await;
         assert_eq!(status, 200, "{body}");
         let db = app.into_database().await;
         let url = db.raw_url.as_str();
@@ -532,15 +408,9 @@ async fn export_and_import_work_on_one_tenant_on_both_stores() {
 
         // The imported dana signs in in globex with her password.
         let app = TestApp::spawn_on(db, |c| tenants(c, &keys)).await;
-        let (status, body) = call(
-            &app.client,
-            &app.base,
-            Some("globex"),
-            None,
-            "Login",
-            login("dana", PASSWORD),
-        )
-        .await;
+        let (status, body) = At::new(&app.client, &app.base, Some("globex"))
+            .call("Login", login("dana", PASSWORD))
+            .await;
         assert_eq!(status, 200, "{body}");
     }
 }
@@ -606,15 +476,9 @@ async fn a_verification_link_verifies_in_its_own_tenant_on_both_stores() {
         };
         let (client, base) = (&app.client, app.base.as_str());
         for tenant in ["acme", "globex"] {
-            let (status, body) = call(
-                client,
-                base,
-                Some(tenant),
-                None,
-                "Create",
-                signup("erin", PASSWORD),
-            )
-            .await;
+            let (status, body) = At::new(client, base, Some(tenant))
+                .call("Create", signup("erin", PASSWORD))
+                .await;
             assert_eq!(status, 200, "{body}");
         }
         let send = json!({
@@ -623,15 +487,10 @@ async fn a_verification_link_verifies_in_its_own_tenant_on_both_stores() {
             "redirect_url": format!("{base}/done"),
             "failure_redirect_url": format!("{base}/failed"),
         });
-        let (status, body) = call(
-            client,
-            base,
-            Some("globex"),
-            Some(SERVICE_KEY),
-            "SendVerificationEmail",
-            send,
-        )
-        .await;
+        let (status, body) = At::new(client, base, Some("globex"))
+            .key(SERVICE_KEY)
+            .call("SendVerificationEmail", send)
+            .await;
         assert_eq!(status, 200, "{body}");
         let mail = sink.next_mail("erin@example.com").await;
         let link = mail
@@ -649,15 +508,10 @@ async fn a_verification_link_verifies_in_its_own_tenant_on_both_stores() {
         assert_eq!(response.status(), 302);
         assert_eq!(response.headers()["location"], format!("{base}/done"));
         let verified = |tenant: &'static str| async move {
-            let (status, body) = call(
-                client,
-                base,
-                Some(tenant),
-                Some(SERVICE_KEY),
-                "Search",
-                json!({"username": "erin"}),
-            )
-            .await;
+            let (status, body) = At::new(client, base, Some(tenant))
+                .key(SERVICE_KEY)
+                .call("Search", json!({"username": "erin"}))
+                .await;
             assert_eq!(status, 200, "{body}");
             body["users"][0]["verified"].as_bool().unwrap()
         };

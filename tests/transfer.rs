@@ -4,37 +4,11 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::Stdio;
-
-use common::process::{command, http, Service};
+use common::process::{command, http, run, Service};
 use common::{assert_error, Backend, TestApp, TestDatabase, PASSWORD};
 use serde_json::json;
 use sqlx::Connection;
 use users_service::store::MailStore;
-
-/// Runs the binary to completion; returns (success, stdout, stderr).
-fn run(args: &[&str], stdin: Option<&[u8]>) -> (bool, Vec<u8>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = command(dir.path())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(bytes) = stdin {
-        input.write_all(bytes).unwrap();
-    }
-    drop(input);
-    let output = child.wait_with_output().unwrap();
-    (
-        output.status.success(),
-        output.stdout,
-        String::from_utf8(output.stderr).unwrap(),
-    )
-}
 
 on_both_stores!(
     migrate_then_no_migrate_and_a_newer_schema_is_refused,

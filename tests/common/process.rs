@@ -12,6 +12,31 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_users-service");
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
 /// The binary with a clean environment: no configuration leaks in from the caller.
+/// Runs the binary with `args` to completion in a fresh directory, `stdin` given as its
+/// input; returns (success, stdout, stderr).
+#[allow(dead_code)] // not every test binary runs commands
+pub fn run(args: &[&str], stdin: Option<&[u8]>) -> (bool, Vec<u8>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = command(dir.path())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(bytes) = stdin {
+        input.write_all(bytes).unwrap();
+    }
+    drop(input);
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.success(),
+        output.stdout,
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
 pub fn command(dir: &Path) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.current_dir(dir).env_clear();
