@@ -535,3 +535,68 @@ impl Collector for PoolCollector {
         family.encode(metric)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct NoPool;
+
+    impl PoolGauge for NoPool {
+        fn connections(&self) -> (u32, u32) {
+            (1, 2)
+        }
+    }
+
+    /// With tenants, each family is written once, with every tenant's series labelled
+    /// and the process's own unlabelled.
+    #[test]
+    fn a_scrape_of_tenants_writes_each_family_once() {
+        let pool: Arc<dyn PoolGauge> = Arc::new(NoPool);
+        let tenant = |name: &str| {
+            Arc::new(Metrics::for_tenant(
+                Arc::downgrade(&pool),
+                &name.parse().unwrap(),
+            ))
+        };
+        let (acme, globex) = (tenant("acme"), tenant("globex"));
+        acme.session_created("password");
+        globex.sessions_ended(EndCause::logout, 2);
+        let route = RouteLabels {
+            family: RouteFamily::micro,
+            method: "Login",
+        };
+        let process = Arc::new(Metrics::process());
+        for metrics in [&process, &acme, &globex] {
+            metrics.request(route.clone(), 200, Duration::ZERO);
+        }
+        let text = Scrape::new(vec![process, acme, globex]).render();
+        for family in [
+            "users_sessions_created_total",
+            "users_db_connections",
+            "users_argon2_running",
+            "users_http_requests_total",
+        ] {
+            let types = text
+                .lines()
+                .filter(|l| l.starts_with(&format!("# TYPE {family} ")))
+                .count();
+            assert_eq!(types, 1, "{family}:\n{text}");
+        }
+        assert!(
+            text.contains("users_sessions_created_total{tenant=\"acme\",method=\"password\"} 1\n")
+        );
+        assert!(text.contains("users_sessions_ended_total{tenant=\"globex\",cause=\"logout\"} 2\n"));
+        assert!(text.contains("users_db_connections{tenant=\"globex\",state=\"idle\"} 2\n"));
+        assert!(text.contains("users_argon2_running 0\n"), "{text}");
+        assert!(!text.contains("users_argon2_running{"), "{text}");
+        assert!(text.contains(
+            "users_http_requests_total{family=\"micro\",method=\"Login\",status=\"200\"} 1\n"
+        ));
+        assert!(text.contains(
+            "users_http_requests_total{tenant=\"acme\",family=\"micro\",method=\"Login\",status=\"200\"} 1\n"
+        ));
+        assert!(text.ends_with("\n# EOF\n") && text.matches("# EOF").count() == 1);
+    }
+}

@@ -85,9 +85,10 @@ impl TenantSelection {
         uri: &Uri,
     ) -> Result<Option<&'a T>, NoTenant> {
         let path = uri.path();
+        // A header that is not text names no tenant of ours; an empty one names none.
         let named = headers
             .get(NAMESPACE_HEADER)
-            .map(|value| value.to_str().map(str::trim).unwrap_or("").to_string())
+            .map(|value| value.to_str().map_or("\u{fffd}", str::trim).to_string())
             .filter(|name| !name.is_empty())
             .or_else(|| (path == VERIFY_PATH).then(|| link_namespace(uri)).flatten());
         if let Some(name) = named {
@@ -182,6 +183,15 @@ mod tests {
                 Err(NoTenant::Unknown)
             );
         }
+        headers.insert(
+            NAMESPACE_HEADER,
+            HeaderValue::from_bytes(b"acme\xff").unwrap(),
+        );
+        assert_eq!(
+            selection.choose(&known, &headers, &uri("/users/Users/Read")),
+            Err(NoTenant::Unknown),
+            "a header that is not text is no tenant, not an absent one"
+        );
         let with_default = TenantSelection {
             keys: Vec::new(),
             default: Some(tenant("acme")),
