@@ -613,12 +613,14 @@ impl App {
     /// Refused by the guard before any work, or by the tenant rules, or routed; with
     /// the metrics the request counts in.
     async fn route(&self, request: Request<Body>) -> (Response<Body>, Arc<Metrics>) {
-        let (service, method) = match rpc_method_of(request.uri()) {
+        // The method's name, for a refusal's error only.
+        let named = |uri: &Uri| match rpc_method_of(uri) {
             Some((service, _, method)) => (service, method.to_string()),
             None => (Micro::SERVICE, "Unknown".to_string()),
         };
         if let Err(refusal) = self.guard.check(request.headers()) {
             tracing::warn!(event = "request_refused", reason = ?refusal, "refused by the origin or host rules");
+            let (service, method) = named(request.uri());
             let response = refusal.into_error(service, &method).into_response();
             return (response, self.metrics.clone());
         }
@@ -627,6 +629,7 @@ impl App {
             Err(why) => {
                 tracing::info!(event = "request_refused", reason = ?why, "no tenant for the request");
                 // Through the CORS layer, so that a page of an allowed origin reads why.
+                let (service, method) = named(request.uri());
                 let mut request = request;
                 request.extensions_mut().insert(TenantRefusal {
                     service,
