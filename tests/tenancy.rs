@@ -278,9 +278,29 @@ async fn two_tenants_keep_apart_accounts_sessions_limits_keys_audit_and_metrics_
                 .any(|s| s.metric == "users_argon2_running" && s.labels.get("tenant").is_none()),
             "the hashing pool is the process's: {text}"
         );
-        // The service as a whole is ready when every tenant's pool is.
+        // The service as a whole is ready when every tenant's pool is; such a request
+        // of the whole service counts as the process's, not as a tenant's.
         let response = client.get(format!("{base}/health")).send().await.unwrap();
         assert_eq!(response.status(), 200);
+        let text = client
+            .get(format!("{base}/metrics"))
+            .bearer_auth(SERVICE_KEY)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let health: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("users_http_requests_total{") && l.contains("family=\"health\"")
+            })
+            .collect();
+        assert!(
+            !health.is_empty() && health.iter().all(|l| !l.contains("tenant=")),
+            "{health:?}"
+        );
     }
 }
 

@@ -624,8 +624,8 @@ impl App {
             let response = refusal.into_error(service, &method).into_response();
             return (response, self.metrics.clone());
         }
-        let pool = match self.pool_for(&request) {
-            Ok(pool) => pool,
+        let (pool, metrics) = match self.pool_for(&request) {
+            Ok(chosen) => chosen,
             Err(why) => {
                 tracing::info!(event = "request_refused", reason = ?why, "no tenant for the request");
                 // Through the CORS layer, so that a page of an allowed origin reads why.
@@ -643,20 +643,21 @@ impl App {
                 return (response, self.metrics.clone());
             }
         };
-        let router = pool.router_for(&request).clone();
+        let (router, metrics) = (pool.router_for(&request).clone(), metrics.clone());
         let response = match router.oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},
         };
-        (response, pool.metrics.clone())
+        (response, metrics)
     }
 }
 
 impl App {
-    /// The pool that answers `request`.
-    fn pool_for(&self, request: &Request<Body>) -> Result<&Pool, NoTenant> {
+    /// The pool that answers `request`, and the metrics it counts in: its tenant's, or
+    /// the process's for a route of the whole service that named no tenant.
+    fn pool_for(&self, request: &Request<Body>) -> Result<(&Pool, &Arc<Metrics>), NoTenant> {
         let (by_name, first, selection) = match &self.pools {
-            Pools::One(pool) => return Ok(pool),
+            Pools::One(pool) => return Ok((pool, &pool.metrics)),
             Pools::Tenants {
                 by_name,
                 first,
@@ -666,10 +667,11 @@ impl App {
         match preflight_or(request, || {
             selection.choose(by_name, request.headers(), request.uri())
         })? {
-            Some(pool) => Ok(pool),
+            Some(pool) => Ok((pool, &pool.metrics)),
             None => first
                 .as_ref()
                 .and_then(|first| by_name.get(first))
+                .map(|pool| (pool, &self.metrics))
                 .ok_or(NoTenant::Unnamed),
         }
     }
