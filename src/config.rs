@@ -941,14 +941,6 @@ impl DatabaseConfig {
         }
     }
 
-    /// Where the pool is, as logs show it: the URL, and the tenant if any.
-    pub fn place(&self) -> String {
-        match &self.tenant {
-            Some(tenant) => format!("{} (tenant {tenant})", self.url.for_tenant(Some(tenant))),
-            None => self.url.to_string(),
-        }
-    }
-
     pub fn pool(&self) -> PoolConfig {
         PoolConfig {
             max_connections: self.max_connections,
