@@ -20,34 +20,14 @@
 -- ("body" in the errors). done() prints one line, `BENCH_JSON {...}`, in the format of
 -- bench/rpc.lua's, which bench/bench.py reads.
 
-local threads = {}
-local counter = 0
-
-function setup(thread)
-   thread:set("id", counter)
-   counter = counter + 1
-   table.insert(threads, thread)
-end
-
-local function read_lines(path)
-   local lines = {}
-   local file = assert(io.open(path, "r"))
-   for line in file:lines() do
-      if #line > 0 then lines[#lines + 1] = line end
-   end
-   file:close()
-   assert(#lines > 0, "no lines in " .. path)
-   return lines
-end
+local common = dofile((debug.getinfo(1, "S").source:match("^@(.*[/\\])") or "") .. "wrk_common.lua")
+local read_lines, quote = common.read_lines, common.quote
+setup = common.setup
 
 local call, values, password, prefix
 local sequence = 0
 local json = { ["Content-Type"] = "application/json" }
 bad_bodies = 0
-
-local function quote(s)
-   return '"' .. s .. '"'
-end
 
 local function check_object(status, headers, body)
    if status == 200 and (body == nil or body:sub(1, 1) ~= "{") then
@@ -118,17 +98,5 @@ function request()
 end
 
 function done(summary, latency, requests)
-   local bad = 0
-   for _, thread in ipairs(threads) do
-      bad = bad + (thread:get("bad_bodies") or 0)
-   end
-   local e = summary.errors
-   io.write(string.format(
-      'BENCH_JSON {"duration_us":%d,"requests":%d,"bytes":%d,' ..
-      '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d,"body":%d},' ..
-      '"latency_us":{"min":%d,"mean":%.1f,"p50":%d,"p90":%d,"p99":%d,"max":%d},"wraps":0}\n',
-      summary.duration, summary.requests, summary.bytes,
-      e.connect, e.read, e.write, e.status, e.timeout, bad,
-      latency.min, latency.mean, latency:percentile(50), latency:percentile(90),
-      latency:percentile(99), latency.max))
+   common.report(summary, latency, common.total("bad_bodies"), 0)
 end

@@ -15,25 +15,9 @@
 --
 -- done() prints one line, `BENCH_JSON {...}`, with the figures bench/bench.py reads.
 
-local threads = {}
-local counter = 0
-
-function setup(thread)
-   thread:set("id", counter)
-   counter = counter + 1
-   table.insert(threads, thread)
-end
-
-local function read_lines(path)
-   local lines = {}
-   local file = assert(io.open(path, "r"))
-   for line in file:lines() do
-      if #line > 0 then lines[#lines + 1] = line end
-   end
-   file:close()
-   assert(#lines > 0, "no lines in " .. path)
-   return lines
-end
+local common = dofile((debug.getinfo(1, "S").source:match("^@(.*[/\\])") or "") .. "wrk_common.lua")
+local read_lines, quote = common.read_lines, common.quote
+setup = common.setup
 
 local path, kind, field, values, password, prefix
 local first, last, cursor
@@ -61,10 +45,6 @@ function init(args)
    end
 end
 
-local function quote(s)
-   return '"' .. s .. '"'
-end
-
 function request()
    local body
    if kind == "pick" then
@@ -89,17 +69,5 @@ function request()
 end
 
 function done(summary, latency, requests)
-   local total_wraps = 0
-   for _, thread in ipairs(threads) do
-      total_wraps = total_wraps + (thread:get("wraps") or 0)
-   end
-   local e = summary.errors
-   io.write(string.format(
-      'BENCH_JSON {"duration_us":%d,"requests":%d,"bytes":%d,' ..
-      '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},' ..
-      '"latency_us":{"min":%d,"mean":%.1f,"p50":%d,"p90":%d,"p99":%d,"max":%d},"wraps":%d}\n',
-      summary.duration, summary.requests, summary.bytes,
-      e.connect, e.read, e.write, e.status, e.timeout,
-      latency.min, latency.mean, latency:percentile(50), latency:percentile(90),
-      latency:percentile(99), latency.max, total_wraps))
+   common.report(summary, latency, 0, common.total("wraps"))
 end
