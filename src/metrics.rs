@@ -117,7 +117,6 @@ pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<RouteLabels, Histogram>,
-    pub argon2: Argon2Metrics,
     pub limited: Family<LimitLabels, Counter>,
     pub lockouts: Family<LimitLabels, Counter>,
     pub sessions_created: Family<SessionLabels, Counter>,
@@ -226,14 +225,26 @@ enum Part {
 }
 
 impl Metrics {
-    /// A registry with every metric, the pool's gauges read from `pool` at each scrape.
-    pub fn new(pool: Weak<dyn PoolGauge>) -> Self {
-        Self::build(Registry::with_prefix("users"), Some(pool), Part::Whole)
+    /// A registry with every metric, the pool's gauges read from `pool` at each scrape
+    /// and the hashing pool's from `argon2` (which the hasher updates).
+    pub fn new(pool: Weak<dyn PoolGauge>, argon2: &Argon2Metrics) -> Self {
+        Self::build(
+            Registry::with_prefix("users"),
+            Some(pool),
+            Some(argon2),
+            Part::Whole,
+        )
     }
 
-    /// With tenants: the process's own metrics, beside the tenants' ([`Scrape`]).
-    pub fn process() -> Self {
-        Self::build(Registry::with_prefix("users"), None, Part::Process)
+    /// With tenants: the process's own metrics (the hashing pool's among them), beside
+    /// the tenants' ([`Scrape`]).
+    pub fn process(argon2: &Argon2Metrics) -> Self {
+        Self::build(
+            Registry::with_prefix("users"),
+            None,
+            Some(argon2),
+            Part::Process,
+        )
     }
 
     /// With tenants: `tenant`'s metrics, every series labelled `tenant="<name>"`.
@@ -245,11 +256,17 @@ impl Metrics {
         Self::build(
             Registry::with_prefix_and_labels("users", labels),
             Some(pool),
+            None,
             Part::Tenant,
         )
     }
 
-    fn build(registry: Registry, pool: Option<Weak<dyn PoolGauge>>, part: Part) -> Self {
+    fn build(
+        registry: Registry,
+        pool: Option<Weak<dyn PoolGauge>>,
+        argon2: Option<&Argon2Metrics>,
+        part: Part,
+    ) -> Self {
         let mut whole = registry;
         // What this part does not hold goes to a registry that is never written.
         let mut unused = Registry::default();
@@ -273,23 +290,24 @@ impl Metrics {
             "Time from a request's arrival to its answer, by route family and method",
             request_duration.clone(),
         );
-        let argon2 = Argon2Metrics::new();
         registry = if process { &mut whole } else { &mut unused };
-        registry.register(
-            "argon2_waiting",
-            "Password hashes and checks waiting for a hashing thread",
-            argon2.waiting.clone(),
-        );
-        registry.register(
-            "argon2_running",
-            "Password hashes and checks running",
-            argon2.running.clone(),
-        );
-        registry.register(
-            "argon2_wait_seconds",
-            "How long password hashes and checks waited for a hashing thread",
-            argon2.wait.clone(),
-        );
+        if let Some(argon2) = argon2 {
+            registry.register(
+                "argon2_waiting",
+                "Password hashes and checks waiting for a hashing thread",
+                argon2.waiting.clone(),
+            );
+            registry.register(
+                "argon2_running",
+                "Password hashes and checks running",
+                argon2.running.clone(),
+            );
+            registry.register(
+                "argon2_wait_seconds",
+                "How long password hashes and checks waited for a hashing thread",
+                argon2.wait.clone(),
+            );
+        }
         registry = if tenant { &mut whole } else { &mut unused };
         let database = DatabaseMetrics {
             acquire_wait: seconds_histogram(),
@@ -371,7 +389,6 @@ impl Metrics {
             registry: whole,
             requests,
             request_duration,
-            argon2,
             limited,
             lockouts,
             sessions_created,
@@ -567,7 +584,7 @@ mod tests {
             family: RouteFamily::micro,
             method: "Login",
         };
-        let process = Arc::new(Metrics::process());
+        let process = Arc::new(Metrics::process(&Argon2Metrics::new()));
         for metrics in [&process, &acme, &globex] {
             metrics.request(route.clone(), 200, Duration::ZERO);
         }

@@ -31,7 +31,7 @@ use crate::http::health;
 use crate::http::tenants::TenantSelection;
 use crate::http::ui::{Asset, UiSettings};
 use crate::http::{App, AppState};
-use crate::metrics::{Metrics, Scrape};
+use crate::metrics::{Argon2Metrics, Metrics, Scrape};
 use crate::store::{DatabaseUrl, SchemaError, SqlStore, StoreError};
 
 /// How often expired sessions are deleted.
@@ -206,7 +206,7 @@ pub async fn open_core(
         .map_err(|e| StartError::Config(e.to_string()))?;
     let store = Arc::new(open_store(database).await?);
     let pool: Arc<dyn crate::metrics::PoolGauge> = store.clone();
-    let metrics = Arc::new(Metrics::new(Arc::downgrade(&pool)));
+    let metrics = Arc::new(Metrics::new(Arc::downgrade(&pool), &Argon2Metrics::new()));
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let mailer = config.mailer().map_err(StartError::Config)?;
     let outbox = Arc::new(Outbox::new(
@@ -476,8 +476,13 @@ impl Server {
             senders.push((mailer, webhooks));
         }
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let hasher = PasswordHasher::new(config.hash_params(), threads)
-            .map_err(|e| StartError::Config(e.to_string()))?;
+        // One hashing pool serves every tenant; its gauges are the process's.
+        let argon2 = Argon2Metrics::new();
+        let hasher = Arc::new(
+            PasswordHasher::new(config.hash_params(), threads)
+                .map_err(|e| StartError::Config(e.to_string()))?
+                .with_metrics(argon2.clone()),
+        );
 
         let listener =
             TcpListener::bind(config.listen)
@@ -510,16 +515,7 @@ impl Server {
         let public_url = url::Url::parse(&settings.links.public_url).ok();
         let redirect_allowlist = settings.links.redirect_allowlist.clone();
 
-        // With tenants, one hashing pool serves them all and reports as the process.
-        let process_metrics = tenancy.on.then(|| Arc::new(Metrics::process()));
-        let mut unshared = None;
-        let shared = match &process_metrics {
-            Some(process) => Some(Arc::new(hasher.with_metrics(process.argon2.clone()))),
-            None => {
-                unshared = Some(hasher);
-                None
-            }
-        };
+        let process_metrics = tenancy.on.then(|| Arc::new(Metrics::process(&argon2)));
         let mut pools = Vec::with_capacity(tenancy.pools.len());
         for (tenant, (mailer, webhooks)) in tenancy.pools.iter().zip(senders) {
             let database = config.database.for_tenant(tenant.as_ref());
@@ -531,18 +527,9 @@ impl Server {
             let gauge: Arc<dyn crate::metrics::PoolGauge> = store.clone();
             let metrics = Arc::new(match tenant {
                 Some(tenant) => Metrics::for_tenant(Arc::downgrade(&gauge), tenant),
-                None => Metrics::new(Arc::downgrade(&gauge)),
+                None => Metrics::new(Arc::downgrade(&gauge), &argon2),
             });
             store.attach_metrics(metrics.clone());
-            let hasher = match (&shared, unshared.take()) {
-                (Some(shared), _) => shared.clone(),
-                (None, Some(hasher)) => Arc::new(hasher.with_metrics(metrics.argon2.clone())),
-                (None, None) => {
-                    return Err(StartError::Config(
-                        "one pool without tenants, or tenants each with a pool".into(),
-                    ))
-                }
-            };
             if !mailer.sends() && pools.is_empty() {
                 tracing::warn!(
                     "no SMTP server is set (USERS_SMTP_URL): e-mails are written to the log, \
@@ -583,7 +570,7 @@ impl Server {
             pool_settings.links.tenant = tenant.as_ref().map(ToString::to_string);
             let users = Arc::new(Users::new(
                 store.clone(),
-                hasher,
+                hasher.clone(),
                 clock.clone(),
                 pool_settings,
                 outbox,
