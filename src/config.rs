@@ -884,7 +884,7 @@ pub struct DatabaseConfig {
     pub url: DatabaseUrl,
 
     /// Most database connections the pool opens (on SQLite: reading connections, beside
-    /// one writing connection)
+    /// one writing connection; on PostgreSQL, as many again for the point reads)
     #[arg(
         long = "db-max-connections",
         env = "USERS_DB_MAX_CONNECTIONS",

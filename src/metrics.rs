@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -204,6 +204,11 @@ pub struct DatabaseMetrics {
 pub trait PoolGauge: Send + Sync + std::fmt::Debug + 'static {
     /// (in use, idle)
     fn connections(&self) -> (u32, u32);
+
+    /// On SQLite: (group fsyncs of the WAL made, writes they made durable).
+    fn group_syncs(&self) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 /// Histogram buckets for durations from 100 µs to about 13 s.
@@ -549,7 +554,28 @@ impl Collector for PoolCollector {
             None,
             family.metric_type(),
         )?;
-        family.encode(metric)
+        family.encode(metric)?;
+        let Some((syncs, writes)) = self.0.upgrade().and_then(|pool| pool.group_syncs()) else {
+            return Ok(());
+        };
+        for (name, help, value) in [
+            (
+                "db_wal_syncs",
+                "Group fsyncs of the SQLite WAL, each making every write committed before it durable",
+                syncs,
+            ),
+            (
+                "db_synced_writes",
+                "SQLite writes made durable by the group fsyncs",
+                writes,
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            let metric =
+                encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        Ok(())
     }
 }
 

@@ -112,9 +112,16 @@ impl Api {
 /// Concurrent clients of the storm.
 const STORM_CLIENTS: usize = 6;
 /// Steps each client takes at most. A step is one request, or two (Login, then
-/// UpdatePassword) one time in four: the storm is at most 375 requests.
+/// UpdatePassword) one time in four: these clients send at most 375 requests.
 const STORM_OPS_PER_CLIENT: usize = 50;
-/// The process is killed once this many writes have been acknowledged...
+/// More clients, each of which creates one account and then only updates its profile:
+/// writes with no password hash to compute, which commit many at a time and so share
+/// the group syncs of SQLite (and arrive together at PostgreSQL's commits).
+const FAST_CLIENTS: usize = 8;
+/// Updates each of them sends at most; the kill normally stops them first.
+const FAST_OPS_PER_CLIENT: usize = 2_000;
+/// The process is killed once the first clients' writes have been acknowledged this
+/// many times...
 const KILL_AFTER_ACKS: usize = 120;
 /// ...or when the storm has run this long, whichever comes first.
 const STORM_TIME_LIMIT: Duration = Duration::from_secs(20);
@@ -183,7 +190,10 @@ impl Account {
 /// Shared by the storm's clients and the test that kills the process.
 struct Storm {
     api: Api,
+    /// Writes acknowledged to the first `STORM_CLIENTS` clients, which trigger the kill.
     acks: AtomicUsize,
+    /// Writes acknowledged to every client.
+    all_acks: AtomicUsize,
     kill_now: Notify,
     /// Set just before the SIGKILL: a request that fails before then is a failure of
     /// the service, not of the crash.
@@ -193,7 +203,7 @@ struct Storm {
 impl Storm {
     /// Sends one write, and returns what became of it with the answer's body (null when
     /// there is none). Any answer but 200 while the service is up fails the test.
-    async fn send(&self, method: &str, body: Value) -> (Fate, Value) {
+    async fn send(&self, client: usize, method: &str, body: Value) -> (Fate, Value) {
         match self
             .api
             .client
@@ -205,7 +215,10 @@ impl Storm {
             // The status line is written once the handler has finished (and committed):
             // it acknowledges the write even if the body is then cut off by the kill.
             Ok(response) if response.status() == StatusCode::OK => {
-                if self.acks.fetch_add(1, Ordering::SeqCst) + 1 == KILL_AFTER_ACKS {
+                self.all_acks.fetch_add(1, Ordering::SeqCst);
+                if client < STORM_CLIENTS
+                    && self.acks.fetch_add(1, Ordering::SeqCst) + 1 == KILL_AFTER_ACKS
+                {
                     self.kill_now.notify_one();
                 }
                 (Fate::Acked, response.json().await.unwrap_or(Value::Null))
@@ -236,7 +249,12 @@ impl Storm {
 /// sent its share. Returns its accounts, and whether the kill interrupted it.
 async fn storm_client(storm: Arc<Storm>, client: usize) -> (Vec<Account>, bool) {
     let mut accounts = Vec::new();
-    for op in 0..STORM_OPS_PER_CLIENT {
+    let steps = if client < STORM_CLIENTS {
+        STORM_OPS_PER_CLIENT
+    } else {
+        FAST_OPS_PER_CLIENT
+    };
+    for op in 0..steps {
         if !storm_step(&storm, client, op, &mut accounts).await {
             return (accounts, true);
         }
@@ -247,7 +265,8 @@ async fn storm_client(storm: Arc<Storm>, client: usize) -> (Vec<Account>, bool) 
 /// The client's `op`th step: a Create, an Update, or a Login then an UpdatePassword.
 /// False when a request was not acknowledged; what it may have done is recorded.
 async fn storm_step(storm: &Storm, client: usize, op: usize, accounts: &mut Vec<Account>) -> bool {
-    if accounts.is_empty() || op.is_multiple_of(4) {
+    let fast = client >= STORM_CLIENTS;
+    if accounts.is_empty() || (!fast && op.is_multiple_of(4)) {
         let mut account = Account::new(client, accounts.len());
         let body = json!({
             "id": account.id,
@@ -255,7 +274,7 @@ async fn storm_step(storm: &Storm, client: usize, op: usize, accounts: &mut Vec<
             "email": account.email(0),
             "password": account.passwords[0],
         });
-        account.created = storm.send("Create", body).await.0;
+        account.created = storm.send(client, "Create", body).await.0;
         let acked = account.created == Fate::Acked;
         accounts.push(account);
         return acked;
@@ -264,13 +283,13 @@ async fn storm_step(storm: &Storm, client: usize, op: usize, accounts: &mut Vec<
     // was not); spread the changes over them.
     let n = (op * 5 + client) % accounts.len();
     let account = &mut accounts[n];
-    if op % 4 == 2 {
+    if !fast && op % 4 == 2 {
         // A session under the current password first, for the change to revoke.
         let login = json!({
             "username": account.username(account.version),
             "password": account.passwords[account.password],
         });
-        let (fate, answer) = storm.send("Login", login).await;
+        let (fate, answer) = storm.send(client, "Login", login).await;
         if fate != Fate::Acked {
             return false;
         }
@@ -288,7 +307,7 @@ async fn storm_step(storm: &Storm, client: usize, op: usize, accounts: &mut Vec<
             "confirm_password": new_password,
         });
         account.passwords.push(new_password);
-        match storm.send("UpdatePassword", body).await.0 {
+        match storm.send(client, "UpdatePassword", body).await.0 {
             Fate::Acked => account.password = next,
             Fate::Unknown => account.password_in_flight = Some(next),
             Fate::NotSent => {}
@@ -301,7 +320,7 @@ async fn storm_step(storm: &Storm, client: usize, op: usize, accounts: &mut Vec<
             "username": account.username(next),
             "email": account.email(next),
         });
-        match storm.send("Update", body).await.0 {
+        match storm.send(client, "Update", body).await.0 {
             Fate::Acked => account.version = next,
             Fate::Unknown => account.version_in_flight = Some(next),
             Fate::NotSent => {}
@@ -327,6 +346,7 @@ async fn storm_step(storm: &Storm, client: usize, op: usize, accounts: &mut Vec<
 /// - The store holds no user the storm did not create, and every user has a password
 ///   hash.
 async fn acknowledged_writes_survive_a_crash(backend: Backend, test: &str) {
+    let sqlite = matches!(backend, Backend::Sqlite);
     let Some(db) = TestDatabase::create(backend, test).await else {
         return;
     };
@@ -335,16 +355,20 @@ async fn acknowledged_writes_survive_a_crash(backend: Backend, test: &str) {
     let storm = Arc::new(Storm {
         api: Api::new(first.addr),
         acks: AtomicUsize::new(0),
+        all_acks: AtomicUsize::new(0),
         kill_now: Notify::new(),
         killed: AtomicBool::new(false),
     });
     let mut clients = JoinSet::new();
-    for client in 0..STORM_CLIENTS {
+    for client in 0..STORM_CLIENTS + FAST_CLIENTS {
         clients.spawn(storm_client(storm.clone(), client));
     }
     // The kill is triggered by the acknowledgements; the time limit only bounds the
     // test on a machine too slow to reach them.
     let _ = tokio::time::timeout(STORM_TIME_LIMIT, storm.kill_now.notified()).await;
+    if sqlite {
+        every_acknowledged_write_was_synced(&storm).await;
+    }
     storm.killed.store(true, Ordering::SeqCst);
     crash(&mut first);
     let acked = storm.acks.load(Ordering::SeqCst);
@@ -365,9 +389,11 @@ async fn acknowledged_writes_survive_a_crash(backend: Backend, test: &str) {
         "the kill came after the storm had ended: no client was interrupted"
     );
     eprintln!(
-        "{test}: killed after {acked} acknowledged writes; {} accounts; {interrupted} of \
-         {STORM_CLIENTS} clients interrupted",
-        accounts.len()
+        "{test}: killed after {acked} + {} acknowledged writes; {} accounts; {interrupted} \
+         of {} clients interrupted",
+        storm.all_acks.load(Ordering::SeqCst) - acked,
+        accounts.len(),
+        STORM_CLIENTS + FAST_CLIENTS
     );
 
     // Straight after the crash, before the service runs again: every user in the store
@@ -485,6 +511,36 @@ async fn acknowledged_writes_survive_a_crash(backend: Backend, test: &str) {
         }
     }
     assert!(terminate(second).success());
+}
+
+/// On SQLite, in the middle of the storm: the group syncs have made at least as many
+/// writes durable as had been acknowledged before this looked, so no write was answered
+/// before its sync (each acknowledged request made one write or more).
+async fn every_acknowledged_write_was_synced(storm: &Storm) {
+    let acked = storm.all_acks.load(Ordering::SeqCst);
+    let metrics = storm
+        .api
+        .client
+        .get(format!("{}/metrics", storm.api.base))
+        .send()
+        .await
+        .expect("/metrics answers")
+        .text()
+        .await
+        .expect("/metrics body");
+    let counter = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} is not in /metrics:\n{metrics}"))
+    };
+    let synced = counter("users_db_synced_writes_total ");
+    let syncs = counter("users_db_wal_syncs_total ");
+    assert!(
+        synced >= acked as u64,
+        "{acked} writes were acknowledged, but the group syncs made only {synced} durable"
+    );
+    eprintln!("{acked} writes acknowledged; {synced} made durable by {syncs} WAL syncs");
 }
 
 /// On PostgreSQL, a backend of the killed process can still be finishing a statement it

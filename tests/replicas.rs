@@ -13,6 +13,7 @@ use common::process::{command, Service};
 use common::{assert_error, Backend, TestApp, TestDatabase, PASSWORD};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use sqlx::Connection;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -275,4 +276,57 @@ async fn a_database_outage_answers_503_quickly_and_recovers() {
     assert_eq!(status, 200, "{body}");
     let (status, _) = app.call("Search", json!({"username": "during"})).await;
     assert_eq!(status, 200);
+}
+
+/// The point reads on PostgreSQL keep connections of their own. When the server closes
+/// them (a restart, an administrator's `pg_terminate_backend`), the next read on each
+/// finds it closed and is made again on a new one: no request sees the failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn point_reads_survive_the_server_closing_their_connections() {
+    let Some(db) = TestDatabase::create(Backend::Postgres, "replicas::closed_readers").await else {
+        return;
+    };
+    let raw_url = db.raw_url.clone();
+    let app = TestApp::spawn_on(db, |_| {}).await;
+    let user = app.create_user("rhea").await;
+    let session = app.login("rhea", PASSWORD).await;
+    let calls = [
+        (
+            app.url("/users/Users/ReadSession"),
+            json!({"session_id": session["id"]}),
+        ),
+        (app.url("/users/Users/Read"), json!({"id": user["id"]})),
+    ];
+    // 16 reads at once, so that several reader connections are open.
+    let reads = |round: usize| {
+        let calls = calls.clone();
+        async move {
+            let client = reqwest::Client::new();
+            let mut running = tokio::task::JoinSet::new();
+            for n in 0..16 {
+                let (url, body) = calls[n % 2].clone();
+                let client = client.clone();
+                running.spawn(async move {
+                    let response = client.post(url).json(&body).send().await.unwrap();
+                    (response.status(), response.text().await.unwrap())
+                });
+            }
+            while let Some(answer) = running.join_next().await {
+                let (status, body) = answer.unwrap();
+                assert_eq!(status, StatusCode::OK, "round {round}: {body}");
+            }
+        }
+    };
+    reads(1).await;
+    let mut admin = sqlx::PgConnection::connect(&raw_url).await.unwrap();
+    let (closed,): (i64,) = sqlx::query_as(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert!(closed > 0, "the service had no connection to close");
+    reads(2).await;
+    reads(3).await;
 }

@@ -22,8 +22,12 @@ impl AccountStore for SqlStore {
         const DELETED: &str = "SELECT COUNT(*) FROM deleted_users WHERE id = $1";
         let profile = profile_json(new.profile);
         let deleted_id = match &self.backend {
-            Backend::Sqlite { writer: pool, .. } => {
-                async {
+            Backend::Sqlite {
+                writer: pool,
+                group_sync,
+                ..
+            } => {
+                let written = async {
                     let mut conn = acquire!(self, pool);
                     let mut tx = conn.begin_write().await?;
                     let inserted = sqlx::query(insert!(
@@ -53,9 +57,10 @@ impl AccountStore for SqlStore {
                     commit!(tx, conn);
                     Ok::<_, sqlx::Error>(false)
                 }
-                .await
+                .await;
+                durable_after(group_sync, written).await
             }
-            Backend::Postgres(pool) => {
+            Backend::Postgres { pool, .. } => {
                 async {
                     let mut conn = acquire!(self, pool);
                     let mut tx = conn.begin_write().await?;
@@ -110,8 +115,8 @@ impl AccountStore for SqlStore {
         inline_first!(self, query_row(sql, ["$1" => key]), user_row, |row: Option<UserRow>| row
             .map(user)
             .transpose());
-        on_pool!(self, pool => {
-            sqlx::query_as::<_, UserRow>(sql).bind(key).fetch_optional(pool).await
+        point_read!(self, conn => {
+            sqlx::query_as::<_, UserRow>(sql).bind(key).fetch_optional(conn).await
         })
         .map_err(classify)?
         .map(user)
@@ -143,8 +148,8 @@ impl AccountStore for SqlStore {
         >| row
             .map(credentials)
             .transpose());
-        on_pool!(self, pool => {
-            sqlx::query_as::<_, CredentialsRow>(sql).bind(key).fetch_optional(pool).await
+        point_read!(self, conn => {
+            sqlx::query_as::<_, CredentialsRow>(sql).bind(key).fetch_optional(conn).await
         })
         .map_err(classify)?
         .map(credentials)
@@ -172,7 +177,9 @@ impl AccountStore for SqlStore {
         // row is read FOR UPDATE.
         let (begin, old_email) = match self.backend {
             Backend::Sqlite { .. } => ("BEGIN IMMEDIATE", "SELECT email FROM users WHERE id = $1"),
-            Backend::Postgres(_) => ("BEGIN", "SELECT email FROM users WHERE id = $1 FOR UPDATE"),
+            Backend::Postgres { .. } => {
+                ("BEGIN", "SELECT email FROM users WHERE id = $1 FOR UPDATE")
+            }
         };
         let username = changes.username.as_ref().map(|u| u.as_str());
         let email = changes.email.as_ref().map(|e| e.as_str());
@@ -284,13 +291,13 @@ impl AccountStore for SqlStore {
             user_row,
             users
         );
-        on_pool!(self, pool => {
+        point_read!(self, conn => {
             sqlx::query_as::<_, UserRow>(sql)
                 .bind(username)
                 .bind(email)
                 .bind(limit)
                 .bind(offset)
-                .fetch_all(pool)
+                .fetch_all(conn)
                 .await
         })
         .map_err(classify)

@@ -99,7 +99,7 @@ impl MailStore for SqlStore {
         // concurrent claims skip the rows another has locked.
         let sql = match self.backend {
             Backend::Sqlite { .. } => claim!(""),
-            Backend::Postgres(_) => claim!(" FOR UPDATE SKIP LOCKED"),
+            Backend::Postgres { .. } => claim!(" FOR UPDATE SKIP LOCKED"),
         };
         type Row = (
             i64,

@@ -35,7 +35,9 @@ use crate::domain::{
 use crate::domain::{Audit, AuditEvent, EventKind, EventQuery};
 use crate::error::{Outage, Unique};
 use crate::metrics::{EndCause, Metrics, PoolGauge};
+use durable::GroupSync;
 use inline::InlineReader;
+use pg_readers::PgReaders;
 use std::sync::Arc;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -75,8 +77,15 @@ enum Backend {
         writer: SqlitePool,
         /// The hot point reads, without sqlx's thread hand-off; falls back to `reader`.
         inline: InlineReader,
+        /// Makes the writer's commits durable, many to an fsync (`durable.rs`).
+        group_sync: Arc<GroupSync>,
     },
-    Postgres(PgPool),
+    Postgres {
+        /// Writes, transactions and every read but the point reads.
+        pool: PgPool,
+        /// The point reads, one round trip each (`pg_readers.rs`).
+        readers: Box<PgReaders>,
+    },
 }
 
 pub struct SqlStore {
@@ -109,19 +118,71 @@ macro_rules! on_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match &$store.backend {
             Backend::Sqlite { reader: $pool, .. } => $body,
-            Backend::Postgres($pool) => $body,
+            Backend::Postgres { pool: $pool, .. } => $body,
         }
     };
 }
 
-/// Runs `$body`, which writes, with `$pool` bound to the store's pool for writing.
-macro_rules! on_writer {
-    ($store:expr, $pool:ident => $body:expr) => {
+/// Runs `$body`, a point read that the inline reader could not answer, with `$conn`
+/// bound to SQLite's reading pool or to one of PostgreSQL's reader connections
+/// (`pg_readers.rs`; a read on a connection found closed is made once more on a new
+/// one).
+macro_rules! point_read {
+    ($store:expr, $conn:ident => $body:expr) => {
         match &$store.backend {
-            Backend::Sqlite { writer: $pool, .. } => $body,
-            Backend::Postgres($pool) => $body,
+            Backend::Sqlite { reader: $conn, .. } => $body,
+            Backend::Postgres { readers, .. } => match readers.slot().await {
+                Ok(mut slot) => loop {
+                    let read = match slot.connection().await {
+                        Ok($conn) => $body,
+                        Err(err) => Err(err),
+                    };
+                    if !slot.finished(&read) {
+                        break read;
+                    }
+                },
+                Err(err) => Err(err),
+            },
         }
     };
+}
+
+/// Runs `$body`, which writes, with `$pool` bound to the store's pool for writing. Its
+/// `Ok` comes back only once what it committed is durable: on SQLite, after the group
+/// sync that follows the commit (`durable.rs`), with the writer already free for the
+/// next transaction; PostgreSQL syncs at commit. `read` instead of a body: a read that
+/// must see every commit of this process, which has nothing to make durable.
+macro_rules! on_writer {
+    ($store:expr, $pool:ident => read $body:expr) => {
+        match &$store.backend {
+            Backend::Sqlite { writer: $pool, .. } => $body,
+            Backend::Postgres { pool: $pool, .. } => $body,
+        }
+    };
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.backend {
+            Backend::Sqlite {
+                writer: $pool,
+                group_sync,
+                ..
+            } => durable_after(group_sync, $body).await,
+            Backend::Postgres { pool: $pool, .. } => $body,
+        }
+    };
+}
+
+/// `written`, the outcome of a write on SQLite's writer, once what it committed is
+/// durable (or the error that says it cannot be made so).
+async fn durable_after<T, E: From<sqlx::Error>>(
+    group_sync: &GroupSync,
+    written: Result<T, E>,
+) -> Result<T, E> {
+    let done = written?;
+    group_sync
+        .durable()
+        .await
+        .map_err(|err| E::from(sqlx::Error::Io(err)))?;
+    Ok(done)
 }
 
 /// Answers with `$map(row)` from the inline reader when the store is SQLite and the
@@ -670,8 +731,9 @@ async fn create_schema(options: &PgConnectOptions, schema: &str) -> Result<(), S
 }
 
 impl SqlStore {
-    /// Opens the pool. SQLite runs in WAL mode with full fsync on commit, a busy timeout
-    /// and foreign keys on; its file is created when missing if `create` is set.
+    /// Opens the pool. SQLite runs in WAL mode with a busy timeout and foreign keys on;
+    /// every commit is durable before it is acknowledged (the writer's through the group
+    /// sync); its file is created when missing if `create` is set.
     pub async fn connect(
         url: &DatabaseUrl,
         config: &PoolConfig,
@@ -692,13 +754,18 @@ impl SqlStore {
                 // A connection to a local file does not go stale: skip the ping that
                 // would otherwise cost a thread round trip on every request. The writer
                 // connects first, so the file exists and is in WAL mode for the readers.
+                // The writer commits without a sync of its own; `GroupSync` makes its
+                // commits durable before they are acknowledged.
                 let writer = SqlitePoolOptions::new()
                     .max_connections(1)
                     .acquire_timeout(config.acquire_timeout)
                     .test_before_acquire(false)
-                    .connect_with(options.clone())
+                    .connect_with(options.clone().synchronous(SqliteSynchronous::Normal))
                     .await
                     .map_err(classify)?;
+                let group_sync = GroupSync::for_database(path)
+                    .map(Arc::new)
+                    .map_err(|err| StoreError::Other(sqlx::Error::Io(err)))?;
                 let reader = SqlitePoolOptions::new()
                     .max_connections(config.max_connections)
                     .acquire_timeout(config.acquire_timeout)
@@ -710,6 +777,7 @@ impl SqlStore {
                     reader,
                     writer,
                     inline: InlineReader::new(path.clone()),
+                    group_sync,
                 }
             }
             DatabaseUrl::Postgres(url) => {
@@ -723,10 +791,17 @@ impl SqlStore {
                 let pool = PgPoolOptions::new()
                     .max_connections(config.max_connections)
                     .acquire_timeout(config.acquire_timeout)
-                    .connect_with(options)
+                    .connect_with(options.clone())
                     .await
                     .map_err(classify)?;
-                Backend::Postgres(pool)
+                Backend::Postgres {
+                    pool,
+                    readers: Box::new(PgReaders::new(
+                        options,
+                        config.max_connections,
+                        config.acquire_timeout,
+                    )),
+                }
             }
         };
         Ok(Self {
@@ -795,7 +870,7 @@ impl SqlStore {
     fn migrator(&self) -> &'static Migrator {
         match self.backend {
             Backend::Sqlite { .. } => &SQLITE_MIGRATIONS,
-            Backend::Postgres(_) => &POSTGRES_MIGRATIONS,
+            Backend::Postgres { .. } => &POSTGRES_MIGRATIONS,
         }
     }
 
@@ -861,12 +936,16 @@ impl SqlStore {
                 reader,
                 writer,
                 inline,
+                ..
             } => {
                 inline.close();
                 reader.close().await;
                 writer.close().await;
             }
-            Backend::Postgres(pool) => pool.close().await,
+            Backend::Postgres { pool, readers } => {
+                readers.close().await;
+                pool.close().await;
+            }
         }
     }
 }
@@ -874,10 +953,12 @@ impl SqlStore {
 mod accounts;
 mod audit;
 mod counters;
+mod durable;
 mod factors;
 mod inline;
 mod mail;
 mod passkeys;
+mod pg_readers;
 mod sessions;
 mod tokens;
 mod transfer;
@@ -962,7 +1043,14 @@ impl PoolGauge for SqlStore {
                 let (r, w) = (of(reader), of(writer));
                 (r.0 + w.0, r.1 + w.1)
             }
-            Backend::Postgres(pool) => of(pool),
+            Backend::Postgres { pool, .. } => of(pool),
+        }
+    }
+
+    fn group_syncs(&self) -> Option<(u64, u64)> {
+        match &self.backend {
+            Backend::Sqlite { group_sync, .. } => Some(group_sync.counts()),
+            Backend::Postgres { .. } => None,
         }
     }
 }

@@ -26,7 +26,7 @@ impl SessionStore for SqlStore {
         // SQLite runs one writer at a time, so the plain statement is already safe there.
         let sql = match self.backend {
             Backend::Sqlite { .. } => insert_if_unchanged!(),
-            Backend::Postgres(_) => concat!(insert_if_unchanged!(), " FOR SHARE"),
+            Backend::Postgres { .. } => concat!(insert_if_unchanged!(), " FOR SHARE"),
         };
         on_writer!(self, pool => async {
             let mut conn = acquire!(self, pool);
@@ -103,12 +103,12 @@ impl SessionStore for SqlStore {
             |row: &rusqlite::Row<'_>| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?)),
             |row: Option<SessionRow>| Ok(row.map(record))
         );
-        on_pool!(self, pool => {
+        point_read!(self, conn => {
             sqlx::query_as::<_, SessionRow>(SQL)
                 .bind(digest.as_str())
                 .bind(live.now)
                 .bind(live.seen_since)
-                .fetch_optional(pool)
+                .fetch_optional(conn)
                 .await
         })
         .map(|row| row.map(record))

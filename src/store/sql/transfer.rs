@@ -143,10 +143,14 @@ impl TransferStore for SqlStore {
 
     async fn begin_import(&self, skip_existing: bool) -> Result<Box<dyn Importer>, StoreError> {
         let importer = match &self.backend {
-            Backend::Sqlite { writer, .. } => {
-                SqlImporter::Sqlite(writer.begin().await.map_err(classify)?, skip_existing)
-            }
-            Backend::Postgres(pool) => {
+            Backend::Sqlite {
+                writer, group_sync, ..
+            } => SqlImporter::Sqlite(
+                writer.begin().await.map_err(classify)?,
+                skip_existing,
+                group_sync.clone(),
+            ),
+            Backend::Postgres { pool, .. } => {
                 SqlImporter::Postgres(pool.begin().await.map_err(classify)?, skip_existing)
             }
         };
@@ -173,7 +177,8 @@ macro_rules! select_set {
 
 /// An import's transaction on whichever backend the store has.
 enum SqlImporter {
-    Sqlite(Transaction<'static, Sqlite>, bool),
+    /// With the group sync that makes its commit durable.
+    Sqlite(Transaction<'static, Sqlite>, bool, Arc<GroupSync>),
     Postgres(Transaction<'static, Postgres>, bool),
 }
 
@@ -181,7 +186,7 @@ enum SqlImporter {
 macro_rules! on_tx {
     ($importer:expr, $tx:ident, $skip:ident => $body:expr) => {
         match $importer {
-            SqlImporter::Sqlite($tx, $skip) => $body,
+            SqlImporter::Sqlite($tx, $skip, _) => $body,
             SqlImporter::Postgres($tx, $skip) => $body,
         }
     };
@@ -461,7 +466,9 @@ impl Importer for SqlImporter {
 
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {
         match *self {
-            SqlImporter::Sqlite(tx, _) => tx.commit().await,
+            SqlImporter::Sqlite(tx, _, group_sync) => {
+                durable_after(&group_sync, tx.commit().await).await
+            }
             SqlImporter::Postgres(tx, _) => tx.commit().await,
         }
         .map_err(classify)
