@@ -4,8 +4,7 @@
 //! connection (`test_before_acquire`) and again when the connection comes back: three
 //! round trips to the server for a one-statement read, and the connection is held by
 //! the pool's check for two of them. These connections are held by the reads alone, so
-//! a point read is one round trip: its prepared statement's Bind, Execute and Sync
-//!.
+//! a point read is one round trip: its prepared statement's Bind, Execute and Sync.
 //!
 //! What the pool's checks guard against is handled here instead:
 //! - a read cancelled half-way (its request went away) may leave the connection with a
