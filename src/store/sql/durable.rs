@@ -197,7 +197,11 @@ mod tests {
     use std::time::Duration;
 
     /// A sync that reports when it starts and then waits for the test's go-ahead.
-    fn gated() -> (GroupSync, mpsc::Receiver<()>, mpsc::Sender<io::Result<()>>) {
+    fn gated() -> (
+        Arc<GroupSync>,
+        mpsc::Receiver<()>,
+        mpsc::Sender<io::Result<()>>,
+    ) {
         let (started_tx, started) = mpsc::channel();
         let (release, release_rx) = mpsc::channel::<io::Result<()>>();
         let sync = GroupSync::with(Box::new(move || {
@@ -207,7 +211,23 @@ mod tests {
                 .unwrap_or_else(|_| Err(io::Error::other("the test never released the sync")))
         }))
         .unwrap();
-        (sync, started, release)
+        (Arc::new(sync), started, release)
+    }
+
+    /// A write that waits for its sync in a task of its own.
+    fn durable_in_task(sync: &Arc<GroupSync>) -> tokio::task::JoinHandle<io::Result<()>> {
+        let sync = sync.clone();
+        tokio::spawn(async move { sync.durable().await })
+    }
+
+    /// A write that waits in a task of its own, once its sync has started.
+    fn syncing(
+        sync: &Arc<GroupSync>,
+        started: &mpsc::Receiver<()>,
+    ) -> tokio::task::JoinHandle<io::Result<()>> {
+        let task = durable_in_task(sync);
+        tokio::task::block_in_place(|| wait(started));
+        task
     }
 
     fn wait(started: &mpsc::Receiver<()>) {
@@ -219,18 +239,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writes_that_commit_during_a_sync_share_the_next_one() {
         let (sync, started, release) = gated();
-        let sync = Arc::new(sync);
-        let first = tokio::spawn({
-            let sync = sync.clone();
-            async move { sync.durable().await }
-        });
-        tokio::task::block_in_place(|| wait(&started));
+        let first = syncing(&sync, &started);
         // Ten writes commit while the first sync runs: it began before them, so it
         // cannot cover them, and none of them may be answered by it.
         let mut later = Vec::new();
         for _ in 0..10 {
-            let sync = sync.clone();
-            later.push(tokio::spawn(async move { sync.durable().await }));
+            later.push(durable_in_task(&sync));
         }
         // Every one of them holds a ticket once the sync thread sees more issued.
         while sync.shared.lock().issued < 11 {
@@ -259,12 +273,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_sync_fails_its_writes_and_every_later_one() {
         let (sync, started, release) = gated();
-        let sync = Arc::new(sync);
-        let waiting = tokio::spawn({
-            let sync = sync.clone();
-            async move { sync.durable().await }
-        });
-        tokio::task::block_in_place(|| wait(&started));
+        let waiting = syncing(&sync, &started);
         release.send(Err(io::Error::other("EIO"))).unwrap();
         assert!(waiting.await.unwrap().is_err());
         assert!(
@@ -277,19 +286,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_cancelled_wait_leaves_the_others_served() {
         let (sync, started, release) = gated();
-        let sync = Arc::new(sync);
-        let cancelled = tokio::spawn({
-            let sync = sync.clone();
-            async move { sync.durable().await }
-        });
-        tokio::task::block_in_place(|| wait(&started));
+        let cancelled = syncing(&sync, &started);
         cancelled.abort();
         release.send(Ok(())).unwrap();
-        let next = tokio::spawn({
-            let sync = sync.clone();
-            async move { sync.durable().await }
-        });
-        tokio::task::block_in_place(|| wait(&started));
+        let next = syncing(&sync, &started);
         release.send(Ok(())).unwrap();
         next.await.unwrap().unwrap();
         assert_eq!(sync.counts(), (2, 2));
