@@ -36,12 +36,14 @@ impl AuditStore for SqlStore {
         user_id: Option<&str>,
         outcome: &str,
     ) -> Result<(), StoreError> {
-        on_writer!(self, pool => {
+        on_writer!(self, pool => async {
+            let mut conn = acquire!(self, pool);
             event_insert(audit, kind, user_id, outcome)
-                .execute(pool)
+                .execute(&mut *conn)
                 .await
                 .map(drop)
-        })
+        }
+        .await)
         .map_err(classify)
     }
 
@@ -75,17 +77,19 @@ impl AuditStore for SqlStore {
     }
 
     async fn delete_old_events(&self, before: i64, batch: u32) -> Result<u64, StoreError> {
-        on_writer!(self, pool => {
+        on_writer!(self, pool => async {
+            let mut conn = acquire!(self, pool);
             sqlx::query(
                 "DELETE FROM audit_events WHERE id IN \
                  (SELECT id FROM audit_events WHERE at < $1 LIMIT $2)",
             )
             .bind(before)
             .bind(i64::from(batch))
-            .execute(pool)
+            .execute(&mut *conn)
             .await
             .map(|done| done.rows_affected())
-        })
+        }
+        .await)
         .map_err(classify)
     }
 }

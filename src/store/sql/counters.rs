@@ -68,12 +68,14 @@ impl CounterStore for SqlStore {
     async fn counter(&self, key: &str) -> Result<Option<Counter>, StoreError> {
         // On the writer: on SQLite it has seen every commit of this process, so a
         // failure reported right after its reservation finds it counted.
-        on_writer!(self, pool => read {
+        on_writer!(self, pool => read async {
+            let mut conn = acquire!(self, pool);
             sqlx::query_as::<_, CounterRow>(SELECT_COUNTER)
                 .bind(key)
-                .fetch_optional(pool)
+                .fetch_optional(&mut *conn)
                 .await
-        })
+        }
+        .await)
         .map(|row| row.map(counter))
         .map_err(classify)
     }
@@ -168,15 +170,17 @@ impl CounterStore for SqlStore {
     }
 
     async fn count_event(&self, key: &str, now: i64, window: i64) -> Result<Counter, StoreError> {
-        on_writer!(self, pool => {
+        on_writer!(self, pool => async {
+            let mut conn = acquire!(self, pool);
             // fetch_all for the reason given in update_user.
             sqlx::query_as::<_, CounterRow>(COUNT_EVENT)
                 .bind(key)
                 .bind(now)
                 .bind(window)
-                .fetch_all(pool)
+                .fetch_all(&mut *conn)
                 .await
-        })
+        }
+        .await)
         .map_err(classify)?
         .into_iter()
         .next()
@@ -186,14 +190,16 @@ impl CounterStore for SqlStore {
 
     async fn delete_stale_counters(&self, before: i64, now: i64) -> Result<u64, StoreError> {
         const SQL: &str = "DELETE FROM rate_limits WHERE updated < $1 AND blocked_until <= $2";
-        on_writer!(self, pool => {
+        on_writer!(self, pool => async {
+            let mut conn = acquire!(self, pool);
             sqlx::query(SQL)
                 .bind(before)
                 .bind(now)
-                .execute(pool)
+                .execute(&mut *conn)
                 .await
                 .map(|done| done.rows_affected())
-        })
+        }
+        .await)
         .map_err(classify)
     }
 }

@@ -28,7 +28,8 @@ impl FactorStore for SqlStore {
         // From the user's row, so nothing is written for a user deleted meanwhile; a
         // confirmed secret is left alone. (The WHERE clause also tells SQLite's parser
         // that ON CONFLICT is the insert's.)
-        on_writer!(self, pool => {
+        on_writer!(self, pool => async {
+            let mut conn = acquire!(self, pool);
             sqlx::query(
                 "INSERT INTO totp (user_id, secret, created, confirmed, last_step) \
                  SELECT id, $2, $3, NULL, 0 FROM users WHERE id = $1 \
@@ -38,10 +39,11 @@ impl FactorStore for SqlStore {
             .bind(user_id)
             .bind(secret)
             .bind(now)
-            .execute(pool)
+            .execute(&mut *conn)
             .await
             .map(|done| done.rows_affected() == 1)
-        })
+        }
+        .await)
         .map_err(classify)
     }
 

@@ -112,15 +112,17 @@ impl MailStore for SqlStore {
             i64,
             i64,
         );
-        on_writer!(self, pool => {
+        on_writer!(self, pool => async {
+            let mut conn = acquire!(self, pool);
             sqlx::query_as::<_, Row>(sql)
                 .bind(now)
                 .bind(lease_until)
                 .bind(i64::from(limit))
                 .bind(channel.as_str())
-                .fetch_all(pool)
+                .fetch_all(&mut *conn)
                 .await
-        })
+        }
+        .await)
         .map(|rows| {
             rows.into_iter()
                 .map(
@@ -170,12 +172,13 @@ impl MailStore for SqlStore {
             };
         }
         on_writer!(self, pool => async {
+            let mut conn = acquire!(self, pool);
             match outcome {
                 MailOutcome::Sent => {
                     sqlx::query(claimed!("state = 'sent', body = ''"))
                         .bind(mail.id)
                         .bind(mail.lease_until)
-                        .execute(pool)
+                        .execute(&mut *conn)
                         .await?;
                 }
                 MailOutcome::Retry { next_attempt } => {
@@ -183,13 +186,12 @@ impl MailStore for SqlStore {
                         .bind(mail.id)
                         .bind(mail.lease_until)
                         .bind(next_attempt)
-                        .execute(pool)
+                        .execute(&mut *conn)
                         .await?;
                 }
                 MailOutcome::GiveUp => {
                     // The message is kept (without its body or token) as a record that
                     // it was given up; the token no one will receive is withdrawn.
-                    let mut conn = acquire!(self, pool);
                     let mut tx = conn.begin_write().await?;
                     let token: Option<(Option<String>,)> = sqlx::query_as(
                         "SELECT token_hash FROM outbox \

@@ -39,6 +39,7 @@ use durable::GroupSync;
 use inline::InlineReader;
 use pg_readers::PgReaders;
 use std::sync::Arc;
+use writer::{SqliteWriter, WriterConn};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -68,13 +69,13 @@ impl Default for PoolConfig {
 }
 
 enum Backend {
-    /// SQLite takes one writer at a time. Writes go through a pool of one connection,
-    /// so concurrent writers wait their turn in the pool's queue instead of sleeping in
-    /// SQLite's busy handler (which made write latency spike under load); reads have a
-    /// pool of their own and never wait for writes (WAL).
+    /// SQLite takes one writer at a time. Writes go through one connection, so
+    /// concurrent writers wait their turn (`writer.rs`) instead of sleeping in SQLite's
+    /// busy handler (which made write latency spike under load); reads have a pool of
+    /// their own and never wait for writes (WAL).
     Sqlite {
         reader: SqlitePool,
-        writer: SqlitePool,
+        writer: SqliteWriter,
         /// The hot point reads, without sqlx's thread hand-off; falls back to `reader`.
         inline: InlineReader,
         /// Makes the writer's commits durable, many to an fsync (`durable.rs`).
@@ -276,7 +277,7 @@ trait BeginWrite {
     fn begin_write(&mut self) -> BoxFuture<'_, Result<Transaction<'_, Self::Db>, sqlx::Error>>;
 }
 
-impl BeginWrite for sqlx::pool::PoolConnection<Sqlite> {
+impl BeginWrite for WriterConn {
     type Db = Sqlite;
     fn begin_write(&mut self) -> BoxFuture<'_, Result<Transaction<'_, Sqlite>, sqlx::Error>> {
         (**self).begin_with("BEGIN IMMEDIATE")
@@ -756,13 +757,12 @@ impl SqlStore {
                 // connects first, so the file exists and is in WAL mode for the readers.
                 // The writer commits without a sync of its own; `GroupSync` makes its
                 // commits durable before they are acknowledged.
-                let writer = SqlitePoolOptions::new()
-                    .max_connections(1)
-                    .acquire_timeout(config.acquire_timeout)
-                    .test_before_acquire(false)
-                    .connect_with(options.clone().synchronous(SqliteSynchronous::Normal))
-                    .await
-                    .map_err(classify)?;
+                let writer = SqliteWriter::connect(
+                    options.clone().synchronous(SqliteSynchronous::Normal),
+                    config.acquire_timeout,
+                )
+                .await
+                .map_err(classify)?;
                 let group_sync = GroupSync::for_database(path)
                     .map(Arc::new)
                     .map_err(|err| StoreError::Other(sqlx::Error::Io(err)))?;
@@ -878,7 +878,11 @@ impl SqlStore {
     /// anything when the database has migrations this binary does not know (it is newer).
     pub async fn migrate(&self) -> Result<(), MigrateError> {
         let migrator = self.migrator();
-        on_writer!(self, pool => migrator.run(pool).await)
+        on_writer!(self, pool => async {
+            let mut conn = acquire!(self, pool);
+            migrator.run(&mut *conn).await
+        }
+        .await)
     }
 
     /// Checks, without changing anything, that the database has exactly the migrations
@@ -918,14 +922,16 @@ impl SqlStore {
     /// many rows went. Bounded batches keep each write transaction short, so a large
     /// backlog of expired rows never holds SQLite's write lock for long.
     async fn delete_expired(&self, sql: &str, now: i64, batch: u32) -> Result<u64, StoreError> {
-        on_writer!(self, pool => {
+        on_writer!(self, pool => async {
+            let mut conn = acquire!(self, pool);
             sqlx::query(sql)
                 .bind(now)
                 .bind(i64::from(batch))
-                .execute(pool)
+                .execute(&mut *conn)
                 .await
                 .map(|done| done.rows_affected())
-        })
+        }
+        .await)
         .map_err(classify)
     }
 
@@ -962,6 +968,7 @@ mod pg_readers;
 mod sessions;
 mod tokens;
 mod transfer;
+mod writer;
 
 #[async_trait]
 impl Store for SqlStore {
@@ -1040,7 +1047,7 @@ impl PoolGauge for SqlStore {
         }
         match &self.backend {
             Backend::Sqlite { reader, writer, .. } => {
-                let (r, w) = (of(reader), of(writer));
+                let (r, w) = (of(reader), writer.connections());
                 (r.0 + w.0, r.1 + w.1)
             }
             Backend::Postgres { pool, .. } => of(pool),

@@ -44,15 +44,17 @@ impl PasskeyStore for SqlStore {
         credential_id: &str,
         name: &str,
     ) -> Result<bool, StoreError> {
-        on_writer!(self, pool => {
+        on_writer!(self, pool => async {
+            let mut conn = acquire!(self, pool);
             sqlx::query("UPDATE passkeys SET name = $3 WHERE user_id = $1 AND credential_id = $2")
                 .bind(user_id)
                 .bind(credential_id)
                 .bind(name)
-                .execute(pool)
+                .execute(&mut *conn)
                 .await
                 .map(|done| done.rows_affected() == 1)
-        })
+        }
+        .await)
         .map_err(classify)
     }
 

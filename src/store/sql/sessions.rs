@@ -215,7 +215,8 @@ impl SessionStore for SqlStore {
         now: i64,
         interval: i64,
     ) -> Result<(), StoreError> {
-        on_writer!(self, pool => {
+        on_writer!(self, pool => async {
+            let mut conn = acquire!(self, pool);
             sqlx::query(
                 "UPDATE sessions SET last_seen = $2 WHERE token_hash = $1 \
                  AND (last_seen IS NULL OR last_seen <= $3)",
@@ -223,10 +224,11 @@ impl SessionStore for SqlStore {
             .bind(digest.as_str())
             .bind(now)
             .bind(now.saturating_sub(interval))
-            .execute(pool)
+            .execute(&mut *conn)
             .await
             .map(drop)
-        })
+        }
+        .await)
         .map_err(classify)
     }
 
@@ -266,14 +268,16 @@ impl SessionStore for SqlStore {
             "DELETE FROM sessions WHERE token_hash IN \
              (SELECT token_hash FROM sessions WHERE expires <= $1 LIMIT $2)"
         };
-        on_writer!(self, pool => {
+        on_writer!(self, pool => async {
+            let mut conn = acquire!(self, pool);
             let query = sqlx::query(sql).bind(live.now).bind(i64::from(batch));
             let query = if idle { query.bind(live.seen_since) } else { query };
-            query.execute(pool).await.map(|done| {
+            query.execute(&mut *conn).await.map(|done| {
                 self.ended(EndCause::expired, done.rows_affected());
                 done.rows_affected()
             })
-        })
+        }
+        .await)
         .map_err(classify)
     }
 }

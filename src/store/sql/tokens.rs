@@ -16,7 +16,8 @@ impl TokenStore for SqlStore {
                            CASE WHEN token_hash = $2 THEN 0 ELSE 1 END \
                            WHERE user_id = $1 AND purpose = $3 AND expires > $4 \
                            AND attempts < $5 RETURNING token_hash";
-        let found = on_writer!(self, pool => {
+        let found = on_writer!(self, pool => async {
+            let mut conn = acquire!(self, pool);
             // fetch_all for the reason given in update_user.
             sqlx::query_as::<_, (String,)>(SQL)
                 .bind(user_id)
@@ -24,9 +25,10 @@ impl TokenStore for SqlStore {
                 .bind(Purpose::ResetPassword.as_str())
                 .bind(now)
                 .bind(RESET_CODE_MAX_WRONG)
-                .fetch_all(pool)
+                .fetch_all(&mut *conn)
                 .await
-        })
+        }
+        .await)
         .map_err(classify)?;
         Ok(match found.first() {
             Some((hash,)) if hash == digest.as_str() => CodeCheck::Valid,
@@ -204,7 +206,8 @@ impl TokenStore for SqlStore {
         state: &str,
         now: i64,
     ) -> Result<bool, StoreError> {
-        on_writer!(self, pool => {
+        on_writer!(self, pool => async {
+            let mut conn = acquire!(self, pool);
             sqlx::query(
                 "UPDATE tokens SET state = $3 WHERE token_hash = $1 AND purpose = $2 AND expires > $4",
             )
@@ -212,10 +215,11 @@ impl TokenStore for SqlStore {
             .bind(purpose.as_str())
             .bind(state)
             .bind(now)
-            .execute(pool)
+            .execute(&mut *conn)
             .await
             .map(|done| done.rows_affected() == 1)
-        })
+        }
+        .await)
         .map_err(classify)
     }
 

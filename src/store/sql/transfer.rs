@@ -145,11 +145,17 @@ impl TransferStore for SqlStore {
         let importer = match &self.backend {
             Backend::Sqlite {
                 writer, group_sync, ..
-            } => SqlImporter::Sqlite(
-                writer.begin().await.map_err(classify)?,
-                skip_existing,
-                group_sync.clone(),
-            ),
+            } => {
+                // The import's transaction is the writer's, opened and ended by its own
+                // statements; whatever becomes of it, the connection is not used again.
+                let mut conn = writer.acquire().await.map_err(classify)?;
+                conn.close_on_drop();
+                sqlx::query("BEGIN IMMEDIATE")
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(classify)?;
+                SqlImporter::Sqlite(conn, skip_existing, group_sync.clone())
+            }
             Backend::Postgres { pool, .. } => {
                 SqlImporter::Postgres(pool.begin().await.map_err(classify)?, skip_existing)
             }
@@ -177,8 +183,8 @@ macro_rules! select_set {
 
 /// An import's transaction on whichever backend the store has.
 enum SqlImporter {
-    /// With the group sync that makes its commit durable.
-    Sqlite(Transaction<'static, Sqlite>, bool, Arc<GroupSync>),
+    /// The writer in a transaction, with the group sync that makes its commit durable.
+    Sqlite(WriterConn, bool, Arc<GroupSync>),
     Postgres(Transaction<'static, Postgres>, bool),
 }
 
@@ -466,8 +472,9 @@ impl Importer for SqlImporter {
 
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {
         match *self {
-            SqlImporter::Sqlite(tx, _, group_sync) => {
-                durable_after(&group_sync, tx.commit().await).await
+            SqlImporter::Sqlite(mut conn, _, group_sync) => {
+                let committed = sqlx::query("COMMIT").execute(&mut *conn).await.map(drop);
+                durable_after(&group_sync, committed).await
             }
             SqlImporter::Postgres(tx, _) => tx.commit().await,
         }
