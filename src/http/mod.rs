@@ -38,8 +38,7 @@ use tenants::{NoTenant, TenantSelection};
 use tower::ServiceExt;
 use tower_http::cors::{AllowCredentials, AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::trace::TraceLayer;
-use tracing::{Instrument, Level, Span};
+use tracing::Instrument;
 
 use crate::core::users::{Requester, Users};
 use crate::error::Error;
@@ -552,12 +551,16 @@ impl Pool {
             .merge(console::routes())
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed);
-        let cors = traced(routes.clone().layer(cors(guard.clone()))).with_state(state.clone());
-        let plain = traced(routes.layer(SetResponseHeaderLayer::appending(
-            header::VARY,
-            HeaderValue::from_static(CORS_VARY),
-        )))
-        .with_state(state);
+        let cors = routes
+            .clone()
+            .layer(cors(guard.clone()))
+            .with_state(state.clone());
+        let plain = routes
+            .layer(SetResponseHeaderLayer::appending(
+                header::VARY,
+                HeaderValue::from_static(CORS_VARY),
+            ))
+            .with_state(state);
         Self {
             cors,
             plain,
@@ -593,7 +596,7 @@ impl App {
             path = %loggable_path(request.uri().path()),
         );
         request.extensions_mut().insert(id.clone());
-        let (mut response, metrics) = self.route(request).instrument(span).await;
+        let (mut response, metrics) = self.route(request).instrument(span.clone()).await;
         let headers = response.headers_mut();
         // Static files (micro.js, the pages' stylesheet) set their own: revalidate.
         if !headers.contains_key(header::CACHE_CONTROL) {
@@ -606,7 +609,17 @@ impl App {
         if let Some(value) = id.header_value() {
             headers.insert(request_id::REQUEST_ID, value);
         }
-        metrics.request(route, response.status().as_u16(), started.elapsed());
+        let status = response.status().as_u16();
+        let latency = started.elapsed();
+        metrics.request(route, status, latency);
+        // The request's log line: one event, in the request's span, with no layer
+        // around the routes to make it (docs/performance/request-log.md).
+        tracing::info!(
+            parent: &span,
+            status,
+            latency_ms = latency.as_secs_f64() * 1e3,
+            "request"
+        );
         response
     }
 
@@ -712,33 +725,6 @@ fn preflight_or<'a, T>(
 
 /// The `Vary` header tower-http's CORS layer sets on every answer.
 const CORS_VARY: &str = "origin, access-control-request-method, access-control-request-headers";
-
-/// Logs every request (method, path, status, latency) at `info`, when the subscriber
-/// in place as the app is built records `info` here.
-///
-/// With request logs filtered out (`RUST_LOG=warn`), the layer would still wrap every
-/// request and its body and time them for nothing: about 3% of a ReadSession's
-/// instructions (docs/performance/read-path-syscalls.md). A subscriber installed after the app is
-/// built therefore sees no request logs; the binary installs its own first.
-fn traced(routes: Router<AppState>) -> Router<AppState> {
-    if !tracing::enabled!(Level::INFO) {
-        return routes;
-    }
-    routes.layer(
-        TraceLayer::new_for_http()
-            // The request's span is made by [`App::handle`], around the guard too.
-            .make_span_with(|_: &Request<_>| Span::none())
-            .on_request(())
-            .on_response(|response: &Response<_>, latency: Duration, _: &Span| {
-                tracing::info!(
-                    status = response.status().as_u16(),
-                    latency_ms = latency.as_secs_f64() * 1e3,
-                    "request"
-                );
-            })
-            .on_failure(()),
-    )
-}
 
 /// A path as request logs show it: a magic link's token (`/ui/magic/<token>`) is left
 /// out.
