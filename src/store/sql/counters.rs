@@ -68,7 +68,7 @@ impl CounterStore for SqlStore {
     async fn counter(&self, key: &str) -> Result<Option<Counter>, StoreError> {
         // On the writer: on SQLite it has seen every commit of this process, so a
         // failure reported right after its reservation finds it counted.
-        on_writer!(self, pool => read async {
+        on_writer!(self, pool => unsynced async {
             let mut conn = acquire!(self, pool);
             sqlx::query_as::<_, CounterRow>(SELECT_COUNTER)
                 .bind(key)

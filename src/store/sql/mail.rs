@@ -112,7 +112,9 @@ impl MailStore for SqlStore {
             i64,
             i64,
         );
-        on_writer!(self, pool => async {
+        // Unsynced: an idle outbox claims every second, and a claim is answered to no
+        // one (a lease lost in a crash only means the message is claimed again).
+        on_writer!(self, pool => unsynced async {
             let mut conn = acquire!(self, pool);
             sqlx::query_as::<_, Row>(sql)
                 .bind(now)

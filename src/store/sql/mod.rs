@@ -151,10 +151,13 @@ macro_rules! point_read {
 /// Runs `$body`, which writes, with `$pool` bound to the store's pool for writing. Its
 /// `Ok` comes back only once what it committed is durable: on SQLite, after the group
 /// sync that follows the commit (`durable.rs`), with the writer already free for the
-/// next transaction; PostgreSQL syncs at commit. `read` instead of a body: a read that
-/// must see every commit of this process, which has nothing to make durable.
+/// next transaction; PostgreSQL syncs at commit. `unsynced` before the body: no wait
+/// for the sync, for what no caller is told was done (a read that must see every
+/// commit of this process; a lease the outbox takes every second, which a crash may
+/// lose at no cost: the message is claimed again). The next synced write's sync
+/// covers it anyway.
 macro_rules! on_writer {
-    ($store:expr, $pool:ident => read $body:expr) => {
+    ($store:expr, $pool:ident => unsynced $body:expr) => {
         match &$store.backend {
             Backend::Sqlite { writer: $pool, .. } => $body,
             Backend::Postgres { pool: $pool, .. } => $body,
