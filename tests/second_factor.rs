@@ -48,7 +48,7 @@ mod passkeys {
 mod idle {
     use super::*;
 
-    fn idle_timeout(config: &mut ServeConfig) {
+    pub(super) fn idle_timeout(config: &mut ServeConfig) {
         with_key(config);
         config.session_idle_timeout = 600;
     }
@@ -56,6 +56,8 @@ mod idle {
     on_both_stores!(
         config = crate::idle::idle_timeout,
         an_unused_session_ends_after_the_idle_timeout,
+        a_use_near_the_idle_timeout_counts_at_once_on_another_replica,
+        a_sessions_use_is_written_soon_and_by_a_clean_stop,
     );
 }
 
@@ -674,6 +676,55 @@ async fn passkeys_are_off_without_a_domain_name() {
         400,
         "passkeys need --public-url",
     );
+}
+
+/// A use is written a moment after the request, except one that keeps a session from
+/// going idle within seconds: that one is written before the answer, so another
+/// replica, which sees only what is written, does not end the session.
+async fn a_use_near_the_idle_timeout_counts_at_once_on_another_replica(app: TestApp) {
+    let (_, session) = user_with_session(&app, "kim").await;
+    let other = app.replica(idle::idle_timeout).await;
+    // 595 of the 600 seconds gone: this use is urgent.
+    app.clock.advance(595);
+    assert!(alive(&app, &session).await);
+    app.clock.advance(10);
+    let response = app
+        .client
+        .post(other.url("/users/Users/ReadSession"))
+        .json(&json!({"session_id": session}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        200,
+        "the other replica sees the use: {}",
+        response.text().await.unwrap()
+    );
+}
+
+/// A use noted in memory reaches the database on its own within moments, and a clean
+/// stop writes what is still noted.
+async fn a_sessions_use_is_written_soon_and_by_a_clean_stop(app: TestApp) {
+    let (_, first) = user_with_session(&app, "lee").await;
+    let second = app.login("lee", PASSWORD).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.clock.advance(5);
+    let used = format!("sessions WHERE last_seen = {}", app.clock_now());
+    assert!(alive(&app, &first).await);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while app.count_rows(&used).await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the use was not written within 20 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(alive(&app, &second).await);
+    let db = app.into_database().await;
+    assert_eq!(db.count_rows(&used).await, 2, "both uses are written");
 }
 
 async fn an_unused_session_ends_after_the_idle_timeout(app: TestApp) {

@@ -28,6 +28,7 @@ use crate::store::{
 
 pub mod passkeys;
 mod second_factor;
+mod seen;
 pub use passkeys::{passkey_name, Ceremony, PasskeyInfo, PasskeySettings, PasskeySignInFor};
 pub use second_factor::{DisableProof, SecondFactors};
 
@@ -214,6 +215,8 @@ pub struct Users {
     session_ttl: i64,
     /// Seconds a session lives unused; None: no limit.
     idle_timeout: Option<i64>,
+    /// Sessions' uses not yet written.
+    seen: Arc<seen::SeenLog>,
     totp_issuer: String,
     /// The relying party of passkeys; None when the public address cannot name one.
     webauthn: Option<webauthn_rs::Webauthn>,
@@ -244,6 +247,7 @@ impl Users {
             }),
             hash_limits: settings.hash_limits,
             metrics,
+            seen: seen::SeenLog::new(store.clone()),
             store,
             hasher,
             clock,
@@ -698,31 +702,66 @@ impl Users {
 
     /// The live session with this digest; notes that it was seen now, at most once a
     /// minute (or in half the idle timeout), so that a read-heavy app does not turn
-    /// every lookup into a write.
+    /// every lookup into a write. The note is written a moment later (see `seen`).
     async fn live_session(&self, digest: &TokenDigest) -> Result<Option<SessionRecord>, Error> {
         let live = self.liveness();
-        let Some(record) = self.store.session(digest, live).await? else {
-            return Ok(None);
+        let record = match self.store.session(digest, live).await? {
+            Some(record) => record,
+            // Idle as the store has it, but used here since: a use not yet written.
+            None if self
+                .seen
+                .pending(digest)
+                .is_some_and(|at| at > live.seen_since) =>
+            {
+                let unexpired = Liveness {
+                    seen_since: i64::MIN,
+                    ..live
+                };
+                match self.store.session(digest, unexpired).await? {
+                    Some(record) => record,
+                    None => return Ok(None),
+                }
+            }
+            None => return Ok(None),
         };
         let interval = self.idle_timeout.map_or(LAST_SEEN_INTERVAL, |idle| {
             (idle / 2).clamp(1, LAST_SEEN_INTERVAL)
         });
-        if record
-            .last_seen
-            .is_none_or(|seen| seen <= live.now.saturating_sub(interval))
-        {
+        let since = live.now.saturating_sub(interval);
+        let seen = record.last_seen.unwrap_or(record.created);
+        if record.last_seen.is_some_and(|seen| seen > since) {
+            return Ok(Some(record));
+        }
+        // Another replica sees only what is written: a session that would go idle there
+        // soon has its use written now.
+        let urgent = self
+            .idle_timeout
+            .is_some_and(|idle| seen.saturating_add(idle) <= live.now.saturating_add(seen::URGENT));
+        if urgent {
             // Noting the use is not worth failing the request for: a read-only or full
             // database still serves a session.
-            if let Err(err) = self.store.touch_session(digest, live.now, interval).await {
+            if let Err(err) = self
+                .store
+                .touch_sessions(std::slice::from_ref(digest), live.now)
+                .await
+            {
                 tracing::warn!(error = %err, "a session's last use was not recorded");
             }
+        } else {
+            self.seen.note(digest, live.now, since);
         }
         Ok(Some(record))
+    }
+
+    /// Writes the sessions' uses noted and not yet written (as a clean shutdown does).
+    pub async fn write_session_uses(&self) -> Result<(), Error> {
+        self.seen.flush().await
     }
 
     /// The user's live sessions, newest first (at most [`MAX_LISTED_SESSIONS`]).
     pub async fn list_sessions(&self, id: &UserId) -> Result<Vec<SessionDetails>, Error> {
         self.read(&AccountKey::Id(id.clone())).await?;
+        self.seen.flush().await?;
         Ok(self
             .store
             .user_sessions(id.as_str(), self.liveness(), MAX_LISTED_SESSIONS)
@@ -1110,6 +1149,8 @@ impl Users {
     /// Deletes every session and one-time token that has expired and every rate-limit
     /// counter that has been quiet for a day; returns how many sessions went.
     pub async fn sweep(&self) -> Result<u64, Error> {
+        // A session kept alive by a use noted here is not swept as idle.
+        self.seen.flush().await?;
         let live = self.liveness();
         let now = live.now;
         let mut total = 0;

@@ -66,7 +66,7 @@ impl fmt::Debug for SecretToken {
 }
 
 /// Hex SHA-256 of a session token: the session's key in the store.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct TokenDigest(String);
 
 impl TokenDigest {

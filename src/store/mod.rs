@@ -515,14 +515,9 @@ pub trait SessionStore: Send + Sync {
         audit: &Audit,
     ) -> Result<bool, StoreError>;
 
-    /// Records that the session signed a request at `now`, unless it was recorded less
-    /// than `interval` seconds before (so a busy session writes at most once a while).
-    async fn touch_session(
-        &self,
-        digest: &TokenDigest,
-        now: i64,
-        interval: i64,
-    ) -> Result<(), StoreError>;
+    /// Records that these sessions were used at `at` (at most a few hundred), where
+    /// that is later than the use recorded; sessions that are gone are skipped.
+    async fn touch_sessions(&self, digests: &[TokenDigest], at: i64) -> Result<(), StoreError>;
 
     /// Deletes every session of the user but `keep`; returns how many.
     async fn delete_sessions(

@@ -119,7 +119,8 @@ impl TestDatabase {
 }
 
 impl TestDatabase {
-    /// Counts the rows of `table` straight from the database.
+    /// Counts the rows of `table` (which may be followed by a WHERE clause) straight
+    /// from the database.
     pub async fn count_rows(&self, table: &str) -> i64 {
         let sql = format!("SELECT COUNT(*) FROM {table}");
         if self.raw_url.starts_with("postgres") {

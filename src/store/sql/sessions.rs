@@ -209,24 +209,29 @@ impl SessionStore for SqlStore {
         .map_err(classify)
     }
 
-    async fn touch_session(
-        &self,
-        digest: &TokenDigest,
-        now: i64,
-        interval: i64,
-    ) -> Result<(), StoreError> {
-        on_writer!(self, pool => async {
+    async fn touch_sessions(&self, digests: &[TokenDigest], at: i64) -> Result<(), StoreError> {
+        if digests.is_empty() {
+            return Ok(());
+        }
+        let mut sql = String::from(
+            "UPDATE sessions SET last_seen = $1 \
+             WHERE (last_seen IS NULL OR last_seen < $1) AND token_hash IN (",
+        );
+        for n in 0..digests.len() {
+            if n > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", n + 2));
+        }
+        sql.push(')');
+        // A hint answered to no one: it waits for no WAL sync (a later one covers it).
+        on_writer!(self, pool => unsynced async {
             let mut conn = acquire!(self, pool);
-            sqlx::query(
-                "UPDATE sessions SET last_seen = $2 WHERE token_hash = $1 \
-                 AND (last_seen IS NULL OR last_seen <= $3)",
-            )
-            .bind(digest.as_str())
-            .bind(now)
-            .bind(now.saturating_sub(interval))
-            .execute(&mut *conn)
-            .await
-            .map(drop)
+            let mut query = sqlx::query(&sql).bind(at);
+            for digest in digests {
+                query = query.bind(digest.as_str());
+            }
+            query.execute(&mut *conn).await.map(drop)
         }
         .await)
         .map_err(classify)
