@@ -10,14 +10,20 @@
 //! A write whose COMMIT failed leaves the connection in a state nobody knows (SQLite
 //! may or may not have rolled the transaction back by itself): it is marked, and the
 //! next writer gets a new connection.
+//!
+//! So does a connection that a write left inside a transaction no one will end. sqlx
+//! 0.8 leaves one when a `BEGIN IMMEDIATE` is cancelled (a client hanging up) after the
+//! statement ran but before its `Transaction` existed: its depth counter stays at one,
+//! and every later `begin_with` fails ("non-zero transaction depth"), which stopped
+//! every write until a restart.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
-use sqlx::Connection;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteTransactionManager};
+use sqlx::{Connection, TransactionManager};
 use tokio::sync::{Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
 
 #[derive(Debug)]
@@ -56,6 +62,22 @@ impl SqliteWriter {
         if self.spoiled.swap(false, Ordering::AcqRel) {
             // Its state is unknown: dropping it ends it without another statement.
             drop(slot.take());
+        }
+        if let Some(conn) = slot.as_mut() {
+            if SqliteTransactionManager::get_transaction_depth(conn) > 0 {
+                // A cancelled write's rollback may still be queued on the connection's
+                // thread: a ping waits for it. Inside a transaction after that, the
+                // connection is lost to its writes (see above), and closing it ends the
+                // transaction.
+                if conn.ping().await.is_err()
+                    || SqliteTransactionManager::get_transaction_depth(conn) > 0
+                {
+                    tracing::warn!(
+                        "the writing connection was left inside a transaction; replaced"
+                    );
+                    drop(slot.take());
+                }
+            }
         }
         if slot.is_none() {
             *slot = Some(SqliteConnection::connect_with(&self.options).await?);
@@ -120,5 +142,82 @@ impl Drop for WriterConn {
             // Set while the lock is still held: the next writer sees it.
             self.spoiled.store(true, Ordering::Release);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn writer(dir: &tempfile::TempDir) -> SqliteWriter {
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("w.db"))
+            .create_if_missing(true);
+        SqliteWriter::connect(options, Duration::from_secs(5))
+            .await
+            .expect("connects")
+    }
+
+    /// A write cancelled between its BEGIN and its `Transaction` leaves the connection
+    /// in a transaction with nothing to end it; the next writer still writes.
+    #[tokio::test]
+    async fn a_transaction_left_open_does_not_stop_the_next_writes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let writer = writer(&dir).await;
+        {
+            let mut conn = writer.acquire().await.expect("writer");
+            sqlx::query("CREATE TABLE t (n INTEGER)")
+                .execute(&mut *conn)
+                .await
+                .expect("table");
+            let tx = conn.begin_with("BEGIN IMMEDIATE").await.expect("begins");
+            // What the cancelled write leaves: BEGIN done, no one to roll it back.
+            std::mem::forget(tx);
+        }
+        for n in 0..3 {
+            let mut conn = writer.acquire().await.expect("writer");
+            let mut tx = conn
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .expect("begins again");
+            sqlx::query("INSERT INTO t VALUES ($1)")
+                .bind(n)
+                .execute(&mut *tx)
+                .await
+                .expect("inserts");
+            tx.commit().await.expect("commits");
+        }
+        let mut conn = writer.acquire().await.expect("writer");
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM t")
+            .fetch_one(&mut *conn)
+            .await
+            .expect("counts");
+        assert_eq!(count, 3);
+    }
+
+    /// A write dropped inside its transaction is rolled back, on the same connection.
+    #[tokio::test]
+    async fn a_dropped_transaction_is_rolled_back() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let writer = writer(&dir).await;
+        let mut conn = writer.acquire().await.expect("writer");
+        sqlx::query("CREATE TABLE t (n INTEGER)")
+            .execute(&mut *conn)
+            .await
+            .expect("table");
+        {
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.expect("begins");
+            sqlx::query("INSERT INTO t VALUES (1)")
+                .execute(&mut *tx)
+                .await
+                .expect("inserts");
+        }
+        drop(conn);
+        let mut conn = writer.acquire().await.expect("writer");
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM t")
+            .fetch_one(&mut *conn)
+            .await
+            .expect("counts");
+        assert_eq!(count, 0);
     }
 }
