@@ -1090,3 +1090,48 @@ async fn sqlite_read_only_database_refuses_writes_with_503_and_keeps_serving_rea
     drop(tmpfs);
     drop(db);
 }
+
+mod hang_ups {
+    use super::*;
+
+    on_both_stores!(
+        config = crate::limits_off,
+        clients_hanging_up_mid_write_leave_the_writes_working,
+    );
+}
+
+/// Clients that give up on their writes at every point of the way (on SQLite, one of
+/// them once left the writing connection in a transaction that failed every later
+/// write): the writes after them all succeed.
+async fn clients_hanging_up_mid_write_leave_the_writes_working(app: TestApp) {
+    let user = app.create_user("hangup").await;
+    let id = user["id"].as_str().unwrap().to_string();
+    let url = app.url("/users/Users/Update");
+    let mut tasks = JoinSet::new();
+    for n in 0..400u64 {
+        let (url, id) = (url.clone(), id.clone());
+        tasks.spawn(async move {
+            // Each on a connection of its own, given up after 0.2 to 3.2 ms: the
+            // server drops the request wherever it is then.
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_micros(200 + (n * 37) % 3000))
+                .build()
+                .unwrap();
+            let _ = client
+                .post(url)
+                .json(&json!({"id": id, "username": format!("hangup{n}")}))
+                .send()
+                .await;
+        });
+        if tasks.len() >= 16 {
+            tasks.join_next().await;
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    for n in 0..10 {
+        let (status, body) = app
+            .call("Update", json!({"id": id, "username": format!("after{n}")}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+}
