@@ -16,7 +16,8 @@
 //! * [`http`]: the router, the guard in front of it, the two wire surfaces and their
 //!   error shape, all calling the same core.
 //! * [`config`] and [`server`]: the command line and the running process, which put the
-//!   layers together; [`admin`]: the operator's `user` commands on the same core.
+//!   layers together; [`admin`]: the operator's `user` commands on the same core;
+//!   [`log_sink`]: where the log lines go.
 
 pub mod admin;
 pub mod config;
@@ -24,6 +25,7 @@ pub mod core;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod log_sink;
 pub mod metrics;
 pub mod server;
 pub mod store;

@@ -10,6 +10,7 @@ use users_service::config::{Cli, Command, LogFormat};
 use users_service::core::clock::{Clock, SystemClock};
 use users_service::core::transfer;
 use users_service::error::chain;
+use users_service::log_sink::LogSink;
 use users_service::server::{
     connect_store, open_existing_store, open_store, shutdown_signal, Server, StartError,
 };
@@ -47,9 +48,11 @@ fn main() -> ExitCode {
     };
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+    // Lines are batched unless standard error is a terminal (see `log_sink`).
+    let sink = LogSink::stderr();
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(sink.clone());
     match cli.log_format {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
         // One object per line: `timestamp`, `level`, `target`, `message` and the event's
@@ -62,7 +65,16 @@ fn main() -> ExitCode {
             .with_span_list(false)
             .init(),
     }
-    match run(cli) {
+    // What was logged before a panic is written before its message.
+    let previous = std::panic::take_hook();
+    let at_panic = sink.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        at_panic.try_flush();
+        previous(info);
+    }));
+    let outcome = run(cli);
+    sink.flush();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // One line, causes joined with ": ", and no backtrace.
