@@ -149,13 +149,30 @@ impl Drop for WriterConn {
 mod tests {
     use super::*;
 
-    async fn writer(dir: &tempfile::TempDir) -> SqliteWriter {
+    /// A writer on a new database with one table, `t (n INTEGER)`.
+    async fn writer_with_table(dir: &tempfile::TempDir) -> SqliteWriter {
         let options = SqliteConnectOptions::new()
             .filename(dir.path().join("w.db"))
             .create_if_missing(true);
-        SqliteWriter::connect(options, Duration::from_secs(5))
+        let writer = SqliteWriter::connect(options, Duration::from_secs(5))
             .await
-            .expect("connects")
+            .expect("connects");
+        let mut conn = writer.acquire().await.expect("writer");
+        sqlx::query("CREATE TABLE t (n INTEGER)")
+            .execute(&mut *conn)
+            .await
+            .expect("table");
+        drop(conn);
+        writer
+    }
+
+    async fn rows(writer: &SqliteWriter) -> i64 {
+        let mut conn = writer.acquire().await.expect("writer");
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM t")
+            .fetch_one(&mut *conn)
+            .await
+            .expect("counts");
+        count
     }
 
     /// A write cancelled between its BEGIN and its `Transaction` leaves the connection
@@ -163,13 +180,9 @@ mod tests {
     #[tokio::test]
     async fn a_transaction_left_open_does_not_stop_the_next_writes() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let writer = writer(&dir).await;
+        let writer = writer_with_table(&dir).await;
         {
             let mut conn = writer.acquire().await.expect("writer");
-            sqlx::query("CREATE TABLE t (n INTEGER)")
-                .execute(&mut *conn)
-                .await
-                .expect("table");
             let tx = conn.begin_with("BEGIN IMMEDIATE").await.expect("begins");
             // What the cancelled write leaves: BEGIN done, no one to roll it back.
             std::mem::forget(tx);
@@ -187,37 +200,22 @@ mod tests {
                 .expect("inserts");
             tx.commit().await.expect("commits");
         }
-        let mut conn = writer.acquire().await.expect("writer");
-        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM t")
-            .fetch_one(&mut *conn)
-            .await
-            .expect("counts");
-        assert_eq!(count, 3);
+        assert_eq!(rows(&writer).await, 3);
     }
 
-    /// A write dropped inside its transaction is rolled back, on the same connection.
+    /// A write dropped inside its transaction is rolled back.
     #[tokio::test]
     async fn a_dropped_transaction_is_rolled_back() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let writer = writer(&dir).await;
-        let mut conn = writer.acquire().await.expect("writer");
-        sqlx::query("CREATE TABLE t (n INTEGER)")
-            .execute(&mut *conn)
-            .await
-            .expect("table");
+        let writer = writer_with_table(&dir).await;
         {
+            let mut conn = writer.acquire().await.expect("writer");
             let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.expect("begins");
             sqlx::query("INSERT INTO t VALUES (1)")
                 .execute(&mut *tx)
                 .await
                 .expect("inserts");
         }
-        drop(conn);
-        let mut conn = writer.acquire().await.expect("writer");
-        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM t")
-            .fetch_one(&mut *conn)
-            .await
-            .expect("counts");
-        assert_eq!(count, 0);
+        assert_eq!(rows(&writer).await, 0);
     }
 }
