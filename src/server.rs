@@ -840,9 +840,7 @@ impl Server {
             }
         }
         for pool in &self.pools {
-            if let Err(err) = pool.users.write_session_uses().await {
-                tracing::warn!(error = %crate::error::chain(&err), "sessions' last use was not recorded");
-            }
+            pool.users.write_session_uses().await;
             pool.store.close().await;
         }
         tracing::info!("users-service stopped");

@@ -728,15 +728,15 @@ impl Users {
             (idle / 2).clamp(1, LAST_SEEN_INTERVAL)
         });
         let since = live.now.saturating_sub(interval);
-        let seen = record.last_seen.unwrap_or(record.created);
         if record.last_seen.is_some_and(|seen| seen > since) {
             return Ok(Some(record));
         }
         // Another replica sees only what is written: a session that would go idle there
         // soon has its use written now.
-        let urgent = self
-            .idle_timeout
-            .is_some_and(|idle| seen.saturating_add(idle) <= live.now.saturating_add(seen::URGENT));
+        let last_use = record.last_seen.unwrap_or(record.created);
+        let urgent = self.idle_timeout.is_some_and(|idle| {
+            last_use.saturating_add(idle) <= live.now.saturating_add(seen::URGENT)
+        });
         if urgent {
             // Noting the use is not worth failing the request for: a read-only or full
             // database still serves a session.
@@ -754,14 +754,18 @@ impl Users {
     }
 
     /// Writes the sessions' uses noted and not yet written (as a clean shutdown does).
-    pub async fn write_session_uses(&self) -> Result<(), Error> {
-        self.seen.flush().await
+    /// A failure is logged, not returned: a note not written is not worth failing a
+    /// listing, a sweep or a stop for (a read-only database still lists sessions).
+    pub async fn write_session_uses(&self) {
+        if let Err(err) = self.seen.flush().await {
+            tracing::warn!(error = %crate::error::chain(&err), "sessions' last use was not recorded");
+        }
     }
 
     /// The user's live sessions, newest first (at most [`MAX_LISTED_SESSIONS`]).
     pub async fn list_sessions(&self, id: &UserId) -> Result<Vec<SessionDetails>, Error> {
         self.read(&AccountKey::Id(id.clone())).await?;
-        self.seen.flush().await?;
+        self.write_session_uses().await;
         Ok(self
             .store
             .user_sessions(id.as_str(), self.liveness(), MAX_LISTED_SESSIONS)
@@ -1150,7 +1154,7 @@ impl Users {
     /// counter that has been quiet for a day; returns how many sessions went.
     pub async fn sweep(&self) -> Result<u64, Error> {
         // A session kept alive by a use noted here is not swept as idle.
-        self.seen.flush().await?;
+        self.write_session_uses().await;
         let live = self.liveness();
         let now = live.now;
         let mut total = 0;
