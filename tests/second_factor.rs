@@ -58,6 +58,7 @@ mod idle {
         an_unused_session_ends_after_the_idle_timeout,
         a_use_near_the_idle_timeout_counts_at_once_on_another_replica,
         a_sessions_use_is_written_soon_and_by_a_clean_stop,
+        a_use_not_yet_written_keeps_the_session_alive_here,
     );
 }
 
@@ -701,6 +702,18 @@ async fn a_use_near_the_idle_timeout_counts_at_once_on_another_replica(app: Test
         "the other replica sees the use: {}",
         response.text().await.unwrap()
     );
+}
+
+/// A use noted in memory counts on this replica before it is written: 100 s after
+/// sign-in the session is used (written about a second later), and 520 s after that,
+/// past the 600 s idle timeout counted from the sign-in, it is still live. (Should the
+/// note have been written already, the database says the same.)
+async fn a_use_not_yet_written_keeps_the_session_alive_here(app: TestApp) {
+    let (_, session) = user_with_session(&app, "max").await;
+    app.clock.advance(100);
+    assert!(alive(&app, &session).await);
+    app.clock.advance(520);
+    assert!(alive(&app, &session).await, "the noted use counts");
 }
 
 /// A use noted in memory reaches the database on its own within moments, and a clean
