@@ -708,10 +708,13 @@ impl Users {
         let record = match self.store.session(digest, live).await? {
             Some(record) => record,
             // Idle as the store has it, but used here since: a use not yet written.
-            None if self
-                .seen
-                .pending(digest)
-                .is_some_and(|at| at > live.seen_since) =>
+            // Without an idle timeout no note can change the answer, and an unknown
+            // token does not take the notes' lock.
+            None if self.idle_timeout.is_some()
+                && self
+                    .seen
+                    .pending(digest)
+                    .is_some_and(|at| at > live.seen_since) =>
             {
                 let unexpired = Liveness {
                     seen_since: i64::MIN,
