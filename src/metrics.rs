@@ -209,6 +209,11 @@ pub trait PoolGauge: Send + Sync + std::fmt::Debug + 'static {
     fn group_syncs(&self) -> Option<(u64, u64)> {
         None
     }
+
+    /// On SQLite: (transactions of batched writes committed, writes they held).
+    fn batches(&self) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 /// Histogram buckets for durations from 100 µs to about 13 s.
@@ -555,7 +560,12 @@ impl Collector for PoolCollector {
             family.metric_type(),
         )?;
         family.encode(metric)?;
-        let Some((syncs, writes)) = self.0.upgrade().and_then(|pool| pool.group_syncs()) else {
+        let Some(pool) = self.0.upgrade() else {
+            return Ok(());
+        };
+        let (Some((syncs, writes)), Some((batches, batched))) =
+            (pool.group_syncs(), pool.batches())
+        else {
             return Ok(());
         };
         for (name, help, value) in [
@@ -568,6 +578,16 @@ impl Collector for PoolCollector {
                 "db_synced_writes",
                 "SQLite writes made durable by the group fsyncs",
                 writes,
+            ),
+            (
+                "db_write_batches",
+                "Transactions of batched SQLite writes (Logouts), each holding the ones that arrived together",
+                batches,
+            ),
+            (
+                "db_batched_writes",
+                "SQLite writes committed in batches",
+                batched,
             ),
         ] {
             let counter = ConstCounter::new(value);

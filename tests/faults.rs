@@ -114,9 +114,11 @@ const STORM_CLIENTS: usize = 6;
 /// Steps each client takes at most. A step is one request, or two (Login, then
 /// UpdatePassword) one time in four: these clients send at most 375 requests.
 const STORM_OPS_PER_CLIENT: usize = 50;
-/// More clients, each of which creates one account and then only updates its profile:
-/// writes with no password hash to compute, which commit many at a time and so share
-/// the group syncs of SQLite (and arrive together at PostgreSQL's commits).
+/// More clients, each of which creates one account and then only updates its profile
+/// (even ones) or signs in and out again (odd ones): Updates and Logouts have no
+/// password hash to compute, so they commit many at a time, share the group syncs of
+/// SQLite (and Logouts its batched transactions), and arrive together at PostgreSQL's
+/// commits.
 const FAST_CLIENTS: usize = 8;
 /// Updates each of them sends at most; the kill normally stops them first.
 const FAST_OPS_PER_CLIENT: usize = 2_000;
@@ -161,6 +163,9 @@ struct Account {
     /// Sessions from acknowledged Logins, each with the index of the password it was
     /// opened with.
     sessions: Vec<(String, usize)>,
+    /// Sessions whose Logout was acknowledged, and the one whose Logout was in flight.
+    ended: Vec<String>,
+    ending: Option<String>,
 }
 
 impl Account {
@@ -175,6 +180,8 @@ impl Account {
             password: 0,
             password_in_flight: None,
             sessions: Vec::new(),
+            ended: Vec::new(),
+            ending: None,
         }
     }
 
@@ -283,6 +290,29 @@ async fn storm_step(storm: &Storm, client: usize, op: usize, accounts: &mut Vec<
     // was not); spread the changes over them.
     let n = (op * 5 + client) % accounts.len();
     let account = &mut accounts[n];
+    if fast && client % 2 == 1 {
+        // Its password never changes: a session it does not end must survive.
+        let login = json!({
+            "username": account.username(account.version),
+            "password": account.passwords[account.password],
+        });
+        let (fate, answer) = storm.send(client, "Login", login).await;
+        if fate != Fate::Acked {
+            return false;
+        }
+        let Some(session) = answer["session"]["id"].as_str().map(str::to_owned) else {
+            // The body was cut off by the kill: nothing to end.
+            return false;
+        };
+        account.sessions.push((session.clone(), account.password));
+        let logout = json!({"session_id": session});
+        match storm.send(client, "Logout", logout).await.0 {
+            Fate::Acked => account.ended.push(session),
+            Fate::Unknown => account.ending = Some(session),
+            Fate::NotSent => return false,
+        }
+        return account.ending.is_none();
+    }
     if !fast && op % 4 == 2 {
         // A session under the current password first, for the change to revoke.
         let login = json!({
@@ -389,9 +419,10 @@ async fn acknowledged_writes_survive_a_crash(backend: Backend, test: &str) {
         "the kill came after the storm had ended: no client was interrupted"
     );
     eprintln!(
-        "{test}: killed after {acked} + {} acknowledged writes; {} accounts; {interrupted} \
-         of {} clients interrupted",
+        "{test}: killed after {acked} + {} acknowledged writes ({} of them Logouts); {} \
+         accounts; {interrupted} of {} clients interrupted",
         storm.all_acks.load(Ordering::SeqCst) - acked,
+        accounts.iter().map(|a| a.ended.len()).sum::<usize>(),
         accounts.len(),
         STORM_CLIENTS + FAST_CLIENTS
     );
@@ -494,7 +525,20 @@ async fn acknowledged_writes_survive_a_crash(backend: Backend, test: &str) {
             let answer = api
                 .call("ReadSession", json!({"session_id": session}))
                 .await;
-            if *opened_with == working[0] {
+            if account.ended.contains(session) {
+                assert_eq!(
+                    answer.0, 401,
+                    "an acknowledged Logout was lost: {account:?}: {}",
+                    answer.1
+                );
+                assert_error(&answer, "ReadSession", 401, "session not found");
+            } else if account.ending.as_ref() == Some(session) {
+                assert!(
+                    [200, 401].contains(&answer.0.as_u16()),
+                    "a session whose Logout was in flight: {account:?}: {}",
+                    answer.1
+                );
+            } else if *opened_with == working[0] {
                 assert_eq!(
                     answer.0, 200,
                     "a session of the password in force is gone: {account:?}: {}",

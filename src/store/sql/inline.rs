@@ -220,7 +220,7 @@ fn index_or_add<T, E>(
 /// Opens `path` like the pool's connections: read-write, never creating the file. (A
 /// connection opened read-only may fall back to a private copy of the WAL index when it
 /// cannot map the shared one, on a full disk, and then miss later commits.)
-fn open(path: &Path) -> rusqlite::Result<Connection> {
+pub(super) fn open(path: &Path) -> rusqlite::Result<Connection> {
     Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,

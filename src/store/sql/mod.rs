@@ -75,7 +75,7 @@ enum Backend {
     /// their own and never wait for writes (WAL).
     Sqlite {
         reader: SqlitePool,
-        writer: SqliteWriter,
+        writer: Box<SqliteWriter>,
         /// The hot point reads, without sqlx's thread hand-off; falls back to `reader`.
         inline: InlineReader,
         /// Makes the writer's commits durable, many to an fsync (`durable.rs`).
@@ -187,6 +187,77 @@ async fn durable_after<T, E: From<sqlx::Error>>(
         .await
         .map_err(|err| E::from(sqlx::Error::Io(err)))?;
     Ok(done)
+}
+
+impl SqlStore {
+    /// On SQLite, `write` made on the writer's direct connection (`writer.rs`: in a
+    /// transaction shared with the direct writes beside it, without a thread hand-off
+    /// per statement) and durable; `None` on PostgreSQL, or when the direct connection
+    /// could not make it, and the caller makes the same write through sqlx. `write`
+    /// must be one that can be made again after it failed, as
+    /// [`SqliteWriter::write_direct`] says.
+    async fn write_direct<T: Send + 'static>(
+        &self,
+        write: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<Option<T>, StoreError> {
+        let Backend::Sqlite {
+            writer, group_sync, ..
+        } = &self.backend
+        else {
+            return Ok(None);
+        };
+        match writer.write_direct(write).await.map_err(classify)? {
+            Some(done) => durable_after(group_sync, Ok::<_, sqlx::Error>(done))
+                .await
+                .map(Some)
+                .map_err(classify),
+            None => Ok(None),
+        }
+    }
+
+    /// The webhook endpoints, for a direct write to take along.
+    fn webhook_endpoints(&self) -> Option<Vec<String>> {
+        self.webhooks.get().cloned()
+    }
+}
+
+/// What [`audit!`] records, on a direct write's transaction `tx`: the event and its
+/// deliveries to the webhook `endpoints`. An event whose webhook carries the account is
+/// left to the sqlx path (an error here, so the write falls back to it).
+fn audit_direct(
+    tx: &rusqlite::Transaction<'_>,
+    endpoints: Option<&[String]>,
+    audit: &Audit,
+    kind: EventKind,
+    user_id: Option<&str>,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(INSERT_EVENT)?
+        .execute(rusqlite::named_params! {
+            "$1": audit.at,
+            "$2": kind.as_str(),
+            "$3": user_id,
+            "$4": audit.client_ip.as_deref(),
+            "$5": audit.request_id.as_deref(),
+            "$6": "success",
+            "$7": audit.actor.as_str(),
+        })?;
+    if let (Some(endpoints), Some(event_type)) = (endpoints, kind.webhook_type()) {
+        if kind.announces_account() {
+            return Err(rusqlite::Error::InvalidQuery);
+        }
+        let body = webhook_payload(event_type, audit, user_id, None);
+        let mut insert = tx.prepare_cached(INSERT_WEBHOOK)?;
+        for endpoint in endpoints {
+            insert.execute(rusqlite::named_params! {
+                "$1": user_id.unwrap_or(""),
+                "$2": event_type,
+                "$3": endpoint.as_str(),
+                "$4": body,
+                "$5": audit.at,
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// Answers with `$map(row)` from the inline reader when the store is SQLite and the
@@ -778,7 +849,7 @@ impl SqlStore {
                     .map_err(classify)?;
                 Backend::Sqlite {
                     reader,
-                    writer,
+                    writer: Box::new(writer),
                     inline: InlineReader::new(path.clone()),
                     group_sync,
                 }
@@ -1060,6 +1131,13 @@ impl PoolGauge for SqlStore {
     fn group_syncs(&self) -> Option<(u64, u64)> {
         match &self.backend {
             Backend::Sqlite { group_sync, .. } => Some(group_sync.counts()),
+            Backend::Postgres { .. } => None,
+        }
+    }
+
+    fn batches(&self) -> Option<(u64, u64)> {
+        match &self.backend {
+            Backend::Sqlite { writer, .. } => Some(writer.batches()),
             Backend::Postgres { .. } => None,
         }
     }

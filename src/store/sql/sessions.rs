@@ -2,6 +2,12 @@
 
 use super::*;
 
+use rusqlite::OptionalExtension;
+
+/// A Logout's read of whose session it ends, and its delete.
+const SESSION_OWNER: &str = "SELECT user_id FROM sessions WHERE token_hash = $1";
+const DELETE_SESSION: &str = "DELETE FROM sessions WHERE token_hash = $1";
+
 #[async_trait]
 impl SessionStore for SqlStore {
     async fn insert_session(
@@ -116,19 +122,52 @@ impl SessionStore for SqlStore {
     }
 
     async fn delete_session(&self, digest: &TokenDigest, audit: &Audit) -> Result<(), StoreError> {
+        // The hot write of a read-heavy app: on SQLite, one transaction on the calling
+        // thread (`writer.rs`); made again below if it could not be.
+        let (key, event, endpoints) = (
+            digest.as_str().to_owned(),
+            audit.clone(),
+            self.webhook_endpoints(),
+        );
+        let direct = self
+            .write_direct(move |tx| {
+                let owner: Option<String> = tx
+                    .prepare_cached(SESSION_OWNER)?
+                    .query_row(rusqlite::named_params! { "$1": key }, |row| row.get(0))
+                    .optional()?;
+                let Some(user_id) = owner else {
+                    return Ok(false);
+                };
+                tx.prepare_cached(DELETE_SESSION)?
+                    .execute(rusqlite::named_params! { "$1": key })?;
+                audit_direct(
+                    tx,
+                    endpoints.as_deref(),
+                    &event,
+                    EventKind::SessionEnded,
+                    Some(&user_id),
+                )?;
+                Ok(true)
+            })
+            .await?;
+        if let Some(ended) = direct {
+            if ended {
+                self.ended(EndCause::logout, 1);
+            }
+            return Ok(());
+        }
         on_writer!(self, pool => async {
             let mut conn = acquire!(self, pool);
             let mut tx = conn.begin_write().await?;
-            let owner: Option<(String,)> =
-                sqlx::query_as("SELECT user_id FROM sessions WHERE token_hash = $1")
-                    .bind(digest.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?;
+            let owner: Option<(String,)> = sqlx::query_as(SESSION_OWNER)
+                .bind(digest.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
             let Some((user_id,)) = owner else {
                 tx.rollback().await?;
                 return Ok(());
             };
-            sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
+            sqlx::query(DELETE_SESSION)
                 .bind(digest.as_str())
                 .execute(&mut *tx)
                 .await?;
