@@ -1262,6 +1262,22 @@ async fn webhooks_are_queued_with_their_change_and_given_up_after_their_attempts
         assert_eq!(dead, 1);
         let scraped = scrape(&app, None).await;
         assert_eq!(sample(&scraped, "users_webhooks_sent_total", &[]), 0.0);
+
+        // A Logout (batched with its neighbours on SQLite) queues its own announcement.
+        let session = app.login("announced", common::PASSWORD).await;
+        let (status, _) = app
+            .call("Logout", json!({"session_id": session["id"]}))
+            .await;
+        assert_eq!(status, 200);
+        let user_id = session["user_id"].as_str().expect("user id");
+        let ended = app
+            .db
+            .count_rows(&format!(
+                "outbox WHERE channel = 'webhook' AND kind = 'session.ended' \
+                 AND user_id = '{user_id}' AND body LIKE '%\"user_id\":\"{user_id}\"%'"
+            ))
+            .await;
+        assert_eq!(ended, 1, "one session.ended, with the user's id");
     }
 }
 
