@@ -292,19 +292,10 @@ async fn storm_step(storm: &Storm, client: usize, op: usize, accounts: &mut Vec<
     let account = &mut accounts[n];
     if fast && client % 2 == 1 {
         // Its password never changes: a session it does not end must survive.
-        let login = json!({
-            "username": account.username(account.version),
-            "password": account.passwords[account.password],
-        });
-        let (fate, answer) = storm.send(client, "Login", login).await;
-        if fate != Fate::Acked {
-            return false;
-        }
-        let Some(session) = answer["session"]["id"].as_str().map(str::to_owned) else {
-            // The body was cut off by the kill: nothing to end.
+        let Some(Some(session)) = sign_in(storm, client, account).await else {
+            // Not acknowledged, or the body was cut off by the kill: nothing to end.
             return false;
         };
-        account.sessions.push((session.clone(), account.password));
         let logout = json!({"session_id": session});
         match storm.send(client, "Logout", logout).await.0 {
             Fate::Acked => account.ended.push(session),
@@ -315,18 +306,8 @@ async fn storm_step(storm: &Storm, client: usize, op: usize, accounts: &mut Vec<
     }
     if !fast && op % 4 == 2 {
         // A session under the current password first, for the change to revoke.
-        let login = json!({
-            "username": account.username(account.version),
-            "password": account.passwords[account.password],
-        });
-        let (fate, answer) = storm.send(client, "Login", login).await;
-        if fate != Fate::Acked {
+        if sign_in(storm, client, account).await.is_none() {
             return false;
-        }
-        if let Some(session) = answer["session"]["id"].as_str() {
-            account
-                .sessions
-                .push((session.to_owned(), account.password));
         }
         let next = account.passwords.len();
         let new_password = format!("storm-pass-{client}-{n}-{next}-x");
@@ -357,6 +338,26 @@ async fn storm_step(storm: &Storm, client: usize, op: usize, accounts: &mut Vec<
         }
         account.version == next
     }
+}
+
+/// Signs in to `account` with its current username and password: `None` when the
+/// Login was not acknowledged; otherwise the session's id, kept in the account's
+/// sessions with the password it was opened with (`None` inside when the body was cut
+/// off by the kill).
+async fn sign_in(storm: &Storm, client: usize, account: &mut Account) -> Option<Option<String>> {
+    let login = json!({
+        "username": account.username(account.version),
+        "password": account.passwords[account.password],
+    });
+    let (fate, answer) = storm.send(client, "Login", login).await;
+    if fate != Fate::Acked {
+        return None;
+    }
+    let session = answer["session"]["id"].as_str().map(str::to_owned);
+    if let Some(id) = &session {
+        account.sessions.push((id.clone(), account.password));
+    }
+    Some(session)
 }
 
 /// Runs the storm against the real binary on `db`, kills the process with SIGKILL in

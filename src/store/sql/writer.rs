@@ -24,7 +24,10 @@
 //! audit event, COMMIT). It never waits for SQLite's lock (busy timeout 0), so a
 //! runtime thread is held for the statements alone, and anything it cannot do (another
 //! process is writing, a statement fails) is left to the sqlx connection, which waits
-//! and classifies errors as always.
+//! and classifies errors as always. The direct writes that queue up while the writer
+//! is busy are made together, in one transaction with a savepoint each, by whichever
+//! of them gets the lock first: one BEGIN, one COMMIT and one write of the WAL's pages
+//! for all of them.
 
 use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
@@ -389,10 +392,15 @@ mod tests {
 
     /// A writer on a new database with one table, `t (n INTEGER)`.
     async fn writer_with_table(dir: &tempfile::TempDir) -> SqliteWriter {
+        writer_waiting_at_most(dir, Duration::from_secs(5)).await
+    }
+
+    /// The same, whose writers wait for the connection at most `timeout`.
+    async fn writer_waiting_at_most(dir: &tempfile::TempDir, timeout: Duration) -> SqliteWriter {
         let options = SqliteConnectOptions::new()
             .filename(dir.path().join("w.db"))
             .create_if_missing(true);
-        let writer = SqliteWriter::connect(options, Duration::from_secs(5))
+        let writer = SqliteWriter::connect(options, timeout)
             .await
             .expect("connects");
         let mut conn = writer.acquire().await.expect("writer");
@@ -469,6 +477,16 @@ mod tests {
             .collect()
     }
 
+    /// A direct write is made, and it is the only row of `t`: the write before it left
+    /// nothing.
+    async fn the_next_direct_write_is_the_only_one(writer: &SqliteWriter) {
+        assert_eq!(
+            insert_direct(writer, 2, false).await.expect("writes"),
+            Some(2)
+        );
+        assert_eq!(values(writer).await, [2]);
+    }
+
     /// Direct writes queued while the writer is busy are made in one transaction, and
     /// the one that fails is rolled back alone.
     #[tokio::test]
@@ -502,28 +520,15 @@ mod tests {
     #[tokio::test]
     async fn a_direct_write_given_up_in_the_queue_is_never_made() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let options = SqliteConnectOptions::new()
-            .filename(dir.path().join("w.db"))
-            .create_if_missing(true);
-        let writer = SqliteWriter::connect(options, Duration::from_millis(50))
-            .await
-            .expect("connects");
-        let mut conn = writer.acquire().await.expect("writer");
-        sqlx::query("CREATE TABLE t (n INTEGER)")
-            .execute(&mut *conn)
-            .await
-            .expect("table");
+        let writer = writer_waiting_at_most(&dir, Duration::from_millis(50)).await;
+        let conn = writer.acquire().await.expect("writer");
         let given_up = insert_direct(&writer, 1, false).await;
         assert!(
             matches!(given_up, Err(sqlx::Error::PoolTimedOut)),
             "{given_up:?}"
         );
         drop(conn);
-        assert_eq!(
-            insert_direct(&writer, 2, false).await.expect("writes"),
-            Some(2)
-        );
-        assert_eq!(values(&writer).await, [2]);
+        the_next_direct_write_is_the_only_one(&writer).await;
     }
 
     /// When another connection holds the database's write lock, a direct write does
@@ -539,11 +544,7 @@ mod tests {
             None
         );
         other.execute_batch("ROLLBACK").expect("unlocks");
-        assert_eq!(
-            insert_direct(&writer, 2, false).await.expect("writes"),
-            Some(2)
-        );
-        assert_eq!(values(&writer).await, [2]);
+        the_next_direct_write_is_the_only_one(&writer).await;
     }
 
     /// A write dropped inside its transaction is rolled back.
