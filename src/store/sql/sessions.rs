@@ -122,8 +122,9 @@ impl SessionStore for SqlStore {
     }
 
     async fn delete_session(&self, digest: &TokenDigest, audit: &Audit) -> Result<(), StoreError> {
-        // The hot write of a read-heavy app: on SQLite, one transaction on the calling
-        // thread (`writer.rs`); made again below if it could not be.
+        // The hot write of a read-heavy app: on SQLite, made on the writer's direct
+        // connection, in one transaction with the Logouts that arrive beside it
+        // (`writer.rs`); made again below, through sqlx, if it could not be.
         let (key, event, endpoints) = (
             digest.as_str().to_owned(),
             audit.clone(),
