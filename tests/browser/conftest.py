@@ -505,6 +505,19 @@ def session_cookie(context: BrowserContext, service: Service) -> str:
     raise AssertionError("no users_session cookie for the service")
 
 
+def previous_totp_code(totp) -> str:
+    """The code of the step before now's, for confirming a TOTP secret: the service
+    accepts a code one step either side of its own, and this leaves now's code unused
+    for a sign-in that follows (a step already used is refused). Checked by the service
+    a moment after this reads the clock, the code is two steps old if a step ends in
+    between: so in a step's last 5 seconds this first waits (at most those 5 s) for the
+    next step, a wait on the TOTP clock itself rather than on the service."""
+    left = totp.interval - time.time() % totp.interval
+    if left < 5:
+        time.sleep(left + 0.05)
+    return totp.at(time.time() - totp.interval)
+
+
 def assert_accessible(page: Page, label: str = "") -> None:
     """axe-core finds no serious or critical violation on the page as it is now. The
     page's context needs `bypass_csp=True`: the service's Content-Security-Policy would

@@ -10,12 +10,11 @@ import re
 import os
 import subprocess
 import tempfile
-import time
 
 import pyotp
 from playwright.sync_api import expect
 
-from conftest import account_url, sign_in, submit_sign_in
+from conftest import account_url, previous_totp_code, sign_in, submit_sign_in
 
 
 def authenticator(page) -> tuple:
@@ -125,7 +124,7 @@ def test_a_passkey_as_the_second_step(passkey_service, new_context):
     # Two-factor sign-in on, with pyotp as the app.
     page.get_by_role("button", name="Turn on").click()
     totp = pyotp.TOTP(page.locator("#totp-secret").inner_text())
-    page.get_by_label("Code from the app").fill(totp.at(time.time() - 30))
+    page.get_by_label("Code from the app").fill(previous_totp_code(totp))
     page.get_by_role("button", name="Turn on").click()
     expect(page.get_by_role("heading", name="Save your recovery codes")).to_be_visible()
 

@@ -5,18 +5,18 @@ flow through the API on both stores (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import re
-import time
 
 import pyotp
 from playwright.sync_api import expect
 
-from conftest import User, assert_accessible, account_url, submit_sign_in, signed_in_context
-
-
-def previous_code(totp: pyotp.TOTP) -> str:
-    """The code of the step before now's: accepted (one step either side), and it leaves
-    now's code unused for the sign-in that follows, however the clock falls."""
-    return totp.at(time.time() - 30)
+from conftest import (
+    User,
+    account_url,
+    assert_accessible,
+    previous_totp_code,
+    signed_in_context,
+    submit_sign_in,
+)
 
 
 def test_turn_on_sign_in_with_a_code_and_a_recovery_code_turn_off(service, new_context):
@@ -34,7 +34,7 @@ def test_turn_on_sign_in_with_a_code_and_a_recovery_code_turn_off(service, new_c
     assert page.locator("figure.qr svg").count() == 1
     assert_accessible(page)
     totp = pyotp.TOTP(page.locator("#totp-secret").inner_text())
-    page.get_by_label("Code from the app").fill(previous_code(totp))
+    page.get_by_label("Code from the app").fill(previous_totp_code(totp))
     page.get_by_role("button", name="Turn on").click()
     expect(page.get_by_role("heading", name="Save your recovery codes")).to_be_visible()
     assert_accessible(page)
@@ -86,7 +86,7 @@ def test_the_api_flow_on_each_store(any_service):
     assert started.body["uri"].startswith("otpauth://totp/")
     totp = pyotp.parse_uri(started.body["uri"])
     assert totp.secret == started.body["secret"]
-    confirmed = service.post("/v1/user/ConfirmTotp", {"code": previous_code(totp)}, bearer)
+    confirmed = service.post("/v1/user/ConfirmTotp", {"code": previous_totp_code(totp)}, bearer)
     assert confirmed.status == 200, confirmed
     recovery = confirmed.body["recovery_codes"]
 
