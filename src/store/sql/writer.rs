@@ -30,7 +30,6 @@
 //! for all of them.
 
 use std::ops::{Deref, DerefMut};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,8 +84,6 @@ pub(super) struct SqliteWriter {
     /// The connection in the slot must not serve another write.
     spoiled: Arc<AtomicBool>,
     options: Box<SqliteConnectOptions>,
-    /// The database file, for the direct connection.
-    path: PathBuf,
     /// Direct writes waiting for a batch, by number.
     queued: std::sync::Mutex<Vec<(u64, Job)>>,
     next_job: std::sync::atomic::AtomicU64,
@@ -100,7 +97,7 @@ pub(super) struct SqliteWriter {
 impl std::fmt::Debug for SqliteWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteWriter")
-            .field("path", &self.path)
+            .field("file", &self.options.get_filename())
             .field("queued", &self.queue().len())
             .finish_non_exhaustive()
     }
@@ -120,7 +117,6 @@ impl SqliteWriter {
                 direct: None,
             })),
             spoiled: Arc::new(AtomicBool::new(false)),
-            path: options.get_filename().to_path_buf(),
             queued: std::sync::Mutex::new(Vec::new()),
             next_job: std::sync::atomic::AtomicU64::new(0),
             batches: std::sync::atomic::AtomicU64::new(0),
@@ -278,7 +274,7 @@ impl SqliteWriter {
 
     /// The direct connection: the sqlx writer's settings, but no wait for a lock.
     fn open_direct(&self) -> rusqlite::Result<rusqlite::Connection> {
-        let conn = super::inline::open(&self.path)?;
+        let conn = super::inline::open(self.options.get_filename())?;
         conn.busy_timeout(Duration::ZERO)?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
@@ -501,9 +497,17 @@ mod tests {
                 tokio::spawn(async move { insert_direct(&writer, n, n == 4).await })
             })
             .collect();
-        while writer.queue().len() < 10 {
+        for _ in 0..100_000 {
+            if writer.queue().len() == 10 {
+                break;
+            }
             tokio::task::yield_now().await;
         }
+        assert_eq!(
+            writer.queue().len(),
+            10,
+            "every write queued behind the writer"
+        );
         drop(held);
         let mut outcomes = Vec::new();
         for write in writes {
