@@ -205,15 +205,27 @@ pub trait PoolGauge: Send + Sync + std::fmt::Debug + 'static {
     /// (in use, idle)
     fn connections(&self) -> (u32, u32);
 
-    /// On SQLite: (group fsyncs of the WAL made, writes they made durable).
-    fn group_syncs(&self) -> Option<(u64, u64)> {
+    /// On SQLite: how its writes were made durable, batched and checkpointed.
+    fn sqlite_writes(&self) -> Option<SqliteWrites> {
         None
     }
+}
 
-    /// On SQLite: (transactions of batched writes committed, writes they held).
-    fn batches(&self) -> Option<(u64, u64)> {
-        None
-    }
+/// The SQLite writer's counters, since the store opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SqliteWrites {
+    /// Group fsyncs of the WAL made.
+    pub syncs: u64,
+    /// Writes those fsyncs made durable.
+    pub synced: u64,
+    /// Transactions of batched writes committed.
+    pub batches: u64,
+    /// Writes those transactions held.
+    pub batched: u64,
+    /// Checkpoints made beside the writer.
+    pub checkpoints: u64,
+    /// Of them, the ones that finished under the writer's lock so that the WAL starts over.
+    pub wal_resets: u64,
 }
 
 /// Histogram buckets for durations from 100 µs to about 13 s.
@@ -563,31 +575,39 @@ impl Collector for PoolCollector {
         let Some(pool) = self.0.upgrade() else {
             return Ok(());
         };
-        let (Some((syncs, writes)), Some((batches, batched))) =
-            (pool.group_syncs(), pool.batches())
-        else {
+        let Some(writes) = pool.sqlite_writes() else {
             return Ok(());
         };
         for (name, help, value) in [
             (
                 "db_wal_syncs",
                 "Group fsyncs of the SQLite WAL, each making every write committed before it durable",
-                syncs,
+                writes.syncs,
             ),
             (
                 "db_synced_writes",
                 "SQLite writes made durable by the group fsyncs",
-                writes,
+                writes.synced,
             ),
             (
                 "db_write_batches",
                 "Transactions of batched SQLite writes (Logouts), each holding the ones that arrived together",
-                batches,
+                writes.batches,
             ),
             (
                 "db_batched_writes",
                 "SQLite writes committed in batches",
-                batched,
+                writes.batched,
+            ),
+            (
+                "db_wal_checkpoints",
+                "Checkpoints of the SQLite WAL made beside the writer",
+                writes.checkpoints,
+            ),
+            (
+                "db_wal_resets",
+                "Checkpoints finished under the SQLite writer's lock so that the WAL starts over",
+                writes.wal_resets,
             ),
         ] {
             let counter = ConstCounter::new(value);

@@ -560,7 +560,8 @@ async fn acknowledged_writes_survive_a_crash(backend: Backend, test: &str) {
 
 /// On SQLite, in the middle of the storm: the group syncs have made at least as many
 /// writes durable as had been acknowledged before this looked, so no write was answered
-/// before its sync (each acknowledged request made one write or more).
+/// before its sync (each acknowledged request made one write or more); and the
+/// checkpoints beside the writer are running.
 async fn every_acknowledged_write_was_synced(storm: &Storm) {
     let acked = storm.all_acks.load(Ordering::SeqCst);
     let metrics = storm
@@ -581,11 +582,18 @@ async fn every_acknowledged_write_was_synced(storm: &Storm) {
     };
     let synced = counter("users_db_synced_writes_total ");
     let syncs = counter("users_db_wal_syncs_total ");
+    let checkpoints = counter("users_db_wal_checkpoints_total ");
+    let resets = counter("users_db_wal_resets_total ");
     assert!(
         synced >= acked as u64,
         "{acked} writes were acknowledged, but the group syncs made only {synced} durable"
     );
-    eprintln!("{acked} writes acknowledged; {synced} made durable by {syncs} WAL syncs");
+    // The storm's writes are checkpointed beside the writer while it is killed.
+    assert!(checkpoints > 0, "no WAL checkpoint during the storm");
+    eprintln!(
+        "{acked} writes acknowledged; {synced} made durable by {syncs} WAL syncs; \
+         {checkpoints} checkpoints, {resets} of the WAL"
+    );
 }
 
 /// On PostgreSQL, a backend of the killed process can still be finishing a statement it

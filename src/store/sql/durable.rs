@@ -181,7 +181,7 @@ fn failed() -> io::Error {
 /// SQLite deleted and made anew is still the one synced; and opened for reading, which
 /// is all a sync needs, so that a database on a read-only file system (where nothing
 /// can have been written) syncs as well.
-fn sync_file(path: &Path) -> io::Result<()> {
+pub(super) fn sync_file(path: &Path) -> io::Result<()> {
     match std::fs::File::open(path) {
         Ok(file) => file.sync_data(),
         // No WAL: SQLite checkpointed and removed it, syncing the database file first.

@@ -34,7 +34,7 @@ use crate::domain::{
 };
 use crate::domain::{Audit, AuditEvent, EventKind, EventQuery};
 use crate::error::{Outage, Unique};
-use crate::metrics::{EndCause, Metrics, PoolGauge};
+use crate::metrics::{EndCause, Metrics, PoolGauge, SqliteWrites};
 use durable::GroupSync;
 use inline::InlineReader;
 use pg_readers::PgReaders;
@@ -1032,6 +1032,7 @@ impl SqlStore {
 
 mod accounts;
 mod audit;
+mod checkpoint;
 mod counters;
 mod durable;
 mod factors;
@@ -1128,16 +1129,23 @@ impl PoolGauge for SqlStore {
         }
     }
 
-    fn group_syncs(&self) -> Option<(u64, u64)> {
+    fn sqlite_writes(&self) -> Option<SqliteWrites> {
         match &self.backend {
-            Backend::Sqlite { group_sync, .. } => Some(group_sync.counts()),
-            Backend::Postgres { .. } => None,
-        }
-    }
-
-    fn batches(&self) -> Option<(u64, u64)> {
-        match &self.backend {
-            Backend::Sqlite { writer, .. } => Some(writer.batches()),
+            Backend::Sqlite {
+                group_sync, writer, ..
+            } => {
+                let (syncs, synced) = group_sync.counts();
+                let (batches, batched) = writer.batches();
+                let (checkpoints, wal_resets) = writer.checkpoints();
+                Some(SqliteWrites {
+                    syncs,
+                    synced,
+                    batches,
+                    batched,
+                    checkpoints,
+                    wal_resets,
+                })
+            }
             Backend::Postgres { .. } => None,
         }
     }

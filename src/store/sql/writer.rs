@@ -35,6 +35,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::TransactionBehavior;
+
+use super::checkpoint::{Checkpointer, FALLBACK_AT};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteTransactionManager};
 use sqlx::{Connection, TransactionManager};
 use tokio::sync::{oneshot, Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
@@ -92,6 +94,8 @@ pub(super) struct SqliteWriter {
     batched: std::sync::atomic::AtomicU64,
     /// The longest wait for the connection.
     timeout: Duration,
+    /// Copies the WAL into the file beside the writes, told of each one.
+    checkpoint: Arc<Checkpointer>,
 }
 
 impl std::fmt::Debug for SqliteWriter {
@@ -110,12 +114,19 @@ impl SqliteWriter {
         options: SqliteConnectOptions,
         timeout: Duration,
     ) -> Result<Self, sqlx::Error> {
+        // SQLite's own checkpoint only if the checkpointing thread falls behind.
+        let options = options.pragma("wal_autocheckpoint", FALLBACK_AT.to_string());
         let sqlx = SqliteConnection::connect_with(&options).await?;
+        let conn = Arc::new(Mutex::new(Slot {
+            sqlx: Some(sqlx),
+            direct: None,
+        }));
+        let checkpoint = Checkpointer::start(options.get_filename().to_path_buf(), conn.clone())
+            .map(Arc::new)
+            .map_err(sqlx::Error::Io)?;
         Ok(Self {
-            conn: Arc::new(Mutex::new(Slot {
-                sqlx: Some(sqlx),
-                direct: None,
-            })),
+            conn,
+            checkpoint,
             spoiled: Arc::new(AtomicBool::new(false)),
             queued: std::sync::Mutex::new(Vec::new()),
             next_job: std::sync::atomic::AtomicU64::new(0),
@@ -231,6 +242,7 @@ impl SqliteWriter {
         });
         match &outcome {
             Ok(()) => {
+                self.checkpoint.wrote();
                 self.batches.fetch_add(1, Ordering::Relaxed);
                 let made = finishes.iter().filter(|(ok, _)| *ok).count();
                 self.batched.fetch_add(made as u64, Ordering::Relaxed);
@@ -278,6 +290,7 @@ impl SqliteWriter {
         conn.busy_timeout(Duration::ZERO)?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
+        conn.pragma_update(None, "wal_autocheckpoint", FALLBACK_AT)?;
         Ok(conn)
     }
 
@@ -313,6 +326,7 @@ impl SqliteWriter {
             .map_err(|_| sqlx::Error::PoolClosed)?;
         Ok(WriterConn {
             conn,
+            checkpoint: self.checkpoint.clone(),
             spoiled: self.spoiled.clone(),
             spoil: false,
         })
@@ -326,6 +340,12 @@ impl SqliteWriter {
         )
     }
 
+    /// (checkpoints made beside the writer, of them under its lock so that the WAL
+    /// starts over).
+    pub(super) fn checkpoints(&self) -> (u64, u64) {
+        self.checkpoint.counts()
+    }
+
     /// (in use, idle), as a pool reports them.
     pub(super) fn connections(&self) -> (u32, u32) {
         match self.conn.try_lock() {
@@ -336,6 +356,7 @@ impl SqliteWriter {
 
     /// Closes the connections, waiting for the write in progress.
     pub(super) async fn close(&self) {
+        self.checkpoint.close();
         let mut slot = self.conn.lock().await;
         drop(slot.direct.take());
         if let Some(conn) = slot.sqlx.take() {
@@ -347,6 +368,7 @@ impl SqliteWriter {
 /// The writing connection, held for one write.
 pub(super) struct WriterConn {
     conn: OwnedMappedMutexGuard<Slot, SqliteConnection>,
+    checkpoint: Arc<Checkpointer>,
     spoiled: Arc<AtomicBool>,
     spoil: bool,
 }
@@ -375,6 +397,7 @@ impl DerefMut for WriterConn {
 
 impl Drop for WriterConn {
     fn drop(&mut self) {
+        self.checkpoint.wrote();
         if self.spoil {
             // Set while the lock is still held: the next writer sees it.
             self.spoiled.store(true, Ordering::Release);
