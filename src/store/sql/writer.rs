@@ -28,6 +28,10 @@
 //! is busy are made together, in one transaction with a savepoint each, by whichever
 //! of them gets the lock first: one BEGIN, one COMMIT and one write of the WAL's pages
 //! for all of them.
+//!
+//! Neither connection checkpoints the WAL in its commits (unless far behind): a thread
+//! beside the writer does, and takes this same lock only for a short last pass
+//! (`checkpoint.rs`). Every write tells it when it is done.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,11 +39,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::TransactionBehavior;
-
-use super::checkpoint::{Checkpointer, FALLBACK_AT};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteTransactionManager};
 use sqlx::{Connection, TransactionManager};
 use tokio::sync::{oneshot, Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
+
+use super::checkpoint::{Checkpointer, FALLBACK_AT};
 
 /// Direct writes made in one transaction at most: a batch holds a runtime thread for
 /// its statements (a few microseconds each).
