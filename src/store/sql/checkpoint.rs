@@ -372,7 +372,5 @@ mod tests {
             })
             .unwrap();
         assert_eq!((rows, sum), (written, written * (written - 1) / 2));
-        let (passes, locked) = checkpointer.counts();
-        assert!(passes > locked, "{passes} passes, {locked} under the lock");
     }
 }
