@@ -192,7 +192,7 @@ fn pass<G>(
     restart_at: i64,
     shared: &Shared,
     lock_writer: impl FnOnce() -> G,
-) -> rusqlite::Result<()> {
+) -> Result<(), PassFailed> {
     let (mut log, mut copied) = passive(conn)?;
     shared.passes.fetch_add(1, Ordering::Relaxed);
     if log < restart_at {
@@ -223,13 +223,21 @@ fn pass<G>(
     Ok(())
 }
 
+/// Why a pass stopped short.
+#[derive(Debug, thiserror::Error)]
+enum PassFailed {
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("an fsync of the database file failed: {0}")]
+    Sync(#[from] std::io::Error),
+}
+
 /// `fdatasync` of the database file, on a file description of its own. (Linux reports
 /// a failed write-back to every description open when it failed, so SQLite's own sync
 /// still sees an error this one saw, and does not start the WAL over after it.)
-fn sync(path: &Path) -> rusqlite::Result<()> {
-    super::durable::sync_file(path).map_err(|err| {
+fn sync(path: &Path) -> std::io::Result<()> {
+    super::durable::sync_file(path).inspect_err(|err| {
         tracing::warn!(error = %err, "an fsync of the SQLite database file failed");
-        rusqlite::Error::ToSqlConversionFailure(Box::new(err))
     })
 }
 
