@@ -17,7 +17,7 @@
 //!   error shape, all calling the same core.
 //! * [`config`] and [`server`]: the command line and the running process, which put the
 //!   layers together; [`admin`]: the operator's `user` commands on the same core;
-//!   [`log_sink`]: where the log lines go.
+//!   [`log_line`] and [`log_sink`]: how a log line is made, and where it goes.
 
 pub mod admin;
 pub mod config;
@@ -25,6 +25,7 @@ pub mod core;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod log_line;
 pub mod log_sink;
 pub mod metrics;
 pub mod server;

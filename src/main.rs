@@ -5,11 +5,14 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 use users_service::config::{Cli, Command, LogFormat};
 use users_service::core::clock::{Clock, SystemClock};
 use users_service::core::transfer;
 use users_service::error::chain;
+use users_service::log_line::{Lines, Style};
 use users_service::log_sink::LogSink;
 use users_service::server::{
     connect_store, open_existing_store, open_store, shutdown_signal, Server, StartError,
@@ -50,21 +53,19 @@ fn main() -> ExitCode {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     // Lines are batched unless standard error is a terminal (see `log_sink`).
     let sink = LogSink::stderr();
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(sink.clone());
-    match cli.log_format {
-        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    let style = match cli.log_format {
+        LogFormat::Text => Style::Text {
+            ansi: std::io::stderr().is_terminal(),
+        },
         // One object per line: `timestamp`, `level`, `target`, `message` and the event's
         // fields at the top level, and the request's (`request_id`, `method`, `path`)
         // under `span`.
-        LogFormat::Json => logs
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
-    }
+        LogFormat::Json => Style::Json,
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(Lines::new(sink.clone(), style))
+        .init();
     // What was logged before a panic is written before its message.
     let previous = std::panic::take_hook();
     let at_panic = sink.clone();

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use crate::domain::EventKind;
 use crate::domain::TenantName;
+use crate::log_line::{self, LoggedPath, RequestFields};
 use crate::metrics::{Metrics, RouteFamily, RouteLabels, Scrape};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -38,7 +39,6 @@ use tenants::{NoTenant, TenantSelection};
 use tower::ServiceExt;
 use tower_http::cors::{AllowCredentials, AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
-use tracing::Instrument;
 
 use crate::core::users::{Requester, Users};
 use crate::error::Error;
@@ -588,39 +588,37 @@ impl App {
         let started = std::time::Instant::now();
         let route = route_labels(request.method(), request.uri().path());
         let id = RequestId::of(request.headers());
-        // The path only: a query string could carry something secret.
-        let span = tracing::info_span!(
-            "http",
-            request_id = %id,
-            method = %request.method(),
-            path = %loggable_path(request.uri().path()),
-        );
+        // Every line the request writes names it; the path only, without the query,
+        // which could carry something secret.
+        let fields = RequestFields {
+            request_id: id.shared(),
+            method: request.method().clone(),
+            path: loggable_path(request.uri()),
+        };
         request.extensions_mut().insert(id.clone());
-        let (mut response, metrics) = self.route(request).instrument(span.clone()).await;
-        let headers = response.headers_mut();
-        // Static files (micro.js, the pages' stylesheet) set their own: revalidate.
-        if !headers.contains_key(header::CACHE_CONTROL) {
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        }
-        headers.insert(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        );
-        if let Some(value) = id.header_value() {
-            headers.insert(request_id::REQUEST_ID, value);
-        }
-        let status = response.status().as_u16();
-        let latency = started.elapsed();
-        metrics.request(route, status, latency);
-        // The request's log line: one event, in the request's span, with no layer
-        // around the routes to make it (docs/performance/request-log.md).
-        tracing::info!(
-            parent: &span,
-            status,
-            latency_ms = latency.as_secs_f64() * 1e3,
-            "request"
-        );
-        response
+        log_line::in_request(fields, async move {
+            let (mut response, metrics) = self.route(request).await;
+            let headers = response.headers_mut();
+            // Static files (micro.js, the pages' stylesheet) set their own: revalidate.
+            if !headers.contains_key(header::CACHE_CONTROL) {
+                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            }
+            headers.insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            );
+            if let Some(value) = id.header_value() {
+                headers.insert(request_id::REQUEST_ID, value);
+            }
+            let status = response.status().as_u16();
+            let latency = started.elapsed();
+            metrics.request(route, status, latency);
+            // The request's log line (docs/performance/request-log.md).
+            tracing::info!(status, // Whole microseconds, so that the number reads as written.
+                latency_ms = latency.as_micros() as f64 / 1e3, "request");
+            response
+        })
+        .await
     }
 
     /// Refused by the guard before any work, or by the tenant rules, or routed; with
@@ -728,11 +726,12 @@ const CORS_VARY: &str = "origin, access-control-request-method, access-control-r
 
 /// A path as request logs show it: a magic link's token (`/ui/magic/<token>`) is left
 /// out.
-fn loggable_path(path: &str) -> &str {
+fn loggable_path(uri: &Uri) -> LoggedPath {
+    let path = uri.path();
     if path.starts_with(ui::MAGIC_LINK_PREFIX) && path.len() > ui::MAGIC_LINK_PREFIX.len() {
-        "/ui/magic/<token>"
+        LoggedPath::Fixed("/ui/magic/<token>")
     } else {
-        path
+        LoggedPath::Of(uri.clone())
     }
 }
 
@@ -1050,10 +1049,16 @@ mod tests {
     #[test]
     fn a_magic_link_token_is_not_logged() {
         assert_eq!(
-            loggable_path("/ui/magic/c2VjcmV0LXRva2Vu"),
+            loggable_path(&Uri::from_static("/ui/magic/c2VjcmV0LXRva2Vu")).as_str(),
             "/ui/magic/<token>"
         );
-        assert_eq!(loggable_path("/ui/magic"), "/ui/magic");
-        assert_eq!(loggable_path("/users/Users/Read"), "/users/Users/Read");
+        assert_eq!(
+            loggable_path(&Uri::from_static("/ui/magic")).as_str(),
+            "/ui/magic"
+        );
+        assert_eq!(
+            loggable_path(&Uri::from_static("/users/Users/Read")).as_str(),
+            "/users/Users/Read"
+        );
     }
 }

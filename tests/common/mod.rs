@@ -214,24 +214,23 @@ fn capture_logs() {
             .unwrap_or("tests");
         let path = std::path::Path::new(&dir).join(format!("{name}-{}.log", std::process::id()));
         let file = std::fs::File::create(&path).expect("log file");
-        let logs = tracing_subscriber::fmt()
+        // The service's own lines, to the file as they come. Some suites write them in
+        // the JSON format (`--log-format json`), so that the scan covers both formats.
+        let suite = name.rsplit_once('-').map_or(name, |(suite, _hash)| suite);
+        let style = if JSON_LOG_SUITES.contains(&suite) {
+            users_service::log_line::Style::Json
+        } else {
+            users_service::log_line::Style::Text { ansi: false }
+        };
+        let sink = users_service::log_sink::LogSink::new(Box::new(file), false);
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let _ = tracing_subscriber::registry()
             // rustls's trace lines print each TLS handshake's public random values (of
             // the PostgreSQL connections), which look like the digests the scan looks for.
-            .with_env_filter(tracing_subscriber::EnvFilter::new("trace,rustls=debug"))
-            .with_ansi(false)
-            .with_writer(std::sync::Mutex::new(file));
-        // Some suites log in the JSON format (`--log-format json`), so that the scan
-        // covers both formats.
-        let suite = name.rsplit_once('-').map_or(name, |(suite, _hash)| suite);
-        if JSON_LOG_SUITES.contains(&suite) {
-            let _ = logs
-                .json()
-                .flatten_event(true)
-                .with_current_span(true)
-                .try_init();
-        } else {
-            let _ = logs.try_init();
-        }
+            .with(tracing_subscriber::EnvFilter::new("trace,rustls=debug"))
+            .with(users_service::log_line::Lines::new(sink, style))
+            .try_init();
     });
 }
 
