@@ -621,7 +621,7 @@ impl Server {
             .iter()
             .zip(policies)
             .map(|(pool, policy)| {
-                let state = AppState {
+                let state = AppState::new(crate::http::Shared {
                     users: pool.users.clone(),
                     access: Arc::new(policy),
                     trusted_proxies: trusted_proxies.clone(),
@@ -632,7 +632,7 @@ impl Server {
                     scrape: scrape.clone(),
                     metrics_on_main: metrics_listener.is_none(),
                     everyone: Arc::clone(&everyone),
-                };
+                });
                 (pool.tenant.clone(), state)
             })
             .collect();

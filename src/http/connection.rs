@@ -157,7 +157,12 @@ pub struct Watched<S> {
     timeouts: Timeouts,
     stage: Stage,
     answered: u64,
+    /// When the current stage ends.
     deadline: Instant,
+    /// When `timer` fires: never after `deadline` while the I/O waits, and not moved
+    /// each time `deadline` moves later (every request does), which would take the
+    /// runtime's timer lock twice per request. A timer that fires before the deadline
+    /// is set again to it.
     timer: Pin<Box<Sleep>>,
 }
 
@@ -192,7 +197,6 @@ impl<S> Watched<S> {
     fn set_deadline(&mut self, stage: Stage, after: Duration) {
         self.stage = stage;
         self.deadline = Instant::now() + after;
-        self.timer.as_mut().reset(self.deadline);
     }
 
     /// Bytes of a request arrived.
@@ -212,13 +216,24 @@ impl<S> Watched<S> {
         if self.stage == Stage::Serving {
             return None;
         }
-        self.timer.as_mut().poll(cx).is_ready().then(|| {
-            let what = match self.stage {
-                Stage::Reading => "the request headers did not arrive in time",
-                _ => "no request came in time",
-            };
-            io::Error::new(io::ErrorKind::TimedOut, what)
-        })
+        if self.timer.deadline() > self.deadline {
+            self.timer.as_mut().reset(self.deadline);
+        }
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return None;
+            }
+            if self.timer.deadline() >= self.deadline {
+                break;
+            }
+            // Set for an earlier stage's deadline, since moved later.
+            self.timer.as_mut().reset(self.deadline);
+        }
+        let what = match self.stage {
+            Stage::Reading => "the request headers did not arrive in time",
+            _ => "no request came in time",
+        };
+        Some(io::Error::new(io::ErrorKind::TimedOut, what))
     }
 }
 

@@ -364,9 +364,27 @@ impl From<crate::core::users::SecondFactors> for SecondFactorsResponse {
 /// The OpenAPI document, served as is.
 pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
 
-/// What the handlers share.
+/// What the handlers share, behind one `Arc`: axum's `State` clones it for every
+/// request, one reference count rather than one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The fields of [`AppState`].
+pub struct Shared {
     pub users: Arc<Users>,
     pub access: Arc<AccessPolicy>,
     pub trusted_proxies: Arc<Vec<IpNet>>,
@@ -613,9 +631,13 @@ impl App {
             let status = response.status().as_u16();
             let latency = started.elapsed();
             metrics.request(route, status, latency);
-            // The request's log line (docs/performance/request-log.md).
-            tracing::info!(status, // Whole microseconds, so that the number reads as written.
-                latency_ms = latency.as_micros() as f64 / 1e3, "request");
+            // The request's log line (docs/performance/request-log.md), its latency in
+            // whole microseconds, so that the number reads as written.
+            tracing::info!(
+                status,
+                latency_ms = latency.as_micros() as f64 / 1e3,
+                "request"
+            );
             response
         })
         .await
