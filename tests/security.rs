@@ -1075,6 +1075,68 @@ async fn a_connection_that_sends_nothing_is_closed() {
     assert_eq!(until_closed(&mut silent).await, "");
 }
 
+/// Point 7: each answer gives a kept-alive connection the whole keep-alive time again,
+/// so a client asking more often than that keeps its connection past it; once it stops
+/// asking, the connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_keeps_asking_is_kept_past_the_keep_alive_time() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = sqlite_with("keeps_asking", |c| {
+        c.new_connection_timeout = 3600;
+        c.keep_alive_timeout = 1;
+    })
+    .await;
+    let (mut stream, answer) = held_connection(&app, "127.0.0.1").await;
+    assert_eq!(answer, "HTTP/1.1 200");
+    let started = std::time::Instant::now();
+    let mut asked = 1;
+    // The pauses are what is tested: each shorter than the keep-alive time, together
+    // three times longer.
+    while started.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut rest = vec![0u8; 4096];
+        // What is left of the previous answer (its headers and body).
+        let _ = tokio::time::timeout(Duration::from_millis(50), stream.read(&mut rest)).await;
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0u8; 12];
+        let read = tokio::time::timeout(Duration::from_secs(20), stream.read_exact(&mut head));
+        assert!(
+            matches!(read.await, Ok(Ok(_))),
+            "request {asked} found the connection closed"
+        );
+        assert_eq!(&head, b"HTTP/1.1 200");
+        asked += 1;
+    }
+    assert!(asked >= 8, "{asked}");
+    let rest = until_closed(&mut stream).await;
+    assert!(rest.ends_with(r#"{"status":"ok"}"#), "{rest}");
+}
+
+/// Point 7: a request whose headers stop coming after a kept-alive answer is cut off at
+/// the request timeout, not at the far later end of the keep-alive time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_that_stop_coming_on_a_kept_alive_connection_are_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let app = sqlite_with("stalled_headers", |c| {
+        c.new_connection_timeout = 3600;
+        c.keep_alive_timeout = 3600;
+        c.request_timeout = 1;
+    })
+    .await;
+    let (mut stream, answer) = held_connection(&app, "127.0.0.1").await;
+    assert_eq!(answer, "HTTP/1.1 200");
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: loc")
+        .await
+        .unwrap();
+    // until_closed gives up after 20 s; the keep-alive time is an hour.
+    let rest = until_closed(&mut stream).await;
+    assert!(rest.ends_with(r#"{"status":"ok"}"#), "{rest}");
+}
+
 /// Point 7: a kept-alive connection that sends no next request is closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_kept_alive_connection_is_closed() {
