@@ -25,6 +25,7 @@ on_both_stores!(
     login_gives_one_answer_for_unknown_user_and_wrong_password,
     login_requires_an_identifier_and_a_password,
     logout_ends_the_session_and_is_idempotent,
+    a_logout_is_seen_by_every_session_check_that_begins_after_it,
     read_session_refuses_unknown_and_expired_sessions,
     expired_sessions_are_swept,
 );
@@ -564,6 +565,62 @@ async fn logout_ends_the_session_and_is_idempotent(app: TestApp) {
     assert_eq!(status, 200);
     let answer = app.call("Logout", json!({})).await;
     assert_error(&answer, "Logout", 400, "session_id is required");
+}
+
+/// Session checks run without pause, from four clients, while the session is logged
+/// out: each check that begins after the Logout's answer finds no session (on SQLite,
+/// the checks before it have filled the session cache).
+async fn a_logout_is_seen_by_every_session_check_that_begins_after_it(app: TestApp) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    const CHECKERS: usize = 4;
+    const AFTER: usize = 50;
+    app.create_user("asim").await;
+    let session = app.login("asim", PASSWORD).await;
+    let logged_out = Arc::new(AtomicBool::new(false));
+    let (started, mut checking) = tokio::sync::mpsc::channel(CHECKERS);
+    let mut checks = tokio::task::JoinSet::new();
+    for _ in 0..CHECKERS {
+        let (client, url) = (
+            app.client.clone(),
+            format!("{}/users/Users/ReadSession", app.base),
+        );
+        let (body, logged_out, started) = (
+            json!({"session_id": session["id"]}),
+            logged_out.clone(),
+            started.clone(),
+        );
+        checks.spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let (mut live, mut after) = (0, 0);
+            while after < AFTER && Instant::now() < deadline {
+                let begun_after = logged_out.load(Ordering::SeqCst);
+                let status = client.post(&url).json(&body).send().await.unwrap().status();
+                if begun_after {
+                    assert_eq!(status, 401, "a check begun after the Logout's answer");
+                    after += 1;
+                } else if status == 200 {
+                    live += 1;
+                    if live == 1 {
+                        let _ = started.send(()).await;
+                    }
+                }
+            }
+            after
+        });
+    }
+    for _ in 0..CHECKERS {
+        checking.recv().await.unwrap();
+    }
+    let (status, _) = app
+        .call("Logout", json!({"session_id": session["id"]}))
+        .await;
+    assert_eq!(status, 200);
+    logged_out.store(true, Ordering::SeqCst);
+    while let Some(after) = checks.join_next().await {
+        assert_eq!(after.unwrap(), AFTER);
+    }
 }
 
 async fn read_session_refuses_unknown_and_expired_sessions(app: TestApp) {

@@ -1,6 +1,6 @@
-//! Several stateless replicas on one PostgreSQL database, and a database outage.
-//! These tests need PostgreSQL (`TEST_DATABASE_URL`); without it they say they were
-//! skipped.
+//! Several stateless replicas on one PostgreSQL database or one SQLite file, and a
+//! database outage. The PostgreSQL tests need `TEST_DATABASE_URL`; without it they say
+//! they were skipped.
 #![allow(clippy::unwrap_used)] // test code: a panic is a failed run
 
 mod common;
@@ -150,6 +150,105 @@ async fn two_replicas_on_one_database_agree_at_once() {
     )
     .await;
     assert_error(&answer, "Login", 401, "incorrect");
+
+    let (a_exit, _) = a.terminate();
+    let (b_exit, _) = b.terminate();
+    assert!(a_exit.success() && b_exit.success());
+}
+
+/// A `users-service user ...` command on `db`: whether it succeeded, and its output.
+fn user_command(db: &TestDatabase, args: &[&str]) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let output = command(dir.path())
+        .arg("user")
+        .args(args)
+        .env("DATABASE_URL", &db.raw_url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+/// Each replica on a SQLite file keeps the sessions it has read until the file changes
+/// (src/store/sql/session_cache.rs). A change through the other replica, or through
+/// the command line, is seen by the very next session check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_one_sqlite_file_see_each_others_changes_at_once() {
+    let Some(db) = TestDatabase::create(Backend::Sqlite, "replicas::sqlite_file").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let a = replica(&db, dir.path());
+    let b = replica(&db, dir.path());
+    let client = reqwest::Client::new();
+    let (status, created) = call(
+        &client,
+        a.addr,
+        "Create",
+        json!({"username": "asim", "email": "asim@example.com", "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    let user_id = created["user"]["id"].as_str().unwrap().to_owned();
+    let login = || async {
+        let (status, login) = call(
+            &client,
+            a.addr,
+            "Login",
+            json!({"username": "asim", "password": PASSWORD}),
+        )
+        .await;
+        assert_eq!(status, 200, "{login}");
+        login["session"]["id"].clone()
+    };
+    // Reads each replica's answer twice: the second from its cache, if it kept one.
+    let read_twice = |session: Value| {
+        let client = client.clone();
+        async move {
+            let mut answers = Vec::new();
+            for addr in [a.addr, b.addr, a.addr, b.addr] {
+                answers
+                    .push(call(&client, addr, "ReadSession", json!({"session_id": session})).await);
+            }
+            answers
+        }
+    };
+
+    // A Logout through one replica.
+    let session = login().await;
+    for (status, read) in read_twice(session.clone()).await {
+        assert_eq!(status, 200, "{read}");
+        assert_eq!(read["session"]["username"], "asim");
+    }
+    let (status, _) = call(&client, b.addr, "Logout", json!({"session_id": session})).await;
+    assert_eq!(status, 200);
+    for answer in read_twice(session).await {
+        assert_error(&answer, "ReadSession", 401, "session not found");
+    }
+
+    // A change of the account through the other.
+    let session = login().await;
+    read_twice(session.clone()).await;
+    let (status, updated) = call(
+        &client,
+        b.addr,
+        "Update",
+        json!({"id": user_id, "username": "asim2"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{updated}");
+    for (status, read) in read_twice(session.clone()).await {
+        assert_eq!(status, 200, "{read}");
+        assert_eq!(read["session"]["username"], "asim2");
+    }
+
+    // The command line, a process of its own.
+    let (ok, output) = user_command(&db, &["end-sessions", &user_id]);
+    assert!(ok, "{output}");
+    for answer in read_twice(session).await {
+        assert_error(&answer, "ReadSession", 401, "session not found");
+    }
 
     let (a_exit, _) = a.terminate();
     let (b_exit, _) = b.terminate();

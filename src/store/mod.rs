@@ -121,7 +121,7 @@ pub struct SessionDetails {
 }
 
 /// A live session joined with its user.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SessionRecord {
     pub user_id: String,
     pub username: String,

@@ -38,6 +38,7 @@ use crate::metrics::{EndCause, Metrics, PoolGauge, SqliteWrites};
 use durable::GroupSync;
 use inline::InlineReader;
 use pg_readers::PgReaders;
+use session_cache::SessionCache;
 use std::sync::Arc;
 use writer::{SqliteWriter, WriterConn};
 
@@ -78,6 +79,8 @@ enum Backend {
         writer: Box<SqliteWriter>,
         /// The hot point reads, without sqlx's thread hand-off; falls back to `reader`.
         inline: InlineReader,
+        /// The sessions found, while the database is unchanged (`session_cache.rs`).
+        sessions: Box<SessionCache>,
         /// Makes the writer's commits durable, many to an fsync (`durable.rs`).
         group_sync: Arc<GroupSync>,
     },
@@ -851,6 +854,7 @@ impl SqlStore {
                     reader,
                     writer: Box::new(writer),
                     inline: InlineReader::new(path.clone()),
+                    sessions: Box::new(SessionCache::new(path)),
                     group_sync,
                 }
             }
@@ -1040,6 +1044,7 @@ mod inline;
 mod mail;
 mod passkeys;
 mod pg_readers;
+mod session_cache;
 mod sessions;
 mod tokens;
 mod transfer;

@@ -89,36 +89,23 @@ impl SessionStore for SqlStore {
         digest: &TokenDigest,
         live: Liveness,
     ) -> Result<Option<SessionRecord>, StoreError> {
-        const SQL: &str =
-            "SELECT s.user_id, u.username, u.email, s.created, s.expires, s.last_seen \
-                           FROM sessions s JOIN users u ON u.id = s.user_id \
-                           WHERE s.token_hash = $1 AND s.expires > $2 \
-                           AND COALESCE(s.last_seen, s.created) > $3";
-        let record =
-            |(user_id, username, email, created, expires, last_seen): SessionRow| SessionRecord {
-                user_id,
-                username,
-                email,
-                created,
-                expires,
-                last_seen,
-            };
-        inline_first!(
-            self,
-            query_row(SQL, ["$1" => digest.as_str(), "$2" => live.now, "$3" => live.seen_since]),
-            |row: &rusqlite::Row<'_>| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?)),
-            |row: Option<SessionRow>| Ok(row.map(record))
-        );
-        point_read!(self, conn => {
-            sqlx::query_as::<_, SessionRow>(SQL)
-                .bind(digest.as_str())
-                .bind(live.now)
-                .bind(live.seen_since)
-                .fetch_optional(conn)
-                .await
-        })
-        .map(|row| row.map(record))
-        .map_err(classify)
+        // On SQLite, a session read since the last commit of any connection is not
+        // read again (`session_cache.rs`).
+        let cached = match &self.backend {
+            Backend::Sqlite { sessions, .. } => sessions.version().map(|v| (sessions, v)),
+            Backend::Postgres { .. } => None,
+        };
+        let Some((cache, version)) = cached else {
+            return self.read_session(digest, live).await;
+        };
+        if let Some(record) = cache.get(version, digest.as_str(), live) {
+            return Ok(Some(record));
+        }
+        let found = self.read_session(digest, live).await?;
+        if let Some(record) = &found {
+            cache.put(version, digest.as_str(), record);
+        }
+        Ok(found)
     }
 
     async fn delete_session(&self, digest: &TokenDigest, audit: &Audit) -> Result<(), StoreError> {
@@ -323,6 +310,46 @@ impl SessionStore for SqlStore {
             })
         }
         .await)
+        .map_err(classify)
+    }
+}
+
+impl SqlStore {
+    /// The session of `digest`, live by `live`, from the database.
+    async fn read_session(
+        &self,
+        digest: &TokenDigest,
+        live: Liveness,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        const SQL: &str =
+            "SELECT s.user_id, u.username, u.email, s.created, s.expires, s.last_seen \
+                           FROM sessions s JOIN users u ON u.id = s.user_id \
+                           WHERE s.token_hash = $1 AND s.expires > $2 \
+                           AND COALESCE(s.last_seen, s.created) > $3";
+        let record =
+            |(user_id, username, email, created, expires, last_seen): SessionRow| SessionRecord {
+                user_id,
+                username,
+                email,
+                created,
+                expires,
+                last_seen,
+            };
+        inline_first!(
+            self,
+            query_row(SQL, ["$1" => digest.as_str(), "$2" => live.now, "$3" => live.seen_since]),
+            |row: &rusqlite::Row<'_>| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?)),
+            |row: Option<SessionRow>| Ok(row.map(record))
+        );
+        point_read!(self, conn => {
+            sqlx::query_as::<_, SessionRow>(SQL)
+                .bind(digest.as_str())
+                .bind(live.now)
+                .bind(live.seen_since)
+                .fetch_optional(conn)
+                .await
+        })
+        .map(|row| row.map(record))
         .map_err(classify)
     }
 }
