@@ -41,7 +41,8 @@ PASSWORD = "bench-password-1"
 PICK_SAMPLE = 100_000
 # The service must never throttle the load generator (127.0.0.1 sends everything).
 SERVER_ENV = {
-    "RUST_LOG": "warn",
+    # The service's default level: a line per request, written to the scenario's log.
+    "RUST_LOG": "info",
     "USERS_LOGIN_MAX_FAILURES": "0",
     "USERS_LOGIN_MAX_FAILURES_PER_IP": "0",
     "USERS_CREATE_PER_HOUR": "0",
