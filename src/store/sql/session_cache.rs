@@ -14,6 +14,11 @@
 //! writes one after the other: two copies that differ are a commit being made, and
 //! answer "changed".
 //!
+//! The `-shm` file is never removed while any connection of any process has the
+//! database open (SQLite unlinks it only as the last one closes), and the store keeps
+//! its writer's connection open for its whole life: the file opened here is the one
+//! every connection uses.
+//!
 //! So a Logout, a password change or a deleted account, through this process, another
 //! replica on the same file or the command line, is seen by the next lookup that
 //! begins after its commit: the header it reads is not the one the cached session was
