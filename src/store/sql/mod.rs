@@ -1199,4 +1199,31 @@ mod tests {
         assert_eq!(version, 7);
         store.close().await;
     }
+
+    #[tokio::test]
+    async fn closing_empties_the_wal_though_another_connection_stays_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.db");
+        let url = DatabaseUrl::Sqlite(path.clone());
+        let store = SqlStore::connect(&url, &PoolConfig::default(), true)
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        // Another connection, as a thread's inline reader still open at exit.
+        let other = rusqlite::Connection::open(&path).unwrap();
+        let _: i64 = other
+            .query_row("SELECT count(*) FROM users", [], |row| row.get(0))
+            .unwrap();
+        assert!(wal_bytes(&path) > 0, "the migrations are in the WAL");
+        store.close().await;
+        assert_eq!(
+            wal_bytes(&path),
+            0,
+            "the next start has no WAL to read back"
+        );
+        let users: i64 = other
+            .query_row("SELECT count(*) FROM users", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(users, 0);
+    }
 }

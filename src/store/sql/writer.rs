@@ -359,11 +359,22 @@ impl SqliteWriter {
     }
 
     /// Closes the connections, waiting for the write in progress.
+    ///
+    /// The WAL is first copied into the database and emptied (a `TRUNCATE` checkpoint):
+    /// SQLite deletes it only as the last connection of all closes, and a connection
+    /// still open somewhere (another thread's inline reader as the process exits) would
+    /// otherwise leave it whole, up to tens of MiB, for the next start to read back.
     pub(super) async fn close(&self) {
         self.checkpoint.close();
         let mut slot = self.conn.lock().await;
         drop(slot.direct.take());
-        if let Some(conn) = slot.sqlx.take() {
+        if let Some(mut conn) = slot.sqlx.take() {
+            if let Err(err) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&mut conn)
+                .await
+            {
+                tracing::debug!(error = %err, "the WAL was not emptied at close");
+            }
             let _ = conn.close().await;
         }
     }
