@@ -605,6 +605,9 @@ async fn a_logout_is_seen_by_every_session_check_that_begins_after_it(app: TestA
                     if live == 1 {
                         let _ = started.send(()).await;
                     }
+                } else {
+                    // Begun before the answer: the session or none, nothing else.
+                    assert_eq!(status, 401, "a check racing the Logout");
                 }
             }
             after
