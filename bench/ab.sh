@@ -9,8 +9,9 @@
 # settings bench/bench.py uses (no limits on the load generator), logging at
 # RUST_LOG_A / RUST_LOG_B (default: warn for both; `info` is the service's default) to
 # a file, and is checked with 20 live sessions. ROUNDS defaults to 5; every wrk run is
-# 2 s of warm-up and 5 s measured. Prints one line per run: the label and its req/s,
-# then the medians. Needs wrk, curl and python3 (bench/run.sh installs wrk), and the
+# 2 s of warm-up and 5 s measured. AB_CALL picks the call: ReadSession (the default),
+# Read (by id) or Search (by username), over the 20 accounts. Prints one line per run:
+# the label and its req/s, then the medians. Needs wrk, curl and python3 (bench/run.sh installs wrk), and the
 # ceiling built: cargo build --release --examples.
 set -euo pipefail
 
@@ -19,6 +20,13 @@ if [ $# -lt 2 ]; then
   exit 2
 fi
 a=$1 b=$2 rounds=${3:-5} log_a=${4:-warn} log_b=${5:-warn}
+call=${AB_CALL:-ReadSession}
+case $call in
+  ReadSession) field=session_id ;;
+  Read) field=id ;;
+  Search) field=username ;;
+  *) echo "ab: AB_CALL is ReadSession, Read or Search, not $call" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 ceiling=target/release/examples/http_ceiling
 for tool in wrk curl python3 "$a" "$b" "$ceiling"; do
@@ -43,8 +51,8 @@ wait_for() { # URL PID
   return 1
 }
 measure() { # URL: warm-up, then the measured req/s
-  wrk -t2 -c32 -d2 -s bench/rpc.lua "$1" -- ReadSession pick:session_id "$work/sessions" 2 >/dev/null
-  wrk -t2 -c32 -d5 -s bench/rpc.lua "$1" -- ReadSession pick:session_id "$work/sessions" 2 |
+  wrk -t2 -c32 -d2 -s bench/rpc.lua "$1" -- "$call" "pick:$field" "$work/keys" 2 >/dev/null
+  wrk -t2 -c32 -d5 -s bench/rpc.lua "$1" -- "$call" "pick:$field" "$work/keys" 2 |
     awk '/^Requests\/sec/ {print $2}'
 }
 stop() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=; }
@@ -52,7 +60,7 @@ stop() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=;
 ceiling_round() {
   local port
   port=$(free_port)
-  python3 -c 'import secrets; [print(secrets.token_urlsafe(32)) for _ in range(20)]' >"$work/sessions"
+  python3 -c 'import secrets; [print(secrets.token_urlsafe(32)) for _ in range(20)]' >"$work/keys"
   "$ceiling" "127.0.0.1:$port" >/dev/null 2>&1 &
   pid=$!
   wait_for "http://127.0.0.1:$port/health" "$pid"
@@ -69,13 +77,19 @@ service_round() { # LABEL BINARY RUST_LOG
     USERS_MAX_CONNECTIONS_PER_IP=1024 "$2" 2>"$work/$1.log" &
   pid=$!
   wait_for "http://127.0.0.1:$port/health" "$pid"
-  : >"$work/sessions"
+  : >"$work/keys"
   for i in $(seq 1 20); do
-    curl -fsS -o /dev/null "http://127.0.0.1:$port/users/Users/Create" \
-      -d "{\"username\":\"ab$i\",\"email\":\"ab$i@example.com\",\"password\":\"bench-password-1\"}"
-    curl -fsS "http://127.0.0.1:$port/users/Users/Login" \
+    id=$(curl -fsS "http://127.0.0.1:$port/users/Users/Create" \
+      -d "{\"username\":\"ab$i\",\"email\":\"ab$i@example.com\",\"password\":\"bench-password-1\"}" |
+      python3 -c 'import json, sys; print(json.load(sys.stdin)["user"]["id"])')
+    session=$(curl -fsS "http://127.0.0.1:$port/users/Users/Login" \
       -d "{\"username\":\"ab$i\",\"password\":\"bench-password-1\"}" |
-      python3 -c 'import json, sys; print(json.load(sys.stdin)["session"]["id"])' >>"$work/sessions"
+      python3 -c 'import json, sys; print(json.load(sys.stdin)["session"]["id"])')
+    case $call in
+      ReadSession) echo "$session" ;;
+      Read) echo "$id" ;;
+      Search) echo "ab$i" ;;
+    esac >>"$work/keys"
   done
   echo "$1 $(measure "http://127.0.0.1:$port")"
   stop

@@ -205,15 +205,16 @@ pub trait PoolGauge: Send + Sync + std::fmt::Debug + 'static {
     /// (in use, idle)
     fn connections(&self) -> (u32, u32);
 
-    /// On SQLite: how its writes were made durable, batched and checkpointed.
-    fn sqlite_writes(&self) -> Option<SqliteWrites> {
+    /// On SQLite: how its writes were made durable, batched and checkpointed, and how
+    /// many point reads its read cache answered.
+    fn sqlite_counts(&self) -> Option<SqliteCounts> {
         None
     }
 }
 
-/// The SQLite writer's counters, since the store opened.
+/// The SQLite store's counters, since it opened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SqliteWrites {
+pub struct SqliteCounts {
     /// Group fsyncs of the WAL made.
     pub syncs: u64,
     /// Writes those fsyncs made durable.
@@ -226,6 +227,11 @@ pub struct SqliteWrites {
     pub checkpoints: u64,
     /// Of them, the ones that finished under the writer's lock so that the WAL starts over.
     pub wal_resets: u64,
+    /// Point reads (session checks, users by id, name or address, searches) answered
+    /// from the read cache.
+    pub cache_hits: u64,
+    /// Point reads that read the database.
+    pub cache_misses: u64,
 }
 
 /// Histogram buckets for durations from 100 µs to about 13 s.
@@ -575,7 +581,7 @@ impl Collector for PoolCollector {
         let Some(pool) = self.0.upgrade() else {
             return Ok(());
         };
-        let Some(writes) = pool.sqlite_writes() else {
+        let Some(writes) = pool.sqlite_counts() else {
             return Ok(());
         };
         for (name, help, value) in [
@@ -608,6 +614,16 @@ impl Collector for PoolCollector {
                 "db_wal_resets",
                 "Checkpoints finished under the SQLite writer's lock so that the WAL starts over",
                 writes.wal_resets,
+            ),
+            (
+                "db_read_cache_hits",
+                "SQLite point reads answered from memory, the database unchanged since they were read",
+                writes.cache_hits,
+            ),
+            (
+                "db_read_cache_misses",
+                "SQLite point reads that read the database",
+                writes.cache_misses,
             ),
         ] {
             let counter = ConstCounter::new(value);

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{assert_error, is_unix_seconds_string, TestApp, PASSWORD};
-use serde_json::json;
+use serde_json::{json, Value};
 
 on_both_stores!(
     create_returns_the_user_normalised_with_string_timestamps,
@@ -26,6 +26,7 @@ on_both_stores!(
     login_requires_an_identifier_and_a_password,
     logout_ends_the_session_and_is_idempotent,
     a_logout_is_seen_by_every_session_check_that_begins_after_it,
+    an_update_is_seen_by_every_read_that_begins_after_it,
     read_session_refuses_unknown_and_expired_sessions,
     expired_sessions_are_swept,
 );
@@ -567,63 +568,101 @@ async fn logout_ends_the_session_and_is_idempotent(app: TestApp) {
     assert_error(&answer, "Logout", 400, "session_id is required");
 }
 
-/// Session checks run without pause, from four clients, while the session is logged
-/// out: each check that begins after the Logout's answer finds no session (on SQLite,
-/// the checks before it have filled the session cache).
-async fn a_logout_is_seen_by_every_session_check_that_begins_after_it(app: TestApp) {
+/// Runs `method` with `body` without pause from four clients while `change` is made.
+/// Each answer begun before `change` has answered must be `before`'s or `after`'s, and
+/// each begun after it `after`'s (on SQLite, the reads before it have filled the read
+/// cache). Returns once every client has had 50 answers begun after the change.
+async fn seen_by_every_read_after(
+    app: &TestApp,
+    method: &str,
+    body: Value,
+    before: fn(&(reqwest::StatusCode, Value)) -> bool,
+    after: fn(&(reqwest::StatusCode, Value)) -> bool,
+    change: impl std::future::Future<Output = ()>,
+) {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     use std::time::{Duration, Instant};
-    const CHECKERS: usize = 4;
+    const READERS: usize = 4;
     const AFTER: usize = 50;
-    app.create_user("asim").await;
-    let session = app.login("asim", PASSWORD).await;
-    let logged_out = Arc::new(AtomicBool::new(false));
-    let (started, mut checking) = tokio::sync::mpsc::channel(CHECKERS);
-    let mut checks = tokio::task::JoinSet::new();
-    for _ in 0..CHECKERS {
+    let changed = Arc::new(AtomicBool::new(false));
+    let (started, mut reading) = tokio::sync::mpsc::channel(READERS);
+    let mut reads = tokio::task::JoinSet::new();
+    for _ in 0..READERS {
         let (client, url) = (
             app.client.clone(),
-            format!("{}/users/Users/ReadSession", app.base),
+            format!("{}/users/Users/{method}", app.base),
         );
-        let (body, logged_out, started) = (
-            json!({"session_id": session["id"]}),
-            logged_out.clone(),
-            started.clone(),
-        );
-        checks.spawn(async move {
+        let (body, changed, started) = (body.clone(), changed.clone(), started.clone());
+        reads.spawn(async move {
             let deadline = Instant::now() + Duration::from_secs(30);
-            let (mut live, mut after) = (0, 0);
-            while after < AFTER && Instant::now() < deadline {
-                let begun_after = logged_out.load(Ordering::SeqCst);
-                let status = client.post(&url).json(&body).send().await.unwrap().status();
+            let (mut seen_before, mut seen_after) = (0, 0);
+            while seen_after < AFTER && Instant::now() < deadline {
+                let begun_after = changed.load(Ordering::SeqCst);
+                let response = client.post(&url).json(&body).send().await.unwrap();
+                let answer = (response.status(), response.json().await.unwrap());
                 if begun_after {
-                    assert_eq!(status, 401, "a check begun after the Logout's answer");
-                    after += 1;
-                } else if status == 200 {
-                    live += 1;
-                    if live == 1 {
+                    assert!(after(&answer), "a read begun after the change: {answer:?}");
+                    seen_after += 1;
+                } else if before(&answer) {
+                    seen_before += 1;
+                    if seen_before == 1 {
                         let _ = started.send(()).await;
                     }
                 } else {
-                    // Begun before the answer: the session or none, nothing else.
-                    assert_eq!(status, 401, "a check racing the Logout");
+                    assert!(after(&answer), "a read racing the change: {answer:?}");
                 }
             }
-            after
+            seen_after
         });
     }
-    for _ in 0..CHECKERS {
-        checking.recv().await.unwrap();
+    for _ in 0..READERS {
+        reading.recv().await.unwrap();
     }
-    let (status, _) = app
-        .call("Logout", json!({"session_id": session["id"]}))
-        .await;
-    assert_eq!(status, 200);
-    logged_out.store(true, Ordering::SeqCst);
-    while let Some(after) = checks.join_next().await {
-        assert_eq!(after.unwrap(), AFTER);
+    change.await;
+    changed.store(true, Ordering::SeqCst);
+    while let Some(seen_after) = reads.join_next().await {
+        assert_eq!(seen_after.unwrap(), AFTER);
     }
+}
+
+async fn a_logout_is_seen_by_every_session_check_that_begins_after_it(app: TestApp) {
+    app.create_user("asim").await;
+    let session = app.login("asim", PASSWORD).await;
+    let logout = async {
+        let (status, _) = app
+            .call("Logout", json!({"session_id": session["id"]}))
+            .await;
+        assert_eq!(status, 200);
+    };
+    seen_by_every_read_after(
+        &app,
+        "ReadSession",
+        json!({"session_id": session["id"]}),
+        |(status, _)| *status == 200,
+        |(status, _)| *status == 401,
+        logout,
+    )
+    .await;
+}
+
+async fn an_update_is_seen_by_every_read_that_begins_after_it(app: TestApp) {
+    let user = app.create_user("asim").await;
+    let update = async {
+        let (status, body) = app
+            .call("Update", json!({"id": user["id"], "username": "asim2"}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    };
+    seen_by_every_read_after(
+        &app,
+        "Read",
+        json!({"id": user["id"]}),
+        |(status, body)| *status == 200 && body["user"]["username"] == "asim",
+        |(status, body)| *status == 200 && body["user"]["username"] == "asim2",
+        update,
+    )
+    .await;
 }
 
 async fn read_session_refuses_unknown_and_expired_sessions(app: TestApp) {

@@ -378,6 +378,7 @@ fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]
 async fn metrics_count_what_happens_on_both_stores() {
     use serde_json::json;
     for backend in [Backend::Sqlite, Backend::Postgres] {
+        let sqlite = matches!(backend, Backend::Sqlite);
         let sink = common::smtp::SmtpSink::start().await;
         let url = sink.url();
         let Some(app) = common::TestApp::spawn_with(backend, "metrics_count_what_happens", |c| {
@@ -411,6 +412,12 @@ async fn metrics_count_what_happens_on_both_stores() {
 
         let user = app.create_user("metered").await;
         let id = user["id"].as_str().unwrap().to_owned();
+        // On SQLite the reads after the first are answered from the read cache, unless
+        // something commits between them.
+        for _ in 0..10 {
+            let (status, body) = app.call("Read", json!({"id": id})).await;
+            assert_eq!(status, 200, "{body}");
+        }
         let first = app.login("metered", common::PASSWORD).await;
         let (status, _) = app.call("Logout", json!({"session_id": first["id"]})).await;
         assert_eq!(status, 200);
@@ -514,6 +521,19 @@ async fn metrics_count_what_happens_on_both_stores() {
         let idle = sample(&after, "users_db_connections", &[("state", "idle")]);
         let in_use = sample(&after, "users_db_connections", &[("state", "in_use")]);
         assert!(idle + in_use >= 1.0, "{idle} {in_use}");
+        let cache = ["hits", "misses"].map(|kind| {
+            (after.samples.iter())
+                .find(|s| s.metric == format!("users_db_read_cache_{kind}_total"))
+                .map(|_| sample(&after, &format!("users_db_read_cache_{kind}_total"), &[]))
+        });
+        if sqlite {
+            let [Some(hits), Some(misses)] = cache else {
+                panic!("the read cache's counters on SQLite: {cache:?}");
+            };
+            assert!(hits >= 1.0 && misses >= 1.0, "{hits} hits, {misses} misses");
+        } else {
+            assert_eq!(cache, [None, None], "no read cache on PostgreSQL");
+        }
         // The scrape itself is counted, under its own family.
         assert_eq!(
             sample(

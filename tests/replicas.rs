@@ -170,9 +170,9 @@ fn user_command(db: &TestDatabase, args: &[&str]) -> (bool, String) {
     (output.status.success(), text)
 }
 
-/// Each replica on a SQLite file keeps the sessions it has read until the file changes
-/// (src/store/sql/session_cache.rs). A change through the other replica, or through
-/// the command line, is seen by the very next session check.
+/// Each replica on a SQLite file keeps the sessions and users it has read until the
+/// file changes (src/store/sql/read_cache.rs). A change through the other replica, or
+/// through the command line, is seen by the very next session check, Read or Search.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_on_one_sqlite_file_see_each_others_changes_at_once() {
     let Some(db) = TestDatabase::create(Backend::Sqlite, "replicas::sqlite_file").await else {
@@ -227,9 +227,36 @@ async fn replicas_on_one_sqlite_file_see_each_others_changes_at_once() {
         assert_error(&answer, "ReadSession", 401, "session not found");
     }
 
+    // Reads of the account each way, each replica's twice: the answers, by replica.
+    let read_user = |name: &'static str| {
+        let (client, user_id) = (client.clone(), user_id.clone());
+        async move {
+            let mut answers = Vec::new();
+            for addr in [a.addr, b.addr, a.addr, b.addr] {
+                let by_id = call(&client, addr, "Read", json!({"id": user_id})).await;
+                let by_name = call(&client, addr, "Read", json!({"username": name})).await;
+                let (status, search) =
+                    call(&client, addr, "Search", json!({"username": name})).await;
+                assert_eq!(status, 200, "{search}");
+                answers.push((by_id, by_name, search["users"].clone()));
+            }
+            answers
+        }
+    };
+
     // A change of the account through the other.
     let session = login().await;
     read_twice(session.clone()).await;
+    for ((status, by_id), (status_by_name, by_name), found) in read_user("asim").await {
+        assert_eq!(
+            (status.as_u16(), status_by_name.as_u16()),
+            (200, 200),
+            "{by_id} {by_name}"
+        );
+        assert_eq!(by_id["user"]["username"], "asim");
+        assert_eq!(by_name["user"]["id"], user_id.as_str());
+        assert_eq!(found.as_array().map(Vec::len), Some(1), "{found}");
+    }
     let (status, updated) = call(
         &client,
         b.addr,
@@ -242,12 +269,30 @@ async fn replicas_on_one_sqlite_file_see_each_others_changes_at_once() {
         assert_eq!(status, 200, "{read}");
         assert_eq!(read["session"]["username"], "asim2");
     }
+    for ((status, by_id), by_old_name, found) in read_user("asim").await {
+        assert_eq!(status, 200, "{by_id}");
+        assert_eq!(by_id["user"]["username"], "asim2");
+        assert_error(&by_old_name, "Read", 404, "user not found");
+        assert_eq!(found, json!([]), "the old name finds no one");
+    }
+    for (_, (status, by_name), found) in read_user("asim2").await {
+        assert_eq!(status, 200, "{by_name}");
+        assert_eq!(found[0]["username"], "asim2");
+    }
 
     // The command line, a process of its own.
     let (ok, output) = user_command(&db, &["end-sessions", &user_id]);
     assert!(ok, "{output}");
     for answer in read_twice(session).await {
         assert_error(&answer, "ReadSession", 401, "session not found");
+    }
+    read_user("asim2").await;
+    let (ok, output) = user_command(&db, &["delete", &user_id]);
+    assert!(ok, "{output}");
+    for (by_id, by_name, found) in read_user("asim2").await {
+        assert_error(&by_id, "Read", 404, "user not found");
+        assert_error(&by_name, "Read", 404, "user not found");
+        assert_eq!(found, json!([]));
     }
 
     let (a_exit, _) = a.terminate();

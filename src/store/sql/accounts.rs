@@ -111,16 +111,16 @@ impl AccountStore for SqlStore {
     }
 
     async fn user(&self, lookup: Lookup<'_>) -> Result<Option<User>, StoreError> {
-        let (sql, key) = select_by!(lookup, user_columns!());
-        inline_first!(self, query_row(sql, ["$1" => key]), user_row, |row: Option<UserRow>| row
-            .map(user)
-            .transpose());
-        point_read!(self, conn => {
-            sqlx::query_as::<_, UserRow>(sql).bind(key).fetch_optional(conn).await
-        })
-        .map_err(classify)?
-        .map(user)
-        .transpose()
+        self.through_cache(
+            |cache, at| cache.user(at, lookup).map(Some),
+            self.read_user(lookup),
+            |cache, at, found| {
+                if let Some(user) = found {
+                    cache.keep_user(at, lookup, user);
+                }
+            },
+        )
+        .await
     }
 
     async fn list_users(&self, page: Page) -> Result<Vec<User>, StoreError> {
@@ -265,43 +265,12 @@ impl AccountStore for SqlStore {
     }
 
     async fn search_users(&self, query: &UserQuery) -> Result<Vec<User>, StoreError> {
-        macro_rules! search {
-            ($filter:literal) => {
-                concat!(
-                    "SELECT ",
-                    user_columns!(),
-                    " FROM users WHERE ",
-                    $filter,
-                    " ORDER BY created, id LIMIT $3 OFFSET $4"
-                )
-            };
-        }
-        let sql = match (&query.username, &query.email) {
-            (Some(_), Some(_)) => search!("username = $1 AND email = $2"),
-            (Some(_), None) => search!("username = $1 AND $2 IS NULL"),
-            _ => search!("email = $2 AND $1 IS NULL"),
-        };
-        let limit = i64::from(query.page.limit);
-        let offset = i64::try_from(query.page.offset).unwrap_or(i64::MAX);
-        let username = query.username.as_ref().map(|u| u.as_str());
-        let email = query.email.as_ref().map(|e| e.as_str());
-        inline_first!(
-            self,
-            query_all(sql, ["$1" => username, "$2" => email, "$3" => limit, "$4" => offset]),
-            user_row,
-            users
-        );
-        point_read!(self, conn => {
-            sqlx::query_as::<_, UserRow>(sql)
-                .bind(username)
-                .bind(email)
-                .bind(limit)
-                .bind(offset)
-                .fetch_all(conn)
-                .await
-        })
-        .map_err(classify)
-        .and_then(users)
+        self.through_cache(
+            |cache, at| cache.search(at, &SearchKey::of(query)),
+            self.read_search(query),
+            |cache, at, found| cache.keep_search(at, SearchKey::of(query), found),
+        )
+        .await
     }
 
     async fn replace_password(
@@ -350,5 +319,62 @@ impl AccountStore for SqlStore {
         }
         .await)
         .map_err(classify)
+    }
+}
+
+impl SqlStore {
+    /// The user `lookup` finds, from the database.
+    async fn read_user(&self, lookup: Lookup<'_>) -> Result<Option<User>, StoreError> {
+        let (sql, key) = select_by!(lookup, user_columns!());
+        inline_first!(self, query_row(sql, ["$1" => key]), user_row, |row: Option<UserRow>| row
+            .map(user)
+            .transpose());
+        point_read!(self, conn => {
+            sqlx::query_as::<_, UserRow>(sql).bind(key).fetch_optional(conn).await
+        })
+        .map_err(classify)?
+        .map(user)
+        .transpose()
+    }
+
+    /// The users `query` finds, from the database.
+    async fn read_search(&self, query: &UserQuery) -> Result<Vec<User>, StoreError> {
+        macro_rules! search {
+            ($filter:literal) => {
+                concat!(
+                    "SELECT ",
+                    user_columns!(),
+                    " FROM users WHERE ",
+                    $filter,
+                    " ORDER BY created, id LIMIT $3 OFFSET $4"
+                )
+            };
+        }
+        let sql = match (&query.username, &query.email) {
+            (Some(_), Some(_)) => search!("username = $1 AND email = $2"),
+            (Some(_), None) => search!("username = $1 AND $2 IS NULL"),
+            _ => search!("email = $2 AND $1 IS NULL"),
+        };
+        let limit = i64::from(query.page.limit);
+        let offset = i64::try_from(query.page.offset).unwrap_or(i64::MAX);
+        let username = query.username.as_ref().map(|u| u.as_str());
+        let email = query.email.as_ref().map(|e| e.as_str());
+        inline_first!(
+            self,
+            query_all(sql, ["$1" => username, "$2" => email, "$3" => limit, "$4" => offset]),
+            user_row,
+            users
+        );
+        point_read!(self, conn => {
+            sqlx::query_as::<_, UserRow>(sql)
+                .bind(username)
+                .bind(email)
+                .bind(limit)
+                .bind(offset)
+                .fetch_all(conn)
+                .await
+        })
+        .map_err(classify)
+        .and_then(users)
     }
 }

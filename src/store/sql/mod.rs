@@ -34,11 +34,11 @@ use crate::domain::{
 };
 use crate::domain::{Audit, AuditEvent, EventKind, EventQuery};
 use crate::error::{Outage, Unique};
-use crate::metrics::{EndCause, Metrics, PoolGauge, SqliteWrites};
+use crate::metrics::{EndCause, Metrics, PoolGauge, SqliteCounts};
 use durable::GroupSync;
 use inline::InlineReader;
 use pg_readers::PgReaders;
-use session_cache::SessionCache;
+use read_cache::{ReadCache, SearchKey};
 use std::sync::Arc;
 use writer::{SqliteWriter, WriterConn};
 
@@ -79,8 +79,8 @@ enum Backend {
         writer: Box<SqliteWriter>,
         /// The hot point reads, without sqlx's thread hand-off; falls back to `reader`.
         inline: InlineReader,
-        /// The sessions found, while the database is unchanged (`session_cache.rs`).
-        sessions: Box<SessionCache>,
+        /// The point reads' answers, while the database is unchanged (`read_cache.rs`).
+        cache: Box<ReadCache>,
         /// Makes the writer's commits durable, many to an fsync (`durable.rs`).
         group_sync: Arc<GroupSync>,
     },
@@ -854,7 +854,7 @@ impl SqlStore {
                     reader,
                     writer: Box::new(writer),
                     inline: InlineReader::new(path.clone()),
-                    sessions: Box::new(SessionCache::new(path)),
+                    cache: Box::new(ReadCache::new(path)),
                     group_sync,
                 }
             }
@@ -905,6 +905,31 @@ impl SqlStore {
         if let Some(metrics) = self.metrics.get() {
             metrics.session_created(method.as_str());
         }
+    }
+
+    /// A point read through the read cache on SQLite (`read_cache.rs`): the answer
+    /// `hit` finds kept, if the database has not changed since it was kept; else
+    /// `read`'s, which `keep` keeps under the database's version read before it began.
+    /// On PostgreSQL, `read`'s.
+    async fn through_cache<T>(
+        &self,
+        hit: impl FnOnce(&ReadCache, read_cache::Version) -> Option<T>,
+        read: impl std::future::Future<Output = Result<T, StoreError>>,
+        keep: impl FnOnce(&ReadCache, read_cache::Version, &T),
+    ) -> Result<T, StoreError> {
+        let cached = match &self.backend {
+            Backend::Sqlite { cache, .. } => cache.version().map(|at| (&**cache, at)),
+            Backend::Postgres { .. } => None,
+        };
+        let Some((cache, at)) = cached else {
+            return read.await;
+        };
+        if let Some(found) = hit(cache, at) {
+            return Ok(found);
+        }
+        let found = read.await?;
+        keep(cache, at, &found);
+        Ok(found)
     }
 
     /// Counts `count` sessions ended for `cause`, once their deletion is committed.
@@ -1044,7 +1069,7 @@ mod inline;
 mod mail;
 mod passkeys;
 mod pg_readers;
-mod session_cache;
+mod read_cache;
 mod sessions;
 mod tokens;
 mod transfer;
@@ -1134,21 +1159,27 @@ impl PoolGauge for SqlStore {
         }
     }
 
-    fn sqlite_writes(&self) -> Option<SqliteWrites> {
+    fn sqlite_counts(&self) -> Option<SqliteCounts> {
         match &self.backend {
             Backend::Sqlite {
-                group_sync, writer, ..
+                group_sync,
+                writer,
+                cache,
+                ..
             } => {
                 let (syncs, synced) = group_sync.counts();
+                let (cache_hits, cache_misses) = cache.counts();
                 let (batches, batched) = writer.batches();
                 let (checkpoints, wal_resets) = writer.checkpoints();
-                Some(SqliteWrites {
+                Some(SqliteCounts {
                     syncs,
                     synced,
                     batches,
                     batched,
                     checkpoints,
                     wal_resets,
+                    cache_hits,
+                    cache_misses,
                 })
             }
             Backend::Postgres { .. } => None,

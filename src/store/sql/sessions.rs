@@ -89,23 +89,16 @@ impl SessionStore for SqlStore {
         digest: &TokenDigest,
         live: Liveness,
     ) -> Result<Option<SessionRecord>, StoreError> {
-        // On SQLite, a session read since the last commit of any connection is not
-        // read again (`session_cache.rs`).
-        let cached = match &self.backend {
-            Backend::Sqlite { sessions, .. } => sessions.version().map(|v| (sessions, v)),
-            Backend::Postgres { .. } => None,
-        };
-        let Some((cache, version)) = cached else {
-            return self.read_session(digest, live).await;
-        };
-        if let Some(record) = cache.get(version, digest.as_str(), live) {
-            return Ok(Some(record));
-        }
-        let found = self.read_session(digest, live).await?;
-        if let Some(record) = &found {
-            cache.put(version, digest.as_str(), record);
-        }
-        Ok(found)
+        self.through_cache(
+            |cache, at| cache.session(at, digest.as_str(), live).map(Some),
+            self.read_session(digest, live),
+            |cache, at, found| {
+                if let Some(record) = found {
+                    cache.keep_session(at, digest.as_str(), record);
+                }
+            },
+        )
+        .await
     }
 
     async fn delete_session(&self, digest: &TokenDigest, audit: &Audit) -> Result<(), StoreError> {
