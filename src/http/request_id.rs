@@ -42,8 +42,9 @@ impl RequestId {
     fn generate() -> Self {
         // From the thread's generator (ChaCha, seeded by the system): a uuid v4 asked the
         // kernel for its randomness on every request, a system call each.
-        let bits: u128 = rand::random();
-        Self(Arc::from(format!("{bits:032x}")))
+        let hex = hex(rand::random());
+        // Hexadecimal digits are ASCII; the id is copied once, into its Arc.
+        Self(Arc::from(std::str::from_utf8(&hex).unwrap_or_default()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -60,6 +61,15 @@ impl RequestId {
     }
 }
 
+/// `bits` in 32 lowercase hexadecimal digits, on the stack.
+fn hex(bits: u128) -> [u8; 32] {
+    let mut hex = [0u8; 32];
+    for (i, digit) in hex.iter_mut().enumerate() {
+        *digit = b"0123456789abcdef"[((bits >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    hex
+}
+
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -69,6 +79,13 @@ impl fmt::Display for RequestId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_id_is_its_bits_in_hexadecimal() {
+        for bits in [0, 1, 0xfedc_ba98_7654_3210_0123_4567_89ab_cdef, u128::MAX] {
+            assert_eq!(hex(bits), format!("{bits:032x}").as_bytes());
+        }
+    }
 
     fn with(value: &[u8]) -> HeaderMap {
         let mut headers = HeaderMap::new();
