@@ -578,6 +578,10 @@ class Bench:
         r, out["read_ratios"] = self.in_rounds(
             backend, ds, db_url, self.reads(data), rounds,
             (lambda when: self.http_sample(data["ids"], when)["rps"]) if targeted else None)
+        if backend == "sqlite":
+            out["fsync"] = fsync_probe(self.work)
+            log(f"  disk: fdatasync of 4 KiB p50 {out['fsync']['p50_ms']} ms, "
+                f"p99 {out['fsync']['p99_ms']} ms ({out['fsync']['count']} syncs)")
         r["Logout"] = self.load(backend, ds, db_url, "Logout", "Logout", "walk:session_id",
                                 data["logout_main"], warmup_data=data["logout_warm"])
         prefix = f"c{os.getpid()}{backend[:2]}"
@@ -746,6 +750,30 @@ class Bench:
             shutil.rmtree(self.work, ignore_errors=True)
         else:
             log(f"kept {self.work}")
+
+
+def fsync_probe(directory, count=200, budget_s=5.0):
+    """The disk's own write latency where the database lives: `count` appends of 4 KiB,
+    each made durable with fdatasync (as a commit's WAL write is), within `budget_s`. A
+    Logout waits for at least one such sync, and for the one in flight when it arrived,
+    so its p99 cannot be much below twice this p99."""
+    path = Path(directory) / "fsync-probe"
+    took = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        block = os.urandom(4096)
+        deadline = time.perf_counter() + budget_s
+        while len(took) < count and time.perf_counter() < deadline:
+            start = time.perf_counter()
+            os.write(fd, block)
+            os.fdatasync(fd)
+            took.append((time.perf_counter() - start) * 1000)
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+    took.sort()
+    return {"count": len(took), "p50_ms": round(took[len(took) // 2], 2),
+            "p99_ms": round(took[min(len(took) - 1, int(len(took) * 0.99))], 2)}
 
 
 def split_logout(data):
@@ -1551,6 +1579,16 @@ def peer_report(results):
     return lines
 
 
+def disk_line(results):
+    """The disk's own sync latency, sampled just before SQLite's Logout."""
+    disk = results.get("sqlite", {}).get("fsync")
+    if not disk:
+        return []
+    return [f"Disk, just before SQLite's Logout: fdatasync of 4 KiB p50 {disk['p50_ms']} ms, "
+            f"p99 {disk['p99_ms']} ms ({disk['count']} syncs); a Logout waits for one sync "
+            "and the one in flight when it arrived.", ""]
+
+
 def render_report(results, output):
     m = results["machine"]
     st = results["settings"]
@@ -1566,6 +1604,7 @@ def render_report(results, output):
         "",
         table(results),
         "",
+        *disk_line(results),
         "Targets:",
         "",
         target_lines(results),
