@@ -29,6 +29,8 @@ pub const DEFAULT_SESSION_TTL: u64 = 604_800;
 pub const DEFAULT_UI_TITLE: &str = "users-service";
 pub const DEFAULT_DB_MAX_CONNECTIONS: u32 = 10;
 pub const DEFAULT_DB_ACQUIRE_TIMEOUT: u64 = 3;
+/// MiB of point reads' answers kept on SQLite (`--db-read-cache-mib`).
+pub const DEFAULT_DB_READ_CACHE_MIB: u32 = 32;
 pub const DEFAULT_PUBLIC_METHODS: &str =
     "Create,Login,Logout,ReadSession,UpdatePassword,VerifyEmail,ResetPassword,VerifyToken";
 pub const DEFAULT_LOGIN_MAX_FAILURES: u32 = 5;
@@ -904,6 +906,17 @@ pub struct DatabaseConfig {
     )]
     pub acquire_timeout: u64,
 
+    /// On SQLite: MiB of point reads' answers (sessions, users, searches) kept in
+    /// memory while the database is unchanged; 0 turns the cache off
+    #[arg(
+        long = "db-read-cache-mib",
+        env = "USERS_DB_READ_CACHE_MIB",
+        value_name = "MIB",
+        default_value_t = DEFAULT_DB_READ_CACHE_MIB,
+        value_parser = clap::value_parser!(u32).range(0..=4096)
+    )]
+    pub read_cache_mib: u32,
+
     /// Do not migrate on start; refuse to start unless the schema is exactly this
     /// binary's (for deployments that run `users-service migrate` separately)
     #[arg(
@@ -928,6 +941,7 @@ impl DatabaseConfig {
             url,
             max_connections: DEFAULT_DB_MAX_CONNECTIONS,
             acquire_timeout: DEFAULT_DB_ACQUIRE_TIMEOUT,
+            read_cache_mib: DEFAULT_DB_READ_CACHE_MIB,
             no_migrate: false,
             tenant: None,
         }
@@ -945,6 +959,7 @@ impl DatabaseConfig {
         PoolConfig {
             max_connections: self.max_connections,
             acquire_timeout: Duration::from_secs(self.acquire_timeout),
+            read_cache_bytes: usize::try_from(self.read_cache_mib).unwrap_or(0) << 20,
             schema: self.tenant.as_ref().map(tenant_schema),
         }
     }

@@ -54,6 +54,9 @@ pub struct PoolConfig {
     pub max_connections: u32,
     /// How long a request waits for a connection before it is answered 503.
     pub acquire_timeout: Duration,
+    /// On SQLite, the bytes of point reads' answers kept while the database is
+    /// unchanged (`read_cache.rs`); 0: none.
+    pub read_cache_bytes: usize,
     /// On PostgreSQL, the schema the pool works in (a tenant's), created when missing
     /// if the store may create; `None`: the database's default search path.
     pub schema: Option<String>,
@@ -64,6 +67,7 @@ impl Default for PoolConfig {
         Self {
             max_connections: 10,
             acquire_timeout: Duration::from_secs(3),
+            read_cache_bytes: read_cache::BUDGET,
             schema: None,
         }
     }
@@ -79,8 +83,9 @@ enum Backend {
         writer: Box<SqliteWriter>,
         /// The hot point reads, without sqlx's thread hand-off; falls back to `reader`.
         inline: InlineReader,
-        /// The point reads' answers, while the database is unchanged (`read_cache.rs`).
-        cache: Box<ReadCache>,
+        /// The point reads' answers, while the database is unchanged (`read_cache.rs`);
+        /// None when turned off.
+        cache: Option<Box<ReadCache>>,
         /// Makes the writer's commits durable, many to an fsync (`durable.rs`).
         group_sync: Arc<GroupSync>,
     },
@@ -854,7 +859,8 @@ impl SqlStore {
                     reader,
                     writer: Box::new(writer),
                     inline: InlineReader::new(path.clone()),
-                    cache: Box::new(ReadCache::new(path)),
+                    cache: (config.read_cache_bytes > 0)
+                        .then(|| Box::new(ReadCache::new(path, config.read_cache_bytes))),
                     group_sync,
                 }
             }
@@ -918,8 +924,10 @@ impl SqlStore {
         keep: impl FnOnce(&ReadCache, read_cache::Version, &T),
     ) -> Result<T, StoreError> {
         let cached = match &self.backend {
-            Backend::Sqlite { cache, .. } => cache.version().map(|at| (&**cache, at)),
-            Backend::Postgres { .. } => None,
+            Backend::Sqlite {
+                cache: Some(cache), ..
+            } => cache.version().map(|at| (&**cache, at)),
+            Backend::Sqlite { cache: None, .. } | Backend::Postgres { .. } => None,
         };
         let Some((cache, at)) = cached else {
             return read.await;
@@ -1168,7 +1176,7 @@ impl PoolGauge for SqlStore {
                 ..
             } => {
                 let (syncs, synced) = group_sync.counts();
-                let (cache_hits, cache_misses) = cache.counts();
+                let (cache_hits, cache_misses) = cache.as_ref().map_or((0, 0), |c| c.counts());
                 let (batches, batched) = writer.batches();
                 let (checkpoints, wal_resets) = writer.checkpoints();
                 Some(SqliteCounts {
@@ -1229,6 +1237,37 @@ mod tests {
         .unwrap();
         assert_eq!(version, 7);
         store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_read_cache_of_zero_bytes_is_off() {
+        for (bytes, hits) in [(read_cache::BUDGET, 2), (0, 0)] {
+            let dir = tempfile::tempdir().unwrap();
+            let url = DatabaseUrl::Sqlite(dir.path().join("users.db"));
+            let config = PoolConfig {
+                read_cache_bytes: bytes,
+                ..PoolConfig::default()
+            };
+            let store = SqlStore::connect(&url, &config, true).await.unwrap();
+            store.migrate().await.unwrap();
+            rusqlite::Connection::open(dir.path().join("users.db"))
+                .unwrap()
+                .execute(
+                    "INSERT INTO users (id, username, email, password_hash, created, updated, \
+                     profile) VALUES ('u1', 'asim', 'asim@example.com', 'x', 1, 1, '{}')",
+                    [],
+                )
+                .unwrap();
+            let id = UserId::parse("id", Some("u1".into())).unwrap();
+            for _ in 0..3 {
+                let user = store.user(Lookup::Id(&id)).await.unwrap().unwrap();
+                assert_eq!(user.username, "asim");
+            }
+            let counts = store.sqlite_counts().unwrap();
+            assert_eq!(counts.cache_hits, hits, "{bytes} bytes");
+            assert_eq!(counts.cache_misses, if bytes > 0 { 1 } else { 0 });
+            store.close().await;
+        }
     }
 
     #[tokio::test]

@@ -42,11 +42,9 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use crate::domain::{User, UserQuery};
 use crate::store::{Liveness, Lookup, SessionRecord};
 
-/// The bytes kept at most, as [`Cost`] estimates them; past it the cache starts again
-/// empty.
+/// The bytes kept at most by default, as [`Cost`] estimates them; past its budget the
+/// cache starts again empty (`--db-read-cache-mib`).
 pub const BUDGET: usize = 32 << 20;
-/// An answer larger than this share of the budget is not kept.
-const LARGEST: usize = BUDGET / 16;
 /// What an entry costs beyond its strings: the map's slot, the strings' and the
 /// structures' headers, the allocator's rounding.
 const ENTRY: usize = 160;
@@ -67,6 +65,8 @@ pub struct Version([u8; HEADER]);
 /// Answers found, valid while the database is at `version`.
 pub struct ReadCache {
     shm: PathBuf,
+    /// The bytes kept at most; an answer larger than a sixteenth of it is not kept.
+    budget: usize,
     /// The `-shm` file, opened at the first lookup that finds it.
     file: OnceLock<File>,
     state: Mutex<State>,
@@ -151,12 +151,13 @@ fn user_key(lookup: Lookup<'_>) -> (usize, &str) {
 }
 
 impl ReadCache {
-    /// The cache of the database file at `database`.
-    pub fn new(database: &Path) -> Self {
+    /// The cache of the database file at `database`, keeping at most `budget` bytes.
+    pub fn new(database: &Path, budget: usize) -> Self {
         let mut shm = database.as_os_str().to_owned();
         shm.push("-shm");
         Self {
             shm: PathBuf::from(shm),
+            budget,
             file: OnceLock::new(),
             state: Mutex::new(State::default()),
             hits: AtomicU64::new(0),
@@ -274,14 +275,14 @@ impl ReadCache {
     /// Adds an answer of `cost` bytes with `insert`, unless the database has been seen
     /// to change since `version`, the lookup's, or the answer is too large to keep.
     fn keep(&self, version: Version, cost: usize, insert: impl FnOnce(&mut State)) {
-        if cost > LARGEST {
+        if cost > self.budget / 16 {
             return;
         }
         let mut state = self.lock();
         if state.version != Some(version) {
             return;
         }
-        if state.bytes + cost > BUDGET {
+        if state.bytes + cost > self.budget {
             state.clear();
             state.version = Some(version);
         }
@@ -335,7 +336,7 @@ mod tests {
     fn a_session_is_kept_until_any_connection_commits() {
         let dir = tempfile::tempdir().unwrap();
         let (path, writer) = database(dir.path());
-        let cache = ReadCache::new(&path);
+        let cache = ReadCache::new(&path, BUDGET);
         let at = cache.version().expect("a version");
         assert!(cache.session(at, "d1", live(150)).is_none());
         cache.keep_session(at, "d1", &record(200));
@@ -362,7 +363,7 @@ mod tests {
     fn a_kept_session_is_live_only_until_it_expires_or_goes_idle() {
         let dir = tempfile::tempdir().unwrap();
         let (path, _writer) = database(dir.path());
-        let cache = ReadCache::new(&path);
+        let cache = ReadCache::new(&path, BUDGET);
         let at = cache.version().unwrap();
         cache.session(at, "d1", live(0));
         cache.keep_session(at, "d1", &record(200));
@@ -387,11 +388,11 @@ mod tests {
     #[test]
     fn a_header_being_written_or_missing_tells_no_version() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(ReadCache::new(&dir.path().join("none.db"))
+        assert!(ReadCache::new(&dir.path().join("none.db"), BUDGET)
             .version()
             .is_none());
         let (path, _writer) = database(dir.path());
-        let cache = ReadCache::new(&path);
+        let cache = ReadCache::new(&path, BUDGET);
         assert!(cache.version().is_some());
         // Copies that differ: a commit between its two writes.
         let shm = std::fs::OpenOptions::new()
@@ -422,7 +423,7 @@ mod tests {
     fn users_and_searches_are_kept_until_any_connection_commits() {
         let dir = tempfile::tempdir().unwrap();
         let (path, writer) = database(dir.path());
-        let cache = ReadCache::new(&path);
+        let cache = ReadCache::new(&path, BUDGET);
         let at = cache.version().unwrap();
         let id = crate::domain::UserId::parse("id", Some("u1".into())).unwrap();
         let name = crate::domain::Username::parse(Some("name-u1".into())).unwrap();
@@ -453,7 +454,7 @@ mod tests {
     fn what_is_kept_is_bounded_by_its_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let (path, _writer) = database(dir.path());
-        let cache = ReadCache::new(&path);
+        let cache = ReadCache::new(&path, BUDGET);
         let at = cache.version().unwrap();
         cache.session(at, "", live(0));
         // Users with 16 KiB profiles: the budget holds about 2,000 of them.
@@ -473,7 +474,7 @@ mod tests {
         );
         assert!(cache.user(at, Lookup::Id(&ids[fits])).is_some());
         // An answer larger than a sixteenth of the budget is not kept at all.
-        let huge: Vec<User> = (0..(LARGEST / big.cost() + 1))
+        let huge: Vec<User> = (0..(BUDGET / 16 / big.cost() + 1))
             .map(|i| user(&format!("h{i}"), 4))
             .collect();
         let query = UserQuery::parse(None, Some("a@example.com".into()), None, None).unwrap();
