@@ -42,6 +42,19 @@ async fn call(
     (status, response.json().await.expect("JSON body"))
 }
 
+/// Creates the account `asim` through the replica at `addr`; its id.
+async fn create_asim(client: &reqwest::Client, addr: SocketAddr) -> String {
+    let (status, created) = call(
+        client,
+        addr,
+        "Create",
+        json!({"username": "asim", "email": "asim@example.com", "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    created["user"]["id"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_on_one_database_agree_at_once() {
     let Some(db) = TestDatabase::create(Backend::Postgres, "replicas::two_replicas").await else {
@@ -53,15 +66,7 @@ async fn two_replicas_on_one_database_agree_at_once() {
     let b = replica(&db, dir.path());
     let client = reqwest::Client::new();
 
-    let (status, created) = call(
-        &client,
-        a.addr,
-        "Create",
-        json!({"username": "asim", "email": "asim@example.com", "password": PASSWORD}),
-    )
-    .await;
-    assert_eq!(status, 200, "{created}");
-    let user_id = created["user"]["id"].clone();
+    let user_id = create_asim(&client, a.addr).await;
 
     // A session created through A is read through B.
     let (status, login) = call(
@@ -182,15 +187,7 @@ async fn replicas_on_one_sqlite_file_see_each_others_changes_at_once() {
     let a = replica(&db, dir.path());
     let b = replica(&db, dir.path());
     let client = reqwest::Client::new();
-    let (status, created) = call(
-        &client,
-        a.addr,
-        "Create",
-        json!({"username": "asim", "email": "asim@example.com", "password": PASSWORD}),
-    )
-    .await;
-    assert_eq!(status, 200, "{created}");
-    let user_id = created["user"]["id"].as_str().unwrap().to_owned();
+    let user_id = create_asim(&client, a.addr).await;
     let login = || async {
         let (status, login) = call(
             &client,
