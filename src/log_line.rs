@@ -246,6 +246,11 @@ impl Visit for TextFields<'_> {
         self.line.push_str(itoa::Buffer::new().format(value));
     }
 
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.start(field);
+        push_f64(self.line, value);
+    }
+
     fn record_bool(&mut self, field: &Field, value: bool) {
         self.start(field);
         self.line.push_str(if value { "true" } else { "false" });
@@ -317,7 +322,7 @@ impl Visit for JsonFields<'_> {
     fn record_f64(&mut self, field: &Field, value: f64) {
         self.start(field);
         if value.is_finite() {
-            let _ = write!(self.line, "{value}");
+            push_f64(self.line, value);
         } else {
             self.line.push_str("null");
         }
@@ -336,6 +341,18 @@ impl Visit for JsonFields<'_> {
         self.line.push('"');
         let _ = write!(JsonEscaped(self.line), "{value:?}");
         self.line.push('"');
+    }
+}
+
+/// A number as its shortest form that reads back the same (`39.118`, `2.0`), written
+/// without `core::fmt`, which made the request line's `latency_ms` a percent of a
+/// session check (docs/performance/request-log.md). Not finite: `NaN`, `inf`, `-inf`,
+/// as `Debug` writes them.
+fn push_f64(line: &mut String, value: f64) {
+    if value.is_finite() {
+        line.push_str(ryu::Buffer::new().format_finite(value));
+    } else {
+        let _ = write!(line, "{value:?}");
     }
 }
 
@@ -507,6 +524,23 @@ mod tests {
             "  INFO http{request_id=4bf92f3577b34da6 method=POST path=/users/Users/Create}: \
              users_service::log_line::tests: request status=200 latency_ms=1.5"
         );
+    }
+
+    /// Numbers read as `Debug` wrote them: a latency of any whole microseconds, and
+    /// the forms at the ends of the range.
+    #[test]
+    fn a_number_is_written_as_debug_writes_it() {
+        let latencies = (0..200_000u64).chain((0..40).map(|shift| 1u64 << shift));
+        let others = [0.1, 0.3, -2.5, 1e-7, 1e21, 123_456_789.5, f64::MIN_POSITIVE];
+        let values = latencies
+            .map(|micros| micros as f64 / 1e3)
+            .chain(others)
+            .chain([f64::NAN, f64::INFINITY, f64::NEG_INFINITY]);
+        for value in values {
+            let mut line = String::new();
+            push_f64(&mut line, value);
+            assert_eq!(line, format!("{value:?}"));
+        }
     }
 
     #[test]
