@@ -913,6 +913,16 @@ impl SqlStore {
         }
     }
 
+    /// The read cache, on SQLite when it is on.
+    fn read_cache(&self) -> Option<&ReadCache> {
+        match &self.backend {
+            Backend::Sqlite {
+                cache: Some(cache), ..
+            } => Some(cache),
+            Backend::Sqlite { cache: None, .. } | Backend::Postgres { .. } => None,
+        }
+    }
+
     /// A point read through the read cache on SQLite (`read_cache.rs`): the answer
     /// `hit` finds kept, if the database has not changed since it was kept; else
     /// `read`'s, which `keep` keeps under the database's version read before it began.
@@ -923,12 +933,9 @@ impl SqlStore {
         read: impl std::future::Future<Output = Result<T, StoreError>>,
         keep: impl FnOnce(&ReadCache, read_cache::Version, &T),
     ) -> Result<T, StoreError> {
-        let cached = match &self.backend {
-            Backend::Sqlite {
-                cache: Some(cache), ..
-            } => cache.version().map(|at| (&**cache, at)),
-            Backend::Sqlite { cache: None, .. } | Backend::Postgres { .. } => None,
-        };
+        let cached = self
+            .read_cache()
+            .and_then(|cache| cache.version().map(|at| (cache, at)));
         let Some((cache, at)) = cached else {
             return read.await;
         };
@@ -1268,6 +1275,60 @@ mod tests {
             assert_eq!(counts.cache_misses, if bytes > 0 { 1 } else { 0 });
             store.close().await;
         }
+    }
+
+    /// The once-a-second note of sessions' last uses does not empty the read cache:
+    /// the sessions kept are read from memory after it, with the use it wrote.
+    #[tokio::test]
+    async fn noting_sessions_uses_keeps_them_in_the_read_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.db");
+        let store = SqlStore::connect(
+            &DatabaseUrl::Sqlite(path.clone()),
+            &PoolConfig::default(),
+            true,
+        )
+        .await
+        .unwrap();
+        store.migrate().await.unwrap();
+        let digest = TokenDigest::of(b"a session's token");
+        let sql = format!(
+            "INSERT INTO users (id, username, email, password_hash, created, updated, profile) \
+             VALUES ('u1', 'asim', 'asim@example.com', 'x', 1, 1, '{{}}'); \
+             INSERT INTO sessions (token_hash, user_id, created, expires) \
+             VALUES ('{}', 'u1', 100, 10000);",
+            digest.as_str()
+        );
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch(&sql)
+            .unwrap();
+        let live = Liveness {
+            now: 200,
+            seen_since: i64::MIN,
+        };
+        let read = || async { store.session(&digest, live).await.unwrap().unwrap() };
+        assert_eq!(read().await.last_seen, None);
+        store
+            .touch_sessions(std::slice::from_ref(&digest), 150)
+            .await
+            .unwrap();
+        let before = store.sqlite_counts().unwrap();
+        assert_eq!(read().await.last_seen, Some(150));
+        let after = store.sqlite_counts().unwrap();
+        assert_eq!(after.cache_hits, before.cache_hits + 1, "read from memory");
+        assert_eq!(after.cache_misses, before.cache_misses);
+        // A note that changes no row commits nothing: the cache stays as it is.
+        store
+            .touch_sessions(std::slice::from_ref(&digest), 120)
+            .await
+            .unwrap();
+        assert_eq!(read().await.last_seen, Some(150));
+        assert_eq!(
+            store.sqlite_counts().unwrap().cache_hits,
+            after.cache_hits + 1
+        );
+        store.close().await;
     }
 
     #[tokio::test]

@@ -16,6 +16,15 @@
 //! writes one after the other: two copies that differ are a commit being made, and
 //! answer "changed".
 //!
+//! One commit does not empty the cache: the service's own note of sessions' last uses
+//! (`last_seen`, written about once a second). Made through this process's writer,
+//! with the header read before it and after it, it is known to be the only commit
+//! between the two when the header's count of transactions moved by exactly one (every
+//! commit of every connection adds one). The sessions kept then get the same
+//! `last_seen` the statement wrote, and the cache goes on under the new header
+//! ([`ReadCache::sessions_used`]); two commits or more, and it is emptied as for any
+//! other.
+//!
 //! The `-shm` file is never removed while any connection of any process has the
 //! database open (SQLite unlinks it only as the last one closes), and the store keeps
 //! its writer's connection open for its whole life: the file opened here is the one
@@ -57,10 +66,32 @@ const HEADER: usize = 48;
 const WAL_INDEX_VERSION: u32 = 3_007_000;
 /// The byte that is 1 once the header has been written.
 const IS_INIT: usize = 12;
+/// Where the header keeps its count of committed transactions (`iChange`, a `u32` in
+/// the machine's byte order), and the WAL's salts, new each time the WAL starts over.
+const COMMITS: usize = 8;
+const SALTS: std::ops::Range<usize> = 32..40;
+/// How far behind the cache's a lookup's header may be counted as read before it (a
+/// lookup that read the header just before a commit): further, and it is taken for a
+/// WAL rebuilt from scratch.
+const BEHIND: u32 = 16;
 
 /// The database's state as the WAL index header last told it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Version([u8; HEADER]);
+
+impl Version {
+    /// The count of transactions committed.
+    fn commits(&self) -> u32 {
+        let [a, b, c, d] = [0, 1, 2, 3].map(|i| self.0[COMMITS + i]);
+        u32::from_ne_bytes([a, b, c, d])
+    }
+
+    /// Whether this header was read before `later`, a few commits into the same WAL.
+    fn before(&self, later: &Version) -> bool {
+        self.0[SALTS] == later.0[SALTS]
+            && (1..=BEHIND).contains(&later.commits().wrapping_sub(self.commits()))
+    }
+}
 
 /// Answers found, valid while the database is at `version`.
 pub struct ReadCache {
@@ -175,6 +206,44 @@ impl ReadCache {
         version
     }
 
+    /// The database's version read by a writer of this process, holding the writer,
+    /// before a write it will tell the cache of ([`ReadCache::sessions_used`]).
+    pub fn version_before_write(&self) -> Option<Version> {
+        self.header()
+    }
+
+    /// After the writer's one commit that set `last_seen` to `at` for the sessions of
+    /// `digests` (those last seen before `at`), begun at `before`: when the header now
+    /// shows that commit alone since `before`, and the cache holds `before`'s answers,
+    /// the sessions kept get the same `last_seen` and the cache holds the new header's.
+    /// Otherwise nothing changes here, and the next lookup sees a header unlike the
+    /// cache's and empties it.
+    pub fn sessions_used<'a>(
+        &self,
+        before: Version,
+        digests: impl IntoIterator<Item = &'a str>,
+        at: i64,
+    ) {
+        let Some(after) = self.header() else {
+            return;
+        };
+        if after.commits() != before.commits().wrapping_add(1) {
+            return;
+        }
+        let mut state = self.lock();
+        if state.version != Some(before) {
+            return;
+        }
+        for digest in digests {
+            if let Some(session) = state.sessions.get_mut(digest) {
+                if session.last_seen.is_none_or(|seen| seen < at) {
+                    session.last_seen = Some(at);
+                }
+            }
+        }
+        state.version = Some(after);
+    }
+
     fn header(&self) -> Option<Version> {
         let file = match self.file.get() {
             Some(file) => file,
@@ -246,8 +315,10 @@ impl ReadCache {
         });
     }
 
-    /// What `pick` finds kept, if the database is still at `version`; else the cache
-    /// is emptied and now holds `version`'s answers.
+    /// What `pick` finds kept, if the database is still at `version`. Else the cache
+    /// is emptied and now holds `version`'s answers, unless `version` is older than
+    /// the cache's (a lookup that read the header just before a commit): then the
+    /// lookup reads the database and the cache is left as it is.
     fn found<T: Clone>(
         &self,
         version: Version,
@@ -255,12 +326,14 @@ impl ReadCache {
     ) -> Option<T> {
         let found = {
             let mut state = self.lock();
-            if state.version == Some(version) {
-                pick(&state).cloned()
-            } else {
-                state.clear();
-                state.version = Some(version);
-                None
+            match state.version {
+                Some(held) if held == version => pick(&state).cloned(),
+                Some(held) if version.before(&held) => None,
+                _ => {
+                    state.clear();
+                    state.version = Some(version);
+                    None
+                }
             }
         };
         let counter = if found.is_some() {
@@ -357,6 +430,73 @@ mod tests {
         let third = cache.version().unwrap();
         assert!(third != after);
         assert!(cache.session(third, "d1", live(150)).is_none());
+    }
+
+    #[test]
+    fn the_writers_own_note_of_session_uses_keeps_what_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, writer) = database(dir.path());
+        let cache = ReadCache::new(&path, BUDGET);
+        let at = cache.version().unwrap();
+        let id = crate::domain::UserId::parse("id", Some("u1".into())).unwrap();
+        assert!(cache.session(at, "d1", live(0)).is_none());
+        cache.keep_session(at, "d1", &record(200));
+        let later = SessionRecord {
+            last_seen: Some(180),
+            ..record(200)
+        };
+        cache.keep_session(at, "d2", &later);
+        cache.keep_user(at, Lookup::Id(&id), &user("u1", 0));
+        // The writer's one commit, the note of d1, d2 and d3 used at 150.
+        let before = cache.version_before_write().unwrap();
+        writer.execute("INSERT INTO t VALUES (1)", []).unwrap();
+        cache.sessions_used(before, ["d1", "d2", "d3"], 150);
+        let after = cache.version().unwrap();
+        assert!(after != at);
+        let seen = |version, digest| cache.session(version, digest, live(160)).unwrap();
+        assert_eq!(seen(after, "d1").last_seen, Some(150));
+        assert_eq!(seen(after, "d2").last_seen, Some(180), "not moved back");
+        assert!(cache.session(after, "d3", live(160)).is_none(), "not kept");
+        assert!(cache.user(after, Lookup::Id(&id)).is_some());
+        // Another connection's commit beside the writer's: two commits, all dropped.
+        let before = cache.version_before_write().unwrap();
+        let other = Connection::open(&path).unwrap();
+        other.execute("INSERT INTO t VALUES (2)", []).unwrap();
+        writer.execute("INSERT INTO t VALUES (3)", []).unwrap();
+        cache.sessions_used(before, ["d1"], 170);
+        let third = cache.version().unwrap();
+        assert!(cache.session(third, "d1", live(160)).is_none());
+        assert!(cache.user(third, Lookup::Id(&id)).is_none());
+        // A note told with a header older than the cache's changes nothing.
+        cache.keep_session(third, "d1", &record(200));
+        writer.execute("INSERT INTO t VALUES (4)", []).unwrap();
+        cache.sessions_used(before, ["d1"], 170);
+        assert_eq!(seen(third, "d1").last_seen, None);
+    }
+
+    #[test]
+    fn a_lookup_that_read_an_older_header_misses_and_drops_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, writer) = database(dir.path());
+        let cache = ReadCache::new(&path, BUDGET);
+        let at = cache.version().unwrap();
+        writer.execute("INSERT INTO t VALUES (1)", []).unwrap();
+        let after = cache.version().unwrap();
+        assert!(cache.session(after, "d1", live(0)).is_none());
+        cache.keep_session(after, "d1", &record(200));
+        // A lookup that read the header before the commit: a miss, and nothing kept.
+        assert!(cache.session(at, "d1", live(0)).is_none());
+        cache.keep_session(at, "d2", &record(200));
+        assert!(cache.session(after, "d1", live(0)).is_some(), "still kept");
+        assert!(cache.session(after, "d2", live(0)).is_none());
+        // A header from a WAL started over is not older: the cache takes it.
+        writer
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE); INSERT INTO t VALUES (2);")
+            .unwrap();
+        let restarted = cache.version().unwrap();
+        assert!(cache.session(restarted, "d1", live(0)).is_none());
+        cache.keep_session(restarted, "d3", &record(200));
+        assert!(cache.session(restarted, "d3", live(0)).is_some());
     }
 
     #[test]
