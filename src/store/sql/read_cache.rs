@@ -17,13 +17,14 @@
 //! answer "changed".
 //!
 //! One commit does not empty the cache: the service's own note of sessions' last uses
-//! (`last_seen`, written about once a second). Made through this process's writer,
-//! with the header read before it and after it, it is known to be the only commit
-//! between the two when the header's count of transactions moved by exactly one (every
-//! commit of every connection adds one). The sessions kept then get the same
-//! `last_seen` the statement wrote, and the cache goes on under the new header
-//! ([`ReadCache::sessions_used`]); two commits or more, and it is emptied as for any
-//! other.
+//! (`last_seen`, written about once a second). It is made through this process's
+//! writer, with the header read before it ([`ReadCache::note_begins`]) and after it
+//! ([`Note::written`]), and it was the only commit between the two when the header's
+//! count of transactions moved by exactly one (every commit of every connection adds
+//! one; a WAL started over changes the salts, not the count). The sessions kept then
+//! get the `last_seen` the statement wrote, and the cache goes on under the new header.
+//! Until the writer has looked, a lookup that reads a newer header misses without
+//! emptying the cache; two commits or more, and it is emptied as for any other.
 //!
 //! The `-shm` file is never removed while any connection of any process has the
 //! database open (SQLite unlinks it only as the last one closes), and the store keeps
@@ -33,8 +34,8 @@
 //! So a Logout, a password change, a new username or a deleted account, through this
 //! process, another replica on the same file or the command line, is seen by the next
 //! lookup that begins after its commit: the header it reads is not the one the cached
-//! answer was read under, and the whole cache is dropped. Any commit drops it (a
-//! sign-in, a session's last use noted), which costs the next lookups a read each, as
+//! answer was read under, and the whole cache is dropped. Any other commit drops it (a
+//! sign-in, a change of any account), which costs the next lookups a read each, as
 //! without the cache. A session's liveness (expiry, idle time) is judged again at each
 //! hit against the time of the lookup.
 //!
@@ -115,6 +116,44 @@ struct State {
     /// Users by id, by username and by address.
     users: [HashMap<String, User>; 3],
     searches: HashMap<SearchKey, Vec<User>>,
+    /// The header a note of sessions' uses began at, while the writer writes it.
+    noting: Option<Version>,
+}
+
+/// A note of sessions' uses being written ([`ReadCache::note_begins`]).
+pub struct Note<'a> {
+    cache: &'a ReadCache,
+    before: Version,
+    ended: bool,
+}
+
+impl Note<'_> {
+    /// The note was written: it set `last_seen` to `at` for the sessions of `digests`
+    /// last seen before `at`; `changed`: whether any row was (a statement that changes
+    /// none commits nothing). When the header shows that commit alone since the note
+    /// began, the sessions kept get the same `last_seen` and the cache holds the new
+    /// header's answers. Otherwise nothing changes here, and the next lookup sees a
+    /// header unlike the cache's and empties it.
+    pub fn written<'a>(
+        mut self,
+        changed: bool,
+        digests: impl IntoIterator<Item = &'a str>,
+        at: i64,
+    ) {
+        self.ended = true;
+        let used = changed.then_some((digests.into_iter(), at));
+        self.cache.note_ends(self.before, used);
+    }
+}
+
+impl Drop for Note<'_> {
+    /// A note given up (its statement failed, or its task was cancelled) keeps nothing.
+    fn drop(&mut self) {
+        if !self.ended {
+            self.cache
+                .note_ends(self.before, None::<(std::iter::Empty<&str>, i64)>);
+        }
+    }
 }
 
 impl State {
@@ -206,32 +245,40 @@ impl ReadCache {
         version
     }
 
-    /// The database's version read by a writer of this process, holding the writer,
-    /// before a write it will tell the cache of ([`ReadCache::sessions_used`]).
-    pub fn version_before_write(&self) -> Option<Version> {
-        self.header()
-    }
-
-    /// After the writer's one commit that set `last_seen` to `at` for the sessions of
-    /// `digests` (those last seen before `at`), begun at `before`: when the header now
-    /// shows that commit alone since `before`, and the cache holds `before`'s answers,
-    /// the sessions kept get the same `last_seen` and the cache holds the new header's.
-    /// Otherwise nothing changes here, and the next lookup sees a header unlike the
-    /// cache's and empties it.
-    pub fn sessions_used<'a>(
-        &self,
-        before: Version,
-        digests: impl IntoIterator<Item = &'a str>,
-        at: i64,
-    ) {
-        let Some(after) = self.header() else {
-            return;
-        };
-        if after.commits() != before.commits().wrapping_add(1) {
-            return;
-        }
+    /// A note of sessions' uses about to be written by this process's writer, which
+    /// holds the writer until the note is [`Note::written`] or dropped. None when the
+    /// cache holds no answers of the database as it is now.
+    ///
+    /// Until then, a lookup that reads a newer header misses without emptying the
+    /// cache: the newer header may be the note's commit alone, and the sessions kept
+    /// are then kept through it.
+    pub fn note_begins(&self) -> Option<Note<'_>> {
+        let before = self.header()?;
         let mut state = self.lock();
         if state.version != Some(before) {
+            return None;
+        }
+        state.noting = Some(before);
+        Some(Note {
+            cache: self,
+            before,
+            ended: false,
+        })
+    }
+
+    /// Ends the note begun at `before`; `used`: what it wrote, when it committed.
+    fn note_ends<'a>(&self, before: Version, used: Option<(impl Iterator<Item = &'a str>, i64)>) {
+        let after = self.header();
+        let mut state = self.lock();
+        if state.noting != Some(before) {
+            return;
+        }
+        state.noting = None;
+        let (Some((digests, at)), Some(after)) = (used, after) else {
+            return;
+        };
+        // The note's commit, and no other since `before`.
+        if state.version != Some(before) || after.commits() != before.commits().wrapping_add(1) {
             return;
         }
         for digest in digests {
@@ -329,6 +376,8 @@ impl ReadCache {
             match state.version {
                 Some(held) if held == version => pick(&state).cloned(),
                 Some(held) if version.before(&held) => None,
+                // Newer, perhaps by the note being written alone.
+                Some(held) if state.noting == Some(held) => None,
                 _ => {
                     state.clear();
                     state.version = Some(version);
@@ -448,30 +497,45 @@ mod tests {
         cache.keep_session(at, "d2", &later);
         cache.keep_user(at, Lookup::Id(&id), &user("u1", 0));
         // The writer's one commit, the note of d1, d2 and d3 used at 150.
-        let before = cache.version_before_write().unwrap();
+        let note = cache.note_begins().expect("the cache holds the header now");
         writer.execute("INSERT INTO t VALUES (1)", []).unwrap();
-        cache.sessions_used(before, ["d1", "d2", "d3"], 150);
         let after = cache.version().unwrap();
         assert!(after != at);
         let seen = |version, digest| cache.session(version, digest, live(160)).unwrap();
+        // While it is written, a lookup with the newer header misses, dropping nothing.
+        assert!(cache.session(after, "d1", live(160)).is_none());
+        assert_eq!(seen(at, "d1").last_seen, None);
+        note.written(true, ["d1", "d2", "d3"], 150);
         assert_eq!(seen(after, "d1").last_seen, Some(150));
         assert_eq!(seen(after, "d2").last_seen, Some(180), "not moved back");
         assert!(cache.session(after, "d3", live(160)).is_none(), "not kept");
         assert!(cache.user(after, Lookup::Id(&id)).is_some());
         // Another connection's commit beside the writer's: two commits, all dropped.
-        let before = cache.version_before_write().unwrap();
+        let note = cache.note_begins().unwrap();
         let other = Connection::open(&path).unwrap();
         other.execute("INSERT INTO t VALUES (2)", []).unwrap();
         writer.execute("INSERT INTO t VALUES (3)", []).unwrap();
-        cache.sessions_used(before, ["d1"], 170);
+        note.written(true, ["d1"], 170);
         let third = cache.version().unwrap();
         assert!(cache.session(third, "d1", live(160)).is_none());
         assert!(cache.user(third, Lookup::Id(&id)).is_none());
-        // A note told with a header older than the cache's changes nothing.
+        // A note that changed no row committed nothing: the one commit is another's.
         cache.keep_session(third, "d1", &record(200));
-        writer.execute("INSERT INTO t VALUES (4)", []).unwrap();
-        cache.sessions_used(before, ["d1"], 170);
-        assert_eq!(seen(third, "d1").last_seen, None);
+        let note = cache.note_begins().unwrap();
+        other.execute("INSERT INTO t VALUES (4)", []).unwrap();
+        note.written(false, ["d1"], 170);
+        let fourth = cache.version().unwrap();
+        assert!(cache.session(fourth, "d1", live(160)).is_none());
+        // A note given up (a failed statement, a cancelled task) keeps nothing.
+        cache.keep_session(fourth, "d1", &record(200));
+        let note = cache.note_begins().unwrap();
+        writer.execute("INSERT INTO t VALUES (5)", []).unwrap();
+        drop(note);
+        let fifth = cache.version().unwrap();
+        assert!(cache.session(fifth, "d1", live(160)).is_none());
+        // A cache that holds another header's answers has no note to keep them through.
+        writer.execute("INSERT INTO t VALUES (6)", []).unwrap();
+        assert!(cache.note_begins().is_none());
     }
 
     #[test]

@@ -247,19 +247,17 @@ impl SessionStore for SqlStore {
         // A hint answered to no one: it waits for no WAL sync (a later one covers it).
         on_writer!(self, pool => unsynced async {
             let mut conn = acquire!(self, pool);
-            // Read holding the writer, so that no other write of this process comes
+            // Begun holding the writer, so that no other write of this process comes
             // between: the read cache keeps its sessions through this commit alone.
-            let before = self.read_cache().and_then(ReadCache::version_before_write);
+            let note = self.read_cache().and_then(ReadCache::note_begins);
             let mut query = sqlx::query(&sql).bind(at);
             for digest in digests {
                 query = query.bind(digest.as_str());
             }
             let done = query.execute(&mut *conn).await?;
-            // No row changed, no commit of ours: the header may have moved by another's.
-            if let (Some(cache), Some(before), true) =
-                (self.read_cache(), before, done.rows_affected() > 0)
-            {
-                cache.sessions_used(before, digests.iter().map(TokenDigest::as_str), at);
+            if let Some(note) = note {
+                let used = digests.iter().map(TokenDigest::as_str);
+                note.written(done.rows_affected() > 0, used, at);
             }
             Ok::<_, sqlx::Error>(())
         }
