@@ -268,7 +268,8 @@ impl ReadCache {
 
     /// Ends the note begun at `before`; `used`: what it wrote, when it committed.
     fn note_ends<'a>(&self, before: Version, used: Option<(impl Iterator<Item = &'a str>, i64)>) {
-        let after = self.header();
+        // The header after it matters only when the note committed.
+        let after = used.as_ref().and_then(|_| self.header());
         let mut state = self.lock();
         if state.noting != Some(before) {
             return;
