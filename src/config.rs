@@ -38,6 +38,7 @@ pub const DEFAULT_LOGIN_WINDOW: u64 = 900;
 pub const DEFAULT_LOGIN_LOCKOUT: u64 = 60;
 pub const DEFAULT_CREATE_PER_HOUR: u32 = 20;
 pub const DEFAULT_MAILS_PER_HOUR: u32 = 5;
+pub const DEFAULT_PASSKEY_SIGN_INS_PER_HOUR: u32 = 300;
 pub const DEFAULT_MAIL_FROM: &str = "no-reply@localhost";
 pub const DEFAULT_MAGIC_LINK_TTL: u64 = 60;
 pub const DEFAULT_MAIL_MAX_ATTEMPTS: u32 = 8;
@@ -508,6 +509,11 @@ pub struct LimitsConfig {
     /// address per hour
     #[arg(long, env = "USERS_MAILS_PER_HOUR", value_name = "N", default_value_t = DEFAULT_MAILS_PER_HOUR)]
     pub mails_per_hour: u32,
+
+    /// Passkey sign-ins started (StartPasskeyLogin) per client address per hour; each
+    /// keeps a ceremony for 5 minutes
+    #[arg(long, env = "USERS_PASSKEY_SIGN_INS_PER_HOUR", value_name = "N", default_value_t = DEFAULT_PASSKEY_SIGN_INS_PER_HOUR)]
+    pub passkey_sign_ins_per_hour: u32,
 }
 
 /// Whether one service holds several isolated user pools (docs/tenancy.md).
@@ -997,6 +1003,7 @@ impl ServeConfig {
                 login_lockout: DEFAULT_LOGIN_LOCKOUT,
                 create_per_hour: DEFAULT_CREATE_PER_HOUR,
                 mails_per_hour: DEFAULT_MAILS_PER_HOUR,
+                passkey_sign_ins_per_hour: DEFAULT_PASSKEY_SIGN_INS_PER_HOUR,
             },
             mail: MailConfig {
                 smtp_url: None,
@@ -1174,6 +1181,7 @@ impl ServeConfig {
                 login_lockout: i64::try_from(limits.login_lockout).unwrap_or(i64::MAX),
                 create_per_hour: limits.create_per_hour,
                 mails_per_hour: limits.mails_per_hour,
+                passkey_sign_ins_per_hour: limits.passkey_sign_ins_per_hour,
             },
             links: self.links()?,
             audit_retention_days: self.audit_retention_days,

@@ -66,6 +66,20 @@ pub enum LimitName {
     signup,
     /// E-mails per address and hour.
     mail,
+    /// Passkey sign-ins started per address and hour.
+    passkey_sign_in,
+}
+
+impl LimitName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::login_account => "login_account",
+            Self::login_address => "login_address",
+            Self::signup => "signup",
+            Self::mail => "mail",
+            Self::passkey_sign_in => "passkey_sign_in",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -386,6 +400,7 @@ impl Metrics {
             LimitName::login_address,
             LimitName::signup,
             LimitName::mail,
+            LimitName::passkey_sign_in,
         ] {
             drop(limited.get_or_create(&LimitLabels { limit }));
             if matches!(limit, LimitName::login_account | LimitName::login_address) {

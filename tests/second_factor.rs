@@ -42,7 +42,23 @@ mod passkeys {
     on_both_stores!(
         config = crate::passkeys::on_localhost,
         the_passkey_methods_check_their_callers_and_input,
+        a_sign_in_without_a_name_is_a_ceremony_of_its_own,
     );
+
+    /// Three passkey sign-ins per address and hour.
+    pub(super) fn three_an_hour(config: &mut ServeConfig) {
+        on_localhost(config);
+        config.limits.passkey_sign_ins_per_hour = 3;
+    }
+
+    mod limited {
+        use super::*;
+
+        on_both_stores!(
+            config = crate::passkeys::three_an_hour,
+            passkey_sign_ins_started_at_once_on_two_replicas_keep_the_address_limit,
+        );
+    }
 }
 
 mod idle {
@@ -580,6 +596,12 @@ async fn the_passkey_methods_check_their_callers_and_input(app: TestApp) {
         options["authenticatorSelection"]["userVerification"], "required",
         "{start}"
     );
+    // A discoverable credential where the authenticator can keep one, so that it can
+    // sign in without a name.
+    assert_eq!(
+        options["authenticatorSelection"]["residentKey"], "preferred",
+        "{start}"
+    );
     let challenge = start["challenge_id"].as_str().unwrap();
     assert_eq!(challenge.len(), 43);
     assert_ne!(
@@ -657,6 +679,110 @@ async fn the_passkey_methods_check_their_callers_and_input(app: TestApp) {
     assert_error(&answer, "RenamePasskey", 400, "name is required");
     let answer = micro(&app, "ListPasskeys", &other, json!({"user_id": id})).await;
     assert_error(&answer, "ListPasskeys", 403, "its own account");
+}
+
+/// A credential as the browser would send it for a sign-in, signed by no passkey of
+/// this service; `user_handle` is the account it claims (base64url), if any.
+fn unknown_assertion(user_handle: Option<&str>) -> serde_json::Value {
+    json!({
+        "id": "AAAAAAAAAAAAAAAAAAAAAA",
+        "rawId": "AAAAAAAAAAAAAAAAAAAAAA",
+        "type": "public-key",
+        "response": {
+            "authenticatorData": "AAAA",
+            "clientDataJSON": "e30",
+            "signature": "AAAA",
+            "userHandle": user_handle,
+        },
+        "extensions": {},
+    })
+}
+
+/// StartPasskeyLogin without a name answers a ceremony for any account's passkey, the
+/// same whoever asks: no credentials listed, user verification required. Each start is
+/// its own ceremony (none withdraws another), an unknown passkey's signature is refused
+/// without using the ceremony up, and an expired one is gone, then swept.
+async fn a_sign_in_without_a_name_is_a_ceremony_of_its_own(app: TestApp) {
+    user_with_session(&app, "kim").await;
+    let mut challenges = Vec::new();
+    for body in [json!({}), json!({"username": "", "email": ""}), json!({})] {
+        let (status, start) = app.call("StartPasskeyLogin", body).await;
+        assert_eq!(status, 200, "{start}");
+        let options = &start["options"]["publicKey"];
+        assert_eq!(options["rpId"], "localhost", "{start}");
+        assert_eq!(options["userVerification"], "required", "{start}");
+        assert!(
+            options["allowCredentials"]
+                .as_array()
+                .is_none_or(Vec::is_empty),
+            "no account's credentials are listed: {start}"
+        );
+        challenges.push(start["challenge_id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(app.count_rows("passkey_sign_ins").await, 3);
+    let m3o = app.m3o("StartPasskeyLogin", json!({})).await;
+    assert_eq!(m3o.0, 200, "{m3o:?}");
+
+    // A signature that names no passkey of this service, or no account: refused, and
+    // the ceremony is still there to finish.
+    for handle in [None, Some("AAAAAAAAAAAAAAAAAAAAAA")] {
+        let answer = app
+            .call(
+                "FinishPasskeyLogin",
+                json!({"challenge_id": challenges[0], "credential": unknown_assertion(handle)}),
+            )
+            .await;
+        assert_error(&answer, "FinishPasskeyLogin", 401, "was not accepted");
+    }
+    assert_eq!(app.count_rows("passkey_sign_ins").await, 4);
+    assert_eq!(app.count_rows("sessions").await, 1, "only kim's own");
+
+    // Five minutes on, the ceremonies are over, and the sweeper takes them.
+    app.clock.advance(301);
+    let answer = app
+        .call(
+            "FinishPasskeyLogin",
+            json!({"challenge_id": challenges[1], "credential": unknown_assertion(None)}),
+        )
+        .await;
+    assert_error(&answer, "FinishPasskeyLogin", 401, "challenge not found");
+    app.users.sweep().await.unwrap();
+    assert_eq!(app.count_rows("passkey_sign_ins").await, 0);
+}
+
+/// Ten passkey sign-ins started at once from one address, half on each of two
+/// replicas, with three allowed an hour: three ceremonies are kept, the rest are
+/// refused with 429 before anything is stored, a start for a name counts too, and
+/// another hour allows three more.
+async fn passkey_sign_ins_started_at_once_on_two_replicas_keep_the_address_limit(app: TestApp) {
+    let replica = app.replica(passkeys::three_an_hour).await;
+    let sends = (0..10).map(|i| {
+        let url = if i % 2 == 0 {
+            app.url("/users/Users/StartPasskeyLogin")
+        } else {
+            replica.url("/users/Users/StartPasskeyLogin")
+        };
+        let client = app.client.clone();
+        async move {
+            let response = client.post(url).json(&json!({})).send().await.unwrap();
+            response.status()
+        }
+    });
+    let statuses = futures_join_all(sends).await;
+    let started = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let limited = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!((started, limited), (3, 7), "{statuses:?}");
+    assert_eq!(app.count_rows("passkey_sign_ins").await, 3);
+    let answer = app
+        .call("StartPasskeyLogin", json!({"username": "nobody"}))
+        .await;
+    assert_error(&answer, "StartPasskeyLogin", 429, "");
+    app.clock.advance(3_601);
+    let (status, start) = app.call("StartPasskeyLogin", json!({})).await;
+    assert_eq!(status, 200, "{start}");
 }
 
 /// On an IP address (the default public address), passkeys are off and say why.

@@ -49,6 +49,8 @@ pub struct LimitConfig {
     pub create_per_hour: u32,
     /// E-mails of one kind (verification, reset, magic link) per recipient per hour.
     pub mails_per_hour: u32,
+    /// Passkey sign-ins started per client address per hour.
+    pub passkey_sign_ins_per_hour: u32,
 }
 
 /// A rate-limit key: the SHA-256 of what is limited, so the table never holds the
@@ -93,8 +95,9 @@ impl LimitKey {
         Self::of("client", &address_group(ip))
     }
 
+    #[cfg(test)]
     fn signup(ip: IpAddr) -> Self {
-        Self::of("signup", &address_group(ip))
+        Self::of(LimitName::signup.as_str(), &address_group(ip))
     }
 
     fn mail(kind: &str, recipient: &str) -> Self {
@@ -276,15 +279,35 @@ impl Limiter {
 
     /// Counts a sign-up from `client`; 429 once the hourly maximum is passed.
     pub async fn signup(&self, client: Option<IpAddr>, now: i64) -> Result<(), Error> {
+        let max = self.config.create_per_hour;
+        self.per_address(LimitName::signup, client, max, now).await
+    }
+
+    /// Counts a passkey sign-in started from `client` (each keeps a ceremony for a few
+    /// minutes); 429 once the hourly maximum is passed.
+    pub async fn passkey_sign_in(&self, client: Option<IpAddr>, now: i64) -> Result<(), Error> {
+        let max = self.config.passkey_sign_ins_per_hour;
+        self.per_address(LimitName::passkey_sign_in, client, max, now)
+            .await
+    }
+
+    /// One event of `limit` from `client` on its hourly counter; 429 past `max`.
+    async fn per_address(
+        &self,
+        limit: LimitName,
+        client: Option<IpAddr>,
+        max: u32,
+        now: i64,
+    ) -> Result<(), Error> {
         let Some(ip) = client else {
             return Ok(());
         };
-        let limited = self
-            .hourly(&LimitKey::signup(ip), self.config.create_per_hour, now)
-            .await;
+        let key = LimitKey::of(limit.as_str(), &address_group(ip));
+        let limited = self.hourly(&key, max, now).await;
         if limited.is_err() {
-            self.metrics.limited(LimitName::signup);
-            tracing::warn!(event = "signup_limited", client = %ip, "too many sign-ups from one address");
+            self.metrics.limited(limit);
+            let event = format!("{}_limited", limit.as_str());
+            tracing::warn!(event = %event, client = %ip, "too many requests from one address");
         }
         limited
     }

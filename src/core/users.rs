@@ -1153,8 +1153,9 @@ impl Users {
         }
     }
 
-    /// Deletes every session and one-time token that has expired and every rate-limit
-    /// counter that has been quiet for a day; returns how many sessions went.
+    /// Deletes every session, one-time token and passkey sign-in ceremony that has
+    /// expired and every rate-limit counter that has been quiet for a day; returns how
+    /// many sessions went.
     pub async fn sweep(&self) -> Result<u64, Error> {
         // A session kept alive by a use noted here is not swept as idle.
         self.write_session_uses().await;
@@ -1172,6 +1173,12 @@ impl Users {
             }
         }
         while self.store.delete_expired_tokens(now, SWEEP_BATCH).await? >= u64::from(SWEEP_BATCH) {}
+        while self
+            .store
+            .delete_expired_passkey_sign_ins(now, SWEEP_BATCH)
+            .await?
+            >= u64::from(SWEEP_BATCH)
+        {}
         let old_mail = now.saturating_sub(MAIL_RETENTION);
         while self.store.delete_old_mail(old_mail, SWEEP_BATCH).await? >= u64::from(SWEEP_BATCH) {}
         self.limiter.sweep(now).await?;

@@ -23,8 +23,6 @@ pub enum Purpose {
     SecondStep(SignInMethod),
     /// Adds a passkey: the registration ceremony in progress (its state is kept with it).
     PasskeyRegistration,
-    /// Opens a session with a passkey, without a password: the ceremony in progress.
-    PasskeySignIn,
 }
 
 impl Purpose {
@@ -37,7 +35,6 @@ impl Purpose {
             Self::SecondStep(SignInMethod::MagicLink) => "second_step:magic_link",
             Self::SecondStep(SignInMethod::Passkey) => "second_step:passkey",
             Self::PasskeyRegistration => "passkey_registration",
-            Self::PasskeySignIn => "passkey_sign_in",
         }
     }
 

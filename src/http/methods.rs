@@ -277,8 +277,8 @@ pub struct PasskeyCredentialRequest {
     name: Option<String>,
 }
 
-/// A passkey sign-in's first step: a name (without a password), or the challenge of a
-/// sign-in's second step.
+/// A passkey sign-in's first step: nothing (any account's passkey), a name (that
+/// account's passkeys), or the challenge of a sign-in's second step.
 #[derive(Deserialize)]
 #[serde(expecting = "a JSON object")]
 pub struct PasskeyLoginRequest {
@@ -526,13 +526,15 @@ method!(FinishPasskeyRegistration(PasskeyCredentialRequest) -> PasskeyInfo, |use
 });
 
 method!(StartPasskeyLogin(PasskeyLoginRequest) -> Ceremony, |users, r, caller| {
-    let by = match crate::domain::optional(r.challenge_id) {
-        Some(challenge) => {
+    use crate::domain::optional;
+    let by = match (optional(r.challenge_id), optional(r.username), optional(r.email)) {
+        (Some(challenge), ..) => {
             PasskeySignInFor::SecondStep(SecretToken::parse("challenge_id", Some(challenge))?)
         }
-        None => PasskeySignInFor::Name(LoginName::parse(r.username, r.email)?),
+        (None, None, None) => PasskeySignInFor::AnyAccount,
+        (None, username, email) => PasskeySignInFor::Name(LoginName::parse(username, email)?),
     };
-    users.start_passkey_sign_in(by).await
+    users.start_passkey_sign_in(by, &caller).await
 });
 
 method!(FinishPasskeyLogin(PasskeyCredentialRequest) -> Session, |users, r, caller| {

@@ -163,6 +163,27 @@ pub struct NewToken<'a> {
     pub expires: i64,
 }
 
+/// A passkey sign-in ceremony as written when it starts.
+#[derive(Debug, Clone, Copy)]
+pub struct NewPasskeySignIn<'a> {
+    pub digest: &'a TokenDigest,
+    /// The account it was started for by name; None for one started without a name
+    /// (the passkey the browser picks names the account).
+    pub user_id: Option<&'a str>,
+    /// webauthn-rs's state of the ceremony, as JSON.
+    pub state: &'a str,
+    pub created: i64,
+    pub expires: i64,
+}
+
+/// A live passkey sign-in ceremony as the store has it.
+#[derive(Debug, Clone)]
+pub struct PasskeySignInCeremony {
+    pub user_id: Option<String>,
+    pub state: String,
+    pub expires: i64,
+}
+
 /// A counter of events: the one at `now` counts under `key`, allowed up to `max` per
 /// window of `window` seconds (0: no limit, but still counted).
 #[derive(Debug, Clone, Copy)]
@@ -717,8 +738,8 @@ pub trait FactorStore: Send + Sync {
     async fn recovery_codes_left(&self, user_id: &str) -> Result<i64, StoreError>;
 }
 
-/// Passkeys: listing, naming and deleting them (adding and using them goes with a
-/// token, see [`Redemption`]).
+/// Passkeys: listing, naming and deleting them, and the ceremonies of signing in with
+/// one (adding one goes with a token, see [`Redemption`]).
 #[async_trait]
 pub trait PasskeyStore: Send + Sync {
     /// The user's passkeys, oldest first.
@@ -742,6 +763,42 @@ pub trait PasskeyStore: Send + Sync {
 
     /// Deletes every passkey of the user; how many.
     async fn delete_passkeys(&self, user_id: &str, audit: &Audit) -> Result<u64, StoreError>;
+
+    /// The passkey with this credential id, whoever's it is (a sign-in without a name).
+    async fn passkey(&self, credential_id: &str) -> Result<Option<StoredPasskey>, StoreError>;
+
+    /// Stores a passkey sign-in ceremony. Each is its own: starting one withdraws no
+    /// other (anyone may start one for a name). One for an account deleted meanwhile is
+    /// not written, and so never found.
+    async fn insert_passkey_sign_in(
+        &self,
+        ceremony: NewPasskeySignIn<'_>,
+    ) -> Result<(), StoreError>;
+
+    /// A live passkey sign-in ceremony, without using it up.
+    async fn passkey_sign_in(
+        &self,
+        digest: &TokenDigest,
+        now: i64,
+    ) -> Result<Option<PasskeySignInCeremony>, StoreError>;
+
+    /// Uses up the ceremony `digest` for `user_id` (the account it was started for, or
+    /// any account for one started without a name) and applies `effect` as
+    /// [`TokenStore::redeem_token`] does: once, of concurrent callers.
+    async fn redeem_passkey_sign_in(
+        &self,
+        digest: &TokenDigest,
+        user_id: &str,
+        audit: &Audit,
+        effect: Redemption<'_>,
+    ) -> Result<Redeemed, StoreError>;
+
+    /// Deletes up to `batch` ceremonies that expired at or before `now`; how many.
+    async fn delete_expired_passkey_sign_ins(
+        &self,
+        now: i64,
+        batch: u32,
+    ) -> Result<u64, StoreError>;
 }
 
 /// Export, a page at a time, and the all-or-nothing import.

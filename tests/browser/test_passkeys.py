@@ -1,7 +1,8 @@
 """Passkeys in headless Chromium with the DevTools Protocol's virtual authenticator
 (WebAuthn.addVirtualAuthenticator), on SQLite and on PostgreSQL: registration on the
-account page, sign-in without a password, sign-in as the second step, a cloned
-credential's counter refused, and deletion."""
+account page, sign-in without a password (with a name, and without one), a sign-in
+that another start for the same name does not withdraw, sign-in as the second step, a
+cloned credential's counter refused, and deletion."""
 
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ def add_passkey(page, service, name: str) -> None:
 
 
 def sign_in_with_passkey(page, service, login: str) -> None:
+    """Signs in with a passkey from the sign-in page: for the account named `login`, or
+    with an empty name, for whichever account's passkey the browser offers."""
     page.goto(f"{service.url}/ui/signin")
     page.get_by_label("Username or e-mail").fill(login)
     page.get_by_role("button", name="Sign in with a passkey").click()
@@ -138,3 +141,41 @@ def test_a_passkey_as_the_second_step(passkey_service, new_context):
     page.wait_for_url(account_url(service))
     kinds = {(s.get("method"), s.get("second_factor")) for s in sessions_of(service, user.id)}
     assert ("password", "passkey") in kinds, kinds
+
+
+def test_without_a_name_and_beside_another_start(passkey_service, new_context):
+    service = passkey_service
+    user = service.new_user("pk3")
+    page = new_context().new_page()
+    cdp, device_id = authenticator(page)
+    sign_in(page, service, user.username, user.password)
+    add_passkey(page, service, "Tablet")
+    # The registration asked for a discoverable credential, and the authenticator made one.
+    [credential] = cdp.send("WebAuthn.getCredentials", {"authenticatorId": device_id})["credentials"]
+    assert credential["isResidentCredential"], credential
+
+    # No name: the browser offers the passkey it holds, which names the account.
+    page.get_by_role("button", name="Sign out").click()
+    sign_in_with_passkey(page, service, "")
+    page.wait_for_url(account_url(service))
+    methods = [s.get("method") for s in sessions_of(service, user.id)]
+    assert methods.count("passkey") == 1, methods
+
+    # Someone else starts a sign-in for the same name while this browser's is in
+    # progress (between its two steps): this browser's still finishes.
+    page.get_by_role("button", name="Sign out").click()
+    others = []
+
+    def start_another_after(route):
+        answer = route.fetch()
+        other = service.post("/users/Users/StartPasskeyLogin", {"username": user.username})
+        assert other.status == 200, other
+        others.append(other.body["challenge_id"])
+        route.fulfill(response=answer)
+
+    page.route("**/users/Users/StartPasskeyLogin", start_another_after)
+    sign_in_with_passkey(page, service, user.username)
+    page.wait_for_url(account_url(service))
+    assert len(others) == 1
+    methods = [s.get("method") for s in sessions_of(service, user.id)]
+    assert methods == ["passkey"], methods

@@ -3,14 +3,20 @@
 //! listing, naming and deleting them.
 //!
 //! A ceremony has two steps, which any replica may answer: its state is kept in the
-//! database with a one-time token (the `challenge_id` the client carries between them),
-//! and the second step uses the token up in the same transaction as its effect.
+//! database under a one-time secret (the `challenge_id` the client carries between
+//! them), and the second step uses it up in the same transaction as its effect. A
+//! registration, or a sign-in's second step, is a token of its account's (one at a
+//! time). A sign-in without a password is a ceremony of its own, for a name or for any
+//! account (a discoverable passkey names its account): anyone may start one, so
+//! starting one withdraws no other, and each counts against the client address's hourly
+//! limit.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use webauthn_rs::prelude::{
-    Passkey, PasskeyAuthentication, PasskeyRegistration, PublicKeyCredential,
-    RegisterPublicKeyCredential, Url, Uuid, Webauthn, WebauthnBuilder,
+    AuthenticationResult, DiscoverableAuthentication, Passkey, PasskeyAuthentication,
+    PasskeyRegistration, PublicKeyCredential, RegisterPublicKeyCredential, Url, Uuid, Webauthn,
+    WebauthnBuilder,
 };
 
 use super::second_factor::{NEEDS_OWN_SESSION, NO_CHALLENGE};
@@ -18,7 +24,7 @@ use super::*;
 use sha2::{Digest, Sha256};
 
 use crate::domain::SecondFactor;
-use crate::store::{FactorUse, StoredPasskey};
+use crate::store::{FactorUse, NewPasskeySignIn, StoredPasskey};
 
 /// Why passkeys are off, after the word "passkeys".
 pub const PASSKEYS_OFF: &str =
@@ -76,7 +82,12 @@ pub struct Ceremony {
 /// Whom a passkey sign-in is for.
 #[derive(Debug)]
 pub enum PasskeySignInFor {
-    /// A sign-in without a password, by username or e-mail.
+    /// A sign-in without a password or a name: the passkey the browser offers (a
+    /// discoverable one, which carries its account's user handle) names the account. The
+    /// answer is the same whoever asks, so it tells nothing of any account.
+    AnyAccount,
+    /// A sign-in without a password, by username or e-mail: the account's passkeys are
+    /// offered (so the answer tells whether the name has any).
     Name(LoginName),
     /// The second step of a sign-in that asked for one (its challenge).
     SecondStep(SecretToken),
@@ -191,11 +202,19 @@ impl Users {
                 Some(exclude),
             )
             .map_err(|e| Error::internal(e.to_string()))?;
+        let mut options = options_json(options)?;
+        // webauthn-rs asks for a credential that is not discoverable. A discoverable
+        // one (which platform authenticators make anyway) can sign in without a name:
+        // asked for where the authenticator can store one, and checked the same way.
+        let selection = options.pointer_mut("/publicKey/authenticatorSelection");
+        if let Some(selection) = selection.and_then(serde_json::Value::as_object_mut) {
+            selection.insert("residentKey".into(), "preferred".into());
+        }
         self.store_ceremony(
             &user.id,
             Purpose::PasskeyRegistration,
             &state_json(&state)?,
-            options_json(options)?,
+            options,
         )
         .await
     }
@@ -268,12 +287,29 @@ impl Users {
             .collect()
     }
 
-    /// Starts a sign-in with a passkey: for a name, without a password; or as the
-    /// second step of a sign-in, on its challenge (which then names this ceremony too).
-    pub async fn start_passkey_sign_in(&self, by: PasskeySignInFor) -> Result<Ceremony, Error> {
+    /// Starts a sign-in with a passkey: without a password, for any account or for a
+    /// name; or as the second step of a sign-in, on its challenge (which then names this
+    /// ceremony too). A sign-in without a password counts against the client address's
+    /// hourly limit, and is a ceremony of its own: starting one withdraws none other.
+    pub async fn start_passkey_sign_in(
+        &self,
+        by: PasskeySignInFor,
+        caller: &Requester,
+    ) -> Result<Ceremony, Error> {
         let webauthn = self.webauthn()?;
+        let now = self.clock.now();
         match by {
+            PasskeySignInFor::AnyAccount => {
+                self.limiter.passkey_sign_in(caller.ip, now).await?;
+                let (options, state) = webauthn
+                    .start_discoverable_authentication()
+                    .map_err(|e| Error::internal(e.to_string()))?;
+                self.store_sign_in_ceremony(None, &state_json(&state)?, options_json(options)?)
+                    .await
+            }
             PasskeySignInFor::Name(name) => {
+                // Counted whether or not the name has an account.
+                self.limiter.passkey_sign_in(caller.ip, now).await?;
                 let lookup = match &name {
                     LoginName::Username(username) => Lookup::Username(username),
                     LoginName::Email(email) => Lookup::Email(email),
@@ -289,9 +325,8 @@ impl Users {
                 let (options, state) = webauthn
                     .start_passkey_authentication(&keys)
                     .map_err(|e| Error::internal(e.to_string()))?;
-                self.store_ceremony(
-                    &user.id,
-                    Purpose::PasskeySignIn,
+                self.store_sign_in_ceremony(
+                    Some(&user.id),
                     &state_json(&state)?,
                     options_json(options)?,
                 )
@@ -299,7 +334,6 @@ impl Users {
             }
             PasskeySignInFor::SecondStep(challenge) => {
                 let digest = challenge.digest();
-                let now = self.clock.now();
                 let token = self.store.live_token(&digest, now).await?;
                 let Some((token, method)) =
                     token.and_then(|t| Purpose::second_step(&t.purpose).map(|method| (t, method)))
@@ -335,6 +369,33 @@ impl Users {
         }
     }
 
+    /// A sign-in ceremony without a password, stored for its second step: for the
+    /// account `user_id` (started with its name), or for any account.
+    async fn store_sign_in_ceremony(
+        &self,
+        user_id: Option<&str>,
+        state: &str,
+        options: serde_json::Value,
+    ) -> Result<Ceremony, Error> {
+        let challenge = SecretToken::generate();
+        let now = self.clock.now();
+        let expires = now.saturating_add(CHALLENGE_TTL);
+        self.store
+            .insert_passkey_sign_in(NewPasskeySignIn {
+                digest: &challenge.digest(),
+                user_id,
+                state,
+                created: now,
+                expires,
+            })
+            .await?;
+        Ok(Ceremony {
+            challenge,
+            expires,
+            options,
+        })
+    }
+
     /// Finishes a sign-in with a passkey: the browser's signature for the ceremony. The
     /// passkey's counter must have moved on since its last use (a clone of it would
     /// show one that has not), and is stored under compare-and-swap.
@@ -348,45 +409,47 @@ impl Users {
         let credential: PublicKeyCredential = parse_credential(credential)?;
         let digest = challenge.digest();
         let now = self.clock.now();
-        let Some(token) = self.store.live_token(&digest, now).await? else {
-            return Err(Error::Unauthorized(NO_CEREMONY));
-        };
-        let (purpose, sign_in) = if token.purpose == Purpose::PasskeySignIn.as_str() {
-            (
-                Purpose::PasskeySignIn,
-                SignIn::one_step(SignInMethod::Passkey),
-            )
-        } else if let Some(method) = Purpose::second_step(&token.purpose) {
-            (
-                Purpose::SecondStep(method),
-                SignIn {
-                    method,
-                    second_factor: Some(SecondFactor::Passkey),
-                },
-            )
-        } else {
-            return Err(Error::Unauthorized(NO_CEREMONY));
-        };
-        let Some(state) = token.state.as_deref() else {
-            return Err(Error::Unauthorized(NO_CEREMONY));
-        };
-        let state: PasskeyAuthentication = serde_json::from_str(state).map_err(Error::internal)?;
-        let user_id = token.user_id;
-        let refused = |reason: String| {
+        let refused = |user_id: &str, reason: String| {
             tracing::warn!(event = "passkey_sign_in_refused", user_id = %user_id, client = ?caller.ip, reason = %reason);
             Error::Unauthorized(PASSKEY_REFUSED)
         };
-        let result = webauthn
-            .finish_passkey_authentication(&credential, &state)
-            .map_err(|e| refused(e.to_string()))?;
-        let used_id = URL_SAFE_NO_PAD.encode(result.cred_id());
-        let stored = self
-            .store
-            .passkeys(&user_id)
-            .await?
-            .into_iter()
-            .find(|p| p.credential_id == used_id)
-            .ok_or_else(|| refused("the passkey was deleted".to_string()))?;
+        // The second step of a sign-in (a token of the account's), or a ceremony of its
+        // own (for a name, or for any account).
+        let (ceremony, sign_in, stored, result) = if let Some(token) =
+            self.store.live_token(&digest, now).await?
+        {
+            let Some(method) = Purpose::second_step(&token.purpose) else {
+                return Err(Error::Unauthorized(NO_CEREMONY));
+            };
+            let Some(state) = token.state.as_deref() else {
+                return Err(Error::Unauthorized(NO_CEREMONY));
+            };
+            let (stored, result) = self
+                .signed_by_own(webauthn, &credential, state, &token.user_id, &refused)
+                .await?;
+            let sign_in = SignIn {
+                method,
+                second_factor: Some(SecondFactor::Passkey),
+            };
+            (Some(Purpose::SecondStep(method)), sign_in, stored, result)
+        } else {
+            let Some(ceremony) = self.store.passkey_sign_in(&digest, now).await? else {
+                return Err(Error::Unauthorized(NO_CEREMONY));
+            };
+            let sign_in = SignIn::one_step(SignInMethod::Passkey);
+            let (stored, result) = match ceremony.user_id {
+                Some(user_id) => {
+                    self.signed_by_own(webauthn, &credential, &ceremony.state, &user_id, &refused)
+                        .await?
+                }
+                None => {
+                    self.discovered(webauthn, &credential, &ceremony.state, &refused)
+                        .await?
+                }
+            };
+            (None, sign_in, stored, result)
+        };
+        let user_id = stored.user_id.as_str();
         let mut passkey: Passkey =
             serde_json::from_str(&stored.passkey).map_err(Error::internal)?;
         passkey.update_credential(&result);
@@ -394,38 +457,100 @@ impl Users {
         let updated = state_json(&passkey)?;
         let session = SecretToken::generate();
         let (ip, user_agent) = caller.client();
-        match self
-            .store
-            .redeem_token(
-                &digest,
-                purpose,
-                &caller.audit(now),
-                Redemption::SecondStep {
-                    digest: &session.digest(),
-                    expires: now.saturating_add(self.session_ttl),
-                    client: SessionClient {
-                        ip: ip.as_deref(),
-                        user_agent,
-                    },
-                    sign_in,
-                    factor: FactorUse::Passkey {
-                        credential_id: &stored.credential_id,
-                        counter: stored.counter,
-                        new_counter,
-                        passkey: &updated,
-                        now,
-                    },
-                },
-            )
-            .await?
-        {
+        let effect = Redemption::SecondStep {
+            digest: &session.digest(),
+            expires: now.saturating_add(self.session_ttl),
+            client: SessionClient {
+                ip: ip.as_deref(),
+                user_agent,
+            },
+            sign_in,
+            factor: FactorUse::Passkey {
+                credential_id: &stored.credential_id,
+                counter: stored.counter,
+                new_counter,
+                passkey: &updated,
+                now,
+            },
+        };
+        let audit = caller.audit(now);
+        let redeemed = match ceremony {
+            Some(purpose) => self.store.redeem_token(&digest, purpose, &audit, effect),
+            None => self
+                .store
+                .redeem_passkey_sign_in(&digest, user_id, &audit, effect),
+        };
+        match redeemed.await? {
             Redeemed::Done { .. } => {
                 tracing::info!(event = "passkey_sign_in", user_id = %user_id);
                 self.read_session(session).await
             }
-            Redeemed::FactorRefused => Err(refused("the passkey was used meanwhile".to_string())),
+            Redeemed::FactorRefused => Err(refused(
+                user_id,
+                "the passkey was used meanwhile".to_string(),
+            )),
             _ => Err(Error::Unauthorized(NO_CEREMONY)),
         }
+    }
+
+    /// Checks the signature of a ceremony for the account `user_id`'s passkeys (`state`,
+    /// as stored): answers the stored passkey that made it, and the result.
+    async fn signed_by_own(
+        &self,
+        webauthn: &Webauthn,
+        credential: &PublicKeyCredential,
+        state: &str,
+        user_id: &str,
+        refused: &impl Fn(&str, String) -> Error,
+    ) -> Result<(StoredPasskey, AuthenticationResult), Error> {
+        let state: PasskeyAuthentication = serde_json::from_str(state).map_err(Error::internal)?;
+        let result = webauthn
+            .finish_passkey_authentication(credential, &state)
+            .map_err(|e| refused(user_id, e.to_string()))?;
+        let used_id = URL_SAFE_NO_PAD.encode(result.cred_id());
+        let stored = self
+            .store
+            .passkeys(user_id)
+            .await?
+            .into_iter()
+            .find(|p| p.credential_id == used_id)
+            .ok_or_else(|| refused(user_id, "the passkey was deleted".to_string()))?;
+        Ok((stored, result))
+    }
+
+    /// Checks the signature of a ceremony started without a name: the credential names
+    /// its passkey, whose account's user handle it must carry too. Answers the stored
+    /// passkey (with its account) and the result.
+    async fn discovered(
+        &self,
+        webauthn: &Webauthn,
+        credential: &PublicKeyCredential,
+        state: &str,
+        refused: &impl Fn(&str, String) -> Error,
+    ) -> Result<(StoredPasskey, AuthenticationResult), Error> {
+        let state: DiscoverableAuthentication =
+            serde_json::from_str(state).map_err(Error::internal)?;
+        let (handle, credential_id) = webauthn
+            .identify_discoverable_authentication(credential)
+            .map_err(|e| refused("", e.to_string()))?;
+        let Some(stored) = self
+            .store
+            .passkey(&URL_SAFE_NO_PAD.encode(credential_id))
+            .await?
+        else {
+            return Err(refused("", "no such passkey".to_string()));
+        };
+        if user_handle(&stored.user_id) != handle {
+            return Err(refused(
+                &stored.user_id,
+                "another account's user handle".to_string(),
+            ));
+        }
+        let passkey: Passkey = serde_json::from_str(&stored.passkey).map_err(Error::internal)?;
+        let result = webauthn
+            .finish_discoverable_authentication_v2(credential, state, &passkey)
+            .map_err(|e| refused(&stored.user_id, e.to_string()))?;
+        Ok((stored, result))
     }
 
     /// The user's passkeys.

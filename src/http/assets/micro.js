@@ -238,12 +238,13 @@
   }
 
   // Micro.passkeys.signIn(login, success[, error[, returnTo]]): signs this browser in
-  // with a passkey of the account named `login` (a username or e-mail), or, given
-  // {challenge_id}, as the second step of a sign-in that asked for one;
-  // success({user, expires, redirect}), `redirect` being `returnTo` when the service
-  // allows it, else its account page.
+  // with a passkey: any account's the browser offers when `login` is empty, that of
+  // the account named `login` (a username or e-mail), or, given {challenge_id}, as the
+  // second step of a sign-in that asked for one; success({user, expires, redirect}),
+  // `redirect` being `returnTo` when the service allows it, else its account page.
   function signInWithPasskey(login, success, error, returnTo) {
     var body = typeof login === "object" && login ? {challenge_id: login.challenge_id} :
+      !login ? {} :
       (String(login).indexOf("@") >= 0 ? {email: String(login)} : {username: String(login)});
     var challenge;
     return postJson("/users/Users/StartPasskeyLogin", body).then(function (start) {

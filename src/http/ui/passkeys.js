@@ -17,11 +17,8 @@
     signIn.addEventListener("click", function () {
       var challenge = signIn.getAttribute("data-challenge");
       var login = document.getElementById("login");
-      var who = challenge ? {challenge_id: challenge} : (login ? login.value : "");
-      if (!challenge && !who) {
-        report({detail: "Enter your username or e-mail first."});
-        return;
-      }
+      // Without a name, the browser offers the passkeys it holds for this service.
+      var who = challenge ? {challenge_id: challenge} : (login ? login.value.trim() : "");
       Micro.passkeys.signIn(who, function (session) {
         window.location.href = session.redirect || "/ui/account";
       }, report, signIn.getAttribute("data-return-to") || "");

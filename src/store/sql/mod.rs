@@ -23,10 +23,10 @@ use std::collections::HashSet;
 use super::{
     AccountStore, AttemptLimit, AuditStore, Channel, ClaimedMail, CodeCheck, Counter, CounterStore,
     Credentials, DatabaseUrl, DeletedUser, EventLimit, FactorStore, FactorUse, HashChange,
-    Imported, Importer, LiveToken, Liveness, Lookup, MailOutcome, MailStore, NewMail, NewSession,
-    NewToken, NewUser, PasskeyStore, Queued, Redeemed, Redemption, Reservation, SessionDetails,
-    SessionRecord, SessionStore, Store, StoreError, StoredFactors, StoredPasskey, StoredSession,
-    TokenStore, TotpRecord, TransferStore,
+    Imported, Importer, LiveToken, Liveness, Lookup, MailOutcome, MailStore, NewMail,
+    NewPasskeySignIn, NewSession, NewToken, NewUser, PasskeySignInCeremony, PasskeyStore, Queued,
+    Redeemed, Redemption, Reservation, SessionDetails, SessionRecord, SessionStore, Store,
+    StoreError, StoredFactors, StoredPasskey, StoredSession, TokenStore, TotpRecord, TransferStore,
 };
 use crate::domain::{
     AccountChanges, Page, Profile, Purpose, SecondFactor, SessionHandle, SignIn, SignInMethod,
@@ -1087,6 +1087,7 @@ mod pg_readers;
 mod read_cache;
 mod sessions;
 mod tokens;
+use tokens::OneTimeRow;
 mod transfer;
 mod writer;
 

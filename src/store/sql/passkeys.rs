@@ -1,4 +1,5 @@
-//! Passkeys: listing, naming and deleting them.
+//! Passkeys: listing, naming and deleting them, and the ceremonies of signing in
+//! with one.
 
 use super::*;
 
@@ -71,6 +72,107 @@ impl PasskeyStore for SqlStore {
 
     async fn delete_passkeys(&self, user_id: &str, audit: &Audit) -> Result<u64, StoreError> {
         self.delete_passkeys_where(user_id, None, audit).await
+    }
+
+    async fn passkey(&self, credential_id: &str) -> Result<Option<StoredPasskey>, StoreError> {
+        let sql = format!("SELECT {PASSKEY_COLUMNS} FROM passkeys WHERE credential_id = $1");
+        on_pool!(self, pool => {
+            sqlx::query_as::<_, PasskeyRow>(&sql)
+                .bind(credential_id)
+                .fetch_optional(pool)
+                .await
+        })
+        .map(|row| row.map(passkey))
+        .map_err(classify)
+    }
+
+    async fn insert_passkey_sign_in(
+        &self,
+        ceremony: NewPasskeySignIn<'_>,
+    ) -> Result<(), StoreError> {
+        // For a name, written only while its account is there (as tokens are).
+        const FOR_ACCOUNT: &str = "INSERT INTO passkey_sign_ins \
+                                   (challenge_hash, user_id, state, created, expires) \
+                                   SELECT $1, id, $3, $4, $5 FROM users WHERE id = $2";
+        const WITHOUT_NAME: &str = "INSERT INTO passkey_sign_ins \
+                                    (challenge_hash, user_id, state, created, expires) \
+                                    VALUES ($1, $2, $3, $4, $5)";
+        on_writer!(self, pool => async {
+            let mut conn = acquire!(self, pool);
+            let sql = if ceremony.user_id.is_some() { FOR_ACCOUNT } else { WITHOUT_NAME };
+            sqlx::query(sql)
+                .bind(ceremony.digest.as_str())
+                .bind(ceremony.user_id)
+                .bind(ceremony.state)
+                .bind(ceremony.created)
+                .bind(ceremony.expires)
+                .execute(&mut *conn)
+                .await
+                .map(|_| ())
+        }
+        .await)
+        .map_err(classify)
+    }
+
+    async fn passkey_sign_in(
+        &self,
+        digest: &TokenDigest,
+        now: i64,
+    ) -> Result<Option<PasskeySignInCeremony>, StoreError> {
+        on_pool!(self, pool => {
+            sqlx::query_as::<_, (Option<String>, String, i64)>(
+                "SELECT user_id, state, expires FROM passkey_sign_ins \
+                 WHERE challenge_hash = $1 AND expires > $2",
+            )
+            .bind(digest.as_str())
+            .bind(now)
+            .fetch_optional(pool)
+            .await
+        })
+        .map(|row| {
+            row.map(|(user_id, state, expires)| PasskeySignInCeremony {
+                user_id,
+                state,
+                expires,
+            })
+        })
+        .map_err(classify)
+    }
+
+    async fn redeem_passkey_sign_in(
+        &self,
+        digest: &TokenDigest,
+        user_id: &str,
+        audit: &Audit,
+        effect: Redemption<'_>,
+    ) -> Result<Redeemed, StoreError> {
+        // The account is the one the ceremony was started for, or (started without a
+        // name) the one whose passkey signed it.
+        const FIND: &str = "SELECT COALESCE(user_id, $2), expires, CAST(0 AS BIGINT) \
+                            FROM passkey_sign_ins \
+                            WHERE challenge_hash = $1 AND (user_id IS NULL OR user_id = $2)";
+        const CONSUME: &str = "DELETE FROM passkey_sign_ins \
+                               WHERE challenge_hash = $1 AND (user_id IS NULL OR user_id = $2)";
+        let row = OneTimeRow {
+            find: FIND,
+            consume: CONSUME,
+            key: user_id,
+        };
+        self.redeem(digest, row, audit, effect).await
+    }
+
+    async fn delete_expired_passkey_sign_ins(
+        &self,
+        now: i64,
+        batch: u32,
+    ) -> Result<u64, StoreError> {
+        self.delete_expired(
+            "DELETE FROM passkey_sign_ins WHERE challenge_hash IN \
+             (SELECT challenge_hash FROM passkey_sign_ins WHERE expires <= $1 LIMIT $2)",
+            now,
+            batch,
+        )
+        .await
     }
 }
 

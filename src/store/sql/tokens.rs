@@ -1,4 +1,5 @@
-//! One-time tokens: checking reset codes, using tokens, and sweeping expired ones.
+//! One-time tokens: checking reset codes, using tokens (and passkey sign-in ceremonies,
+//! which are used up the same way), and sweeping expired ones.
 
 use super::*;
 
@@ -43,21 +44,131 @@ impl TokenStore for SqlStore {
         audit: &Audit,
         effect: Redemption<'_>,
     ) -> Result<Redeemed, StoreError> {
-        let now = audit.at;
-        // Deleting the row is what uses the token: of two transactions deleting it, the
-        // second deletes nothing (PostgreSQL makes it wait for the first and re-check;
-        // SQLite runs one writer at a time) and reports the token not found. A plain
-        // DELETE, not DELETE ... RETURNING: on SQLite a failing RETURNING statement
-        // inside a transaction (a full disk) left the connection unusable.
         const FIND: &str = "SELECT user_id, expires, attempts FROM tokens \
                             WHERE token_hash = $1 AND purpose = $2";
         const CONSUME: &str = "DELETE FROM tokens WHERE token_hash = $1 AND purpose = $2";
+        let row = OneTimeRow {
+            find: FIND,
+            consume: CONSUME,
+            key: purpose.as_str(),
+        };
+        self.redeem(digest, row, audit, effect).await
+    }
+    async fn insert_token(
+        &self,
+        token: NewToken<'_>,
+        state: Option<&str>,
+    ) -> Result<(), StoreError> {
         on_writer!(self, pool => async {
             let mut conn = acquire!(self, pool);
             let mut tx = conn.begin_write().await?;
-            let found: Option<(String, i64, i64)> = sqlx::query_as(FIND)
+            // Not written only for a user deleted meanwhile, whose token is never found.
+            let _stored = store_token!(tx, &token);
+            if let Some(state) = state {
+                sqlx::query("UPDATE tokens SET state = $2 WHERE token_hash = $1")
+                    .bind(token.digest.as_str())
+                    .bind(state)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            commit!(tx, conn);
+            Ok::<_, sqlx::Error>(())
+        }
+        .await)
+        .map_err(classify)
+    }
+
+    async fn set_token_state(
+        &self,
+        digest: &TokenDigest,
+        purpose: Purpose,
+        state: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        on_writer!(self, pool => async {
+            let mut conn = acquire!(self, pool);
+            sqlx::query(
+                "UPDATE tokens SET state = $3 WHERE token_hash = $1 AND purpose = $2 AND expires > $4",
+            )
+            .bind(digest.as_str())
+            .bind(purpose.as_str())
+            .bind(state)
+            .bind(now)
+            .execute(&mut *conn)
+            .await
+            .map(|done| done.rows_affected() == 1)
+        }
+        .await)
+        .map_err(classify)
+    }
+
+    async fn live_token(
+        &self,
+        digest: &TokenDigest,
+        now: i64,
+    ) -> Result<Option<LiveToken>, StoreError> {
+        on_pool!(self, pool => {
+            sqlx::query_as::<_, (String, String, Option<String>, i64)>(
+                "SELECT user_id, purpose, state, expires FROM tokens \
+                 WHERE token_hash = $1 AND expires > $2",
+            )
+            .bind(digest.as_str())
+            .bind(now)
+            .fetch_optional(pool)
+            .await
+        })
+        .map(|row| {
+            row.map(|(user_id, purpose, state, expires)| LiveToken {
+                user_id,
+                purpose,
+                state,
+                expires,
+            })
+        })
+        .map_err(classify)
+    }
+
+    async fn delete_expired_tokens(&self, now: i64, batch: u32) -> Result<u64, StoreError> {
+        self.delete_expired(
+            "DELETE FROM tokens WHERE token_hash IN \
+             (SELECT token_hash FROM tokens WHERE expires <= $1 LIMIT $2)",
+            now,
+            batch,
+        )
+        .await
+    }
+}
+
+/// Where a one-time secret is kept: the statements that find its row (its user, expiry
+/// and wrong tries) and delete it, by its digest (`$1`) and `key` (`$2`).
+pub(super) struct OneTimeRow<'a> {
+    pub find: &'static str,
+    pub consume: &'static str,
+    pub key: &'a str,
+}
+
+impl SqlStore {
+    /// Uses up the one-time secret `digest` kept in `row` (once: of concurrent callers,
+    /// one gets `Done`) and, if it was live, applies `effect` in the same transaction.
+    pub(super) async fn redeem(
+        &self,
+        digest: &TokenDigest,
+        row: OneTimeRow<'_>,
+        audit: &Audit,
+        effect: Redemption<'_>,
+    ) -> Result<Redeemed, StoreError> {
+        let now = audit.at;
+        // Deleting the row is what uses the secret: of two transactions deleting it, the
+        // second deletes nothing (PostgreSQL makes it wait for the first and re-check;
+        // SQLite runs one writer at a time) and reports it not found. A plain DELETE,
+        // not DELETE ... RETURNING: on SQLite a failing RETURNING statement inside a
+        // transaction (a full disk) left the connection unusable.
+        on_writer!(self, pool => async {
+            let mut conn = acquire!(self, pool);
+            let mut tx = conn.begin_write().await?;
+            let found: Option<(String, i64, i64)> = sqlx::query_as(row.find)
                 .bind(digest.as_str())
-                .bind(purpose.as_str())
+                .bind(row.key)
                 .fetch_optional(&mut *tx)
                 .await?;
             let Some((user_id, expires, attempts)) = found else {
@@ -67,9 +178,9 @@ impl TokenStore for SqlStore {
             if attempts >= RESET_CODE_MAX_WRONG {
                 return Ok(Redeemed::NotFound);
             }
-            let consumed = sqlx::query(CONSUME)
+            let consumed = sqlx::query(row.consume)
                 .bind(digest.as_str())
-                .bind(purpose.as_str())
+                .bind(row.key)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
@@ -173,89 +284,5 @@ impl TokenStore for SqlStore {
         }
         .await)
         .map_err(classify)
-    }
-
-    async fn insert_token(
-        &self,
-        token: NewToken<'_>,
-        state: Option<&str>,
-    ) -> Result<(), StoreError> {
-        on_writer!(self, pool => async {
-            let mut conn = acquire!(self, pool);
-            let mut tx = conn.begin_write().await?;
-            // Not written only for a user deleted meanwhile, whose token is never found.
-            let _stored = store_token!(tx, &token);
-            if let Some(state) = state {
-                sqlx::query("UPDATE tokens SET state = $2 WHERE token_hash = $1")
-                    .bind(token.digest.as_str())
-                    .bind(state)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            commit!(tx, conn);
-            Ok::<_, sqlx::Error>(())
-        }
-        .await)
-        .map_err(classify)
-    }
-
-    async fn set_token_state(
-        &self,
-        digest: &TokenDigest,
-        purpose: Purpose,
-        state: &str,
-        now: i64,
-    ) -> Result<bool, StoreError> {
-        on_writer!(self, pool => async {
-            let mut conn = acquire!(self, pool);
-            sqlx::query(
-                "UPDATE tokens SET state = $3 WHERE token_hash = $1 AND purpose = $2 AND expires > $4",
-            )
-            .bind(digest.as_str())
-            .bind(purpose.as_str())
-            .bind(state)
-            .bind(now)
-            .execute(&mut *conn)
-            .await
-            .map(|done| done.rows_affected() == 1)
-        }
-        .await)
-        .map_err(classify)
-    }
-
-    async fn live_token(
-        &self,
-        digest: &TokenDigest,
-        now: i64,
-    ) -> Result<Option<LiveToken>, StoreError> {
-        on_pool!(self, pool => {
-            sqlx::query_as::<_, (String, String, Option<String>, i64)>(
-                "SELECT user_id, purpose, state, expires FROM tokens \
-                 WHERE token_hash = $1 AND expires > $2",
-            )
-            .bind(digest.as_str())
-            .bind(now)
-            .fetch_optional(pool)
-            .await
-        })
-        .map(|row| {
-            row.map(|(user_id, purpose, state, expires)| LiveToken {
-                user_id,
-                purpose,
-                state,
-                expires,
-            })
-        })
-        .map_err(classify)
-    }
-
-    async fn delete_expired_tokens(&self, now: i64, batch: u32) -> Result<u64, StoreError> {
-        self.delete_expired(
-            "DELETE FROM tokens WHERE token_hash IN \
-             (SELECT token_hash FROM tokens WHERE expires <= $1 LIMIT $2)",
-            now,
-            batch,
-        )
-        .await
     }
 }
