@@ -44,6 +44,7 @@ pub const DEFAULT_MAGIC_LINK_TTL: u64 = 60;
 pub const DEFAULT_MAIL_MAX_ATTEMPTS: u32 = 8;
 pub const DEFAULT_MAIL_RETRY_DELAY: u64 = 10;
 pub const DEFAULT_PASSWORD_MIN_LENGTH: usize = 8;
+pub const DEFAULT_HASH_NICE: u8 = 10;
 pub const DEFAULT_REQUEST_TIMEOUT: u64 = 30;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_NEW_CONNECTION_TIMEOUT: u64 = 10;
@@ -760,6 +761,19 @@ pub struct PasswordConfig {
     )]
     pub argon2_p: u32,
 
+    /// How many nice values the password hashing threads run below the rest of the
+    /// service (0-19, Linux): above 0, short requests (session checks, reads) get the CPU
+    /// before the hashes when both want it, so a sign-in flood slows them less, and
+    /// sign-ins wait longer
+    #[arg(
+        long = "hash-nice",
+        env = "USERS_HASH_NICE",
+        value_name = "N",
+        default_value_t = DEFAULT_HASH_NICE,
+        value_parser = clap::value_parser!(u8).range(0..=19)
+    )]
+    pub hash_nice: u8,
+
     #[command(flatten)]
     pub import_limits: HashLimitsConfig,
 }
@@ -1031,6 +1045,7 @@ impl ServeConfig {
                 argon2_m_kib: OWASP_MIN_M_KIB,
                 argon2_t: OWASP_MIN_T,
                 argon2_p: OWASP_MIN_P,
+                hash_nice: DEFAULT_HASH_NICE,
                 import_limits: HashLimitsConfig::default(),
             },
             tenancy: TenancyConfig::default(),

@@ -479,7 +479,7 @@ impl Server {
         // One hashing pool serves every tenant; its gauges are the process's.
         let argon2 = Argon2Metrics::new();
         let hasher = Arc::new(
-            PasswordHasher::new(config.hash_params(), threads)
+            PasswordHasher::with_nice(config.hash_params(), threads, config.passwords.hash_nice)
                 .map_err(|e| StartError::Config(e.to_string()))?
                 .with_metrics(argon2.clone()),
         );

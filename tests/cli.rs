@@ -614,3 +614,41 @@ fn the_sqlite_files_are_private_to_their_owner() {
     let (exit, _) = service.terminate();
     assert!(exit.success());
 }
+
+/// The nice value in a `/proc/.../stat` line (its 19th field).
+#[cfg(target_os = "linux")]
+fn nice_in_stat(stat: &str) -> i32 {
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    after_name.split(' ').nth(16).unwrap().parse().unwrap()
+}
+
+/// `--hash-nice` lowers the password hashing threads of the binary (Linux), and only
+/// them: each `argon2-N` thread runs that many nice values below the others.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_hashing_threads_run_below_the_rest_of_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = command(dir.path());
+    cmd.args(["--listen", "127.0.0.1:0", "--hash-nice", "7"]);
+    let service = Service::start(cmd);
+    // The child starts at this thread's nice value.
+    let base = nice_in_stat(&std::fs::read_to_string("/proc/thread-self/stat").unwrap());
+    let tasks = format!("/proc/{}/task", service.child.id());
+    let mut hashing = Vec::new();
+    let mut others = Vec::new();
+    for task in std::fs::read_dir(tasks).unwrap() {
+        let task = task.unwrap().path();
+        let name = std::fs::read_to_string(task.join("comm")).unwrap();
+        let nice = nice_in_stat(&std::fs::read_to_string(task.join("stat")).unwrap());
+        if name.starts_with("argon2-") {
+            hashing.push(nice);
+        } else {
+            others.push(nice);
+        }
+    }
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(hashing, vec![(base + 7).min(19); cores], "one per core");
+    assert!(others.iter().all(|nice| *nice == base), "{others:?}");
+    let (exit, logs) = service.terminate();
+    assert!(exit.success(), "{exit:?} {logs:#?}");
+}

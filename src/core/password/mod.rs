@@ -61,6 +61,29 @@ pub enum Verification {
     Mismatch,
 }
 
+/// Adds `nice` to the calling thread's nice value (up to 19, the lowest priority); on
+/// Linux a thread has its own.
+#[cfg(target_os = "linux")]
+fn lower_priority(nice: u8) {
+    use rustix::process::{getpriority_process, setpriority_process};
+    if nice == 0 {
+        return;
+    }
+    let thread = Some(rustix::thread::gettid());
+    let lowered = getpriority_process(thread)
+        .and_then(|now| setpriority_process(thread, (now + i32::from(nice)).min(19)));
+    if let Err(err) = lowered {
+        tracing::warn!(error = %err, nice, "a hashing thread's nice value could not be set");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority(nice: u8) {
+    if nice > 0 {
+        tracing::warn!(nice, "--hash-nice is taken on Linux only");
+    }
+}
+
 pub struct PasswordHasher {
     argon2: Argon2<'static>,
     pool: rayon::ThreadPool,
@@ -78,6 +101,13 @@ pub struct PasswordHasher {
 impl PasswordHasher {
     /// `threads` is the number of hashes computed at once (normally the core count).
     pub fn new(params: HashParams, threads: usize) -> Result<Self, Error> {
+        Self::with_nice(params, threads, 0)
+    }
+
+    /// As [`Self::new`], with the hashing threads `nice` nice values below the rest of
+    /// the process (Linux; at most 19): above 0 the scheduler gives the CPU to the other
+    /// threads first when both want it, so short requests are served between hashes.
+    pub fn with_nice(params: HashParams, threads: usize, nice: u8) -> Result<Self, Error> {
         if params.m_kib < OWASP_MIN_M_KIB || params.t < OWASP_MIN_T || params.p < OWASP_MIN_P {
             return Err(Error::invalid(
                 "argon2",
@@ -93,11 +123,14 @@ impl PasswordHasher {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("argon2-{i}"))
+            .start_handler(move |_| lower_priority(nice))
             // A panic in a job must not abort the process; the waiting request sees the
             // dropped channel and answers 500.
             .panic_handler(|_| tracing::error!("a password hashing job panicked"))
             .build()
             .map_err(Error::internal)?;
+        // Every thread has started (and taken its nice value) before the first hash.
+        pool.broadcast(|_| ());
         let runs = Arc::new(AtomicU64::new(0));
         let dummy = dummy_hash(argon2.params())?;
         Ok(Self {
@@ -347,6 +380,26 @@ mod tests {
 
     fn pw(v: &str) -> Password {
         Password::candidate("password", Some(v.to_string())).unwrap()
+    }
+
+    /// The nice value of the thread that runs this, as the kernel has it.
+    #[cfg(target_os = "linux")]
+    fn own_nice() -> i32 {
+        rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()
+    }
+
+    /// `--hash-nice` lowers every hashing thread, and only them.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_hashing_threads_have_the_nice_value_given() {
+        let before = own_nice();
+        let hasher = PasswordHasher::with_nice(HashParams::default(), 2, 7).unwrap();
+        let nices: Vec<i32> = hasher.pool.broadcast(|_| own_nice());
+        let lowered = (before + 7).min(19);
+        assert_eq!(nices, vec![lowered, lowered]);
+        assert_eq!(own_nice(), before, "the caller's thread is left as it was");
+        let plain = PasswordHasher::new(HashParams::default(), 1).unwrap();
+        assert_eq!(plain.pool.broadcast(|_| own_nice()), vec![before]);
     }
 
     #[tokio::test]
