@@ -511,8 +511,8 @@ pub struct LimitsConfig {
     #[arg(long, env = "USERS_MAILS_PER_HOUR", value_name = "N", default_value_t = DEFAULT_MAILS_PER_HOUR)]
     pub mails_per_hour: u32,
 
-    /// Passkey sign-ins started (StartPasskeyLogin) per client address per hour; each
-    /// keeps a ceremony for 5 minutes
+    /// Passkey sign-ins started without a password (StartPasskeyLogin) per client
+    /// address per hour; each keeps a ceremony for 5 minutes
     #[arg(long, env = "USERS_PASSKEY_SIGN_INS_PER_HOUR", value_name = "N", default_value_t = DEFAULT_PASSKEY_SIGN_INS_PER_HOUR)]
     pub passkey_sign_ins_per_hour: u32,
 }
