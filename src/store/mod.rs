@@ -181,7 +181,6 @@ pub struct NewPasskeySignIn<'a> {
 pub struct PasskeySignInCeremony {
     pub user_id: Option<String>,
     pub state: String,
-    pub expires: i64,
 }
 
 /// A counter of events: the one at `now` counts under `key`, allowed up to `max` per

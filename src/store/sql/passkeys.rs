@@ -120,8 +120,8 @@ impl PasskeyStore for SqlStore {
         now: i64,
     ) -> Result<Option<PasskeySignInCeremony>, StoreError> {
         on_pool!(self, pool => {
-            sqlx::query_as::<_, (Option<String>, String, i64)>(
-                "SELECT user_id, state, expires FROM passkey_sign_ins \
+            sqlx::query_as::<_, (Option<String>, String)>(
+                "SELECT user_id, state FROM passkey_sign_ins \
                  WHERE challenge_hash = $1 AND expires > $2",
             )
             .bind(digest.as_str())
@@ -129,13 +129,7 @@ impl PasskeyStore for SqlStore {
             .fetch_optional(pool)
             .await
         })
-        .map(|row| {
-            row.map(|(user_id, state, expires)| PasskeySignInCeremony {
-                user_id,
-                state,
-                expires,
-            })
-        })
+        .map(|row| row.map(|(user_id, state)| PasskeySignInCeremony { user_id, state }))
         .map_err(classify)
     }
 
