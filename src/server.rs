@@ -553,11 +553,12 @@ impl Server {
                             "changes are announced to webhooks"
                         );
                     }
-                    store.attach_webhooks(endpoints);
+                    let tenant = tenant.as_ref().map(|t| t.as_str());
+                    store.attach_webhooks(endpoints, tenant);
                     Some(Arc::new(
                         Outbox::new(
                             store.clone(),
-                            Transport::Webhook(sender),
+                            Transport::Webhook(sender.for_tenant(tenant)),
                             clock.clone(),
                             outbox_config,
                         )

@@ -7,6 +7,8 @@ mod common;
 
 use common::process::run;
 use common::{Backend, TestApp, PASSWORD};
+use std::time::Duration;
+
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use users_service::config::{ServeConfig, Tenancy};
@@ -537,5 +539,89 @@ async fn a_verification_link_verifies_in_its_own_tenant_on_both_stores() {
         };
         assert!(verified("globex").await, "globex's erin is verified");
         assert!(!verified("acme").await, "the default tenant's erin is not");
+    }
+}
+
+/// With tenants, each tenant's outbox numbers its own messages. A webhook's id and
+/// payload name the tenant, so that a receiver of both tenants' events, which drops
+/// duplicates by `webhook-id` as Standard Webhooks asks, keeps both tenants' first
+/// `user.created` and tells them apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_name_their_tenant_in_their_ids_and_payloads_on_both_stores() {
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let (received, mut deliveries) = tokio::sync::mpsc::unbounded_channel();
+        let receiver = axum::Router::new().route(
+            "/hooks",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+                let received = received.clone();
+                async move {
+                    let header = |name: &str| headers[name].to_str().unwrap().to_string();
+                    let _ = received.send((
+                        header("webhook-id"),
+                        header("webhook-timestamp"),
+                        header("webhook-signature"),
+                        body,
+                    ));
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hook = format!("http://{}/hooks", listener.local_addr().unwrap());
+        let served = tokio::spawn(async move { axum::serve(listener, receiver).await });
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("tenant-keys");
+        let Some(app) = TestApp::spawn_with(backend, "tenancy::webhooks", |c| {
+            tenants(c, &keys);
+            c.webhooks.webhook_urls = vec![hook];
+            c.webhooks.webhook_secret = Some(SECRET.into());
+        })
+        .await
+        else {
+            served.abort();
+            continue;
+        };
+        let (client, base) = (&app.client, app.base.as_str());
+        let mut ids = std::collections::HashMap::new();
+        for tenant in ["acme", "globex"] {
+            let (status, body) = At::new(client, base, Some(tenant))
+                .call("Create", signup("hana", PASSWORD))
+                .await;
+            assert_eq!(status, 200, "{body}");
+            ids.insert(body["user"]["id"].as_str().unwrap().to_string(), tenant);
+        }
+        let signer = users_service::core::webhooks::WebhookSender::new(SECRET).unwrap();
+        let mut seen = std::collections::HashMap::new();
+        while seen.len() < 2 {
+            let (id, timestamp, signature, body) =
+                tokio::time::timeout(Duration::from_secs(30), deliveries.recv())
+                    .await
+                    .expect("both tenants' user.created within 30 s")
+                    .unwrap();
+            let payload: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(payload["type"], "user.created", "{body}");
+            let tenant = ids[payload["data"]["user_id"].as_str().unwrap()];
+            assert_eq!(payload["data"]["tenant"], tenant, "{body}");
+            assert!(
+                id.starts_with(&format!("msg_users_{tenant}_")),
+                "{tenant}'s message id names it: {id}"
+            );
+            assert_eq!(
+                signature,
+                signer.signature(&id, timestamp.parse().unwrap(), &body),
+                "the id sent is the id signed"
+            );
+            seen.insert(id, tenant);
+        }
+        assert_eq!(seen.len(), 2, "two messages, two ids: {seen:?}");
+        assert_eq!(
+            seen.values()
+                .collect::<std::collections::HashSet<_>>()
+                .len(),
+            2,
+            "one from each tenant: {seen:?}"
+        );
+        served.abort();
     }
 }

@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 
 use crate::core::clock::Clock;
 use crate::core::mail::{Mailer, Outgoing};
-use crate::core::webhooks::{message_id, WebhookSender};
+use crate::core::webhooks::WebhookSender;
 use crate::error::chain;
 use crate::store::{Channel, ClaimedMail, MailOutcome, MailStore, StoreError};
 
@@ -202,7 +202,7 @@ impl Outbox {
             Transport::Webhook(sender) => sender
                 .send(
                     &mail.recipient,
-                    &message_id(mail.id),
+                    &sender.message_id(mail.id),
                     self.clock.now(),
                     body,
                 )

@@ -37,6 +37,8 @@ pub struct WebhookSender {
     client: reqwest::Client,
     /// HMAC-SHA256 keyed with the secret, cloned for each signature.
     mac: Hmac<Sha256>,
+    /// The tenant whose messages these are, named in their ids.
+    tenant: Option<String>,
 }
 
 impl WebhookSender {
@@ -56,7 +58,30 @@ impl WebhookSender {
             .map_err(|_| BadSecret)?;
         let key = SecretSlice::from(key);
         let mac = Hmac::<Sha256>::new_from_slice(key.expose_secret()).map_err(|_| BadSecret)?;
-        Ok(Self { client, mac })
+        Ok(Self {
+            client,
+            mac,
+            tenant: None,
+        })
+    }
+
+    /// The sender of `tenant`'s messages: their ids name it, so that the ids of two
+    /// tenants' messages (each tenant's outbox counts its own) never meet at a receiver
+    /// that drops duplicates by id.
+    pub fn for_tenant(self, tenant: Option<&str>) -> Self {
+        Self {
+            tenant: tenant.map(str::to_owned),
+            ..self
+        }
+    }
+
+    /// The id of outbox message `outbox_id`, the same on every retry: `msg_users_<id>`,
+    /// or with tenants `msg_users_<tenant>_<id>`.
+    pub fn message_id(&self, outbox_id: i64) -> String {
+        match &self.tenant {
+            Some(tenant) => format!("msg_users_{tenant}_{outbox_id}"),
+            None => format!("msg_users_{outbox_id}"),
+        }
     }
 
     /// The `webhook-signature` value of `body` sent as message `id` at `timestamp`.
@@ -97,11 +122,6 @@ impl WebhookSender {
             Err(DeliveryError::Refused(response.status().as_u16()))
         }
     }
-}
-
-/// The message id a webhook carries: the outbox message's, the same on every retry.
-pub fn message_id(outbox_id: i64) -> String {
-    format!("msg_users_{outbox_id}")
 }
 
 #[cfg(test)]

@@ -102,9 +102,17 @@ pub struct SqlStore {
     /// Where it reports connection waits and ended sessions, once the service has
     /// attached its metrics.
     metrics: std::sync::OnceLock<Arc<Metrics>>,
-    /// The webhook endpoints that changes are announced to, once the service has set
-    /// them.
-    webhooks: std::sync::OnceLock<Vec<String>>,
+    /// Where changes are announced, once the service has set it.
+    webhooks: std::sync::OnceLock<Arc<Webhooks>>,
+}
+
+/// The webhook endpoints that changes are announced to, and the tenant whose pool this
+/// store is (named in every payload, so that a receiver of several tenants' events
+/// tells them apart).
+#[derive(Debug)]
+struct Webhooks {
+    endpoints: Vec<String>,
+    tenant: Option<String>,
 }
 
 /// Takes a connection for a write transaction from `$pool`, timing the wait.
@@ -224,7 +232,7 @@ impl SqlStore {
     }
 
     /// The webhook endpoints, for a direct write to take along.
-    fn webhook_endpoints(&self) -> Option<Vec<String>> {
+    fn webhooks(&self) -> Option<Arc<Webhooks>> {
         self.webhooks.get().cloned()
     }
 }
@@ -234,7 +242,7 @@ impl SqlStore {
 /// left to the sqlx path (an error here, so the write falls back to it).
 fn audit_direct(
     tx: &rusqlite::Transaction<'_>,
-    endpoints: Option<&[String]>,
+    webhooks: Option<&Webhooks>,
     audit: &Audit,
     kind: EventKind,
     user_id: Option<&str>,
@@ -249,13 +257,13 @@ fn audit_direct(
             "$6": "success",
             "$7": audit.actor.as_str(),
         })?;
-    if let (Some(endpoints), Some(event_type)) = (endpoints, kind.webhook_type()) {
+    if let (Some(webhooks), Some(event_type)) = (webhooks, kind.webhook_type()) {
         if kind.announces_account() {
             return Err(rusqlite::Error::InvalidQuery);
         }
-        let body = webhook_payload(event_type, audit, user_id, None);
+        let body = webhook_payload(webhooks, event_type, audit, user_id, None);
         let mut insert = tx.prepare_cached(INSERT_WEBHOOK)?;
-        for endpoint in endpoints {
+        for endpoint in &webhooks.endpoints {
             insert.execute(rusqlite::named_params! {
                 "$1": user_id.unwrap_or(""),
                 "$2": event_type,
@@ -523,7 +531,7 @@ macro_rules! audit {
         event_insert(audit, kind, user_id, "success")
             .execute(&mut *$conn)
             .await?;
-        if let (Some(endpoints), Some(event_type)) = ($store.webhooks.get(), kind.webhook_type()) {
+        if let (Some(webhooks), Some(event_type)) = ($store.webhooks.get(), kind.webhook_type()) {
             let account = if kind.announces_account() {
                 match user_id {
                     Some(id) => sqlx::query_as::<_, UserRow>(concat!(
@@ -540,8 +548,8 @@ macro_rules! audit {
             } else {
                 None
             };
-            let body = webhook_payload(event_type, audit, user_id, account.as_ref());
-            for endpoint in endpoints {
+            let body = webhook_payload(webhooks, event_type, audit, user_id, account.as_ref());
+            for endpoint in &webhooks.endpoints {
                 sqlx::query(INSERT_WEBHOOK)
                     .bind(user_id.unwrap_or(""))
                     .bind(event_type)
@@ -584,8 +592,9 @@ const INSERT_WEBHOOK: &str = "INSERT INTO outbox (token_hash, user_id, kind, rec
 
 /// A webhook's JSON payload, as Standard Webhooks shapes it: `type`, `timestamp` and
 /// `data` (the account, who acted and in which request; the account as it is now, for
-/// the events that change it).
+/// the events that change it; with tenants, the tenant).
 fn webhook_payload(
+    webhooks: &Webhooks,
     event_type: &str,
     audit: &Audit,
     user_id: Option<&str>,
@@ -596,6 +605,9 @@ fn webhook_payload(
         "actor": audit.actor.as_str(),
         "request_id": audit.request_id.as_deref(),
     });
+    if let Some(tenant) = &webhooks.tenant {
+        data["tenant"] = serde_json::json!(tenant);
+    }
     if let Some(user) = account {
         data["user"] = serde_json::json!({
             "id": user.id,
@@ -896,9 +908,12 @@ impl SqlStore {
     }
 
     /// Queues a webhook delivery to each of `endpoints` with every change that has one,
-    /// from now on.
-    pub fn attach_webhooks(&self, endpoints: Vec<String>) {
-        let _ = self.webhooks.set(endpoints);
+    /// from now on; the payloads name `tenant`, the tenant whose pool this store is.
+    pub fn attach_webhooks(&self, endpoints: Vec<String>, tenant: Option<&str>) {
+        let _ = self.webhooks.set(Arc::new(Webhooks {
+            endpoints,
+            tenant: tenant.map(str::to_owned),
+        }));
     }
 
     /// Reports connection waits and ended sessions to `metrics` from now on.

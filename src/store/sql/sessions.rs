@@ -105,11 +105,7 @@ impl SessionStore for SqlStore {
         // The hot write of a read-heavy app: on SQLite, made on the writer's direct
         // connection, in one transaction with the Logouts that arrive beside it
         // (`writer.rs`); made again below, through sqlx, if it could not be.
-        let (key, event, endpoints) = (
-            digest.as_str().to_owned(),
-            audit.clone(),
-            self.webhook_endpoints(),
-        );
+        let (key, event, webhooks) = (digest.as_str().to_owned(), audit.clone(), self.webhooks());
         let direct = self
             .write_direct(move |tx| {
                 let owner: Option<String> = tx
@@ -123,7 +119,7 @@ impl SessionStore for SqlStore {
                     .execute(rusqlite::named_params! { "$1": key })?;
                 audit_direct(
                     tx,
-                    endpoints.as_deref(),
+                    webhooks.as_deref(),
                     &event,
                     EventKind::SessionEnded,
                     Some(&user_id),
