@@ -614,7 +614,6 @@ async fn webhooks_name_their_tenant_in_their_ids_and_payloads_on_both_stores() {
             );
             seen.insert(id, tenant);
         }
-        assert_eq!(seen.len(), 2, "two messages, two ids: {seen:?}");
         assert_eq!(
             seen.values()
                 .collect::<std::collections::HashSet<_>>()
