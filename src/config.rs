@@ -16,6 +16,7 @@ use crate::core::outbox::OutboxConfig;
 use crate::core::password::formats::FirebaseProject;
 use crate::core::password::{CostLimits, HashParams, OWASP_MIN_M_KIB, OWASP_MIN_P, OWASP_MIN_T};
 use crate::core::policy::PasswordPolicy;
+use crate::core::sealing::SealingKeys;
 use crate::core::transfer::sources::Source;
 use crate::core::users::{LinkSettings, Settings};
 use crate::core::webhooks::WebhookSender;
@@ -100,6 +101,10 @@ pub enum Command {
     Export {
         #[command(flatten)]
         database: DatabaseConfig,
+
+        /// The keys TOTP secrets are sealed under, to write them out in clear
+        #[command(flatten)]
+        sealing: SealingConfig,
     },
     /// Read JSON lines written by `export`, or another system's export (--from), from
     /// standard input and add them, all or nothing
@@ -121,6 +126,20 @@ pub enum Command {
 
         #[command(flatten)]
         firebase: FirebaseConfig,
+
+        /// The keys to seal the TOTP secrets it brings under
+        #[command(flatten)]
+        sealing: SealingConfig,
+    },
+    /// Encrypt every stored TOTP secret under the first --encryption-key: those stored
+    /// in clear (before a key was set) and those under an older key, given after it.
+    /// Safe while the service runs
+    Reseal {
+        #[command(flatten)]
+        database: DatabaseConfig,
+
+        #[command(flatten)]
+        sealing: SealingConfig,
     },
     /// Show the audit trail's events, newest first
     Audit {
@@ -339,6 +358,9 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub tenancy: TenancyConfig,
+
+    #[command(flatten)]
+    pub sealing: SealingConfig,
 
     /// Seconds a request may take, from its first byte to its answer (slow clients and
     /// slow requests are cut off)
@@ -570,6 +592,52 @@ impl Default for TenancyConfig {
             default_tenant: None,
             tenant_keys_file: None,
         }
+    }
+}
+
+/// The keys that seal TOTP secrets at rest (src/core/sealing.rs).
+#[derive(Debug, Clone, Default, Args)]
+pub struct SealingConfig {
+    /// Keys that encrypt TOTP secrets in the database (AES-256-GCM): base64 of 32
+    /// random bytes each (`openssl rand -base64 32`), comma-separated; the first
+    /// encrypts, every one decrypts. Unset: TOTP secrets are stored in clear. Prefer the
+    /// environment variable or --encryption-key-file (never printed)
+    #[arg(
+        long,
+        env = "USERS_ENCRYPTION_KEY",
+        value_name = "KEYS",
+        hide_env_values = true,
+        value_parser = secret_value
+    )]
+    pub encryption_key: Option<SecretString>,
+
+    /// A file holding those keys, one a line (instead of --encryption-key)
+    #[arg(
+        long,
+        env = "USERS_ENCRYPTION_KEY_FILE",
+        value_name = "FILE",
+        conflicts_with = "encryption_key"
+    )]
+    pub encryption_key_file: Option<PathBuf>,
+}
+
+impl SealingConfig {
+    /// The keys, as read from the option or the file.
+    pub fn keys(&self) -> Result<SealingKeys, String> {
+        match (&self.encryption_key, &self.encryption_key_file) {
+            (_, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    format!(
+                        "cannot read the encryption key file {}: {e}",
+                        path.display()
+                    )
+                })?;
+                SealingKeys::parse(&text)
+            }
+            (Some(keys), None) => SealingKeys::parse(keys.expose_secret()),
+            (None, None) => Ok(SealingKeys::default()),
+        }
+        .map_err(|e| format!("--encryption-key: {e}"))
     }
 }
 
@@ -1049,6 +1117,7 @@ impl ServeConfig {
                 import_limits: HashLimitsConfig::default(),
             },
             tenancy: TenancyConfig::default(),
+            sealing: SealingConfig::default(),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_ip: None,
@@ -1201,6 +1270,7 @@ impl ServeConfig {
             links: self.links()?,
             audit_retention_days: self.audit_retention_days,
             hash_limits: self.passwords.import_limits.limits(),
+            sealing: self.sealing.keys()?,
         })
     }
 }

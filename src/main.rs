@@ -119,10 +119,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 };
                 tracing::info!(database = %database.url, "{outcome}");
             }
-            Some(Command::Export { database }) => {
+            Some(Command::Export { database, sealing }) => {
+                let keys = sealing.keys().map_err(anyhow::Error::msg)?;
                 let store = open_existing_store(&database).await?;
                 let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-                let summary = transfer::export(&store, SystemClock.now(), &mut out).await?;
+                let summary = transfer::export(&store, SystemClock.now(), &keys, &mut out).await?;
                 store.close().await;
                 tracing::info!(
                     users = summary.users,
@@ -131,6 +132,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     second_factors = summary.second_factors,
                     passkeys = summary.passkeys,
                     "export done"
+                );
+            }
+            Some(Command::Reseal { database, sealing }) => {
+                let keys = sealing.keys().map_err(anyhow::Error::msg)?;
+                let store = open_existing_store(&database).await?;
+                let result = users_service::core::sealing::reseal(&store, &keys).await;
+                store.close().await;
+                let done = result?;
+                tracing::info!(
+                    key = keys.current().unwrap_or_default(),
+                    sealed = done.sealed,
+                    unchanged = done.unchanged,
+                    changed_meanwhile = done.skipped,
+                    "reseal done"
                 );
             }
             Some(Command::Audit {
@@ -166,11 +181,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 from,
                 limits,
                 firebase,
+                sealing,
             }) => {
                 let project = firebase.project().map_err(anyhow::Error::msg)?;
                 let options = transfer::ImportOptions {
                     skip_existing,
                     limits: limits.limits(),
+                    sealing: sealing.keys().map_err(anyhow::Error::msg)?,
                 };
                 let store = open_store(&database).await?;
                 let input = tokio::io::BufReader::new(tokio::io::stdin());

@@ -28,6 +28,7 @@ on_both_stores!(
     only_the_users_own_session_enrols,
     sessions_record_how_they_were_signed_in,
     logout_all_may_keep_the_current_session,
+    a_key_set_later_reads_clear_secrets_and_reseal_seals_and_rotates_them,
 );
 
 mod passkeys {
@@ -60,6 +61,25 @@ mod passkeys {
         );
     }
 }
+
+mod sealed {
+    use super::*;
+
+    /// TOTP secrets sealed under one key.
+    pub(super) fn with_encryption_key(config: &mut ServeConfig) {
+        with_key(config);
+        config.sealing.encryption_key = Some(crate::SEALING_A.into());
+    }
+
+    on_both_stores!(
+        config = crate::sealed::with_encryption_key,
+        totp_secrets_are_sealed_at_rest_and_open_for_their_own_user_only,
+    );
+}
+
+/// Two keys for the secrets at rest (base64 of 32 bytes each).
+const SEALING_A: &str = "q83vASNFZ4mrze8BI0VniavN7wEjRWeJq83vASNFZ4k=";
+const SEALING_B: &str = "ASNFZ4mrze8BI0VniavN7wEjRWeJq83vASNFZ4mrze8=";
 
 mod idle {
     use super::*;
@@ -901,4 +921,126 @@ async fn an_unused_session_ends_after_the_idle_timeout(app: TestApp) {
     }
     let lived = app.clock_now() - created;
     assert!((604_800..604_800 + 599).contains(&lived), "{lived}");
+}
+
+/// The secret as the store holds it.
+async fn stored_secret(app: &TestApp, id: &str) -> String {
+    use users_service::store::FactorStore;
+    app.users_store().totp(id).await.unwrap().unwrap().secret
+}
+
+/// The second step with a current code: the session it opens, or the error.
+async fn second_step(app: &TestApp, name: &str, secret: &str) -> (StatusCode, serde_json::Value) {
+    let challenge = first_step(app, name).await;
+    let code = totp::code(secret, app.clock_now());
+    app.call("LoginMfa", json!({"challenge_id": challenge, "code": code}))
+        .await
+}
+
+async fn totp_secrets_are_sealed_at_rest_and_open_for_their_own_user_only(app: TestApp) {
+    let (alice, session) = user_with_session(&app, "alice").await;
+    let (secret, _) = enrol(&app, &session).await;
+    let stored = stored_secret(&app, &alice).await;
+    assert!(stored.starts_with("sealed:v1:"), "{stored}");
+    assert!(!stored.contains(&secret), "the secret is not in the row");
+    app.clock.advance(30);
+    let (status, body) = second_step(&app, "alice", &secret).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Alice's sealed secret copied to Bob's row does not open for Bob: a 500 that
+    // says nothing of why (the log does), and no enrolment confirmed.
+    let (bob, bob_session) = user_with_session(&app, "bob").await;
+    let (status, _) = micro(&app, "StartTotp", &bob_session, json!({})).await;
+    assert_eq!(status, 200);
+    let moved = app
+        .db
+        .execute(&format!(
+            "UPDATE totp SET secret = '{stored}' WHERE user_id = '{bob}'"
+        ))
+        .await;
+    assert_eq!(moved, 1);
+    let code = totp::code(&secret, app.clock_now());
+    let answer = micro(&app, "ConfirmTotp", &bob_session, json!({"code": code})).await;
+    assert_eq!(answer.0, 500, "{}", answer.1);
+    assert_eq!(answer.1["detail"], "internal error", "{}", answer.1);
+    let (_, factors) = micro(&app, "ReadSecondFactors", KEY, json!({"user_id": bob})).await;
+    assert_eq!(factors["totp"], false, "{factors}");
+}
+
+async fn a_key_set_later_reads_clear_secrets_and_reseal_seals_and_rotates_them(app: TestApp) {
+    use users_service::core::sealing::{reseal, Resealed, SealingKeys};
+    // Enrolled with no key: the secret is stored as it is.
+    let (alice, session) = user_with_session(&app, "alice").await;
+    let (secret, _) = enrol(&app, &session).await;
+    assert_eq!(stored_secret(&app, &alice).await, secret);
+    let no_key = reseal(app.users_store().as_ref(), &SealingKeys::default()).await;
+    assert!(no_key.is_err(), "reseal needs a key");
+
+    // Each start below is a later time step, so each code is a new one.
+    let mut later = 0;
+    let mut restart = |app: TestApp, keys: Option<String>| {
+        later += 90;
+        let shift = later;
+        async move {
+            let db = app.into_database().await;
+            let app = TestApp::spawn_on(db, |config| {
+                with_key(config);
+                config.sealing.encryption_key = keys.map(Into::into);
+            })
+            .await;
+            app.clock.advance(shift);
+            app
+        }
+    };
+
+    // A key set later: the secret in clear still opens, and stays as it is.
+    let app = restart(app, Some(SEALING_A.into())).await;
+    let (status, body) = second_step(&app, "alice", &secret).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(stored_secret(&app, &alice).await, secret);
+
+    // reseal seals it under the key; the sign-in goes on working.
+    let a = SealingKeys::parse(SEALING_A).unwrap();
+    let done = reseal(app.users_store().as_ref(), &a).await.unwrap();
+    assert_eq!(
+        done,
+        Resealed {
+            sealed: 1,
+            unchanged: 0,
+            skipped: 0
+        }
+    );
+    let under_a = stored_secret(&app, &alice).await;
+    assert!(a.is_current(&under_a), "{under_a}");
+    app.clock.advance(30);
+    let (status, body) = second_step(&app, "alice", &secret).await;
+    assert_eq!(status, 200, "{body}");
+    let again = reseal(app.users_store().as_ref(), &a).await.unwrap();
+    assert_eq!(
+        again,
+        Resealed {
+            sealed: 0,
+            unchanged: 1,
+            skipped: 0
+        }
+    );
+
+    // Rotation: the new key first, the old one after it, then reseal; then the new
+    // key alone is enough.
+    let both = format!("{SEALING_B},{SEALING_A}");
+    let app = restart(app, Some(both.clone())).await;
+    let (status, body) = second_step(&app, "alice", &secret).await;
+    assert_eq!(status, 200, "the old key still opens: {body}");
+    let keys = SealingKeys::parse(&both).unwrap();
+    let done = reseal(app.users_store().as_ref(), &keys).await.unwrap();
+    assert_eq!(done.sealed, 1);
+    let app = restart(app, Some(SEALING_B.into())).await;
+    let (status, body) = second_step(&app, "alice", &secret).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Without its key, a sealed secret opens no sign-in.
+    let mut app = restart(app, None).await;
+    let (status, body) = second_step(&app, "alice", &secret).await;
+    assert_eq!(status, 500, "{body}");
+    app.stop().await;
 }

@@ -136,6 +136,10 @@ async fn add_future_migration(url: &str) {
     }
 }
 
+/// The keys the source and the target seal TOTP secrets under.
+const SEALING_SOURCE: &str = "q83vASNFZ4mrze8BI0VniavN7wEjRWeJq83vASNFZ4k=";
+const SEALING_TARGET: &str = "ASNFZ4mrze8BI0VniavN7wEjRWeJq83vASNFZ4mrze8=";
+
 /// Users and sessions made through the API on SQLite, exported, imported into
 /// PostgreSQL: everyone signs in with the same password and sessions still read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,9 +149,12 @@ async fn export_from_sqlite_and_import_into_postgres_keeps_passwords_and_session
     else {
         return;
     };
-    let source = TestApp::spawn(Backend::Sqlite, "transfer::source")
-        .await
-        .unwrap();
+    // The source seals TOTP secrets under one key, the target under another.
+    let source = TestApp::spawn_with(Backend::Sqlite, "transfer::source", |config| {
+        config.sealing.encryption_key = Some(SEALING_SOURCE.into());
+    })
+    .await
+    .unwrap();
     let mut sessions = Vec::new();
     for name in ["asim", "bea", "chen"] {
         source.create_user(name).await;
@@ -221,9 +228,32 @@ async fn export_from_sqlite_and_import_into_postgres_keeps_passwords_and_session
     assert_eq!(source_users["users"][0]["profile"], json!({"plan": "pro"}));
     let source_db = source.into_database().await;
 
+    // Without the key, the sealed secret cannot be written out: the export fails and
+    // says why.
     let (ok, export, stderr) = run(&["export", "--database-url", &source_db.raw_url], None);
+    assert!(
+        !ok && stderr.contains("not among --encryption-key's keys"),
+        "{stderr}"
+    );
+    assert!(!String::from_utf8(export)
+        .unwrap()
+        .contains("second_factors"));
+    let (ok, export, stderr) = run(
+        &[
+            "export",
+            "--database-url",
+            &source_db.raw_url,
+            "--encryption-key",
+            SEALING_SOURCE,
+        ],
+        None,
+    );
     assert!(ok, "{stderr}");
     let text = String::from_utf8(export.clone()).unwrap();
+    assert!(
+        text.contains(&format!("\"totp_secret\":\"{secret}\"")),
+        "an export carries the secret opened: {text}"
+    );
     assert_eq!(
         text.lines().count(),
         1 + 3 + 3 + 1,
@@ -246,7 +276,13 @@ async fn export_from_sqlite_and_import_into_postgres_keeps_passwords_and_session
     }
 
     let (ok, _, stderr) = run(
-        &["import", "--database-url", &target.raw_url],
+        &[
+            "import",
+            "--database-url",
+            &target.raw_url,
+            "--encryption-key",
+            SEALING_TARGET,
+        ],
         Some(&export),
     );
     assert!(ok, "{stderr}");
@@ -285,7 +321,20 @@ async fn export_from_sqlite_and_import_into_postgres_keeps_passwords_and_session
         "{stderr}"
     );
 
-    let app = TestApp::spawn_on(target, |_| {}).await;
+    let app = TestApp::spawn_on(target, |config| {
+        config.sealing.encryption_key = Some(SEALING_TARGET.into());
+    })
+    .await;
+    let sealed = {
+        use users_service::store::FactorStore;
+        let chen = sessions[2]["user_id"].as_str().unwrap();
+        app.users_store().totp(chen).await.unwrap().unwrap().secret
+    };
+    let target_keys = users_service::core::sealing::SealingKeys::parse(SEALING_TARGET).unwrap();
+    assert!(
+        target_keys.is_current(&sealed),
+        "sealed under the target's key: {sealed}"
+    );
     // What a user sees of the sessions (address, browser, last use) travels too.
     let user_id = sessions[0]["user_id"].clone();
     let (status, listed) = app.call("ListSessions", json!({"user_id": user_id})).await;
@@ -415,9 +464,14 @@ async fn import_skips_expired_sessions(app: TestApp) {
     let live = app.login("asim", PASSWORD).await;
     app.clock.advance(604_800 - 1);
     let mut export = Vec::new();
-    users_service::core::transfer::export(app.users_store().as_ref(), app.clock_now(), &mut export)
-        .await
-        .unwrap();
+    users_service::core::transfer::export(
+        app.users_store().as_ref(),
+        app.clock_now(),
+        &Default::default(),
+        &mut export,
+    )
+    .await
+    .unwrap();
     let later = app.clock_now() + 1;
     let target = TestApp::spawn(Backend::Sqlite, "transfer::expired_target")
         .await
@@ -461,6 +515,7 @@ async fn deleted_ids_move_with_the_users(app: TestApp) {
     let summary = users_service::core::transfer::export(
         app.users_store().as_ref(),
         app.clock_now(),
+        &Default::default(),
         &mut export,
     )
     .await
@@ -549,4 +604,77 @@ async fn deleted_ids_move_with_the_users(app: TestApp) {
     .unwrap_err()
     .to_string();
     assert!(err.contains("is the id of a user"), "{err}");
+}
+
+/// `reseal` from the command line: it needs a key, seals the secret a user enrolled
+/// before a key was set, and the service with that key signs the user in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reseal_seals_the_secrets_stored_in_clear() {
+    use users_service::store::FactorStore;
+    let app = TestApp::spawn(Backend::Sqlite, "transfer::reseal")
+        .await
+        .unwrap();
+    let user = app.create_user("dara").await;
+    let id = user["id"].as_str().unwrap().to_string();
+    let session = app.login("dara", PASSWORD).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bearer = format!("Bearer {session}");
+    let (status, _, started) = app
+        .send("StartTotp", json!({}), &[("authorization", &bearer)])
+        .await;
+    assert_eq!(status, 200, "{started}");
+    let secret = started["secret"].as_str().unwrap().to_string();
+    let db = app.into_database().await;
+
+    let (ok, _, stderr) = run(&["reseal", "--database-url", &db.raw_url], None);
+    assert!(!ok && stderr.contains("reseal needs the key"), "{stderr}");
+    let (ok, _, stderr) = run(
+        &[
+            "reseal",
+            "--database-url",
+            &db.raw_url,
+            "--encryption-key",
+            "c2hvcnQ=",
+        ],
+        None,
+    );
+    assert!(!ok && stderr.contains("32 bytes"), "{stderr}");
+    let (ok, _, stderr) = run(
+        &[
+            "reseal",
+            "--database-url",
+            &db.raw_url,
+            "--encryption-key",
+            SEALING_SOURCE,
+        ],
+        None,
+    );
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("sealed=1 unchanged=0 changed_meanwhile=0"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(SEALING_SOURCE), "the key is never printed");
+
+    let app = TestApp::spawn_on(db, |config| {
+        config.sealing.encryption_key = Some(SEALING_SOURCE.into());
+    })
+    .await;
+    let stored = app.users_store().totp(&id).await.unwrap().unwrap().secret;
+    assert!(
+        stored.starts_with("sealed:v1:") && !stored.contains(&secret),
+        "{stored}"
+    );
+    // The enrolment started before the reseal is confirmed with the same secret.
+    let code = common::totp::code(&secret, app.clock_now());
+    let (status, _, confirmed) = app
+        .send(
+            "ConfirmTotp",
+            json!({"code": code}),
+            &[("authorization", &bearer)],
+        )
+        .await;
+    assert_eq!(status, 200, "{confirmed}");
 }

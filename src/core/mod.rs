@@ -9,6 +9,7 @@
 //! * [`mail`] and [`outbox`]: sending e-mail over SMTP, and the sender that delivers
 //!   queued e-mails with retries.
 //! * [`transfer`]: export and import of users, sessions and deleted ids.
+//! * [`sealing`]: the operator's keys that encrypt TOTP secrets at rest.
 //! * [`clock`]: wall-clock time, replaceable in tests.
 
 pub mod clock;
@@ -17,6 +18,7 @@ pub mod mail;
 pub mod outbox;
 pub mod password;
 pub mod policy;
+pub mod sealing;
 pub mod totp;
 pub mod transfer;
 pub mod users;

@@ -11,6 +11,7 @@ use crate::core::limits::{
 use crate::core::outbox::Outbox;
 use crate::core::password::{CostLimits, PasswordHasher, StoredHash, Verification};
 use crate::core::policy::PasswordPolicy;
+use crate::core::sealing::SealingKeys;
 use crate::domain::{
     AccountChanges, AccountKey, Email, LoginName, MagicLinkTarget, MailText, NewAccount, NewSecret,
     Page, Password, PasswordChange, PasswordReset, RedirectUrl, Session, User, UserId, UserQuery,
@@ -23,7 +24,7 @@ use crate::metrics::{LimitName, Metrics};
 use crate::store::{
     CodeCheck, Credentials, EventLimit, HashChange, Liveness, Lookup, NewMail, NewSession,
     NewToken, NewUser, Queued, Redeemed, Redemption, SessionClient, SessionDetails, SessionRecord,
-    Store, StoreError,
+    Store, StoreError, TotpRecord,
 };
 
 pub mod passkeys;
@@ -84,6 +85,8 @@ pub struct Settings {
     pub audit_retention_days: u64,
     /// The most a password hash given to Create may cost to check.
     pub hash_limits: CostLimits,
+    /// The keys TOTP secrets are sealed under at rest (none: stored in clear).
+    pub sealing: SealingKeys,
 }
 
 /// What the e-mailed links are built from.
@@ -218,6 +221,8 @@ pub struct Users {
     /// Sessions' uses not yet written.
     seen: Arc<seen::SeenLog>,
     totp_issuer: String,
+    /// The keys TOTP secrets are sealed under.
+    sealing: SealingKeys,
     /// The relying party of passkeys; None when the public address cannot name one.
     webauthn: Option<webauthn_rs::Webauthn>,
     outbox: Arc<Outbox>,
@@ -256,6 +261,7 @@ impl Users {
             idle_timeout: (settings.session_idle_timeout > 0)
                 .then(|| i64::try_from(settings.session_idle_timeout).unwrap_or(i64::MAX)),
             totp_issuer: settings.totp_issuer,
+            sealing: settings.sealing,
             webauthn: match passkeys::relying_party(&settings.links.public_url, &settings.passkeys)
             {
                 Ok(webauthn) => Some(webauthn),

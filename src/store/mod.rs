@@ -735,6 +735,15 @@ pub trait FactorStore: Send + Sync {
 
     /// How many unused recovery codes the user has.
     async fn recovery_codes_left(&self, user_id: &str) -> Result<i64, StoreError>;
+
+    /// Replaces the user's stored TOTP secret `old` with `new` (the same secret, sealed
+    /// anew); false when it is no longer `old` (changed meanwhile), and nothing written.
+    async fn replace_totp_secret(
+        &self,
+        user_id: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<bool, StoreError>;
 }
 
 /// Passkeys: listing, naming and deleting them, and the ceremonies of signing in with

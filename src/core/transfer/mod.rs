@@ -18,8 +18,10 @@
 //! key, the counter), its name and use.
 //!
 //! `second_factors` records carry a user's TOTP secret in the clear (an authenticator
-//! app needs it, so the service keeps it as it is) and the digests of the unused
-//! recovery codes: an export is as sensitive as the database itself.
+//! app needs it back, so the service keeps it whole; an export opens the ones sealed
+//! under `--encryption-key`, and an import seals them under the first key given) and
+//! the digests of the unused recovery codes: an export is more sensitive than a
+//! database whose secrets are sealed.
 //!
 //! `deleted_user` records carry the ids of deleted accounts, so that the target store
 //! never issues them again either; an import refuses a user with such an id.
@@ -40,6 +42,7 @@ use crate::core::password::formats::FirebaseProject;
 use sources::Source;
 
 use crate::core::password::{CostLimits, StoredHash};
+use crate::core::sealing::{OpenError, Sealed, SealingKeys};
 use crate::core::users::bounded_user_agent;
 use crate::domain::{Email, Profile, User, UserId, Username};
 use crate::domain::{SecondFactor, SignIn, SignInMethod, TokenDigest};
@@ -137,6 +140,8 @@ pub struct ImportOptions {
     pub skip_existing: bool,
     /// The most a password hash may cost to check.
     pub limits: CostLimits,
+    /// The keys TOTP secrets are sealed under as they are written.
+    pub sealing: SealingKeys,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +152,8 @@ pub enum TransferError {
     Store(#[from] StoreError),
     #[error("{}", refusal(.problems, *.total))]
     Refused { problems: Vec<String>, total: usize },
+    #[error("the TOTP secret of user {user_id} cannot be read: {source}")]
+    Unsealed { user_id: String, source: OpenError },
 }
 
 fn refusal(problems: &[String], total: usize) -> String {
@@ -181,6 +188,7 @@ pub struct Summary {
 pub async fn export(
     store: &dyn TransferStore,
     now: i64,
+    sealing: &SealingKeys,
     out: &mut impl Write,
 ) -> Result<Summary, TransferError> {
     let mut summary = Summary::default();
@@ -265,11 +273,17 @@ pub async fn export(
             recovery_codes,
         } in page
         {
+            let totp_secret = sealing
+                .open(Sealed::TotpSecret, &user_id, &totp.secret)
+                .map_err(|source| TransferError::Unsealed {
+                    user_id: user_id.clone(),
+                    source,
+                })?;
             write_line(
                 out,
                 &Line::SecondFactors {
                     user_id,
-                    totp_secret: totp.secret,
+                    totp_secret,
                     totp_created: totp.created,
                     totp_confirmed: totp.confirmed,
                     totp_last_step: totp.last_step,
@@ -641,6 +655,7 @@ async fn import_lines(
                     last_step: totp_last_step,
                 },
                 recovery_codes,
+                &options.sealing,
             ) {
                 Ok(record) => {
                     // Its user may be among the users not written yet.
@@ -804,17 +819,22 @@ fn is_digest(hex: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// A user's second factors: a base32 secret the service can use, and digests.
+/// A user's second factors: a base32 secret the service can use (sealed under
+/// `sealing`'s key as it is stored), and digests.
 fn check_factors(
     user_id: String,
-    totp: TotpRecord,
+    mut totp: TotpRecord,
     recovery_codes: Vec<String>,
+    sealing: &SealingKeys,
 ) -> Result<StoredFactors, String> {
     let user_id = UserId::parse("user_id", Some(user_id)).map_err(|e| e.to_string())?;
     crate::core::totp::check_secret(&totp.secret).map_err(|e| format!("totp_secret: {e}"))?;
     if totp.created < 0 || totp.last_step < 0 || totp.confirmed.is_some_and(|c| c < 0) {
         return Err("totp_created, totp_confirmed and totp_last_step must be >= 0".into());
     }
+    totp.secret = sealing
+        .seal(Sealed::TotpSecret, user_id.as_str(), &totp.secret)
+        .map_err(|e| e.to_string())?;
     if let Some(bad) = recovery_codes.iter().find(|c| !is_digest(c)) {
         return Err(format!(
             "recovery code {bad:?} is not 64 lowercase hex digits (a SHA-256)"

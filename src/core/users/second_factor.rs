@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::core::limits::Attempt;
+use crate::core::sealing::Sealed;
 use crate::core::totp::{self, Enrolment};
 use crate::domain::{RecoveryCode, SecondFactor, SecondStep, TotpCode, RECOVERY_CODES};
 use crate::store::FactorUse;
@@ -115,9 +116,12 @@ impl Users {
         let id = Self::own_session_user(caller)?;
         let user = self.read(&AccountKey::Id(id.clone())).await?;
         let secret = totp::new_secret();
+        let stored = self
+            .sealing
+            .seal(Sealed::TotpSecret, id.as_str(), &secret)?;
         if !self
             .store
-            .start_totp(id.as_str(), &secret, self.clock.now())
+            .start_totp(id.as_str(), &stored, self.clock.now())
             .await?
         {
             return Err(Error::invalid("totp", TOTP_ALREADY_ON));
@@ -145,7 +149,8 @@ impl Users {
             return Err(Error::invalid("code", NO_ENROLMENT));
         };
         let now = self.clock.now();
-        let Some(step) = totp::accepted_step(&pending.secret, &code, now)? else {
+        let secret = self.totp_secret(&id, &pending)?;
+        let Some(step) = totp::accepted_step(&secret, &code, now)? else {
             attempt.failed(now).await?;
             return Err(Error::Unauthorized(BAD_CODE));
         };
@@ -196,7 +201,7 @@ impl Users {
                     attempt.failed(self.clock.now()).await?;
                     return Err(Error::invalid("totp", "is not on"));
                 };
-                match self.factor_use(id.as_str(), &record.secret, &step)? {
+                match self.factor_use(id, &record, &step)? {
                     Some(FactorUseOwned::Totp(step)) => {
                         self.store
                             .use_factor(id.as_str(), FactorUse::TotpStep(step))
@@ -269,7 +274,7 @@ impl Users {
             attempt.failed(self.clock.now()).await?;
             return Err(Error::Unauthorized(NO_CHALLENGE));
         };
-        let Some(factor) = self.factor_use(id.as_str(), &record.secret, &step)? else {
+        let Some(factor) = self.factor_use(&id, &record, &step)? else {
             attempt.failed(self.clock.now()).await?;
             tracing::warn!(event = "second_step_failed", user_id = %id.as_str(), client = ?caller.ip);
             return Err(Error::Unauthorized(BAD_CODE));
@@ -347,16 +352,26 @@ impl Users {
     /// the recovery code's digest (whether that is unused, only using it up tells).
     fn factor_use(
         &self,
-        user_id: &str,
-        secret: &str,
+        id: &UserId,
+        record: &TotpRecord,
         step: &SecondStep,
     ) -> Result<Option<FactorUseOwned>, Error> {
         Ok(match step {
             SecondStep::Totp(code) => {
-                totp::accepted_step(secret, code, self.clock.now())?.map(FactorUseOwned::Totp)
+                let secret = self.totp_secret(id, record)?;
+                totp::accepted_step(&secret, code, self.clock.now())?.map(FactorUseOwned::Totp)
             }
-            SecondStep::Recovery(code) => Some(FactorUseOwned::Recovery(code.digest(user_id))),
+            SecondStep::Recovery(code) => Some(FactorUseOwned::Recovery(code.digest(id.as_str()))),
         })
+    }
+
+    /// The user's TOTP secret, opened if it is sealed. One that does not open (its key
+    /// was not given, or the value was altered) fails the request as an internal error,
+    /// whose log line says why.
+    fn totp_secret(&self, id: &UserId, record: &TotpRecord) -> Result<String, Error> {
+        Ok(self
+            .sealing
+            .open(Sealed::TotpSecret, id.as_str(), &record.secret)?)
     }
 }
 

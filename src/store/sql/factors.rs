@@ -148,4 +148,24 @@ impl FactorStore for SqlStore {
         .map(|(count,)| count)
         .map_err(classify)
     }
+
+    async fn replace_totp_secret(
+        &self,
+        user_id: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<bool, StoreError> {
+        on_writer!(self, pool => async {
+            let mut conn = acquire!(self, pool);
+            sqlx::query("UPDATE totp SET secret = $3 WHERE user_id = $1 AND secret = $2")
+                .bind(user_id)
+                .bind(old)
+                .bind(new)
+                .execute(&mut *conn)
+                .await
+                .map(|done| done.rows_affected() == 1)
+        }
+        .await)
+        .map_err(classify)
+    }
 }
