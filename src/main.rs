@@ -141,7 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 store.close().await;
                 let done = result?;
                 tracing::info!(
-                    key = keys.current().unwrap_or_default(),
+                    key = %keys.current().unwrap_or_default(),
                     sealed = done.sealed,
                     unchanged = done.unchanged,
                     changed_meanwhile = done.skipped,

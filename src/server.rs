@@ -591,6 +591,12 @@ impl Server {
         ) {
             tracing::info!("passkeys are off: they {why}");
         }
+        match settings.sealing.current() {
+            Some(key) => tracing::info!(key = %key, "TOTP secrets are encrypted at rest"),
+            None => tracing::info!(
+                "TOTP secrets are stored in clear: --encryption-key encrypts them at rest"
+            ),
+        }
         let scrape = Arc::new(Scrape::new(
             process_metrics
                 .iter()

@@ -133,6 +133,43 @@ fn starts_with_defaults_creating_users_db_in_the_working_directory() {
         logs.iter().any(|l| l.contains("users-service stopped")),
         "{logs:#?}"
     );
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("TOTP secrets are stored in clear")),
+        "{logs:#?}"
+    );
+}
+
+#[test]
+fn the_encryption_key_is_named_at_start_by_its_id_and_never_printed() {
+    const KEY: &str = "q83vASNFZ4mrze8BI0VniavN7wEjRWeJq83vASNFZ4k=";
+    let id = users_service::core::sealing::SealingKeys::parse(KEY)
+        .unwrap()
+        .current()
+        .unwrap()
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = command(dir.path());
+    cmd.args(["--listen", "127.0.0.1:0"])
+        .env("USERS_ENCRYPTION_KEY", KEY);
+    let service = Service::start(cmd);
+    let (_, logs) = service.terminate();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("TOTP secrets are encrypted at rest")
+                && l.contains(&format!("key={id}"))),
+        "{logs:#?}"
+    );
+    assert!(!logs.iter().any(|l| l.contains(&KEY[..16])), "{logs:#?}");
+    // A key that is not one is refused at start.
+    let mut cmd = command(dir.path());
+    cmd.args(["--listen", "127.0.0.1:0"])
+        .env("USERS_ENCRYPTION_KEY", "too-short");
+    let output = cmd.output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("not base64 of 32 bytes"), "{stderr}");
+    assert!(!stderr.contains("too-short"), "{stderr}");
 }
 
 #[test]
