@@ -26,6 +26,7 @@ RUN mkdir src \
 
 # The service itself. Migrations are embedded by sqlx::migrate!, openapi.yaml and the
 # common-password list by include_str!, so all must be present at build time.
+COPY build.rs ./
 COPY src ./src
 COPY migrations ./migrations
 COPY data ./data
