@@ -409,8 +409,13 @@ impl Users {
         let credential: PublicKeyCredential = parse_credential(credential)?;
         let digest = challenge.digest();
         let now = self.clock.now();
+        // An empty id: the passkey names no account known here, and the line names none.
         let refused = |user_id: &str, reason: String| {
-            tracing::warn!(event = "passkey_sign_in_refused", user_id = %user_id, client = ?caller.ip, reason = %reason);
+            if user_id.is_empty() {
+                tracing::warn!(event = "passkey_sign_in_refused", client = ?caller.ip, reason = %reason);
+            } else {
+                tracing::warn!(event = "passkey_sign_in_refused", user_id = %user_id, client = ?caller.ip, reason = %reason);
+            }
             Error::Unauthorized(PASSKEY_REFUSED)
         };
         // The second step of a sign-in (a token of the account's), or a ceremony of its
