@@ -971,7 +971,7 @@ async fn a_key_set_later_reads_clear_secrets_and_reseal_seals_and_rotates_them(a
     use users_service::core::sealing::{reseal, Resealed, SealingKeys};
     // Enrolled with no key: the secret is stored as it is.
     let (alice, session) = user_with_session(&app, "alice").await;
-    let (secret, _) = enrol(&app, &session).await;
+    let (secret, recovery_codes) = enrol(&app, &session).await;
     assert_eq!(stored_secret(&app, &alice).await, secret);
     let no_key = reseal(app.users_store().as_ref(), &SealingKeys::default()).await;
     assert!(no_key.is_err(), "reseal needs a key");
@@ -1038,9 +1038,17 @@ async fn a_key_set_later_reads_clear_secrets_and_reseal_seals_and_rotates_them(a
     let (status, body) = second_step(&app, "alice", &secret).await;
     assert_eq!(status, 200, "{body}");
 
-    // Without its key, a sealed secret opens no sign-in.
+    // Without its key, a sealed secret opens no sign-in; a recovery code still does.
     let mut app = restart(app, None).await;
     let (status, body) = second_step(&app, "alice", &secret).await;
     assert_eq!(status, 500, "{body}");
+    let challenge = first_step(&app, "alice").await;
+    let (status, body) = app
+        .call(
+            "LoginMfa",
+            json!({"challenge_id": challenge, "recovery_code": recovery_codes[0]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
     app.stop().await;
 }
