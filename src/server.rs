@@ -567,6 +567,12 @@ impl Server {
                 }
                 None => None,
             };
+            crate::core::sealing::check_stored(
+                store.as_ref(),
+                &settings.sealing,
+                tenant.as_ref().map(|t| t.as_str()),
+            )
+            .await;
             let mut pool_settings = settings.clone();
             pool_settings.links.tenant = tenant.as_ref().map(ToString::to_string);
             let users = Arc::new(Users::new(

@@ -1024,6 +1024,15 @@ async fn a_key_set_later_reads_clear_secrets_and_reseal_seals_and_rotates_them(a
             skipped: 0
         }
     );
+    // What a start counts of them (on both stores): one secret, under key A.
+    let by_key = {
+        use users_service::store::FactorStore;
+        app.users_store()
+            .totp_secrets_by_prefix("sealed:v1:", 8)
+            .await
+            .unwrap()
+    };
+    assert_eq!(by_key, vec![(a.current().map(str::to_string), 1)]);
 
     // Rotation: the new key first, the old one after it, then reseal; then the new
     // key alone is enough.

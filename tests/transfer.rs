@@ -215,15 +215,7 @@ async fn export_from_sqlite_and_import_into_postgres_keeps_passwords_and_session
         .await;
     assert_eq!(status, 200, "{started}");
     let secret = started["secret"].as_str().unwrap().to_string();
-    let code = common::totp::code(&secret, source.clock_now());
-    let (status, _, confirmed) = source
-        .send(
-            "ConfirmTotp",
-            json!({"code": code}),
-            &[("authorization", &bearer)],
-        )
-        .await;
-    assert_eq!(status, 200, "{confirmed}");
+    let (code, confirmed) = confirm_totp(&source, &bearer, &secret).await;
     let recovery = confirmed["recovery_codes"][0].as_str().unwrap().to_string();
     assert_eq!(source_users["users"][0]["profile"], json!({"plan": "pro"}));
     let source_db = source.into_database().await;
@@ -627,6 +619,25 @@ async fn reseal_seals_the_secrets_stored_in_clear() {
     assert_eq!(status, 200, "{started}");
     let secret = started["secret"].as_str().unwrap().to_string();
     let db = app.into_database().await;
+    // The start's log line about the stored secrets, with `key` given.
+    let start_warnings = |key: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = command(dir.path());
+        cmd.args(["--database-url", &db.raw_url, "--listen", "127.0.0.1:0"])
+            .env("USERS_ENCRYPTION_KEY", key);
+        let (exit, logs) = Service::start(cmd).terminate();
+        assert!(exit.success(), "{logs:#?}");
+        logs.into_iter()
+            .filter(|l| l.contains("WARN") && l.contains("TOTP secrets"))
+            .collect::<Vec<_>>()
+    };
+    let warned = start_warnings(SEALING_SOURCE);
+    assert!(
+        warned.len() == 1
+            && warned[0].contains("secrets=1")
+            && warned[0].contains("stored in clear although --encryption-key is set"),
+        "{warned:#?}"
+    );
 
     let (ok, _, stderr) = run(&["reseal", "--database-url", &db.raw_url], None);
     assert!(!ok && stderr.contains("reseal needs the key"), "{stderr}");
@@ -657,6 +668,21 @@ async fn reseal_seals_the_secrets_stored_in_clear() {
         "{stderr}"
     );
     assert!(!stderr.contains(SEALING_SOURCE), "the key is never printed");
+    assert_eq!(start_warnings(SEALING_SOURCE), Vec::<String>::new());
+    // Started without the key that sealed it: said at once, naming the key.
+    let source_id = users_service::core::sealing::SealingKeys::parse(SEALING_SOURCE)
+        .unwrap()
+        .current()
+        .unwrap()
+        .to_string();
+    let warned = start_warnings(SEALING_TARGET);
+    assert!(
+        warned.len() == 1
+            && warned[0].contains("secrets=1")
+            && warned[0].contains(&format!("keys={source_id}"))
+            && warned[0].contains("--encryption-key does not give"),
+        "{warned:#?}"
+    );
 
     let app = TestApp::spawn_on(db, |config| {
         config.sealing.encryption_key = Some(SEALING_SOURCE.into());
@@ -668,13 +694,20 @@ async fn reseal_seals_the_secrets_stored_in_clear() {
         "{stored}"
     );
     // The enrolment started before the reseal is confirmed with the same secret.
-    let code = common::totp::code(&secret, app.clock_now());
+    confirm_totp(&app, &bearer, &secret).await;
+}
+
+/// Confirms the TOTP enrolment of the session in `bearer` with a current code of
+/// `secret`; the code and the answer (with the recovery codes).
+async fn confirm_totp(app: &TestApp, bearer: &str, secret: &str) -> (String, serde_json::Value) {
+    let code = common::totp::code(secret, app.clock_now());
     let (status, _, confirmed) = app
         .send(
             "ConfirmTotp",
             json!({"code": code}),
-            &[("authorization", &bearer)],
+            &[("authorization", bearer)],
         )
         .await;
     assert_eq!(status, 200, "{confirmed}");
+    (code, confirmed)
 }

@@ -207,6 +207,46 @@ pub fn sealed_under(stored: &str) -> Option<&str> {
         .map(|rest| rest.split_once(':').map_or(rest, |(id, _)| id))
 }
 
+/// Bytes of a key's SHA-256 that name it, and the hex digits they make.
+const KEY_ID_BYTES: usize = 4;
+const KEY_ID_LEN: u32 = 2 * KEY_ID_BYTES as u32;
+
+/// What a start finds of the stored TOTP secrets: warns of those no given key opens
+/// (their users cannot pass the second step with a code) and of those still in clear
+/// while a key is given (`reseal` seals them). One scan of the table.
+pub async fn check_stored(store: &dyn Store, keys: &SealingKeys, tenant: Option<&str>) {
+    let counts = match store.totp_secrets_by_prefix(PREFIX, KEY_ID_LEN).await {
+        Ok(counts) => counts,
+        Err(err) => {
+            tracing::warn!(error = %err, "the stored TOTP secrets could not be counted");
+            return;
+        }
+    };
+    let of = tenant.map_or_else(String::new, |t| format!(" (tenant {t})"));
+    let mut unknown: Vec<&str> = Vec::new();
+    let mut without_key = 0;
+    for (key, count) in &counts {
+        match key {
+            Some(id) if !keys.keys.iter().any(|k| k.id == *id) => {
+                unknown.push(id);
+                without_key += count;
+            }
+            None if keys.enabled() && *count > 0 => tracing::warn!(
+                secrets = count,
+                "TOTP secrets{of} are stored in clear although --encryption-key is set: run `users-service reseal`"
+            ),
+            _ => {}
+        }
+    }
+    if without_key > 0 {
+        tracing::warn!(
+            secrets = without_key,
+            keys = %unknown.join(","),
+            "TOTP secrets{of} are encrypted under keys --encryption-key does not give: their users cannot pass the second step with a code"
+        );
+    }
+}
+
 /// What [`reseal`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Resealed {
@@ -293,7 +333,10 @@ fn decode_key(entry: &str) -> Option<Vec<u8>> {
 
 fn key_id(key: &[u8]) -> String {
     let digest = Sha256::digest(key);
-    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+    digest[..KEY_ID_BYTES]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn associated_data(what: Sealed, owner: &str) -> Vec<u8> {

@@ -736,6 +736,14 @@ pub trait FactorStore: Send + Sync {
     /// How many unused recovery codes the user has.
     async fn recovery_codes_left(&self, user_id: &str) -> Result<i64, StoreError>;
 
+    /// How many stored TOTP secrets start with `prefix`, by the `len` characters after
+    /// it (which key sealed them), and, under None, how many do not (in clear).
+    async fn totp_secrets_by_prefix(
+        &self,
+        prefix: &str,
+        len: u32,
+    ) -> Result<Vec<(Option<String>, i64)>, StoreError>;
+
     /// Replaces the user's stored TOTP secret `old` with `new` (the same secret, sealed
     /// anew); false when it is no longer `old` (changed meanwhile), and nothing written.
     async fn replace_totp_secret(

@@ -149,6 +149,31 @@ impl FactorStore for SqlStore {
         .map_err(classify)
     }
 
+    async fn totp_secrets_by_prefix(
+        &self,
+        prefix: &str,
+        len: u32,
+    ) -> Result<Vec<(Option<String>, i64)>, StoreError> {
+        // substr's positions are PostgreSQL's integer (four bytes).
+        let start = i32::try_from(prefix.chars().count())
+            .unwrap_or(i32::MAX - 1)
+            .saturating_add(1);
+        let len = i32::try_from(len).unwrap_or(i32::MAX);
+        let pattern = format!("{prefix}%");
+        on_pool!(self, pool => {
+            sqlx::query_as::<_, (Option<String>, i64)>(
+                "SELECT CASE WHEN secret LIKE $1 THEN substr(secret, $2, $3) END, COUNT(*) \
+                 FROM totp GROUP BY 1",
+            )
+            .bind(pattern.as_str())
+            .bind(start)
+            .bind(len)
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(classify)
+    }
+
     async fn replace_totp_secret(
         &self,
         user_id: &str,
