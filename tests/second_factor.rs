@@ -968,7 +968,7 @@ async fn totp_secrets_are_sealed_at_rest_and_open_for_their_own_user_only(app: T
 }
 
 async fn a_key_set_later_reads_clear_secrets_and_reseal_seals_and_rotates_them(app: TestApp) {
-    use users_service::core::sealing::{reseal, Resealed, SealingKeys};
+    use users_service::core::sealing::{reseal, Resealed, Sealed, SealingKeys};
     // Enrolled with no key: the secret is stored as it is.
     let (alice, session) = user_with_session(&app, "alice").await;
     let (secret, recovery_codes) = enrol(&app, &session).await;
@@ -1024,6 +1024,36 @@ async fn a_key_set_later_reads_clear_secrets_and_reseal_seals_and_rotates_them(a
             skipped: 0
         }
     );
+    // A reseal replaces a secret only if it is still the one it read: a user who
+    // enrolled again meanwhile keeps the new enrolment.
+    {
+        use users_service::store::FactorStore;
+        let (bob, bob_session) = user_with_session(&app, "bob").await;
+        let (status, _) = micro(&app, "StartTotp", &bob_session, json!({})).await;
+        assert_eq!(status, 200);
+        let read_by_reseal = stored_secret(&app, &bob).await;
+        let (status, again) = micro(&app, "StartTotp", &bob_session, json!({})).await;
+        assert_eq!(status, 200, "{again}");
+        let enrolled = stored_secret(&app, &bob).await;
+        assert_ne!(enrolled, read_by_reseal);
+        let resealed = a
+            .seal(Sealed::TotpSecret, &bob, "JBSWY3DPEHPK3PXP")
+            .unwrap();
+        let replaced = app
+            .users_store()
+            .replace_totp_secret(&bob, &read_by_reseal, &resealed)
+            .await
+            .unwrap();
+        assert!(!replaced, "the stale secret is not replaced");
+        assert_eq!(stored_secret(&app, &bob).await, enrolled);
+        let code = totp::code(again["secret"].as_str().unwrap(), app.clock_now());
+        let (status, body) = micro(&app, "ConfirmTotp", &bob_session, json!({"code": code})).await;
+        assert_eq!(status, 200, "the new enrolment stands: {body}");
+        // Bob leaves the counts below to Alice's secret alone.
+        let (status, body) = micro(&app, "ResetSecondFactors", KEY, json!({"user_id": bob})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
     // What a start counts of them (on both stores): one secret, under key A.
     let by_key = {
         use users_service::store::FactorStore;
