@@ -522,8 +522,8 @@ class Bench:
         self.extra.setdefault("argon2", []).append(argon)
         log(f"  one hash {argon['single_hash_ms']:.1f} ms on one thread, {argon['cores']} "
             f"cores: ceiling {argon['ceiling_per_s']:.1f} hashes/s (every core at once: "
-            f"{argon['all_cores_per_s']:.1f}/s; one hash with its memory allocated as the "
-            f"service does: {argon['single_hash_alloc_ms']:.1f} ms)")
+            f"{argon['all_cores_per_s']:.1f}/s; one hash with its memory allocated for it, "
+            f"which the service spares: {argon['single_hash_alloc_ms']:.1f} ms)")
         return argon
 
     def argon2_row(self):

@@ -11,8 +11,9 @@
 //!   memory allocated once beforehand: the machine's raw argon2id speed, and
 //!   `ceiling_per_s` = cores / that time: the ceiling the benchmark judges against;
 //! - `single_hash_alloc_ms`: the same through the PHC API with the memory allocated per
-//!   hash, as the service does today (the difference is page faults and zeroing, whose
-//!   cost varies a lot on a virtual machine);
+//!   hash, as the service did before it kept one buffer per hashing thread (the
+//!   difference is page faults and zeroing, whose cost varies a lot on a virtual
+//!   machine);
 //! - `all_cores_per_s` and `all_cores_alloc_per_s`: hashes per second with every core
 //!   hashing at once, memory reused or allocated per hash; lower than the ceiling when
 //!   the cores compete for cache and memory bandwidth.
@@ -102,7 +103,7 @@ fn main() {
     );
 }
 
-/// One hash as the service makes it: a fresh salt, the PHC API, memory allocated inside.
+/// One hash through the PHC API: a fresh salt, memory allocated inside.
 fn phc_hash(argon2: &Argon2<'_>) -> Duration {
     let salt = SaltString::generate(&mut OsRng);
     let started = Instant::now();
