@@ -122,6 +122,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Some(Command::Export { database, sealing }) => {
                 let keys = sealing.keys().map_err(anyhow::Error::msg)?;
                 let store = open_existing_store(&database).await?;
+                // Refused before anything is written: every secret must open.
+                users_service::core::sealing::count_stored(&store, &keys)
+                    .await?
+                    .keys_missing()
+                    .map_err(anyhow::Error::msg)?;
                 let mut out = std::io::BufWriter::new(std::io::stdout().lock());
                 let summary = transfer::export(&store, SystemClock.now(), &keys, &mut out).await?;
                 store.close().await;

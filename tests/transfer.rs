@@ -220,16 +220,15 @@ async fn export_from_sqlite_and_import_into_postgres_keeps_passwords_and_session
     assert_eq!(source_users["users"][0]["profile"], json!({"plan": "pro"}));
     let source_db = source.into_database().await;
 
-    // Without the key, the sealed secret cannot be written out: the export fails and
-    // says why.
+    // Without the key, the sealed secret cannot be written out: the export is refused
+    // before it writes anything, and says why.
     let (ok, export, stderr) = run(&["export", "--database-url", &source_db.raw_url], None);
     assert!(
-        !ok && stderr.contains("not among --encryption-key's keys"),
+        !ok && stderr.contains("1 TOTP secret(s) are encrypted under key(s)")
+            && stderr.contains("that --encryption-key does not give"),
         "{stderr}"
     );
-    assert!(!String::from_utf8(export)
-        .unwrap()
-        .contains("second_factors"));
+    assert!(export.is_empty(), "nothing is written");
     let (ok, export, stderr) = run(
         &[
             "export",
@@ -669,6 +668,21 @@ async fn reseal_seals_the_secrets_stored_in_clear() {
     );
     assert!(!stderr.contains(SEALING_SOURCE), "the key is never printed");
     assert_eq!(start_warnings(SEALING_SOURCE), Vec::<String>::new());
+    // A reseal without the key that sealed it is refused before it rewrites anything.
+    let (ok, _, stderr) = run(
+        &[
+            "reseal",
+            "--database-url",
+            &db.raw_url,
+            "--encryption-key",
+            SEALING_TARGET,
+        ],
+        None,
+    );
+    assert!(
+        !ok && stderr.contains("give them after the first"),
+        "{stderr}"
+    );
     // Started without the key that sealed it: said at once, naming the key.
     let source_id = users_service::core::sealing::SealingKeys::parse(SEALING_SOURCE)
         .unwrap()

@@ -29,7 +29,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 use crate::error::Error;
-use crate::store::{Store, StoreError};
+use crate::store::{FactorStore, Store, StoreError};
 
 /// What a sealed value starts with.
 const PREFIX: &str = "sealed:v1:";
@@ -211,37 +211,71 @@ pub fn sealed_under(stored: &str) -> Option<&str> {
 const KEY_ID_BYTES: usize = 4;
 const KEY_ID_LEN: u32 = 2 * KEY_ID_BYTES as u32;
 
+/// The stored TOTP secrets, counted by the key that sealed them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StoredSecrets {
+    /// Secrets in clear.
+    pub clear: i64,
+    /// Secrets sealed under keys not given, and those keys' ids.
+    pub without_key: i64,
+    pub unknown_keys: Vec<String>,
+}
+
+impl StoredSecrets {
+    /// An error naming the keys missing, if some secrets are sealed under them.
+    pub fn keys_missing(&self) -> Result<(), String> {
+        if self.without_key == 0 {
+            return Ok(());
+        }
+        Err(format!(
+            "{} TOTP secret(s) are encrypted under key(s) {} that --encryption-key does not give",
+            self.without_key,
+            self.unknown_keys.join(",")
+        ))
+    }
+}
+
+/// Counts the stored TOTP secrets by key: one scan of the table.
+pub async fn count_stored(
+    store: &dyn FactorStore,
+    keys: &SealingKeys,
+) -> Result<StoredSecrets, StoreError> {
+    let mut found = StoredSecrets::default();
+    for (key, count) in store.totp_secrets_by_prefix(PREFIX, KEY_ID_LEN).await? {
+        match key {
+            None => found.clear += count,
+            Some(id) if !keys.keys.iter().any(|k| k.id == id) => {
+                found.without_key += count;
+                found.unknown_keys.push(id);
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(found)
+}
+
 /// What a start finds of the stored TOTP secrets: warns of those no given key opens
 /// (their users cannot pass the second step with a code) and of those still in clear
-/// while a key is given (`reseal` seals them). One scan of the table.
+/// while a key is given (`reseal` seals them).
 pub async fn check_stored(store: &dyn Store, keys: &SealingKeys, tenant: Option<&str>) {
-    let counts = match store.totp_secrets_by_prefix(PREFIX, KEY_ID_LEN).await {
-        Ok(counts) => counts,
+    let found = match count_stored(store, keys).await {
+        Ok(found) => found,
         Err(err) => {
             tracing::warn!(error = %err, "the stored TOTP secrets could not be counted");
             return;
         }
     };
     let of = tenant.map_or_else(String::new, |t| format!(" (tenant {t})"));
-    let mut unknown: Vec<&str> = Vec::new();
-    let mut without_key = 0;
-    for (key, count) in &counts {
-        match key {
-            Some(id) if !keys.keys.iter().any(|k| k.id == *id) => {
-                unknown.push(id);
-                without_key += count;
-            }
-            None if keys.enabled() && *count > 0 => tracing::warn!(
-                secrets = count,
-                "TOTP secrets{of} are stored in clear although --encryption-key is set: run `users-service reseal`"
-            ),
-            _ => {}
-        }
-    }
-    if without_key > 0 {
+    if keys.enabled() && found.clear > 0 {
         tracing::warn!(
-            secrets = without_key,
-            keys = %unknown.join(","),
+            secrets = found.clear,
+            "TOTP secrets{of} are stored in clear although --encryption-key is set: run `users-service reseal`"
+        );
+    }
+    if found.without_key > 0 {
+        tracing::warn!(
+            secrets = found.without_key,
+            keys = %found.unknown_keys.join(","),
             "TOTP secrets{of} are encrypted under keys --encryption-key does not give: their users cannot pass the second step with a code"
         );
     }
@@ -269,6 +303,8 @@ pub enum ResealError {
     Unsealed { user_id: String, source: OpenError },
     #[error("cannot seal a secret")]
     Seal(#[source] Error),
+    #[error("{0}: give them after the first")]
+    KeysMissing(String),
 }
 
 /// Secrets read per page.
@@ -282,6 +318,11 @@ pub async fn reseal(store: &dyn Store, keys: &SealingKeys) -> Result<Resealed, R
     if !keys.enabled() {
         return Err(ResealError::NoKey);
     }
+    // Every secret must open before any is rewritten.
+    count_stored(store, keys)
+        .await?
+        .keys_missing()
+        .map_err(ResealError::KeysMissing)?;
     let mut done = Resealed::default();
     let mut after = None;
     loop {
