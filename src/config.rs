@@ -626,12 +626,15 @@ impl SealingConfig {
     pub fn keys(&self) -> Result<SealingKeys, String> {
         match (&self.encryption_key, &self.encryption_key_file) {
             (_, Some(path)) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    format!(
-                        "cannot read the encryption key file {}: {e}",
-                        path.display()
-                    )
-                })?;
+                // Wiped when dropped, as the key is.
+                let text = std::fs::read_to_string(path)
+                    .map(zeroize::Zeroizing::new)
+                    .map_err(|e| {
+                        format!(
+                            "cannot read the encryption key file {}: {e}",
+                            path.display()
+                        )
+                    })?;
                 SealingKeys::parse(&text)
             }
             (Some(keys), None) => SealingKeys::parse(keys.expose_secret()),

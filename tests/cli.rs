@@ -161,6 +161,25 @@ fn the_encryption_key_is_named_at_start_by_its_id_and_never_printed() {
         "{logs:#?}"
     );
     assert!(!logs.iter().any(|l| l.contains(&KEY[..16])), "{logs:#?}");
+    // From a file, one key a line: the first encrypts.
+    const NEXT: &str = "ASNFZ4mrze8BI0VniavN7wEjRWeJq83vASNFZ4mrze8=";
+    let next_id = users_service::core::sealing::SealingKeys::parse(NEXT)
+        .unwrap()
+        .current()
+        .unwrap()
+        .to_string();
+    let file = dir.path().join("keys");
+    std::fs::write(&file, format!("{NEXT}\n{KEY}\n")).unwrap();
+    let mut cmd = command(dir.path());
+    cmd.args(["--listen", "127.0.0.1:0"])
+        .env("USERS_ENCRYPTION_KEY_FILE", &file);
+    let (_, logs) = Service::start(cmd).terminate();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("TOTP secrets are encrypted at rest")
+                && l.contains(&format!("key={next_id}"))),
+        "{logs:#?}"
+    );
     // A key that is not one is refused at start.
     let mut cmd = command(dir.path());
     cmd.args(["--listen", "127.0.0.1:0"])

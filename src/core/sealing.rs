@@ -22,11 +22,12 @@ use std::fmt;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::Aes256Gcm;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::{GeneralPurpose, STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use rand::rngs::OsRng;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
 use crate::error::Error;
 use crate::store::{FactorStore, Store, StoreError};
@@ -83,12 +84,6 @@ pub enum OpenError {
     Refused(String),
     #[error("a sealed secret is malformed")]
     Malformed,
-}
-
-impl From<OpenError> for Error {
-    fn from(err: OpenError) -> Self {
-        Error::internal(err)
-    }
 }
 
 impl SealingKeys {
@@ -358,18 +353,17 @@ pub async fn reseal(store: &dyn Store, keys: &SealingKeys) -> Result<Resealed, R
     Ok(done)
 }
 
-fn decode_key(entry: &str) -> Option<Vec<u8>> {
+fn decode_key(entry: &str) -> Option<Zeroizing<Vec<u8>>> {
     let trimmed = entry.trim_end_matches('=');
-    [
-        STANDARD.decode(entry).ok(),
-        base64::engine::general_purpose::STANDARD_NO_PAD
-            .decode(trimmed)
-            .ok(),
-        URL_SAFE_NO_PAD.decode(trimmed).ok(),
-    ]
-    .into_iter()
-    .flatten()
-    .find(|bytes| bytes.len() == KEY_BYTES)
+    let readings: [(&GeneralPurpose, &str); 3] = [
+        (&STANDARD, entry),
+        (&STANDARD_NO_PAD, trimmed),
+        (&URL_SAFE_NO_PAD, trimmed),
+    ];
+    readings
+        .into_iter()
+        .filter_map(|(engine, text)| engine.decode(text).ok().map(Zeroizing::new))
+        .find(|bytes| bytes.len() == KEY_BYTES)
 }
 
 fn key_id(key: &[u8]) -> String {

@@ -369,9 +369,9 @@ impl Users {
     /// was not given, or the value was altered) fails the request as an internal error,
     /// whose log line says why.
     fn totp_secret(&self, id: &UserId, record: &TotpRecord) -> Result<String, Error> {
-        Ok(self
-            .sealing
-            .open(Sealed::TotpSecret, id.as_str(), &record.secret)?)
+        self.sealing
+            .open(Sealed::TotpSecret, id.as_str(), &record.secret)
+            .map_err(Error::internal)
     }
 }
 
