@@ -1032,8 +1032,8 @@ async fn a_key_set_later_reads_clear_secrets_and_reseal_seals_and_rotates_them(a
         let (status, _) = micro(&app, "StartTotp", &bob_session, json!({})).await;
         assert_eq!(status, 200);
         let read_by_reseal = stored_secret(&app, &bob).await;
-        let (status, again) = micro(&app, "StartTotp", &bob_session, json!({})).await;
-        assert_eq!(status, 200, "{again}");
+        let (status, restarted) = micro(&app, "StartTotp", &bob_session, json!({})).await;
+        assert_eq!(status, 200, "{restarted}");
         let enrolled = stored_secret(&app, &bob).await;
         assert_ne!(enrolled, read_by_reseal);
         let resealed = a
@@ -1046,10 +1046,10 @@ async fn a_key_set_later_reads_clear_secrets_and_reseal_seals_and_rotates_them(a
             .unwrap();
         assert!(!replaced, "the stale secret is not replaced");
         assert_eq!(stored_secret(&app, &bob).await, enrolled);
-        let code = totp::code(again["secret"].as_str().unwrap(), app.clock_now());
+        let code = totp::code(restarted["secret"].as_str().unwrap(), app.clock_now());
         let (status, body) = micro(&app, "ConfirmTotp", &bob_session, json!({"code": code})).await;
         assert_eq!(status, 200, "the new enrolment stands: {body}");
-        // Bob leaves the counts below to Alice's secret alone.
+        // Bob's factors go, so that the counts below are Alice's alone.
         let (status, body) = micro(&app, "ResetSecondFactors", KEY, json!({"user_id": bob})).await;
         assert_eq!(status, 200, "{body}");
     }
