@@ -454,15 +454,7 @@ async fn import_skips_expired_sessions(app: TestApp) {
     app.create_user("asim").await;
     let live = app.login("asim", PASSWORD).await;
     app.clock.advance(604_800 - 1);
-    let mut export = Vec::new();
-    users_service::core::transfer::export(
-        app.users_store().as_ref(),
-        app.clock_now(),
-        &Default::default(),
-        &mut export,
-    )
-    .await
-    .unwrap();
+    let (_, export) = export_of(&app).await;
     let later = app.clock_now() + 1;
     let target = TestApp::spawn(Backend::Sqlite, "transfer::expired_target")
         .await
@@ -502,15 +494,7 @@ async fn deleted_ids_move_with_the_users(app: TestApp) {
     app.create_user("asim").await;
     let (status, _) = app.call("Delete", json!({"id": id})).await;
     assert_eq!(status, 200);
-    let mut export = Vec::new();
-    let summary = users_service::core::transfer::export(
-        app.users_store().as_ref(),
-        app.clock_now(),
-        &Default::default(),
-        &mut export,
-    )
-    .await
-    .unwrap();
+    let (summary, export) = export_of(&app).await;
     assert_eq!((summary.users, summary.deleted_users), (1, 1));
     let text = String::from_utf8(export.clone()).unwrap();
     assert!(
@@ -724,4 +708,18 @@ async fn confirm_totp(app: &TestApp, bearer: &str, secret: &str) -> (String, ser
         .await;
     assert_eq!(status, 200, "{confirmed}");
     (code, confirmed)
+}
+
+/// What `export` writes of `app`'s store now (no encryption keys), with its counts.
+async fn export_of(app: &TestApp) -> (users_service::core::transfer::Summary, Vec<u8>) {
+    let mut export = Vec::new();
+    let summary = users_service::core::transfer::export(
+        app.users_store().as_ref(),
+        app.clock_now(),
+        &Default::default(),
+        &mut export,
+    )
+    .await
+    .unwrap();
+    (summary, export)
 }
