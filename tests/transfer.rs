@@ -622,29 +622,22 @@ async fn reseal_seals_the_secrets_stored_in_clear() {
         "{warned:#?}"
     );
 
-    let (ok, _, stderr) = run(&["reseal", "--database-url", &db.raw_url], None);
+    // `reseal` over the command line, with `key` if any.
+    let reseal = |key: Option<&str>| {
+        let mut args = vec!["reseal", "--database-url", db.raw_url.as_str()];
+        args.extend(
+            key.map(|key| ["--encryption-key", key])
+                .into_iter()
+                .flatten(),
+        );
+        let (ok, _, stderr) = run(&args, None);
+        (ok, stderr)
+    };
+    let (ok, stderr) = reseal(None);
     assert!(!ok && stderr.contains("reseal needs the key"), "{stderr}");
-    let (ok, _, stderr) = run(
-        &[
-            "reseal",
-            "--database-url",
-            &db.raw_url,
-            "--encryption-key",
-            "c2hvcnQ=",
-        ],
-        None,
-    );
+    let (ok, stderr) = reseal(Some("c2hvcnQ="));
     assert!(!ok && stderr.contains("32 bytes"), "{stderr}");
-    let (ok, _, stderr) = run(
-        &[
-            "reseal",
-            "--database-url",
-            &db.raw_url,
-            "--encryption-key",
-            SEALING_SOURCE,
-        ],
-        None,
-    );
+    let (ok, stderr) = reseal(Some(SEALING_SOURCE));
     assert!(ok, "{stderr}");
     assert!(
         stderr.contains("sealed=1 unchanged=0 changed_meanwhile=0"),
@@ -653,16 +646,7 @@ async fn reseal_seals_the_secrets_stored_in_clear() {
     assert!(!stderr.contains(SEALING_SOURCE), "the key is never printed");
     assert_eq!(start_warnings(SEALING_SOURCE), Vec::<String>::new());
     // A reseal without the key that sealed it is refused before it rewrites anything.
-    let (ok, _, stderr) = run(
-        &[
-            "reseal",
-            "--database-url",
-            &db.raw_url,
-            "--encryption-key",
-            SEALING_TARGET,
-        ],
-        None,
-    );
+    let (ok, stderr) = reseal(Some(SEALING_TARGET));
     assert!(
         !ok && stderr.contains("give them after the first"),
         "{stderr}"
