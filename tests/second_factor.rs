@@ -7,6 +7,7 @@
 
 mod common;
 
+use base64::Engine;
 use common::{assert_error, micro, totp, TestApp, PASSWORD};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -35,7 +36,7 @@ mod passkeys {
     use super::*;
 
     /// Passkeys need a domain name for the relying party.
-    fn on_localhost(config: &mut ServeConfig) {
+    pub(super) fn on_localhost(config: &mut ServeConfig) {
         with_key(config);
         config.mail.public_url = Some("http://localhost:8080".to_string());
     }
@@ -44,6 +45,7 @@ mod passkeys {
         config = crate::passkeys::on_localhost,
         the_passkey_methods_check_their_callers_and_input,
         a_sign_in_without_a_name_is_a_ceremony_of_its_own,
+        a_sign_in_by_a_name_without_passkeys_lists_a_decoy,
     );
 
     /// Three passkey sign-ins per address and hour.
@@ -667,17 +669,9 @@ async fn the_passkey_methods_check_their_callers_and_input(app: TestApp) {
         "challenge not found",
     );
 
-    // No passkey yet: none listed, and a sign-in by name says so.
+    // No passkey yet: none listed (a sign-in by name gets a decoy: the test below).
     let (status, listed) = micro(&app, "ListPasskeys", &session, json!({})).await;
     assert_eq!((status, listed), (StatusCode::OK, json!({"passkeys": []})));
-    let answer = app
-        .call("StartPasskeyLogin", json!({"username": "kim"}))
-        .await;
-    assert_error(&answer, "StartPasskeyLogin", 400, "no passkey");
-    let answer = app
-        .call("StartPasskeyLogin", json!({"username": "nobody"}))
-        .await;
-    assert_error(&answer, "StartPasskeyLogin", 400, "no passkey");
     let answer = app
         .call(
             "FinishPasskeyLogin",
@@ -768,6 +762,111 @@ async fn a_sign_in_without_a_name_is_a_ceremony_of_its_own(app: TestApp) {
     assert_error(&answer, "FinishPasskeyLogin", 401, "challenge not found");
     app.users.sweep().await.unwrap();
     assert_eq!(app.count_rows("passkey_sign_ins").await, 0);
+}
+
+/// The credential ids a StartPasskeyLogin answer lists.
+fn listed(start: &serde_json::Value) -> Vec<String> {
+    start["options"]["publicKey"]["allowCredentials"]
+        .as_array()
+        .unwrap_or_else(|| panic!("allowCredentials: {start}"))
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A sign-in by a name without passkeys, known or not, answers as one for a name with
+/// a passkey: a ceremony that lists one credential, the same for that name on every ask
+/// and on every replica (their first asks at once included: one key is made), another
+/// for another name. Its ceremony refuses every signature, as a real one refuses a
+/// stranger's, opens no session, and is not used up.
+async fn a_sign_in_by_a_name_without_passkeys_lists_a_decoy(app: TestApp) {
+    user_with_session(&app, "kim").await;
+    let replica = app.replica(passkeys::on_localhost).await;
+    let names = [
+        json!({"username": "kim"}),
+        json!({"username": "nobody"}),
+        json!({"email": "kim@example.com"}),
+    ];
+    let starts = (0..12).map(|i| {
+        let url = if i % 2 == 0 {
+            app.url("/users/Users/StartPasskeyLogin")
+        } else {
+            replica.url("/users/Users/StartPasskeyLogin")
+        };
+        let (client, body) = (app.client.clone(), names[i % 3].clone());
+        async move {
+            let response = client.post(url).json(&body).send().await.unwrap();
+            let status = response.status();
+            (
+                i % 3,
+                status,
+                response.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    });
+    let mut ids: [Vec<Vec<String>>; 3] = Default::default();
+    let mut challenges = Vec::new();
+    for (name, status, start) in futures_join_all(starts).await {
+        assert_eq!(status, StatusCode::OK, "{start}");
+        let options = &start["options"];
+        assert_eq!(
+            options.as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["publicKey"],
+            "as for a name with passkeys (no mediation): {start}"
+        );
+        let mut keys: Vec<_> = options["publicKey"].as_object().unwrap().keys().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "allowCredentials",
+                "challenge",
+                "rpId",
+                "timeout",
+                "userVerification"
+            ],
+            "{start}"
+        );
+        assert_eq!(options["publicKey"]["userVerification"], "required");
+        let credential = &options["publicKey"]["allowCredentials"][0];
+        assert_eq!(credential["type"], "public-key", "{start}");
+        let id = credential["id"].as_str().unwrap();
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(id)
+            .expect("base64url");
+        assert!([16, 20, 32, 64].contains(&bytes.len()), "{id}");
+        ids[name].push(listed(&start));
+        challenges.push(start["challenge_id"].as_str().unwrap().to_string());
+    }
+    for (name, seen) in ids.iter().enumerate() {
+        assert_eq!(seen.len(), 4);
+        assert!(
+            seen.iter()
+                .all(|listed| listed == &seen[0] && listed.len() == 1),
+            "name {name}: {seen:?}"
+        );
+    }
+    assert_ne!(ids[0][0], ids[1][0], "another name, another decoy");
+    assert_ne!(ids[0][0], ids[2][0], "the e-mail address, another decoy");
+    assert_eq!(app.count_rows("service_keys").await, 1);
+    assert_eq!(app.count_rows("passkey_sign_ins").await, 12);
+
+    // A signature for the decoy: refused as a stranger's, and the ceremony stays.
+    let decoy = &ids[0][0][0];
+    let mut assertion = unknown_assertion(None);
+    assertion["id"] = json!(decoy);
+    assertion["rawId"] = json!(decoy);
+    for credential in [assertion, unknown_assertion(Some("AAAAAAAAAAAAAAAAAAAAAA"))] {
+        let answer = app
+            .call(
+                "FinishPasskeyLogin",
+                json!({"challenge_id": challenges[0], "credential": credential}),
+            )
+            .await;
+        assert_error(&answer, "FinishPasskeyLogin", 401, "was not accepted");
+    }
+    assert_eq!(app.count_rows("passkey_sign_ins").await, 12);
+    assert_eq!(app.count_rows("sessions").await, 1, "only kim's own");
 }
 
 /// Ten passkey sign-ins started at once from one address, half on each of two

@@ -225,6 +225,8 @@ pub struct Users {
     sealing: SealingKeys,
     /// The relying party of passkeys; None when the public address cannot name one.
     webauthn: Option<webauthn_rs::Webauthn>,
+    /// The key of the decoy passkeys, read from the store on first use.
+    decoys: tokio::sync::OnceCell<passkeys::DecoyKey>,
     outbox: Arc<Outbox>,
     links: LinkSettings,
     metrics: Arc<Metrics>,
@@ -271,6 +273,7 @@ impl Users {
                     None
                 }
             },
+            decoys: tokio::sync::OnceCell::new(),
             outbox,
             links: settings.links,
         }

@@ -881,6 +881,15 @@ pub trait AuditStore: Send + Sync {
     async fn delete_old_events(&self, before: i64, batch: u32) -> Result<u64, StoreError>;
 }
 
+/// Keys the service makes for itself on first use, kept in the database so that every
+/// replica, and the next start, holds the same one.
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    /// The key named `name`: the one stored, or `fresh` (stored now, at `now`) when
+    /// none is. Of replicas that ask at once, every one gets the same key.
+    async fn service_key(&self, name: &str, fresh: &str, now: i64) -> Result<String, StoreError>;
+}
+
 /// All of the store, as the core holds it: each concern's trait, and a health check.
 /// A part of the core that needs one concern only takes that trait.
 #[async_trait]
@@ -894,6 +903,7 @@ pub trait Store:
     + PasskeyStore
     + TransferStore
     + AuditStore
+    + KeyStore
     + 'static
 {
     /// One round trip, for health checks.

@@ -1,8 +1,9 @@
 """Passkeys in headless Chromium with the DevTools Protocol's virtual authenticator
 (WebAuthn.addVirtualAuthenticator), on SQLite and on PostgreSQL: registration on the
-account page, sign-in without a password (with a name, and without one), a sign-in
-that another start for the same name does not withdraw, sign-in as the second step, a
-cloned credential's counter refused, and deletion."""
+account page, sign-in without a password (with a name, and without one), a sign-in by
+name that answers alike with and without passkeys, a sign-in that another start for
+the same name does not withdraw, sign-in as the second step, a cloned credential's
+counter refused, and deletion."""
 
 from __future__ import annotations
 
@@ -75,6 +76,37 @@ def sessions_of(service, user_id: str) -> list:
     return answer.body["sessions"]
 
 
+def shape(value):
+    """A JSON value with its strings and numbers left out: what tells two answers
+    apart besides their random values."""
+    if isinstance(value, dict):
+        return {key: shape(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [shape(item) for item in value]
+    return type(value).__name__
+
+
+def answers_alike_with_and_without_passkeys(service, user, passkey_id: str) -> None:
+    """A sign-in by the name of an account with this browser's passkey, and by names
+    without one (another account's, and no account's), answer alike: the same shape,
+    one credential of a length a real one has; the decoys stay the same on every ask."""
+    other = service.new_user("pk-none")
+    starts = {}
+    for name in (user.username, other.username, f"nobody-{other.username}"):
+        answer = service.post("/users/Users/StartPasskeyLogin", {"username": name})
+        assert answer.status == 200, answer
+        starts[name] = answer.body
+    real = starts[user.username]
+    assert [c["id"] for c in real["options"]["publicKey"]["allowCredentials"]] == [passkey_id]
+    for name, start in starts.items():
+        assert shape(start) == shape(real), (name, start, real)
+        [listed] = start["options"]["publicKey"]["allowCredentials"]
+        assert len(listed["id"]) in (22, 27, 43, 86), listed
+        again = service.post("/users/Users/StartPasskeyLogin", {"username": name}).body
+        assert again["options"]["publicKey"]["allowCredentials"] == [listed]
+        assert again["challenge_id"] != start["challenge_id"]
+
+
 def test_register_sign_in_clone_and_delete(passkey_service, new_context):
     service = passkey_service
     user = service.new_user("pk")
@@ -86,6 +118,7 @@ def test_register_sign_in_clone_and_delete(passkey_service, new_context):
     listed = service.admin("/users/Users/ListPasskeys", {"user_id": user.id})
     assert [k["name"] for k in listed.body["passkeys"]] == ["Laptop"], listed
     moves_with_export_and_import(service, listed.body["passkeys"][0]["id"])
+    answers_alike_with_and_without_passkeys(service, user, listed.body["passkeys"][0]["id"])
 
     # Signed out, it signs in with the passkey alone.
     device.get_by_role("button", name="Sign out").click()
@@ -109,12 +142,15 @@ def test_register_sign_in_clone_and_delete(passkey_service, new_context):
     sign_in_with_passkey(device, service, user.username)
     device.wait_for_url(account_url(service))
 
-    # Deleted, it signs in no more.
+    # Deleted, it signs in no more: the service lists a decoy for the name, which the
+    # device does not hold, and the page says no passkey was used.
     device.locator("ul.passkeys").get_by_role("button", name="Delete the passkey Laptop").click()
     expect(device.get_by_role("status")).to_contain_text("That passkey is deleted")
     device.get_by_role("button", name="Sign out").click()
+    before = len(sessions_of(service, user.id))
     sign_in_with_passkey(device, service, user.username)
-    expect(device.locator("#passkey-error")).to_contain_text("no passkey is registered")
+    expect(device.locator("#passkey-error")).to_contain_text("no passkey was used")
+    assert len(sessions_of(service, user.id)) == before
 
 
 def test_a_passkey_as_the_second_step(passkey_service, new_context):

@@ -9,7 +9,9 @@
 //! time). A sign-in without a password is a ceremony of its own, for a name or for any
 //! account (a discoverable passkey names its account): anyone may start one, so
 //! starting one withdraws no other, and each counts against the client address's hourly
-//! limit.
+//! limit. A sign-in by name answers alike whether or not the name has passkeys: for one
+//! without, it lists a decoy credential made from the name and a key of the service's,
+//! the same on every ask, and its ceremony opens no session.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -21,6 +23,9 @@ use webauthn_rs::prelude::{
 
 use super::second_factor::{NEEDS_OWN_SESSION, NO_CHALLENGE};
 use super::*;
+use hmac::{Hmac, Mac};
+use rand::rngs::OsRng;
+use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 use crate::domain::SecondFactor;
@@ -36,6 +41,64 @@ pub const NO_PASSKEYS_FOR_NAME: &str = "no passkey is registered for this accoun
 pub const PASSKEY_TAKEN: &str = "this passkey is registered already";
 /// Longest name of a passkey, in characters.
 pub const PASSKEY_NAME_MAX: usize = 64;
+/// The state stored for a sign-in by a name without passkeys: a ceremony that no
+/// passkey finishes.
+const DECOY_STATE: &str = "decoy";
+/// The name of the key decoys are made with, in the store's service keys.
+const DECOY_KEY: &str = "passkey_decoys";
+/// The lengths of the credential ids common authenticators make, one of which a decoy's
+/// has (16 bytes: Google Password Manager and most security keys' discoverable
+/// credentials; 20: iCloud Keychain; 32: Windows Hello; 64: security keys' others).
+const DECOY_ID_LENGTHS: [usize; 4] = [16, 20, 32, 64];
+
+/// The key that makes the decoy credential of a name without passkeys: 32 random
+/// bytes, made by the first replica that needs it and kept in the store.
+pub(super) struct DecoyKey(Hmac<Sha256>);
+
+impl std::fmt::Debug for DecoyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DecoyKey(..)")
+    }
+}
+
+impl DecoyKey {
+    fn new(stored: &str) -> Result<Self, Error> {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(stored)
+            .map_err(|e| Error::internal(format!("the passkey decoys' key: {e}")))?;
+        Hmac::new_from_slice(&bytes)
+            .map(Self)
+            .map_err(|e| Error::internal(format!("the passkey decoys' key: {e}")))
+    }
+
+    /// The decoy credential id of `name`: its bytes and length follow from the name
+    /// and the key alone, so every ask, on every replica, gets the same one.
+    fn credential_id(&self, name: &LoginName) -> Vec<u8> {
+        let (kind, name) = match name {
+            LoginName::Username(username) => ("username", username.as_str()),
+            LoginName::Email(email) => ("email", email.as_str()),
+        };
+        let block = |counter: u8| {
+            let mut mac = self.0.clone();
+            mac.update(b"passkey-decoy\n");
+            mac.update(kind.as_bytes());
+            mac.update(b"\n");
+            mac.update(name.as_bytes());
+            mac.update(&[0, counter]);
+            mac.finalize().into_bytes()
+        };
+        let first = block(0);
+        let length = DECOY_ID_LENGTHS[usize::from(first[0]) % DECOY_ID_LENGTHS.len()];
+        let mut id: Vec<u8> = first[1..].to_vec();
+        let mut counter = 1;
+        while id.len() < length {
+            id.extend_from_slice(&block(counter));
+            counter += 1;
+        }
+        id.truncate(length);
+        id
+    }
+}
 
 /// What the relying party is: the service's public address and name, and the other
 /// origins (`--cors-origins`) whose pages may use its passkeys.
@@ -87,7 +150,7 @@ pub enum PasskeySignInFor {
     /// answer is the same whoever asks, so it tells nothing of any account.
     AnyAccount,
     /// A sign-in without a password, by username or e-mail: the account's passkeys are
-    /// offered (so the answer tells whether the name has any).
+    /// offered; for a name without passkeys (an unknown name included), a decoy.
     Name(LoginName),
     /// The second step of a sign-in that asked for one (its challenge).
     SecondStep(SecretToken),
@@ -320,7 +383,7 @@ impl Users {
                     None => Vec::new(),
                 };
                 let (Some(user), false) = (user, keys.is_empty()) else {
-                    return Err(Error::invalid("username", NO_PASSKEYS_FOR_NAME));
+                    return self.decoy_sign_in(webauthn, &name).await;
                 };
                 let (options, state) = webauthn
                     .start_passkey_authentication(&keys)
@@ -367,6 +430,41 @@ impl Users {
                 })
             }
         }
+    }
+
+    /// A sign-in by a name without passkeys: a ceremony shaped as one for a name with
+    /// a passkey, listing the name's decoy credential, that no passkey can finish.
+    async fn decoy_sign_in(
+        &self,
+        webauthn: &Webauthn,
+        name: &LoginName,
+    ) -> Result<Ceremony, Error> {
+        let key = self
+            .decoys
+            .get_or_try_init(|| async {
+                let mut fresh = [0u8; 32];
+                OsRng.fill_bytes(&mut fresh);
+                let stored = self
+                    .store
+                    .service_key(DECOY_KEY, &URL_SAFE_NO_PAD.encode(fresh), self.clock.now())
+                    .await?;
+                DecoyKey::new(&stored)
+            })
+            .await?;
+        let (options, _) = webauthn
+            .start_passkey_authentication(&[])
+            .map_err(|e| Error::internal(e.to_string()))?;
+        let mut options = options_json(options)?;
+        let decoy = serde_json::json!([{
+            "id": URL_SAFE_NO_PAD.encode(key.credential_id(name)),
+            "type": "public-key",
+        }]);
+        match options.pointer_mut("/publicKey/allowCredentials") {
+            Some(allowed) => *allowed = decoy,
+            None => return Err(Error::internal("no allowCredentials in the options")),
+        }
+        self.store_sign_in_ceremony(None, DECOY_STATE, options)
+            .await
     }
 
     /// A sign-in ceremony without a password, stored for its second step: for the
@@ -446,6 +544,12 @@ impl Users {
                 Some(user_id) => {
                     self.signed_by_own(webauthn, &credential, &ceremony.state, &user_id, &refused)
                         .await?
+                }
+                None if ceremony.state == DECOY_STATE => {
+                    return Err(refused(
+                        "",
+                        "a sign-in by a name without passkeys".to_string(),
+                    ));
                 }
                 None => {
                     self.discovered(webauthn, &credential, &ceremony.state, &refused)

@@ -197,7 +197,12 @@
     return out;
   }
 
-  function webauthnError(e) {
+  // A sign-in's NotAllowedError is the browser's one answer, by design, for a prompt
+  // cancelled, timed out, or with no passkey on this device for the account.
+  function webauthnError(e, signingIn) {
+    if (signingIn && e && e.name === "NotAllowedError") {
+      return microError(0, "no passkey was used: the prompt was closed, or this device has no passkey for this account", "Passkey Error");
+    }
     return microError(0, "the browser did not make the passkey: " + (e && (e.name + ": " + e.message) || e), "Passkey Error");
   }
 
@@ -250,7 +255,7 @@
     return postJson("/users/Users/StartPasskeyLogin", body).then(function (start) {
       challenge = start.challenge_id;
       return navigator.credentials.get(withBuffers(start.options.publicKey)).catch(function (e) {
-        throw webauthnError(e);
+        throw webauthnError(e, true);
       });
     }).then(function (credential) {
       return postJson("/ui/signin/passkey", {

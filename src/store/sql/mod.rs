@@ -23,7 +23,7 @@ use std::collections::HashSet;
 use super::{
     AccountStore, AttemptLimit, AuditStore, Channel, ClaimedMail, CodeCheck, Counter, CounterStore,
     Credentials, DatabaseUrl, DeletedUser, EventLimit, FactorStore, FactorUse, HashChange,
-    Imported, Importer, LiveToken, Liveness, Lookup, MailOutcome, MailStore, NewMail,
+    Imported, Importer, KeyStore, LiveToken, Liveness, Lookup, MailOutcome, MailStore, NewMail,
     NewPasskeySignIn, NewSession, NewToken, NewUser, PasskeySignInCeremony, PasskeyStore, Queued,
     Redeemed, Redemption, Reservation, SessionDetails, SessionRecord, SessionStore, Store,
     StoreError, StoredFactors, StoredPasskey, StoredSession, TokenStore, TotpRecord, TransferStore,
@@ -1096,6 +1096,7 @@ mod counters;
 mod durable;
 mod factors;
 mod inline;
+mod keys;
 mod mail;
 mod passkeys;
 mod pg_readers;
