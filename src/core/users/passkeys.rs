@@ -378,10 +378,11 @@ impl Users {
                     LoginName::Email(email) => Lookup::Email(email),
                 };
                 let user = self.store.user(lookup).await?;
-                let keys = match &user {
-                    Some(user) => self.passkeys_of(&user.id).await?,
-                    None => Vec::new(),
-                };
+                // Asked for an unknown name too (of no account: none), so that it takes
+                // the same reads as a name with an account.
+                let keys = self
+                    .passkeys_of(user.as_ref().map_or("", |user| user.id.as_str()))
+                    .await?;
                 let (Some(user), false) = (user, keys.is_empty()) else {
                     return self.decoy_sign_in(webauthn, &name).await;
                 };
