@@ -222,6 +222,16 @@ impl Outbox {
             },
         };
         self.store.mail_attempted(&mail, outcome).await?;
+        let (retried, given_up) = match self.transport {
+            Transport::Mail(_) => (
+                "an e-mail could not be sent; it will be tried again",
+                "an e-mail could not be sent and is given up; its link or code was withdrawn",
+            ),
+            Transport::Webhook(_) => (
+                "a webhook delivery failed; it will be tried again",
+                "a webhook delivery failed and is given up",
+            ),
+        };
         match (&sent, outcome) {
             (Ok(()), _) => {
                 if self.sends() {
@@ -238,7 +248,7 @@ impl Outbox {
                     user_id = %mail.user_id,
                     attempts,
                     error = %chain(err.as_ref()),
-                    "an e-mail could not be sent and is given up; its link or code was withdrawn"
+                    "{given_up}"
                 );
                 self.metrics.dead.inc();
                 self.stats.send_modify(|s| s.dead += 1);
@@ -251,7 +261,7 @@ impl Outbox {
                     user_id = %mail.user_id,
                     attempts,
                     error = %chain(err.as_ref()),
-                    "an e-mail could not be sent; it will be tried again"
+                    "{retried}"
                 );
                 self.metrics.failed.inc();
                 self.stats.send_modify(|s| s.failed += 1);
