@@ -410,6 +410,7 @@ fn ui_settings(
         logo,
         secure_cookies: public_url.is_some_and(|u| u.scheme() == "https"),
         return_origins,
+        tenant: None,
     })
 }
 
@@ -640,7 +641,11 @@ impl Server {
                     trusted_proxies: trusted_proxies.clone(),
                     request_timeout,
                     guard: guard.clone(),
-                    ui: ui.clone(),
+                    // A tenant's pages name it in their links, forms and redirects.
+                    ui: match &pool.tenant {
+                        Some(tenant) => Arc::new(ui.for_tenant(tenant.as_str())),
+                        None => ui.clone(),
+                    },
                     metrics: pool.metrics.clone(),
                     scrape: scrape.clone(),
                     metrics_on_main: metrics_listener.is_none(),

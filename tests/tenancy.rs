@@ -624,3 +624,202 @@ async fn webhooks_name_their_tenant_in_their_ids_and_payloads_on_both_stores() {
         served.abort();
     }
 }
+
+/// The addresses of a page's links and forms that lead to the hosted pages (not to
+/// their shared files).
+fn page_addresses(html: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for attr in ["href=\"", "action=\""] {
+        for (at, _) in html.match_indices(attr) {
+            let value = &html[at + attr.len()..];
+            let value = &value[..value.find('"').unwrap()];
+            let shared = ["/ui/style.css", "/ui/brand.css", "/ui/logo"].contains(&value);
+            if value.starts_with("/ui") && !shared {
+                found.push(value.replace("&amp;", "&"));
+            }
+        }
+    }
+    found
+}
+
+/// The hosted pages of a tenant, named in their address (`?namespace=`), as a browser
+/// opens them with no header and no default tenant: every link, form and redirect keeps
+/// the tenant; a sign-up, its verification link, a sign-in by magic link and a sign-out
+/// act in that tenant alone, and its cookie signs nothing in the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_hosted_pages_keep_to_their_tenant_on_both_stores() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let sink = common::smtp::SmtpSink::start().await;
+        let smtp = sink.url();
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("tenant-keys");
+        let Some(app) = TestApp::spawn_with(backend, "tenancy::hosted_pages", |c| {
+            tenants(c, &keys);
+            c.mail.smtp_url = Some(smtp);
+        })
+        .await
+        else {
+            continue;
+        };
+        let base = app.base.as_str();
+        let own = base.to_string();
+        let browser = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let location = |response: &reqwest::Response| {
+            response.headers()["location"].to_str().unwrap().to_string()
+        };
+        let form = |path: &str, fields: &[(&str, &str)], cookie: Option<&str>| {
+            let mut request = browser
+                .post(format!("{base}{path}"))
+                .header("origin", &own)
+                .form(fields);
+            if let Some(cookie) = cookie {
+                request = request.header("cookie", cookie);
+            }
+            request.send()
+        };
+        let get = |path: &str, cookie: Option<&str>| {
+            let mut request = browser.get(format!("{base}{path}"));
+            if let Some(cookie) = cookie {
+                request = request.header("cookie", cookie);
+            }
+            request.send()
+        };
+
+        // No tenant named and no default: refused. Named: every page address keeps it.
+        assert_eq!(get("/ui/signin", None).await.unwrap().status(), 400);
+        for page in ["/ui/signin", "/ui/signup", "/ui/forgot", "/ui/magic"] {
+            let response = get(&format!("{page}?namespace=globex"), None)
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "{page}");
+            let html = response.text().await.unwrap();
+            assert!(html.contains(r#"data-namespace="globex""#), "{page}");
+            let addresses = page_addresses(&html);
+            assert!(!addresses.is_empty(), "{page}");
+            for address in addresses {
+                assert!(address.ends_with("namespace=globex"), "{page}: {address}");
+            }
+        }
+
+        // A sign-up on globex's page: the account is globex's, the browser lands on
+        // globex's account page, and the verification link comes back to globex.
+        let signed_up = form(
+            "/ui/signup?namespace=globex",
+            &[
+                ("username", "dora"),
+                ("email", "dora@example.com"),
+                ("password", PASSWORD),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(signed_up.status(), 303);
+        assert_eq!(
+            location(&signed_up),
+            "/ui/account?notice=welcome&namespace=globex"
+        );
+        let cookie = signed_up.headers()["set-cookie"].to_str().unwrap();
+        let cookie = cookie.split(';').next().unwrap().to_string();
+        let client = &app.client;
+        let found = |tenant: &'static str| async move {
+            let (status, body) = At::new(client, base, Some(tenant))
+                .key(SERVICE_KEY)
+                .call("Search", json!({"username": "dora"}))
+                .await;
+            (status, body)
+        };
+        let (status, searched) = found("globex").await;
+        assert_eq!(
+            (status, searched["users"][0]["username"].clone()),
+            (StatusCode::OK, json!("dora"))
+        );
+        let (status, searched) = found("acme").await;
+        assert_eq!(status, 200);
+        assert_eq!(searched["users"], json!([]), "no dora in acme");
+        let mail = sink.next_mail("dora@example.com").await;
+        let link = mail
+            .body
+            .split_whitespace()
+            .find(|w| w.starts_with("http"))
+            .unwrap()
+            .to_string();
+        let verified = browser.get(&link).send().await.unwrap();
+        assert_eq!(verified.status(), 302, "{link}");
+        assert_eq!(
+            location(&verified),
+            format!("{base}/ui/verified?namespace=globex")
+        );
+        let landed = get("/ui/verified?namespace=globex", None).await.unwrap();
+        assert_eq!(landed.status(), 200);
+        let (_, searched) = found("globex").await;
+        assert_eq!(searched["users"][0]["verified"], true, "{searched}");
+
+        // The account page, in globex with its cookie; in acme the cookie is nobody's.
+        let account = get("/ui/account?namespace=globex", Some(&cookie))
+            .await
+            .unwrap();
+        assert_eq!(account.status(), 200);
+        let html = account.text().await.unwrap();
+        assert!(html.contains("dora@example.com"), "{html}");
+        for address in page_addresses(&html) {
+            assert!(address.ends_with("namespace=globex"), "{address}");
+        }
+        let elsewhere = get("/ui/account?namespace=acme", Some(&cookie))
+            .await
+            .unwrap();
+        assert_eq!(elsewhere.status(), 303);
+        let back = format!("{base}/ui/account?namespace=acme");
+        let back: String = url::form_urlencoded::byte_serialize(back.as_bytes()).collect();
+        assert_eq!(
+            location(&elsewhere),
+            format!("/ui/signin?return_to={back}&namespace=acme")
+        );
+
+        // Signed out on globex's page, back to globex's sign-in page.
+        let out = form("/ui/signout?namespace=globex", &[], Some(&cookie))
+            .await
+            .unwrap();
+        assert_eq!(out.status(), 303);
+        assert_eq!(
+            location(&out),
+            "/ui/signin?notice=signed-out&namespace=globex"
+        );
+
+        // A magic link asked for on globex's page leads to globex's landing page, whose
+        // button signs in to globex.
+        let asked = form(
+            "/ui/magic?namespace=globex",
+            &[("email", "dora@example.com")],
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(asked.status(), 200);
+        let mail = sink.next_mail("dora@example.com").await;
+        let link = mail
+            .body
+            .split_whitespace()
+            .find(|w| w.contains("/ui/magic/"))
+            .unwrap()
+            .to_string();
+        assert!(link.ends_with("?namespace=globex"), "{link}");
+        let path = link.strip_prefix(base).unwrap().to_string();
+        let landing = get(&path, None).await.unwrap();
+        assert_eq!(landing.status(), 200);
+        let html = landing.text().await.unwrap();
+        let [action] = page_addresses(&html)
+            .into_iter()
+            .filter(|a| a.starts_with("/ui/magic/"))
+            .collect::<Vec<_>>()
+            .try_into()
+            .unwrap();
+        assert_eq!(action, path);
+        let signed_in = form(&path, &[], None).await.unwrap();
+        assert_eq!(signed_in.status(), 303);
+        assert_eq!(location(&signed_in), "/ui/account?namespace=globex");
+    }
+}

@@ -569,6 +569,8 @@ impl RedirectUrl {
 pub struct MagicLinkTarget {
     /// The link without its token: `https://<address>[/<endpoint>]`.
     prefix: String,
+    /// What follows the token: a query of the service's own page, or nothing.
+    suffix: String,
 }
 
 impl MagicLinkTarget {
@@ -603,19 +605,24 @@ impl MagicLinkTarget {
         } else {
             format!("https://{address}/{endpoint}")
         };
-        Ok(Self { prefix })
+        Ok(Self {
+            prefix,
+            suffix: String::new(),
+        })
     }
 
     /// A link to one of this service's own pages: `base` is its public address and
-    /// path, as configured (not input).
-    pub fn own_page(base: &str) -> Self {
+    /// path, as configured (not input), and `query` what follows the token (`""`, or
+    /// `?namespace=<tenant>` for a tenant's page).
+    pub fn own_page(base: &str, query: &str) -> Self {
         Self {
             prefix: base.trim_end_matches('/').to_string(),
+            suffix: query.to_string(),
         }
     }
 
     pub fn link(&self, token: &str) -> String {
-        format!("{}/{token}", self.prefix)
+        format!("{}/{token}{}", self.prefix, self.suffix)
     }
 }
 

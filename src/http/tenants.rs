@@ -1,7 +1,8 @@
 //! Which tenant's pool answers a request (`--tenancy namespace`, docs/tenancy.md).
 //!
 //! In order: the `Micro-Namespace` header, which must name a configured tenant (or, on
-//! a verification link, which a browser opens without headers, its `namespace=`); else a
+//! what a browser opens without headers, a verification link or a hosted page under
+//! `/ui/`, its `namespace=`); else a
 //! tenant's own admin key in `Authorization: Bearer`; else `--default-tenant`. A route
 //! that belongs to no tenant (health, metrics, the OpenAPI document) is answered for
 //! the service as a whole. Anything else names no tenant and is refused.
@@ -47,9 +48,13 @@ impl NoTenant {
     }
 }
 
-/// The `namespace` of a verification link's query: a browser opening the link sends
-/// no header, so the link names its tenant.
+/// The `namespace` of the query of what a browser opens without headers: a
+/// verification link, or a hosted page (whose links, forms and redirects carry it).
 fn link_namespace(uri: &Uri) -> Option<String> {
+    let path = uri.path();
+    if path != VERIFY_PATH && path != "/ui" && !path.starts_with("/ui/") {
+        return None;
+    }
     url::form_urlencoded::parse(uri.query()?.as_bytes())
         .find(|(name, _)| name == "namespace")
         .map(|(_, value)| value.into_owned())
@@ -90,7 +95,7 @@ impl TenantSelection {
             .get(NAMESPACE_HEADER)
             .map(|value| value.to_str().map_or("\u{fffd}", str::trim).to_string())
             .filter(|name| !name.is_empty())
-            .or_else(|| (path == VERIFY_PATH).then(|| link_namespace(uri)).flatten());
+            .or_else(|| link_namespace(uri));
         if let Some(name) = named {
             return name
                 .parse::<TenantName>()
@@ -200,16 +205,35 @@ mod tests {
             with_default.choose(&known, &HeaderMap::new(), &uri("/ui/login")),
             Ok(Some(&"acme"))
         );
-        // A verification link names its tenant in its query; no other route may.
-        let link = uri("/v1/user/verify?token=t&namespace=globex");
+        // A verification link and the hosted pages name their tenant in the query; no
+        // other route may (the API takes the header).
+        for link in [
+            "/v1/user/verify?token=t&namespace=globex",
+            "/ui/signin?namespace=globex",
+            "/ui?namespace=globex",
+            "/ui/magic/t?namespace=globex",
+        ] {
+            assert_eq!(
+                with_default.choose(&known, &HeaderMap::new(), &uri(link)),
+                Ok(Some(&"globex")),
+                "{link}"
+            );
+        }
+        for elsewhere in [
+            "/users/Users/Read?namespace=globex",
+            "/admin?namespace=globex",
+            "/uix?namespace=globex",
+        ] {
+            assert_eq!(
+                with_default.choose(&known, &HeaderMap::new(), &uri(elsewhere)),
+                Ok(Some(&"acme")),
+                "{elsewhere}"
+            );
+        }
+        let unknown = uri("/ui/signin?namespace=initech");
         assert_eq!(
-            with_default.choose(&known, &HeaderMap::new(), &link),
-            Ok(Some(&"globex"))
-        );
-        let elsewhere = uri("/users/Users/Read?namespace=globex");
-        assert_eq!(
-            with_default.choose(&known, &HeaderMap::new(), &elsewhere),
-            Ok(Some(&"acme"))
+            with_default.choose(&known, &HeaderMap::new(), &unknown),
+            Err(NoTenant::Unknown)
         );
     }
 }

@@ -94,11 +94,18 @@
     });
   }
 
+  // The headers of a call to the browser's own routes, with the tenant when named.
+  function pageHeaders(namespace) {
+    var headers = {"Accept": "application/json"};
+    if (namespace) headers["Micro-Namespace"] = String(namespace);
+    return headers;
+  }
+
   // Reads this browser's session: resolves to {session} (null when signed out, a 401)
   // or to {error} when the service could not say.
-  function fetchSession() {
+  function fetchSession(namespace) {
     return request(base + "/ui/session", {
-      method: "GET", credentials: "include", headers: {"Accept": "application/json"}
+      method: "GET", credentials: "include", headers: pageHeaders(namespace)
     }).then(function (response) {
       if (response.status === 401) return {session: null};
       return response.json().then(function (data) {
@@ -113,26 +120,30 @@
     });
   }
 
-  // Micro.session(callback): callback({user, expires}) when signed in, else callback(null).
-  function session(callback) {
-    return fetchSession().then(function (result) {
+  // Micro.session(callback[, namespace]): callback({user, expires}) when signed in, else
+  // callback(null). `namespace`, here and below, names the tenant on a service with
+  // several (as Micro.post's second argument does).
+  function session(callback, namespace) {
+    return fetchSession(namespace).then(function (result) {
       if (result.error) fail(result.error, null, "session");
       call(callback, lastSession);
       return lastSession;
     });
   }
 
-  // Micro.requireLogin(callback): the callback runs with a live session; without one the
-  // browser goes to the sign-in page, which sends it back here afterwards. When the
-  // service cannot be reached the error is logged and nothing else happens (no loop).
-  function requireLogin(callback) {
-    return fetchSession().then(function (result) {
+  // Micro.requireLogin(callback[, namespace]): the callback runs with a live session;
+  // without one the browser goes to the sign-in page (the tenant's), which sends it back
+  // here afterwards. When the service cannot be reached the error is logged and nothing
+  // else happens (no loop).
+  function requireLogin(callback, namespace) {
+    return fetchSession(namespace).then(function (result) {
       if (result.error) {
         fail(result.error, null, "requireLogin");
       } else if (result.session) {
         call(callback, result.session);
       } else {
-        window.location.href = base + "/ui/signin?return_to=" + encodeURIComponent(window.location.href);
+        window.location.href = base + "/ui/signin?return_to=" + encodeURIComponent(window.location.href) +
+          (namespace ? "&namespace=" + encodeURIComponent(namespace) : "");
       }
       return lastSession;
     });
@@ -142,10 +153,10 @@
     return lastSession ? lastSession.user || null : null;
   }
 
-  // Micro.logout(callback): ends this browser's session, then callback().
-  function logout(callback) {
+  // Micro.logout(callback[, namespace]): ends this browser's session, then callback().
+  function logout(callback, namespace) {
     return request(base + "/ui/signout", {
-      method: "POST", credentials: "include", headers: {"Accept": "application/json"}
+      method: "POST", credentials: "include", headers: pageHeaders(namespace)
     }).then(function (response) {
       if (!response.ok) fail(microError(response.status, "sign-out failed", response.statusText), null, "logout");
     }).catch(function (e) {
@@ -206,11 +217,14 @@
     return microError(0, "the browser did not make the passkey: " + (e && (e.name + ": " + e.message) || e), "Passkey Error");
   }
 
-  // A POST to the service that resolves to its JSON answer, or rejects with the error.
-  function postJson(path, body) {
+  // A POST to the service that resolves to its JSON answer, or rejects with the error;
+  // `namespace`, when given, names the tenant (Micro-Namespace).
+  function postJson(path, body, namespace) {
+    var headers = pageHeaders(namespace);
+    headers["Content-Type"] = "application/json";
     return request(base + path, {
       method: "POST", credentials: "include",
-      headers: {"Content-Type": "application/json", "Accept": "application/json"},
+      headers: headers,
       body: JSON.stringify(body)
     }).then(function (response) {
       return response.json().catch(function () { return null; }).then(function (data) {
@@ -220,11 +234,12 @@
     }, function (e) { throw networkError(e); });
   }
 
-  // Micro.passkeys.register(name, success[, error]): adds a passkey to the signed-in
-  // user's account (the session cookie signs it); success({passkey}).
-  function registerPasskey(name, success, error) {
+  // Micro.passkeys.register(name, success[, error[, namespace]]): adds a passkey to the
+  // signed-in user's account (the session cookie signs it); success({passkey}).
+  // `namespace` names the tenant on a service with several.
+  function registerPasskey(name, success, error, namespace) {
     var challenge;
-    return postJson("/users/Users/StartPasskeyRegistration", {}).then(function (start) {
+    return postJson("/users/Users/StartPasskeyRegistration", {}, namespace).then(function (start) {
       challenge = start.challenge_id;
       return navigator.credentials.create(withBuffers(start.options.publicKey)).catch(function (e) {
         throw webauthnError(e);
@@ -232,7 +247,7 @@
     }).then(function (credential) {
       return postJson("/users/Users/FinishPasskeyRegistration", {
         challenge_id: challenge, credential: credentialJson(credential), name: name || ""
-      });
+      }, namespace);
     }).then(function (data) {
       call(success, data);
       return data;
@@ -242,17 +257,18 @@
     });
   }
 
-  // Micro.passkeys.signIn(login, success[, error[, returnTo]]): signs this browser in
-  // with a passkey: any account's the browser offers when `login` is empty, that of
-  // the account named `login` (a username or e-mail), or, given {challenge_id}, as the
-  // second step of a sign-in that asked for one; success({user, expires, redirect}),
-  // `redirect` being `returnTo` when the service allows it, else its account page.
-  function signInWithPasskey(login, success, error, returnTo) {
+  // Micro.passkeys.signIn(login, success[, error[, returnTo[, namespace]]]): signs this
+  // browser in with a passkey: any account's the browser offers when `login` is empty,
+  // that of the account named `login` (a username or e-mail), or, given {challenge_id},
+  // as the second step of a sign-in that asked for one; success({user, expires,
+  // redirect}), `redirect` being `returnTo` when the service allows it, else its
+  // account page. `namespace` names the tenant on a service with several.
+  function signInWithPasskey(login, success, error, returnTo, namespace) {
     var body = typeof login === "object" && login ? {challenge_id: login.challenge_id} :
       !login ? {} :
       (String(login).indexOf("@") >= 0 ? {email: String(login)} : {username: String(login)});
     var challenge;
-    return postJson("/users/Users/StartPasskeyLogin", body).then(function (start) {
+    return postJson("/users/Users/StartPasskeyLogin", body, namespace).then(function (start) {
       challenge = start.challenge_id;
       return navigator.credentials.get(withBuffers(start.options.publicKey)).catch(function (e) {
         throw webauthnError(e, true);
@@ -260,7 +276,7 @@
     }).then(function (credential) {
       return postJson("/ui/signin/passkey", {
         challenge_id: challenge, credential: credentialJson(credential), return_to: returnTo || ""
-      });
+      }, namespace);
     }).then(function (data) {
       lastSession = data;
       call(success, data);

@@ -15,7 +15,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use serde::Deserialize;
@@ -60,12 +60,90 @@ pub struct UiSettings {
     /// Origins a return address may point at besides the service's own: the redirect
     /// allow-list and the credentialed origins.
     pub return_origins: Vec<String>,
+    /// With tenants, the tenant these pages serve: a browser opens a page without the
+    /// Micro-Namespace header, so every link, form and redirect of a tenant's pages
+    /// names it in the query (`namespace=`), which the dispatch reads on `/ui/` paths.
+    pub tenant: Option<String>,
+}
+
+/// The files under `/ui/` that every tenant's pages share.
+const SHARED_FILES: &[&str] = &[
+    "/ui/style.css",
+    "/ui/brand.css",
+    "/ui/logo",
+    "/ui/passkeys.js",
+];
+
+impl UiSettings {
+    /// The same settings for the pages of `tenant`.
+    pub fn for_tenant(&self, tenant: &str) -> Self {
+        Self {
+            tenant: Some(tenant.to_string()),
+            ..self.clone()
+        }
+    }
+
+    /// `to`, an address of these pages (`/ui/...`, with or without a query), naming
+    /// their tenant when they serve one; any other address as it is. `amp` joins a
+    /// query's parameters: `&`, or `&amp;` inside HTML.
+    fn tenant_url(&self, to: &str, amp: &str) -> String {
+        let Some(tenant) = &self.tenant else {
+            return to.to_string();
+        };
+        let path = to.split(['?', '#']).next().unwrap_or_default();
+        let page = path == "/ui" || path.starts_with("/ui/");
+        if !page || SHARED_FILES.contains(&path) {
+            return to.to_string();
+        }
+        let (before, fragment) = to.split_once('#').map_or((to, ""), |(b, f)| (b, f));
+        let joiner = if before.contains('?') { amp } else { "?" };
+        let fragment = if fragment.is_empty() {
+            String::new()
+        } else {
+            format!("#{fragment}")
+        };
+        format!("{before}{joiner}namespace={tenant}{fragment}")
+    }
+
+    /// An address of these pages for a redirect or a script: see [`Self::tenant_url`].
+    pub fn page_url(&self, to: &str) -> String {
+        self.tenant_url(to, "&")
+    }
+
+    /// A rendered page with every `href` and `action` that points at these pages
+    /// naming their tenant (the pages write their own addresses as plain `/ui/...`).
+    fn with_tenant_links(&self, html: String) -> String {
+        if self.tenant.is_none() {
+            return html;
+        }
+        let mut out = String::with_capacity(html.len() + 256);
+        let mut rest = html.as_str();
+        while let Some(at) = ["href=\"", "action=\""]
+            .iter()
+            .filter_map(|attr| rest.find(attr).map(|i| (i, attr.len())))
+            .min()
+        {
+            let (start, len) = at;
+            let value_start = start + len;
+            let Some(value_len) = rest[value_start..].find('"') else {
+                break;
+            };
+            out.push_str(&rest[..value_start]);
+            out.push_str(&self.tenant_url(&rest[value_start..value_start + value_len], "&amp;"));
+            rest = &rest[value_start + value_len..];
+        }
+        out.push_str(rest);
+        out
+    }
 }
 
 /// Everything the browser side serves.
 pub fn routes() -> Router<AppState> {
     let pages = Router::new()
-        .route("/ui", get(|| async { Redirect::to("/ui/account") }))
+        .route(
+            "/ui",
+            get(|State(state): State<AppState>| async move { see_other(&state, "/ui/account") }),
+        )
         .route("/ui/style.css", get(style_css))
         .route("/ui/brand.css", get(brand_css))
         .route("/ui/logo", get(logo))
@@ -333,13 +411,18 @@ fn error_page(state: &AppState, err: &Error) -> Response {
     with_error(state, Page::plain("Something went wrong"), err)
 }
 
-fn see_other(to: &str) -> Response {
-    (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_string())]).into_response()
+/// A redirect to `to`, which names the pages' tenant when it is one of the pages.
+fn see_other(state: &AppState, to: &str) -> Response {
+    (
+        StatusCode::SEE_OTHER,
+        [(header::LOCATION, state.ui.page_url(to))],
+    )
+        .into_response()
 }
 
 /// A redirect that also sets (or clears) the session cookie.
-fn see_other_with_cookie(to: &str, cookie: Option<HeaderValue>) -> Response {
-    let mut response = see_other(to);
+fn see_other_with_cookie(state: &AppState, to: &str, cookie: Option<HeaderValue>) -> Response {
+    let mut response = see_other(state, to);
     if let Some(cookie) = cookie {
         response.headers_mut().insert(header::SET_COOKIE, cookie);
     }
@@ -348,6 +431,7 @@ fn see_other_with_cookie(to: &str, cookie: Option<HeaderValue>) -> Response {
 
 fn signed_in(state: &AppState, session: &Session, to: &str) -> Response {
     see_other_with_cookie(
+        state,
         to,
         set_session(
             &session.id,
@@ -368,7 +452,7 @@ fn return_address(state: &AppState, return_to: Option<&str>) -> String {
             state.users.is_own_origin(&origin) || state.ui.return_origins.contains(&origin)
         })
         .map(|url| url.as_str().to_string())
-        .unwrap_or_else(|| "/ui/account".to_string())
+        .unwrap_or_else(|| state.ui.page_url("/ui/account"))
 }
 
 #[derive(Deserialize, Default)]
@@ -590,14 +674,13 @@ async fn sign_up(
 /// the console).
 pub(crate) async fn send_verification(state: &AppState, email: &str) -> Result<(), Error> {
     let base = state.users.public_url().trim_end_matches('/').to_string();
+    let page = |path: &str| format!("{base}{}", state.ui.page_url(path));
     let sent = async {
         let email = Email::parse(Some(email.to_string()))?;
         let text = MailText::parse(None, Some(VERIFY_TEXT.to_string()), None)?;
-        let redirect = RedirectUrl::parse("redirect_url", Some(format!("{base}/ui/verified")))?;
-        let failure = RedirectUrl::parse(
-            "failure_redirect_url",
-            Some(format!("{base}/ui/verified?failed=1")),
-        )?;
+        let redirect = RedirectUrl::parse("redirect_url", Some(page("/ui/verified")))?;
+        let failure =
+            RedirectUrl::parse("failure_redirect_url", Some(page("/ui/verified?failed=1")))?;
         state
             .users
             .send_verification_email(email, text, redirect, failure)
@@ -631,10 +714,13 @@ async fn forgot(
         Ok::<_, Error>(email)
     };
     match sent.await {
-        Ok(email) => see_other(&format!(
-            "/ui/reset?notice=code-sent&email={}",
-            url::form_urlencoded::byte_serialize(email.as_str().as_bytes()).collect::<String>()
-        )),
+        Ok(email) => see_other(
+            &state,
+            &format!(
+                "/ui/reset?notice=code-sent&email={}",
+                url::form_urlencoded::byte_serialize(email.as_str().as_bytes()).collect::<String>()
+            ),
+        ),
         Err(err) => with_error(&state, page, &err),
     }
 }
@@ -670,7 +756,7 @@ async fn reset(
         state.users.reset_password(reset, &post.requester).await
     };
     match done.await {
-        Ok(()) => see_other("/ui/signin?notice=password-reset"),
+        Ok(()) => see_other(&state, "/ui/signin?notice=password-reset"),
         Err(err) => with_error(&state, page, &err),
     }
 }
@@ -689,12 +775,19 @@ async fn magic(
         "{}/ui/magic",
         state.users.public_url().trim_end_matches('/')
     );
+    // The landing page's address is `/ui/magic/<token>`, then the tenant's query.
+    let query = state
+        .ui
+        .page_url("/ui/magic")
+        .strip_prefix("/ui/magic")
+        .unwrap_or_default()
+        .to_string();
     let sent = async {
         let email = Email::parse(form.email.clone())?;
         let text = MailText::parse(None, Some(MAGIC_TEXT.to_string()), None)?;
         state
             .users
-            .send_magic_link(email, text, MagicLinkTarget::own_page(&base))
+            .send_magic_link(email, text, MagicLinkTarget::own_page(&base, &query))
             .await
     };
     match sent.await {
@@ -754,17 +847,22 @@ async fn require_session(
 ) -> Result<Session, Response> {
     match browser_session(state, headers).await {
         Ok(Some(session)) => Ok(session),
-        Ok(None) => Err(see_other(&format!(
-            "/ui/signin?return_to={}",
-            own_url(state, back)
-        ))),
+        Ok(None) => Err(see_other(
+            state,
+            &format!("/ui/signin?return_to={}", own_url(state, back)),
+        )),
         Err(err) => Err(error_page(state, &err)),
     }
 }
 
-/// `path` on the service's public address, form-encoded for a query string.
+/// `path` (one of the pages) on the service's public address, form-encoded for a query
+/// string.
 fn own_url(state: &AppState, path: &str) -> String {
-    let url = format!("{}{path}", state.users.public_url().trim_end_matches('/'));
+    let url = format!(
+        "{}{}",
+        state.users.public_url().trim_end_matches('/'),
+        state.ui.page_url(path)
+    );
     url::form_urlencoded::byte_serialize(url.as_bytes()).collect()
 }
 
@@ -815,7 +913,7 @@ async fn update_profile(
     Form(form): Form<ProfileForm>,
 ) -> Response {
     let Some(session) = post.session else {
-        return see_other("/ui/signin");
+        return see_other(&state, "/ui/signin");
     };
     let updated = async {
         let id = account_of(&session)?;
@@ -824,7 +922,7 @@ async fn update_profile(
         state.users.update(&id, changes, &post.requester).await
     };
     match updated.await {
-        Ok(_) => see_other("/ui/account?notice=saved"),
+        Ok(_) => see_other(&state, "/ui/account?notice=saved"),
         Err(err) => account_with_error(&state, &session, &err).await,
     }
 }
@@ -844,7 +942,7 @@ async fn change_password(
     Form(form): Form<PasswordForm>,
 ) -> Response {
     let Some(session) = post.session else {
-        return see_other("/ui/signin");
+        return see_other(&state, "/ui/signin");
     };
     let new_password = form.new_password.clone();
     let changed = async {
@@ -892,7 +990,7 @@ async fn rename_passkey(
     Form(form): Form<PasskeyForm>,
 ) -> Response {
     let Some(session) = &post.session else {
-        return see_other("/ui/signin");
+        return see_other(&state, "/ui/signin");
     };
     let renamed = async {
         let id = account_of(session)?;
@@ -902,7 +1000,7 @@ async fn rename_passkey(
         state.users.rename_passkey(&id, &passkey, name).await
     };
     match renamed.await {
-        Ok(()) => see_other("/ui/account?notice=saved"),
+        Ok(()) => see_other(&state, "/ui/account?notice=saved"),
         Err(err) => account_with_error(&state, session, &err).await,
     }
 }
@@ -913,7 +1011,7 @@ async fn delete_passkey(
     Form(form): Form<PasskeyForm>,
 ) -> Response {
     let Some(session) = &post.session else {
-        return see_other("/ui/signin");
+        return see_other(&state, "/ui/signin");
     };
     let deleted = async {
         let id = account_of(session)?;
@@ -924,14 +1022,14 @@ async fn delete_passkey(
             .await
     };
     match deleted.await {
-        Ok(()) => see_other("/ui/account?notice=passkey-deleted"),
+        Ok(()) => see_other(&state, "/ui/account?notice=passkey-deleted"),
         Err(err) => account_with_error(&state, session, &err).await,
     }
 }
 
 async fn totp_start(State(state): State<AppState>, post: FormPost) -> Response {
     let Some(session) = &post.session else {
-        return see_other("/ui/signin");
+        return see_other(&state, "/ui/signin");
     };
     match state.users.start_totp(&post.requester).await {
         Ok(enrolment) => Page::totp_enrol(&enrolment.secret, &enrolment.qr_svg)
@@ -952,7 +1050,7 @@ async fn totp_confirm(
     Form(form): Form<TotpForm>,
 ) -> Response {
     let Some(session) = &post.session else {
-        return see_other("/ui/signin");
+        return see_other(&state, "/ui/signin");
     };
     let confirmed = async {
         let code = TotpCode::parse("code", form.code)?;
@@ -980,7 +1078,7 @@ async fn totp_disable(
     Form(form): Form<TotpOffForm>,
 ) -> Response {
     let Some(session) = &post.session else {
-        return see_other("/ui/signin");
+        return see_other(&state, "/ui/signin");
     };
     let disabled = async {
         let id = account_of(session)?;
@@ -991,7 +1089,7 @@ async fn totp_disable(
             .await
     };
     match disabled.await {
-        Ok(()) => see_other("/ui/account?notice=totp-off"),
+        Ok(()) => see_other(&state, "/ui/account?notice=totp-off"),
         Err(err) => account_with_error(&state, session, &err).await,
     }
 }
@@ -1029,7 +1127,7 @@ async fn revoke_session(
     Form(form): Form<RevokeForm>,
 ) -> Response {
     let Some(session) = post.session else {
-        return see_other("/ui/signin");
+        return see_other(&state, "/ui/signin");
     };
     let revoked = async {
         let id = account_of(&session)?;
@@ -1042,17 +1140,18 @@ async fn revoke_session(
     };
     match revoked.await {
         Ok(true) => see_other_with_cookie(
+            &state,
             "/ui/signin?notice=signed-out",
             Some(clear_session(state.ui.secure_cookies)),
         ),
-        Ok(false) => see_other("/ui/sessions?notice=session-ended"),
+        Ok(false) => see_other(&state, "/ui/sessions?notice=session-ended"),
         Err(err) => error_page(&state, &err),
     }
 }
 
 async fn revoke_all(State(state): State<AppState>, post: FormPost) -> Response {
     let Some(session) = post.session else {
-        return see_other("/ui/signin");
+        return see_other(&state, "/ui/signin");
     };
     let ended = async {
         let id = account_of(&session)?;
@@ -1060,6 +1159,7 @@ async fn revoke_all(State(state): State<AppState>, post: FormPost) -> Response {
     };
     match ended.await {
         Ok(()) => see_other_with_cookie(
+            &state,
             "/ui/signin?notice=signed-out-everywhere",
             Some(clear_session(state.ui.secure_cookies)),
         ),
@@ -1080,6 +1180,44 @@ async fn sign_out(State(state): State<AppState>, headers: HeaderMap, post: FormP
     if wants_json {
         ([(header::SET_COOKIE, cookie)], Json(json!({}))).into_response()
     } else {
-        see_other_with_cookie("/ui/signin?notice=signed-out", Some(cookie))
+        see_other_with_cookie(&state, "/ui/signin?notice=signed-out", Some(cookie))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenants_pages_name_it_in_their_own_addresses_only() {
+        let plain = UiSettings::default();
+        assert_eq!(plain.page_url("/ui/account"), "/ui/account");
+        let acme = plain.for_tenant("acme");
+        for (to, named) in [
+            ("/ui", "/ui?namespace=acme"),
+            ("/ui/account", "/ui/account?namespace=acme"),
+            (
+                "/ui/account?notice=saved",
+                "/ui/account?notice=saved&namespace=acme",
+            ),
+            ("/ui/sessions#list", "/ui/sessions?namespace=acme#list"),
+            ("/ui/style.css", "/ui/style.css"),
+            ("/ui/logo", "/ui/logo"),
+            ("/micro.js", "/micro.js"),
+            ("/uix", "/uix"),
+            (
+                "https://app.example.com/ui/account",
+                "https://app.example.com/ui/account",
+            ),
+            ("#main", "#main"),
+        ] {
+            assert_eq!(acme.page_url(to), named, "{to}");
+        }
+        let html = r##"<a href="#main">skip</a><link href="/ui/style.css"><form action="/ui/signin"></form><a href="/ui/account?notice=saved">x</a><a href="https://elsewhere/ui/x">y</a>"##;
+        assert_eq!(
+            acme.with_tenant_links(html.to_string()),
+            r##"<a href="#main">skip</a><link href="/ui/style.css"><form action="/ui/signin?namespace=acme"></form><a href="/ui/account?notice=saved&amp;namespace=acme">x</a><a href="https://elsewhere/ui/x">y</a>"##
+        );
+        assert_eq!(plain.with_tenant_links(html.to_string()), html);
     }
 }

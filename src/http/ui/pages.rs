@@ -116,7 +116,7 @@ impl Page {
         } else {
             &[]
         };
-        document(
+        let Html(page) = document(
             ui,
             &Frame {
                 title: self.title,
@@ -126,7 +126,8 @@ impl Page {
                 nav: None,
             },
             self.body,
-        )
+        );
+        Html(ui.with_tenant_links(page))
     }
 
     pub fn sign_in(return_to: Option<&str>, login: Option<&str>) -> Self {
@@ -473,7 +474,8 @@ pub fn document(ui: &UiSettings, frame: &Frame<'_>, body: Markup) -> Html<String
                     script src=(script) defer {}
                 }
             }
-            body.wide[frame.nav.is_some()] {
+            // The tenant, for the passkey buttons' calls (`Micro-Namespace`).
+            body.wide[frame.nav.is_some()] data-namespace=[ui.tenant.as_deref()] {
                 a.skip href="#main" { "Skip to the content" }
                 header {
                     @if ui.logo.is_some() {

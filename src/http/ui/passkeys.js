@@ -4,6 +4,11 @@
   "use strict";
   if (!window.PublicKeyCredential || !window.Micro || !navigator.credentials) return;
   var shown = document.querySelectorAll("[data-passkey]");
+  // A tenant's pages name it (the service holds several), for the calls and the pages.
+  var namespace = document.body.getAttribute("data-namespace") || "";
+  function page(path) {
+    return namespace ? path + (path.indexOf("?") >= 0 ? "&" : "?") + "namespace=" + encodeURIComponent(namespace) : path;
+  }
   for (var i = 0; i < shown.length; i++) shown[i].hidden = false;
 
   function report(error) {
@@ -20,8 +25,8 @@
       // Without a name, the browser offers the passkeys it holds for this service.
       var who = challenge ? {challenge_id: challenge} : (login ? login.value.trim() : "");
       Micro.passkeys.signIn(who, function (session) {
-        window.location.href = session.redirect || "/ui/account";
-      }, report, signIn.getAttribute("data-return-to") || "");
+        window.location.href = session.redirect || page("/ui/account");
+      }, report, signIn.getAttribute("data-return-to") || "", namespace);
     });
   }
 
@@ -30,8 +35,8 @@
     add.addEventListener("click", function () {
       var name = document.getElementById("passkey_name");
       Micro.passkeys.register(name ? name.value : "", function () {
-        window.location.href = "/ui/account?notice=passkey-added";
-      }, report);
+        window.location.href = page("/ui/account?notice=passkey-added");
+      }, report, namespace);
     });
   }
 })();
