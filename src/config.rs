@@ -572,9 +572,9 @@ pub struct TenancyConfig {
     )]
     pub tenants: Vec<TenantName>,
 
-    /// The tenant that requests naming none are served by (the hosted pages opened
-    /// without ?namespace=, and the admin console); without it such requests are
-    /// refused with 400
+    /// The tenant that requests naming none are served by (the hosted pages and the
+    /// admin console opened without ?namespace=); without it such requests are refused
+    /// with 400
     #[arg(long, env = "USERS_DEFAULT_TENANT", value_name = "NAME")]
     pub default_tenant: Option<TenantName>,
 

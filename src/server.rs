@@ -568,12 +568,12 @@ impl Server {
                 }
                 None => None,
             };
-            crate::core::sealing::check_stored(
-                store.as_ref(),
-                &settings.sealing,
-                tenant.as_ref().map(|t| t.as_str()),
-            )
-            .await;
+            // Counted beside the start, which waits for no scan of the stored secrets.
+            let (counted, sealing) = (store.clone(), settings.sealing.clone());
+            let of = tenant.as_ref().map(ToString::to_string);
+            tokio::spawn(async move {
+                crate::core::sealing::check_stored(counted.as_ref(), &sealing, of.as_deref()).await;
+            });
             let mut pool_settings = settings.clone();
             pool_settings.links.tenant = tenant.as_ref().map(ToString::to_string);
             let users = Arc::new(Users::new(

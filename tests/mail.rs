@@ -108,14 +108,6 @@ async fn create(app: &TestApp, username: &str) -> Value {
     body["account"].clone()
 }
 
-/// The first http(s) address in a text.
-fn link_in(text: &str) -> String {
-    text.split_whitespace()
-        .find(|word| word.starts_with("http://") || word.starts_with("https://"))
-        .unwrap_or_else(|| panic!("no link in {text:?}"))
-        .to_string()
-}
-
 /// The value of a query parameter of `url`.
 fn query_param(url: &str, name: &str) -> String {
     reqwest::Url::parse(url)
@@ -146,7 +138,7 @@ async fn verification_mail(app: &TestApp, sink: &SmtpSink, email: &str) -> (Mail
     let answer = send_verification(app, email).await;
     assert_eq!(answer, (StatusCode::OK, json!({})));
     let mail = sink.next_mail(email).await;
-    let link = link_in(&mail.body);
+    let link = mail.link();
     (mail, link)
 }
 
@@ -396,7 +388,7 @@ async fn magic_token(app: &TestApp, sink: &SmtpSink, email: &str) -> String {
         )
         .await;
     assert_eq!(answer, (StatusCode::OK, json!({})));
-    let link = link_in(&sink.next_mail(email).await.body);
+    let link = sink.next_mail(email).await.link();
     link.strip_prefix("https://app.example.com/auth/magic/")
         .unwrap_or_else(|| panic!("unexpected link {link}"))
         .to_string()
@@ -978,7 +970,7 @@ async fn the_micro_surface_runs_the_same_flows(app: TestApp, sink: SmtpSink) {
         )
         .await;
     assert_eq!((status.as_u16(), body), (200, json!({})));
-    let link = link_in(&sink.next_mail(email).await.body);
+    let link = sink.next_mail(email).await.link();
     let token = link
         .strip_prefix("https://app.example.com:8443/in/")
         .expect("the magic link's form");
@@ -996,7 +988,7 @@ async fn the_micro_surface_runs_the_same_flows(app: TestApp, sink: SmtpSink) {
         )
         .await;
     assert_eq!((status.as_u16(), body), (200, json!({})));
-    let link = link_in(&sink.next_mail(email).await.body);
+    let link = sink.next_mail(email).await.link();
     let (status, body) = app
         .call("VerifyEmail", json!({"token": query_param(&link, "token")}))
         .await;

@@ -1103,12 +1103,7 @@ async fn lockouts_resets_verification_and_second_factors_are_audited_on_both_sto
         .await;
         assert_eq!(status, 200);
         let mail = sink.next_mail(email).await;
-        let link = mail
-            .body
-            .split_whitespace()
-            .find(|w| w.starts_with("http"))
-            .unwrap()
-            .to_owned();
+        let link = mail.link();
         let token = reqwest::Url::parse(&link)
             .unwrap()
             .query_pairs()

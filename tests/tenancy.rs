@@ -478,19 +478,34 @@ async fn the_start_refuses_tenancy_settings_that_do_not_hold() {
     assert!(err.contains("is the service's admin key"), "{err}");
 }
 
+/// The two tenants of [`tenants`] (with `configure` applied after), sending e-mail to
+/// an SMTP sink; None when the store is not available. The directory holds the key
+/// file, which must outlive the start.
+async fn with_mail(
+    backend: Backend,
+    name: &str,
+    configure: impl FnOnce(&mut ServeConfig),
+) -> Option<(TestApp, common::smtp::SmtpSink, tempfile::TempDir)> {
+    let sink = common::smtp::SmtpSink::start().await;
+    let smtp = sink.url();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("tenant-keys");
+    let app = TestApp::spawn_with(backend, name, |c| {
+        tenants(c, &keys);
+        c.mail.smtp_url = Some(smtp);
+        configure(c);
+    })
+    .await?;
+    Some((app, sink, dir))
+}
+
 /// A verification e-mail of a tenant links to that tenant: the browser that opens it
 /// sends no header, and the link verifies the tenant's account, not the default's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_verification_link_verifies_in_its_own_tenant_on_both_stores() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
-        let sink = common::smtp::SmtpSink::start().await;
-        let smtp = sink.url();
-        let dir = tempfile::tempdir().unwrap();
-        let keys = dir.path().join("tenant-keys");
-        let Some(app) = TestApp::spawn_with(backend, "tenancy::verification_link", |c| {
-            tenants(c, &keys);
+        let Some((app, sink, _dir)) = with_mail(backend, "tenancy::verification_link", |c| {
             c.tenancy.default_tenant = Some("acme".parse().unwrap());
-            c.mail.smtp_url = Some(smtp);
         })
         .await
         else {
@@ -515,12 +530,7 @@ async fn a_verification_link_verifies_in_its_own_tenant_on_both_stores() {
             .await;
         assert_eq!(status, 200, "{body}");
         let mail = sink.next_mail("erin@example.com").await;
-        let link = mail
-            .body
-            .split_whitespace()
-            .find(|w| w.starts_with("http"))
-            .unwrap()
-            .to_string();
+        let link = mail.link();
         assert!(link.contains("namespace=globex"), "{link}");
         let browser = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -625,21 +635,26 @@ async fn webhooks_name_their_tenant_in_their_ids_and_payloads_on_both_stores() {
     }
 }
 
-/// The addresses of a page's links and forms that lead to the hosted pages (not to
-/// their shared files).
-fn page_addresses(html: &str) -> Vec<String> {
+/// The addresses of a page's links and forms under `root` (`/ui`, `/admin`), but not
+/// the shared files of the hosted pages.
+fn addresses_under(html: &str, root: &str) -> Vec<String> {
     let mut found = Vec::new();
     for attr in ["href=\"", "action=\""] {
         for (at, _) in html.match_indices(attr) {
             let value = &html[at + attr.len()..];
             let value = &value[..value.find('"').unwrap()];
             let shared = ["/ui/style.css", "/ui/brand.css", "/ui/logo"].contains(&value);
-            if value.starts_with("/ui") && !shared {
+            if value.starts_with(root) && !shared {
                 found.push(value.replace("&amp;", "&"));
             }
         }
     }
     found
+}
+
+/// The addresses of a page's links and forms that lead to the hosted pages.
+fn page_addresses(html: &str) -> Vec<String> {
+    addresses_under(html, "/ui")
 }
 
 /// The hosted pages of a tenant, named in their address (`?namespace=`), as a browser
@@ -649,15 +664,7 @@ fn page_addresses(html: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenants_hosted_pages_keep_to_their_tenant_on_both_stores() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
-        let sink = common::smtp::SmtpSink::start().await;
-        let smtp = sink.url();
-        let dir = tempfile::tempdir().unwrap();
-        let keys = dir.path().join("tenant-keys");
-        let Some(app) = TestApp::spawn_with(backend, "tenancy::hosted_pages", |c| {
-            tenants(c, &keys);
-            c.mail.smtp_url = Some(smtp);
-        })
-        .await
+        let Some((app, sink, _dir)) = with_mail(backend, "tenancy::hosted_pages", |_| {}).await
         else {
             continue;
         };
@@ -741,12 +748,7 @@ async fn a_tenants_hosted_pages_keep_to_their_tenant_on_both_stores() {
         assert_eq!(status, 200);
         assert_eq!(searched["users"], json!([]), "no dora in acme");
         let mail = sink.next_mail("dora@example.com").await;
-        let link = mail
-            .body
-            .split_whitespace()
-            .find(|w| w.starts_with("http"))
-            .unwrap()
-            .to_string();
+        let link = mail.link();
         let verified = browser.get(&link).send().await.unwrap();
         assert_eq!(verified.status(), 302, "{link}");
         assert_eq!(
@@ -800,12 +802,7 @@ async fn a_tenants_hosted_pages_keep_to_their_tenant_on_both_stores() {
         .unwrap();
         assert_eq!(asked.status(), 200);
         let mail = sink.next_mail("dora@example.com").await;
-        let link = mail
-            .body
-            .split_whitespace()
-            .find(|w| w.contains("/ui/magic/"))
-            .unwrap()
-            .to_string();
+        let link = mail.link();
         assert!(link.ends_with("?namespace=globex"), "{link}");
         let path = link.strip_prefix(base).unwrap().to_string();
         let landing = get(&path, None).await.unwrap();
@@ -821,5 +818,93 @@ async fn a_tenants_hosted_pages_keep_to_their_tenant_on_both_stores() {
         let signed_in = form(&path, &[], None).await.unwrap();
         assert_eq!(signed_in.status(), 303);
         assert_eq!(location(&signed_in), "/ui/account?namespace=globex");
+    }
+}
+
+/// The admin console of a tenant, named in its address as the hosted pages are: a
+/// tenant's own key signs in to that tenant's console only, whose pages, forms (the
+/// search's too) and redirects keep the tenant and show its users alone; the sign-in
+/// proves nothing in the other tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_console_keeps_to_its_tenant_on_both_stores() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("tenant-keys");
+        let Some(app) =
+            TestApp::spawn_with(backend, "tenancy::console", |c| tenants(c, &keys)).await
+        else {
+            continue;
+        };
+        let base = app.base.as_str();
+        for (tenant, name) in [("acme", "ivy"), ("globex", "gus")] {
+            let (status, body) = At::new(&app.client, base, Some(tenant))
+                .call("Create", signup(name, PASSWORD))
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+        let browser = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let location = |response: &reqwest::Response| {
+            response.headers()["location"].to_str().unwrap().to_string()
+        };
+        let sign_in = |tenant: &str, key: &str| {
+            browser
+                .post(format!("{base}/admin/signin?namespace={tenant}"))
+                .header("origin", base)
+                .form(&[("key", key)])
+                .send()
+        };
+        let get = |path: &str, cookie: &str| {
+            browser
+                .get(format!("{base}{path}"))
+                .header("cookie", cookie)
+                .send()
+        };
+
+        assert_eq!(
+            browser
+                .get(format!("{base}/admin"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            400,
+            "no tenant named, no default"
+        );
+        let refused = sign_in("globex", ACME_KEY).await.unwrap();
+        assert_eq!(refused.status(), 401, "acme's key is no admin of globex");
+        let signed_in = sign_in("acme", ACME_KEY).await.unwrap();
+        assert_eq!(signed_in.status(), 303);
+        assert_eq!(location(&signed_in), "/admin/users?namespace=acme");
+        let cookie = signed_in.headers()["set-cookie"].to_str().unwrap();
+        let cookie = cookie.split(';').next().unwrap().to_string();
+
+        let users = get("/admin/users?namespace=acme", &cookie).await.unwrap();
+        assert_eq!(users.status(), 200);
+        let html = users.text().await.unwrap();
+        assert!(html.contains("ivy") && !html.contains("gus"), "{html}");
+        assert!(
+            html.contains(r#"<input type="hidden" name="namespace" value="acme">"#),
+            "the search form keeps the tenant: {html}"
+        );
+        let addresses: Vec<_> = page_addresses(&html)
+            .into_iter()
+            .chain(addresses_under(&html, "/admin"))
+            .collect();
+        assert!(addresses.iter().any(|a| a.starts_with("/admin/users/")));
+        for address in addresses {
+            assert!(address.ends_with("namespace=acme"), "{address}");
+        }
+        let searched = get("/admin/users?q=ivy&namespace=acme", &cookie)
+            .await
+            .unwrap();
+        assert!(searched.text().await.unwrap().contains("ivy"));
+
+        // acme's sign-in is nothing in globex's console.
+        let elsewhere = get("/admin/users?namespace=globex", &cookie).await.unwrap();
+        assert_eq!(elsewhere.status(), 303);
+        assert_eq!(location(&elsewhere), "/admin?namespace=globex");
     }
 }

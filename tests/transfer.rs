@@ -602,13 +602,17 @@ async fn reseal_seals_the_secrets_stored_in_clear() {
     assert_eq!(status, 200, "{started}");
     let secret = started["secret"].as_str().unwrap().to_string();
     let db = app.into_database().await;
-    // The start's log line about the stored secrets, with `key` given.
+    // The start's warnings about the stored secrets, counted beside the start (until
+    // its debug line says they are), with `key` given.
     let start_warnings = |key: &str| {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = command(dir.path());
         cmd.args(["--database-url", &db.raw_url, "--listen", "127.0.0.1:0"])
-            .env("USERS_ENCRYPTION_KEY", key);
-        let (exit, logs) = Service::start(cmd).terminate();
+            .env("USERS_ENCRYPTION_KEY", key)
+            .env("RUST_LOG", "info,users_service::core::sealing=debug");
+        let mut service = Service::start(cmd);
+        service.wait_for_lines("the stored TOTP secrets are counted", 1);
+        let (exit, logs) = service.terminate();
         assert!(exit.success(), "{logs:#?}");
         logs.into_iter()
             .filter(|l| l.contains("WARN") && l.contains("TOTP secrets"))
@@ -651,7 +655,7 @@ async fn reseal_seals_the_secrets_stored_in_clear() {
         !ok && stderr.contains("give them after the first"),
         "{stderr}"
     );
-    // Started without the key that sealed it: said at once, naming the key.
+    // Started without the key that sealed it: said, naming the key.
     let source_id = users_service::core::sealing::SealingKeys::parse(SEALING_SOURCE)
         .unwrap()
         .current()

@@ -274,6 +274,12 @@ pub async fn check_stored(store: &dyn Store, keys: &SealingKeys, tenant: Option<
             "TOTP secrets{of} are encrypted under keys --encryption-key does not give: their users cannot pass the second step with a code"
         );
     }
+    // Said last: what a start found is all above.
+    tracing::debug!(
+        clear = found.clear,
+        without_key = found.without_key,
+        "the stored TOTP secrets{of} are counted"
+    );
 }
 
 /// What [`reseal`] did.

@@ -49,10 +49,14 @@ impl NoTenant {
 }
 
 /// The `namespace` of the query of what a browser opens without headers: a
-/// verification link, or a hosted page (whose links, forms and redirects carry it).
+/// verification link, a hosted page or the admin console (whose links, forms and
+/// redirects carry it).
 fn link_namespace(uri: &Uri) -> Option<String> {
     let path = uri.path();
-    if path != VERIFY_PATH && path != "/ui" && !path.starts_with("/ui/") {
+    let page = ["/ui", "/admin"]
+        .iter()
+        .any(|root| path == *root || path.starts_with(&format!("{root}/")));
+    if path != VERIFY_PATH && !page {
         return None;
     }
     url::form_urlencoded::parse(uri.query()?.as_bytes())
@@ -212,6 +216,8 @@ mod tests {
             "/ui/signin?namespace=globex",
             "/ui?namespace=globex",
             "/ui/magic/t?namespace=globex",
+            "/admin?namespace=globex",
+            "/admin/users?q=x&namespace=globex",
         ] {
             assert_eq!(
                 with_default.choose(&known, &HeaderMap::new(), &uri(link)),
@@ -221,7 +227,7 @@ mod tests {
         }
         for elsewhere in [
             "/users/Users/Read?namespace=globex",
-            "/admin?namespace=globex",
+            "/administrator?namespace=globex",
             "/uix?namespace=globex",
         ] {
             assert_eq!(

@@ -62,6 +62,15 @@ impl Mail {
         let (headers, _) = split_headers(&self.raw);
         find_header(&headers, name).map(decode_encoded_words)
     }
+
+    /// The first http(s) address in the body (the link an e-mail carries).
+    pub fn link(&self) -> String {
+        self.body
+            .split_whitespace()
+            .find(|word| word.starts_with("http://") || word.starts_with("https://"))
+            .unwrap_or_else(|| panic!("no link in {:?}", self.body))
+            .to_string()
+    }
 }
 
 /// What the server and the test share.

@@ -127,7 +127,7 @@ impl FromRequestParts<AppState> for Viewer {
         if signed_in(state, &parts.headers) {
             Ok(Viewer)
         } else {
-            Err(see_other("/admin"))
+            Err(see_other(state, "/admin"))
         }
     }
 }
@@ -180,12 +180,17 @@ fn off(state: &AppState) -> Response {
     pages::off().render(state, StatusCode::NOT_FOUND)
 }
 
-fn see_other(to: &str) -> Response {
-    (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_string())]).into_response()
+/// A redirect to `to`, which names the console's tenant (see `UiSettings::page_url`).
+fn see_other(state: &AppState, to: &str) -> Response {
+    (
+        StatusCode::SEE_OTHER,
+        [(header::LOCATION, state.ui.page_url(to))],
+    )
+        .into_response()
 }
 
-fn see_other_with_cookie(to: &str, cookie: HeaderValue) -> Response {
-    let mut response = see_other(to);
+fn see_other_with_cookie(state: &AppState, to: &str, cookie: HeaderValue) -> Response {
+    let mut response = see_other(state, to);
     response.headers_mut().insert(header::SET_COOKIE, cookie);
     response
 }
@@ -196,7 +201,7 @@ async fn home(State(state): State<AppState>, headers: HeaderMap) -> Response {
         return off(&state);
     }
     if signed_in(&state, &headers) {
-        return see_other("/admin/users");
+        return see_other(&state, "/admin/users");
     }
     pages::sign_in(None).render(&state, StatusCode::OK)
 }
@@ -225,7 +230,7 @@ async fn sign_in(
             .and_then(|token| set_console(&token, CONSOLE_TTL, state.ui.secure_cookies));
         if let Some(cookie) = cookie {
             tracing::info!(event = "console_signed_in", client = ?caller.ip);
-            return see_other_with_cookie("/admin/users", cookie);
+            return see_other_with_cookie(&state, "/admin/users", cookie);
         }
     }
     tracing::warn!(event = "api_key_rejected", method = "Console", client = ?caller.ip);
@@ -244,7 +249,11 @@ async fn sign_out(State(state): State<AppState>, headers: HeaderMap) -> Response
     if let Some(refused) = foreign_post(&headers, &state) {
         return refused;
     }
-    see_other_with_cookie("/admin?signed-out", clear_console(state.ui.secure_cookies))
+    see_other_with_cookie(
+        &state,
+        "/admin?signed-out",
+        clear_console(state.ui.secure_cookies),
+    )
 }
 
 #[derive(Deserialize, Default)]
@@ -395,11 +404,14 @@ async fn after(
     notice: ConsoleNotice,
 ) -> Response {
     match outcome {
-        Ok(()) => see_other(&format!(
-            "/admin/users/{}?notice={}",
-            pages::path_segment(id),
-            notice.as_query()
-        )),
+        Ok(()) => see_other(
+            state,
+            &format!(
+                "/admin/users/{}?notice={}",
+                pages::path_segment(id),
+                notice.as_query()
+            ),
+        ),
         Err(err) => user_view(state, id, None, Some(&err), None).await,
     }
 }
@@ -558,10 +570,10 @@ async fn delete(
         ))
     };
     match outcome {
-        Ok(()) => see_other(&format!(
-            "/admin/users?notice={}",
-            ConsoleNotice::Deleted.as_query()
-        )),
+        Ok(()) => see_other(
+            &state,
+            &format!("/admin/users?notice={}", ConsoleNotice::Deleted.as_query()),
+        ),
         Err(err) => {
             let message = message_of(&state, &err);
             pages::delete(&user, Some(&message)).render(&state, status_of(&err))

@@ -3,7 +3,7 @@
 //! JavaScript.
 
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use maud::{html, Markup};
 
 use super::super::ui::{document, field, when, Frame};
@@ -96,6 +96,9 @@ impl ConsolePage {
         let nav = self.signed_in.then(|| {
             html! {
                 nav.console aria-label="Console" {
+                    @if let Some(tenant) = &state.ui.tenant {
+                        span.tenant { "Tenant " strong { (tenant) } }
+                    }
                     a href="/admin/users" { "Users" }
                     form method="post" action="/admin/signout" {
                         button.link type="submit" { "Sign out of the console" }
@@ -103,7 +106,7 @@ impl ConsolePage {
                 }
             }
         });
-        let page = document(
+        let Html(page) = document(
             &state.ui,
             &Frame {
                 title: &self.title,
@@ -114,7 +117,7 @@ impl ConsolePage {
             },
             self.body,
         );
-        (status, page).into_response()
+        (status, Html(state.ui.with_tenant_links(page))).into_response()
     }
 }
 
@@ -127,7 +130,7 @@ pub fn sign_in(error: Option<&str>) -> ConsolePage {
         ..ConsolePage::new(
             "Admin console",
             html! {
-                p { "Sign in with the service's admin key. This browser stays signed in to the console for " (hours) " hours, or until you sign out." }
+                p { "Sign in with the service's admin key (on a service with tenants, this tenant's own key works too). This browser stays signed in to the console for " (hours) " hours, or until you sign out." }
                 form method="post" action="/admin/signin" {
                     (field("key", "Admin key", "password", "off", None, true))
                     button type="submit" { "Sign in" }

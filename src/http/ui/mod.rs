@@ -61,8 +61,9 @@ pub struct UiSettings {
     /// allow-list and the credentialed origins.
     pub return_origins: Vec<String>,
     /// With tenants, the tenant these pages serve: a browser opens a page without the
-    /// Micro-Namespace header, so every link, form and redirect of a tenant's pages
-    /// names it in the query (`namespace=`), which the dispatch reads on `/ui/` paths.
+    /// Micro-Namespace header, so every link, form and redirect of a tenant's pages (and
+    /// of its console) names it in the query (`namespace=`), which the dispatch reads on
+    /// `/ui/` and `/admin` paths.
     pub tenant: Option<String>,
 }
 
@@ -83,15 +84,17 @@ impl UiSettings {
         }
     }
 
-    /// `to`, an address of these pages (`/ui/...`, with or without a query), naming
-    /// their tenant when they serve one; any other address as it is. `amp` joins a
-    /// query's parameters: `&`, or `&amp;` inside HTML.
+    /// `to`, an address of these pages or of the console (`/ui/...`, `/admin/...`, with
+    /// or without a query), naming their tenant when they serve one; any other address
+    /// as it is. `amp` joins a query's parameters: `&`, or `&amp;` inside HTML.
     fn tenant_url(&self, to: &str, amp: &str) -> String {
         let Some(tenant) = &self.tenant else {
             return to.to_string();
         };
         let path = to.split(['?', '#']).next().unwrap_or_default();
-        let page = path == "/ui" || path.starts_with("/ui/");
+        let page = ["/ui", "/admin"]
+            .iter()
+            .any(|root| path == *root || path.starts_with(&format!("{root}/")));
         if !page || SHARED_FILES.contains(&path) {
             return to.to_string();
         }
@@ -110,11 +113,26 @@ impl UiSettings {
         self.tenant_url(to, "&")
     }
 
-    /// A rendered page with every `href` and `action` that points at these pages
-    /// naming their tenant (the pages write their own addresses as plain `/ui/...`).
-    fn with_tenant_links(&self, html: String) -> String {
-        if self.tenant.is_none() {
+    /// A rendered page with every `href` and `action` that points at these pages or
+    /// the console naming their tenant (the pages write their own addresses plain, as
+    /// `/ui/...`). A form sent with GET, whose fields replace its action's query, gets
+    /// the tenant as a hidden field.
+    pub(crate) fn with_tenant_links(&self, html: String) -> String {
+        let Some(tenant) = &self.tenant else {
             return html;
+        };
+        let field = format!(r#"<input type="hidden" name="namespace" value="{tenant}">"#);
+        let mut html = html;
+        let mut from = 0;
+        while let Some(at) = html[from..].find("<form").map(|i| i + from) {
+            let Some(end) = html[at..].find('>').map(|i| i + at + 1) else {
+                break;
+            };
+            from = end;
+            if html[at..end].contains(r#" method="get""#) {
+                html.insert_str(end, &field);
+                from += field.len();
+            }
         }
         let mut out = String::with_capacity(html.len() + 256);
         let mut rest = html.as_str();
@@ -1219,5 +1237,14 @@ mod tests {
             r##"<a href="#main">skip</a><link href="/ui/style.css"><form action="/ui/signin?namespace=acme"></form><a href="/ui/account?notice=saved&amp;namespace=acme">x</a><a href="https://elsewhere/ui/x">y</a>"##
         );
         assert_eq!(plain.with_tenant_links(html.to_string()), html);
+        let search = r#"<form class="search" method="get" action="/admin/users"><input name="q"></form><form method="post" action="/admin/signout"></form>"#;
+        assert_eq!(
+            acme.with_tenant_links(search.to_string()),
+            r#"<form class="search" method="get" action="/admin/users?namespace=acme"><input type="hidden" name="namespace" value="acme"><input name="q"></form><form method="post" action="/admin/signout?namespace=acme"></form>"#
+        );
+        assert_eq!(
+            acme.page_url("/admin?signed-out"),
+            "/admin?signed-out&namespace=acme"
+        );
     }
 }
