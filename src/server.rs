@@ -411,6 +411,7 @@ fn ui_settings(
         secure_cookies: public_url.is_some_and(|u| u.scheme() == "https"),
         return_origins,
         tenant: None,
+        cookies: Default::default(),
     })
 }
 

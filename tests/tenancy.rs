@@ -781,6 +781,36 @@ async fn a_tenants_hosted_pages_keep_to_their_tenant_on_both_stores() {
             format!("/ui/signin?return_to={back}&namespace=acme")
         );
 
+        // Each tenant has its own cookie: signed in to acme too, the browser is signed
+        // in to both, each page showing its own tenant's account.
+        assert!(cookie.starts_with("users_session_globex="), "{cookie}");
+        let acme_signed_up = form(
+            "/ui/signup?namespace=acme",
+            &[
+                ("username", "otto"),
+                ("email", "otto@example.com"),
+                ("password", PASSWORD),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(acme_signed_up.status(), 303);
+        let acme_cookie = acme_signed_up.headers()["set-cookie"].to_str().unwrap();
+        let acme_cookie = acme_cookie.split(';').next().unwrap().to_string();
+        assert!(
+            acme_cookie.starts_with("users_session_acme="),
+            "{acme_cookie}"
+        );
+        let both = format!("{cookie}; {acme_cookie}");
+        for (tenant, shown) in [("globex", "dora@example.com"), ("acme", "otto@example.com")] {
+            let page = get(&format!("/ui/account?namespace={tenant}"), Some(&both))
+                .await
+                .unwrap();
+            assert_eq!(page.status(), 200, "{tenant}");
+            assert!(page.text().await.unwrap().contains(shown), "{tenant}");
+        }
+
         // Signed out on globex's page, back to globex's sign-in page.
         let out = form("/ui/signout?namespace=globex", &[], Some(&cookie))
             .await
@@ -902,9 +932,25 @@ async fn a_tenants_console_keeps_to_its_tenant_on_both_stores() {
             .unwrap();
         assert!(searched.text().await.unwrap().contains("ivy"));
 
-        // acme's sign-in is nothing in globex's console.
+        // acme's sign-in is nothing in globex's console, even under globex's cookie's
+        // name; signed in there too, the browser holds both consoles.
+        assert!(cookie.starts_with("users_console_acme="), "{cookie}");
         let elsewhere = get("/admin/users?namespace=globex", &cookie).await.unwrap();
         assert_eq!(elsewhere.status(), 303);
         assert_eq!(location(&elsewhere), "/admin?namespace=globex");
+        let forged = cookie.replace("users_console_acme=", "users_console_globex=");
+        let elsewhere = get("/admin/users?namespace=globex", &forged).await.unwrap();
+        assert_eq!(elsewhere.status(), 303, "acme's sign-in is signed for acme");
+        let globex = sign_in("globex", GLOBEX_KEY).await.unwrap();
+        assert_eq!(globex.status(), 303);
+        let globex_cookie = globex.headers()["set-cookie"].to_str().unwrap();
+        let both = format!("{cookie}; {}", globex_cookie.split(';').next().unwrap());
+        for (tenant, shown) in [("acme", "ivy"), ("globex", "gus")] {
+            let page = get(&format!("/admin/users?namespace={tenant}"), &both)
+                .await
+                .unwrap();
+            assert_eq!(page.status(), 200, "{tenant}");
+            assert!(page.text().await.unwrap().contains(shown), "{tenant}");
+        }
     }
 }

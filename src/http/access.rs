@@ -203,7 +203,7 @@ impl FromRequestParts<AppState> for Caller {
                     state
                         .guard
                         .cookie_allowed(&parts.headers)
-                        .then(|| session_cookie(&parts.headers))
+                        .then(|| session_cookie(&parts.headers, &state.ui.cookies))
                         .flatten()
                 })
         };

@@ -99,7 +99,8 @@ fn token_valid(state: &AppState, value: &str, now: i64) -> bool {
 
 /// Whether the request carries a live console sign-in.
 fn signed_in(state: &AppState, headers: &HeaderMap) -> bool {
-    console_cookie(headers).is_some_and(|v| token_valid(state, v, state.users.now()))
+    console_cookie(headers, &state.ui.cookies)
+        .is_some_and(|v| token_valid(state, v, state.users.now()))
 }
 
 /// The core's caller for the console: the operator, as the admin key is.
@@ -226,8 +227,14 @@ async fn sign_in(
     }
     let key = form.key.unwrap_or_default();
     if !key.trim().is_empty() && state.access.key_matches(&key) {
-        let cookie = console_token(&state, state.users.now())
-            .and_then(|token| set_console(&token, CONSOLE_TTL, state.ui.secure_cookies));
+        let cookie = console_token(&state, state.users.now()).and_then(|token| {
+            set_console(
+                &state.ui.cookies,
+                &token,
+                CONSOLE_TTL,
+                state.ui.secure_cookies,
+            )
+        });
         if let Some(cookie) = cookie {
             tracing::info!(event = "console_signed_in", client = ?caller.ip);
             return see_other_with_cookie(&state, "/admin/users", cookie);
@@ -252,7 +259,7 @@ async fn sign_out(State(state): State<AppState>, headers: HeaderMap) -> Response
     see_other_with_cookie(
         &state,
         "/admin?signed-out",
-        clear_console(state.ui.secure_cookies),
+        clear_console(&state.ui.cookies, state.ui.secure_cookies),
     )
 }
 

@@ -23,7 +23,7 @@ use serde_json::json;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use super::access::Caller;
-use super::cookie::{clear_session, session_cookie, set_session};
+use super::cookie::{clear_session, session_cookie, set_session, CookieNames};
 use super::error::{status_of, WireError};
 use super::AppState;
 use crate::core::users::{DisableProof, Requester};
@@ -65,6 +65,8 @@ pub struct UiSettings {
     /// of its console) names it in the query (`namespace=`), which the dispatch reads on
     /// `/ui/` and `/admin` paths.
     pub tenant: Option<String>,
+    /// The names of the browser's cookies for these pages (a tenant's own).
+    pub cookies: CookieNames,
 }
 
 /// The files under `/ui/` that every tenant's pages share.
@@ -80,6 +82,7 @@ impl UiSettings {
     pub fn for_tenant(&self, tenant: &str) -> Self {
         Self {
             tenant: Some(tenant.to_string()),
+            cookies: CookieNames::of_tenant(tenant),
             ..self.clone()
         }
     }
@@ -301,7 +304,7 @@ async fn logo(State(state): State<AppState>, headers: HeaderMap) -> Response {
 /// The browser's live session, read from its cookie (any method: reading a page is not
 /// an act). None without a cookie or when the session ended.
 async fn browser_session(state: &AppState, headers: &HeaderMap) -> Result<Option<Session>, Error> {
-    let Some(token) = session_cookie(headers) else {
+    let Some(token) = session_cookie(headers, &state.ui.cookies) else {
         return Ok(None);
     };
     match state.users.read_session(token).await {
@@ -452,6 +455,7 @@ fn signed_in(state: &AppState, session: &Session, to: &str) -> Response {
         state,
         to,
         set_session(
+            &state.ui.cookies,
             &session.id,
             session.expires.saturating_sub(session.created).max(0),
             state.ui.secure_cookies,
@@ -550,6 +554,7 @@ async fn sign_in_passkey(
         Ok(session) => {
             let redirect = return_address(&state, body.return_to.as_deref());
             let cookie = set_session(
+                &state.ui.cookies,
                 &session.id,
                 session.expires.saturating_sub(session.created).max(0),
                 state.ui.secure_cookies,
@@ -987,9 +992,10 @@ async fn change_password(
         // with a code.
         Err(err @ Error::SecondFactorRequired { .. }) => {
             let mut response = second_step_or(&state, Page::plain("Enter your code"), err, None);
-            response
-                .headers_mut()
-                .insert(header::SET_COOKIE, clear_session(state.ui.secure_cookies));
+            response.headers_mut().insert(
+                header::SET_COOKIE,
+                clear_session(&state.ui.cookies, state.ui.secure_cookies),
+            );
             response
         }
         Err(err) => account_with_error(&state, &session, &err).await,
@@ -1160,7 +1166,7 @@ async fn revoke_session(
         Ok(true) => see_other_with_cookie(
             &state,
             "/ui/signin?notice=signed-out",
-            Some(clear_session(state.ui.secure_cookies)),
+            Some(clear_session(&state.ui.cookies, state.ui.secure_cookies)),
         ),
         Ok(false) => see_other(&state, "/ui/sessions?notice=session-ended"),
         Err(err) => error_page(&state, &err),
@@ -1179,7 +1185,7 @@ async fn revoke_all(State(state): State<AppState>, post: FormPost) -> Response {
         Ok(()) => see_other_with_cookie(
             &state,
             "/ui/signin?notice=signed-out-everywhere",
-            Some(clear_session(state.ui.secure_cookies)),
+            Some(clear_session(&state.ui.cookies, state.ui.secure_cookies)),
         ),
         Err(err) => error_page(&state, &err),
     }
@@ -1194,7 +1200,7 @@ async fn sign_out(State(state): State<AppState>, headers: HeaderMap, post: FormP
             return failure(&state, &headers, err);
         }
     }
-    let cookie = clear_session(state.ui.secure_cookies);
+    let cookie = clear_session(&state.ui.cookies, state.ui.secure_cookies);
     if wants_json {
         ([(header::SET_COOKIE, cookie)], Json(json!({}))).into_response()
     } else {
