@@ -666,6 +666,13 @@ pub struct UiConfig {
     /// instead of the title
     #[arg(long, env = "USERS_UI_LOGO", value_name = "FILE")]
     pub ui_logo: Option<PathBuf>,
+
+    /// With tenants, a directory with each tenant's own look in a folder named after it:
+    /// `title` (a line of text), `brand.css` and `logo.png` (or .svg, .jpg, .webp), each
+    /// taking the place of --ui-title, --ui-stylesheet or --ui-logo for that tenant's
+    /// pages and console
+    #[arg(long, env = "USERS_UI_TENANT_DIR", value_name = "DIR")]
+    pub ui_tenant_dir: Option<PathBuf>,
 }
 
 /// A value that is a secret: kept out of `Debug` output.
@@ -1111,6 +1118,7 @@ impl ServeConfig {
                 ui_title: DEFAULT_UI_TITLE.to_string(),
                 ui_stylesheet: None,
                 ui_logo: None,
+                ui_tenant_dir: None,
             },
             passwords: PasswordConfig {
                 password_min_length: DEFAULT_PASSWORD_MIN_LENGTH,

@@ -1,6 +1,7 @@
 //! The running service: opens the store, migrates it, binds the listener, serves until
 //! told to stop, and sweeps expired sessions in the background.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -273,9 +274,11 @@ impl TenancyPlan {
             if !tenancy.tenants.is_empty()
                 || tenancy.default_tenant.is_some()
                 || tenancy.tenant_keys_file.is_some()
+                || config.ui.ui_tenant_dir.is_some()
             {
                 return refuse(
-                    "--tenants, --default-tenant and --tenant-keys-file need --tenancy namespace"
+                    "--tenants, --default-tenant, --tenant-keys-file and --ui-tenant-dir need \
+                     --tenancy namespace"
                         .into(),
                 );
             }
@@ -362,46 +365,108 @@ impl TenancyPlan {
 
 /// The admin key from the environment or from a file, if any.
 /// The hosted pages' settings: the operator's files are read once, at start-up.
+/// A file of the pages' look, read once at start.
+fn read_look(what: &str, path: &std::path::Path) -> Result<Vec<u8>, StartError> {
+    std::fs::read(path)
+        .map_err(|e| StartError::Config(format!("cannot read the {what} {}: {e}", path.display())))
+}
+
+fn stylesheet_asset(path: &std::path::Path) -> Result<Asset, StartError> {
+    Ok(Asset::new(
+        "text/css; charset=utf-8",
+        read_look("stylesheet", path)?,
+    ))
+}
+
+/// The logo's media type, from its file's extension.
+fn logo_kind(path: &std::path::Path) -> Option<&'static str> {
+    match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("png") => Some("image/png"),
+        Some("svg") => Some("image/svg+xml"),
+        Some("jpg" | "jpeg") => Some("image/jpeg"),
+        Some("webp") => Some("image/webp"),
+        _ => None,
+    }
+}
+
+fn logo_asset(path: &std::path::Path) -> Result<Asset, StartError> {
+    let kind = logo_kind(path).ok_or_else(|| {
+        StartError::Config(format!(
+            "the logo {} is not a .png, .svg, .jpg or .webp file",
+            path.display()
+        ))
+    })?;
+    Ok(Asset::new(kind, read_look("logo", path)?))
+}
+
+/// A tenant's own look (`--ui-tenant-dir`), where it has one: what it holds of
+/// `<dir>/<tenant>/title`, `brand.css` and `logo.<png|svg|jpg|jpeg|webp>`.
+#[derive(Default)]
+struct TenantLook {
+    title: Option<String>,
+    stylesheet: Option<Asset>,
+    logo: Option<Asset>,
+}
+
+fn tenant_look(dir: &std::path::Path, tenant: &TenantName) -> Result<TenantLook, StartError> {
+    let folder = dir.join(tenant.as_str());
+    let mut look = TenantLook::default();
+    if !folder.is_dir() {
+        return Ok(look);
+    }
+    let title = folder.join("title");
+    if title.is_file() {
+        let text = String::from_utf8(read_look("title", &title)?).map_err(|_| {
+            StartError::Config(format!("the title {} is not UTF-8 text", title.display()))
+        })?;
+        let line = text.lines().next().unwrap_or_default().trim().to_string();
+        if line.is_empty() || line.chars().count() > 100 {
+            return Err(StartError::Config(format!(
+                "the title {} must be one line of 1-100 characters",
+                title.display()
+            )));
+        }
+        look.title = Some(line);
+    }
+    let css = folder.join("brand.css");
+    if css.is_file() {
+        look.stylesheet = Some(stylesheet_asset(&css)?);
+    }
+    let logos: Vec<_> = ["png", "svg", "jpg", "jpeg", "webp"]
+        .iter()
+        .map(|ext| folder.join(format!("logo.{ext}")))
+        .filter(|path| path.is_file())
+        .collect();
+    match logos.as_slice() {
+        [] => {}
+        [one] => look.logo = Some(logo_asset(one)?),
+        _ => {
+            return Err(StartError::Config(format!(
+                "{} holds more than one logo: keep one",
+                folder.display()
+            )))
+        }
+    }
+    Ok(look)
+}
+
 fn ui_settings(
     config: &UiConfig,
     public_url: Option<&url::Url>,
     redirect_allowlist: &[String],
     credentialed: &[String],
 ) -> Result<UiSettings, StartError> {
-    let read = |what: &str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| {
-            StartError::Config(format!("cannot read the {what} {}: {e}", path.display()))
-        })
-    };
     let stylesheet = config
         .ui_stylesheet
         .as_deref()
-        .map(|path| read("stylesheet", path))
-        .transpose()?
-        .map(|css| Asset::new("text/css; charset=utf-8", css));
-    let logo = match config.ui_logo.as_deref() {
-        Some(path) => {
-            let kind = match path
-                .extension()
-                .and_then(|e| e.to_str())
-                .map(str::to_ascii_lowercase)
-                .as_deref()
-            {
-                Some("png") => "image/png",
-                Some("svg") => "image/svg+xml",
-                Some("jpg" | "jpeg") => "image/jpeg",
-                Some("webp") => "image/webp",
-                _ => {
-                    return Err(StartError::Config(format!(
-                        "the logo {} is not a .png, .svg, .jpg or .webp file",
-                        path.display()
-                    )))
-                }
-            };
-            Some(Asset::new(kind, read("logo", path)?))
-        }
-        None => None,
-    };
+        .map(stylesheet_asset)
+        .transpose()?;
+    let logo = config.ui_logo.as_deref().map(logo_asset).transpose()?;
     let mut return_origins = redirect_allowlist.to_vec();
     return_origins.extend(credentialed.iter().cloned());
     Ok(UiSettings {
@@ -518,6 +583,20 @@ impl Server {
         let redirect_allowlist = settings.links.redirect_allowlist.clone();
 
         let process_metrics = tenancy.on.then(|| Arc::new(Metrics::process(&argon2)));
+        // Each tenant's own look, read once (its title also names it in authenticator
+        // apps).
+        let mut looks = HashMap::new();
+        if let Some(dir) = &config.ui.ui_tenant_dir {
+            if !dir.is_dir() {
+                return Err(StartError::Config(format!(
+                    "--ui-tenant-dir {} is not a directory",
+                    dir.display()
+                )));
+            }
+            for tenant in tenancy.pools.iter().flatten() {
+                looks.insert(tenant.clone(), tenant_look(dir, tenant)?);
+            }
+        }
         let mut pools = Vec::with_capacity(tenancy.pools.len());
         for (tenant, (mailer, webhooks)) in tenancy.pools.iter().zip(senders) {
             let database = config.database.for_tenant(tenant.as_ref());
@@ -577,6 +656,10 @@ impl Server {
             });
             let mut pool_settings = settings.clone();
             pool_settings.links.tenant = tenant.as_ref().map(ToString::to_string);
+            let look = tenant.as_ref().and_then(|t| looks.get(t));
+            if let Some(title) = look.and_then(|look| look.title.clone()) {
+                pool_settings.totp_issuer = title;
+            }
             let users = Arc::new(Users::new(
                 store.clone(),
                 hasher.clone(),
@@ -642,9 +725,24 @@ impl Server {
                     trusted_proxies: trusted_proxies.clone(),
                     request_timeout,
                     guard: guard.clone(),
-                    // A tenant's pages name it in their links, forms and redirects.
+                    // A tenant's pages name it in their links, forms and redirects, and
+                    // wear its own look where it has one.
                     ui: match &pool.tenant {
-                        Some(tenant) => Arc::new(ui.for_tenant(tenant.as_str())),
+                        Some(tenant) => {
+                            let mut own = ui.for_tenant(tenant.as_str());
+                            if let Some(look) = looks.get(tenant) {
+                                if let Some(title) = &look.title {
+                                    own.title.clone_from(title);
+                                }
+                                if let Some(css) = &look.stylesheet {
+                                    own.stylesheet = Some(css.clone());
+                                }
+                                if let Some(logo) = &look.logo {
+                                    own.logo = Some(logo.clone());
+                                }
+                            }
+                            Arc::new(own)
+                        }
                         None => ui.clone(),
                     },
                     metrics: pool.metrics.clone(),

@@ -476,6 +476,19 @@ async fn the_start_refuses_tenancy_settings_that_do_not_hold() {
     })
     .await;
     assert!(err.contains("is the service's admin key"), "{err}");
+    // A tenant's look that cannot be served.
+    let looks = dir.path().join("looks");
+    let err = refusal(&|c| c.ui.ui_tenant_dir = Some(looks.clone())).await;
+    assert!(err.contains("is not a directory"), "{err}");
+    std::fs::create_dir_all(looks.join("acme")).unwrap();
+    std::fs::write(looks.join("acme/logo.png"), "png").unwrap();
+    std::fs::write(looks.join("acme/logo.svg"), "<svg/>").unwrap();
+    let err = refusal(&|c| c.ui.ui_tenant_dir = Some(looks.clone())).await;
+    assert!(err.contains("more than one logo"), "{err}");
+    std::fs::remove_file(looks.join("acme/logo.png")).unwrap();
+    std::fs::write(looks.join("acme/title"), "\n").unwrap();
+    let err = refusal(&|c| c.ui.ui_tenant_dir = Some(looks.clone())).await;
+    assert!(err.contains("one line of 1-100 characters"), "{err}");
 }
 
 /// The two tenants of [`tenants`] (with `configure` applied after), sending e-mail to
@@ -635,15 +648,15 @@ async fn webhooks_name_their_tenant_in_their_ids_and_payloads_on_both_stores() {
     }
 }
 
-/// The addresses of a page's links and forms under `root` (`/ui`, `/admin`), but not
-/// the shared files of the hosted pages.
+/// The addresses of a page's links, forms and images under `root` (`/ui`, `/admin`),
+/// but not the files every tenant's pages share.
 fn addresses_under(html: &str, root: &str) -> Vec<String> {
     let mut found = Vec::new();
-    for attr in ["href=\"", "action=\""] {
+    for attr in ["href=\"", "action=\"", "src=\""] {
         for (at, _) in html.match_indices(attr) {
             let value = &html[at + attr.len()..];
             let value = &value[..value.find('"').unwrap()];
-            let shared = ["/ui/style.css", "/ui/brand.css", "/ui/logo"].contains(&value);
+            let shared = ["/ui/style.css", "/ui/passkeys.js"].contains(&value);
             if value.starts_with(root) && !shared {
                 found.push(value.replace("&amp;", "&"));
             }
@@ -953,4 +966,88 @@ async fn a_tenants_console_keeps_to_its_tenant_on_both_stores() {
             assert!(page.text().await.unwrap().contains(shown), "{tenant}");
         }
     }
+}
+
+/// With `--ui-tenant-dir`, a tenant's pages and console wear its own title, stylesheet
+/// and logo, served under its name; its title also names it in authenticator apps; a
+/// tenant without a folder wears the service's look.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_wears_its_own_look() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("tenant-keys");
+    let looks = dir.path().join("looks");
+    std::fs::create_dir_all(looks.join("acme")).unwrap();
+    std::fs::write(looks.join("acme/title"), "Acme Accounts\n").unwrap();
+    std::fs::write(looks.join("acme/brand.css"), "body { color: #a00; }").unwrap();
+    std::fs::write(
+        looks.join("acme/logo.svg"),
+        "<svg xmlns=\"http://www.w3.org/2000/svg\"/>",
+    )
+    .unwrap();
+    let app = TestApp::spawn_with(Backend::Sqlite, "tenancy::look", |c| {
+        tenants(c, &keys);
+        c.ui.ui_title = "Platform".to_string();
+        c.ui.ui_tenant_dir = Some(looks.clone());
+    })
+    .await
+    .unwrap();
+    let base = app.base.as_str();
+    let get = |path: &str| app.client.get(format!("{base}{path}")).send();
+
+    let acme = get("/ui/signin?namespace=acme")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        acme.contains("<title>Sign in · Acme Accounts</title>"),
+        "{acme}"
+    );
+    assert!(
+        acme.contains(r#"href="/ui/brand.css?namespace=acme""#),
+        "{acme}"
+    );
+    assert!(acme.contains(r#"src="/ui/logo?namespace=acme""#), "{acme}");
+    for address in page_addresses(&acme) {
+        assert!(address.ends_with("namespace=acme"), "{address}");
+    }
+    let css = get("/ui/brand.css?namespace=acme").await.unwrap();
+    assert_eq!(css.headers()["content-type"], "text/css; charset=utf-8");
+    assert_eq!(css.text().await.unwrap(), "body { color: #a00; }");
+    let logo = get("/ui/logo?namespace=acme").await.unwrap();
+    assert_eq!(logo.headers()["content-type"], "image/svg+xml");
+
+    let globex = get("/ui/signin?namespace=globex")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        globex.contains("<title>Sign in · Platform</title>"),
+        "{globex}"
+    );
+    assert!(
+        !globex.contains("brand.css") && !globex.contains("/ui/logo"),
+        "{globex}"
+    );
+    assert_eq!(
+        get("/ui/brand.css?namespace=globex")
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
+    // The authenticator app shows acme's name for acme's accounts.
+    let at = At::new(&app.client, base, Some("acme"));
+    let (status, body) = at.call("Create", signup("tia", PASSWORD)).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = at.call("Login", login("tia", PASSWORD)).await;
+    let session = body["session"]["id"].as_str().unwrap().to_string();
+    let (status, started) = at.key(&session).call("StartTotp", json!({})).await;
+    assert_eq!(status, 200, "{started}");
+    let uri = started["uri"].as_str().unwrap();
+    assert!(uri.contains("issuer=Acme%20Accounts"), "{uri}");
 }

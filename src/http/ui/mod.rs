@@ -69,13 +69,9 @@ pub struct UiSettings {
     pub cookies: CookieNames,
 }
 
-/// The files under `/ui/` that every tenant's pages share.
-const SHARED_FILES: &[&str] = &[
-    "/ui/style.css",
-    "/ui/brand.css",
-    "/ui/logo",
-    "/ui/passkeys.js",
-];
+/// The files under `/ui/` that every tenant's pages share (a tenant may have a look of
+/// its own: `/ui/brand.css` and `/ui/logo` are its).
+const SHARED_FILES: &[&str] = &["/ui/style.css", "/ui/passkeys.js"];
 
 impl UiSettings {
     /// The same settings for the pages of `tenant`.
@@ -116,8 +112,8 @@ impl UiSettings {
         self.tenant_url(to, "&")
     }
 
-    /// A rendered page with every `href` and `action` that points at these pages or
-    /// the console naming their tenant (the pages write their own addresses plain, as
+    /// A rendered page with every `href`, `action` and `src` that points at these pages
+    /// or the console naming their tenant (the pages write their own addresses plain, as
     /// `/ui/...`). A form sent with GET, whose fields replace its action's query, gets
     /// the tenant as a hidden field.
     pub(crate) fn with_tenant_links(&self, html: String) -> String {
@@ -139,7 +135,7 @@ impl UiSettings {
         }
         let mut out = String::with_capacity(html.len() + 256);
         let mut rest = html.as_str();
-        while let Some(at) = ["href=\"", "action=\""]
+        while let Some(at) = ["href=\"", "action=\"", "src=\""]
             .iter()
             .filter_map(|attr| rest.find(attr).map(|i| (i, attr.len())))
             .min()
@@ -1226,7 +1222,8 @@ mod tests {
             ),
             ("/ui/sessions#list", "/ui/sessions?namespace=acme#list"),
             ("/ui/style.css", "/ui/style.css"),
-            ("/ui/logo", "/ui/logo"),
+            ("/ui/logo", "/ui/logo?namespace=acme"),
+            ("/ui/passkeys.js", "/ui/passkeys.js"),
             ("/micro.js", "/micro.js"),
             ("/uix", "/uix"),
             (
