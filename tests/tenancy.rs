@@ -670,6 +670,32 @@ fn page_addresses(html: &str) -> Vec<String> {
     addresses_under(html, "/ui")
 }
 
+/// Signs `name` up (`<name>@example.com`) on `tenant`'s sign-up page, as a browser from
+/// the service's own origin: answers where it was sent next, and its session cookie.
+async fn sign_up_on_page(
+    browser: &reqwest::Client,
+    base: &str,
+    tenant: &str,
+    name: &str,
+) -> (String, String) {
+    let email = format!("{name}@example.com");
+    let response = browser
+        .post(format!("{base}/ui/signup?namespace={tenant}"))
+        .header("origin", base)
+        .form(&[
+            ("username", name),
+            ("email", &email),
+            ("password", PASSWORD),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    let header = |name: &str| response.headers()[name].to_str().unwrap().to_string();
+    let cookie = header("set-cookie").split(';').next().unwrap().to_string();
+    (header("location"), cookie)
+}
+
 /// The hosted pages of a tenant, named in their address (`?namespace=`), as a browser
 /// opens them with no header and no default tenant: every link, form and redirect keeps
 /// the tenant; a sign-up, its verification link, a sign-in by magic link and a sign-out
@@ -726,24 +752,8 @@ async fn a_tenants_hosted_pages_keep_to_their_tenant_on_both_stores() {
 
         // A sign-up on globex's page: the account is globex's, the browser lands on
         // globex's account page, and the verification link comes back to globex.
-        let signed_up = form(
-            "/ui/signup?namespace=globex",
-            &[
-                ("username", "dora"),
-                ("email", "dora@example.com"),
-                ("password", PASSWORD),
-            ],
-            None,
-        )
-        .await
-        .unwrap();
-        assert_eq!(signed_up.status(), 303);
-        assert_eq!(
-            location(&signed_up),
-            "/ui/account?notice=welcome&namespace=globex"
-        );
-        let cookie = signed_up.headers()["set-cookie"].to_str().unwrap();
-        let cookie = cookie.split(';').next().unwrap().to_string();
+        let (to, cookie) = sign_up_on_page(&browser, base, "globex", "dora").await;
+        assert_eq!(to, "/ui/account?notice=welcome&namespace=globex");
         let client = &app.client;
         let found = |tenant: &'static str| async move {
             let (status, body) = At::new(client, base, Some(tenant))
@@ -797,20 +807,7 @@ async fn a_tenants_hosted_pages_keep_to_their_tenant_on_both_stores() {
         // Each tenant has its own cookie: signed in to acme too, the browser is signed
         // in to both, each page showing its own tenant's account.
         assert!(cookie.starts_with("users_session_globex="), "{cookie}");
-        let acme_signed_up = form(
-            "/ui/signup?namespace=acme",
-            &[
-                ("username", "otto"),
-                ("email", "otto@example.com"),
-                ("password", PASSWORD),
-            ],
-            None,
-        )
-        .await
-        .unwrap();
-        assert_eq!(acme_signed_up.status(), 303);
-        let acme_cookie = acme_signed_up.headers()["set-cookie"].to_str().unwrap();
-        let acme_cookie = acme_cookie.split(';').next().unwrap().to_string();
+        let (_, acme_cookie) = sign_up_on_page(&browser, base, "acme", "otto").await;
         assert!(
             acme_cookie.starts_with("users_session_acme="),
             "{acme_cookie}"
