@@ -203,6 +203,21 @@ fn user_handle(user_id: &str) -> Uuid {
     Uuid::from_bytes(bytes)
 }
 
+/// The options of a sign-in by name with its credentials' transports left out: a
+/// decoy has none to show, so that a real credential whose client reported them at
+/// registration is listed as a decoy is. (They are hints; the browser finds the
+/// authenticator without them.)
+fn without_transports(options: &mut serde_json::Value) {
+    let listed = options
+        .pointer_mut("/publicKey/allowCredentials")
+        .and_then(serde_json::Value::as_array_mut);
+    for credential in listed.into_iter().flatten() {
+        if let Some(credential) = credential.as_object_mut() {
+            credential.remove("transports");
+        }
+    }
+}
+
 fn options_json(options: impl serde::Serialize) -> Result<serde_json::Value, Error> {
     serde_json::to_value(options).map_err(Error::internal)
 }
@@ -389,12 +404,10 @@ impl Users {
                 let (options, state) = webauthn
                     .start_passkey_authentication(&keys)
                     .map_err(|e| Error::internal(e.to_string()))?;
-                self.store_sign_in_ceremony(
-                    Some(&user.id),
-                    &state_json(&state)?,
-                    options_json(options)?,
-                )
-                .await
+                let mut options = options_json(options)?;
+                without_transports(&mut options);
+                self.store_sign_in_ceremony(Some(&user.id), &state_json(&state)?, options)
+                    .await
             }
             PasskeySignInFor::SecondStep(challenge) => {
                 let digest = challenge.digest();
@@ -708,5 +721,67 @@ impl Users {
         } else {
             Err(Error::NotFound(NO_PASSKEY))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(raw: &str) -> LoginName {
+        if raw.contains('@') {
+            LoginName::parse(None, Some(raw.to_string())).unwrap()
+        } else {
+            LoginName::parse(Some(raw.to_string()), None).unwrap()
+        }
+    }
+
+    #[test]
+    fn a_decoy_follows_from_the_name_and_the_key_alone() {
+        let key = DecoyKey::new(&URL_SAFE_NO_PAD.encode([7u8; 32])).unwrap();
+        let again = DecoyKey::new(&URL_SAFE_NO_PAD.encode([7u8; 32])).unwrap();
+        let other = DecoyKey::new(&URL_SAFE_NO_PAD.encode([8u8; 32])).unwrap();
+        let kim = key.credential_id(&name("kim"));
+        assert_eq!(
+            kim,
+            again.credential_id(&name("kim")),
+            "same key, same decoy"
+        );
+        assert_eq!(
+            kim,
+            key.credential_id(&name("KIM")),
+            "as the name is looked up"
+        );
+        assert_ne!(kim, other.credential_id(&name("kim")));
+        assert_ne!(kim, key.credential_id(&name("kim@example.com")));
+        let mut lengths = std::collections::BTreeSet::new();
+        for i in 0..64 {
+            let id = key.credential_id(&name(&format!("user{i}")));
+            assert!(DECOY_ID_LENGTHS.contains(&id.len()), "{}", id.len());
+            lengths.insert(id.len());
+        }
+        assert_eq!(
+            lengths.len(),
+            DECOY_ID_LENGTHS.len(),
+            "every length is used"
+        );
+        assert!(DecoyKey::new("not base64!").is_err());
+        assert_eq!(format!("{key:?}"), "DecoyKey(..)");
+    }
+
+    #[test]
+    fn a_sign_in_by_name_lists_no_transports() {
+        let mut options = serde_json::json!({"publicKey": {"allowCredentials": [
+            {"id": "AAAA", "type": "public-key", "transports": ["internal", "hybrid"]},
+            {"id": "BBBB", "type": "public-key"},
+        ], "challenge": "x"}});
+        without_transports(&mut options);
+        assert_eq!(
+            options,
+            serde_json::json!({"publicKey": {"allowCredentials": [
+                {"id": "AAAA", "type": "public-key"},
+                {"id": "BBBB", "type": "public-key"},
+            ], "challenge": "x"}})
+        );
     }
 }
