@@ -709,6 +709,12 @@ pub struct WebhookConfig {
     #[arg(long, env = "USERS_WEBHOOK_SECRET_FILE", value_name = "FILE")]
     pub webhook_secret_file: Option<PathBuf>,
 
+    /// With tenants, a file of tenants' own webhooks, one line each: `TENANT SECRET
+    /// URL[,URL...]`; a tenant listed there sends its events there alone, signed with
+    /// its own secret, instead of to --webhook-urls
+    #[arg(long, env = "USERS_WEBHOOK_TENANTS_FILE", value_name = "FILE")]
+    pub webhook_tenants_file: Option<PathBuf>,
+
     /// Attempts at a delivery before it is given up
     #[arg(
         long,
@@ -956,6 +962,26 @@ impl FirebaseConfig {
 }
 
 /// The first line of a file holding a secret (a mounted secret, say).
+/// Webhook endpoints as given (blanks dropped), each an http(s) URL.
+pub fn webhook_urls(given: &[String]) -> Result<Vec<String>, String> {
+    let urls: Vec<String> = given
+        .iter()
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .collect();
+    for u in &urls {
+        match url::Url::parse(u) {
+            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
+            _ => {
+                return Err(format!(
+                    "invalid webhook URL {u:?}: expected http(s)://host/path"
+                ))
+            }
+        }
+    }
+    Ok(urls)
+}
+
 fn first_line(path: &std::path::Path, what: &str) -> Result<String, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
@@ -1111,6 +1137,7 @@ impl ServeConfig {
                 webhook_urls: Vec::new(),
                 webhook_secret: None,
                 webhook_secret_file: None,
+                webhook_tenants_file: None,
                 webhook_max_attempts: DEFAULT_MAIL_MAX_ATTEMPTS,
                 webhook_retry_delay: DEFAULT_MAIL_RETRY_DELAY,
             },
@@ -1206,24 +1233,9 @@ impl ServeConfig {
     /// The webhook endpoints and their sender, when any endpoint is configured.
     pub fn webhooks(&self) -> Result<Option<(Vec<String>, WebhookSender, OutboxConfig)>, String> {
         let w = &self.webhooks;
-        let urls: Vec<String> = w
-            .webhook_urls
-            .iter()
-            .map(|u| u.trim().to_string())
-            .filter(|u| !u.is_empty())
-            .collect();
+        let urls = webhook_urls(&w.webhook_urls)?;
         if urls.is_empty() {
             return Ok(None);
-        }
-        for u in &urls {
-            match url::Url::parse(u) {
-                Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
-                _ => {
-                    return Err(format!(
-                        "invalid webhook URL {u:?}: expected http(s)://host/path"
-                    ))
-                }
-            }
         }
         let secret = match (&w.webhook_secret, &w.webhook_secret_file) {
             (_, Some(path)) => first_line(path, "the webhook secret file")?,
@@ -1236,11 +1248,15 @@ impl ServeConfig {
             }
         };
         let sender = WebhookSender::new(&secret).map_err(|e| e.to_string())?;
-        let config = OutboxConfig {
-            max_attempts: w.webhook_max_attempts,
-            retry_delay: i64::try_from(w.webhook_retry_delay).unwrap_or(i64::MAX),
-        };
-        Ok(Some((urls, sender, config)))
+        Ok(Some((urls, sender, self.webhook_outbox())))
+    }
+
+    /// How webhook deliveries are retried.
+    pub fn webhook_outbox(&self) -> OutboxConfig {
+        OutboxConfig {
+            max_attempts: self.webhooks.webhook_max_attempts,
+            retry_delay: i64::try_from(self.webhooks.webhook_retry_delay).unwrap_or(i64::MAX),
+        }
     }
 
     /// The mailer the settings describe.

@@ -23,6 +23,7 @@ use crate::core::clock::{Clock, SystemClock};
 use crate::core::outbox::{Outbox, Transport};
 use crate::core::password::PasswordHasher;
 use crate::core::users::Users;
+use crate::core::webhooks::WebhookSender;
 use crate::domain::TenantName;
 use crate::error::chain;
 use crate::http::access::{key_digest, AccessPolicy};
@@ -257,6 +258,8 @@ struct TenancyPlan {
     pools: Vec<Option<TenantName>>,
     /// Each tenant's own admin keys (SHA-256).
     keys: Vec<([u8; 32], TenantName)>,
+    /// Tenants' own webhooks (`--webhook-tenants-file`): their endpoints and sender.
+    webhooks: HashMap<TenantName, (Vec<String>, WebhookSender)>,
 }
 
 impl TenancyPlan {
@@ -275,10 +278,11 @@ impl TenancyPlan {
                 || tenancy.default_tenant.is_some()
                 || tenancy.tenant_keys_file.is_some()
                 || config.ui.ui_tenant_dir.is_some()
+                || config.webhooks.webhook_tenants_file.is_some()
             {
                 return refuse(
-                    "--tenants, --default-tenant, --tenant-keys-file and --ui-tenant-dir need \
-                     --tenancy namespace"
+                    "--tenants, --default-tenant, --tenant-keys-file, --ui-tenant-dir and \
+                     --webhook-tenants-file need --tenancy namespace"
                         .into(),
                 );
             }
@@ -286,6 +290,7 @@ impl TenancyPlan {
                 on: false,
                 pools: vec![None],
                 keys: Vec::new(),
+                webhooks: HashMap::new(),
             });
         }
         if tenancy.tenants.is_empty() {
@@ -346,10 +351,49 @@ impl TenancyPlan {
                 );
             }
         }
+        let mut webhooks = HashMap::new();
+        if let Some(path) = &config.webhooks.webhook_tenants_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                StartError::Config(format!(
+                    "cannot read the tenants' webhooks file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            for (number, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let at = || format!("{}:{}", path.display(), number + 1);
+                // The line's secret is never repeated in a message.
+                let mut fields = line.split_whitespace();
+                let (Some(name), Some(secret), Some(urls), None) =
+                    (fields.next(), fields.next(), fields.next(), fields.next())
+                else {
+                    return refuse(format!("{}: expected \"TENANT SECRET URL[,URL...]\"", at()));
+                };
+                let tenant: TenantName = name
+                    .parse()
+                    .map_err(|why| StartError::Config(format!("{}: {why}", at())))?;
+                if !listed(&tenant) {
+                    return refuse(format!("{}: the tenant {tenant} is not in --tenants", at()));
+                }
+                if webhooks.contains_key(&tenant) {
+                    return refuse(format!("{}: the tenant {tenant} is listed twice", at()));
+                }
+                let urls: Vec<String> = urls.split(',').map(str::to_string).collect();
+                let urls = crate::config::webhook_urls(&urls)
+                    .map_err(|why| StartError::Config(format!("{}: {why}", at())))?;
+                let sender = WebhookSender::new(secret)
+                    .map_err(|why| StartError::Config(format!("{}: the secret: {why}", at())))?;
+                webhooks.insert(tenant, (urls, sender));
+            }
+        }
         Ok(Self {
             on: true,
             pools,
             keys,
+            webhooks,
         })
     }
 
@@ -537,9 +581,15 @@ impl Server {
         let mut settings = config.settings().map_err(StartError::Config)?;
         // Each pool's mail and webhook senders, checked before anything is opened.
         let mut senders = Vec::with_capacity(tenancy.pools.len());
-        for _ in &tenancy.pools {
+        for tenant in &tenancy.pools {
             let mailer = config.mailer().map_err(StartError::Config)?;
-            let webhooks = config.webhooks().map_err(StartError::Config)?;
+            // A tenant's own webhooks, else the service's.
+            let webhooks = match tenant.as_ref().and_then(|t| tenancy.webhooks.get(t)) {
+                Some((urls, sender)) => {
+                    Some((urls.clone(), sender.clone(), config.webhook_outbox()))
+                }
+                None => config.webhooks().map_err(StartError::Config)?,
+            };
             senders.push((mailer, webhooks));
         }
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -476,6 +476,31 @@ async fn the_start_refuses_tenancy_settings_that_do_not_hold() {
     })
     .await;
     assert!(err.contains("is the service's admin key"), "{err}");
+    // Tenants' own webhooks that cannot be sent, refused without repeating the secret.
+    let hooks = dir.path().join("tenant-webhooks");
+    for (line, why) in [
+        (
+            "initech whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw http://h/x",
+            "not in --tenants",
+        ),
+        ("acme whsec_c2hvcnQ= http://h/x", "the secret: "),
+        (
+            "acme whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "expected \"TENANT SECRET URL",
+        ),
+        (
+            "acme whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw ftp://h/x",
+            "invalid webhook URL",
+        ),
+    ] {
+        std::fs::write(&hooks, format!("{line}\n")).unwrap();
+        let err = refusal(&|c| c.webhooks.webhook_tenants_file = Some(hooks.clone())).await;
+        assert!(err.contains(why), "{line}: {err}");
+        assert!(
+            !err.contains("MfKQ9r8G") && !err.contains("c2hvcnQ"),
+            "{err}"
+        );
+    }
     // A tenant's look that cannot be served.
     let looks = dir.path().join("looks");
     let err = refusal(&|c| c.ui.ui_tenant_dir = Some(looks.clone())).await;
@@ -568,19 +593,23 @@ async fn a_verification_link_verifies_in_its_own_tenant_on_both_stores() {
 /// With tenants, each tenant's outbox numbers its own messages. A webhook's id and
 /// payload name the tenant, so that a receiver of both tenants' events, which drops
 /// duplicates by `webhook-id` as Standard Webhooks asks, keeps both tenants' first
-/// `user.created` and tells them apart.
+/// `user.created` and tells them apart. A tenant given its own webhooks
+/// (`--webhook-tenants-file`) sends its events there alone, signed with its own secret;
+/// the others send to the service's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_name_their_tenant_in_their_ids_and_payloads_on_both_stores() {
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    const ACME_SECRET: &str = "whsec_QWNtZSBvd24gd2ViaG9vayBzZWNyZXQgMTIzNA==";
     for backend in [Backend::Sqlite, Backend::Postgres] {
         let (received, mut deliveries) = tokio::sync::mpsc::unbounded_channel();
-        let receiver = axum::Router::new().route(
-            "/hooks",
+        let route = |to: &'static str| {
+            let received = received.clone();
             axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
                 let received = received.clone();
                 async move {
                     let header = |name: &str| headers[name].to_str().unwrap().to_string();
                     let _ = received.send((
+                        to,
                         header("webhook-id"),
                         header("webhook-timestamp"),
                         header("webhook-signature"),
@@ -588,17 +617,27 @@ async fn webhooks_name_their_tenant_in_their_ids_and_payloads_on_both_stores() {
                     ));
                     axum::http::StatusCode::NO_CONTENT
                 }
-            }),
-        );
+            })
+        };
+        let receiver = axum::Router::new()
+            .route("/hooks", route("service"))
+            .route("/acme-hooks", route("acme"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let hook = format!("http://{}/hooks", listener.local_addr().unwrap());
+        let address = listener.local_addr().unwrap();
         let served = tokio::spawn(async move { axum::serve(listener, receiver).await });
         let dir = tempfile::tempdir().unwrap();
         let keys = dir.path().join("tenant-keys");
+        let own = dir.path().join("tenant-webhooks");
+        std::fs::write(
+            &own,
+            format!("# tenant secret urls\nacme {ACME_SECRET} http://{address}/acme-hooks\n"),
+        )
+        .unwrap();
         let Some(app) = TestApp::spawn_with(backend, "tenancy::webhooks", |c| {
             tenants(c, &keys);
-            c.webhooks.webhook_urls = vec![hook];
+            c.webhooks.webhook_urls = vec![format!("http://{address}/hooks")];
             c.webhooks.webhook_secret = Some(SECRET.into());
+            c.webhooks.webhook_tenants_file = Some(own.clone());
         })
         .await
         else {
@@ -607,20 +646,21 @@ async fn webhooks_name_their_tenant_in_their_ids_and_payloads_on_both_stores() {
         };
         let (client, base) = (&app.client, app.base.as_str());
         let mut ids = std::collections::HashMap::new();
-        for tenant in ["acme", "globex"] {
+        for (tenant, name) in [("acme", "hana"), ("globex", "hana"), ("acme", "ines")] {
             let (status, body) = At::new(client, base, Some(tenant))
-                .call("Create", signup("hana", PASSWORD))
+                .call("Create", signup(name, PASSWORD))
                 .await;
             assert_eq!(status, 200, "{body}");
             ids.insert(body["user"]["id"].as_str().unwrap().to_string(), tenant);
         }
-        let signer = users_service::core::webhooks::WebhookSender::new(SECRET).unwrap();
+        let signer = |secret| users_service::core::webhooks::WebhookSender::new(secret).unwrap();
+        let (service_signer, acme_signer) = (signer(SECRET), signer(ACME_SECRET));
         let mut seen = std::collections::HashMap::new();
-        while seen.len() < 2 {
-            let (id, timestamp, signature, body) =
+        while seen.len() < 3 {
+            let (to, id, timestamp, signature, body) =
                 tokio::time::timeout(Duration::from_secs(30), deliveries.recv())
                     .await
-                    .expect("both tenants' user.created within 30 s")
+                    .expect("the three user.created within 30 s")
                     .unwrap();
             let payload: Value = serde_json::from_str(&body).unwrap();
             assert_eq!(payload["type"], "user.created", "{body}");
@@ -630,20 +670,22 @@ async fn webhooks_name_their_tenant_in_their_ids_and_payloads_on_both_stores() {
                 id.starts_with(&format!("msg_users_{tenant}_")),
                 "{tenant}'s message id names it: {id}"
             );
+            // acme's own endpoint and secret; the service's for globex.
+            let (endpoint, signer) = match tenant {
+                "acme" => ("acme", &acme_signer),
+                _ => ("service", &service_signer),
+            };
+            assert_eq!(to, endpoint, "{tenant}'s event went to {to}");
             assert_eq!(
                 signature,
                 signer.signature(&id, timestamp.parse().unwrap(), &body),
-                "the id sent is the id signed"
+                "the id sent is the id signed, with {tenant}'s secret"
             );
-            seen.insert(id, tenant);
+            assert!(seen.insert(id, tenant).is_none(), "each message once");
         }
-        assert_eq!(
-            seen.values()
-                .collect::<std::collections::HashSet<_>>()
-                .len(),
-            2,
-            "one from each tenant: {seen:?}"
-        );
+        let mut tenants: Vec<_> = seen.values().copied().collect();
+        tenants.sort_unstable();
+        assert_eq!(tenants, ["acme", "acme", "globex"], "{seen:?}");
         served.abort();
     }
 }

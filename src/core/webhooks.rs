@@ -33,6 +33,7 @@ pub enum DeliveryError {
 }
 
 /// Signs and posts webhook messages.
+#[derive(Clone)]
 pub struct WebhookSender {
     client: reqwest::Client,
     /// HMAC-SHA256 keyed with the secret, cloned for each signature.
