@@ -77,19 +77,19 @@ def sessions_of(service, user_id: str) -> list:
 
 
 def shape(value):
-    """A JSON value with its strings and numbers left out: what tells two answers
-    apart besides their random values."""
+    """A JSON value with its strings and numbers left out, and a list shown by its first
+    item: what tells two answers apart besides their values and counts."""
     if isinstance(value, dict):
         return {key: shape(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [shape(item) for item in value]
+        return [shape(item) for item in value[:1]]
     return type(value).__name__
 
 
 def answers_alike_with_and_without_passkeys(service, user, passkey_id: str) -> None:
     """A sign-in by the name of an account with this browser's passkey, and by names
     without one (another account's, and no account's), answer alike: the same shape,
-    one credential of a length a real one has; the decoys stay the same on every ask."""
+    credentials of lengths real ones have; the decoys stay the same on every ask."""
     other = service.new_user("pk-none")
     starts = {}
     for name in (user.username, other.username, f"nobody-{other.username}"):
@@ -100,10 +100,11 @@ def answers_alike_with_and_without_passkeys(service, user, passkey_id: str) -> N
     assert [c["id"] for c in real["options"]["publicKey"]["allowCredentials"]] == [passkey_id]
     for name, start in starts.items():
         assert shape(start) == shape(real), (name, start, real)
-        [listed] = start["options"]["publicKey"]["allowCredentials"]
-        assert len(listed["id"]) in (22, 27, 43, 86), listed
+        listed = start["options"]["publicKey"]["allowCredentials"]
+        assert 1 <= len(listed) <= 2, listed
+        assert all(len(c["id"]) in (22, 27, 43, 86) for c in listed), listed
         again = service.post("/users/Users/StartPasskeyLogin", {"username": name}).body
-        assert again["options"]["publicKey"]["allowCredentials"] == [listed]
+        assert again["options"]["publicKey"]["allowCredentials"] == listed
         assert again["challenge_id"] != start["challenge_id"]
 
 

@@ -10,7 +10,7 @@
 //! account (a discoverable passkey names its account): anyone may start one, so
 //! starting one withdraws no other, and each counts against the client address's hourly
 //! limit. A sign-in by name answers alike whether or not the name has passkeys: for one
-//! without, it lists a decoy credential made from the name and a key of the service's,
+//! without, it lists decoy credentials made from the name and a key of the service's,
 //! the same on every ask, and its ceremony opens no session.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -71,32 +71,39 @@ impl DecoyKey {
             .map_err(|e| Error::internal(format!("the passkey decoys' key: {e}")))
     }
 
-    /// The decoy credential id of `name`: its bytes and length follow from the name
-    /// and the key alone, so every ask, on every replica, gets the same one.
-    fn credential_id(&self, name: &LoginName) -> Vec<u8> {
+    /// The decoy credential ids of `name`: one, or for about one name in four two, as
+    /// an account may hold a passkey on two devices. Their number, bytes and lengths
+    /// follow from the name and the key alone, so every ask, on every replica, gets the
+    /// same ones.
+    fn credential_ids(&self, name: &LoginName) -> Vec<Vec<u8>> {
         let (kind, name) = match name {
             LoginName::Username(username) => ("username", username.as_str()),
             LoginName::Email(email) => ("email", email.as_str()),
         };
-        let block = |counter: u8| {
+        let block = |credential: u8, counter: u8| {
             let mut mac = self.0.clone();
             mac.update(b"passkey-decoy\n");
             mac.update(kind.as_bytes());
             mac.update(b"\n");
             mac.update(name.as_bytes());
-            mac.update(&[0, counter]);
+            mac.update(&[0, credential, counter]);
             mac.finalize().into_bytes()
         };
-        let first = block(0);
-        let length = DECOY_ID_LENGTHS[usize::from(first[0]) % DECOY_ID_LENGTHS.len()];
-        let mut id: Vec<u8> = first[1..].to_vec();
-        let mut counter = 1;
-        while id.len() < length {
-            id.extend_from_slice(&block(counter));
-            counter += 1;
-        }
-        id.truncate(length);
-        id
+        let count = if block(0, 0)[0] < 64 { 2 } else { 1 };
+        (1..=count)
+            .map(|credential| {
+                let first = block(credential, 0);
+                let length = DECOY_ID_LENGTHS[usize::from(first[0]) % DECOY_ID_LENGTHS.len()];
+                let mut id: Vec<u8> = first[1..].to_vec();
+                let mut counter = 1;
+                while id.len() < length {
+                    id.extend_from_slice(&block(credential, counter));
+                    counter += 1;
+                }
+                id.truncate(length);
+                id
+            })
+            .collect()
     }
 }
 
@@ -447,7 +454,7 @@ impl Users {
     }
 
     /// A sign-in by a name without passkeys: a ceremony shaped as one for a name with
-    /// a passkey, listing the name's decoy credential, that no passkey can finish.
+    /// passkeys, listing the name's decoy credentials, that no passkey can finish.
     async fn decoy_sign_in(
         &self,
         webauthn: &Webauthn,
@@ -469,12 +476,13 @@ impl Users {
             .start_passkey_authentication(&[])
             .map_err(|e| Error::internal(e.to_string()))?;
         let mut options = options_json(options)?;
-        let decoy = serde_json::json!([{
-            "id": URL_SAFE_NO_PAD.encode(key.credential_id(name)),
-            "type": "public-key",
-        }]);
+        let decoy: Vec<serde_json::Value> = key
+            .credential_ids(name)
+            .iter()
+            .map(|id| serde_json::json!({"id": URL_SAFE_NO_PAD.encode(id), "type": "public-key"}))
+            .collect();
         match options.pointer_mut("/publicKey/allowCredentials") {
-            Some(allowed) => *allowed = decoy,
+            Some(allowed) => *allowed = serde_json::Value::Array(decoy),
             None => return Err(Error::internal("no allowCredentials in the options")),
         }
         self.store_sign_in_ceremony(None, DECOY_STATE, options)
@@ -741,29 +749,38 @@ mod tests {
         let key = DecoyKey::new(&URL_SAFE_NO_PAD.encode([7u8; 32])).unwrap();
         let again = DecoyKey::new(&URL_SAFE_NO_PAD.encode([7u8; 32])).unwrap();
         let other = DecoyKey::new(&URL_SAFE_NO_PAD.encode([8u8; 32])).unwrap();
-        let kim = key.credential_id(&name("kim"));
+        let kim = key.credential_ids(&name("kim"));
         assert_eq!(
             kim,
-            again.credential_id(&name("kim")),
+            again.credential_ids(&name("kim")),
             "same key, same decoy"
         );
         assert_eq!(
             kim,
-            key.credential_id(&name("KIM")),
+            key.credential_ids(&name("KIM")),
             "as the name is looked up"
         );
-        assert_ne!(kim, other.credential_id(&name("kim")));
-        assert_ne!(kim, key.credential_id(&name("kim@example.com")));
-        let mut lengths = std::collections::BTreeSet::new();
-        for i in 0..64 {
-            let id = key.credential_id(&name(&format!("user{i}")));
-            assert!(DECOY_ID_LENGTHS.contains(&id.len()), "{}", id.len());
-            lengths.insert(id.len());
+        assert_ne!(kim, other.credential_ids(&name("kim")));
+        assert_ne!(kim, key.credential_ids(&name("kim@example.com")));
+        let (mut lengths, mut counts) = (Vec::new(), [0; 3]);
+        for i in 0..400 {
+            let ids = key.credential_ids(&name(&format!("user{i}")));
+            counts[ids.len()] += 1;
+            if let [a, b] = ids.as_slice() {
+                assert_ne!(a, b);
+            }
+            for id in ids {
+                assert!(DECOY_ID_LENGTHS.contains(&id.len()), "{}", id.len());
+                lengths.push(id.len());
+            }
         }
-        assert_eq!(
-            lengths.len(),
-            DECOY_ID_LENGTHS.len(),
-            "every length is used"
+        for length in DECOY_ID_LENGTHS {
+            assert!(lengths.contains(&length), "{length} is used");
+        }
+        assert_eq!(counts[0], 0);
+        assert!(
+            (50..150).contains(&counts[2]),
+            "about one in four has two: {counts:?}"
         );
         assert!(DecoyKey::new("not base64!").is_err());
         assert_eq!(format!("{key:?}"), "DecoyKey(..)");
