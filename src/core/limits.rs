@@ -143,8 +143,9 @@ pub struct Limiter {
 /// What a reserved attempt is counted under.
 #[derive(Debug, Clone)]
 struct Reserved {
-    /// The identifier, whose count starts over when the check succeeds.
-    subject: Option<LimitKey>,
+    /// The identifier and the start of the window the attempt was counted in: its
+    /// count starts over when the check succeeds.
+    subject: Option<(LimitKey, i64)>,
     /// The client's address and the start of the window the attempt was counted in:
     /// the address gets this one attempt back when it succeeds, if that window is
     /// still its current one.
@@ -219,7 +220,9 @@ impl Limiter {
                 .await?
             {
                 Reservation::Granted { window_starts } => Reserved {
-                    subject: subject.cloned(),
+                    subject: subject
+                        .cloned()
+                        .map(|key| (key, window_starts.first().copied().unwrap_or(now))),
                     client: client_key
                         .map(|key| (key, window_starts.last().copied().unwrap_or(now))),
                 },
@@ -409,15 +412,36 @@ impl Attempt {
         if reserved.subject.is_none() && reserved.client.is_none() {
             return Ok(());
         }
+        let give_back: Vec<(&str, i64)> = reserved
+            .client
+            .iter()
+            .map(|(key, window_start)| (key.as_str(), *window_start))
+            .collect();
         self.store
             .attempt_succeeded(
-                reserved.subject.as_ref().map(LimitKey::as_str),
-                reserved
-                    .client
-                    .as_ref()
-                    .map(|(key, window_start)| (key.as_str(), *window_start)),
+                reserved.subject.as_ref().map(|(key, _)| key.as_str()),
+                &give_back,
             )
             .await?;
+        Ok(())
+    }
+
+    /// The check could not be made, for a fault of ours (a secret that does not open):
+    /// the attempt is taken off every count it was reserved under, and nothing else
+    /// changes, so that no one is locked out by what the service got wrong.
+    pub async fn released(mut self) -> Result<(), Error> {
+        let Some(reserved) = self.reserved.take() else {
+            return Ok(());
+        };
+        let give_back: Vec<(&str, i64)> = reserved
+            .subject
+            .iter()
+            .chain(reserved.client.iter())
+            .map(|(key, window_start)| (key.as_str(), *window_start))
+            .collect();
+        if !give_back.is_empty() {
+            self.store.attempt_succeeded(None, &give_back).await?;
+        }
         Ok(())
     }
 }
@@ -460,7 +484,7 @@ async fn record_failure(
     let keys = reserved
         .subject
         .iter()
-        .map(|key| (key, config.login_max_failures, LimitName::login_account))
+        .map(|(key, _)| (key, config.login_max_failures, LimitName::login_account))
         .chain(reserved.client.iter().map(|(key, _)| {
             (
                 key,

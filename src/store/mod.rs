@@ -676,13 +676,14 @@ pub trait CounterStore: Send + Sync {
         event: (&Audit, Option<&str>),
     ) -> Result<bool, StoreError>;
 
-    /// A reserved attempt succeeded, in one transaction: forgets the counter of
-    /// `forget` (if any), and takes the attempt off the count of `give_back`'s key (if
-    /// any), if its window still starts at the given time (it was counted in it).
+    /// A reserved attempt succeeded, or could not be checked, in one transaction:
+    /// forgets the counter of `forget` (if any), and takes the attempt off the count of
+    /// each `give_back` key whose window still starts at the given time (it was counted
+    /// in it).
     async fn attempt_succeeded(
         &self,
         forget: Option<&str>,
-        give_back: Option<(&str, i64)>,
+        give_back: &[(&str, i64)],
     ) -> Result<(), StoreError>;
 
     /// Forgets the counters of `keys` (their counts, lockouts and strikes). With

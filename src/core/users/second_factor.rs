@@ -149,7 +149,10 @@ impl Users {
             return Err(Error::invalid("code", NO_ENROLMENT));
         };
         let now = self.clock.now();
-        let secret = self.totp_secret(&id, &pending)?;
+        let secret = match self.totp_secret(&id, &pending) {
+            Ok(secret) => secret,
+            Err(err) => return Err(released(attempt, err).await),
+        };
         let Some(step) = totp::accepted_step(&secret, &code, now)? else {
             attempt.failed(now).await?;
             return Err(Error::Unauthorized(BAD_CODE));
@@ -201,7 +204,11 @@ impl Users {
                     attempt.failed(self.clock.now()).await?;
                     return Err(Error::invalid("totp", "is not on"));
                 };
-                match self.factor_use(id, &record, &step)? {
+                let factor = match self.factor_use(id, &record, &step) {
+                    Ok(factor) => factor,
+                    Err(err) => return Err(released(attempt, err).await),
+                };
+                match factor {
                     Some(FactorUseOwned::Totp(step)) => {
                         self.store
                             .use_factor(id.as_str(), FactorUse::TotpStep(step))
@@ -274,7 +281,11 @@ impl Users {
             attempt.failed(self.clock.now()).await?;
             return Err(Error::Unauthorized(NO_CHALLENGE));
         };
-        let Some(factor) = self.factor_use(&id, &record, &step)? else {
+        let factor = match self.factor_use(&id, &record, &step) {
+            Ok(factor) => factor,
+            Err(err) => return Err(released(attempt, err).await),
+        };
+        let Some(factor) = factor else {
             attempt.failed(self.clock.now()).await?;
             tracing::warn!(event = "second_step_failed", user_id = %id.as_str(), client = ?caller.ip);
             return Err(Error::Unauthorized(BAD_CODE));
@@ -373,6 +384,15 @@ impl Users {
             .open(Sealed::TotpSecret, id.as_str(), &record.secret)
             .map_err(Error::internal)
     }
+}
+
+/// `err`, a check that could not be made for a fault of ours (a TOTP secret that does
+/// not open), answered after `attempt` is given back: it counts against no one.
+async fn released(attempt: Attempt, err: Error) -> Error {
+    if let Err(release) = attempt.released().await {
+        tracing::warn!(error = %crate::error::chain(&release), "an attempt that could not be checked was not given back");
+    }
+    err
 }
 
 /// A [`FactorUse`] that owns its digest.

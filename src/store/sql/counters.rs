@@ -117,7 +117,7 @@ impl CounterStore for SqlStore {
     async fn attempt_succeeded(
         &self,
         forget: Option<&str>,
-        give_back: Option<(&str, i64)>,
+        give_back: &[(&str, i64)],
     ) -> Result<(), StoreError> {
         const FORGET: &str = "DELETE FROM rate_limits WHERE key = $1";
         const GIVE_BACK: &str = "UPDATE rate_limits SET count = count - 1 \
@@ -128,7 +128,7 @@ impl CounterStore for SqlStore {
             if let Some(key) = forget {
                 sqlx::query(FORGET).bind(key).execute(&mut *tx).await?;
             }
-            if let Some((key, window_start)) = give_back {
+            for (key, window_start) in give_back {
                 sqlx::query(GIVE_BACK)
                     .bind(key)
                     .bind(window_start)
