@@ -1,8 +1,8 @@
 //! Which tenant's pool answers a request (`--tenancy namespace`, docs/tenancy.md).
 //!
 //! In order: the `Micro-Namespace` header, which must name a configured tenant (or, on
-//! what a browser opens without headers, a verification link or a hosted page under
-//! `/ui/`, its `namespace=`); else a
+//! what a browser opens without headers, a verification link, a hosted page under
+//! `/ui/` or the console under `/admin`, its `namespace=`); else a
 //! tenant's own admin key in `Authorization: Bearer`; else `--default-tenant`. A route
 //! that belongs to no tenant (health, metrics, the OpenAPI document) is answered for
 //! the service as a whole. Anything else names no tenant and is refused.
@@ -209,8 +209,8 @@ mod tests {
             with_default.choose(&known, &HeaderMap::new(), &uri("/ui/login")),
             Ok(Some(&"acme"))
         );
-        // A verification link and the hosted pages name their tenant in the query; no
-        // other route may (the API takes the header).
+        // A verification link, the hosted pages and the console name their tenant in
+        // the query; no other route may (the API takes the header).
         for link in [
             "/v1/user/verify?token=t&namespace=globex",
             "/ui/signin?namespace=globex",
