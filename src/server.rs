@@ -311,34 +311,13 @@ impl TenancyPlan {
         }
         let mut keys = Vec::new();
         if let Some(path) = &tenancy.tenant_keys_file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                StartError::Config(format!(
-                    "cannot read the tenant keys file {}: {e}",
-                    path.display()
-                ))
-            })?;
-            for (number, line) in text.lines().enumerate() {
-                let line = line.trim();
-                if line.is_empty() || line.starts_with('#') {
-                    continue;
+            for (at, tenant, key) in tenant_lines(path, "the tenant keys file", &listed)? {
+                if key.is_empty() {
+                    return refuse(format!("{at}: expected \"TENANT KEY\""));
                 }
-                let at = || format!("{}:{}", path.display(), number + 1);
-                let (name, key) = line
-                    .split_once(char::is_whitespace)
-                    .map(|(n, k)| (n, k.trim()))
-                    .filter(|(_, k)| !k.is_empty())
-                    .ok_or_else(|| {
-                        StartError::Config(format!("{}: expected \"TENANT KEY\"", at()))
-                    })?;
-                let tenant: TenantName = name
-                    .parse()
-                    .map_err(|why| StartError::Config(format!("{}: {why}", at())))?;
-                if !listed(&tenant) {
-                    return refuse(format!("{}: the tenant {tenant} is not in --tenants", at()));
-                }
-                let digest = key_digest(key);
+                let digest = key_digest(&key);
                 if keys.iter().any(|(d, _)| *d == digest) {
-                    return refuse(format!("{}: this key is given twice", at()));
+                    return refuse(format!("{at}: this key is given twice"));
                 }
                 keys.push((digest, tenant));
             }
@@ -353,39 +332,23 @@ impl TenancyPlan {
         }
         let mut webhooks = HashMap::new();
         if let Some(path) = &config.webhooks.webhook_tenants_file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                StartError::Config(format!(
-                    "cannot read the tenants' webhooks file {}: {e}",
-                    path.display()
-                ))
-            })?;
-            for (number, line) in text.lines().enumerate() {
-                let line = line.trim();
-                if line.is_empty() || line.starts_with('#') {
-                    continue;
-                }
-                let at = || format!("{}:{}", path.display(), number + 1);
+            let lines = tenant_lines(path, "the tenants' webhooks file", &listed)?;
+            for (at, tenant, rest) in lines {
                 // The line's secret is never repeated in a message.
-                let mut fields = line.split_whitespace();
-                let (Some(name), Some(secret), Some(urls), None) =
-                    (fields.next(), fields.next(), fields.next(), fields.next())
+                let mut fields = rest.split_whitespace();
+                let (Some(secret), Some(urls), None) =
+                    (fields.next(), fields.next(), fields.next())
                 else {
-                    return refuse(format!("{}: expected \"TENANT SECRET URL[,URL...]\"", at()));
+                    return refuse(format!("{at}: expected \"TENANT SECRET URL[,URL...]\""));
                 };
-                let tenant: TenantName = name
-                    .parse()
-                    .map_err(|why| StartError::Config(format!("{}: {why}", at())))?;
-                if !listed(&tenant) {
-                    return refuse(format!("{}: the tenant {tenant} is not in --tenants", at()));
-                }
                 if webhooks.contains_key(&tenant) {
-                    return refuse(format!("{}: the tenant {tenant} is listed twice", at()));
+                    return refuse(format!("{at}: the tenant {tenant} is listed twice"));
                 }
                 let urls: Vec<String> = urls.split(',').map(str::to_string).collect();
                 let urls = crate::config::webhook_urls(&urls)
-                    .map_err(|why| StartError::Config(format!("{}: {why}", at())))?;
+                    .map_err(|why| StartError::Config(format!("{at}: {why}")))?;
                 let sender = WebhookSender::new(secret)
-                    .map_err(|why| StartError::Config(format!("{}: the secret: {why}", at())))?;
+                    .map_err(|why| StartError::Config(format!("{at}: the secret: {why}")))?;
                 webhooks.insert(tenant, (urls, sender));
             }
         }
@@ -409,6 +372,37 @@ impl TenancyPlan {
 
 /// The admin key from the environment or from a file, if any.
 /// The hosted pages' settings: the operator's files are read once, at start-up.
+/// The lines of a file of tenants' settings, `TENANT ...` each (blank lines and `#`
+/// comments skipped): where each is (`file:line`), its tenant, which must be `listed`
+/// (in --tenants), and the rest of the line.
+fn tenant_lines(
+    path: &std::path::Path,
+    what: &str,
+    listed: &dyn Fn(&TenantName) -> bool,
+) -> Result<Vec<(String, TenantName, String)>, StartError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| StartError::Config(format!("cannot read {what} {}: {e}", path.display())))?;
+    let mut lines = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let at = format!("{}:{}", path.display(), number + 1);
+        let (name, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+        let tenant: TenantName = name
+            .parse()
+            .map_err(|why| StartError::Config(format!("{at}: {why}")))?;
+        if !listed(&tenant) {
+            return Err(StartError::Config(format!(
+                "{at}: the tenant {tenant} is not in --tenants"
+            )));
+        }
+        lines.push((at, tenant, rest.trim().to_string()));
+    }
+    Ok(lines)
+}
+
 /// A file of the pages' look, read once at start.
 fn read_look(what: &str, path: &std::path::Path) -> Result<Vec<u8>, StartError> {
     std::fs::read(path)

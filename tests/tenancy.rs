@@ -88,11 +88,7 @@ fn login(name: &str, password: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_tenants_keep_apart_accounts_sessions_limits_keys_audit_and_metrics_on_both_stores() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
-        let dir = tempfile::tempdir().unwrap();
-        let keys = dir.path().join("tenant-keys");
-        let Some(app) =
-            TestApp::spawn_with(backend, "tenancy::two_tenants", |c| tenants(c, &keys)).await
-        else {
+        let Some((app, _dir)) = spawn_tenants(backend, "tenancy::two_tenants", |_| {}).await else {
             continue;
         };
         let (client, base) = (&app.client, app.base.as_str());
@@ -390,11 +386,7 @@ async fn two_replicas_keep_the_tenants_apart_and_share_each_tenant() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_and_import_work_on_one_tenant_on_both_stores() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
-        let dir = tempfile::tempdir().unwrap();
-        let keys = dir.path().join("tenant-keys");
-        let Some(app) =
-            TestApp::spawn_with(backend, "tenancy::transfer", |c| tenants(c, &keys)).await
-        else {
+        let Some((app, dir)) = spawn_tenants(backend, "tenancy::transfer", |_| {}).await else {
             continue;
         };
         let (status, body) = At::new(&app.client, &app.base, Some("acme"))
@@ -429,7 +421,7 @@ async fn export_and_import_work_on_one_tenant_on_both_stores() {
         assert!(!ok && err.contains("not a tenant name"), "{err}");
 
         // The imported dana signs in in globex with her password.
-        let app = TestApp::spawn_on(db, |c| tenants(c, &keys)).await;
+        let app = TestApp::spawn_on(db, |c| tenants(c, &dir.path().join("tenant-keys"))).await;
         let (status, body) = At::new(&app.client, &app.base, Some("globex"))
             .call("Login", login("dana", PASSWORD))
             .await;
@@ -516,9 +508,25 @@ async fn the_start_refuses_tenancy_settings_that_do_not_hold() {
     assert!(err.contains("one line of 1-100 characters"), "{err}");
 }
 
-/// The two tenants of [`tenants`] (with `configure` applied after), sending e-mail to
-/// an SMTP sink; None when the store is not available. The directory holds the key
-/// file, which must outlive the start.
+/// A service with the two tenants of [`tenants`] (with `configure` applied after);
+/// None when the store is not available. The directory holds the key file, which must
+/// outlive the start.
+async fn spawn_tenants(
+    backend: Backend,
+    name: &str,
+    configure: impl FnOnce(&mut ServeConfig),
+) -> Option<(TestApp, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("tenant-keys");
+    let app = TestApp::spawn_with(backend, name, |c| {
+        tenants(c, &keys);
+        configure(c);
+    })
+    .await?;
+    Some((app, dir))
+}
+
+/// [`spawn_tenants`], sending e-mail to an SMTP sink.
 async fn with_mail(
     backend: Backend,
     name: &str,
@@ -526,10 +534,7 @@ async fn with_mail(
 ) -> Option<(TestApp, common::smtp::SmtpSink, tempfile::TempDir)> {
     let sink = common::smtp::SmtpSink::start().await;
     let smtp = sink.url();
-    let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("tenant-keys");
-    let app = TestApp::spawn_with(backend, name, |c| {
-        tenants(c, &keys);
+    let (app, dir) = spawn_tenants(backend, name, |c| {
         c.mail.smtp_url = Some(smtp);
         configure(c);
     })
@@ -910,11 +915,7 @@ async fn a_tenants_hosted_pages_keep_to_their_tenant_on_both_stores() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenants_console_keeps_to_its_tenant_on_both_stores() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
-        let dir = tempfile::tempdir().unwrap();
-        let keys = dir.path().join("tenant-keys");
-        let Some(app) =
-            TestApp::spawn_with(backend, "tenancy::console", |c| tenants(c, &keys)).await
-        else {
+        let Some((app, _dir)) = spawn_tenants(backend, "tenancy::console", |_| {}).await else {
             continue;
         };
         let base = app.base.as_str();
