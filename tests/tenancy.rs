@@ -1014,7 +1014,6 @@ async fn a_tenants_console_keeps_to_its_tenant_on_both_stores() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_wears_its_own_look() {
     let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("tenant-keys");
     let looks = dir.path().join("looks");
     std::fs::create_dir_all(looks.join("acme")).unwrap();
     std::fs::write(looks.join("acme/title"), "Acme Accounts\n").unwrap();
@@ -1024,8 +1023,7 @@ async fn a_tenant_wears_its_own_look() {
         "<svg xmlns=\"http://www.w3.org/2000/svg\"/>",
     )
     .unwrap();
-    let app = TestApp::spawn_with(Backend::Sqlite, "tenancy::look", |c| {
-        tenants(c, &keys);
+    let (app, _keys) = spawn_tenants(Backend::Sqlite, "tenancy::look", |c| {
         c.ui.ui_title = "Platform".to_string();
         c.ui.ui_tenant_dir = Some(looks.clone());
     })
@@ -1033,13 +1031,9 @@ async fn a_tenant_wears_its_own_look() {
     .unwrap();
     let base = app.base.as_str();
     let get = |path: &str| app.client.get(format!("{base}{path}")).send();
+    let page = |path: &'static str| async move { get(path).await.unwrap().text().await.unwrap() };
 
-    let acme = get("/ui/signin?namespace=acme")
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let acme = page("/ui/signin?namespace=acme").await;
     assert!(
         acme.contains("<title>Sign in · Acme Accounts</title>"),
         "{acme}"
@@ -1058,12 +1052,7 @@ async fn a_tenant_wears_its_own_look() {
     let logo = get("/ui/logo?namespace=acme").await.unwrap();
     assert_eq!(logo.headers()["content-type"], "image/svg+xml");
 
-    let globex = get("/ui/signin?namespace=globex")
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let globex = page("/ui/signin?namespace=globex").await;
     assert!(
         globex.contains("<title>Sign in · Platform</title>"),
         "{globex}"

@@ -48,15 +48,22 @@ impl NoTenant {
     }
 }
 
+/// Whether `path` is one of the hosted pages (`/ui`, `/ui/...`) or the console's
+/// (`/admin`, `/admin/...`): what a browser opens without headers, so a tenant's are
+/// named in their query (`namespace=`).
+pub fn is_browser_page(path: &str) -> bool {
+    ["/ui", "/admin"].iter().any(|root| {
+        path.strip_prefix(root)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
+}
+
 /// The `namespace` of the query of what a browser opens without headers: a
 /// verification link, a hosted page or the admin console (whose links, forms and
 /// redirects carry it).
 fn link_namespace(uri: &Uri) -> Option<String> {
     let path = uri.path();
-    let page = ["/ui", "/admin"]
-        .iter()
-        .any(|root| path == *root || path.starts_with(&format!("{root}/")));
-    if path != VERIFY_PATH && !page {
+    if path != VERIFY_PATH && !is_browser_page(path) {
         return None;
     }
     url::form_urlencoded::parse(uri.query()?.as_bytes())

@@ -25,6 +25,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use super::access::Caller;
 use super::cookie::{clear_session, session_cookie, set_session, CookieNames};
 use super::error::{status_of, WireError};
+use super::tenants::is_browser_page;
 use super::AppState;
 use crate::core::users::{DisableProof, Requester};
 use crate::domain::{
@@ -91,10 +92,7 @@ impl UiSettings {
             return to.to_string();
         };
         let path = to.split(['?', '#']).next().unwrap_or_default();
-        let page = ["/ui", "/admin"]
-            .iter()
-            .any(|root| path == *root || path.starts_with(&format!("{root}/")));
-        if !page || SHARED_FILES.contains(&path) {
+        if !is_browser_page(path) || SHARED_FILES.contains(&path) {
             return to.to_string();
         }
         let (before, fragment) = to.split_once('#').map_or((to, ""), |(b, f)| (b, f));
