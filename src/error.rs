@@ -83,6 +83,12 @@ impl Error {
     pub fn internal(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         Self::Internal(cause.into())
     }
+
+    /// The service's side failed (the database cannot serve, or a fault of ours), not
+    /// the request.
+    pub fn is_fault(&self) -> bool {
+        matches!(self, Self::Unavailable { .. } | Self::Internal(_))
+    }
 }
 
 /// Why the database cannot serve a request right now.

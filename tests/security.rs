@@ -78,6 +78,7 @@ mod defaults {
         rehash_on_login_when_the_parameters_are_raised,
         the_password_policy_refuses_common_and_identity_passwords,
         look_alike_names_cannot_be_registered_twice,
+        a_check_the_service_could_not_make_counts_against_no_one,
     );
 }
 
@@ -141,6 +142,37 @@ async fn unknown_accounts_are_limited_exactly_like_known_ones(app: TestApp) {
     }
     assert_eq!(seen[0], seen[1], "the limiter must not tell accounts apart");
     assert_eq!(seen[0][5].0, 429);
+}
+
+/// A check the service could not make, because its database failed after the attempt
+/// was reserved, counts neither against the name nor against the address: a broken
+/// database locks no one out, and nothing about the password was learnt.
+async fn a_check_the_service_could_not_make_counts_against_no_one(app: TestApp) {
+    app.create_user("asim").await;
+    // The accounts' table goes away: the limiter's counters still work, the read of
+    // the account that follows the reservation fails.
+    app.db
+        .execute("ALTER TABLE users RENAME TO users_away")
+        .await;
+    let reset = json!({"email": "asim@example.com", "code": "ABCDEFG123", "new_password": "newpassword-1", "confirm_password": "newpassword-1"});
+    // Beyond the limits of the name (5) and of the address (5) together.
+    for attempt in 1..=6 {
+        let (status, _, body) = login(&app, "asim", PASSWORD).await;
+        assert_eq!(status, 500, "Login {attempt}: {body}");
+        assert_eq!(body["detail"], "internal error", "{body}");
+        let answer = app.call("ResetPassword", reset.clone()).await;
+        assert_error(&answer, "ResetPassword", 500, "internal error");
+    }
+    app.db
+        .execute("ALTER TABLE users_away RENAME TO users")
+        .await;
+    // Neither the name nor the address is locked out: a wrong reset code is counted
+    // as the first failure of the address, and the password signs in.
+    let answer = app.call("ResetPassword", reset).await;
+    assert_error(&answer, "ResetPassword", 400, "code is wrong");
+    app.login("asim", PASSWORD).await;
+    fail_times(&app, "asim", 3).await;
+    app.login("asim", PASSWORD).await;
 }
 
 async fn a_success_resets_the_account_counter(app: TestApp) {

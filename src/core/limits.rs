@@ -426,10 +426,31 @@ impl Attempt {
         Ok(())
     }
 
-    /// The check could not be made, for a fault of ours (a secret that does not open):
-    /// the attempt is taken off every count it was reserved under, and nothing else
-    /// changes, so that no one is locked out by what the service got wrong.
-    pub async fn released(mut self) -> Result<(), Error> {
+    /// Runs one step of the check made before its verdict is known (reading the
+    /// account, its second factor or a code, opening a secret, hashing). When the step
+    /// fails for a fault of the service's (the database is unavailable, an internal
+    /// error), the attempt is given back before the error is answered: nothing about
+    /// the secret was learnt, and no one is to be locked out by what the service got
+    /// wrong. Any other error leaves the attempt reserved, so dropping it counts it.
+    pub async fn step<T, E: Into<Error>>(
+        &mut self,
+        work: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, Error> {
+        let err = match work.await {
+            Ok(value) => return Ok(value),
+            Err(err) => err.into(),
+        };
+        if err.is_fault() {
+            if let Err(release) = self.release().await {
+                tracing::warn!(error = %crate::error::chain(&release), "an attempt that could not be checked was not given back");
+            }
+        }
+        Err(err)
+    }
+
+    /// The attempt is taken off every count it was reserved under, and nothing else
+    /// changes.
+    async fn release(&mut self) -> Result<(), Error> {
         let Some(reserved) = self.reserved.take() else {
             return Ok(());
         };

@@ -398,12 +398,13 @@ impl Users {
     /// verification: an unknown account is checked against a dummy hash.
     async fn check_password(
         &self,
-        attempt: Attempt,
+        mut attempt: Attempt,
         account: Option<Credentials>,
         password: Password,
     ) -> Result<Option<(Credentials, Option<String>)>, Error> {
         let stored = account.as_ref().map(|c| c.password_hash.clone());
-        match (self.hasher.verify(password, stored).await?, account) {
+        let verification = attempt.step(self.hasher.verify(password, stored)).await?;
+        match (verification, account) {
             (Verification::Match { rehashed }, Some(account)) => {
                 attempt.succeeded().await?;
                 Ok(Some((account, rehashed)))
@@ -459,7 +460,10 @@ impl Users {
             .reserve(Some(&key), client, caller.audit(self.clock.now()))
             .await?;
         attempt.concerns(user_id.as_str());
-        let Some(current) = self.store.credentials(Lookup::Id(&user_id)).await? else {
+        let current = attempt
+            .step(self.store.credentials(Lookup::Id(&user_id)))
+            .await?;
+        let Some(current) = current else {
             // Probing ids costs an attempt, like a wrong password.
             attempt.failed(self.clock.now()).await?;
             return Err(Error::NotFound(NO_USER));
@@ -593,7 +597,7 @@ impl Users {
                 caller.audit(self.clock.now()),
             )
             .await?;
-        let found = self.store.credentials(lookup).await?;
+        let found = attempt.step(self.store.credentials(lookup)).await?;
         let known_id = found.as_ref().map(|c| c.user.id.clone());
         if let Some(id) = &known_id {
             attempt.concerns(id);
@@ -950,20 +954,22 @@ impl Users {
             new_password,
         } = reset;
         let now = self.clock.now();
-        let attempt = self
+        let mut attempt = self
             .limiter
             .reserve(None, client, caller.audit(now))
             .await?;
-        let Some(account) = self.store.credentials(Lookup::Email(&email)).await? else {
+        let account = attempt
+            .step(self.store.credentials(Lookup::Email(&email)))
+            .await?;
+        let Some(account) = account else {
             attempt.failed(now).await?;
             return Err(Error::invalid("code", BAD_CODE));
         };
         // Bound to the account (see `ResetCode::digest`); no hashing, so a wrong code
         // costs no CPU.
         let digest = ResetCode::typed(&code).digest(&account.user.id);
-        if self
-            .store
-            .check_reset_code(&account.user.id, &digest, now)
+        if attempt
+            .step(self.store.check_reset_code(&account.user.id, &digest, now))
             .await?
             == CodeCheck::Wrong
         {

@@ -138,10 +138,9 @@ impl Users {
         caller: &Requester,
     ) -> Result<Vec<RecoveryCode>, Error> {
         let id = Self::own_session_user(caller)?;
-        let attempt = self.reserve_code_attempt(&id, caller).await?;
-        let pending = self
-            .store
-            .totp(id.as_str())
+        let mut attempt = self.reserve_code_attempt(&id, caller).await?;
+        let pending = attempt
+            .step(self.store.totp(id.as_str()))
             .await?
             .filter(|t| t.confirmed.is_none());
         let Some(pending) = pending else {
@@ -149,11 +148,10 @@ impl Users {
             return Err(Error::invalid("code", NO_ENROLMENT));
         };
         let now = self.clock.now();
-        let secret = match self.totp_secret(&id, &pending) {
-            Ok(secret) => secret,
-            Err(err) => return Err(released(attempt, err).await),
-        };
-        let Some(step) = totp::accepted_step(&secret, &code, now)? else {
+        let accepted = attempt
+            .step(async { totp::accepted_step(&self.totp_secret(&id, &pending)?, &code, now) })
+            .await?;
+        let Some(step) = accepted else {
             attempt.failed(now).await?;
             return Err(Error::Unauthorized(BAD_CODE));
         };
@@ -189,10 +187,10 @@ impl Users {
         proof: DisableProof,
         caller: &Requester,
     ) -> Result<(), Error> {
-        let attempt = self.reserve_code_attempt(id, caller).await?;
+        let mut attempt = self.reserve_code_attempt(id, caller).await?;
         let proven = match proof {
             DisableProof::Password(password) => {
-                let account = self.store.credentials(Lookup::Id(id)).await?;
+                let account = attempt.step(self.store.credentials(Lookup::Id(id))).await?;
                 // check_password settles the attempt itself.
                 return match self.check_password(attempt, account, password).await? {
                     Some(_) => self.remove_second_factors(id, caller).await,
@@ -200,27 +198,24 @@ impl Users {
                 };
             }
             DisableProof::Code(step) => {
-                let Some(record) = self.store.totp(id.as_str()).await? else {
+                let Some(record) = attempt.step(self.store.totp(id.as_str())).await? else {
                     attempt.failed(self.clock.now()).await?;
                     return Err(Error::invalid("totp", "is not on"));
                 };
-                let factor = match self.factor_use(id, &record, &step) {
-                    Ok(factor) => factor,
-                    Err(err) => return Err(released(attempt, err).await),
+                let factor = attempt
+                    .step(async { self.factor_use(id, &record, &step) })
+                    .await?;
+                let used = match &factor {
+                    Some(FactorUseOwned::Totp(step)) => FactorUse::TotpStep(*step),
+                    Some(FactorUseOwned::Recovery(digest)) => FactorUse::RecoveryCode(digest),
+                    None => {
+                        attempt.failed(self.clock.now()).await?;
+                        return Err(Error::Unauthorized(BAD_CODE_OR_PASSWORD));
+                    }
                 };
-                match factor {
-                    Some(FactorUseOwned::Totp(step)) => {
-                        self.store
-                            .use_factor(id.as_str(), FactorUse::TotpStep(step))
-                            .await?
-                    }
-                    Some(FactorUseOwned::Recovery(digest)) => {
-                        self.store
-                            .use_factor(id.as_str(), FactorUse::RecoveryCode(&digest))
-                            .await?
-                    }
-                    None => false,
-                }
+                attempt
+                    .step(self.store.use_factor(id.as_str(), used))
+                    .await?
             }
         };
         if !proven {
@@ -275,16 +270,15 @@ impl Users {
             return Err(Error::Unauthorized(NO_CHALLENGE));
         };
         let id = UserId::parse("user_id", Some(user_id))?;
-        let attempt = self.reserve_code_attempt(&id, caller).await?;
-        let Some(record) = self.store.totp(id.as_str()).await? else {
+        let mut attempt = self.reserve_code_attempt(&id, caller).await?;
+        let Some(record) = attempt.step(self.store.totp(id.as_str())).await? else {
             // Turned off (by the admin) since the first step.
             attempt.failed(self.clock.now()).await?;
             return Err(Error::Unauthorized(NO_CHALLENGE));
         };
-        let factor = match self.factor_use(&id, &record, &step) {
-            Ok(factor) => factor,
-            Err(err) => return Err(released(attempt, err).await),
-        };
+        let factor = attempt
+            .step(async { self.factor_use(&id, &record, &step) })
+            .await?;
         let Some(factor) = factor else {
             attempt.failed(self.clock.now()).await?;
             tracing::warn!(event = "second_step_failed", user_id = %id.as_str(), client = ?caller.ip);
@@ -299,9 +293,8 @@ impl Users {
         let session = SecretToken::generate();
         let expires = now.saturating_add(self.session_ttl);
         let (ip, user_agent) = caller.client();
-        let outcome = self
-            .store
-            .redeem_token(
+        let outcome = attempt
+            .step(self.store.redeem_token(
                 &digest,
                 Purpose::SecondStep(method),
                 &caller.audit(now),
@@ -318,7 +311,7 @@ impl Users {
                     },
                     factor: used,
                 },
-            )
+            ))
             .await?;
         match outcome {
             Redeemed::Done { .. } => {
@@ -384,15 +377,6 @@ impl Users {
             .open(Sealed::TotpSecret, id.as_str(), &record.secret)
             .map_err(Error::internal)
     }
-}
-
-/// `err`, a check that could not be made for a fault of ours (a TOTP secret that does
-/// not open), answered after `attempt` is given back: it counts against no one.
-async fn released(attempt: Attempt, err: Error) -> Error {
-    if let Err(release) = attempt.released().await {
-        tracing::warn!(error = %crate::error::chain(&release), "an attempt that could not be checked was not given back");
-    }
-    err
 }
 
 /// A [`FactorUse`] that owns its digest.
