@@ -152,9 +152,11 @@ struct Reserved {
     client: Option<(LimitKey, i64)>,
 }
 
-/// An attempt reserved under every limit it counts against. Report how the check went
-/// with [`Attempt::failed`] or [`Attempt::succeeded`]; an attempt dropped without either
-/// (its request was abandoned) is reported failed in the background.
+/// An attempt reserved under every limit it counts against. Run the steps before the
+/// verdict through [`Attempt::step`] (a fault of the service's gives the attempt back),
+/// and report how the check went with [`Attempt::failed`] or [`Attempt::succeeded`]; an
+/// attempt dropped without either (its request was abandoned) is reported failed in the
+/// background.
 #[must_use = "report how the check went"]
 pub struct Attempt {
     store: Arc<dyn CounterStore>,
