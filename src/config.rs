@@ -97,7 +97,8 @@ pub enum Command {
         database: DatabaseConfig,
     },
     /// Write every user (with its password hash), every live session, the ids of deleted
-    /// accounts, second factors and passkeys to standard output as JSON lines
+    /// accounts, second factors, passkeys and the service's own keys to standard output
+    /// as JSON lines
     Export {
         #[command(flatten)]
         database: DatabaseConfig,
@@ -112,7 +113,9 @@ pub enum Command {
         #[command(flatten)]
         database: DatabaseConfig,
 
-        /// Skip users and sessions whose id already exists instead of refusing the import
+        /// Skip the records the database has already (users and sessions by id, second
+        /// factors, passkeys; a service key of its own is kept) instead of refusing the
+        /// import
         #[arg(long)]
         skip_existing: bool,
 

@@ -136,6 +136,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     deleted_users = summary.deleted_users,
                     second_factors = summary.second_factors,
                     passkeys = summary.passkeys,
+                    service_keys = summary.service_keys,
                     "export done"
                 );
             }
@@ -213,6 +214,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     deleted_users = summary.deleted_users,
                     second_factors = summary.second_factors,
                     passkeys = summary.passkeys,
+                    service_keys = summary.service_keys,
                     skipped = summary.skipped,
                     "import done"
                 );

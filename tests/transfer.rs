@@ -17,6 +17,20 @@ on_both_stores!(
     deleted_ids_move_with_the_users,
 );
 
+mod passkeys {
+    use super::*;
+
+    /// Passkeys need a domain name for the relying party.
+    pub(super) fn on_localhost(config: &mut users_service::config::ServeConfig) {
+        config.mail.public_url = Some("http://localhost:8080".to_string());
+    }
+
+    on_both_stores!(
+        config = crate::passkeys::on_localhost,
+        the_passkey_decoys_key_moves_with_the_accounts,
+    );
+}
+
 async fn migrate_then_no_migrate_and_a_newer_schema_is_refused(app: TestApp) {
     // `app` ran the migrations on start; a fresh database is what we need here, so use
     // its backend with a new database.
@@ -278,7 +292,7 @@ async fn export_from_sqlite_and_import_into_postgres_keeps_passwords_and_session
     );
     assert!(ok, "{stderr}");
     assert!(
-        stderr.contains("users=3 sessions=3 deleted_users=0 second_factors=1 passkeys=0 skipped=0"),
+        stderr.contains("users=3 sessions=3 deleted_users=0 second_factors=1 passkeys=0 service_keys=0 skipped=0"),
         "{stderr}"
     );
 
@@ -308,7 +322,7 @@ async fn export_from_sqlite_and_import_into_postgres_keeps_passwords_and_session
     );
     assert!(ok, "{stderr}");
     assert!(
-        stderr.contains("users=0 sessions=0 deleted_users=0 second_factors=0 passkeys=0 skipped=7"),
+        stderr.contains("users=0 sessions=0 deleted_users=0 second_factors=0 passkeys=0 service_keys=0 skipped=7"),
         "{stderr}"
     );
 
@@ -478,6 +492,122 @@ async fn import_skips_expired_sessions(app: TestApp) {
         .call("ReadSession", json!({"session_id": live["id"]}))
         .await;
     assert_error(&answer, "ReadSession", 401, "session not found");
+}
+
+/// The credential ids StartPasskeyLogin lists for `name` (a name without passkeys:
+/// its decoys).
+async fn decoys_of(app: &TestApp, name: &str) -> Vec<String> {
+    let (status, start) = app
+        .call("StartPasskeyLogin", json!({ "username": name }))
+        .await;
+    assert_eq!(status, 200, "{start}");
+    start["options"]["publicKey"]["allowCredentials"]
+        .as_array()
+        .unwrap_or_else(|| panic!("allowCredentials: {start}"))
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The key the passkey decoys are made with moves with the accounts, so that a name
+/// without passkeys is answered the same decoys after a move. A database that made a
+/// key of its own refuses the import, or keeps its own with skipping asked for.
+async fn the_passkey_decoys_key_moves_with_the_accounts(app: TestApp) {
+    use users_service::core::transfer::{import, ImportOptions};
+    app.create_user("kim").await;
+    let kim = decoys_of(&app, "kim").await;
+    let nobody = decoys_of(&app, "nobody").await;
+    let (summary, export) = export_of(&app).await;
+    assert_eq!((summary.users, summary.service_keys), (1, 1));
+    let text = String::from_utf8(export.clone()).unwrap();
+    let key_line: serde_json::Value = text
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .find(|line| line["type"] == "service_key")
+        .unwrap();
+    assert_eq!(key_line["name"], "passkey_decoys", "{key_line}");
+    let key = key_line["key"].as_str().unwrap().to_string();
+
+    let on_postgres = app.db.raw_url.starts_with("postgres");
+    let target = |name: &'static str| {
+        let backend = if on_postgres {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        };
+        TestApp::spawn_with(backend, name, passkeys::on_localhost)
+    };
+    let import_into = |target: &TestApp, skip_existing: bool| {
+        let (store, now, export) = (target.users_store(), target.clock_now(), export.clone());
+        async move {
+            import(
+                store.as_ref(),
+                now,
+                &export[..],
+                &ImportOptions {
+                    skip_existing,
+                    ..Default::default()
+                },
+            )
+            .await
+        }
+    };
+
+    // A new database takes the key: the same decoys for the same names.
+    let moved = target("transfer::decoys_moved").await.unwrap();
+    let summary = import_into(&moved, false).await.unwrap();
+    assert_eq!((summary.users, summary.service_keys), (1, 1));
+    assert_eq!(decoys_of(&moved, "kim").await, kim);
+    assert_eq!(decoys_of(&moved, "nobody").await, nobody);
+    // Imported once more, skipping what is there: the same key is nothing new.
+    let summary = import_into(&moved, true).await.unwrap();
+    assert_eq!((summary.service_keys, summary.skipped), (0, 2));
+
+    // A database that made a key of its own (its own decoys) refuses the import, and
+    // says so without the key.
+    let own = target("transfer::decoys_own").await.unwrap();
+    let own_decoys = decoys_of(&own, "nobody").await;
+    assert_ne!(own_decoys, nobody);
+    let err = import_into(&own, false).await.unwrap_err().to_string();
+    assert!(
+        err.contains("service key \"passkey_decoys\": the database has another"),
+        "{err}"
+    );
+    assert!(!err.contains(&key), "the error repeats the key: {err}");
+    let answer = own.call("Read", json!({"username": "kim"})).await;
+    assert_error(&answer, "Read", 404, "user not found");
+    // Skipping what is there keeps its own key.
+    let summary = import_into(&own, true).await.unwrap();
+    assert_eq!((summary.users, summary.service_keys), (1, 0));
+    assert_eq!(decoys_of(&own, "nobody").await, own_decoys);
+
+    // A key that is not one the service makes, or not 32 bytes, is refused, and the
+    // problem does not repeat it.
+    let header = json!({"type": "header", "format": "users-service", "version": 1}).to_string();
+    let short = "c2hvcnQta2V5";
+    for (line, expected) in [
+        (
+            json!({"type": "service_key", "name": "passkey_decoys", "key": short, "created": 1}),
+            "line 2: service key \"passkey_decoys\" must be 32 bytes in base64url",
+        ),
+        (
+            json!({"type": "service_key", "name": "other", "key": key, "created": 1}),
+            "line 2: service key \"other\" is not one this service makes",
+        ),
+    ] {
+        let input = format!("{header}\n{line}\n");
+        let err = import(
+            own.users_store().as_ref(),
+            own.clock_now(),
+            input.as_bytes(),
+            &ImportOptions::default(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains(expected), "{err}");
+        assert!(!err.contains(short) && !err.contains(&key), "{err}");
+    }
 }
 
 /// Deleted ids travel with the export: the target store never issues them either, and

@@ -332,6 +332,25 @@ pub struct StoredPasskey {
     pub last_used: Option<i64>,
 }
 
+/// A key the service made for itself (`service_keys`), as an export carries it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServiceKey {
+    pub name: String,
+    /// The key, base64url; a secret.
+    pub value: String,
+    pub created: i64,
+}
+
+impl std::fmt::Debug for ServiceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceKey")
+            .field("name", &self.name)
+            .field("value", &"[redacted]")
+            .field("created", &self.created)
+            .finish()
+    }
+}
+
 /// A user's TOTP secret.
 #[derive(Debug, Clone)]
 pub struct TotpRecord {
@@ -449,6 +468,10 @@ pub trait Importer: Send {
     async fn deleted_users(&mut self, batch: &[DeletedUser]) -> Result<Vec<Imported>, StoreError>;
     async fn factors(&mut self, batch: &[StoredFactors]) -> Result<Vec<Imported>, StoreError>;
     async fn passkeys(&mut self, batch: &[StoredPasskey]) -> Result<Vec<Imported>, StoreError>;
+    /// Keys the store has none of by their names are added; one it has with the same
+    /// value is `Skipped`, one with another value `Taken` (or `Skipped`, keeping the
+    /// store's, when skipping was asked for).
+    async fn service_keys(&mut self, batch: &[ServiceKey]) -> Result<Vec<Imported>, StoreError>;
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
 }
 
@@ -857,6 +880,9 @@ pub trait TransferStore: Send + Sync {
         after: Option<String>,
         limit: u32,
     ) -> Result<Vec<StoredPasskey>, StoreError>;
+
+    /// Every key the service made for itself, by name.
+    async fn service_keys(&self) -> Result<Vec<ServiceKey>, StoreError>;
 
     /// Starts an all-or-nothing import.
     async fn begin_import(&self, skip_existing: bool) -> Result<Box<dyn Importer>, StoreError>;

@@ -23,6 +23,13 @@
 //! the digests of the unused recovery codes: an export is more sensitive than a
 //! database whose secrets are sealed.
 //!
+//! A `service_key` record carries a key the service made for itself: the one its
+//! passkey sign-ins by a name without passkeys make their decoy credentials with, so
+//! that those stay the same after a move (`{"type":"service_key","name":
+//! "passkey_decoys","key":"<base64url>","created":1700000000}`). An import adds it to
+//! a store that has none; a store with another refuses the import, or with
+//! `--skip-existing` keeps its own.
+//!
 //! `deleted_user` records carry the ids of deleted accounts, so that the target store
 //! never issues them again either; an import refuses a user with such an id.
 //!
@@ -44,11 +51,12 @@ use sources::Source;
 use crate::core::password::{CostLimits, StoredHash};
 use crate::core::sealing::{OpenError, Sealed, SealingKeys};
 use crate::core::users::bounded_user_agent;
+use crate::core::users::passkeys::check_service_key;
 use crate::domain::{Email, Profile, User, UserId, Username};
 use crate::domain::{SecondFactor, SignIn, SignInMethod, TokenDigest};
 use crate::store::{
-    Credentials, DeletedUser, Imported, Importer, StoreError, StoredFactors, StoredPasskey,
-    StoredSession, TotpRecord, TransferStore,
+    Credentials, DeletedUser, Imported, Importer, ServiceKey, StoreError, StoredFactors,
+    StoredPasskey, StoredSession, TotpRecord, TransferStore,
 };
 
 const FORMAT: &str = "users-service";
@@ -114,6 +122,12 @@ enum Line {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         last_used: Option<i64>,
     },
+    /// A key the service made for itself (a secret).
+    ServiceKey {
+        name: String,
+        key: String,
+        created: i64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -178,6 +192,8 @@ pub struct Summary {
     /// Users' second factors (a TOTP secret with its recovery codes).
     pub second_factors: u64,
     pub passkeys: u64,
+    /// Keys the service made for itself.
+    pub service_keys: u64,
     /// Records an import skipped: existing ones under `--skip-existing`, and sessions
     /// that had expired.
     pub skipped: u64,
@@ -318,6 +334,22 @@ pub async fn export(
             )?;
             summary.passkeys += 1;
         }
+    }
+    for ServiceKey {
+        name,
+        value,
+        created,
+    } in store.service_keys().await?
+    {
+        write_line(
+            out,
+            &Line::ServiceKey {
+                name,
+                key: value,
+                created,
+            },
+        )?;
+        summary.service_keys += 1;
     }
     out.flush()?;
     Ok(summary)
@@ -569,6 +601,7 @@ async fn import_lines(
     let mut deleted = Batch::new();
     let mut factors = Batch::new();
     let mut passkeys = Batch::new();
+    let mut service_keys = Batch::new();
     let mut lines = input.lines();
     let mut number = 0usize;
     let mut saw_header = false;
@@ -695,6 +728,17 @@ async fn import_lines(
                 }
                 Err(problem) => report.add(number, problem),
             },
+            Line::ServiceKey { name, key, created } => match check_service_key(&name, &key) {
+                Ok(()) => service_keys.push(
+                    number,
+                    ServiceKey {
+                        name,
+                        value: key,
+                        created,
+                    },
+                ),
+                Err(problem) => report.add(number, problem),
+            },
             Line::DeletedUser { id, deleted: at } => {
                 match UserId::parse("id", Some(id)) {
                     Ok(id) if at >= 0 => {
@@ -729,6 +773,25 @@ async fn import_lines(
     flush_deleted_users(importer.as_mut(), &mut deleted, &mut summary, &mut report).await?;
     flush_factors(importer.as_mut(), &mut factors, &mut summary, &mut report).await?;
     flush_passkeys(importer.as_mut(), &mut passkeys, &mut summary, &mut report).await?;
+    let outcomes = importer.service_keys(&service_keys.records).await?;
+    for ((line, key), outcome) in service_keys
+        .lines
+        .iter()
+        .zip(&service_keys.records)
+        .zip(outcomes)
+    {
+        match outcome {
+            Imported::Inserted => summary.service_keys += 1,
+            Imported::Skipped => summary.skipped += 1,
+            _ => report.add(
+                *line,
+                format!(
+                    "service key {:?}: the database has another (--skip-existing keeps it)",
+                    key.name
+                ),
+            ),
+        }
+    }
     if !saw_header {
         report.add(number.max(1), "empty input: no header");
     }

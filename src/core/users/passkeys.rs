@@ -61,6 +61,23 @@ impl std::fmt::Debug for DecoyKey {
     }
 }
 
+/// Whether `value` may be imported as the service's key `name`: the passkey decoys'
+/// key, 32 bytes in base64url, is the only key the service makes.
+pub fn check_service_key(name: &str, value: &str) -> Result<(), String> {
+    if name != DECOY_KEY {
+        return Err(format!(
+            "service key {name:?} is not one this service makes"
+        ));
+    }
+    match URL_SAFE_NO_PAD.decode(value) {
+        Ok(bytes) if bytes.len() == 32 => Ok(()),
+        // The value is a secret: the problem does not repeat it.
+        _ => Err(format!(
+            "service key {name:?} must be 32 bytes in base64url"
+        )),
+    }
+}
+
 impl DecoyKey {
     fn new(stored: &str) -> Result<Self, Error> {
         let bytes = URL_SAFE_NO_PAD

@@ -25,8 +25,9 @@ use super::{
     Credentials, DatabaseUrl, DeletedUser, EventLimit, FactorStore, FactorUse, HashChange,
     Imported, Importer, KeyStore, LiveToken, Liveness, Lookup, MailOutcome, MailStore, NewMail,
     NewPasskeySignIn, NewSession, NewToken, NewUser, PasskeySignInCeremony, PasskeyStore, Queued,
-    Redeemed, Redemption, Reservation, SessionDetails, SessionRecord, SessionStore, Store,
-    StoreError, StoredFactors, StoredPasskey, StoredSession, TokenStore, TotpRecord, TransferStore,
+    Redeemed, Redemption, Reservation, ServiceKey, SessionDetails, SessionRecord, SessionStore,
+    Store, StoreError, StoredFactors, StoredPasskey, StoredSession, TokenStore, TotpRecord,
+    TransferStore,
 };
 use crate::domain::{
     AccountChanges, Page, Profile, Purpose, SecondFactor, SessionHandle, SignIn, SignInMethod,

@@ -141,6 +141,25 @@ impl TransferStore for SqlStore {
         .map_err(classify)
     }
 
+    async fn service_keys(&self) -> Result<Vec<ServiceKey>, StoreError> {
+        const SQL: &str = "SELECT name, value, created FROM service_keys ORDER BY name";
+        on_pool!(self, pool => {
+            sqlx::query_as::<_, (String, String, i64)>(SQL)
+                .fetch_all(pool)
+                .await
+        })
+        .map(|rows| {
+            rows.into_iter()
+                .map(|(name, value, created)| ServiceKey {
+                    name,
+                    value,
+                    created,
+                })
+                .collect()
+        })
+        .map_err(classify)
+    }
+
     async fn begin_import(&self, skip_existing: bool) -> Result<Box<dyn Importer>, StoreError> {
         let importer = match &self.backend {
             Backend::Sqlite {
@@ -463,6 +482,37 @@ impl Importer for SqlImporter {
                         .push_bind(p.last_used);
                 });
                 insert.build().execute(&mut **tx).await?;
+            }
+            Ok::<_, sqlx::Error>(outcomes)
+        }
+        .await)
+        .map_err(classify)
+    }
+
+    async fn service_keys(&mut self, batch: &[ServiceKey]) -> Result<Vec<Imported>, StoreError> {
+        on_tx!(self, tx, skip_existing => async {
+            let mut outcomes = Vec::with_capacity(batch.len());
+            for key in batch {
+                let stored: Option<String> =
+                    sqlx::query_scalar("SELECT value FROM service_keys WHERE name = $1")
+                        .bind(&key.name)
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                outcomes.push(match stored {
+                    Some(value) if value == key.value || *skip_existing => Imported::Skipped,
+                    Some(_) => Imported::Taken(Unique::Id),
+                    None => {
+                        sqlx::query(
+                            "INSERT INTO service_keys (name, value, created) VALUES ($1, $2, $3)",
+                        )
+                        .bind(&key.name)
+                        .bind(&key.value)
+                        .bind(key.created)
+                        .execute(&mut **tx)
+                        .await?;
+                        Imported::Inserted
+                    }
+                });
             }
             Ok::<_, sqlx::Error>(outcomes)
         }
