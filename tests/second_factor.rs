@@ -764,16 +764,6 @@ async fn a_sign_in_without_a_name_is_a_ceremony_of_its_own(app: TestApp) {
     assert_eq!(app.count_rows("passkey_sign_ins").await, 0);
 }
 
-/// The credential ids a StartPasskeyLogin answer lists.
-fn listed(start: &serde_json::Value) -> Vec<String> {
-    start["options"]["publicKey"]["allowCredentials"]
-        .as_array()
-        .unwrap_or_else(|| panic!("allowCredentials: {start}"))
-        .iter()
-        .map(|c| c["id"].as_str().unwrap().to_string())
-        .collect()
-}
-
 /// A sign-in by a name without passkeys, known or not, answers as one for a name with
 /// passkeys: a ceremony that lists one or two credentials, the same for that name on every ask
 /// and on every replica (their first asks at once included: one key is made), another
@@ -838,7 +828,7 @@ async fn a_sign_in_by_a_name_without_passkeys_lists_a_decoy(app: TestApp) {
                 .expect("base64url");
             assert!([16, 20, 32, 64].contains(&bytes.len()), "{id}");
         }
-        ids[name].push(listed(&start));
+        ids[name].push(common::listed_credentials(&start));
         challenges.push(start["challenge_id"].as_str().unwrap().to_string());
     }
     for (name, seen) in ids.iter().enumerate() {

@@ -501,12 +501,7 @@ async fn decoys_of(app: &TestApp, name: &str) -> Vec<String> {
         .call("StartPasskeyLogin", json!({ "username": name }))
         .await;
     assert_eq!(status, 200, "{start}");
-    start["options"]["publicKey"]["allowCredentials"]
-        .as_array()
-        .unwrap_or_else(|| panic!("allowCredentials: {start}"))
-        .iter()
-        .map(|c| c["id"].as_str().unwrap().to_string())
-        .collect()
+    common::listed_credentials(&start)
 }
 
 /// The key the passkey decoys are made with moves with the accounts, so that a name

@@ -118,6 +118,16 @@ impl TestDatabase {
     }
 }
 
+/// The credential ids a StartPasskeyLogin answer lists.
+pub fn listed_credentials(start: &serde_json::Value) -> Vec<String> {
+    start["options"]["publicKey"]["allowCredentials"]
+        .as_array()
+        .unwrap_or_else(|| panic!("allowCredentials: {start}"))
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
 impl TestDatabase {
     /// Counts the rows of `table` (which may be followed by a WHERE clause) straight
     /// from the database.
