@@ -493,17 +493,27 @@ impl Metrics {
 
 /// What `GET /metrics` writes: one [`Metrics`], or with tenants the process's and every
 /// tenant's, each family written once with the series of all.
-#[derive(Debug, Clone)]
-pub struct Scrape(Vec<Arc<Metrics>>);
+#[derive(Debug)]
+pub struct Scrape(std::sync::RwLock<Vec<Arc<Metrics>>>);
 
 impl Scrape {
     pub fn new(parts: Vec<Arc<Metrics>>) -> Self {
-        Self(parts)
+        Self(std::sync::RwLock::new(parts))
+    }
+
+    /// From now on, `parts` (tenants were added or removed).
+    pub fn set(&self, parts: Vec<Arc<Metrics>>) {
+        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = parts;
     }
 
     /// Everything, in the Prometheus text format (version 0.0.4).
     pub fn render(&self) -> String {
-        match self.0.as_slice() {
+        let parts = self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        match parts.as_slice() {
             [one] => one.render(),
             parts => merge_families(parts.iter().map(|m| m.render())),
         }

@@ -44,7 +44,7 @@ async fn live() -> Json<serde_json::Value> {
 
 async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, WireError> {
     let mut health = Ok(());
-    for users in state.everyone.iter() {
+    for users in state.everyone.all() {
         health = users.health().await;
         if health.is_err() {
             break;

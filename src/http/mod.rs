@@ -402,7 +402,30 @@ pub struct Shared {
     /// address.
     pub metrics_on_main: bool,
     /// Every pool's core (one without tenants): the service is ready when all answer.
-    pub everyone: Arc<Vec<Arc<Users>>>,
+    pub everyone: Arc<Everyone>,
+}
+
+/// Every pool's core, as tenants come and go.
+#[derive(Default)]
+pub struct Everyone(std::sync::RwLock<Vec<Arc<Users>>>);
+
+impl FromIterator<Arc<Users>> for Everyone {
+    fn from_iter<I: IntoIterator<Item = Arc<Users>>>(iter: I) -> Self {
+        Self(std::sync::RwLock::new(iter.into_iter().collect()))
+    }
+}
+
+impl Everyone {
+    pub fn set(&self, all: Vec<Arc<Users>>) {
+        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = all;
+    }
+
+    pub fn all(&self) -> Vec<Arc<Users>> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// Declares the routes of each surface once: the router and the route lists both come
@@ -501,13 +524,32 @@ struct Pool {
 
 enum Pools {
     One(Pool),
-    /// `--tenancy namespace`: one pool per tenant; `first` answers the routes of the
-    /// whole service that name no tenant.
-    Tenants {
-        by_name: HashMap<TenantName, Pool>,
-        first: Option<TenantName>,
-        selection: TenantSelection,
-    },
+    /// `--tenancy namespace`: one pool per tenant, replaced whole when the tenants are
+    /// reloaded.
+    Tenants(std::sync::RwLock<Arc<TenantPools>>),
+}
+
+/// The tenants' pools; `first` answers the routes of the whole service that name no
+/// tenant.
+struct TenantPools {
+    by_name: HashMap<TenantName, Pool>,
+    first: Option<TenantName>,
+    selection: TenantSelection,
+}
+
+impl TenantPools {
+    fn new(tenants: Vec<(TenantName, AppState)>, selection: TenantSelection) -> Self {
+        let first = tenants.first().map(|(name, _)| name.clone());
+        let by_name: HashMap<TenantName, Pool> = tenants
+            .into_iter()
+            .map(|(name, state)| (name, Pool::new(state)))
+            .collect();
+        Self {
+            by_name,
+            first,
+            selection,
+        }
+    }
 }
 
 impl App {
@@ -532,20 +574,23 @@ impl App {
         guard: Arc<Guard>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let first = tenants.first().map(|(name, _)| name.clone());
-        let by_name: HashMap<TenantName, Pool> = tenants
-            .into_iter()
-            .map(|(name, state)| (name, Pool::new(state)))
-            .collect();
         Self {
-            pools: Pools::Tenants {
-                by_name,
-                first,
-                selection,
-            },
+            pools: Pools::Tenants(std::sync::RwLock::new(Arc::new(TenantPools::new(
+                tenants, selection,
+            )))),
             refusals: refusals(guard.clone()),
             guard,
             metrics,
+        }
+    }
+
+    /// From now on, these tenants (a reload added or removed some, or changed their
+    /// keys or look); requests under way finish with the pools they began with. Without
+    /// tenancy, nothing changes.
+    pub fn set_tenants(&self, tenants: Vec<(TenantName, AppState)>, selection: TenantSelection) {
+        if let Pools::Tenants(pools) = &self.pools {
+            let fresh = Arc::new(TenantPools::new(tenants, selection));
+            *pools.write().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
         }
     }
 }
@@ -657,7 +702,7 @@ impl App {
             let response = refusal.into_error(service, &method).into_response();
             return (response, self.metrics.clone());
         }
-        let (pool, metrics) = match self.pool_for(&request) {
+        let (router, metrics) = match self.pool_for(&request) {
             Ok(chosen) => chosen,
             Err(why) => {
                 tracing::info!(event = "request_refused", reason = ?why, "no tenant for the request");
@@ -676,7 +721,6 @@ impl App {
                 return (response, self.metrics.clone());
             }
         };
-        let (router, metrics) = (pool.router_for(&request).clone(), metrics.clone());
         let response = match router.oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},
@@ -686,25 +730,31 @@ impl App {
 }
 
 impl App {
-    /// The pool that answers `request`, and the metrics it counts in: its tenant's, or
-    /// the process's for a route of the whole service that named no tenant.
-    fn pool_for(&self, request: &Request<Body>) -> Result<(&Pool, &Arc<Metrics>), NoTenant> {
-        let (by_name, first, selection) = match &self.pools {
-            Pools::One(pool) => return Ok((pool, &pool.metrics)),
-            Pools::Tenants {
-                by_name,
-                first,
-                selection,
-            } => (by_name, first, selection),
+    /// The router of the pool that answers `request`, and the metrics it counts in: its
+    /// tenant's, or the process's for a route of the whole service that named no tenant.
+    fn pool_for(&self, request: &Request<Body>) -> Result<(Router, Arc<Metrics>), NoTenant> {
+        let tenants = match &self.pools {
+            Pools::One(pool) => {
+                return Ok((pool.router_for(request).clone(), pool.metrics.clone()))
+            }
+            Pools::Tenants(pools) => pools
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
         };
+        let TenantPools {
+            by_name,
+            first,
+            selection,
+        } = tenants.as_ref();
         match preflight_or(request, || {
             selection.choose(by_name, request.headers(), request.uri())
         })? {
-            Some(pool) => Ok((pool, &pool.metrics)),
+            Some(pool) => Ok((pool.router_for(request).clone(), pool.metrics.clone())),
             None => first
                 .as_ref()
                 .and_then(|first| by_name.get(first))
-                .map(|pool| (pool, &self.metrics))
+                .map(|pool| (pool.router_for(request).clone(), self.metrics.clone()))
                 .ok_or(NoTenant::Unnamed),
         }
     }
