@@ -575,6 +575,12 @@ pub struct TenancyConfig {
     )]
     pub tenants: Vec<TenantName>,
 
+    /// In place of --tenants, a file of the tenants, one name per line (# starts a
+    /// comment). The service reads it again on SIGHUP, with the tenants' other files
+    /// (keys, webhooks, looks): tenants are added and removed without a restart
+    #[arg(long, env = "USERS_TENANTS_FILE", value_name = "PATH")]
+    pub tenants_file: Option<PathBuf>,
+
     /// The tenant that requests naming none are served by (the hosted pages and the
     /// admin console opened without ?namespace=); without it such requests are refused
     /// with 400
@@ -593,6 +599,7 @@ impl Default for TenancyConfig {
         Self {
             tenancy: Tenancy::Off,
             tenants: Vec::new(),
+            tenants_file: None,
             default_tenant: None,
             tenant_keys_file: None,
         }

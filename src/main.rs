@@ -8,12 +8,14 @@ use clap::Parser;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
-use users_service::config::{Cli, Command, LogFormat};
+use users_service::config::{Cli, Command, LogFormat, Tenancy};
 use users_service::core::clock::{Clock, SystemClock};
 use users_service::core::transfer;
 use users_service::error::chain;
 use users_service::log_line::{Lines, Style};
 use users_service::log_sink::LogSink;
+#[cfg(unix)]
+use users_service::server::hangup_signal;
 use users_service::server::{
     connect_store, open_existing_store, open_store, shutdown_signal, Server, StartError,
 };
@@ -95,11 +97,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             None => {
                 let mut shutdown =
                     Box::pin(shutdown_signal().context("cannot listen for signals")?);
+                // With tenants, SIGHUP reloads them.
+                #[cfg(unix)]
+                let hangups = (cli.serve.tenancy.tenancy == Tenancy::Namespace)
+                    .then(hangup_signal)
+                    .transpose()
+                    .context("cannot listen for signals")?;
                 // A stop asked for while the start waits for the database is a clean one.
                 let server = tokio::select! {
                     server = Server::build(&cli.serve) => server?,
                     () = &mut shutdown => return Ok(()),
                 };
+                #[cfg(unix)]
+                if let Some(hangups) = hangups {
+                    server.reload_on(hangups);
+                }
                 server.run(shutdown).await?;
             }
             Some(Command::Migrate { database }) => {

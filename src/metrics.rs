@@ -503,7 +503,10 @@ impl Scrape {
 
     /// From now on, `parts` (tenants were added or removed).
     pub fn set(&self, parts: Vec<Arc<Metrics>>) {
-        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = parts;
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = parts;
     }
 
     /// Everything, in the Prometheus text format (version 0.0.4).

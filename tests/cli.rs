@@ -297,6 +297,66 @@ fn without_smtp_mails_are_logged_with_their_link_and_not_sent() {
     );
 }
 
+/// With tenants, SIGHUP reloads them: a tenant added to `--tenants-file` is served, a
+/// file that cannot be used is logged and changes nothing, and a tenant removed is
+/// refused and its pool closed; the process goes on and stops cleanly.
+#[test]
+fn sighup_reloads_the_tenants() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("tenants");
+    std::fs::write(&list, "acme\n").unwrap();
+    let mut cmd = command(dir.path());
+    // A short request deadline: a removed tenant's pool closes a second after.
+    cmd.args(["--listen", "127.0.0.1:0", "--request-timeout", "1"])
+        .args(["--tenancy", "namespace", "--tenants-file"])
+        .arg(&list);
+    let mut service = Service::start(cmd);
+    let addr = service.addr;
+    let create = |name: &str, tenant: &str| {
+        let body = format!(
+            r#"{{"username":"{name}","email":"{name}@example.com","password":"correct-horse-1"}}"#
+        );
+        http_with(
+            addr,
+            "POST",
+            "/users/Users/Create",
+            &body,
+            &[("Micro-Namespace", tenant)],
+        )
+    };
+    assert_eq!(create("ann", "acme").0, 200);
+    assert_eq!(create("bea", "globex").0, 400);
+    let hang_up = |child: &std::process::Child| {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    };
+
+    std::fs::write(&list, "acme\nglobex\n").unwrap();
+    hang_up(&service.child);
+    service.wait_for_lines("tenants reloaded", 1);
+    let (status, body) = create("bea", "globex");
+    assert_eq!(status, 200, "{body}");
+
+    std::fs::write(&list, "acme\nNot A Name\n").unwrap();
+    hang_up(&service.child);
+    service.wait_for_lines("the tenants were not reloaded", 1);
+    let (status, body) = create("cid", "globex");
+    assert_eq!(status, 200, "{body}");
+
+    // acme removed: refused at once, its pool closed after the request deadline.
+    std::fs::write(&list, "globex\n").unwrap();
+    hang_up(&service.child);
+    service.wait_for_lines("tenants reloaded", 2);
+    assert_eq!(create("dee", "acme").0, 400);
+    service.wait_for_lines("the removed tenants' pools are closed", 1);
+
+    let (exit, logs) = service.terminate();
+    assert!(exit.success(), "{exit:?} {logs:#?}");
+}
+
 #[test]
 fn sigterm_finishes_the_requests_in_flight() {
     let dir = tempfile::tempdir().unwrap();

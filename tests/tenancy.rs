@@ -1080,3 +1080,154 @@ async fn a_tenant_wears_its_own_look() {
     let uri = started["uri"].as_str().unwrap();
     assert!(uri.contains("issuer=Acme%20Accounts"), "{uri}");
 }
+
+/// Tenants come and go without a restart. With `--tenants-file`, a reload (SIGHUP to
+/// the binary) serves a tenant newly listed, with its own key, on each replica that
+/// reloads; requests under way meanwhile are answered; a tenant no longer listed is
+/// refused from then on, and its accounts are there again when it is listed again.
+/// Files that cannot be used change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_are_added_and_removed_by_a_reload_on_both_stores() {
+    use users_service::server::Reloaded;
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let dir = tempfile::tempdir().unwrap();
+        let (list, keys) = (dir.path().join("tenants"), dir.path().join("tenant-keys"));
+        std::fs::write(&list, "# the tenants\nacme\n").unwrap();
+        std::fs::write(&keys, format!("acme {ACME_KEY}\n")).unwrap();
+        let configure = |c: &mut ServeConfig| {
+            c.tenancy.tenancy = Tenancy::Namespace;
+            c.tenancy.tenants_file = Some(list.clone());
+            c.tenancy.tenant_keys_file = Some(keys.clone());
+            c.access.api_key = Some(SERVICE_KEY.to_string());
+        };
+        let Some(app) = TestApp::spawn_with(backend, "tenancy::reload", configure).await else {
+            continue;
+        };
+        let replica = app.replica(configure).await;
+        let client = &app.client;
+        let other = format!("http://{}", replica.addr);
+        let acme = At::new(client, &app.base, Some("acme"));
+        let globex = At::new(client, &app.base, Some("globex"));
+        let (status, body) = acme.call("Create", signup("alice", PASSWORD)).await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = globex.call("Create", signup("bob", PASSWORD)).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains("names no tenant"),
+            "{body}"
+        );
+
+        // globex is listed, with its key; acme is busy while the service reloads.
+        std::fs::write(&list, "acme\nglobex\n").unwrap();
+        std::fs::write(&keys, format!("acme {ACME_KEY}\nglobex {GLOBEX_KEY}\n")).unwrap();
+        let (_, session) = acme.call("Login", login("alice", PASSWORD)).await;
+        let session_id = session["session"]["id"].clone();
+        let busy = async {
+            let mut statuses = Vec::new();
+            for _ in 0..40 {
+                let (status, body) = acme
+                    .call("ReadSession", json!({ "session_id": session_id }))
+                    .await;
+                statuses.push((status, body["session"]["username"].clone()));
+            }
+            statuses
+        };
+        let (statuses, reloaded) = tokio::join!(busy, app.reloader.reload());
+        assert!(
+            statuses
+                .iter()
+                .all(|(s, name)| *s == 200 && name == "alice"),
+            "{statuses:?}"
+        );
+        let globex_name: users_service::domain::TenantName = "globex".parse().unwrap();
+        let acme_name: users_service::domain::TenantName = "acme".parse().unwrap();
+        assert_eq!(
+            reloaded.unwrap(),
+            Reloaded {
+                added: vec![globex_name.clone()],
+                removed: vec![],
+            }
+        );
+        let (status, body) = globex.call("Create", signup("bob", PASSWORD)).await;
+        assert_eq!(status, 200, "{body}");
+        let bob = body["user"]["id"].clone();
+        // Its own key selects it and reads its accounts only.
+        let by_key = At::new(client, &app.base, None).key(GLOBEX_KEY);
+        let (status, body) = by_key.call("Read", json!({ "username": "bob" })).await;
+        assert_eq!(
+            (status, &body["user"]["id"]),
+            (StatusCode::OK, &bob),
+            "{body}"
+        );
+        let (status, _) = by_key.call("Read", json!({ "username": "alice" })).await;
+        assert_eq!(status, 404);
+        // Its metrics are scraped, and the service is ready with it.
+        let metrics = client
+            .get(format!("{}/metrics", app.base))
+            .bearer_auth(SERVICE_KEY)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(metrics.contains("tenant=\"globex\""), "{metrics}");
+        let ready = client
+            .get(format!("{}/health/ready", app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 200);
+
+        // The replica serves globex once it reloads too, on the same database.
+        let at_replica = At::new(client, &other, Some("globex")).key(SERVICE_KEY);
+        let (status, _) = at_replica.call("Read", json!({ "username": "bob" })).await;
+        assert_eq!(status, 400, "not reloaded yet");
+        assert_eq!(
+            replica.reloader.reload().await.unwrap().added,
+            vec![globex_name.clone()]
+        );
+        let (status, body) = at_replica.call("Read", json!({ "username": "bob" })).await;
+        assert_eq!(
+            (status, &body["user"]["id"]),
+            (StatusCode::OK, &bob),
+            "{body}"
+        );
+
+        // acme is no longer listed: refused from now on, its key too.
+        std::fs::write(&list, "globex\n").unwrap();
+        std::fs::write(&keys, format!("globex {GLOBEX_KEY}\n")).unwrap();
+        assert_eq!(
+            app.reloader.reload().await.unwrap(),
+            Reloaded {
+                added: vec![],
+                removed: vec![acme_name.clone()],
+            }
+        );
+        let (status, body) = acme.call("Login", login("alice", PASSWORD)).await;
+        assert_eq!(status, 400, "{body}");
+        let (status, _) = At::new(client, &app.base, None)
+            .key(ACME_KEY)
+            .call("Read", json!({ "username": "alice" }))
+            .await;
+        assert_eq!(status, 400, "the key selects no tenant");
+        // Listed again, its accounts are there: alice signs in.
+        std::fs::write(&list, "globex\nacme\n").unwrap();
+        assert_eq!(app.reloader.reload().await.unwrap().added, vec![acme_name]);
+        let (status, body) = acme.call("Login", login("alice", PASSWORD)).await;
+        assert_eq!(status, 200, "{body}");
+
+        // Files that cannot be used change nothing: the error says why.
+        std::fs::write(&keys, format!("initech {ACME_KEY}\n")).unwrap();
+        let err = app.reloader.reload().await.unwrap_err().to_string();
+        assert!(err.contains("the tenant initech is not in"), "{err}");
+        assert!(!err.contains(ACME_KEY), "{err}");
+        std::fs::write(&list, "globex\nnot a name\n").unwrap();
+        let err = app.reloader.reload().await.unwrap_err().to_string();
+        assert!(err.contains(":2:"), "{err}");
+        let (status, body) = acme.call("Login", login("alice", PASSWORD)).await;
+        assert_eq!(status, 200, "{body}");
+        let (status, _) = globex.call("Login", login("bob", PASSWORD)).await;
+        assert_eq!(status, 200);
+    }
+}

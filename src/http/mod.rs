@@ -417,7 +417,10 @@ impl FromIterator<Arc<Users>> for Everyone {
 
 impl Everyone {
     pub fn set(&self, all: Vec<Arc<Users>>) {
-        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = all;
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = all;
     }
 
     pub fn all(&self) -> Vec<Arc<Users>> {
@@ -590,7 +593,9 @@ impl App {
     pub fn set_tenants(&self, tenants: Vec<(TenantName, AppState)>, selection: TenantSelection) {
         if let Pools::Tenants(pools) = &self.pools {
             let fresh = Arc::new(TenantPools::new(tenants, selection));
-            *pools.write().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+            *pools
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
         }
     }
 }

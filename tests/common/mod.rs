@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use users_service::config::ServeConfig;
 use users_service::core::clock::{Clock, ManualClock};
 use users_service::core::users::Users;
-use users_service::server::Server;
+use users_service::server::{Reloader, Server};
 use users_service::store::{DatabaseUrl, SqlStore};
 
 pub const PASSWORD: &str = "correct-horse-1";
@@ -254,6 +254,8 @@ pub struct TestApp {
     pub clock: Arc<ManualClock>,
     pub users: Arc<Users>,
     pub store: Arc<SqlStore>,
+    /// Reloads its tenants, as SIGHUP does to the binary.
+    pub reloader: Reloader,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
     pub db: TestDatabase,
@@ -287,6 +289,7 @@ impl TestApp {
         let metrics_addr = server.metrics_addr();
         let users = server.users();
         let store = server.store();
+        let reloader = server.reloader();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
             let _ = rx.await;
@@ -299,6 +302,7 @@ impl TestApp {
             clock,
             users,
             store,
+            reloader,
             shutdown: Some(tx),
             task: Some(task),
             db,
@@ -431,6 +435,7 @@ impl TestApp {
             .expect("replica starts");
         let addr = server.local_addr().expect("bound address");
         let users = server.users();
+        let reloader = server.reloader();
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(server.run(async {
             let _ = rx.await;
@@ -438,6 +443,7 @@ impl TestApp {
         Replica {
             addr,
             users,
+            reloader,
             _stop: tx,
         }
     }
@@ -486,6 +492,8 @@ pub async fn micro(app: &TestApp, method: &str, auth: &str, body: Value) -> (Sta
 pub struct Replica {
     pub addr: SocketAddr,
     pub users: Arc<Users>,
+    /// Reloads its tenants, as SIGHUP does to the binary.
+    pub reloader: Reloader,
     _stop: oneshot::Sender<()>,
 }
 

@@ -1014,7 +1014,9 @@ impl SqlStore {
         let migrator = self.migrator();
         on_writer!(self, pool => async {
             let mut conn = acquire!(self, pool);
-            migrator.run(&mut *conn).await
+            // `run_direct`, not `run`: `run`'s future is not `Send` for every lifetime
+            // (sqlx's own note on it), and a reload opens tenants' stores from a task.
+            migrator.run_direct(&mut *conn).await
         }
         .await)
     }

@@ -1,7 +1,6 @@
 //! The running service: opens the store, migrates it, binds the listener, serves until
 //! told to stop, and sweeps expired sessions in the background.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -12,29 +11,35 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use sqlx::migrate::MigrateError;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
-use crate::config::{AccessConfig, DatabaseConfig, ServeConfig, Tenancy, UiConfig};
+use crate::config::{AccessConfig, DatabaseConfig, ServeConfig, UiConfig};
 use crate::core::clock::{Clock, SystemClock};
 use crate::core::outbox::{Outbox, Transport};
 use crate::core::password::PasswordHasher;
 use crate::core::users::Users;
-use crate::core::webhooks::WebhookSender;
 use crate::domain::TenantName;
 use crate::error::chain;
-use crate::http::access::{key_digest, AccessPolicy};
+use crate::http::access::AccessPolicy;
 use crate::http::connection::{Activity, ConnectionLimits, Full, Timeouts, Watched};
 use crate::http::guard::{Guard, GuardConfig};
 use crate::http::health;
 use crate::http::tenants::TenantSelection;
 use crate::http::ui::{Asset, UiSettings};
-use crate::http::{App, AppState};
+use crate::http::{App, AppState, Everyone};
 use crate::metrics::{Argon2Metrics, Metrics, Scrape};
 use crate::store::{DatabaseUrl, SchemaError, SqlStore, StoreError};
+
+mod pools;
+mod tenancy;
+
+use pools::{PoolMaker, Serving, SharedParts};
+pub use pools::{Reloaded, Reloader};
+use tenancy::TenancyPlan;
 
 /// How often expired sessions are deleted.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
@@ -234,173 +239,12 @@ pub struct Server {
     metrics_listener: Option<TcpListener>,
     scrape: Arc<Scrape>,
     app: Arc<App>,
-    /// One without tenants; with tenants, one per tenant, in the order of --tenants.
-    pools: Vec<PoolParts>,
+    /// The pools: one without tenants; with tenants, one per tenant, in the order of
+    /// the tenants' list.
+    serving: Arc<Serving>,
     request_timeout: Duration,
     connections: Arc<ConnectionLimits>,
     timeouts: Timeouts,
-}
-
-/// What serves one user pool: the service's only one, or a tenant's.
-struct PoolParts {
-    tenant: Option<TenantName>,
-    users: Arc<Users>,
-    store: Arc<SqlStore>,
-    /// The webhook sender, when endpoints are configured.
-    webhooks: Option<Arc<Outbox>>,
-    metrics: Arc<Metrics>,
-}
-
-/// The pools `serve` opens, from `--tenancy`, `--tenants` and the tenants' key file.
-struct TenancyPlan {
-    on: bool,
-    /// `[None]` without tenants; each tenant otherwise.
-    pools: Vec<Option<TenantName>>,
-    /// Each tenant's own admin keys (SHA-256).
-    keys: Vec<([u8; 32], TenantName)>,
-    /// Tenants' own webhooks (`--webhook-tenants-file`): their endpoints and sender.
-    webhooks: HashMap<TenantName, (Vec<String>, WebhookSender)>,
-}
-
-impl TenancyPlan {
-    fn new(config: &ServeConfig) -> Result<Self, StartError> {
-        let tenancy = &config.tenancy;
-        let refuse = |why: String| Err(StartError::Config(why));
-        if config.database.tenant.is_some() {
-            return refuse(
-                "--tenant names the pool of an admin command; serve takes --tenancy \
-                 namespace and --tenants"
-                    .into(),
-            );
-        }
-        if tenancy.tenancy == Tenancy::Off {
-            if !tenancy.tenants.is_empty()
-                || tenancy.default_tenant.is_some()
-                || tenancy.tenant_keys_file.is_some()
-                || config.ui.ui_tenant_dir.is_some()
-                || config.webhooks.webhook_tenants_file.is_some()
-            {
-                return refuse(
-                    "--tenants, --default-tenant, --tenant-keys-file, --ui-tenant-dir and \
-                     --webhook-tenants-file need --tenancy namespace"
-                        .into(),
-                );
-            }
-            return Ok(Self {
-                on: false,
-                pools: vec![None],
-                keys: Vec::new(),
-                webhooks: HashMap::new(),
-            });
-        }
-        if tenancy.tenants.is_empty() {
-            return refuse("--tenancy namespace needs the tenants: --tenants NAME,NAME".into());
-        }
-        let mut pools: Vec<Option<TenantName>> = Vec::new();
-        for tenant in &tenancy.tenants {
-            if pools.iter().flatten().any(|t| t == tenant) {
-                return refuse(format!("the tenant {tenant} is listed twice in --tenants"));
-            }
-            pools.push(Some(tenant.clone()));
-        }
-        let listed = |tenant: &TenantName| tenancy.tenants.contains(tenant);
-        if let Some(default) = &tenancy.default_tenant {
-            if !listed(default) {
-                return refuse(format!("--default-tenant {default} is not in --tenants"));
-            }
-        }
-        let mut keys = Vec::new();
-        if let Some(path) = &tenancy.tenant_keys_file {
-            for (at, tenant, key) in tenant_lines(path, "the tenant keys file", &listed)? {
-                if key.is_empty() {
-                    return refuse(format!("{at}: expected \"TENANT KEY\""));
-                }
-                let digest = key_digest(&key);
-                if keys.iter().any(|(d, _)| *d == digest) {
-                    return refuse(format!("{at}: this key is given twice"));
-                }
-                keys.push((digest, tenant));
-            }
-        }
-        if let Some(global) = admin_key(&config.access)? {
-            let global = key_digest(global.expose_secret());
-            if keys.iter().any(|(d, _)| *d == global) {
-                return refuse(
-                    "a tenant's key in --tenant-keys-file is the service's admin key".into(),
-                );
-            }
-        }
-        let mut webhooks = HashMap::new();
-        if let Some(path) = &config.webhooks.webhook_tenants_file {
-            let lines = tenant_lines(path, "the tenants' webhooks file", &listed)?;
-            for (at, tenant, rest) in lines {
-                // The line's secret is never repeated in a message.
-                let mut fields = rest.split_whitespace();
-                let (Some(secret), Some(urls), None) =
-                    (fields.next(), fields.next(), fields.next())
-                else {
-                    return refuse(format!("{at}: expected \"TENANT SECRET URL[,URL...]\""));
-                };
-                if webhooks.contains_key(&tenant) {
-                    return refuse(format!("{at}: the tenant {tenant} is listed twice"));
-                }
-                let urls: Vec<String> = urls.split(',').map(str::to_string).collect();
-                let urls = crate::config::webhook_urls(&urls)
-                    .map_err(|why| StartError::Config(format!("{at}: {why}")))?;
-                let sender = WebhookSender::new(secret)
-                    .map_err(|why| StartError::Config(format!("{at}: the secret: {why}")))?;
-                webhooks.insert(tenant, (urls, sender));
-            }
-        }
-        Ok(Self {
-            on: true,
-            pools,
-            keys,
-            webhooks,
-        })
-    }
-
-    /// `tenant`'s own admin keys.
-    fn keys_of(&self, tenant: &TenantName) -> Vec<[u8; 32]> {
-        self.keys
-            .iter()
-            .filter(|(_, t)| t == tenant)
-            .map(|(digest, _)| *digest)
-            .collect()
-    }
-}
-
-/// The admin key from the environment or from a file, if any.
-/// The hosted pages' settings: the operator's files are read once, at start-up.
-/// The lines of a file of tenants' settings, `TENANT ...` each (blank lines and `#`
-/// comments skipped): where each is (`file:line`), its tenant, which must be `listed`
-/// (in --tenants), and the rest of the line.
-fn tenant_lines(
-    path: &std::path::Path,
-    what: &str,
-    listed: &dyn Fn(&TenantName) -> bool,
-) -> Result<Vec<(String, TenantName, String)>, StartError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| StartError::Config(format!("cannot read {what} {}: {e}", path.display())))?;
-    let mut lines = Vec::new();
-    for (number, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let at = format!("{}:{}", path.display(), number + 1);
-        let (name, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
-        let tenant: TenantName = name
-            .parse()
-            .map_err(|why| StartError::Config(format!("{at}: {why}")))?;
-        if !listed(&tenant) {
-            return Err(StartError::Config(format!(
-                "{at}: the tenant {tenant} is not in --tenants"
-            )));
-        }
-        lines.push((at, tenant, rest.trim().to_string()));
-    }
-    Ok(lines)
 }
 
 /// A file of the pages' look, read once at start.
@@ -442,57 +286,7 @@ fn logo_asset(path: &std::path::Path) -> Result<Asset, StartError> {
     Ok(Asset::new(kind, read_look("logo", path)?))
 }
 
-/// A tenant's own look (`--ui-tenant-dir`), where it has one: what it holds of
-/// `<dir>/<tenant>/title`, `brand.css` and `logo.<png|svg|jpg|jpeg|webp>`.
-#[derive(Default)]
-struct TenantLook {
-    title: Option<String>,
-    stylesheet: Option<Asset>,
-    logo: Option<Asset>,
-}
-
-fn tenant_look(dir: &std::path::Path, tenant: &TenantName) -> Result<TenantLook, StartError> {
-    let folder = dir.join(tenant.as_str());
-    let mut look = TenantLook::default();
-    if !folder.is_dir() {
-        return Ok(look);
-    }
-    let title = folder.join("title");
-    if title.is_file() {
-        let text = String::from_utf8(read_look("title", &title)?).map_err(|_| {
-            StartError::Config(format!("the title {} is not UTF-8 text", title.display()))
-        })?;
-        let line = text.lines().next().unwrap_or_default().trim().to_string();
-        if line.is_empty() || line.chars().count() > 100 {
-            return Err(StartError::Config(format!(
-                "the title {} must be one line of 1-100 characters",
-                title.display()
-            )));
-        }
-        look.title = Some(line);
-    }
-    let css = folder.join("brand.css");
-    if css.is_file() {
-        look.stylesheet = Some(stylesheet_asset(&css)?);
-    }
-    let logos: Vec<_> = ["png", "svg", "jpg", "jpeg", "webp"]
-        .iter()
-        .map(|ext| folder.join(format!("logo.{ext}")))
-        .filter(|path| path.is_file())
-        .collect();
-    match logos.as_slice() {
-        [] => {}
-        [one] => look.logo = Some(logo_asset(one)?),
-        _ => {
-            return Err(StartError::Config(format!(
-                "{} holds more than one logo: keep one",
-                folder.display()
-            )))
-        }
-    }
-    Ok(look)
-}
-
+/// The hosted pages' settings: the operator's files are read once, at start-up.
 fn ui_settings(
     config: &UiConfig,
     public_url: Option<&url::Url>,
@@ -518,6 +312,7 @@ fn ui_settings(
     })
 }
 
+/// The admin key from the environment or from a file, if any.
 fn admin_key(access: &AccessConfig) -> Result<Option<SecretString>, StartError> {
     if let Some(path) = &access.api_key_file {
         let text = std::fs::read_to_string(path).map_err(|e| {
@@ -530,6 +325,32 @@ fn admin_key(access: &AccessConfig) -> Result<Option<SecretString>, StartError> 
         return Ok(Some(SecretString::from(key)));
     }
     Ok(access.api_key.clone().map(SecretString::from))
+}
+
+/// Refuses tenants' pools (or the only pool) that would answer on a public address
+/// without an admin key, unless that is asked for.
+fn check_keys(
+    config: &ServeConfig,
+    access: &AccessPolicy,
+    plan: &TenancyPlan,
+    policy_of: impl Fn(Option<&TenantName>) -> AccessPolicy,
+) -> Result<(), StartError> {
+    if access.has_key() || config.listen.ip().is_loopback() || config.access.allow_unauthenticated {
+        return Ok(());
+    }
+    for tenant in &plan.pools {
+        if !policy_of(tenant.as_ref()).has_key() {
+            let whose = tenant
+                .as_ref()
+                .map_or_else(String::new, |t| format!(" (tenant {t} has none)"));
+            return Err(StartError::Config(format!(
+                "refusing to listen on {} without an admin key{whose}: set \
+                 USERS_API_KEY or --api-key-file, or pass --allow-unauthenticated",
+                config.listen
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl Server {
@@ -549,43 +370,15 @@ impl Server {
         )
         .map_err(StartError::Config)?;
         let tenancy = TenancyPlan::new(config)?;
-        let policies: Vec<AccessPolicy> = tenancy
-            .pools
-            .iter()
-            .map(|tenant| match tenant {
-                Some(tenant) => access.for_tenant(tenant, &tenancy.keys_of(tenant)),
-                None => access.clone(),
-            })
-            .collect();
-        for (tenant, policy) in tenancy.pools.iter().zip(&policies) {
-            if !policy.has_key()
-                && !config.listen.ip().is_loopback()
-                && !config.access.allow_unauthenticated
-            {
-                let whose = tenant
-                    .as_ref()
-                    .map_or_else(String::new, |t| format!(" (tenant {t} has none)"));
-                return Err(StartError::Config(format!(
-                    "refusing to listen on {} without an admin key{whose}: set \
-                     USERS_API_KEY or --api-key-file, or pass --allow-unauthenticated",
-                    config.listen
-                )));
-            }
-        }
+        let policy_of = |tenant: Option<&TenantName>| match tenant {
+            Some(tenant) => access.for_tenant(tenant, &tenancy.keys_of(tenant)),
+            None => access.clone(),
+        };
+        check_keys(config, &access, &tenancy, policy_of)?;
         let mut settings = config.settings().map_err(StartError::Config)?;
-        // Each pool's mail and webhook senders, checked before anything is opened.
-        let mut senders = Vec::with_capacity(tenancy.pools.len());
-        for tenant in &tenancy.pools {
-            let mailer = config.mailer().map_err(StartError::Config)?;
-            // A tenant's own webhooks, else the service's.
-            let webhooks = match tenant.as_ref().and_then(|t| tenancy.webhooks.get(t)) {
-                Some((urls, sender)) => {
-                    Some((urls.clone(), sender.clone(), config.webhook_outbox()))
-                }
-                None => config.webhooks().map_err(StartError::Config)?,
-            };
-            senders.push((mailer, webhooks));
-        }
+        // The mail and webhook senders, checked before anything is opened.
+        config.mailer().map_err(StartError::Config)?;
+        config.webhooks().map_err(StartError::Config)?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         // One hashing pool serves every tenant; its gauges are the process's.
         let argon2 = Argon2Metrics::new();
@@ -625,127 +418,16 @@ impl Server {
         }
         let public_url = url::Url::parse(&settings.links.public_url).ok();
         let redirect_allowlist = settings.links.redirect_allowlist.clone();
-
         let process_metrics = tenancy.on.then(|| Arc::new(Metrics::process(&argon2)));
-        // Each tenant's own look, read once (its title also names it in authenticator
-        // apps).
-        let mut looks = HashMap::new();
-        if let Some(dir) = &config.ui.ui_tenant_dir {
-            if !dir.is_dir() {
-                return Err(StartError::Config(format!(
-                    "--ui-tenant-dir {} is not a directory",
-                    dir.display()
-                )));
-            }
-            for tenant in tenancy.pools.iter().flatten() {
-                looks.insert(tenant.clone(), tenant_look(dir, tenant)?);
-            }
-        }
-        let mut pools = Vec::with_capacity(tenancy.pools.len());
-        for (tenant, (mailer, webhooks)) in tenancy.pools.iter().zip(senders) {
-            let database = config.database.for_tenant(tenant.as_ref());
-            let store = Arc::new(
-                open_store_waiting(&database, &listener, Duration::from_secs(config.db_wait))
-                    .await?,
-            );
-            store.prepare_to_serve().await;
-            let gauge: Arc<dyn crate::metrics::PoolGauge> = store.clone();
-            let metrics = Arc::new(match tenant {
-                Some(tenant) => Metrics::for_tenant(Arc::downgrade(&gauge), tenant),
-                None => Metrics::new(Arc::downgrade(&gauge), &argon2),
-            });
-            store.attach_metrics(metrics.clone());
-            if !mailer.sends() && pools.is_empty() {
-                tracing::warn!(
-                    "no SMTP server is set (USERS_SMTP_URL): e-mails are written to the log, \
-                     not sent"
-                );
-            }
-            let outbox = Arc::new(
-                Outbox::new(
-                    store.clone(),
-                    Transport::Mail(mailer),
-                    clock.clone(),
-                    config.outbox_config(),
-                )
-                .with_metrics(metrics.mail.clone()),
-            );
-            let webhooks = match webhooks {
-                Some((endpoints, sender, outbox_config)) => {
-                    if pools.is_empty() {
-                        tracing::info!(
-                            endpoints = endpoints.len(),
-                            "changes are announced to webhooks"
-                        );
-                    }
-                    let tenant = tenant.as_ref().map(|t| t.as_str());
-                    store.attach_webhooks(endpoints, tenant);
-                    Some(Arc::new(
-                        Outbox::new(
-                            store.clone(),
-                            Transport::Webhook(sender.for_tenant(tenant)),
-                            clock.clone(),
-                            outbox_config,
-                        )
-                        .with_metrics(metrics.webhooks.clone()),
-                    ))
-                }
-                None => None,
-            };
-            // Counted beside the start, which waits for no scan of the stored secrets.
-            let (counted, sealing) = (store.clone(), settings.sealing.clone());
-            let of = tenant.as_ref().map(ToString::to_string);
-            tokio::spawn(async move {
-                crate::core::sealing::check_stored(counted.as_ref(), &sealing, of.as_deref()).await;
-            });
-            let mut pool_settings = settings.clone();
-            pool_settings.links.tenant = tenant.as_ref().map(ToString::to_string);
-            let look = tenant.as_ref().and_then(|t| looks.get(t));
-            if let Some(title) = look.and_then(|look| look.title.clone()) {
-                pool_settings.totp_issuer = title;
-            }
-            let users = Arc::new(Users::new(
-                store.clone(),
-                hasher.clone(),
-                clock.clone(),
-                pool_settings,
-                outbox,
-                metrics.clone(),
-            ));
-            pools.push(PoolParts {
-                tenant: tenant.clone(),
-                users,
-                store,
-                webhooks,
-                metrics,
-            });
-        }
-        if let Err(why) = crate::core::users::passkeys::relying_party(
-            &settings.links.public_url,
-            &settings.passkeys,
-        ) {
-            tracing::info!("passkeys are off: they {why}");
-        }
-        match settings.sealing.current() {
-            Some(key) => tracing::info!(key = %key, "TOTP secrets are encrypted at rest"),
-            None => tracing::info!(
-                "TOTP secrets are stored in clear: --encryption-key encrypts them at rest"
-            ),
-        }
-        let scrape = Arc::new(Scrape::new(
-            process_metrics
-                .iter()
-                .cloned()
-                .chain(pools.iter().map(|pool| pool.metrics.clone()))
-                .collect(),
-        ));
-        let everyone = Arc::new(pools.iter().map(|pool| pool.users.clone()).collect());
 
         let request_timeout = Duration::from_secs(config.request_timeout);
         let guard = Arc::new(
             Guard::new(GuardConfig {
                 cors_origins: &config.cors_origins,
-                has_admin_key: policies.iter().any(AccessPolicy::has_key),
+                has_admin_key: tenancy
+                    .pools
+                    .iter()
+                    .any(|tenant| policy_of(tenant.as_ref()).has_key()),
                 listen: listener.local_addr().unwrap_or(config.listen),
                 public_url: public_url.as_ref(),
                 allowed_hosts: &config.access.allowed_hosts,
@@ -758,63 +440,67 @@ impl Server {
             &redirect_allowlist,
             guard.credentialed_origins(),
         )?);
-        let trusted_proxies = Arc::new(config.access.trusted_proxies.clone());
+        let scrape = Arc::new(Scrape::new(Vec::new()));
+        let maker = PoolMaker {
+            config: config.clone(),
+            clock,
+            hasher,
+            argon2,
+            settings,
+            access: access.clone(),
+            ui,
+            shared: SharedParts {
+                trusted_proxies: Arc::new(config.access.trusted_proxies.clone()),
+                request_timeout,
+                guard: guard.clone(),
+                scrape: scrape.clone(),
+                metrics_on_main: metrics_listener.is_none(),
+                everyone: Arc::new(Everyone::default()),
+            },
+        };
+        let mut pools = Vec::with_capacity(tenancy.pools.len());
+        for tenant in &tenancy.pools {
+            let first = pools.is_empty();
+            pools.push(
+                maker
+                    .open(tenant.as_ref(), &tenancy, Some(&listener), first)
+                    .await?,
+            );
+        }
+        if let Err(why) = crate::core::users::passkeys::relying_party(
+            &maker.settings.links.public_url,
+            &maker.settings.passkeys,
+        ) {
+            tracing::info!("passkeys are off: they {why}");
+        }
+        match maker.settings.sealing.current() {
+            Some(key) => tracing::info!(key = %key, "TOTP secrets are encrypted at rest"),
+            None => tracing::info!(
+                "TOTP secrets are stored in clear: --encryption-key encrypts them at rest"
+            ),
+        }
         let mut states: Vec<(Option<TenantName>, AppState)> = pools
             .iter()
-            .zip(policies)
-            .map(|(pool, policy)| {
-                let state = AppState::new(crate::http::Shared {
-                    users: pool.users.clone(),
-                    access: Arc::new(policy),
-                    trusted_proxies: trusted_proxies.clone(),
-                    request_timeout,
-                    guard: guard.clone(),
-                    // A tenant's pages name it in their links, forms and redirects, and
-                    // wear its own look where it has one.
-                    ui: match &pool.tenant {
-                        Some(tenant) => {
-                            let mut own = ui.for_tenant(tenant.as_str());
-                            if let Some(look) = looks.get(tenant) {
-                                if let Some(title) = &look.title {
-                                    own.title.clone_from(title);
-                                }
-                                if let Some(css) = &look.stylesheet {
-                                    own.stylesheet = Some(css.clone());
-                                }
-                                if let Some(logo) = &look.logo {
-                                    own.logo = Some(logo.clone());
-                                }
-                            }
-                            Arc::new(own)
-                        }
-                        None => ui.clone(),
-                    },
-                    metrics: pool.metrics.clone(),
-                    scrape: scrape.clone(),
-                    metrics_on_main: metrics_listener.is_none(),
-                    everyone: Arc::clone(&everyone),
-                });
-                (pool.tenant.clone(), state)
-            })
+            .map(|pool| (pool.tenant.clone(), maker.state(pool, &tenancy)))
             .collect();
-        let app = match process_metrics {
+        let app = Arc::new(match &process_metrics {
             Some(process) => App::with_tenants(
                 states
                     .into_iter()
                     .filter_map(|(tenant, state)| Some((tenant?, state)))
                     .collect(),
                 TenantSelection {
-                    keys: tenancy.keys,
+                    keys: tenancy.keys.clone(),
                     default: config.tenancy.default_tenant.clone(),
                 },
                 guard,
-                process,
+                process.clone(),
             ),
             None => match states.pop() {
                 Some((_, state)) => App::new(state),
                 None => return Err(StartError::Config("no user pool to serve".into())),
             },
-        };
+        });
         if !access.has_key() {
             tracing::warn!(
                 "no admin key is set: every method, Delete and Search included, is open to \
@@ -833,12 +519,19 @@ impl Server {
                 "metrics are served at /metrics on their own address"
             );
         }
+        let serving = Arc::new(Serving::new(
+            maker,
+            app.clone(),
+            process_metrics,
+            pools,
+            &tenancy,
+        ));
         Ok(Self {
             listener,
             metrics_listener,
             scrape,
-            app: Arc::new(app),
-            pools,
+            app,
+            serving,
             request_timeout,
             connections: ConnectionLimits::new(
                 config.max_connections,
@@ -858,17 +551,32 @@ impl Server {
         self.listener.local_addr()
     }
 
+    /// What reloads the tenants of this service while it runs (`--tenants-file`).
+    pub fn reloader(&self) -> Reloader {
+        Reloader(self.serving.clone())
+    }
+
+    /// The first pool's core and store (with tenants, the first tenant's).
+    fn first_pool(&self) -> (Arc<Users>, Arc<SqlStore>) {
+        match self.serving.pools().into_iter().next() {
+            Some((_, users, store)) => (users, store),
+            // A server is built with one pool at least, and a reload keeps one at least.
+            None => unreachable!("a server serves one pool at least"),
+        }
+    }
+
     /// The core (with tenants, the first tenant's), for embedding programs and tests.
     pub fn users(&self) -> Arc<Users> {
-        self.pools[0].users.clone()
+        self.first_pool().0
     }
 
     /// `tenant`'s core, for embedding programs and tests.
     pub fn tenant_users(&self, tenant: &TenantName) -> Option<Arc<Users>> {
-        self.pools
-            .iter()
-            .find(|pool| pool.tenant.as_ref() == Some(tenant))
-            .map(|pool| pool.users.clone())
+        self.serving
+            .pools()
+            .into_iter()
+            .find(|(t, _, _)| t.as_ref() == Some(tenant))
+            .map(|(_, users, _)| users)
     }
 
     /// The address `/metrics` is served on alone, with `--metrics-listen`.
@@ -880,7 +588,7 @@ impl Server {
 
     /// The store (with tenants, the first tenant's), for embedding programs and tests.
     pub fn store(&self) -> Arc<SqlStore> {
-        self.pools[0].store.clone()
+        self.first_pool().1
     }
 
     /// Serves until `shutdown` completes, then finishes the requests in flight.
@@ -891,11 +599,6 @@ impl Server {
     /// request in time, or whose request headers do not arrive in time, is closed (see
     /// `http::connection`).
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> io::Result<()> {
-        let sweepers: Vec<_> = self
-            .pools
-            .iter()
-            .map(|pool| tokio::spawn(sweep(pool.users.clone())))
-            .collect();
         let metrics = self.scrape.clone();
         let metrics_server = self.metrics_listener.map(|listener| {
             tokio::spawn(async move {
@@ -905,17 +608,8 @@ impl Server {
                 }
             })
         });
-        let senders: Vec<_> = self
-            .pools
-            .iter()
-            .map(|pool| tokio::spawn(pool.users.outbox().clone().run()))
-            .collect();
-        let webhook_senders: Vec<_> = self
-            .pools
-            .iter()
-            .filter_map(|pool| pool.webhooks.clone())
-            .map(|outbox| (outbox.clone(), tokio::spawn(outbox.run())))
-            .collect();
+        // Each pool's sweeper and senders.
+        self.serving.start();
         let graceful = GracefulShutdown::new();
         let mut http1 = hyper::server::conn::http1::Builder::new();
         // The connection's own timers (`Watched`) replace hyper's header timeout, which
@@ -974,36 +668,12 @@ impl Server {
         {
             tracing::warn!("some connections were still busy at the shutdown deadline");
         }
-        for sweeper in sweepers {
-            sweeper.abort();
-        }
         if let Some(server) = metrics_server {
             server.abort();
         }
-        // The senders finish the messages they are sending (each within the SMTP
-        // timeout). One still unfinished at the deadline stays claimed until its lease
-        // ends; then another sender, or this one after a restart, sends it.
-        for pool in &self.pools {
-            pool.users.outbox().stop();
-        }
-        for (outbox, _) in &webhook_senders {
-            outbox.stop();
-        }
-        let deadline = tokio::time::Instant::now() + self.request_timeout;
-        for sender in senders {
-            if tokio::time::timeout_at(deadline, sender).await.is_err() {
-                tracing::warn!("some e-mails were still being sent at the shutdown deadline");
-            }
-        }
-        for (_, sender) in webhook_senders {
-            if tokio::time::timeout_at(deadline, sender).await.is_err() {
-                tracing::warn!("some webhooks were still being delivered at the shutdown deadline");
-            }
-        }
-        for pool in &self.pools {
-            pool.users.write_session_uses().await;
-            pool.store.close().await;
-        }
+        self.serving
+            .stop(tokio::time::Instant::now() + self.request_timeout)
+            .await;
         tracing::info!("users-service stopped");
         Ok(())
     }
@@ -1059,6 +729,36 @@ pub fn shutdown_signal() -> io::Result<impl Future<Output = ()> + Send + 'static
         }
         tracing::info!("shutdown requested; finishing requests in flight");
     })
+}
+
+/// SIGHUP, registered: from now on it no longer stops the process.
+#[cfg(unix)]
+pub struct Hangups(tokio::signal::unix::Signal);
+
+/// Registers for SIGHUP now, before the service announces itself, so that one sent
+/// right after start-up reloads rather than stops it. Must be called inside the Tokio
+/// runtime.
+#[cfg(unix)]
+pub fn hangup_signal() -> io::Result<Hangups> {
+    use tokio::signal::unix::{signal, SignalKind};
+    Ok(Hangups(signal(SignalKind::hangup())?))
+}
+
+#[cfg(unix)]
+impl Server {
+    /// Reloads the tenants at each SIGHUP (see [`Reloader`]), for as long as the
+    /// process runs. A reload that fails is logged, and the service goes on as it was.
+    pub fn reload_on(&self, mut hangups: Hangups) {
+        let reloader = self.reloader();
+        tokio::spawn(async move {
+            while hangups.0.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the tenants");
+                if let Err(err) = reloader.reload().await {
+                    tracing::error!(error = %chain(&err), "the tenants were not reloaded; the service goes on as it was");
+                }
+            }
+        });
+    }
 }
 
 /// Completes on Ctrl-C.
