@@ -448,6 +448,16 @@ async fn the_start_refuses_tenancy_settings_that_do_not_hold() {
     };
     let err = refusal(&|c| c.tenancy.tenants.clear()).await;
     assert!(err.contains("needs the tenants"), "{err}");
+    let list = dir.path().join("tenants");
+    std::fs::write(&list, "# none yet\n").unwrap();
+    let err = refusal(&|c| {
+        c.tenancy.tenants.clear();
+        c.tenancy.tenants_file = Some(list.clone());
+    })
+    .await;
+    assert!(err.contains("names no tenant"), "{err}");
+    let err = refusal(&|c| c.tenancy.tenants_file = Some(list.clone())).await;
+    assert!(err.contains("by --tenants or by --tenants-file"), "{err}");
     let err = refusal(&|c| c.tenancy.default_tenant = Some("initech".parse().unwrap())).await;
     assert!(err.contains("not in --tenants"), "{err}");
     let err = refusal(&|c| c.tenancy.tenancy = Tenancy::Off).await;

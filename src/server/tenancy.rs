@@ -72,10 +72,12 @@ impl TenancyPlan {
             None => (tenancy.tenants.clone(), "--tenants".to_string()),
         };
         if tenants.is_empty() {
-            return refuse(format!(
-                "--tenancy namespace needs the tenants: --tenants NAME,NAME or \
-                 --tenants-file ({source} names none)"
-            ));
+            return refuse(match &tenancy.tenants_file {
+                Some(path) => format!("the tenants file {} names no tenant", path.display()),
+                None => "--tenancy namespace needs the tenants: --tenants NAME,NAME or \
+                         --tenants-file FILE"
+                    .into(),
+            });
         }
         let mut pools: Vec<Option<TenantName>> = Vec::new();
         for tenant in &tenants {
