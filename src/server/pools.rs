@@ -96,6 +96,12 @@ async fn stop(mut pools: Vec<Live>, deadline: tokio::time::Instant) {
     }
 }
 
+/// Closes pools opened but never served.
+async fn discard(opened: Vec<PoolParts>) {
+    let unserved = opened.into_iter().map(|parts| Live { parts, tasks: None });
+    stop(unserved.collect(), tokio::time::Instant::now()).await;
+}
+
 /// Everything a pool is made with, kept for the pools a reload adds.
 pub(super) struct PoolMaker {
     pub(super) config: ServeConfig,
@@ -446,9 +452,7 @@ impl Serving {
             match self.maker.open(Some(&tenant), &plan, None, false).await {
                 Ok(pool) => opened.push(pool),
                 Err(err) => {
-                    for pool in opened {
-                        pool.store.close().await;
-                    }
+                    discard(opened).await;
                     return Err(err);
                 }
             }
@@ -457,40 +461,21 @@ impl Serving {
             added: opened.iter().filter_map(|p| p.tenant.clone()).collect(),
             removed: Vec::new(),
         };
-        let (reload, removed) = {
+        let placed = {
             let mut state = self.lock();
-            state.reloads += 1;
-            let reload = state.reloads;
-            for parts in opened {
-                let tasks = state.started.then(|| parts.start());
-                state.live.push(Live { parts, tasks });
+            if state.stopped {
+                Err(opened)
+            } else {
+                Ok(self.place(&mut state, opened, &plan, &wanted, &served))
             }
-            let (staying, leaving): (Vec<Live>, Vec<Live>) = std::mem::take(&mut state.live)
-                .into_iter()
-                .partition(|l| l.parts.tenant.as_ref().is_some_and(|t| wanted.contains(t)));
-            state.live = staying;
-            let place = |l: &Live| {
-                wanted
-                    .iter()
-                    .position(|t| Some(t) == l.parts.tenant.as_ref())
-            };
-            state.live.sort_by_key(place);
-            let changed = served.iter().filter(|tenant| {
-                state.webhook_lines.get(*tenant) != plan.webhook_lines.get(*tenant)
-            });
-            for tenant in changed {
-                tracing::warn!(tenant = %tenant, "the tenant's webhooks changed: they change at the next restart");
+        };
+        let (reload, removed) = match placed {
+            Ok(placed) => placed,
+            Err(opened) => {
+                // The service stopped while the new pools were opened: close them.
+                discard(opened).await;
+                return Err(StartError::Config("the service has stopped".into()));
             }
-            state.webhook_lines = plan.webhook_lines.clone();
-            self.publish(&state.live, Some(&plan));
-            let removed: Vec<TenantName> = leaving
-                .iter()
-                .filter_map(|l| l.parts.tenant.clone())
-                .collect();
-            state
-                .leaving
-                .extend(leaving.into_iter().map(|live| (reload, live)));
-            (reload, removed)
         };
         if !removed.is_empty() {
             // Requests under way with a removed tenant's pool run to their deadline at
@@ -533,6 +518,49 @@ impl Serving {
             "tenants reloaded"
         );
         Ok(reloaded)
+    }
+    /// Serves `opened` beside the pools kept, in the order of `wanted`, and lets go of
+    /// the ones no longer wanted: the reload's number, and the tenants let go of.
+    fn place(
+        &self,
+        state: &mut ServingState,
+        opened: Vec<PoolParts>,
+        plan: &TenancyPlan,
+        wanted: &[TenantName],
+        served: &[TenantName],
+    ) -> (u64, Vec<TenantName>) {
+        state.reloads += 1;
+        let reload = state.reloads;
+        for parts in opened {
+            let tasks = state.started.then(|| parts.start());
+            state.live.push(Live { parts, tasks });
+        }
+        let (staying, leaving): (Vec<Live>, Vec<Live>) = std::mem::take(&mut state.live)
+            .into_iter()
+            .partition(|l| l.parts.tenant.as_ref().is_some_and(|t| wanted.contains(t)));
+        state.live = staying;
+        let place = |l: &Live| {
+            wanted
+                .iter()
+                .position(|t| Some(t) == l.parts.tenant.as_ref())
+        };
+        state.live.sort_by_key(place);
+        let changed = served
+            .iter()
+            .filter(|tenant| state.webhook_lines.get(*tenant) != plan.webhook_lines.get(*tenant));
+        for tenant in changed {
+            tracing::warn!(tenant = %tenant, "the tenant's webhooks changed: they change at the next restart");
+        }
+        state.webhook_lines = plan.webhook_lines.clone();
+        self.publish(&state.live, Some(plan));
+        let removed: Vec<TenantName> = leaving
+            .iter()
+            .filter_map(|l| l.parts.tenant.clone())
+            .collect();
+        state
+            .leaving
+            .extend(leaving.into_iter().map(|live| (reload, live)));
+        (reload, removed)
     }
 }
 
