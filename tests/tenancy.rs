@@ -77,6 +77,18 @@ impl<'a> At<'a> {
     }
 }
 
+/// `/metrics` of the server at `base`, scraped with the service's key.
+async fn metrics(client: &reqwest::Client, base: &str) -> String {
+    let response = client
+        .get(format!("{base}/metrics"))
+        .bearer_auth(SERVICE_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
+}
+
 fn signup(name: &str, password: &str) -> Value {
     json!({"username": name, "email": format!("{name}@example.com"), "password": password})
 }
@@ -229,14 +241,7 @@ async fn two_tenants_keep_apart_accounts_sessions_limits_keys_audit_and_metrics_
         assert!(audited.contains(&&acme_alice) && !audited.contains(&&globex_alice));
 
         // The metrics are labelled by tenant, each family written once.
-        let response = client
-            .get(format!("{base}/metrics"))
-            .bearer_auth(SERVICE_KEY)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        let text = response.text().await.unwrap();
+        let text = metrics(client, base).await;
         let types = text
             .lines()
             .filter(|l| l.starts_with("# TYPE users_sessions_created_total "))
@@ -280,15 +285,7 @@ async fn two_tenants_keep_apart_accounts_sessions_limits_keys_audit_and_metrics_
         // of the whole service counts as the process's, not as a tenant's.
         let response = client.get(format!("{base}/health")).send().await.unwrap();
         assert_eq!(response.status(), 200);
-        let text = client
-            .get(format!("{base}/metrics"))
-            .bearer_auth(SERVICE_KEY)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = metrics(client, base).await;
         let health: Vec<&str> = text
             .lines()
             .filter(|l| {
@@ -1172,16 +1169,8 @@ async fn tenants_are_added_and_removed_by_a_reload_on_both_stores() {
         let (status, _) = by_key.call("Read", json!({ "username": "alice" })).await;
         assert_eq!(status, 404);
         // Its metrics are scraped, and the service is ready with it.
-        let metrics = client
-            .get(format!("{}/metrics", app.base))
-            .bearer_auth(SERVICE_KEY)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        assert!(metrics.contains("tenant=\"globex\""), "{metrics}");
+        let scraped = metrics(client, &app.base).await;
+        assert!(scraped.contains("tenant=\"globex\""), "{scraped}");
         let ready = client
             .get(format!("{}/health/ready", app.base))
             .send()
