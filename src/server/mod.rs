@@ -1,5 +1,7 @@
 //! The running service: opens the store, migrates it, binds the listener, serves until
-//! told to stop, and sweeps expired sessions in the background.
+//! told to stop, and sweeps expired sessions in the background. With tenants, which
+//! pools it serves comes from `tenancy` (the flags and the tenants' files) and is kept
+//! by `pools`, which also opens and closes them when the tenants are reloaded.
 
 use std::future::Future;
 use std::io;
@@ -242,6 +244,8 @@ pub struct Server {
     /// The pools: one without tenants; with tenants, one per tenant, in the order of
     /// the tenants' list.
     serving: Arc<Serving>,
+    /// The first pool's core and store at start (with tenants, the first tenant's).
+    first: (Arc<Users>, Arc<SqlStore>),
     request_timeout: Duration,
     connections: Arc<ConnectionLimits>,
     timeouts: Timeouts,
@@ -519,6 +523,10 @@ impl Server {
                 "metrics are served at /metrics on their own address"
             );
         }
+        let first = match pools.first() {
+            Some(pool) => (pool.users.clone(), pool.store.clone()),
+            None => return Err(StartError::Config("no user pool to serve".into())),
+        };
         let serving = Arc::new(Serving::new(
             maker,
             app.clone(),
@@ -532,6 +540,7 @@ impl Server {
             scrape,
             app,
             serving,
+            first,
             request_timeout,
             connections: ConnectionLimits::new(
                 config.max_connections,
@@ -556,18 +565,9 @@ impl Server {
         Reloader(self.serving.clone())
     }
 
-    /// The first pool's core and store (with tenants, the first tenant's).
-    fn first_pool(&self) -> (Arc<Users>, Arc<SqlStore>) {
-        match self.serving.pools().into_iter().next() {
-            Some((_, users, store)) => (users, store),
-            // A server is built with one pool at least, and a reload keeps one at least.
-            None => unreachable!("a server serves one pool at least"),
-        }
-    }
-
     /// The core (with tenants, the first tenant's), for embedding programs and tests.
     pub fn users(&self) -> Arc<Users> {
-        self.first_pool().0
+        self.first.0.clone()
     }
 
     /// `tenant`'s core, for embedding programs and tests.
@@ -588,7 +588,7 @@ impl Server {
 
     /// The store (with tenants, the first tenant's), for embedding programs and tests.
     pub fn store(&self) -> Arc<SqlStore> {
-        self.first_pool().1
+        self.first.1.clone()
     }
 
     /// Serves until `shutdown` completes, then finishes the requests in flight.
