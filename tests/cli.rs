@@ -306,7 +306,7 @@ fn sighup_reloads_the_tenants() {
     let list = dir.path().join("tenants");
     std::fs::write(&list, "acme\n").unwrap();
     let mut cmd = command(dir.path());
-    // A short request deadline: a removed tenant's pool closes a second after.
+    // A short request deadline: a removed tenant's pool closes two seconds after.
     cmd.args(["--listen", "127.0.0.1:0", "--request-timeout", "1"])
         .args(["--tenancy", "namespace", "--tenants-file"])
         .arg(&list);

@@ -478,10 +478,11 @@ impl Serving {
             }
         };
         if !removed.is_empty() {
-            // Requests under way with a removed tenant's pool run to their deadline at
-            // the latest; then its work stops and its store closes (unless the service
-            // stopped first, which stops it with the rest).
-            let grace = self.maker.shared.request_timeout;
+            // Requests under way with a removed tenant's pool end by their deadlines at
+            // the latest (one for reading the body, one for answering); then its work
+            // stops and its store closes (unless the service stopped first, which stops
+            // it with the rest).
+            let grace = self.maker.shared.request_timeout.saturating_mul(2);
             let serving = Arc::clone(self);
             tokio::spawn(async move {
                 tokio::time::sleep(grace).await;
