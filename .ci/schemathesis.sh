@@ -43,6 +43,10 @@ fi
 examples=${SCHEMATHESIS_EXAMPLES:-100}
 keyed_examples=${SCHEMATHESIS_KEYED_EXAMPLES:-25}
 seed=${SCHEMATHESIS_SEED:-20260601}
+# Seconds each run may take: the keyed runs take about a minute on a fast 2-core
+# machine and up to two on a slower one, so their bound leaves room for both.
+open_limit=${SCHEMATHESIS_OPEN_SECONDS:-300}
+keyed_limit=${SCHEMATHESIS_KEYED_SECONDS:-180}
 
 # ---- Schemathesis, in a virtualenv of its own (quick when already there) -------------
 venv="${XDG_CACHE_HOME:-$HOME/.cache}/users-service-ci/venv"
@@ -108,7 +112,7 @@ failed=0
 
 start_server open \
   USERS_LOGIN_MAX_FAILURES=0 USERS_LOGIN_MAX_FAILURES_PER_IP=0 USERS_CREATE_PER_HOUR=0
-run_schemathesis open "$examples" 300 "$checks" || failed=1
+run_schemathesis open "$examples" "$open_limit" "$checks" || failed=1
 stop_server
 
 # The limits keep their defaults here: generated logins soon meet the lockout and
@@ -117,8 +121,8 @@ stop_server
 # still refuse requests without it or with a wrong one.
 key="ci-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 start_server keyed USERS_API_KEY="$key"
-run_schemathesis "keyed, no key sent" "$keyed_examples" 60 "$checks" || failed=1
-run_schemathesis "keyed, key sent" "$keyed_examples" 60 "$checks,ignored_auth" \
+run_schemathesis "keyed, no key sent" "$keyed_examples" "$keyed_limit" "$checks" || failed=1
+run_schemathesis "keyed, key sent" "$keyed_examples" "$keyed_limit" "$checks,ignored_auth" \
   --header "Authorization: Bearer $key" || failed=1
 stop_server
 
