@@ -634,7 +634,9 @@ pub trait MailStore: Send + Sync {
     /// Counts one e-mail against its hourly `limit` and, when the count is within it,
     /// stores `mail`'s token (replacing the user's previous one of the same purpose,
     /// whose queued message goes with it) and queues the message, all in one
-    /// transaction. With no `mail` (an address without an account), only counts.
+    /// transaction. With no `mail` (an address without an account), only counts, but
+    /// through the same statements (on an id no account has), so that the time taken
+    /// does not tell the two apart.
     async fn queue_mail(
         &self,
         limit: EventLimit<'_>,
