@@ -6,7 +6,9 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-use common::process::{command, http, http_with, json_field, signal_term, Service, DEADLINE};
+use common::process::{
+    command, http, http_with, json_field, signal, signal_term, Service, DEADLINE,
+};
 
 #[test]
 fn help_lists_every_flag_with_its_environment_variable() {
@@ -326,13 +328,7 @@ fn sighup_reloads_the_tenants() {
     };
     assert_eq!(create("ann", "acme").0, 200);
     assert_eq!(create("bea", "globex").0, 400);
-    let hang_up = |child: &std::process::Child| {
-        let status = std::process::Command::new("kill")
-            .args(["-HUP", &child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
-    };
+    let hang_up = |child: &std::process::Child| signal(child, "HUP");
 
     std::fs::write(&list, "acme\nglobex\n").unwrap();
     hang_up(&service.child);

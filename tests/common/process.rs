@@ -131,8 +131,13 @@ impl Drop for Service {
 }
 
 pub fn signal_term(child: &Child) {
+    signal(child, "TERM");
+}
+
+/// Sends the signal `name` (as `kill` spells it: TERM, HUP) to `child`.
+pub fn signal(child: &Child, name: &str) {
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([&format!("-{name}"), &child.id().to_string()])
         .status()
         .expect("kill runs");
     assert!(status.success());
