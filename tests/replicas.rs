@@ -471,3 +471,34 @@ async fn point_reads_survive_the_server_closing_their_connections() {
     reads(2).await;
     reads(3).await;
 }
+
+/// Replicas that start at once on a new database all start, on SQLite as on
+/// PostgreSQL: one applies the migrations while the others wait, and no migration is
+/// applied twice (sqlx's migrator takes no lock on SQLite of its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_at_once_on_a_new_database_all_start_on_both_stores() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        for _ in 0..5 {
+            let Some(db) = TestDatabase::create(backend, "replicas::starting_at_once").await else {
+                break;
+            };
+            let config = users_service::config::DatabaseConfig::new(db.url.clone());
+            let opening: Vec<_> = (0..6)
+                .map(|_| {
+                    let config = config.clone();
+                    tokio::spawn(async move { users_service::server::open_store(&config).await })
+                })
+                .collect();
+            for opened in opening {
+                let store = opened.await.unwrap().unwrap_or_else(|err| {
+                    panic!(
+                        "{backend:?}: a replica did not start: {}",
+                        users_service::error::chain(&err)
+                    )
+                });
+                store.check_schema().await.unwrap();
+                store.close().await;
+            }
+        }
+    }
+}

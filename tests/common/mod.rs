@@ -24,6 +24,7 @@ use users_service::store::{DatabaseUrl, SqlStore};
 pub const PASSWORD: &str = "correct-horse-1";
 
 /// Where a test's data lives.
+#[derive(Debug, Clone, Copy)]
 pub enum Backend {
     Sqlite,
     Postgres,

@@ -852,22 +852,26 @@ impl SqlStore {
                 // connects first, so the file exists and is in WAL mode for the readers.
                 // The writer commits without a sync of its own; `GroupSync` makes its
                 // commits durable before they are acknowledged.
-                let writer = SqliteWriter::connect(
-                    options.clone().synchronous(SqliteSynchronous::Normal),
-                    config.acquire_timeout,
-                )
+                let writer = while_busy(|| {
+                    SqliteWriter::connect(
+                        options.clone().synchronous(SqliteSynchronous::Normal),
+                        config.acquire_timeout,
+                    )
+                })
                 .await
                 .map_err(classify)?;
                 let group_sync = GroupSync::for_database(path)
                     .map(Arc::new)
                     .map_err(|err| StoreError::Other(sqlx::Error::Io(err)))?;
-                let reader = SqlitePoolOptions::new()
-                    .max_connections(config.max_connections)
-                    .acquire_timeout(config.acquire_timeout)
-                    .test_before_acquire(false)
-                    .connect_with(options.create_if_missing(false))
-                    .await
-                    .map_err(classify)?;
+                let reader = while_busy(|| {
+                    SqlitePoolOptions::new()
+                        .max_connections(config.max_connections)
+                        .acquire_timeout(config.acquire_timeout)
+                        .test_before_acquire(false)
+                        .connect_with(options.clone().create_if_missing(false))
+                })
+                .await
+                .map_err(classify)?;
                 Backend::Sqlite {
                     reader,
                     writer: Box::new(writer),
@@ -1012,13 +1016,32 @@ impl SqlStore {
     /// anything when the database has migrations this binary does not know (it is newer).
     pub async fn migrate(&self) -> Result<(), MigrateError> {
         let migrator = self.migrator();
-        on_writer!(self, pool => async {
-            let mut conn = acquire!(self, pool);
-            // `run_direct`, not `run`: `run`'s future is not `Send` for every lifetime
-            // (sqlx's own note on it), and a reload opens tenants' stores from a task.
-            migrator.run_direct(&mut *conn).await
+        // `run_direct`, not `run`: `run`'s future is not `Send` for every lifetime
+        // (sqlx's own note on it), and a reload opens tenants' stores from a task.
+        match &self.backend {
+            // sqlx's migrator takes no lock on SQLite, so two processes opening a new
+            // file at once (replicas starting, or reloading the same new tenant) would
+            // both apply the first migration. Under one write transaction, the second
+            // waits for the first and then finds every migration applied. (Each
+            // migration's own transaction is a savepoint inside it.)
+            Backend::Sqlite { .. } => on_writer!(self, pool => async {
+                let mut conn = acquire!(self, pool);
+                let mut tx = conn.begin_write().await?;
+                migrator.run_direct(&mut *tx).await?;
+                if let Err(err) = tx.commit().await {
+                    conn.close_on_drop();
+                    return Err(err.into());
+                }
+                Ok(())
+            }
+            .await),
+            // It takes PostgreSQL's advisory lock.
+            Backend::Postgres { .. } => on_writer!(self, pool => async {
+                let mut conn = acquire!(self, pool);
+                migrator.run_direct(&mut *conn).await
+            }
+            .await),
         }
-        .await)
     }
 
     /// Checks, without changing anything, that the database has exactly the migrations
@@ -1155,6 +1178,27 @@ fn unique_field(db: &dyn DatabaseError) -> Unique {
 
 /// Errors that say "not now" rather than "never": the database is unreachable, busy,
 /// read-only or out of space. Retrying later can succeed.
+/// Opens a SQLite connection with `open`, again while SQLite answers "busy" without
+/// waiting, for up to [`SQLITE_BUSY_TIMEOUT`]. It does so when processes open a new
+/// file at once: each must lock it whole to turn it to WAL mode, and SQLite answers
+/// one of them at once rather than let both wait for each other.
+async fn while_busy<T, F: std::future::Future<Output = Result<T, sqlx::Error>>>(
+    mut open: impl FnMut() -> F,
+) -> Result<T, sqlx::Error> {
+    let deadline = tokio::time::Instant::now() + SQLITE_BUSY_TIMEOUT;
+    loop {
+        match open().await {
+            Err(sqlx::Error::Database(db))
+                if outage(db.as_ref()) == Some(Outage::Busy)
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            done => return done,
+        }
+    }
+}
+
 fn outage(db: &dyn DatabaseError) -> Option<Outage> {
     let code = db.code()?;
     if db.try_downcast_ref::<SqliteError>().is_some() {
