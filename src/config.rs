@@ -592,6 +592,19 @@ pub struct TenancyConfig {
     /// tenant when no Micro-Namespace header does. The --api-key stays every tenant's.
     #[arg(long, env = "USERS_TENANT_KEYS_FILE", value_name = "PATH")]
     pub tenant_keys_file: Option<PathBuf>,
+
+    /// Every SECONDS, read the tenants' files (--tenants-file, --tenant-keys-file,
+    /// --webhook-tenants-file, --ui-tenant-dir) and, when they hold something new and
+    /// read the same twice in a row, reload the tenants as SIGHUP does: replicas that
+    /// read the same files follow them without a signal. 0: only on SIGHUP
+    #[arg(
+        long,
+        env = "USERS_TENANTS_WATCH",
+        value_name = "SECONDS",
+        default_value_t = 0,
+        value_parser = clap::value_parser!(u64).range(0..=86_400)
+    )]
+    pub tenants_watch: u64,
 }
 
 impl Default for TenancyConfig {
@@ -602,6 +615,7 @@ impl Default for TenancyConfig {
             tenants_file: None,
             default_tenant: None,
             tenant_keys_file: None,
+            tenants_watch: 0,
         }
     }
 }

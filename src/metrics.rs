@@ -119,6 +119,21 @@ pub struct EndLabels {
     pub cause: EndCause,
 }
 
+/// How a reload of the tenants ended.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ReloadOutcome {
+    /// The tenants are served as the files say.
+    done,
+    /// The files could not be used: nothing changed.
+    refused,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub outcome: ReloadOutcome,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: &'static str,
@@ -138,6 +153,8 @@ pub struct Metrics {
     pub mail: MailMetrics,
     pub webhooks: MailMetrics,
     pub database: DatabaseMetrics,
+    /// With tenants, the process's: reloads of the tenants, by outcome.
+    pub tenant_reloads: Family<ReloadLabels, Counter>,
 }
 
 /// The password hashing pool.
@@ -428,6 +445,19 @@ impl Metrics {
             .set(1);
         registry = if process { &mut whole } else { &mut unused };
         registry.register("build_info", "The running version (always 1)", build);
+        // Only a service with tenants reloads them.
+        let tenant_reloads = Family::<ReloadLabels, Counter>::default();
+        if part == Part::Process {
+            for outcome in [ReloadOutcome::done, ReloadOutcome::refused] {
+                drop(tenant_reloads.get_or_create(&ReloadLabels { outcome }));
+            }
+            registry.register(
+                "tenant_reloads",
+                "Reloads of the tenants' files (SIGHUP, --tenants-watch), by outcome: \
+                 done, or refused (the files could not be used, and nothing changed)",
+                tenant_reloads.clone(),
+            );
+        }
         Self {
             registry: whole,
             requests,
@@ -439,6 +469,7 @@ impl Metrics {
             mail,
             webhooks,
             database,
+            tenant_reloads,
         }
     }
 
@@ -454,6 +485,13 @@ impl Metrics {
         self.request_duration
             .get_or_create(&route)
             .observe(took.as_secs_f64());
+    }
+
+    /// Counts one reload of the tenants.
+    pub fn tenants_reloaded(&self, outcome: ReloadOutcome) {
+        self.tenant_reloads
+            .get_or_create(&ReloadLabels { outcome })
+            .inc();
     }
 
     pub fn limited(&self, limit: LimitName) {

@@ -459,6 +459,17 @@ async fn the_start_refuses_tenancy_settings_that_do_not_hold() {
     assert!(err.contains("not in --tenants"), "{err}");
     let err = refusal(&|c| c.tenancy.tenancy = Tenancy::Off).await;
     assert!(err.contains("need --tenancy namespace"), "{err}");
+    let err = refusal(&|c| {
+        c.tenancy.tenancy = Tenancy::Off;
+        c.tenancy.tenants.clear();
+        c.tenancy.tenant_keys_file = None;
+        c.tenancy.tenants_watch = 5;
+    })
+    .await;
+    assert!(
+        err.contains("--tenants-watch need --tenancy namespace"),
+        "{err}"
+    );
     let err = refusal(&|c| c.database.tenant = Some("acme".parse().unwrap())).await;
     assert!(err.contains("--tenant names the pool"), "{err}");
     let err = refusal(&|c| {
@@ -1228,5 +1239,149 @@ async fn tenants_are_added_and_removed_by_a_reload_on_both_stores() {
         assert_eq!(status, 200, "{body}");
         let (status, _) = globex.call("Login", login("bob", PASSWORD)).await;
         assert_eq!(status, 200);
+    }
+}
+
+/// The value of the counter `series` (its name and labels, as `/metrics` writes them)
+/// at `base`.
+async fn counted(client: &reqwest::Client, base: &str, series: &str) -> u64 {
+    let scraped = metrics(client, base).await;
+    scraped
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in {scraped}"))
+}
+
+/// The status of `method` for `tenant` at `base`, with the service's key.
+async fn status_at(
+    client: &reqwest::Client,
+    base: &str,
+    tenant: &str,
+    method: &str,
+    body: Value,
+) -> StatusCode {
+    At::new(client, base, Some(tenant))
+        .key(SERVICE_KEY)
+        .call(method, body)
+        .await
+        .0
+}
+
+/// Waits until `holds` answers true, looking every 50 ms, for 20 s at the most.
+async fn until<F: std::future::Future<Output = bool>>(what: &str, mut holds: impl FnMut() -> F) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !holds().await {
+        assert!(std::time::Instant::now() < deadline, "not in time: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// With `--tenants-watch`, every replica that reads the tenants' files follows them
+/// without a signal: a tenant listed with its key is served by each, files that cannot
+/// be used change nothing (and count as refused reloads), and a tenant taken off the
+/// list is refused by each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_watching_the_tenants_files_follow_them_on_both_stores() {
+    const DONE: &str = "users_tenant_reloads_total{outcome=\"done\"}";
+    const REFUSED: &str = "users_tenant_reloads_total{outcome=\"refused\"}";
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let dir = tempfile::tempdir().unwrap();
+        let (list, keys) = (dir.path().join("tenants"), dir.path().join("tenant-keys"));
+        std::fs::write(&list, "acme\n").unwrap();
+        std::fs::write(&keys, format!("acme {ACME_KEY}\n")).unwrap();
+        let configure = |c: &mut ServeConfig| {
+            c.tenancy.tenancy = Tenancy::Namespace;
+            c.tenancy.tenants_file = Some(list.clone());
+            c.tenancy.tenant_keys_file = Some(keys.clone());
+            c.tenancy.tenants_watch = 1;
+            c.access.api_key = Some(SERVICE_KEY.to_string());
+        };
+        let Some(app) = TestApp::spawn_with(backend, "tenancy::watch", configure).await else {
+            continue;
+        };
+        let replica = app.replica(configure).await;
+        let client = &app.client;
+        let other = format!("http://{}", replica.addr);
+        let bases = [app.base.as_str(), other.as_str()];
+        let (status, body) = At::new(client, &app.base, Some("acme"))
+            .call("Create", signup("alice", PASSWORD))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            status_at(
+                client,
+                &app.base,
+                "globex",
+                "Create",
+                signup("bob", PASSWORD)
+            )
+            .await,
+            400
+        );
+
+        // globex is listed, with its own key: each replica serves it.
+        std::fs::write(&keys, format!("acme {ACME_KEY}\nglobex {GLOBEX_KEY}\n")).unwrap();
+        std::fs::write(&list, "acme\nglobex\n").unwrap();
+        for base in bases {
+            until("globex served", || async {
+                status_at(client, base, "globex", "Read", json!({"username": "bob"})).await == 404
+            })
+            .await;
+        }
+        let (status, body) = At::new(client, &other, None)
+            .key(GLOBEX_KEY)
+            .call("Create", signup("bob", PASSWORD))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            status_at(
+                client,
+                &app.base,
+                "globex",
+                "Read",
+                json!({"username": "bob"})
+            )
+            .await,
+            200
+        );
+        for base in bases {
+            assert_eq!(counted(client, base, DONE).await, 1, "{base}");
+            assert_eq!(counted(client, base, REFUSED).await, 0, "{base}");
+        }
+
+        // A keys file that cannot be used (globex's key is the service's): nothing
+        // changes, initech is not served, and each replica counts the refusal.
+        std::fs::write(&keys, format!("globex {SERVICE_KEY}\n")).unwrap();
+        std::fs::write(&list, "acme\nglobex\ninitech\n").unwrap();
+        for base in bases {
+            until("the refusal counted", || async {
+                counted(client, base, REFUSED).await >= 1
+            })
+            .await;
+            assert_eq!(
+                status_at(client, base, "initech", "Read", json!({"username": "bob"})).await,
+                400
+            );
+            let (status, _) = At::new(client, base, None)
+                .key(GLOBEX_KEY)
+                .call("Read", json!({"username": "bob"}))
+                .await;
+            assert_eq!(status, 200, "globex's key as it was");
+        }
+
+        // Mended, and acme taken off the list: each refuses acme and serves initech.
+        std::fs::write(&keys, format!("globex {GLOBEX_KEY}\n")).unwrap();
+        std::fs::write(&list, "globex\ninitech\n").unwrap();
+        for base in bases {
+            until("acme refused", || async {
+                status_at(client, base, "acme", "Read", json!({"username": "alice"})).await == 400
+            })
+            .await;
+            assert_eq!(
+                status_at(client, base, "initech", "Read", json!({"username": "bob"})).await,
+                404
+            );
+            assert_eq!(counted(client, base, DONE).await, 2, "{base}");
+        }
     }
 }

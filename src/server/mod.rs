@@ -608,8 +608,10 @@ impl Server {
                 }
             })
         });
-        // Each pool's sweeper and senders.
+        // Each pool's sweeper and senders, and with --tenants-watch, the tenants' files'
+        // watch.
         self.serving.start();
+        self.serving.watch();
         let graceful = GracefulShutdown::new();
         let mut http1 = hyper::server::conn::http1::Builder::new();
         // The connection's own timers (`Watched`) replace hyper's header timeout, which

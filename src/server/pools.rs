@@ -14,14 +14,15 @@ use crate::core::outbox::{Outbox, Transport};
 use crate::core::password::PasswordHasher;
 use crate::core::users::{Settings, Users};
 use crate::domain::TenantName;
+use crate::error::chain;
 use crate::http::access::AccessPolicy;
 use crate::http::tenants::TenantSelection;
 use crate::http::ui::UiSettings;
 use crate::http::{App, AppState, Everyone, Shared};
-use crate::metrics::{Argon2Metrics, Metrics, Scrape};
+use crate::metrics::{Argon2Metrics, Metrics, ReloadOutcome, Scrape};
 use crate::store::SqlStore;
 
-use super::tenancy::TenancyPlan;
+use super::tenancy::{files_digest, TenancyPlan};
 use super::{open_store, open_store_waiting, sweep, StartError};
 
 /// What serves one user pool: the service's only one, or a tenant's.
@@ -300,6 +301,8 @@ struct ServingState {
     reloads: u64,
     /// The digests of the tenants' webhook lines of the last plan, to tell a change.
     webhook_lines: std::collections::HashMap<TenantName, String>,
+    /// What the tenants' files held when the last plan was read (`files_digest`).
+    files: String,
 }
 
 /// What a reload changed.
@@ -333,6 +336,7 @@ impl Serving {
                 leaving: Vec::new(),
                 reloads: 0,
                 webhook_lines: plan.webhook_lines.clone(),
+                files: plan.files.clone(),
             }),
             reloading: tokio::sync::Mutex::new(()),
         };
@@ -417,7 +421,69 @@ impl Serving {
     }
 
     /// Reads the tenants' files again and serves what they say now; see [`Reloader`].
+    /// Counts the outcome in the process's metrics.
     async fn reload(self: &Arc<Self>) -> Result<Reloaded, StartError> {
+        let outcome = self.reload_files().await;
+        if let Some(metrics) = &self.process_metrics {
+            if !self.lock().stopped {
+                metrics.tenants_reloaded(match outcome {
+                    Ok(_) => ReloadOutcome::done,
+                    Err(_) => ReloadOutcome::refused,
+                });
+            }
+        }
+        outcome
+    }
+
+    /// With `--tenants-watch`, reads the tenants' files every so many seconds until
+    /// the service stops, and reloads when they hold something other than what the
+    /// served tenants were read from, and read the same twice in a row (a file caught
+    /// while it is written is not taken). A refused reload is tried again at the next
+    /// look.
+    pub(super) fn watch(self: &Arc<Self>) {
+        let seconds = self.maker.config.tenancy.tenants_watch;
+        if seconds == 0 || self.process_metrics.is_none() {
+            return;
+        }
+        let serving = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_secs(seconds));
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut watch = Watch::default();
+            loop {
+                ticks.tick().await;
+                let (served, stopped) = {
+                    let state = serving.lock();
+                    (state.files.clone(), state.stopped)
+                };
+                if stopped {
+                    break;
+                }
+                let now = files_digest(&serving.maker.config);
+                if !watch.due(now, &served) {
+                    continue;
+                }
+                if !watch.retrying() {
+                    tracing::info!("the tenants' files changed: reloading the tenants");
+                }
+                if let Err(err) = serving.reload().await {
+                    if serving.lock().stopped {
+                        break;
+                    }
+                    // Tried again at each look (a database that was down may be back);
+                    // logged as an error once until the files change.
+                    let error = chain(&err);
+                    if watch.refused() {
+                        tracing::error!(error = %error, "the tenants were not reloaded; the service goes on as it was");
+                    } else {
+                        tracing::debug!(error = %error, "the tenants were not reloaded again");
+                    }
+                }
+            }
+        });
+    }
+
+    async fn reload_files(self: &Arc<Self>) -> Result<Reloaded, StartError> {
         let _one = self.reloading.lock().await;
         let config = &self.maker.config;
         if self.process_metrics.is_none() {
@@ -553,6 +619,7 @@ impl Serving {
             tracing::warn!(tenant = %tenant, "the tenant's webhooks changed: they change at the next restart");
         }
         state.webhook_lines = plan.webhook_lines.clone();
+        state.files = plan.files.clone();
         self.publish(&state.live, Some(plan));
         let removed: Vec<TenantName> = leaving
             .iter()
@@ -562,6 +629,40 @@ impl Serving {
             .leaving
             .extend(leaving.into_iter().map(|live| (reload, live)));
         (reload, removed)
+    }
+}
+
+/// What `--tenants-watch` has read: the digest of the files at its last look, and of
+/// what a reload refused, once its error has been logged.
+#[derive(Debug, Default)]
+struct Watch {
+    last: Option<String>,
+    refused: Option<String>,
+}
+
+impl Watch {
+    /// Whether to reload, with the files holding `now` and the tenants served read
+    /// from `served`: they differ, and the last look read the same.
+    fn due(&mut self, now: String, served: &str) -> bool {
+        if self.refused.as_deref() != Some(now.as_str()) {
+            self.refused = None;
+        }
+        let due = self.last.as_deref() == Some(now.as_str()) && now != served;
+        self.last = Some(now);
+        due
+    }
+
+    /// Whether the files still hold what a reload refused.
+    fn retrying(&self) -> bool {
+        self.refused.is_some()
+    }
+
+    /// The reload of what the last look read was refused: whether that is news (the
+    /// first refusal since the files held it), to be logged as an error.
+    fn refused(&mut self) -> bool {
+        let news = self.refused.is_none();
+        self.refused = self.last.clone();
+        news
     }
 }
 
@@ -578,5 +679,47 @@ pub struct Reloader(pub(super) Arc<Serving>);
 impl Reloader {
     pub async fn reload(&self) -> Result<Reloaded, StartError> {
         self.0.reload().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Watch;
+
+    #[test]
+    fn a_change_is_taken_once_it_reads_the_same_twice() {
+        let mut watch = Watch::default();
+        // At start the files hold what the tenants were read from.
+        assert!(!watch.due("a".into(), "a"));
+        // Caught while written, then read whole: taken at the second look.
+        assert!(!watch.due("half".into(), "a"));
+        assert!(!watch.due("b".into(), "a"));
+        assert!(watch.due("b".into(), "a"));
+        // Served now.
+        assert!(!watch.due("b".into(), "b"));
+        // Changed back before a second look: nothing to do.
+        assert!(!watch.due("c".into(), "b"));
+        assert!(!watch.due("b".into(), "b"));
+    }
+
+    #[test]
+    fn a_refusal_is_news_once_until_the_files_change() {
+        let mut watch = Watch::default();
+        assert!(!watch.due("bad".into(), "a"));
+        assert!(watch.due("bad".into(), "a"));
+        assert!(watch.refused());
+        // Tried again at each look, but no longer news.
+        assert!(watch.due("bad".into(), "a"));
+        assert!(watch.retrying());
+        assert!(!watch.refused());
+        // Mended: taken once it reads the same twice.
+        assert!(!watch.due("good".into(), "a"));
+        assert!(!watch.retrying());
+        assert!(watch.due("good".into(), "a"));
+        // Broken the same way later: news again.
+        assert!(!watch.due("bad".into(), "good"));
+        assert!(watch.due("bad".into(), "good"));
+        assert!(!watch.retrying());
+        assert!(watch.refused());
     }
 }

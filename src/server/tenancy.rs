@@ -28,6 +28,8 @@ pub(super) struct TenancyPlan {
     /// The SHA-256 of each tenant's webhook line (to tell a change at a reload without
     /// keeping its secret twice).
     pub(super) webhook_lines: HashMap<TenantName, String>,
+    /// What the tenants' files held just before the plan read them ([`files_digest`]).
+    pub(super) files: String,
 }
 
 impl TenancyPlan {
@@ -48,10 +50,12 @@ impl TenancyPlan {
                 || tenancy.tenant_keys_file.is_some()
                 || config.ui.ui_tenant_dir.is_some()
                 || config.webhooks.webhook_tenants_file.is_some()
+                || tenancy.tenants_watch > 0
             {
                 return refuse(
                     "--tenants, --tenants-file, --default-tenant, --tenant-keys-file, \
-                     --ui-tenant-dir and --webhook-tenants-file need --tenancy namespace"
+                     --ui-tenant-dir, --webhook-tenants-file and --tenants-watch need \
+                     --tenancy namespace"
                         .into(),
                 );
             }
@@ -62,8 +66,12 @@ impl TenancyPlan {
                 webhooks: HashMap::new(),
                 looks: HashMap::new(),
                 webhook_lines: HashMap::new(),
+                files: String::new(),
             });
         }
+        // Taken before the files are read: if they change while they are, the digest
+        // is of what they held before, so the change is seen and read again.
+        let files = files_digest(config);
         let (tenants, source) = match &tenancy.tenants_file {
             Some(path) if tenancy.tenants.is_empty() => {
                 (tenants_file(path)?, path.display().to_string())
@@ -156,6 +164,7 @@ impl TenancyPlan {
             webhooks,
             looks,
             webhook_lines,
+            files,
         })
     }
 
@@ -167,6 +176,57 @@ impl TenancyPlan {
             .map(|(digest, _)| *digest)
             .collect()
     }
+}
+
+/// One digest of what the tenants' files hold now: `--tenants-file`,
+/// `--tenant-keys-file`, `--webhook-tenants-file`, and the files in the tenants'
+/// folders of `--ui-tenant-dir`. A file that cannot be read counts by its error, so
+/// that one taken away is a change too. `--tenants-watch` reloads when it is no longer
+/// the digest the served plan was made after.
+pub(super) fn files_digest(config: &ServeConfig) -> String {
+    use sha2::{Digest, Sha256};
+    use std::path::{Path, PathBuf};
+    fn add(hasher: &mut Sha256, path: &Path) {
+        let name = path.as_os_str().as_encoded_bytes();
+        hasher.update((name.len() as u64).to_le_bytes());
+        hasher.update(name);
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                hasher.update([1]);
+                hasher.update((bytes.len() as u64).to_le_bytes());
+                hasher.update(&bytes);
+            }
+            Err(err) => {
+                hasher.update([0]);
+                hasher.update(format!("{:?}", err.kind()).as_bytes());
+            }
+        }
+    }
+    fn entries(dir: &Path) -> Vec<PathBuf> {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|read| read.flatten().map(|entry| entry.path()).collect())
+            .unwrap_or_default();
+        paths.sort();
+        paths
+    }
+    let mut hasher = Sha256::new();
+    let files = [
+        &config.tenancy.tenants_file,
+        &config.tenancy.tenant_keys_file,
+        &config.webhooks.webhook_tenants_file,
+    ];
+    for path in files.into_iter().flatten() {
+        add(&mut hasher, path);
+    }
+    if let Some(dir) = &config.ui.ui_tenant_dir {
+        add(&mut hasher, dir);
+        for folder in entries(dir).iter().filter(|path| path.is_dir()) {
+            for file in entries(folder).iter().filter(|path| path.is_file()) {
+                add(&mut hasher, file);
+            }
+        }
+    }
+    format!("{:x}", hasher.finalize())
 }
 
 /// The tenants of `--tenants-file`: one name per line (blank lines and `#` comments
