@@ -1176,8 +1176,6 @@ fn unique_field(db: &dyn DatabaseError) -> Unique {
     }
 }
 
-/// Errors that say "not now" rather than "never": the database is unreachable, busy,
-/// read-only or out of space. Retrying later can succeed.
 /// Opens a SQLite connection with `open`, again while SQLite answers "busy" without
 /// waiting, for up to [`SQLITE_BUSY_TIMEOUT`]. It does so when processes open a new
 /// file at once: each must lock it whole to turn it to WAL mode, and SQLite answers
@@ -1199,6 +1197,8 @@ async fn while_busy<T, F: std::future::Future<Output = Result<T, sqlx::Error>>>(
     }
 }
 
+/// Errors that say "not now" rather than "never": the database is unreachable, busy,
+/// read-only or out of space. Retrying later can succeed.
 fn outage(db: &dyn DatabaseError) -> Option<Outage> {
     let code = db.code()?;
     if db.try_downcast_ref::<SqliteError>().is_some() {
