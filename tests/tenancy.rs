@@ -1099,6 +1099,22 @@ async fn a_tenant_wears_its_own_look() {
     assert!(uri.contains("issuer=Acme%20Accounts"), "{uri}");
 }
 
+/// In `dir`, a tenants file that lists acme, and a keys file with acme's key.
+fn acme_files(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (list, keys) = (dir.join("tenants"), dir.join("tenant-keys"));
+    std::fs::write(&list, "# the tenants\nacme\n").unwrap();
+    std::fs::write(&keys, format!("acme {ACME_KEY}\n")).unwrap();
+    (list, keys)
+}
+
+/// Tenancy with the tenants of `list` and their keys in `keys`, and the service's key.
+fn from_files(config: &mut ServeConfig, list: &std::path::Path, keys: &std::path::Path) {
+    config.tenancy.tenancy = Tenancy::Namespace;
+    config.tenancy.tenants_file = Some(list.to_path_buf());
+    config.tenancy.tenant_keys_file = Some(keys.to_path_buf());
+    config.access.api_key = Some(SERVICE_KEY.to_string());
+}
+
 /// Tenants come and go without a restart. With `--tenants-file`, a reload (SIGHUP to
 /// the binary) serves a tenant newly listed, with its own key, on each replica that
 /// reloads; requests under way meanwhile are answered; a tenant no longer listed is
@@ -1109,15 +1125,8 @@ async fn tenants_are_added_and_removed_by_a_reload_on_both_stores() {
     use users_service::server::Reloaded;
     for backend in [Backend::Sqlite, Backend::Postgres] {
         let dir = tempfile::tempdir().unwrap();
-        let (list, keys) = (dir.path().join("tenants"), dir.path().join("tenant-keys"));
-        std::fs::write(&list, "# the tenants\nacme\n").unwrap();
-        std::fs::write(&keys, format!("acme {ACME_KEY}\n")).unwrap();
-        let configure = |c: &mut ServeConfig| {
-            c.tenancy.tenancy = Tenancy::Namespace;
-            c.tenancy.tenants_file = Some(list.clone());
-            c.tenancy.tenant_keys_file = Some(keys.clone());
-            c.access.api_key = Some(SERVICE_KEY.to_string());
-        };
+        let (list, keys) = acme_files(dir.path());
+        let configure = |c: &mut ServeConfig| from_files(c, &list, &keys);
         let Some(app) = TestApp::spawn_with(backend, "tenancy::reload", configure).await else {
             continue;
         };
@@ -1286,15 +1295,10 @@ async fn replicas_watching_the_tenants_files_follow_them_on_both_stores() {
     const REFUSED: &str = "users_tenant_reloads_total{outcome=\"refused\"}";
     for backend in [Backend::Sqlite, Backend::Postgres] {
         let dir = tempfile::tempdir().unwrap();
-        let (list, keys) = (dir.path().join("tenants"), dir.path().join("tenant-keys"));
-        std::fs::write(&list, "acme\n").unwrap();
-        std::fs::write(&keys, format!("acme {ACME_KEY}\n")).unwrap();
+        let (list, keys) = acme_files(dir.path());
         let configure = |c: &mut ServeConfig| {
-            c.tenancy.tenancy = Tenancy::Namespace;
-            c.tenancy.tenants_file = Some(list.clone());
-            c.tenancy.tenant_keys_file = Some(keys.clone());
+            from_files(c, &list, &keys);
             c.tenancy.tenants_watch = 1;
-            c.access.api_key = Some(SERVICE_KEY.to_string());
         };
         let Some(app) = TestApp::spawn_with(backend, "tenancy::watch", configure).await else {
             continue;
