@@ -95,6 +95,9 @@ pub enum Command {
     Migrate {
         #[command(flatten)]
         database: DatabaseConfig,
+
+        #[command(flatten)]
+        each: EachTenant,
     },
     /// Write every user (with its password hash), every live session, the ids of deleted
     /// accounts, second factors, passkeys and the service's own keys to standard output
@@ -140,6 +143,9 @@ pub enum Command {
     Reseal {
         #[command(flatten)]
         database: DatabaseConfig,
+
+        #[command(flatten)]
+        each: EachTenant,
 
         #[command(flatten)]
         sealing: SealingConfig,
@@ -618,6 +624,71 @@ impl Default for TenancyConfig {
             tenants_watch: 0,
         }
     }
+}
+
+/// The tenants `migrate` and `reseal` work on, each in turn: those `serve` is given,
+/// so that a command run with the service's environment reaches every tenant.
+#[derive(Debug, Clone, Default, Args)]
+pub struct EachTenant {
+    /// With tenancy: work on each of these tenants in turn (comma-separated), as serve
+    /// takes them; --tenant, when given, narrows the command to that one
+    #[arg(
+        long = "tenants",
+        env = "USERS_TENANTS",
+        value_name = "NAMES",
+        value_delimiter = ','
+    )]
+    pub tenants: Vec<TenantName>,
+
+    /// In place of --tenants, the file of the tenants that serve's --tenants-file names
+    #[arg(long = "tenants-file", env = "USERS_TENANTS_FILE", value_name = "PATH")]
+    pub tenants_file: Option<PathBuf>,
+}
+
+impl EachTenant {
+    /// The pools to work on: `database` alone when it names a tenant or no tenants are
+    /// given; else `database` with each tenant in turn.
+    pub fn pools(&self, database: &DatabaseConfig) -> Result<Vec<DatabaseConfig>, String> {
+        if database.tenant.is_some() {
+            return Ok(vec![database.clone()]);
+        }
+        let tenants = match &self.tenants_file {
+            Some(_) if !self.tenants.is_empty() => {
+                return Err("give the tenants by --tenants or by --tenants-file".into())
+            }
+            Some(path) => read_tenants_file(path)?,
+            None => self.tenants.clone(),
+        };
+        if tenants.is_empty() {
+            return Ok(vec![database.clone()]);
+        }
+        Ok(tenants
+            .into_iter()
+            .map(|tenant| DatabaseConfig {
+                tenant: Some(tenant),
+                ..database.clone()
+            })
+            .collect())
+    }
+}
+
+/// The tenants of a tenants file (`--tenants-file`): one name per line, blank lines
+/// and `#` comments skipped.
+pub fn read_tenants_file(path: &std::path::Path) -> Result<Vec<TenantName>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the tenants file {}: {e}", path.display()))?;
+    let mut tenants = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let tenant: TenantName = line
+            .parse()
+            .map_err(|why| format!("{}:{}: {why}", path.display(), number + 1))?;
+        tenants.push(tenant);
+    }
+    Ok(tenants)
 }
 
 /// The keys that seal TOTP secrets at rest (src/core/sealing.rs).

@@ -87,6 +87,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// A command's error on one pool, naming its tenant if it has one.
+fn in_tenant(err: impl Into<anyhow::Error>, tenant: Option<&str>) -> anyhow::Error {
+    let err = err.into();
+    match tenant {
+        Some(tenant) => err.context(format!("the tenant {tenant}")),
+        None => err,
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -114,22 +123,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 server.run(shutdown).await?;
             }
-            Some(Command::Migrate { database }) => {
+            Some(Command::Migrate { database, each }) => {
                 if database.no_migrate {
                     anyhow::bail!(
                         "`migrate` with --no-migrate (or USERS_NO_MIGRATE) would do nothing"
                     );
                 }
-                let store = connect_store(&database, true).await?;
-                let was_current = store.check_schema().await.is_ok();
-                store.migrate().await.map_err(StartError::Migrate)?;
-                store.close().await;
-                let outcome = if was_current {
-                    "the database schema is up to date; nothing to do"
-                } else {
-                    "migrations applied; the database schema is up to date"
-                };
-                tracing::info!(database = %database.url, "{outcome}");
+                // With tenants, each in turn; the first that fails stops the command
+                // (what was done stays done: run it again).
+                for database in each.pools(&database).map_err(anyhow::Error::msg)? {
+                    let tenant = database.tenant.as_ref().map(|t| t.as_str());
+                    let store = connect_store(&database, true)
+                        .await
+                        .map_err(|err| in_tenant(err, tenant))?;
+                    let was_current = store.check_schema().await.is_ok();
+                    let migrated = store.migrate().await.map_err(StartError::Migrate);
+                    store.close().await;
+                    migrated.map_err(|err| in_tenant(err, tenant))?;
+                    let outcome = if was_current {
+                        "the database schema is up to date; nothing to do"
+                    } else {
+                        "migrations applied; the database schema is up to date"
+                    };
+                    tracing::info!(database = %database.url, tenant = tenant.map(tracing::field::display), "{outcome}");
+                }
             }
             Some(Command::Export { database, sealing }) => {
                 let keys = sealing.keys().map_err(anyhow::Error::msg)?;
@@ -152,19 +169,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "export done"
                 );
             }
-            Some(Command::Reseal { database, sealing }) => {
+            Some(Command::Reseal {
+                database,
+                each,
+                sealing,
+            }) => {
                 let keys = sealing.keys().map_err(anyhow::Error::msg)?;
-                let store = open_existing_store(&database).await?;
-                let result = users_service::core::sealing::reseal(&store, &keys).await;
-                store.close().await;
-                let done = result?;
-                tracing::info!(
-                    key = %keys.current().unwrap_or_default(),
-                    sealed = done.sealed,
-                    unchanged = done.unchanged,
-                    changed_meanwhile = done.skipped,
-                    "reseal done"
-                );
+                for database in each.pools(&database).map_err(anyhow::Error::msg)? {
+                    let tenant = database.tenant.as_ref().map(|t| t.as_str());
+                    let store = open_existing_store(&database)
+                        .await
+                        .map_err(|err| in_tenant(err, tenant))?;
+                    let result = users_service::core::sealing::reseal(&store, &keys).await;
+                    store.close().await;
+                    let done = result.map_err(|err| in_tenant(err, tenant))?;
+                    tracing::info!(
+                        tenant = tenant.map(tracing::field::display),
+                        key = %keys.current().unwrap_or_default(),
+                        sealed = done.sealed,
+                        unchanged = done.unchanged,
+                        changed_meanwhile = done.skipped,
+                        "reseal done"
+                    );
+                }
             }
             Some(Command::Audit {
                 user_id,

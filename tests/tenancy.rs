@@ -1389,3 +1389,139 @@ async fn replicas_watching_the_tenants_files_follow_them_on_both_stores() {
         }
     }
 }
+
+/// `migrate` and `reseal` given the tenants as `serve` is (`--tenants`, `--tenants-file`
+/// or their variables) work on each in turn, naming it in their lines; `--tenant`
+/// narrows them to one; the first tenant that fails stops them, named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_and_reseal_work_on_every_tenant_on_both_stores() {
+    const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let Some((app, dir)) = spawn_tenants(backend, "tenancy::each", |_| {}).await else {
+            continue;
+        };
+        // A TOTP secret stored in clear in each tenant.
+        for tenant in ["acme", "globex"] {
+            let at = At::new(&app.client, &app.base, Some(tenant));
+            let (status, body) = at.call("Create", signup("tia", PASSWORD)).await;
+            assert_eq!(status, 200, "{body}");
+            let (_, body) = at.call("Login", login("tia", PASSWORD)).await;
+            let session = body["session"]["id"].as_str().unwrap().to_string();
+            let (status, body) = at.key(&session).call("StartTotp", json!({})).await;
+            assert_eq!(status, 200, "{body}");
+        }
+        let db = app.into_database().await;
+        let url = db.raw_url.as_str();
+        let lines = |stderr: &str, what: &str| -> Vec<String> {
+            stderr
+                .lines()
+                .filter(|l| l.contains(what))
+                .map(str::to_string)
+                .collect()
+        };
+
+        let (ok, _, stderr) = run(
+            &[
+                "migrate",
+                "--database-url",
+                url,
+                "--tenants",
+                "acme,globex,initech",
+            ],
+            None,
+        );
+        assert!(ok, "{stderr}");
+        let done = lines(&stderr, "the database schema is up to date");
+        assert_eq!(done.len(), 3, "{stderr}");
+        assert!(
+            done[0].contains("nothing to do") && done[0].contains("tenant=acme"),
+            "{stderr}"
+        );
+        assert!(
+            done[1].contains("nothing to do") && done[1].contains("tenant=globex"),
+            "{stderr}"
+        );
+        assert!(
+            done[2].contains("migrations applied") && done[2].contains("tenant=initech"),
+            "{stderr}"
+        );
+
+        let list = dir.path().join("tenants");
+        std::fs::write(&list, "# every tenant\nacme\nglobex\n").unwrap();
+        let list = list.to_str().unwrap();
+        let (ok, _, stderr) = run(
+            &[
+                "reseal",
+                "--database-url",
+                url,
+                "--tenants-file",
+                list,
+                "--encryption-key",
+                KEY,
+            ],
+            None,
+        );
+        assert!(ok, "{stderr}");
+        let done = lines(&stderr, "reseal done");
+        assert_eq!(done.len(), 2, "{stderr}");
+        assert!(
+            done[0].contains("tenant=acme") && done[0].contains("sealed=1"),
+            "{stderr}"
+        );
+        assert!(
+            done[1].contains("tenant=globex") && done[1].contains("sealed=1"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains(KEY), "the key is never printed");
+
+        // --tenant narrows the tenants of the environment to one.
+        let cwd = tempfile::tempdir().unwrap();
+        let output = common::process::command(cwd.path())
+            .args(["reseal", "--database-url", url, "--tenant", "globex"])
+            .env("USERS_TENANTS", "acme,globex")
+            .env("USERS_ENCRYPTION_KEY", KEY)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        let done = lines(&stderr, "reseal done");
+        assert_eq!(done.len(), 1, "{stderr}");
+        assert!(
+            done[0].contains("tenant=globex") && done[0].contains("unchanged=1"),
+            "{stderr}"
+        );
+
+        // A tenant with no pool stops the command, named.
+        let (ok, _, stderr) = run(
+            &[
+                "reseal",
+                "--database-url",
+                url,
+                "--tenants",
+                "acme,nowhere",
+                "--encryption-key",
+                KEY,
+            ],
+            None,
+        );
+        assert!(!ok, "{stderr}");
+        assert_eq!(lines(&stderr, "reseal done").len(), 1, "{stderr}");
+        assert!(stderr.contains("error: the tenant nowhere: "), "{stderr}");
+        let (ok, _, stderr) = run(
+            &[
+                "migrate",
+                "--database-url",
+                url,
+                "--tenants",
+                "acme",
+                "--tenants-file",
+                list,
+            ],
+            None,
+        );
+        assert!(
+            !ok && stderr.contains("by --tenants or by --tenants-file"),
+            "{stderr}"
+        );
+    }
+}

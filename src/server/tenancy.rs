@@ -229,27 +229,9 @@ pub(super) fn files_digest(config: &ServeConfig) -> String {
     format!("{:x}", hasher.finalize())
 }
 
-/// The tenants of `--tenants-file`: one name per line (blank lines and `#` comments
-/// skipped).
+/// The tenants of `--tenants-file`.
 fn tenants_file(path: &std::path::Path) -> Result<Vec<TenantName>, StartError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        StartError::Config(format!(
-            "cannot read the tenants file {}: {e}",
-            path.display()
-        ))
-    })?;
-    let mut tenants = Vec::new();
-    for (number, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let tenant: TenantName = line.parse().map_err(|why| {
-            StartError::Config(format!("{}:{}: {why}", path.display(), number + 1))
-        })?;
-        tenants.push(tenant);
-    }
-    Ok(tenants)
+    crate::config::read_tenants_file(path).map_err(StartError::Config)
 }
 
 /// The lines of a file of tenants' settings, `TENANT ...` each (blank lines and `#`
