@@ -1,18 +1,23 @@
-//! `users-service user ...`: the operator's commands on accounts, run on the database
+//! The operator's commands on the database. `users-service user ...` manages accounts
 //! directly through the same core as the API, so the same rules hold (password policy,
 //! hashing, the sessions a new password ends, the ids never issued again). Passwords are
-//! read from standard input, never from the command line (which `ps` shows).
+//! read from standard input, never from the command line (which `ps` shows). `audit`
+//! reads the audit trail; `migrate` and `reseal` work on one pool or on each tenant's.
 
 use std::io::{BufRead, Write};
 
 use serde_json::json;
 
-use crate::config::{AccountArg, AdminArgs, UserCommand};
+use crate::config::{
+    AccountArg, AdminArgs, DatabaseConfig, EachTenant, SealingConfig, UserCommand,
+};
 use crate::core::users::{Requester, Users};
-use crate::domain::{AccountKey, AuditPage, EventQuery, NewAccount, Page, Password, User, UserId};
+use crate::domain::{
+    AccountKey, AuditPage, EventQuery, NewAccount, Page, Password, TenantName, User, UserId,
+};
 use crate::error::{chain, Error};
 use crate::http::micro::UserView;
-use crate::server::{open_core, StartError};
+use crate::server::{connect_store, open_core, open_existing_store, StartError};
 
 /// Why a command failed; each displays as one line.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +30,88 @@ pub enum AdminError {
     Input(std::io::Error),
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Reseal(#[from] crate::core::sealing::ResealError),
+    /// What failed on one tenant's pool.
+    #[error("the tenant {tenant}")]
+    Tenant {
+        tenant: String,
+        #[source]
+        source: Box<AdminError>,
+    },
+}
+
+/// `err`, on the pool of `tenant` if it is a tenant's.
+fn in_tenant(err: impl Into<AdminError>, tenant: Option<&TenantName>) -> AdminError {
+    match tenant {
+        Some(tenant) => AdminError::Tenant {
+            tenant: tenant.to_string(),
+            source: Box::new(err.into()),
+        },
+        None => err.into(),
+    }
+}
+
+/// `users-service migrate`: applies the migrations each pool lacks (the database, or
+/// with tenants each tenant's in turn, see [`EachTenant`]), a line each. The first that
+/// fails stops it; what was done stays done, and it can be run again.
+pub async fn migrate(database: &DatabaseConfig, each: &EachTenant) -> Result<(), AdminError> {
+    if database.no_migrate {
+        return Err(AdminError::Config(
+            "`migrate` with --no-migrate (or USERS_NO_MIGRATE) would do nothing".into(),
+        ));
+    }
+    for database in each.pools(database).map_err(AdminError::Config)? {
+        let tenant = database.tenant.as_ref();
+        let store = connect_store(&database, true)
+            .await
+            .map_err(|err| in_tenant(err, tenant))?;
+        let was_current = store.check_schema().await.is_ok();
+        let migrated = store.migrate().await.map_err(StartError::Migrate);
+        store.close().await;
+        migrated.map_err(|err| in_tenant(err, tenant))?;
+        let outcome = if was_current {
+            "the database schema is up to date; nothing to do"
+        } else {
+            "migrations applied; the database schema is up to date"
+        };
+        tracing::info!(
+            database = %database.url,
+            tenant = tenant.map(tracing::field::display),
+            "{outcome}"
+        );
+    }
+    Ok(())
+}
+
+/// `users-service reseal`: seals every stored TOTP secret under the first of
+/// `sealing`'s keys, in each pool as [`migrate`] goes through them, a line each.
+pub async fn reseal(
+    database: &DatabaseConfig,
+    each: &EachTenant,
+    sealing: &SealingConfig,
+) -> Result<(), AdminError> {
+    let keys = sealing.keys().map_err(AdminError::Config)?;
+    for database in each.pools(database).map_err(AdminError::Config)? {
+        let tenant = database.tenant.as_ref();
+        let store = open_existing_store(&database)
+            .await
+            .map_err(|err| in_tenant(err, tenant))?;
+        let result = crate::core::sealing::reseal(&store, &keys).await;
+        store.close().await;
+        let done = result.map_err(|err| in_tenant(err, tenant))?;
+        tracing::info!(
+            tenant = tenant.map(tracing::field::display),
+            key = %keys.current().unwrap_or_default(),
+            sealed = done.sealed,
+            unchanged = done.unchanged,
+            changed_meanwhile = done.skipped,
+            "reseal done"
+        );
+    }
+    Ok(())
 }
 
 fn describe(err: &Error) -> String {

@@ -16,9 +16,7 @@ use users_service::log_line::{Lines, Style};
 use users_service::log_sink::LogSink;
 #[cfg(unix)]
 use users_service::server::hangup_signal;
-use users_service::server::{
-    connect_store, open_existing_store, open_store, shutdown_signal, Server, StartError,
-};
+use users_service::server::{open_existing_store, open_store, shutdown_signal, Server};
 
 /// The service allocates and frees many small buffers on every request, across its
 /// runtime threads; mimalloc does that with less work and no lock contention between
@@ -87,15 +85,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// A command's error on one pool, naming its tenant if it has one.
-fn in_tenant(err: impl Into<anyhow::Error>, tenant: Option<&str>) -> anyhow::Error {
-    let err = err.into();
-    match tenant {
-        Some(tenant) => err.context(format!("the tenant {tenant}")),
-        None => err,
-    }
-}
-
 fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -124,29 +113,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 server.run(shutdown).await?;
             }
             Some(Command::Migrate { database, each }) => {
-                if database.no_migrate {
-                    anyhow::bail!(
-                        "`migrate` with --no-migrate (or USERS_NO_MIGRATE) would do nothing"
-                    );
-                }
-                // With tenants, each in turn; the first that fails stops the command
-                // (what was done stays done: run it again).
-                for database in each.pools(&database).map_err(anyhow::Error::msg)? {
-                    let tenant = database.tenant.as_ref().map(|t| t.as_str());
-                    let store = connect_store(&database, true)
-                        .await
-                        .map_err(|err| in_tenant(err, tenant))?;
-                    let was_current = store.check_schema().await.is_ok();
-                    let migrated = store.migrate().await.map_err(StartError::Migrate);
-                    store.close().await;
-                    migrated.map_err(|err| in_tenant(err, tenant))?;
-                    let outcome = if was_current {
-                        "the database schema is up to date; nothing to do"
-                    } else {
-                        "migrations applied; the database schema is up to date"
-                    };
-                    tracing::info!(database = %database.url, tenant = tenant.map(tracing::field::display), "{outcome}");
-                }
+                users_service::admin::migrate(&database, &each).await?;
             }
             Some(Command::Export { database, sealing }) => {
                 let keys = sealing.keys().map_err(anyhow::Error::msg)?;
@@ -174,24 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 each,
                 sealing,
             }) => {
-                let keys = sealing.keys().map_err(anyhow::Error::msg)?;
-                for database in each.pools(&database).map_err(anyhow::Error::msg)? {
-                    let tenant = database.tenant.as_ref().map(|t| t.as_str());
-                    let store = open_existing_store(&database)
-                        .await
-                        .map_err(|err| in_tenant(err, tenant))?;
-                    let result = users_service::core::sealing::reseal(&store, &keys).await;
-                    store.close().await;
-                    let done = result.map_err(|err| in_tenant(err, tenant))?;
-                    tracing::info!(
-                        tenant = tenant.map(tracing::field::display),
-                        key = %keys.current().unwrap_or_default(),
-                        sealed = done.sealed,
-                        unchanged = done.unchanged,
-                        changed_meanwhile = done.skipped,
-                        "reseal done"
-                    );
-                }
+                users_service::admin::reseal(&database, &each, &sealing).await?;
             }
             Some(Command::Audit {
                 user_id,
