@@ -652,13 +652,7 @@ impl EachTenant {
         if database.tenant.is_some() {
             return Ok(vec![database.clone()]);
         }
-        let tenants = match &self.tenants_file {
-            Some(_) if !self.tenants.is_empty() => {
-                return Err("give the tenants by --tenants or by --tenants-file".into())
-            }
-            Some(path) => read_tenants_file(path)?,
-            None => self.tenants.clone(),
-        };
+        let tenants = listed_tenants(&self.tenants, self.tenants_file.as_deref())?;
         if tenants.is_empty() {
             return Ok(vec![database.clone()]);
         }
@@ -672,9 +666,23 @@ impl EachTenant {
     }
 }
 
+/// The tenants given by `--tenants` (`listed`) or by `--tenants-file` (`file`), not both.
+pub fn listed_tenants(
+    listed: &[TenantName],
+    file: Option<&std::path::Path>,
+) -> Result<Vec<TenantName>, String> {
+    match file {
+        Some(_) if !listed.is_empty() => {
+            Err("give the tenants by --tenants or by --tenants-file".into())
+        }
+        Some(path) => read_tenants_file(path),
+        None => Ok(listed.to_vec()),
+    }
+}
+
 /// The tenants of a tenants file (`--tenants-file`): one name per line, blank lines
 /// and `#` comments skipped.
-pub fn read_tenants_file(path: &std::path::Path) -> Result<Vec<TenantName>, String> {
+fn read_tenants_file(path: &std::path::Path) -> Result<Vec<TenantName>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read the tenants file {}: {e}", path.display()))?;
     let mut tenants = Vec::new();

@@ -69,15 +69,20 @@ impl TenancyPlan {
                 files: String::new(),
             });
         }
-        // Taken before the files are read: if they change while they are, the digest
-        // is of what they held before, so the change is seen and read again.
-        let files = files_digest(config);
-        let (tenants, source) = match &tenancy.tenants_file {
-            Some(path) if tenancy.tenants.is_empty() => {
-                (tenants_file(path)?, path.display().to_string())
-            }
-            Some(_) => return refuse("give the tenants by --tenants or by --tenants-file".into()),
-            None => (tenancy.tenants.clone(), "--tenants".to_string()),
+        // Only --tenants-watch compares it. Taken before the files are read: if they
+        // change while they are, the digest is of what they held before, so the change
+        // is seen and read again.
+        let files = if tenancy.tenants_watch > 0 {
+            files_digest(config)
+        } else {
+            String::new()
+        };
+        let tenants =
+            crate::config::listed_tenants(&tenancy.tenants, tenancy.tenants_file.as_deref())
+                .map_err(StartError::Config)?;
+        let source = match &tenancy.tenants_file {
+            Some(path) => path.display().to_string(),
+            None => "--tenants".to_string(),
         };
         if tenants.is_empty() {
             return refuse(match &tenancy.tenants_file {
@@ -227,11 +232,6 @@ pub(super) fn files_digest(config: &ServeConfig) -> String {
         }
     }
     format!("{:x}", hasher.finalize())
-}
-
-/// The tenants of `--tenants-file`.
-fn tenants_file(path: &std::path::Path) -> Result<Vec<TenantName>, StartError> {
-    crate::config::read_tenants_file(path).map_err(StartError::Config)
 }
 
 /// The lines of a file of tenants' settings, `TENANT ...` each (blank lines and `#`
